@@ -1,0 +1,3 @@
+from fcnquant.cli import main
+
+raise SystemExit(main())
