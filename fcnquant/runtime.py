@@ -1,0 +1,69 @@
+"""onnxruntime session helpers: one place that opens models on the CPU with clear errors."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from fcnquant.errors import ModelError
+
+
+def make_session(
+    model: str | os.PathLike[str] | bytes,
+    *,
+    threads: int = 0,
+    optimization: str = "all",
+):
+    """Returns an ``onnxruntime.InferenceSession`` on the CPU for a model path or serialized bytes.
+
+    ``optimization`` is one of ``"all"`` (ORT_ENABLE_ALL), ``"extended"``, ``"basic"``, ``"none"``.
+    ``threads=0`` lets onnxruntime choose the intra-op thread count.
+    """
+    import onnxruntime as ort
+
+    levels = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = levels[optimization]
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    if not isinstance(model, bytes):
+        p = Path(model)
+        if not p.is_file():
+            raise ModelError(f"model file not found: {p}")
+        model = str(p)
+    try:
+        return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        name = "model" if isinstance(model, bytes) else model
+        raise ModelError(f"onnxruntime cannot load {name}: {exc}") from exc
+
+
+def input_spec(session) -> tuple[str, tuple[int | None, ...]]:
+    """Returns the (name, shape) of a single-input session; dynamic dims are None."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise ModelError(f"expected a model with one image input, found {len(inputs)}: {[i.name for i in inputs]}")
+    shape = tuple(d if isinstance(d, int) and d > 0 else None for d in inputs[0].shape)
+    if len(shape) != 4:
+        raise ModelError(f"expected an NCHW image input, got shape {inputs[0].shape} for '{inputs[0].name}'")
+    return inputs[0].name, shape
+
+
+def fixed_hw(session) -> tuple[int, int] | None:
+    """Returns the model's fixed input (H, W), or None when either is dynamic."""
+    _, shape = input_spec(session)
+    h, w = shape[2], shape[3]
+    return (h, w) if h is not None and w is not None else None
+
+
+def run_logits(session, batch: np.ndarray, output_names: Sequence[str] | None = None) -> list[np.ndarray]:
+    """Returns the session's outputs (the first is the [N, C, H, W] logits) for one float32 NCHW batch."""
+    name, _ = input_spec(session)
+    return session.run(list(output_names) if output_names else None, {name: np.ascontiguousarray(batch, np.float32)})

@@ -1,0 +1,1 @@
+"""FCN model zoo (installed as fcnquant.models)."""
