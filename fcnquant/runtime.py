@@ -67,3 +67,24 @@ def run_logits(session, batch: np.ndarray, output_names: Sequence[str] | None = 
     """Returns the session's outputs (the first is the [N, C, H, W] logits) for one float32 NCHW batch."""
     name, _ = input_spec(session)
     return session.run(list(output_names) if output_names else None, {name: np.ascontiguousarray(batch, np.float32)})
+
+
+def with_outputs(model, names: Sequence[str]):
+    """Returns a copy of ``model`` (ModelProto) whose graph also outputs the intermediate tensors ``names``.
+
+    Tensors already among the graph outputs are not duplicated. Output types are left unspecified
+    (onnxruntime infers them), so the copy works for float, fp16 and quantized tensors alike.
+    """
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    present = {o.name for o in out.graph.output}
+    produced = {t for n in out.graph.node for t in n.output} | {i.name for i in out.graph.input}
+    for name in names:
+        if name not in produced:
+            raise ModelError(f"tensor '{name}' is not produced by any node of the model")
+        if name not in present:
+            out.graph.output.append(onnx.ValueInfoProto(name=name))
+            present.add(name)
+    return out
