@@ -1,0 +1,189 @@
+"""Graph analysis: which activation tensors a QDQ int8 model needs a scale for, and which reuse another's.
+
+Only the top-level graph is analysed (no If/Loop bodies). An *activation* is a floating-point tensor that
+depends on a graph input through data edges: outputs of ``Shape``/``Size`` (and anything computed only from
+them or from initializers/constants) are shape arithmetic, not activations.
+
+Rules, applied to every activation in topological order:
+
+1. A graph input is observed.
+2. A ``Relu`` output is observed.
+3. A *fused* producer is not observed: the output of a ``Conv``, ``ConvTranspose``, ``Gemm``, ``MatMul`` or
+   ``Add`` whose only consumer is a single ``Relu`` and which is not itself a graph output. The int8 kernel
+   applies the Relu in its requantisation, so the tensor uses the Relu output's scale (TensorRT fuses
+   Conv+Relu and Conv+Add+Relu; onnxruntime's QDQ quantizer removes such a Relu and moves the Relu
+   output's quantization onto the producer).
+4. A *scale-preserving* op's output is not observed: it inherits the scale of its data input (input 0).
+   These ops only move, select, pad or convexly interpolate values, so their output range lies within the
+   input range (plus zero, which every int8 range contains): ``MaxPool``, ``GlobalMaxPool``, ``Resize`` /
+   ``Upsample`` (modes nearest and linear; a cubic Resize can overshoot and is observed), ``Reshape``,
+   ``Transpose``, ``Flatten``, ``Squeeze``, ``Unsqueeze``, ``Pad``, ``Slice``, ``Split``, ``Identity``,
+   ``Dropout``, ``DepthToSpace``, ``SpaceToDepth``.
+5. Every other activation is observed: ``Add``, ``Sub``, ``Mul``, ``Concat``, a ``Conv`` not followed by a
+   lone Relu (FCN score layers, the classifier), pooling averages, etc.
+6. A graph output (the logits) is always observed, even when rule 3 or 4 would let it inherit.
+
+For the awesome FCN8s at 320x320 this gives 21 tensors: the input, 14 Relu outputs, 3 score convs,
+2 skip Adds and the logits; the 5 MaxPool and 2 inner Resize outputs inherit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fcnquant.errors import ModelError
+
+FUSABLE_PRODUCERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"})
+SCALE_PRESERVING = frozenset(
+    {
+        "MaxPool", "GlobalMaxPool", "Resize", "Upsample", "Reshape", "Transpose", "Flatten", "Squeeze",
+        "Unsqueeze", "Pad", "Slice", "Split", "Identity", "Dropout", "DepthToSpace", "SpaceToDepth",
+    }
+)
+SHAPE_OPS = frozenset({"Shape", "Size"})
+_FLOAT_TYPES = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+@dataclass(frozen=True)
+class ActivationPlan:
+    """The result of the analysis: observed tensors (topological order) and inherited scales."""
+
+    observed: tuple[str, ...]
+    inherited: dict[str, str]
+
+
+def activation_tensors(model) -> list[str]:
+    """Returns the activation tensors to observe, in topological order (rules in the module docstring)."""
+    return list(analyse(model).observed)
+
+
+def inherited_scales(model) -> dict[str, str]:
+    """Returns {activation not observed: observed tensor whose scale it reuses} (rules 3 and 4)."""
+    return dict(analyse(model).inherited)
+
+
+def analyse(model) -> ActivationPlan:
+    """Returns the ActivationPlan of an ``onnx.ModelProto`` (see the module docstring for the rules)."""
+    graph = model.graph
+    nodes = _topological(graph)
+    inits = {t.name for t in graph.initializer}
+    inputs = [i.name for i in graph.input if i.name not in inits]
+    outputs = {o.name for o in graph.output}
+    types = _elem_types(model)
+
+    consumers: dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            if name:
+                consumers.setdefault(name, []).append(node)
+
+    def is_float(name: str) -> bool:
+        # Unknown type (shape inference gave up): treat as float; non-float data is rare in FCNs.
+        return types.get(name, 1) in _FLOAT_TYPES
+
+    data = {name for name in inputs}
+    observed: list[str] = [name for name in inputs if is_float(name)]
+    source: dict[str, str] = {}  # activation -> the tensor whose scale it uses (itself when observed)
+    for name in observed:
+        source[name] = name
+    fused: dict[str, str] = {}  # producer output -> Relu output
+
+    for node in nodes:
+        if node.op_type in SHAPE_OPS or not any(name in data for name in node.input if name):
+            continue
+        for out in node.output:
+            if out:
+                data.add(out)
+        acts = [out for out in node.output if out and is_float(out)]
+        if not acts:
+            continue
+        if node.op_type == "Relu":
+            relu_out = node.output[0]
+            observed.append(relu_out)
+            source[relu_out] = relu_out
+            if node.input[0] in fused:
+                source[node.input[0]] = relu_out
+            continue
+        for out in acts:
+            users = consumers.get(out, [])
+            if out in outputs:
+                observed.append(out)
+                source[out] = out
+            elif node.op_type in FUSABLE_PRODUCERS and len(users) == 1 and users[0].op_type == "Relu":
+                fused[out] = users[0].output[0]
+            elif _preserves_scale(node) and node.input[0] in source:
+                source[out] = source[node.input[0]]
+            else:
+                observed.append(out)
+                source[out] = out
+
+    missing = [name for name in fused if name not in source]
+    if missing:  # cannot happen for a valid graph; guards against a Relu with a non-data input
+        raise ModelError(f"internal: fused tensors without a Relu output: {missing}")
+    inherited = {name: src for name, src in source.items() if name != src}
+    return ActivationPlan(observed=tuple(observed), inherited=inherited)
+
+
+def _preserves_scale(node) -> bool:
+    if node.op_type not in SCALE_PRESERVING:
+        return False
+    if node.op_type in ("Resize", "Upsample"):
+        for attr in node.attribute:
+            if attr.name == "mode" and attr.s.decode() not in ("nearest", "linear", "bilinear"):
+                return False
+    return True
+
+
+def _elem_types(model) -> dict[str, int]:
+    """Returns {tensor name: onnx elem_type} from the model and onnx shape inference (best effort)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # inference failing on an exotic op must not stop the analysis
+        inferred = model
+    types: dict[str, int] = {}
+    g = inferred.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        t = vi.type.tensor_type.elem_type
+        if t:
+            types[vi.name] = t
+    for init in g.initializer:
+        types[init.name] = init.data_type
+    return types
+
+
+def _topological(graph) -> list:
+    """Returns the graph's nodes in a topological order (stable: keeps file order where it is valid)."""
+    produced_by = {}
+    for node in graph.node:
+        for out in node.output:
+            if out:
+                produced_by[out] = node
+    order: list = []
+    state: dict[int, int] = {}  # id(node) -> 1 visiting, 2 done
+
+    def visit(start) -> None:
+        stack = [(start, iter(start.input))]
+        state[id(start)] = 1
+        while stack:
+            node, it = stack[-1]
+            advanced = False
+            for name in it:
+                dep = produced_by.get(name)
+                if dep is None or state.get(id(dep)) == 2:
+                    continue
+                if state.get(id(dep)) == 1:
+                    raise ModelError(f"graph has a cycle through tensor '{name}'")
+                state[id(dep)] = 1
+                stack.append((dep, iter(dep.input)))
+                advanced = True
+                break
+            if not advanced:
+                stack.pop()
+                state[id(node)] = 2
+                order.append(node)
+
+    for node in graph.node:
+        if state.get(id(node)) != 2:
+            visit(node)
+    return order
