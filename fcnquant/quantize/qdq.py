@@ -1,0 +1,265 @@
+"""Emits an int8 QDQ ONNX model from a float model and a calibration table, for one deployment target.
+
+Steps (onnxruntime's QDQ quantizer does the graph surgery; fcnquant decides every number):
+
+1. Validate before writing anything: the table's model sha256, every activation the graph needs present, finite
+   ranges, positive finite scales, zero points valid for the target (``validate``).
+2. Activations the QDQ graph needs (``fcnquant.calibrate.tensors``) get the table's scale / zero point; tensors
+   that inherit a scale (MaxPool / Resize outputs, a Conv output fused with its Relu) get their source's.
+3. onnxruntime's ``quantize_static`` builds the QDQ graph from those exact parameters: weights int8 symmetric per
+   output channel (axis 0 for Conv, 1 for ConvTranspose) or per tensor, biases int32 with
+   ``scale = input scale x weight scale``; for ``npu-pow2`` the weight scales are powers of two given explicitly.
+4. fcnquant's passes: Conv/Add + Relu as one unit for symmetric targets (``fuse_relu``), float logits unless
+   ``quantize_output`` (``float_outputs``).
+5. The float -> quantized tensor name map and the table's sha256 go into ``metadata_props``; the model (and, for
+   ``tensorrt``, the calibration cache beside it) are written atomically.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+from fcnquant import __version__
+from fcnquant._io import atomic_path, file_sha256, load_onnx
+from fcnquant.errors import CalibrationError
+from fcnquant.quantize import exclude as excl
+from fcnquant.quantize.float_outputs import float_outputs
+from fcnquant.quantize.fuse_relu import fuse_relu_qdq
+from fcnquant.quantize.graph import sort_topologically
+from fcnquant.quantize.name_map import TABLE_SHA_KEY, TENSOR_MAP_KEY, build_tensor_map, set_metadata
+from fcnquant.quantize.ort_backend import OrtJob, run_quantize_static
+from fcnquant.quantize.profiles import Profile, get_profile
+from fcnquant.quantize.validate import check_model_hash, resolve_qparams
+from fcnquant.quantize.weights import symmetric_scales
+
+log = logging.getLogger(__name__)
+
+#: op types whose data inputs should come from a DequantizeLinear in a fully int8 graph, with the input slots checked
+INT8_OPS: dict[str, slice] = {
+    "Conv": slice(0, 2), "ConvTranspose": slice(0, 2), "Gemm": slice(0, 2), "MatMul": slice(0, 2),
+    "Add": slice(0, 2), "Mul": slice(0, 2), "Concat": slice(0, None),
+    "MaxPool": slice(0, 1), "AveragePool": slice(0, 1), "Resize": slice(0, 1),
+}
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """What ``quantize_model`` wrote and how the graph came out."""
+
+    path: Path
+    target: str
+    per_channel: bool
+    quantize_output: bool
+    table_sha256: str
+    model_sha256: str
+    tensor_map: dict[str, str]
+    excluded_nodes: tuple[str, ...]
+    float_nodes: tuple[str, ...]  # int8-capable nodes left in float (excluded, or outside the quantized region)
+    quantized_nodes: int
+    tensorrt_cache: Path | None
+    size_bytes: int
+
+    def to_dict(self) -> dict:
+        """Returns a JSON-ready dict."""
+        d = asdict(self)
+        d["path"] = str(self.path)
+        d["tensorrt_cache"] = str(self.tensorrt_cache) if self.tensorrt_cache else None
+        d["excluded_nodes"] = list(self.excluded_nodes)
+        d["float_nodes"] = list(self.float_nodes)
+        return d
+
+
+def tensorrt_cache_path(out: str | os.PathLike[str]) -> Path:
+    """Returns where the TensorRT calibration cache goes for the model ``out`` (``model.int8.onnx`` -> ``model.int8.cache``)."""
+    return Path(out).with_suffix(".cache")
+
+
+def quantize_model(
+    model_path: str | os.PathLike[str],
+    table,
+    out: str | os.PathLike[str],
+    target: str = "ort-cpu",
+    per_channel: bool = True,
+    quantize_output: bool = False,
+    exclude_nodes: Iterable[str] = (),
+    exclude_ops: Iterable[str] = (),
+    exclude_regex: str | Iterable[str] | None = None,
+) -> QuantizeResult:
+    """Returns the QuantizeResult of writing the int8 QDQ model of ``model_path`` to ``out``.
+
+    ``table`` is a ``CalibrationTable`` or the path of its JSON file. ``exclude_nodes`` (exact node names),
+    ``exclude_ops`` (op types) and ``exclude_regex`` (pattern(s) matched against whole node names) keep nodes in
+    float. Raises CalibrationError for a table that does not fit the model (nothing is written then).
+    """
+    profile = get_profile(target)
+    model_path = Path(model_path)
+    model = load_onnx(model_path)
+    model_sha = file_sha256(model_path)
+    table, table_label, table_sha = _load_table(table)
+    check_model_hash(table, model_sha, str(model_path), table_label)
+
+    excl.name_unnamed_nodes(model)
+    excluded = excl.resolve_exclusions(model, exclude_nodes, exclude_ops, exclude_regex)
+    activations = _activation_params(model, table, table_label, profile, quantize_output)
+    weights = _weight_overrides(model, profile, per_channel, set(excluded))
+    job = OrtJob(profile, per_channel, activations, weights, excluded + _output_activations(model, quantize_output))
+    # names of the float model's activations (for the name map), before onnxruntime touches anything
+
+    float_tensors = {i.name for i in model.graph.input} | {o for n in model.graph.node for o in n.output if o}
+    float_tensors -= {t.name for t in model.graph.initializer}
+    with tempfile.TemporaryDirectory(prefix="fcnquant-q-") as tmp:
+        src = Path(tmp) / "model.onnx"
+        _save(model, src)
+        ort_out = Path(tmp) / "qdq.onnx"
+        run_quantize_static(src, ort_out, Path(tmp) / "ranges.json", job)
+        qmodel = load_onnx(ort_out)
+
+    fused = fuse_relu_qdq(qmodel) if profile.symmetric else 0
+    floated = [] if quantize_output else float_outputs(qmodel)
+    sort_topologically(qmodel.graph)
+    log.debug("fused %d Relu units, float outputs %s", fused, floated)
+    tensor_map = build_tensor_map(qmodel, float_tensors)
+    _drop_metadata(qmodel, "onnx.infer")
+    set_metadata(qmodel, {
+        TENSOR_MAP_KEY: json.dumps(tensor_map, sort_keys=True),
+        TABLE_SHA_KEY: table_sha,
+        "fcnquant.model_sha256": model_sha,
+        "fcnquant.target": profile.name,
+        "fcnquant.per_channel": "true" if per_channel else "false",
+        "fcnquant.version": __version__,
+    })
+    float_nodes = _float_nodes(qmodel)
+    quantized = sum(1 for n in qmodel.graph.node if n.op_type in INT8_OPS) - len(float_nodes)
+
+    out = Path(out)
+    cache = tensorrt_cache_path(out) if profile.tensorrt_cache else None
+    with atomic_path(out) as tmp_out:
+        _save(qmodel, tmp_out)
+        if cache is not None:
+            from fcnquant.calibrate.table import write_tensorrt_cache
+
+            with atomic_path(cache) as tmp_cache:
+                write_tensorrt_cache(table, tmp_cache)
+    log.info("wrote %s (%s, %d int8 nodes, %d float)", out, profile.name, quantized, len(float_nodes))
+    return QuantizeResult(
+        path=out, target=profile.name, per_channel=per_channel, quantize_output=quantize_output,
+        table_sha256=table_sha, model_sha256=model_sha, tensor_map=tensor_map, excluded_nodes=tuple(excluded),
+        float_nodes=tuple(float_nodes), quantized_nodes=quantized, tensorrt_cache=cache,
+        size_bytes=out.stat().st_size,
+    )
+
+
+def _load_table(table) -> tuple[object, str, str]:
+    """Returns (table, label for messages, sha256 of its JSON file)."""
+    if isinstance(table, (str, os.PathLike)):
+        path = Path(table)
+        if not path.is_file():
+            raise CalibrationError(f"calibration table not found: {path}")
+        from fcnquant.calibrate.table import CalibrationTable
+
+        return CalibrationTable.load(path), str(path), file_sha256(path)
+    with tempfile.TemporaryDirectory(prefix="fcnquant-t-") as tmp:
+        path = Path(tmp) / "table.json"
+        table.save(path)
+        return table, "(in memory)", file_sha256(path)
+
+
+def _activation_params(model, table, label: str, profile: Profile, quantize_output: bool) -> dict[str, tuple[float, int]]:
+    """Returns {tensor: (scale, zero point)} for every activation onnxruntime may quantize."""
+    from fcnquant.calibrate.tensors import activation_tensors, inherited_scales
+
+    observed = activation_tensors(model)
+    inherited = inherited_scales(model)
+    read = {name for node in model.graph.node for name in node.input}
+    outputs = {o.name for o in model.graph.output}
+    # float logits need no scale unless something inside the graph reads them
+    skippable = set() if quantize_output else {o for o in outputs if o not in read}
+    required = [n for n in observed if n not in skippable]
+    params = resolve_qparams(table, required, observed, profile, label)
+    for name, src in inherited.items():
+        if src in params:
+            params.setdefault(name, params[src])
+    if not profile.symmetric:
+        _check_relu_zero_points(model, params, profile)
+    return params
+
+
+def _output_activations(model, quantize_output: bool) -> list[str]:
+    """Returns the Relu/Clip nodes writing a float graph output: they must run in float, not fold into a Q."""
+    if quantize_output:
+        return []
+    outputs = {o.name for o in model.graph.output}
+    return [n.name for n in model.graph.node if n.op_type in ("Relu", "Clip") and n.output[0] in outputs]
+
+
+def _check_relu_zero_points(model, params: dict[str, tuple[float, int]], profile: Profile) -> None:
+    """An asymmetric target folds each Relu into its output zero point, which must then be the type's minimum."""
+    qmin, _ = profile.activation_qrange
+    bad = [
+        f"'{n.output[0]}' (zero point {params[n.output[0]][1]})"
+        for n in model.graph.node
+        if n.op_type == "Relu" and n.output[0] in params and params[n.output[0]][1] != qmin
+    ]
+    if bad:
+        raise CalibrationError(
+            f"Relu outputs must have zero point {qmin} for {profile.name} (their range starts at 0): {', '.join(bad[:8])}"
+        )
+
+
+def _weight_overrides(model, profile: Profile, per_channel: bool, excluded: set[str]) -> dict:
+    """Returns {weight: (scales, axis)} where onnxruntime's own weight scales would be wrong for the target.
+
+    Power-of-two targets get every weight's scales; a grouped ConvTranspose gets one per-tensor scale (its
+    axis 1 holds output channels of one group only, which a per-channel bias cannot follow).
+    """
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    out: dict = {}
+    for node in model.graph.node:
+        if node.op_type not in _WEIGHTED or node.name in excluded or len(node.input) < 2:
+            continue
+        w_name = node.input[1]
+        if w_name not in inits or w_name in out:
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        grouped_deconv = node.op_type == "ConvTranspose" and group != 1
+        if not (profile.pow2 or grouped_deconv):
+            continue
+        w = numpy_helper.to_array(inits[w_name])
+        axis = {"Conv": 0, "ConvTranspose": 1}.get(node.op_type) if per_channel and not grouped_deconv else None
+        out[w_name] = (symmetric_scales(w, axis, pow2=profile.pow2), axis)
+    return out
+
+
+def _float_nodes(model) -> list[str]:
+    """Returns the int8-capable nodes whose inputs (weights included) do not all come from a DequantizeLinear."""
+    made_by = {o: n.op_type for n in model.graph.node for o in n.output}
+    out = []
+    for node in model.graph.node:
+        slots = INT8_OPS.get(node.op_type)
+        if slots is None:
+            continue
+        if any(x and made_by.get(x) != "DequantizeLinear" for x in list(node.input)[slots]):
+            out.append(node.name)
+    return out
+
+
+def _drop_metadata(model, key: str) -> None:
+    keep = [(p.key, p.value) for p in model.metadata_props if p.key != key]
+    del model.metadata_props[:]
+    for k, v in keep:
+        prop = model.metadata_props.add()
+        prop.key, prop.value = k, v
+
+
+def _save(model, path: Path) -> None:
+    import onnx
+
+    onnx.save_model(model, str(path))
