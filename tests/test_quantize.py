@@ -1,0 +1,282 @@
+"""Structure of the emitted QDQ graphs: placement, axes, target rules, FCN units, exclusion, name map."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+
+from fcnquant.quantize import quantize_model
+from fcnquant.quantize.name_map import TABLE_SHA_KEY, TENSOR_MAP_KEY, read_tensor_map
+from test_quantize_util import (
+    dq_params,
+    images,
+    initializer,
+    make_table,
+    node,
+    producer,
+    run,
+    save_model,
+    tiny_fcn,
+)
+
+X_SHAPE = (1, 3, 16, 16)
+TARGETS = ["ort-cpu", "tensorrt", "npu-pow2"]
+
+
+def emit(tmp_path, target="ort-cpu", model=None, **kwargs):
+    src = save_model(model or tiny_fcn(), tmp_path / "fcn.onnx")
+    table = make_table(src, images(X_SHAPE), target)
+    out = tmp_path / f"fcn.{target}.onnx"
+    res = quantize_model(src, table, out, target=target, **kwargs)
+    return src, table, out, res, onnx.load(str(out))
+
+
+def from_dq(q, tensor: str) -> bool:
+    p = producer(q, tensor)
+    return p is not None and p.op_type == "DequantizeLinear"
+
+
+def q_reading(q, tensor: str):
+    return [n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor]
+
+
+def cosine(a, b) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_int8_op_reads_dequantized_inputs(tmp_path, target):
+    src, _, out, res, q = emit(tmp_path, target)
+    for n in q.graph.node:
+        if n.op_type in ("Conv", "MaxPool", "Resize"):
+            assert from_dq(q, n.input[0]), (target, n.name)
+        if n.op_type == "Conv":
+            assert from_dq(q, n.input[1]) and from_dq(q, n.input[2]), (target, n.name)
+        if n.op_type == "Add":  # the skip fusion: both branches and the sum quantized, no float island
+            assert all(from_dq(q, i) for i in n.input), target
+            assert len(q_reading(q, n.output[0])) == 1
+    assert res.float_nodes == ()
+    # float logits by default: the graph output is the final Resize's own output
+    assert producer(q, "y").op_type == "Resize" and q.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    onnx.checker.check_model(q, full_check=True)
+    x = images(X_SHAPE, n=1, seed=9)[0]
+    assert cosine(run(out, x), run(src, x)) > 0.99
+
+
+def test_ort_cpu_folds_relu_into_conv_and_uses_uint8(tmp_path):
+    _, table, _, _, q = emit(tmp_path, "ort-cpu")
+    assert not [n for n in q.graph.node if n.op_type == "Relu"]
+    conv1 = node(q, "conv1")
+    assert conv1.output[0] == "r1"  # the conv writes the Relu output's tensor, quantized once
+    (qn,) = q_reading(q, "r1")
+    scale, zp = initializer(q, qn.input[1]), initializer(q, qn.input[2])
+    assert zp.dtype == np.uint8 and zp == 0
+    assert scale == np.float32(table.tensors["r1"].scale)
+    for n in q.graph.node:
+        if n.op_type == "QuantizeLinear":
+            assert initializer(q, n.input[2]).dtype == np.uint8
+
+
+@pytest.mark.parametrize("target", ["tensorrt", "npu-pow2"])
+def test_symmetric_targets_keep_relu_without_qdq_between(tmp_path, target):
+    _, _, _, _, q = emit(tmp_path, target)
+    for name in ("relu1", "relu2"):
+        relu = node(q, name)
+        assert producer(q, relu.input[0]).op_type == "Conv"  # Conv -> Relu directly, one unit
+        assert len(q_reading(q, relu.output[0])) == 1
+    # every activation and weight zero point is 0 and int8 (biases int32)
+    for n in q.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zp = initializer(q, n.input[2])
+            assert not zp.any() and zp.dtype in (np.int8, np.int32)
+
+
+def test_tensorrt_scales_are_amax_over_127(tmp_path):
+    _, table, _, _, q = emit(tmp_path, "tensorrt")
+    for name in ("x", "r1", "skip", "fuse"):
+        (qn,) = q_reading(q, name)
+        e = table.tensors[name]
+        assert math.isclose(float(initializer(q, qn.input[1])), max(abs(e.min), abs(e.max)) / 127, rel_tol=1e-6)
+
+
+def test_npu_pow2_scales_are_powers_of_two(tmp_path):
+    _, _, _, _, q = emit(tmp_path, "npu-pow2")
+    scales = [initializer(q, n.input[1]) for n in q.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(scales) > 10
+    for s in scales:
+        mant = np.frexp(np.asarray(s, np.float64))[0]
+        assert np.all(mant == 0.5), s
+    # weights: the smallest power of two >= max|w| / 127, per output channel
+    src = onnx.load(str(tmp_path / "fcn.onnx"))
+    w = initializer(src, "w2")
+    ws, _, axis, _ = dq_params(q, node(q, "conv2").input[1])
+    amax = np.abs(w).reshape(8, -1).max(axis=1) / 127
+    expected = 2.0 ** np.ceil(np.log2(amax))
+    assert axis == 0
+    np.testing.assert_array_equal(ws, expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_maxpool_and_resize_keep_their_input_scale(tmp_path, target):
+    _, _, _, _, q = emit(tmp_path, target)
+    for name in ("pool1", "pool2", "up1"):
+        n = node(q, name)
+        dq_in = producer(q, n.input[0])
+        (q_out,) = q_reading(q, n.output[0])
+        assert initializer(q, q_out.input[1]) == initializer(q, dq_in.input[1])
+        assert initializer(q, q_out.input[2]) == initializer(q, dq_in.input[2])
+
+
+@pytest.mark.parametrize("mode", ["align_corners", "half_pixel"])
+def test_resize_modes(tmp_path, mode):
+    src, _, out, res, q = emit(tmp_path, "ort-cpu", model=tiny_fcn(mode=mode))
+    for name in ("up1", "up_final"):
+        n = node(q, name)
+        assert from_dq(q, n.input[0])
+        assert onnx.helper.get_attribute_value(
+            [a for a in n.attribute if a.name == "coordinate_transformation_mode"][0]
+        ).decode() == mode
+    for x in images(X_SHAPE, n=2, seed=5):
+        assert cosine(run(out, x), run(src, x)) > 0.99
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_conv_transpose_weights_per_channel_on_axis_1(tmp_path, per_channel):
+    src, _, out, _, q = emit(tmp_path, "ort-cpu", model=tiny_fcn(deconv=True), per_channel=per_channel)
+    up = node(q, "upscore2")
+    assert up.op_type == "ConvTranspose" and from_dq(q, up.input[0])
+    scale, zp, axis, wq = dq_params(q, up.input[1])
+    w = initializer(onnx.load(str(src)), "w_up")  # (in 4, out 4, 4, 4)
+    if per_channel:
+        assert axis == 1 and scale.shape == (4,)
+        expected = np.abs(w).max(axis=(0, 2, 3)) / 127
+    else:
+        assert scale.shape == ()
+        expected = np.abs(w).max() / 127
+    np.testing.assert_allclose(scale, expected, rtol=1e-6)
+    assert wq.dtype == np.int8 and not zp.any()
+    x = images(X_SHAPE, n=1, seed=3)[0]
+    assert cosine(run(out, x), run(src, x)) > 0.99
+
+
+def test_quantize_output(tmp_path):
+    src, table, out, res, q = emit(tmp_path, "ort-cpu", quantize_output=True)
+    assert res.quantize_output
+    dq = producer(q, "y")
+    assert dq.op_type == "DequantizeLinear"
+    assert producer(q, dq.input[0]).op_type == "QuantizeLinear"
+    assert res.tensor_map["y"] == "y"
+
+
+def test_exclude_node_keeps_conv_float(tmp_path):
+    src, _, out, res, q = emit(tmp_path, "ort-cpu", exclude_nodes=["conv2"])
+    conv2 = node(q, "conv2")
+    assert conv2.input[1] == "w2" and initializer(q, "w2").dtype == np.float32  # float weight, no DQ
+    assert conv2.input[2] == "b2" and initializer(q, "b2").dtype == np.float32
+    assert "conv2" in res.float_nodes and res.excluded_nodes == ("conv2",)
+    assert from_dq(q, node(q, "conv1").input[1]) and from_dq(q, node(q, "score_fr").input[1])
+    x = images(X_SHAPE, n=1, seed=3)[0]
+    assert cosine(run(out, x), run(src, x)) > 0.99
+
+
+def test_exclude_by_op_and_regex(tmp_path):
+    _, _, _, res, q = emit(tmp_path, "ort-cpu", exclude_ops=["Add"], exclude_regex=r"score_.*")
+    assert set(res.excluded_nodes) == {"fuse", "score_fr", "score_pool"}
+    for name in ("score_fr", "score_pool"):
+        assert not from_dq(q, node(q, name).input[1])
+    assert not q_reading(q, "fuse")  # the excluded Add's output is not quantized
+    assert from_dq(q, node(q, "conv2").input[1])
+
+
+def test_exclusion_names_must_exist(tmp_path):
+    from fcnquant.errors import FcnquantError
+
+    with pytest.raises(FcnquantError, match="no node named"):
+        emit(tmp_path, "ort-cpu", exclude_nodes=["nope"])
+    with pytest.raises(FcnquantError, match="op type"):
+        emit(tmp_path, "ort-cpu", exclude_ops=["Softmax"])
+    with pytest.raises(FcnquantError, match="matches no node"):
+        emit(tmp_path, "ort-cpu", exclude_regex="zzz.*")
+    assert not list(tmp_path.glob("fcn.ort-cpu.onnx*"))
+
+
+def test_unnamed_nodes_get_stable_names(tmp_path):
+    model = tiny_fcn()
+    for n in model.graph.node:
+        if n.name == "conv2":
+            n.name = ""
+    _, _, _, res, q = emit(tmp_path, "ort-cpu", model=model, exclude_nodes=["Conv_3"])
+    assert res.excluded_nodes == ("Conv_3",) and node(q, "Conv_3").input[1] == "w2"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_tensor_map_points_at_dequantized_tensors(tmp_path, target):
+    src, table, out, res, q = emit(tmp_path, target)
+    stored = read_tensor_map(q)
+    assert stored == res.tensor_map
+    meta = {p.key: p.value for p in q.metadata_props}
+    assert json.loads(meta[TENSOR_MAP_KEY]) == stored and len(meta[TABLE_SHA_KEY]) == 64
+    float_model = onnx.load(str(src))
+    float_tensors = {"x"} | {o for n in float_model.graph.node for o in n.output}
+    assert set(stored) <= float_tensors
+    # every observed activation but the float logits, and every inherited one, has a quantized stand-in
+    assert set(table.tensors) - {"y"} <= set(stored)
+    assert {"p1", "p2", "up1"} <= set(stored)
+    for f, qname in stored.items():
+        assert from_dq(q, qname), (f, qname)
+    # the stand-in carries the float tensor's values up to quantization error
+    x = images(X_SHAPE, n=1, seed=2)[0]
+    from fcnquant.runtime import make_session, with_outputs
+
+    names = sorted(stored)
+    fsess = make_session(with_outputs(float_model, names).SerializeToString())
+    qsess = make_session(with_outputs(q, [stored[n] for n in names]).SerializeToString())
+    fv = dict(zip([o.name for o in fsess.get_outputs()], fsess.run(None, {"x": x})))
+    qv = dict(zip([o.name for o in qsess.get_outputs()], qsess.run(None, {"x": x})))
+    fv["x"] = x
+    for n in names:
+        assert cosine(fv[n], qv[stored[n]]) > 0.98, n
+
+
+def test_tensorrt_writes_calibration_cache_beside(tmp_path):
+    _, table, out, res, _ = emit(tmp_path, "tensorrt")
+    assert res.tensorrt_cache == tmp_path / "fcn.tensorrt.cache"
+    lines = res.tensorrt_cache.read_text().splitlines()
+    assert lines[0].startswith("TRT-")
+    entries = dict(line.split(": ") for line in lines[1:])
+    import struct
+
+    for name in ("x", "r1", "fuse"):
+        scale = struct.unpack(">f", bytes.fromhex(entries[name]))[0]
+        assert math.isclose(scale, table.tensors[name].scale, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_relu_writing_the_float_output_still_applies(tmp_path, target):
+    from onnx import TensorProto, helper
+
+    from test_quantize_util import init
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["y"], name="relu")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [init("w", rng.standard_normal((4, 3, 3, 3))), init("b", rng.standard_normal(4))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    src = save_model(model, tmp_path / "m.onnx")
+    xs = images((1, 3, 8, 8))
+    out = tmp_path / "m.int8.onnx"
+    quantize_model(src, make_table(src, xs, target), out, target=target)
+    q = onnx.load(str(out))
+    assert producer(q, "y").op_type == "Relu"
+    got, want = run(out, xs[0]), run(src, xs[0])
+    assert (got >= 0).all() and (got == 0).mean() > 0.2
+    assert cosine(got, want) > 0.99
