@@ -253,6 +253,9 @@ def test_tensorrt_writes_calibration_cache_beside(tmp_path):
     for name in ("x", "r1", "fuse"):
         scale = struct.unpack(">f", bytes.fromhex(entries[name]))[0]
         assert math.isclose(scale, table.tensors[name].scale, rel_tol=1e-6)
+    # tensors that reuse another's scale are listed too, with that scale
+    for name, source in (("p1", "r1"), ("c1", "r1"), ("up1", "score")):
+        assert entries[name] == entries[source]
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -9,7 +9,7 @@ import pytest
 
 from fcnquant.errors import CalibrationError
 from fcnquant.quantize import quantize_model
-from test_quantize_util import images, initializer, make_table, ref_qparams, save_model, tiny_fcn
+from test_quantize_util import images, initializer, make_table, ref_qparams, save_model, tiny_fcn, with_entry
 
 X_SHAPE = (1, 3, 16, 16)
 
@@ -40,7 +40,7 @@ def test_missing_tensor(setup):
                                          ("lo", float("nan")), ("hi", float("inf"))])
 def test_nonfinite_or_zero_scale(setup, field, value):
     src, table, out_dir = setup
-    setattr(table.tensors["r1"], field, value)
+    with_entry(table, "r1", **{field: value})
     refused(src, table, out_dir, r"unusable entries: 'r1'")
 
 
@@ -52,31 +52,33 @@ def test_table_for_another_model(setup):
 
 def test_zero_point_outside_type(setup):
     src, table, out_dir = setup
-    table.tensors["fuse"].zero_point = 300
+    with_entry(table, "fuse", zero_point=300)
     refused(src, table, out_dir, r"'fuse' \(zero point 300")
 
 
 def test_symmetric_target_needs_zero_point_0(setup):
     src, table, out_dir = setup
     table.target = "tensorrt"
-    for e in table.tensors.values():
-        e.scale, e.zero_point = ref_qparams(e.lo, e.hi, "tensorrt")
-    table.tensors["x"].zero_point = 3
+    for name, e in table.tensors.items():
+        scale, zp = ref_qparams(e.lo, e.hi, "tensorrt")
+        with_entry(table, name, scale=scale, zero_point=zp)
+    with_entry(table, "x", zero_point=3)
     refused(src, table, out_dir, r"'x' \(zero point 3; tensorrt needs 0", target="tensorrt")
 
 
 def test_pow2_target_needs_pow2_scales(setup):
     src, table, out_dir = setup
     table.target = "npu-pow2"
-    for e in table.tensors.values():
-        e.scale, e.zero_point = ref_qparams(e.lo, e.hi, "npu-pow2")
-    table.tensors["r2"].scale *= 1.5
+    for name, e in table.tensors.items():
+        scale, zp = ref_qparams(e.lo, e.hi, "npu-pow2")
+        with_entry(table, name, scale=scale, zero_point=zp)
+    with_entry(table, "r2", scale=table.tensors["r2"].scale * 1.5)
     refused(src, table, out_dir, r"'r2' \(scale .* not a power of two", target="npu-pow2")
 
 
 def test_relu_output_must_start_at_zero_for_ort_cpu(setup):
     src, table, out_dir = setup
-    table.tensors["r1"].zero_point = 5
+    with_entry(table, "r1", zero_point=5)
     refused(src, table, out_dir, r"Relu outputs must have zero point 0.*'r1'")
 
 

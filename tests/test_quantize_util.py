@@ -6,9 +6,8 @@ two at or above amax / 127.
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from fcnquant._io import file_sha256
+from fcnquant.calibrate.table import CalibrationTable, TensorEntry
 from fcnquant.runtime import make_session, with_outputs
 
 
@@ -30,30 +30,6 @@ def ref_qparams(lo: float, hi: float, target: str) -> tuple[float, int]:
     if target == "npu-pow2":
         scale = 2.0 ** math.ceil(math.log2(scale))
     return scale, 0
-
-
-@dataclass
-class Entry:
-    min: float
-    max: float
-    lo: float
-    hi: float
-    scale: float
-    zero_point: int
-
-
-@dataclass
-class Table:
-    """Stand-in with the CalibrationTable fields quantize reads (until C's class is importable here)."""
-
-    model_sha256: str
-    target: str
-    tensors: dict = field(default_factory=dict)
-
-    def save(self, path) -> None:
-        data = {"model_sha256": self.model_sha256, "target": self.target,
-                "tensors": {k: vars(v) for k, v in self.tensors.items()}}
-        Path(path).write_text(json.dumps(data, sort_keys=True))
 
 
 def init(name: str, arr) -> onnx.TensorProto:
@@ -152,18 +128,26 @@ def float_activations(model_path: Path, names: list[str], xs: list[np.ndarray]) 
     return {n: np.concatenate(v) for n, v in acc.items()}
 
 
-def make_table(model_path: Path, xs: list[np.ndarray], target: str, names: list[str] | None = None) -> Table:
-    """Returns a table for ``model_path`` with min/max ranges over ``xs`` and the target's scales."""
+def make_table(
+    model_path: Path, xs: list[np.ndarray], target: str, names: list[str] | None = None
+) -> CalibrationTable:
+    """Returns a minmax table for ``model_path`` with ranges over ``xs`` and scales by ``ref_qparams``."""
     from fcnquant.calibrate.tensors import activation_tensors
 
     model = onnx.load(str(model_path))
     names = names if names is not None else activation_tensors(model)
     acts = float_activations(model_path, names, xs)
-    table = Table(file_sha256(model_path), target)
+    tensors = {}
     for n, v in acts.items():
         lo, hi = float(v.min()), float(v.max())
         scale, zp = ref_qparams(lo, hi, target)
-        table.tensors[n] = Entry(lo, hi, lo, hi, scale, zp)
+        tensors[n] = TensorEntry(lo, hi, lo, hi, scale, zp)
+    return CalibrationTable(file_sha256(model_path), "minmax", target, tensors)
+
+
+def with_entry(table: CalibrationTable, name: str, **changes) -> CalibrationTable:
+    """Returns ``table`` with tensor ``name``'s entry changed (entries are frozen)."""
+    table.tensors[name] = replace(table.tensors[name], **changes)
     return table
 
 

@@ -16,6 +16,7 @@ Steps (onnxruntime's QDQ quantizer does the graph surgery; fcnquant decides ever
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -107,6 +108,7 @@ def quantize_model(
     excl.name_unnamed_nodes(model)
     excluded = excl.resolve_exclusions(model, exclude_nodes, exclude_ops, exclude_regex)
     activations = _activation_params(model, table, table_label, profile, quantize_output)
+    table_sha = table_sha or _table_sha256(table)  # after validation: saving checks the table too
     weights = _weight_overrides(model, profile, per_channel, set(excluded))
     job = OrtJob(profile, per_channel, activations, weights, excluded + _output_activations(model, quantize_output))
     # names of the float model's activations (for the name map), before onnxruntime touches anything
@@ -142,10 +144,10 @@ def quantize_model(
     with atomic_path(out) as tmp_out:
         _save(qmodel, tmp_out)
         if cache is not None:
-            from fcnquant.calibrate.table import write_tensorrt_cache
+            from fcnquant.calibrate.tensorrt import write_tensorrt_cache
 
             with atomic_path(cache) as tmp_cache:
-                write_tensorrt_cache(table, tmp_cache)
+                write_tensorrt_cache(_with_inherited(table, model), tmp_cache)
     log.info("wrote %s (%s, %d int8 nodes, %d float)", out, profile.name, quantized, len(float_nodes))
     return QuantizeResult(
         path=out, target=profile.name, per_channel=per_channel, quantize_output=quantize_output,
@@ -155,8 +157,8 @@ def quantize_model(
     )
 
 
-def _load_table(table) -> tuple[object, str, str]:
-    """Returns (table, label for messages, sha256 of its JSON file)."""
+def _load_table(table) -> tuple[object, str, str | None]:
+    """Returns (table, label for messages, sha256 of its JSON file, or None for an in-memory table)."""
     if isinstance(table, (str, os.PathLike)):
         path = Path(table)
         if not path.is_file():
@@ -164,10 +166,15 @@ def _load_table(table) -> tuple[object, str, str]:
         from fcnquant.calibrate.table import CalibrationTable
 
         return CalibrationTable.load(path), str(path), file_sha256(path)
+    return table, "(in memory)", None
+
+
+def _table_sha256(table) -> str:
+    """Returns the sha256 of the JSON file ``table.save`` writes (what the table's file would hash to)."""
     with tempfile.TemporaryDirectory(prefix="fcnquant-t-") as tmp:
         path = Path(tmp) / "table.json"
         table.save(path)
-        return table, "(in memory)", file_sha256(path)
+        return file_sha256(path)
 
 
 def _activation_params(model, table, label: str, profile: Profile, quantize_output: bool) -> dict[str, tuple[float, int]]:
@@ -188,6 +195,17 @@ def _activation_params(model, table, label: str, profile: Profile, quantize_outp
     if not profile.symmetric:
         _check_relu_zero_points(model, params, profile)
     return params
+
+
+def _with_inherited(table, model):
+    """Returns a copy of ``table`` that also lists each inherited tensor (MaxPool/Resize outputs, fused producers)
+    under its source's entry, so TensorRT finds a dynamic range for every tensor of the float graph."""
+    from fcnquant.calibrate.tensors import inherited_scales
+
+    extra = {n: table.tensors[s] for n, s in inherited_scales(model).items() if s in table.tensors}
+    full = copy.copy(table)
+    full.tensors = {**extra, **table.tensors}
+    return full
 
 
 def _output_activations(model, quantize_output: bool) -> list[str]:
