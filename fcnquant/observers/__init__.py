@@ -1,1 +1,8 @@
-"""fcnquant.observers."""
+"""Streaming observers (numpy only): exact min/max and an exact bit-pattern histogram, both mergeable."""
+from __future__ import annotations
+
+from fcnquant.observers.base import NonFiniteError
+from fcnquant.observers.histogram import DEFAULT_MANTISSA_BITS, HistogramObserver, bin_lower_edges
+from fcnquant.observers.minmax import MinMaxObserver
+
+__all__ = ["DEFAULT_MANTISSA_BITS", "HistogramObserver", "MinMaxObserver", "NonFiniteError", "bin_lower_edges"]
