@@ -16,6 +16,8 @@ from fcnquant.errors import FcnquantError
 # Order here is the order in `fcnquant --help`.
 SUBCOMMANDS = [
     "export",
+    "synth-voc",
+    "eval",
     "quantize",
     "fp16",
 ]
