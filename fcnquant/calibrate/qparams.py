@@ -1,0 +1,105 @@
+"""Target profiles and the arithmetic from a clipping range to a quantization scale and zero point.
+
+Targets (:data:`TARGETS`):
+
+* ``ort-cpu``: onnxruntime CPU QDQ. Activations uint8 asymmetric: the range is first widened to contain 0
+  (``lo' = min(lo, 0)``, ``hi' = max(hi, 0)``), ``scale = (hi' - lo') / 255``,
+  ``zero_point = clamp(round(-lo' / scale), 0, 255)`` (an integer, so 0.0 is exactly representable; ReLU outputs
+  get ``zero_point = 0``, ``scale = hi / 255``). Weights int8 symmetric per channel.
+* ``tensorrt``: int8 symmetric, ``zero_point = 0``, ``scale = amax / 127`` with ``amax = max(|lo|, |hi|)``.
+* ``npu-pow2``: int8 symmetric, ``scale = 2**ceil(log2(amax / 127))``: rounded *up* to a power of two, so the
+  threshold is never clipped further (shift-only requantization).
+
+Scales are returned as float32-representable Python floats (what ONNX stores). A range whose scale would be
+smaller than :data:`MIN_SCALE` (= 2**-24, the smallest float16 subnormal; in particular a constant-zero tensor,
+``lo == hi == 0``) gets ``MIN_SCALE``: 0 stays exact, every observed value (all ``< 127 * 2**-24``) is still
+representable, and the scale is a positive power of two that float16/float32 and shift-based targets hold exactly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from fcnquant.errors import CalibrationError
+
+MIN_SCALE = 2.0 ** -24
+
+
+@dataclass(frozen=True)
+class Target:
+    """A deployment target's quantization scheme."""
+
+    name: str
+    activation_dtype: str  # "uint8" or "int8"
+    symmetric: bool  # activations symmetric (zero point 0)
+    pow2: bool = False  # scales restricted to powers of two (rounded up)
+    weight_dtype: str = "int8"
+    weight_symmetric: bool = True
+    per_channel_weights: bool = True
+
+    @property
+    def qmin(self) -> int:
+        if self.activation_dtype == "uint8":
+            return 0
+        return -127 if self.symmetric else -128  # symmetric int8 uses the restricted range [-127, 127]
+
+    @property
+    def qmax(self) -> int:
+        return 255 if self.activation_dtype == "uint8" else 127
+
+    def steps(self, nonnegative: bool) -> int:
+        """Returns the number of quantization steps between 0 and the threshold of a tensor's range."""
+        if not self.symmetric and nonnegative:
+            return self.qmax - self.qmin
+        return 127
+
+
+TARGETS: dict[str, Target] = {
+    "ort-cpu": Target("ort-cpu", activation_dtype="uint8", symmetric=False),
+    "tensorrt": Target("tensorrt", activation_dtype="int8", symmetric=True),
+    "npu-pow2": Target("npu-pow2", activation_dtype="int8", symmetric=True, pow2=True),
+}
+
+
+def get_target(target: str | Target) -> Target:
+    """Returns the :class:`Target` for a name (or the Target itself); unknown names raise CalibrationError."""
+    if isinstance(target, Target):
+        return target
+    try:
+        return TARGETS[target]
+    except KeyError:
+        raise CalibrationError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}") from None
+
+
+def _f32(v: float) -> float:
+    return float(np.float32(v))
+
+
+def pow2_ceil(v: float) -> float:
+    """Returns the smallest power of two ``>= v`` (``v > 0``), exactly."""
+    mant, exp = math.frexp(v)  # v = mant * 2**exp, 0.5 <= mant < 1
+    return math.ldexp(1.0, exp - 1) if mant == 0.5 else math.ldexp(1.0, exp)
+
+
+def qparams(lo: float, hi: float, target: str | Target) -> tuple[float, int]:
+    """Returns ``(scale, zero_point)`` quantizing the range ``[lo, hi]`` on ``target`` (formulas in the module doc).
+
+    Raises CalibrationError for a NaN/infinite or reversed range.
+    """
+    t = get_target(target)
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        raise CalibrationError(f"invalid range [{lo}, {hi}]")
+    if t.symmetric:
+        amax = max(abs(lo), abs(hi))
+        scale = amax / t.qmax
+        if t.pow2:
+            scale = pow2_ceil(max(scale, MIN_SCALE))
+        scale = max(_f32(scale), MIN_SCALE)
+        return scale, 0
+    lo0, hi0 = min(lo, 0.0), max(hi, 0.0)
+    scale = max(_f32((hi0 - lo0) / (t.qmax - t.qmin)), MIN_SCALE)
+    zp = int(round(t.qmin - lo0 / scale))
+    return scale, min(max(zp, t.qmin), t.qmax)
