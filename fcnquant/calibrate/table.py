@@ -1,0 +1,180 @@
+"""The calibration table: a versioned JSON artifact with each tensor's range, scale and zero point."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fcnquant import __version__
+from fcnquant._io import atomic_write_text
+from fcnquant.calibrate.methods import compute_range, resolve_params
+from fcnquant.calibrate.qparams import get_target, qparams
+from fcnquant.calibrate.stats import CalibrationStats
+from fcnquant.calibrate.tensorrt import DEFAULT_HEADER, write_tensorrt_cache
+from fcnquant.errors import CalibrationError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "fcnquant-calibration-table"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor's observed extremes, chosen clipping range and quantization parameters for the table's target."""
+
+    min: float
+    max: float
+    lo: float
+    hi: float
+    scale: float
+    zero_point: int
+
+
+@dataclass
+class CalibrationTable:
+    """Everything needed to quantize a model's activations, and how it was obtained.
+
+    JSON layout: ``format``, ``format_version``, ``tool_version``, ``created`` (ISO 8601 UTC), ``model`` (file
+    name), ``model_sha256``, ``preset``, ``image_ids``, ``method``, ``params`` (all method parameters, defaults
+    included), ``target``, ``tensors`` ``{name: {min, max, lo, hi, scale, zero_point}}``.
+    """
+
+    model_sha256: str
+    method: str
+    target: str
+    tensors: dict[str, TensorEntry]
+    params: dict[str, Any] = field(default_factory=dict)
+    preset: dict[str, Any] = field(default_factory=dict)
+    image_ids: list[str] = field(default_factory=list)
+    model: str = ""
+    created: str = ""
+    tool_version: str = __version__
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the JSON-ready dict."""
+        return {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            "tool_version": self.tool_version,
+            "created": self.created,
+            "model": self.model,
+            "model_sha256": self.model_sha256,
+            "preset": self.preset,
+            "image_ids": self.image_ids,
+            "method": self.method,
+            "params": self.params,
+            "target": self.target,
+            "tensors": {name: asdict(e) for name, e in self.tensors.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "calibration table") -> CalibrationTable:
+        """Returns the table described by ``d`` (validated); raises CalibrationError naming ``source``."""
+        try:
+            if d.get("format") != FORMAT:
+                raise ValueError("not an fcnquant calibration table")
+            version = int(d["format_version"])
+            if version > FORMAT_VERSION:
+                raise ValueError(f"format_version {version} is newer than this fcnquant supports "
+                                 f"({FORMAT_VERSION}); upgrade fcnquant")
+            tensors = {}
+            for name, e in dict(d["tensors"]).items():
+                try:
+                    zp = e["zero_point"]
+                    if not isinstance(zp, int) or isinstance(zp, bool):
+                        raise ValueError(f"zero_point must be an integer, got {zp!r}")
+                    tensors[str(name)] = TensorEntry(float(e["min"]), float(e["max"]), float(e["lo"]),
+                                                     float(e["hi"]), float(e["scale"]), zp)
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ValueError(f"tensor {name!r}: {exc}") from exc
+            table = cls(str(d["model_sha256"]), str(d["method"]), str(d["target"]), tensors,
+                        dict(d.get("params") or {}), dict(d.get("preset") or {}), list(d.get("image_ids") or []),
+                        str(d.get("model", "")), str(d.get("created", "")), str(d.get("tool_version", "")), version)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CalibrationError(f"{source}: {exc}") from exc
+        table.validate(source)
+        return table
+
+    def validate(self, source: str = "calibration table") -> None:
+        """Raises CalibrationError naming the first bad tensor (NaN/Inf values, zero or negative scale, zero point
+        outside the target's range, lo > hi)."""
+        target = get_target(self.target)
+        if not self.tensors:
+            raise CalibrationError(f"{source}: the table has no tensors")
+        for name, e in self.tensors.items():
+            vals = (e.min, e.max, e.lo, e.hi, e.scale)
+            if not all(math.isfinite(v) for v in vals):
+                raise CalibrationError(f"{source}: tensor {name!r} has a non-finite value: {e}")
+            if not e.scale > 0:
+                raise CalibrationError(f"{source}: tensor {name!r} has scale {e.scale}; it must be positive")
+            if e.lo > e.hi or e.min > e.max:
+                raise CalibrationError(f"{source}: tensor {name!r} has a reversed range: {e}")
+            if not target.qmin <= e.zero_point <= target.qmax:
+                raise CalibrationError(f"{source}: tensor {name!r} zero point {e.zero_point} is outside "
+                                       f"[{target.qmin}, {target.qmax}] of target {target.name}")
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Validates and writes the table as JSON to ``path`` atomically; returns the path."""
+        self.validate(str(path))
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CalibrationTable:
+        """Returns the table in the JSON file ``path``; raises CalibrationError if missing, malformed or invalid."""
+        p = Path(path)
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CalibrationError(f"calibration table not found: {p}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CalibrationError(f"{p} is not a readable calibration table: {exc}") from exc
+        if not isinstance(d, dict):
+            raise CalibrationError(f"{p} is not a calibration table (a JSON object is expected)")
+        return cls.from_dict(d, str(p))
+
+    def write_tensorrt_cache(self, path: str | os.PathLike[str], header: str = DEFAULT_HEADER) -> Path:
+        """Writes this table as a TensorRT calibration cache (see :mod:`fcnquant.calibrate.tensorrt`)."""
+        return write_tensorrt_cache(self, path, header)
+
+
+def build_table(
+    stats: CalibrationStats,
+    method: str = "kl",
+    target: str = "ort-cpu",
+    *,
+    created: str | None = None,
+    **params: Any,
+) -> CalibrationTable:
+    """Returns the calibration table of every tensor in ``stats`` by ``method`` (with ``params``) for ``target``.
+
+    Deterministic: the same statistics, method, parameters and target give the same tensors, whether the
+    statistics come from one run, merged shards or a saved file. ``created`` defaults to the current UTC time.
+    """
+    get_target(target)
+    full = resolve_params(method, **params)
+    tensors: dict[str, TensorEntry] = {}
+    for name, ts in stats.tensors.items():
+        try:
+            lo, hi = compute_range(method, ts, target=target, **params)
+            scale, zp = qparams(lo, hi, target)
+        except CalibrationError as exc:
+            raise CalibrationError(f"tensor {name!r}: {exc}") from exc
+        tensors[name] = TensorEntry(ts.min, ts.max, lo, hi, scale, zp)
+    if created is None:
+        created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    table = CalibrationTable(stats.model_sha256, method, target, tensors, full, dict(stats.preset),
+                             list(stats.image_ids), stats.model_name, created)
+    table.validate()
+    log.debug("built %s table (%s) for %d tensors", method, target, len(tensors))
+    return table
+
+
+__all__ = ["CalibrationTable", "TensorEntry", "build_table", "write_tensorrt_cache"]
