@@ -1,1 +1,9 @@
 """fcnquant.calibrate."""
+from __future__ import annotations
+
+# numerics (helper C): methods, target qparams, statistics artifact, calibration table
+from fcnquant.calibrate.methods import METHODS, compute_range, resolve_params
+from fcnquant.calibrate.qparams import TARGETS, Target, qparams
+from fcnquant.calibrate.stats import CalibrationStats, TensorStats, merge_stats
+from fcnquant.calibrate.table import CalibrationTable, TensorEntry, build_table
+from fcnquant.calibrate.tensorrt import read_tensorrt_cache, write_tensorrt_cache
