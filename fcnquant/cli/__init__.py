@@ -18,6 +18,8 @@ SUBCOMMANDS = [
     "export",
     "synth-voc",
     "eval",
+    "calibrate",
+    "merge-stats",
     "quantize",
     "fp16",
 ]

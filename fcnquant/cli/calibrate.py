@@ -1,0 +1,181 @@
+"""``fcnquant calibrate``: activation statistics and a calibration table for an ONNX model."""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from fcnquant.errors import FcnquantError
+
+METHOD_CHOICES = ("kl", "minmax", "percentile", "mse")
+TARGET_CHOICES = ("ort-cpu", "tensorrt", "npu-pow2")
+
+
+def register(sub) -> None:
+    """Adds the ``calibrate`` subcommand to ``sub``."""
+    from fcnquant.cli.eval import parse_size, parse_triple
+    from fcnquant.data import PRESETS
+
+    p = sub.add_parser(
+        "calibrate", help="collect activation statistics and write a calibration table",
+        description="Runs MODEL once per calibration image, streaming the activations an int8 model needs into "
+                    "exact min/max and histogram observers, then computes each tensor's range, scale and zero "
+                    "point with --method for --target. --from-stats recomputes a table from saved statistics "
+                    "without inference; --shard i/n collects one slice of the images (merge with "
+                    "`fcnquant merge-stats`).")
+    p.add_argument("model", metavar="MODEL", nargs="?", help="float ONNX model (optional with --from-stats: then "
+                   "only used to check the statistics belong to it)")
+    g = p.add_argument_group("images")
+    g.add_argument("--data", metavar="DIR", help="VOC root or a folder of images (default: the built-in synthetic VOC)")
+    g.add_argument("--split", default="train", help="split list ImageSets/Segmentation/SPLIT.txt (default %(default)s)")
+    g.add_argument("--num-images", type=int, default=500, metavar="N",
+                   help="calibration images drawn from the split (default %(default)s; all if fewer)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the image selection (default %(default)s)")
+    g.add_argument("--balanced", action="store_true", help="choose images covering every class first (needs masks)")
+    g.add_argument("--ids-file", metavar="F", help="use exactly the image ids listed in F (one per line)")
+    g.add_argument("--save-ids", metavar="F", help="write the selected image ids to F")
+    g.add_argument("--preset", choices=sorted(PRESETS), help="preprocessing preset (default: the model's "
+                   "fcnquant.preset metadata, else awesome); the size follows a fixed model input")
+    g.add_argument("--size", type=parse_size, help="input size S or HxW for models with a dynamic input")
+    g.add_argument("--mean", type=parse_triple, help="per-channel RGB mean a,b,c on the preset's pixel scale")
+    g.add_argument("--std", type=parse_triple, help="per-channel RGB std a,b,c on the preset's pixel scale")
+    g.add_argument("--batch-size", type=int, default=1, metavar="B",
+                   help="images per inference when the model's batch dimension is dynamic (default %(default)s)")
+    g.add_argument("--shard", metavar="I/N", help="collect only slice I of N (1-based) of the image list; "
+                   "needs --save-stats")
+    g.add_argument("--skip-nonfinite", action="store_true",
+                   help="leave NaN/Inf activations out of the statistics (counted and reported) instead of failing")
+    m = p.add_argument_group("method")
+    m.add_argument("--method", default="kl", choices=METHOD_CHOICES, help="range method (default %(default)s)")
+    m.add_argument("--percentile", type=float, metavar="P",
+                   help="percentile of |x| for --method percentile (default 99.99)")
+    m.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="other method parameter, e.g. num_bins=2048 or asymmetric=true (repeatable)")
+    m.add_argument("--target", default="ort-cpu", choices=TARGET_CHOICES,
+                   help="ort-cpu: uint8 asymmetric; tensorrt: int8 symmetric; npu-pow2: int8 symmetric, "
+                        "power-of-two scales (default %(default)s)")
+    o = p.add_argument_group("outputs")
+    o.add_argument("--out-table", metavar="F", help="calibration table JSON (default: MODEL_STEM.calib.json in the "
+                   "current folder; not written for a --shard run unless given)")
+    o.add_argument("--save-stats", metavar="F", help="write the raw statistics (.npz) to F")
+    o.add_argument("--from-stats", metavar="F", help="compute the table from statistics saved with --save-stats "
+                   "(or merged with merge-stats) instead of running the model")
+    o.add_argument("--trt-cache", metavar="F", help="also write a TensorRT calibration cache to F")
+    o.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    p.set_defaults(func=run)
+
+
+def method_params(args: argparse.Namespace) -> dict[str, str | float]:
+    """Returns the method parameters given by --percentile and --param KEY=VALUE."""
+    params: dict[str, str | float] = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise FcnquantError(f"--param expects KEY=VALUE, got '{item}'")
+        params[key.strip()] = value.strip()
+    if args.percentile is not None:
+        if args.method != "percentile":
+            raise FcnquantError("--percentile only applies to --method percentile")
+        params["percentile"] = args.percentile
+    return params
+
+
+def _check_writable(path: str | None, option: str) -> None:
+    """Fails before any work when an output could not be written (nothing is left behind either way)."""
+    if path is None:
+        return
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise FcnquantError(f"{option} {path} is a folder")
+    if not parent.is_dir():
+        raise FcnquantError(f"{option}: output folder does not exist: {parent}")
+    if not os.access(parent, os.W_OK):
+        raise FcnquantError(f"{option}: cannot write to {parent}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``fcnquant calibrate``; returns the exit status."""
+    from fcnquant.calibrate.api import choose_ids, compute_table, load_stats, open_calibration_data
+    from fcnquant.calibrate.collect import Shard, collect_stats
+    from fcnquant.calibrate.methods import resolve_params
+    from fcnquant.calibrate.qparams import get_target
+    from fcnquant.data import load_ids, save_ids
+
+    params = method_params(args)
+    resolve_params(args.method, **params)  # bad parameters fail before any inference
+    get_target(args.target)
+    if args.model is None and args.from_stats is None:
+        raise FcnquantError("give a MODEL (or --from-stats F)")
+    if args.from_stats and (args.shard or args.save_ids or args.ids_file or args.skip_nonfinite):
+        raise FcnquantError("--from-stats computes from saved statistics; --shard, --ids-file, --save-ids and "
+                            "--skip-nonfinite apply to collection only")
+    shard = Shard.parse(args.shard) if args.shard else None
+    if shard and not args.save_stats:
+        raise FcnquantError("a --shard run collects part of the statistics: give --save-stats F to keep them")
+    if args.num_images is not None and args.num_images < 1:
+        raise FcnquantError(f"--num-images must be at least 1, got {args.num_images}")
+    out_table = args.out_table
+    if out_table is None and shard is None:
+        stem = Path(args.model).stem if args.model else Path(args.from_stats).stem
+        out_table = f"{stem}.calib.json"
+    for path, option in ((out_table, "--out-table"), (args.save_stats, "--save-stats"),
+                         (args.save_ids, "--save-ids"), (args.trt_cache, "--trt-cache")):
+        _check_writable(path, option)
+    progress = not args.no_progress
+
+    t0 = time.perf_counter()
+    if args.from_stats:
+        stats = load_stats(args.from_stats, args.model)
+        source = f"statistics {args.from_stats}"
+    else:
+        dataset = open_calibration_data(args.data, args.split, progress=progress)
+        ids = load_ids(args.ids_file) if args.ids_file else None
+        chosen = choose_ids(dataset, args.num_images, args.seed, args.balanced, ids, progress=progress)
+        if args.save_ids:
+            save_ids(args.save_ids, chosen)
+        stats = collect_stats(args.model, dataset, chosen, args.preset, args.batch_size, size=args.size,
+                              mean=args.mean, std=args.std, skip_nonfinite=args.skip_nonfinite, shard=shard,
+                              progress=progress)
+        source = f"{len(stats.image_ids)} image(s) of {dataset.describe()}" + (f", shard {shard}" if shard else "")
+    elapsed = time.perf_counter() - t0
+    written: list[str] = []
+    if args.save_stats:
+        stats.save(args.save_stats)
+        written.append(f"statistics: {args.save_stats}")
+    if args.save_ids:
+        written.append(f"image ids: {args.save_ids}")
+
+    table = None
+    if out_table is not None or args.trt_cache:
+        table = compute_table(stats, args.method, args.target, **params)
+        if out_table is not None:
+            table.save(out_table)
+            written.append(f"table: {out_table}")
+        if args.trt_cache:
+            table.write_tensorrt_cache(args.trt_cache)
+            written.append(f"TensorRT cache: {args.trt_cache}")
+    # An `--out model.int8.onnx` option would quantize here: quantize_model(args.model, table, args.out, ...).
+
+    print(f"calibrated {stats.model_name or args.model} from {source} in {elapsed:.1f} s")
+    print(f"  {len(stats.tensors)} activation tensors observed")
+    nonfinite = {n: ts.nonfinite for n, ts in stats.tensors.items() if ts.nonfinite}
+    if nonfinite:
+        print(f"  skipped NaN/Inf values in {len(nonfinite)} tensor(s): "
+              + ", ".join(f"{n} ({c})" for n, c in list(nonfinite.items())[:5]))
+    if table is not None:
+        print("  " + summarize_clipping(table))
+    for line in written:
+        print(f"  wrote {line}")
+    return 0
+
+
+def summarize_clipping(table) -> str:
+    """Returns one line: how many tensors the method clipped inside the observed min/max, and by how much."""
+    clipped = [(n, e) for n, e in table.tensors.items() if e.lo > e.min or e.hi < e.max]
+    line = f"method {table.method} ({table.target}): {len(clipped)} of {len(table.tensors)} tensors clipped inside min/max"
+    ratios = sorted(max(e.hi, -e.lo) / max(e.max, -e.min) for _, e in clipped if max(e.max, -e.min) > 0)
+    if ratios:
+        line += f" (threshold / max|x|: median {ratios[len(ratios) // 2]:.3f}, lowest {ratios[0]:.3f})"
+    return line
