@@ -109,6 +109,16 @@ def test_minmax_equals_numpy_exactly():
     assert mm64.min == -2.5 and mm64.max == float(np.float32(0.1))
 
 
+def test_minmax_signed_zero_is_canonical():
+    a, b, both = MinMaxObserver(), MinMaxObserver(), MinMaxObserver()
+    a.update(np.array([-0.0, 1.0], np.float32))
+    b.update(np.array([0.0, 2.0], np.float32))
+    both.update(np.array([0.0, -0.0, 2.0, 1.0], np.float32))
+    b.merge(a)
+    for mm in (a, b, both):
+        assert mm.min == 0.0 and not np.signbit(mm.min)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_nonfinite_raises_and_leaves_state_unchanged(bad):
     x = np.array([1.0, 2.0, bad, 3.0, bad], dtype=np.float32)

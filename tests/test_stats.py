@@ -104,6 +104,13 @@ def test_nonfinite_skip_is_recorded(tmp_path):
     assert strict.tensors["t"].count == 0 and strict.tensors["t"].hist.total == 0
 
 
+def test_negative_zero_minimum_round_trips(tmp_path):
+    st = CalibrationStats.new(["t"], model_sha256=SHA)
+    st.tensors["t"].update(np.array([-0.0, 3.0], np.float32))  # min reported as +0.0, histogram holds -0.0
+    back = CalibrationStats.load(st.save(tmp_path / "s.npz"))
+    assert back.tensors["t"].min == 0.0 and back.tensors["t"].max == 3.0
+
+
 def test_load_rejects_bad_files(tmp_path):
     with pytest.raises(CalibrationError, match="not found"):
         CalibrationStats.load(tmp_path / "missing.npz")

@@ -99,8 +99,10 @@ class TensorStats:
             ends = np.array([mm.min, mm.max], dtype=np.float32)
             if np.float64(ends[0]) != mm.min or np.float64(ends[1]) != mm.max:
                 raise CalibrationError(f"{name}: min/max {mm.min}, {mm.max} are not float32 values")
-            bins = ends.view(np.uint32) >> h.shift
-            if not h.counts[bins.astype(np.intp)].all():
+            bins = (ends.view(np.uint32) >> h.shift).astype(np.intp)
+            neg_zero = np.array([-0.0], np.float32).view(np.uint32) >> h.shift
+            found = h.counts[bins] + np.where(ends == 0, h.counts[neg_zero[0]], 0)  # a zero may be +0.0 or -0.0
+            if not found.all():
                 raise CalibrationError(f"{name}: min/max {mm.min}, {mm.max} are not in the histogram")
 
     def state(self) -> dict[str, np.ndarray]:

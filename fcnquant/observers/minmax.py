@@ -12,7 +12,8 @@ class MinMaxObserver:
 
     Starts at the identity (``min=+inf``, ``max=-inf``, ``count=0``). After any sequence of updates and merges,
     ``min``/``max`` equal ``np.min``/``np.max`` of the concatenation of all the (float32) data exactly, whatever the
-    batch sizes or order. Non-finite values raise :class:`NonFiniteError` (state unchanged) unless
+    batch sizes or order (a zero extreme is reported as +0.0, whichever signed zero the data held, so the values
+    are bit-identical too). Non-finite values raise :class:`NonFiniteError` (state unchanged) unless
     ``skip_nonfinite=True``; then they are left out of min/max/count and counted in ``nonfinite``.
     The common all-finite case costs two vectorised passes (``x.min()``, ``x.max()``) and no more.
     """
@@ -40,8 +41,9 @@ class MinMaxObserver:
             if finite.size == 0:
                 return
             lo, hi, n = float(finite.min()), float(finite.max()), finite.size
-        self.min = min(self.min, lo)
-        self.max = max(self.max, hi)
+        # "+ 0.0" turns -0.0 into +0.0, so the result never depends on which signed zero came first
+        self.min = min(self.min, lo + 0.0)
+        self.max = max(self.max, hi + 0.0)
         self.count += n
 
     def merge(self, other: MinMaxObserver) -> None:
