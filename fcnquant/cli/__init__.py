@@ -22,6 +22,7 @@ SUBCOMMANDS = [
     "merge-stats",
     "quantize",
     "fp16",
+    "compare",
 ]
 
 

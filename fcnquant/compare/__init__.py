@@ -1,1 +1,12 @@
-"""fcnquant.compare."""
+"""fcnquant.compare: per-layer drift and final-metric deltas between a float model and its quantized version."""
+from __future__ import annotations
+
+from fcnquant.compare.api import compare_models
+from fcnquant.compare.drift import DriftAccumulator, DriftMetrics
+from fcnquant.compare.pairing import Pairing, TensorPair, pair_tensors
+from fcnquant.compare.report import ActivationHistogram, CompareReport, FinalMetrics, LayerDrift
+
+__all__ = [
+    "compare_models", "CompareReport", "LayerDrift", "FinalMetrics", "ActivationHistogram", "DriftAccumulator",
+    "DriftMetrics", "Pairing", "TensorPair", "pair_tensors",
+]

@@ -51,6 +51,9 @@ def compare_models(
     *,
     batch_size: int = 1,
     ids: Sequence[str] | None = None,
+    size: int | Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     boundary_radius: int = DEFAULT_BOUNDARY_RADIUS,
     threads: int = 0,
     histogram_layers: int = HISTOGRAM_LAYERS,
@@ -58,7 +61,7 @@ def compare_models(
     """Returns the CompareReport of ``quant_model`` (QDQ int8 or fp16 ONNX) against ``float_model`` on a split.
 
     ``data`` defaults to ``builtin_dataset()``; ``preset`` to the float model's ``fcnquant.preset`` metadata or
-    ``awesome``. Unlabelled data gives the drift and changed-pixel shares only (mIoU is NaN). ``table`` (a
+    ``awesome`` (``size``/``mean``/``std`` override it, as in ``fcnquant.evaluate``). Unlabelled data gives the drift and changed-pixel shares only (mIoU is NaN). ``table`` (a
     CalibrationTable JSON) adds each layer's clipping range; ``table`` or ``stats`` (a CalibrationStats ``.npz``)
     adds activation histograms of the worst layers to the HTML report.
     """
@@ -95,7 +98,7 @@ def compare_models(
     iso = make_session(plan.model.SerializeToString(), threads=threads) if plan is not None else None
     iso_inputs = {i.name for i in iso.get_inputs()} if iso is not None else set()
 
-    pre = preset_for_session(f_plain, preset)
+    pre = preset_for_session(f_plain, preset, size=size, mean=mean, std=std)
     root = Path(data) if data is not None else builtin_dataset(progress=progress)
     dataset = open_dataset(root, split)
     chosen = list(ids) if ids is not None else list(dataset.ids)
@@ -159,12 +162,12 @@ def compare_models(
     assert final is not None
     layers = tuple(
         LayerDrift(
-            float_name=p.float_name, quant_name=p.quant_name, op_type=p.op_type, order=p.order, source=p.source,
+            float_name=p.float_name, quant_name=p.quant_name, op_type=p.op_type, order=k, source=p.source,
             accumulated=acc[p.float_name].result(),
             isolated=isod[p.float_name].result() if plan is not None else None,
             clip=(entries[p.float_name].lo, entries[p.float_name].hi) if p.float_name in entries else None,
         )
-        for p in measured
+        for k, p in enumerate(measured)
     )
     report_final = _final_metrics(final)
     if not report_final.labelled:
@@ -226,13 +229,20 @@ def _table_entries(table, fm, fpath: Path, notes: list[str]) -> dict:
         return {}
     from fcnquant.calibrate.table import CalibrationTable
 
+    from fcnquant.calibrate.tensors import inherited_scales
+
     t = CalibrationTable.load(table)
     sha = file_sha256(fpath)
     if t.model_sha256 and t.model_sha256 != sha:
         notes.append(f"calibration table {table} was made for another model (sha256 {t.model_sha256[:12]}…, "
                      f"float model {sha[:12]}…)")
         log.warning(notes[-1])
-    return dict(t.tensors)
+    entries = dict(t.tensors)
+    # A tensor that reuses another's scale (MaxPool, Resize, fused producers) is quantized with that range.
+    for name, source in inherited_scales(fm).items():
+        if name not in entries and source in t.tensors:
+            entries[name] = t.tensors[source]
+    return entries
 
 
 def _table_histograms(entries: dict, measured: Sequence[TensorPair]) -> dict[str, FixedHistogram]:

@@ -116,7 +116,7 @@ def snr_plot(layers: Sequence[LayerDrift], width: int = 1040, height: int = 340)
     hi = max(values) if values else 1.0
     pad = max(1.0, 0.06 * (hi - lo))
     cap = hi + pad  # infinite SNR (bit-identical tensors) is drawn at the top edge
-    p.ranges((-0.5, len(layers) - 0.5), (min(0.0, lo - pad), cap))
+    p.ranges((-0.5, len(layers) - 0.5), (lo - pad, cap))
     p.y_axis(_nice_ticks(p.yr[0], hi), "SNR (dB), higher is better")
     step = max(1, math.ceil(len(layers) / 40))
     for k, layer in enumerate(layers):
@@ -142,7 +142,7 @@ def snr_plot(layers: Sequence[LayerDrift], width: int = 1040, height: int = 340)
         p.add(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.8" stroke-dasharray="{dash}"/>')
         for k, v, layer, m in pts:
             tip = (f"#{k} {layer.float_name} ({layer.op_type})\n{name} SNR {fmt(m.snr_db)} dB, cosine "
-                   f"{fmt(m.cosine, '.6f')}, rel L2 {fmt(m.rel_l2, '.4f')}, max|err| {fmt(m.max_abs, '.4g')}")
+                   f"{fmt(m.cosine, '.8f')}, rel L2 {fmt(m.rel_l2, '.4f')}, max|err| {fmt(m.max_abs, '.4g')}")
             p.add(f'<circle cx="{p.px(k):.1f}" cy="{p.py(v):.1f}" r="3.2" fill="{color}"><title>{_e(tip)}</title>'
                   f'</circle>')
 
@@ -234,13 +234,17 @@ def _layer_rows(layers: Sequence[LayerDrift], rank: bool) -> str:
         first = f"<td>{k}</td>" if rank else ""
         rows.append(
             f"<tr>{first}<td>{r.order}</td><td class='name'>{_e(r.float_name)}</td><td class='op'>{_e(r.op_type)}</td>"
-            f"<td>{fmt(a.snr_db)}</td><td>{fmt(i.snr_db if i else None)}</td><td>{fmt(a.cosine, '.6f')}</td>"
+            f"<td>{fmt(a.snr_db)}</td><td>{fmt(i.snr_db if i else None)}</td><td>{fmt(a.cosine, '.8f')}</td>"
             f"<td>{fmt(a.rel_l2, '.4f')}</td><td>{fmt(a.max_abs, '.4g')}</td><td>{fmt(a.mse, '.4g')}</td>"
-            f"<td>{fmt(i.cosine if i else None, '.6f')}</td><td>{clip}</td></tr>")
+            f"<td>{fmt(i.cosine if i else None, '.8f')}</td><td>{clip}</td></tr>")
     head = ("<tr>" + ("<th>#</th>" if rank else "") + "<th>depth</th><th>tensor</th><th>op</th><th>SNR dB</th>"
             "<th>iso SNR dB</th><th>cosine</th><th>rel L2</th><th>max|err|</th><th>MSE</th><th>iso cosine</th>"
             "<th>clip range</th></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _signed(v: float) -> str:
+    return "±0.00" if math.isfinite(v) and abs(v) < 0.005 else fmt(v, "+.2f")
 
 
 def _card(value: str, label: str, cls: str = "") -> str:
@@ -261,7 +265,7 @@ def render_html(report: CompareReport, top: int = 10) -> str:
     if f.labelled:
         drop_cls = "bad" if f.miou_drop > 0 else "good"
         cards += [_card(fmt(f.miou_float), "mIoU float"), _card(fmt(f.miou_quant), "mIoU quantized"),
-                  _card(fmt(-f.miou_drop, "+.2f"), "mIoU change (points)", drop_cls)]
+                  _card(_signed(-f.miou_drop), "mIoU change (points)", drop_cls)]
     cards += [_card(f"{fmt(100 * f.changed_share, '.3f')}%", "pixels with a changed class"),
               _card(f"{fmt(100 * f.boundary_changed_share, '.3f')}%", f"… within {f.boundary_radius} px of boundaries"),
               _card(f"{fmt(100 * f.interior_changed_share, '.3f')}%", "… elsewhere")]

@@ -30,7 +30,7 @@ class LayerDrift:
     float_name: str
     quant_name: str
     op_type: str
-    order: int  # depth: position among the float model's activations in topological order
+    order: int  # depth: position among the quantized activations, in the float model's topological order
     source: str  # how it was paired: "tensor_map" or "structure"
     accumulated: DriftMetrics
     isolated: DriftMetrics | None = None
@@ -296,7 +296,7 @@ def format_table(report: CompareReport, top: int | None = 10, by: str = "accumul
         w = min(48, max(12, max(len(r.float_name) for r in rows)))
         lines.append("")
         lines.append(f"worst {len(rows)} of {len(report.layers)} layers by {by} SNR:")
-        head = (f"{'#':>3} {'tensor':<{w}} {'op':<8} {'depth':>5} {'SNR dB':>8} {'iso dB':>8} {'cosine':>9}"
+        head = (f"{'#':>3} {'tensor':<{w}} {'op':<8} {'depth':>5} {'SNR dB':>8} {'iso dB':>8} {'cosine':>10}"
                 f" {'rel L2':>8} {'max|err|':>9} {'MSE':>9}")
         lines.append(head)
         lines.append("-" * len(head))
@@ -304,7 +304,7 @@ def format_table(report: CompareReport, top: int | None = 10, by: str = "accumul
             a, i = r.accumulated, r.isolated
             lines.append(
                 f"{k:>3} {_short(r.float_name, w):<{w}} {r.op_type[:8]:<8} {r.order:>5} {fmt(a.snr_db):>8}"
-                f" {fmt(i.snr_db if i else None):>8} {fmt(a.cosine, '.6f'):>9} {fmt(a.rel_l2, '.4f'):>8}"
+                f" {fmt(i.snr_db if i else None):>8} {fmt(a.cosine, '.8f'):>10} {fmt(a.rel_l2, '.4f'):>8}"
                 f" {fmt(a.max_abs, '.3g'):>9} {fmt(a.mse, '.3g'):>9}" + (f"  ({a.nonfinite} non-finite)" if a.nonfinite else "")
             )
         if report.isolated:

@@ -1,0 +1,82 @@
+"""``fcnquant compare``: per-layer drift and mIoU change between a float model and its quantized version."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from fcnquant.errors import FcnquantError
+
+EXIT_DROP = 3  # --fail-on-drop exceeded
+
+
+def register(sub) -> None:
+    """Adds the ``compare`` subcommand to ``sub``."""
+    from fcnquant.cli.eval import add_data_options
+
+    p = sub.add_parser(
+        "compare", help="per-layer drift and mIoU change of a quantized (int8 QDQ or fp16) model",
+        description="Runs FLOAT and QUANT on the same images and reports, for every quantized activation, cosine "
+                    "similarity, SNR, MSE, max abs error and relative L2, accumulated (whole quantized model) and "
+                    "isolated (that layer alone, fed float inputs); plus both models' mIoU, per-class IoU changes "
+                    "and the share of pixels whose class changed (overall and near object boundaries). "
+                    f"Exit status {EXIT_DROP} when --fail-on-drop is exceeded.")
+    p.add_argument("float_model", metavar="FLOAT", help="the float ONNX model")
+    p.add_argument("quant_model", metavar="QUANT", help="its quantized version (QDQ int8 or fp16 ONNX), made by "
+                   "fcnquant or another tool")
+    add_data_options(p)
+    p.add_argument("--table", metavar="JSON", help="calibration table: adds each layer's clipping range and "
+                   "activation histograms of the worst layers to the HTML report")
+    p.add_argument("--stats", metavar="NPZ", help="calibration statistics file: histograms for the HTML report "
+                   "are drawn from it")
+    p.add_argument("--report", metavar="HTML", help="write a self-contained HTML report with plots to HTML")
+    p.add_argument("--json", metavar="OUT", help="write the full report as JSON to OUT")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="layers listed as top offenders "
+                   "(default %(default)s)")
+    p.add_argument("--sort", choices=("accumulated", "isolated"), default="accumulated",
+                   help="rank the terminal table by accumulated or isolated SNR (default %(default)s)")
+    p.add_argument("--no-isolated", action="store_true", help="skip the isolated pass (faster; accumulated "
+                   "drift only)")
+    p.add_argument("--boundary", type=int, default=3, metavar="PX", help="boundary band half-width in pixels for "
+                   "the changed-pixel share (default %(default)s)")
+    p.add_argument("--fail-on-drop", type=float, metavar="X", help=f"exit with status {EXIT_DROP} when the mIoU "
+                   "drop (float - quantized, in points) exceeds X; needs labelled data")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: its choice)")
+    p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compares, prints the table, writes the requested files; returns 3 when --fail-on-drop is exceeded."""
+    from fcnquant.compare import compare_models
+
+    if args.batch_size < 1:
+        raise FcnquantError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.top < 0:
+        raise FcnquantError(f"--top must be >= 0, got {args.top}")
+    if args.boundary < 0:
+        raise FcnquantError(f"--boundary must be >= 0, got {args.boundary}")
+    if args.fail_on_drop is not None and not math.isfinite(args.fail_on_drop):
+        raise FcnquantError(f"--fail-on-drop must be a finite number, got {args.fail_on_drop}")
+    report = compare_models(
+        args.float_model, args.quant_model, data=args.data, split=args.split, num_images=args.num_images,
+        preset=args.preset, table=args.table, stats=args.stats, isolated=not args.no_isolated,
+        progress=not args.no_progress, batch_size=args.batch_size, size=args.size, mean=args.mean, std=args.std,
+        boundary_radius=args.boundary, threads=args.threads,
+    )
+    print(report.format_table(top=args.top, by=args.sort if not args.no_isolated else "accumulated"))
+    if args.json:
+        report.to_json(args.json)
+        print(f"wrote {args.json}")
+    if args.report:
+        report.to_html(args.report, top=args.top)
+        print(f"wrote {args.report}")
+    if args.fail_on_drop is not None:
+        if not report.final.labelled:
+            raise FcnquantError("--fail-on-drop needs labelled data, but the images have no segmentation masks")
+        if report.miou_drop > args.fail_on_drop:
+            print(f"fcnquant compare: mIoU drop {report.miou_drop:.3f} points exceeds --fail-on-drop "
+                  f"{args.fail_on_drop:g} (float {report.final.miou_float:.3f}, quantized "
+                  f"{report.final.miou_quant:.3f})", file=sys.stderr)
+            return EXIT_DROP
+    return 0
