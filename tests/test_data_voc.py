@@ -189,3 +189,20 @@ def test_cmyk_jpeg_and_grayscale_jpeg(tmp_path):
     c, g = read_rgb(tmp_path / "c.jpg"), read_rgb(tmp_path / "g.jpg")
     assert c.shape == (3, 4, 3) and abs(int(c.min()) - 255) <= 2
     assert g.shape == (3, 4, 3) and np.abs(g.astype(int) - 77).max() <= 2
+
+
+def test_16_bit_rgb_png(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    pixels = np.array([[[0, 257 * 100, 65535], [257 * 3, 0, 65535]]], np.uint16)  # 1x2, 16 bits per channel
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+    header = struct.pack(">IIBBBBB", 2, 1, 16, 2, 0, 0, 0)  # width, height, depth 16, colour type 2 (RGB)
+    (tmp_path / "rgb48.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                         + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    out = read_rgb(tmp_path / "rgb48.png")
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, [[[0, 100, 255], [3, 0, 255]]])
