@@ -65,6 +65,10 @@ def _load_with_numpy(path: Path, first_error: Exception) -> object:
     for name in names:
         module, _, attr = name.rpartition(".")
         allowed.append(getattr(importlib.import_module(module), attr))
+    import numpy as np
+
+    # dtype classes are only discovered while unpickling, so allow all of numpy's (plain descriptors)
+    allowed += [t for t in vars(np.dtypes).values() if isinstance(t, type) and issubclass(t, np.dtype)]
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(str(path), map_location="cpu", weights_only=True)
