@@ -138,4 +138,4 @@ def cosine(dot: float, norm2_a: float, norm2_b: float) -> float:
         return 1.0
     if norm2_a == 0 or norm2_b == 0:
         return 0.0
-    return max(-1.0, min(1.0, dot / (math.sqrt(norm2_a) * math.sqrt(norm2_b))))
+    return max(-1.0, min(1.0, dot / math.sqrt(norm2_a * norm2_b)))  # float32 data cannot overflow the product

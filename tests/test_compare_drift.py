@@ -1,0 +1,165 @@
+"""Drift metrics and final-output counters against numpy references and brute force."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fcnquant.compare.drift import DriftAccumulator, cosine, snr_db
+from fcnquant.compare.final import FinalAccumulator, boundary_band
+
+
+def _reference(ref: np.ndarray, test: np.ndarray) -> dict:
+    r = ref.astype(np.float64).ravel()
+    t = test.astype(np.float64).ravel()
+    e = t - r
+    return {
+        "cosine": float(np.sum(r * t) / np.sqrt(np.sum(r * r) * np.sum(t * t))),
+        "snr_db": float(10 * np.log10(np.sum(r * r) / np.sum(e * e))),
+        "mse": float(np.mean(e * e)),
+        "max_abs": float(np.max(np.abs(e))),
+        "rel_l2": float(np.sqrt(np.sum(e * e) / np.sum(r * r))),
+        "count": r.size,
+    }
+
+
+def test_metrics_match_numpy_on_random_tensors():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((2, 5, 40, 37)).astype(np.float32)
+    test = (ref + 0.05 * rng.standard_normal(ref.shape)).astype(np.float32)
+    acc = DriftAccumulator()
+    acc.update(ref, test)
+    got = acc.result()
+    want = _reference(ref, test)
+    assert got.count == want["count"]
+    for key in ("cosine", "snr_db", "mse", "max_abs", "rel_l2"):
+        assert getattr(got, key) == pytest.approx(want[key], rel=1e-12), key
+    assert got.nonfinite == 0
+
+
+def test_planted_snr_is_recovered_exactly():
+    # noise scaled so that 10 log10(sum r^2 / sum n^2) is exactly 23.5 dB (float64 throughout)
+    rng = np.random.default_rng(1)
+    ref = rng.standard_normal(200_000) * 3.0 + 0.5
+    u = rng.standard_normal(ref.size)
+    noise = u * math.sqrt(np.sum(ref**2) / (10 ** (23.5 / 10) * np.sum(u**2)))
+    acc = DriftAccumulator()
+    acc.update(ref, ref + noise)
+    assert acc.result().snr_db == pytest.approx(23.5, abs=1e-9)
+
+
+def test_constant_offset_gives_closed_form_values():
+    ref = np.full((4, 4), 2.0)
+    acc = DriftAccumulator()
+    acc.update(ref, ref + 0.5)
+    m = acc.result()
+    assert m.mse == 0.25 and m.max_abs == 0.5
+    assert m.rel_l2 == pytest.approx(0.25)
+    assert m.snr_db == pytest.approx(10 * math.log10(16.0))  # 2^2 / 0.5^2
+    assert m.cosine == pytest.approx(1.0)
+
+
+def test_streaming_over_batches_equals_one_pass_and_merge():
+    rng = np.random.default_rng(2)
+    ref = rng.standard_normal((6, 3, 50, 50)).astype(np.float32)
+    test = (ref * 1.01 + 0.02).astype(np.float16)  # fp16 test tensors are accepted
+    whole = DriftAccumulator()
+    whole.update(ref, test)
+    streamed = DriftAccumulator()
+    for k in range(6):
+        streamed.update(ref[k:k + 1], test[k:k + 1])
+    a, b = DriftAccumulator(), DriftAccumulator()
+    a.update(ref[:2], test[:2])
+    b.update(ref[2:], test[2:])
+    merged = a.merge(b).result()
+    want = _reference(ref, test)
+    for m in (whole.result(), streamed.result(), merged):
+        assert m.count == want["count"]
+        for key in ("cosine", "snr_db", "mse", "max_abs", "rel_l2"):
+            assert getattr(m, key) == pytest.approx(want[key], rel=1e-10), key
+
+
+def test_small_error_on_large_values_does_not_cancel():
+    # |ref| ~ 1e4 with an error of 1e-3: sum(q^2) - 2 sum(rq) + sum(r^2) would lose every digit in float64
+    rng = np.random.default_rng(3)
+    ref = (1e4 + rng.standard_normal(300_000)).astype(np.float32)
+    err = np.where(rng.random(ref.size) < 0.5, 1e-3, -1e-3).astype(np.float64)
+    test = (ref.astype(np.float64) + err).astype(np.float32)
+    exact_err = test.astype(np.float64) - ref.astype(np.float64)  # exact: both are float32 values
+    acc = DriftAccumulator()
+    acc.update(ref, test)
+    m = acc.result()
+    assert m.mse == pytest.approx(float(np.mean(exact_err**2)), rel=1e-9)
+    naive = np.sum(test.astype(np.float64) ** 2) - 2 * np.sum(test.astype(np.float64) * ref) + np.sum(
+        ref.astype(np.float64) ** 2)
+    assert abs(naive / ref.size - m.mse) > 1e-3 * m.mse  # the cancelling formula would indeed be wrong
+
+
+def test_nonfinite_pairs_are_counted_and_left_out():
+    ref = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
+    test = np.array([1.5, np.inf, 3.0, np.nan], dtype=np.float32)
+    acc = DriftAccumulator()
+    acc.update(ref, test)
+    m = acc.result()
+    assert m.nonfinite == 2 and m.count == 2
+    want = _reference(ref[[0, 2]], test[[0, 2]])
+    assert m.snr_db == pytest.approx(want["snr_db"]) and m.max_abs == 0.5
+
+
+def test_edge_cases():
+    same = DriftAccumulator()
+    same.update(np.ones(5), np.ones(5))
+    assert same.result().snr_db == math.inf and same.result().rel_l2 == 0.0 and same.result().cosine == 1.0
+    assert snr_db(0.0, 1.0) == -math.inf and math.isnan(snr_db(0.0, 0.0))
+    assert cosine(0.0, 0.0, 0.0) == 1.0 and cosine(0.0, 1.0, 0.0) == 0.0
+    empty = DriftAccumulator().result()
+    assert empty.count == 0 and math.isnan(empty.snr_db) and math.isnan(empty.mse)
+    with pytest.raises(ValueError):
+        DriftAccumulator().update(np.zeros((2, 3)), np.zeros((3, 2)))
+    d = same.result().to_dict()
+    assert d["snr_db"] is None  # +inf is not valid JSON
+
+
+def _band_brute_force(labels: np.ndarray, r: int) -> np.ndarray:
+    h, w = labels.shape
+    out = np.zeros((h, w), dtype=bool)
+    for y in range(h):
+        for x in range(w):
+            win = labels[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1]
+            out[y, x] = bool((win != labels[y, x]).any())
+    return out
+
+
+@pytest.mark.parametrize("radius", [0, 1, 3])
+def test_boundary_band_matches_brute_force(radius):
+    rng = np.random.default_rng(4)
+    labels = np.zeros((23, 31), dtype=np.uint8)
+    labels[5:15, 4:12] = 7
+    labels[10:20, 18:29] = 255
+    labels[rng.random(labels.shape) < 0.01] = 3
+    assert np.array_equal(boundary_band(labels, radius), _band_brute_force(labels, radius))
+    batch = np.stack([labels, labels[::-1]])
+    got = boundary_band(batch, radius)
+    assert np.array_equal(got[1], _band_brute_force(labels[::-1], radius))
+
+
+def test_final_accumulator_counts_changed_pixels_overall_and_near_boundaries():
+    labels = np.zeros((1, 12, 12), dtype=np.uint8)
+    labels[0, 3:9, 3:9] = 5  # a square object
+    pred_f = labels.copy()
+    pred_q = labels.copy()
+    pred_q[0, 0, 0] = 1  # far from the boundary (corner)
+    pred_q[0, 3, 5] = 0  # on the object's edge
+    acc = FinalAccumulator(21, boundary_radius=1)
+    acc.update(pred_f, pred_q, labels)
+    band = _band_brute_force(labels[0], 1)
+    assert acc.pixels == 144 and acc.changed == 2
+    assert acc.boundary_pixels == int(band.sum()) and acc.boundary_changed == 1
+    assert acc.changed_share == pytest.approx(2 / 144)
+    assert acc.boundary_changed_share == pytest.approx(1 / band.sum())
+    assert acc.cm_float.miou() == pytest.approx(100.0)  # float prediction equals the labels
+    # without labels the band comes from the float prediction (here the same)
+    unl = FinalAccumulator(21, boundary_radius=1)
+    unl.update(pred_f, pred_q)
+    assert not unl.labelled and unl.boundary_pixels == int(band.sum()) and unl.boundary_changed == 1
