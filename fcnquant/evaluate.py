@@ -13,8 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from fcnquant._io import atomic_write_text
-from fcnquant.data import (VOC_CLASSES, Preset, builtin_dataset, iter_batches, open_dataset, preset_for_session,
-                           resize_bilinear)
+from fcnquant.data import (VOC_CLASSES, Dataset, Preset, builtin_dataset, iter_batches, open_dataset,
+                           preset_for_session, resize_bilinear)
 from fcnquant.errors import DataError, ModelError
 from fcnquant.metrics import ConfusionMatrix
 
@@ -104,7 +104,7 @@ def _predictions(out: np.ndarray, hw: tuple[int, int], num_classes: int) -> np.n
 
 def evaluate(
     model,
-    data: str | os.PathLike[str] | None = None,
+    data: str | os.PathLike[str] | Dataset | None = None,
     split: str | None = "val",
     preset: str | Preset | None = None,
     num_images: int | None = None,
@@ -119,10 +119,11 @@ def evaluate(
 ) -> EvalResult:
     """Returns the ``EvalResult`` of ``model`` (ONNX path, bytes, or an onnxruntime session) on a labelled split.
 
-    ``data`` defaults to ``builtin_dataset()``. ``preset`` defaults to the model's ``fcnquant.preset`` metadata or
-    ``awesome``; its size follows a fixed model input. ``ids`` (or the first ``num_images`` of the split) restrict
-    the images. Logits whose size differs from the labels are resized bilinearly (align_corners=False) before the
-    argmax. A model with a fixed batch of 1 runs image by image; a fixed batch k > 1 gets padded batches of k.
+    ``data``: a dataset root (or an open ``Dataset``), default ``builtin_dataset()``. ``preset`` defaults to the
+    model's ``fcnquant.preset`` metadata or ``awesome``; its size follows a fixed model input. ``ids`` (or the
+    first ``num_images`` of the split) restrict the images. Logits whose size differs from the labels are resized
+    bilinearly (align_corners=False) before the argmax. A model with a fixed batch of 1 runs image by image; a
+    fixed batch k > 1 gets padded batches of k.
     """
     from tqdm import tqdm
 
@@ -135,8 +136,10 @@ def evaluate(
         model_name = "<bytes>" if isinstance(model, bytes) else str(model)
     _, shape = input_spec(session)
     pre = preset_for_session(session, preset, size=size, mean=mean, std=std)
-    root = Path(data) if data is not None else builtin_dataset(progress=progress)
-    dataset = open_dataset(root, split)
+    if isinstance(data, Dataset):
+        dataset = data
+    else:
+        dataset = open_dataset(Path(data) if data is not None else builtin_dataset(progress=progress), split)
     if not dataset.has_labels:
         raise DataError(f"evaluation needs segmentation masks; dataset {dataset.describe()} has none")
     chosen = list(ids) if ids is not None else list(dataset.ids)

@@ -35,7 +35,8 @@ class ConfusionMatrix:
         label, pred = label[keep], pred[keep]
         n = self.num_classes
         if label.size and (label.min() < 0 or label.max() >= n):
-            raise DataError(f"label values must be 0..{n - 1} or {self.ignore_index}; found {label.min()}..{label.max()}")
+            raise DataError(
+                f"label values must be 0..{n - 1} or {self.ignore_index}; found {label.min()}..{label.max()}")
         if pred.size and (pred.min() < 0 or pred.max() >= n):
             raise DataError(f"predicted class ids must be 0..{n - 1}; found {pred.min()}..{pred.max()}")
         self.matrix += np.bincount(label * n + pred, minlength=n * n).reshape(n, n)

@@ -133,7 +133,7 @@ def test_keep_ratio_scores_at_original_label_size(tmp_path, data):
 def test_ids_json_and_table(tmp_path, data):
     model = conv_model(tmp_path / "m.onnx")
     ids = ["val_000003", "val_000001"]
-    result = evaluate(model, data, preset="awesome", size=32, ids=ids, progress=False)
+    result = evaluate(model, open_dataset(data, "val"), preset="awesome", size=32, ids=ids, progress=False)
     check(result, reference_scores(data, get_preset("awesome", size=32), ids=ids))
     result.to_json(tmp_path / "r.json")
     d = json.loads((tmp_path / "r.json").read_text())

@@ -14,9 +14,11 @@ def register(sub) -> None:
                     "of the 20 VOC classes; OUT is then usable as --data (a VOCdevkit-style root).",
     )
     p.add_argument("out", metavar="OUT", help="output folder (VOCdevkit root); OUT/VOC2012 must not exist")
-    p.add_argument("--train", type=int, default=BUILTIN_PARAMS["train"], help="number of train images (default %(default)s)")
+    p.add_argument("--train", type=int, default=BUILTIN_PARAMS["train"],
+                   help="number of train images (default %(default)s)")
     p.add_argument("--val", type=int, default=BUILTIN_PARAMS["val"], help="number of val images (default %(default)s)")
-    p.add_argument("--size", type=int, default=BUILTIN_PARAMS["size"], help="image side in pixels (default %(default)s)")
+    p.add_argument("--size", type=int, default=BUILTIN_PARAMS["size"],
+                   help="image side in pixels (default %(default)s)")
     p.add_argument("--seed", type=int, default=BUILTIN_PARAMS["seed"], help="random seed (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     p.set_defaults(func=run)

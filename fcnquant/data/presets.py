@@ -115,7 +115,8 @@ class Preset:
         """Returns a one-line description (name, mode, size, mean, std)."""
         size = f"short {self.size[0]}, long <= {self.size[1]}" if self.mode == "keep-ratio" else "x".join(
             map(str, self.size))
-        return f"{self.name} ({self.mode} {size}, mean {list(self.mean)}, std {list(self.std)}, scale {self.pixel_scale:g})"
+        return (f"{self.name} ({self.mode} {size}, mean {list(self.mean)}, std {list(self.std)}, "
+                f"scale {self.pixel_scale:g})")
 
     def to_dict(self) -> dict:
         """Returns a JSON-ready dict of the preset's fields."""

@@ -187,7 +187,8 @@ def open_dataset(root: str | os.PathLike[str], split: str | None = "val") -> Dat
     if no_mask:
         raise DataError(f"{len(no_mask)} id(s) of {split_file} have no mask {mask_dir}/<id>.png: {_show(no_mask)}")
     return Dataset(
-        root=voc, split=split, ids=ids, images={i: images[i] for i in ids}, masks={i: mask_dir / f"{i}.png" for i in ids}
+        root=voc, split=split, ids=ids, images={i: images[i] for i in ids},
+        masks={i: mask_dir / f"{i}.png" for i in ids},
     )
 
 
