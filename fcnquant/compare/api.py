@@ -258,6 +258,12 @@ def _table_histograms(entries: dict, measured: Sequence[TensorPair]) -> dict[str
     return out
 
 
+def _integer_counts(counts: np.ndarray) -> tuple[int, ...]:
+    """Returns fractional bin counts as integers with the same total (rounding the running sum)."""
+    cum = np.rint(np.cumsum(np.asarray(counts, dtype=np.float64)))
+    return tuple(int(c) for c in np.diff(np.concatenate(([0.0], cum))))
+
+
 def _final_metrics(final: FinalAccumulator) -> FinalMetrics:
     from fcnquant.data import VOC_CLASSES
 
@@ -309,7 +315,7 @@ def _histograms(layers, hists: dict[str, FixedHistogram], stats, entries: dict, 
                 continue
             out.append(ActivationHistogram(
                 tensor=layer.float_name, edges=tuple(float(v) for v in edges),
-                counts=tuple(int(round(c)) for c in counts), lo=e.lo if e is not None else None,
+                counts=_integer_counts(counts), lo=e.lo if e is not None else None,
                 hi=e.hi if e is not None else None, min=ts.min, max=ts.max, source="stats"))
             if len(out) == top:
                 break
