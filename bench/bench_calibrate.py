@@ -40,7 +40,8 @@ def ensure_model(path: str | None, workdir: Path) -> Path:
 
     for cand in [path, "/tmp/fcn8s.onnx"]:
         if cand and Path(cand).is_file():
-            dims = [d.dim_value for d in onnx.load(cand, load_external_data=False).graph.input[0].type.tensor_type.shape.dim]
+            shape = onnx.load(cand, load_external_data=False).graph.input[0].type.tensor_type.shape
+            dims = [d.dim_value for d in shape.dim]
             if dims[2:] == [SIZE, SIZE]:
                 return Path(cand)
     out = workdir / "fcn8s.onnx"
@@ -168,7 +169,8 @@ def main() -> None:
             times[k].append(f())
     base_w = min(t["wall"] for t in times["plain fp32 inference"])
     base_c = min(t["cpu"] for t in times["plain fp32 inference"])
-    print(f"\n{'speed over ' + str(n) + ' images':34} {'wall s':>8} {'s/img':>7} {'x plain':>8} {'cpu s':>8} {'x plain':>8}")
+    head = f"speed over {n} images"
+    print(f"\n{head:34} {'wall s':>8} {'s/img':>7} {'x plain':>8} {'cpu s':>8} {'x plain':>8}")
     for k, ts in times.items():
         w, c = min(t["wall"] for t in ts), min(t["cpu"] for t in ts)
         print(f"{k:34} {w:8.2f} {w / n:7.3f} {w / base_w:8.3f} {c:8.2f} {c / base_c:8.3f}")
@@ -176,7 +178,8 @@ def main() -> None:
     print(f"(best of {args.reps}; all wall times: " + "; ".join(f"{k}: {v}" for k, v in walls.items()) + ")")
 
     # 2. memory, each in a fresh process
-    print(f"\n{'peak RSS (fresh process)':34} " + " ".join(f"{str(c) + ' img':>10}" for c in rss_counts) + f" {'growth':>8}")
+    cols = " ".join(f"{str(c) + ' img':>10}" for c in rss_counts)
+    print(f"\n{'peak RSS (fresh process)':34} {cols} {'growth':>8}")
     stats_path = str(workdir / "stats.npz")
     rows = {}
     for kind in ("plain", "calibrate"):

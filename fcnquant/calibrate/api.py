@@ -87,7 +87,9 @@ def collect(
                          shard=shard, progress=progress, optimization=optimization)
 
 
-def compute_table(stats: CalibrationStats, method: str = "kl", target: str = "ort-cpu", **params: Any) -> CalibrationTable:
+def compute_table(
+    stats: CalibrationStats, method: str = "kl", target: str = "ort-cpu", **params: Any
+) -> CalibrationTable:
     """Returns the calibration table of ``stats`` by ``method`` (with method ``params``) for ``target``."""
     return build_table(stats, method, target, **params)
 

@@ -48,7 +48,7 @@ class Shard:
 
     def __post_init__(self) -> None:
         if self.count < 1 or not 1 <= self.index <= self.count:
-            raise DataError(f"bad shard {self.index}/{self.count}: shards are numbered 1..n, e.g. 1/{max(self.count, 1)}")
+            raise DataError(f"bad shard {self.index}/{self.count}: shards are numbered 1..n, e.g. 1/4 ... 4/4")
 
     @classmethod
     def parse(cls, spec: str | Shard | tuple[int, int]) -> Shard:
@@ -93,8 +93,9 @@ def collect_stats(
     """Returns the statistics of the model's activations over the images ``ids`` of ``dataset``.
 
     ``ids=None`` takes every image of the dataset; ``shard`` ("i/n") then keeps slice i of n (see :class:`Shard`).
-    ``preset``: a :class:`~fcnquant.data.Preset`, a preset name, or None for the model's own
-    (metadata ``fcnquant.preset``, else ``awesome``); its size follows a fixed model input, else ``size``; ``mean``/``std`` override the normalisation.
+    ``preset``: a :class:`~fcnquant.data.Preset`, a preset name, or None for the model's own (metadata
+    ``fcnquant.preset``, else ``awesome``); its size follows a fixed model input, else ``size``; ``mean``/``std``
+    override the normalisation.
     ``tensors`` overrides which tensors to observe (default :func:`activation_tensors`).
     Each image is run once; batches of ``batch_size`` when the model's batch dimension is dynamic.
     A NaN/Inf activation raises CalibrationError naming the tensor and image(s); with ``skip_nonfinite`` such
@@ -102,24 +103,29 @@ def collect_stats(
     """
     from fcnquant.data import preset_for_session
 
-    model_path = Path(model_path)
-    model = load_onnx(model_path)
-    names = list(activation_tensors(model) if tensors is None else tensors)
-    if not names:
-        raise ModelError(f"{model_path}: no float activation depends on the model input; nothing to calibrate")
-    input_name = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
-    fetch = [n for n in names if n != input_name]  # the input is observed from the batch itself
-    session = make_collect_session(with_outputs(model, fetch).SerializeToString(), optimization)
-    del model  # the protobuf (as large as the weights) is not needed during the loop
-    input_name, input_shape = input_spec(session)
-    preset = preset_for_session(session, preset, size=size, mean=mean, std=std)
-
     all_ids = list(dataset.ids if ids is None else ids)
     shard = Shard.parse(shard) if shard is not None else None
     run_ids = shard.select(all_ids) if shard else all_ids
     if not run_ids:
         where = f"shard {shard} of {len(all_ids)} image(s)" if shard else "the image list"
         raise DataError(f"no calibration images: {where} is empty")
+    known = set(dataset.ids)
+    unknown = [i for i in run_ids if i not in known]
+    if unknown:
+        raise DataError(f"{len(unknown)} image id(s) are not in dataset {dataset.describe()}: {_show(unknown)}")
+
+    model_path = Path(model_path)
+    model = load_onnx(model_path)
+    names = list(activation_tensors(model) if tensors is None else tensors)
+    if not names:
+        raise ModelError(f"{model_path}: no float activation depends on the model input; nothing to calibrate")
+    inits = {t.name for t in model.graph.initializer}
+    graph_inputs = [i.name for i in model.graph.input if i.name not in inits]
+    fetch = [n for n in names if n not in graph_inputs]  # the input is observed from the batch itself
+    session = make_collect_session(with_outputs(model, fetch).SerializeToString(), optimization)
+    del model  # the protobuf (as large as the weights) is not needed during the loop
+    input_name, input_shape = input_spec(session)
+    preset = preset_for_session(session, preset, size=size, mean=mean, std=std)
 
     batch_size, fixed_batch = _batching(input_shape, batch_size)
     stats = CalibrationStats.new(

@@ -174,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
 def summarize_clipping(table) -> str:
     """Returns one line: how many tensors the method clipped inside the observed min/max, and by how much."""
     clipped = [(n, e) for n, e in table.tensors.items() if e.lo > e.min or e.hi < e.max]
-    line = f"method {table.method} ({table.target}): {len(clipped)} of {len(table.tensors)} tensors clipped inside min/max"
+    line = (f"method {table.method} ({table.target}): {len(clipped)} of {len(table.tensors)} tensors clipped "
+            "inside min/max")
     ratios = sorted(max(e.hi, -e.lo) / max(e.max, -e.min) for _, e in clipped if max(e.max, -e.min) > 0)
     if ratios:
         line += f" (threshold / max|x|: median {ratios[len(ratios) // 2]:.3f}, lowest {ratios[0]:.3f})"
