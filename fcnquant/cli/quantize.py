@@ -18,8 +18,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="where to write the int8 model, e.g. model.int8.onnx")
     p.add_argument(
         "--target", default="ort-cpu", choices=["ort-cpu", "tensorrt", "npu-pow2"],
-        help="ort-cpu: uint8 asymmetric activations; tensorrt: int8 symmetric, writes <out>.cache beside the "
-        "model; npu-pow2: int8 symmetric with power-of-two scales (default: %(default)s)",
+        help="ort-cpu: uint8 asymmetric activations; tensorrt: int8 symmetric, and the TensorRT calibration cache "
+        "beside the model (model.int8.onnx -> model.int8.cache); npu-pow2: int8 symmetric with power-of-two "
+        "scales (default: %(default)s)",
     )
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per output channel")
     p.add_argument("--quantize-output", action="store_true", help="quantize the logits too (default: float logits)")

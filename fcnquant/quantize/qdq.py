@@ -27,7 +27,8 @@ from typing import Iterable
 
 from fcnquant import __version__
 from fcnquant._io import atomic_path, file_sha256, load_onnx
-from fcnquant.errors import CalibrationError
+from fcnquant.calibrate.tensors import analyse
+from fcnquant.errors import CalibrationError, FcnquantError
 from fcnquant.quantize import exclude as excl
 from fcnquant.quantize.float_outputs import float_outputs
 from fcnquant.quantize.fuse_relu import fuse_relu_qdq
@@ -100,6 +101,9 @@ def quantize_model(
     """
     profile = get_profile(target)
     model_path = Path(model_path)
+    out = Path(out)
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise FcnquantError(f"output folder does not exist: {out.parent}")
     model = load_onnx(model_path)
     model_sha = file_sha256(model_path)
     table, table_label, table_sha = _load_table(table)
@@ -107,10 +111,11 @@ def quantize_model(
 
     excl.name_unnamed_nodes(model)
     excluded = excl.resolve_exclusions(model, exclude_nodes, exclude_ops, exclude_regex)
-    activations = _activation_params(model, table, table_label, profile, quantize_output)
+    plan = analyse(model)  # which activations need a scale, which reuse another's (fcnquant.calibrate.tensors)
+    activations = _activation_params(model, plan, table, table_label, profile, quantize_output)
     table_sha = table_sha or _table_sha256(table)  # after validation: saving checks the table too
     weights = _weight_overrides(model, profile, per_channel, set(excluded))
-    job = OrtJob(profile, per_channel, activations, weights, excluded + _output_activations(model, quantize_output))
+    job = OrtJob(profile, per_channel, activations, weights, excluded + _float_output_activations(model, quantize_output))
     # names of the float model's activations (for the name map), before onnxruntime touches anything
 
     float_tensors = {i.name for i in model.graph.input} | {o for n in model.graph.node for o in n.output if o}
@@ -136,10 +141,10 @@ def quantize_model(
         "fcnquant.per_channel": "true" if per_channel else "false",
         "fcnquant.version": __version__,
     })
-    float_nodes = _float_nodes(qmodel)
-    quantized = sum(1 for n in qmodel.graph.node if n.op_type in INT8_OPS) - len(float_nodes)
+    capable = _int8_capable(qmodel, set(plan.observed) | set(plan.inherited))
+    float_nodes = _float_nodes(qmodel, capable)
+    quantized = len(capable) - len(float_nodes)
 
-    out = Path(out)
     cache = tensorrt_cache_path(out) if profile.tensorrt_cache else None
     with atomic_path(out) as tmp_out:
         _save(qmodel, tmp_out)
@@ -147,7 +152,7 @@ def quantize_model(
             from fcnquant.calibrate.tensorrt import write_tensorrt_cache
 
             with atomic_path(cache) as tmp_cache:
-                write_tensorrt_cache(_with_inherited(table, model), tmp_cache)
+                write_tensorrt_cache(_with_inherited(table, plan), tmp_cache)
     log.info("wrote %s (%s, %d int8 nodes, %d float)", out, profile.name, quantized, len(float_nodes))
     return QuantizeResult(
         path=out, target=profile.name, per_channel=per_channel, quantize_output=quantize_output,
@@ -177,12 +182,11 @@ def _table_sha256(table) -> str:
         return file_sha256(path)
 
 
-def _activation_params(model, table, label: str, profile: Profile, quantize_output: bool) -> dict[str, tuple[float, int]]:
+def _activation_params(
+    model, plan, table, label: str, profile: Profile, quantize_output: bool
+) -> dict[str, tuple[float, int]]:
     """Returns {tensor: (scale, zero point)} for every activation onnxruntime may quantize."""
-    from fcnquant.calibrate.tensors import activation_tensors, inherited_scales
-
-    observed = activation_tensors(model)
-    inherited = inherited_scales(model)
+    observed, inherited = list(plan.observed), plan.inherited
     read = {name for node in model.graph.node for name in node.input}
     outputs = {o.name for o in model.graph.output}
     # float logits need no scale unless something inside the graph reads them
@@ -197,18 +201,16 @@ def _activation_params(model, table, label: str, profile: Profile, quantize_outp
     return params
 
 
-def _with_inherited(table, model):
+def _with_inherited(table, plan):
     """Returns a copy of ``table`` that also lists each inherited tensor (MaxPool/Resize outputs, fused producers)
     under its source's entry, so TensorRT finds a dynamic range for every tensor of the float graph."""
-    from fcnquant.calibrate.tensors import inherited_scales
-
-    extra = {n: table.tensors[s] for n, s in inherited_scales(model).items() if s in table.tensors}
+    extra = {n: table.tensors[s] for n, s in plan.inherited.items() if s in table.tensors}
     full = copy.copy(table)
     full.tensors = {**extra, **table.tensors}
     return full
 
 
-def _output_activations(model, quantize_output: bool) -> list[str]:
+def _float_output_activations(model, quantize_output: bool) -> list[str]:
     """Returns the Relu/Clip nodes writing a float graph output: they must run in float, not fold into a Q."""
     if quantize_output:
         return []
@@ -256,17 +258,19 @@ def _weight_overrides(model, profile: Profile, per_channel: bool, excluded: set[
     return out
 
 
-def _float_nodes(model) -> list[str]:
-    """Returns the int8-capable nodes whose inputs (weights included) do not all come from a DequantizeLinear."""
+def _int8_capable(model, activations: set[str]) -> list:
+    """Returns the nodes of an int8-capable op type that compute an activation (not shape arithmetic)."""
+    return [n for n in model.graph.node if n.op_type in INT8_OPS and any(o in activations for o in n.output)]
+
+
+def _float_nodes(model, capable: list) -> list[str]:
+    """Returns the names of the ``capable`` nodes whose inputs (weights included) do not all come from a
+    DequantizeLinear."""
     made_by = {o: n.op_type for n in model.graph.node for o in n.output}
-    out = []
-    for node in model.graph.node:
-        slots = INT8_OPS.get(node.op_type)
-        if slots is None:
-            continue
-        if any(x and made_by.get(x) != "DequantizeLinear" for x in list(node.input)[slots]):
-            out.append(node.name)
-    return out
+    return [
+        n.name for n in capable
+        if any(x and made_by.get(x) != "DequantizeLinear" for x in list(n.input)[INT8_OPS[n.op_type]])
+    ]
 
 
 def _drop_metadata(model, key: str) -> None:
