@@ -116,12 +116,12 @@ def quantize_model(
     table_sha = table_sha or _table_sha256(table)  # after validation: saving checks the table too
     weights = _weight_overrides(model, profile, per_channel, set(excluded))
     job = OrtJob(profile, per_channel, activations, weights, excluded + _float_output_activations(model, quantize_output))
-    # names of the float model's activations (for the name map), before onnxruntime touches anything
 
+    # the float model's activation names, for the name map, before onnxruntime touches anything
     float_tensors = {i.name for i in model.graph.input} | {o for n in model.graph.node for o in n.output if o}
     float_tensors -= {t.name for t in model.graph.initializer}
     with tempfile.TemporaryDirectory(prefix="fcnquant-q-") as tmp:
-        src = Path(tmp) / "model.onnx"
+        src = Path(tmp) / "model.onnx"  # a copy: onnxruntime writes "<model>-inferred.onnx" beside its input
         _save(model, src)
         ort_out = Path(tmp) / "qdq.onnx"
         run_quantize_static(src, ort_out, Path(tmp) / "ranges.json", job)
@@ -132,7 +132,7 @@ def quantize_model(
     sort_topologically(qmodel.graph)
     log.debug("fused %d Relu units, float outputs %s", fused, floated)
     tensor_map = build_tensor_map(qmodel, float_tensors)
-    _drop_metadata(qmodel, "onnx.infer")
+    _drop_metadata(qmodel, "onnx.infer")  # onnxruntime's own marker
     set_metadata(qmodel, {
         TENSOR_MAP_KEY: json.dumps(tensor_map, sort_keys=True),
         TABLE_SHA_KEY: table_sha,
