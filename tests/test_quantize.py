@@ -10,6 +10,7 @@ import pytest
 
 from fcnquant.quantize import quantize_model
 from fcnquant.quantize.name_map import TABLE_SHA_KEY, TENSOR_MAP_KEY, read_tensor_map
+from fcnquant.runtime import make_session
 from test_quantize_util import (
     dq_params,
     images,
@@ -283,3 +284,19 @@ def test_relu_writing_the_float_output_still_applies(tmp_path, target):
     got, want = run(out, xs[0]), run(src, xs[0])
     assert (got >= 0).all() and (got == 0).mean() > 0.2
     assert cosine(got, want) > 0.99
+
+
+def test_graph_output_also_read_inside_stays_quantized_inside(tmp_path):
+    """An output the graph also reads (here the skip sum 'fuse'): float for the user, dequantized for the Resize."""
+    model = tiny_fcn()
+    model.graph.output.append(onnx.helper.make_tensor_value_info("fuse", onnx.TensorProto.FLOAT, [1, 4, 8, 8]))
+    src, table, out, res, q = emit(tmp_path, "ort-cpu", model=model)
+    assert producer(q, "fuse").op_type == "Add"  # the user gets the float sum
+    up = node(q, "up_final")
+    assert up.input[0] != "fuse" and from_dq(q, up.input[0])  # the Resize still reads it quantized
+    assert res.tensor_map["fuse"] == up.input[0]
+    x = images(X_SHAPE, n=1, seed=4)[0]
+    sess_q, sess_f = (make_session(str(p)) for p in (out, src))
+    got = dict(zip([o.name for o in sess_q.get_outputs()], sess_q.run(None, {"x": x})))
+    want = dict(zip([o.name for o in sess_f.get_outputs()], sess_f.run(None, {"x": x})))
+    assert cosine(got["fuse"], want["fuse"]) > 0.99 and cosine(got["y"], want["y"]) > 0.99
