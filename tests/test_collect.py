@@ -208,3 +208,19 @@ def test_skip_nonfinite_counts_and_keeps_the_finite_values(nan_case, caplog):
     assert (ts.min, ts.max) == (finite.min(), finite.max())
     assert stats.tensors["output"].nonfinite == bad and stats.tensors["input"].nonfinite == 0
     assert "dark" in caplog.text and "'y'" in caplog.text
+
+
+def test_unknown_image_id_fails_before_inference(model, voc):
+    with pytest.raises(DataError, match="not in dataset.*nope"):
+        collect_stats(model, voc, [voc.ids[0], "nope"], None, progress=False)
+
+
+def test_tensor_override_and_unknown_tensor(model, voc):
+    stats = collect_stats(model, voc, voc.ids[:1], None, progress=False, tensors=["p1", "output"])
+    assert list(stats.tensors) == ["p1", "output"]
+    ref = reference_activations(model, voc, voc.ids[:1])
+    assert stats.tensors["output"].max == ref["output"].max()
+    from fcnquant.errors import ModelError
+
+    with pytest.raises(ModelError, match="'ghost'"):
+        collect_stats(model, voc, voc.ids[:1], None, progress=False, tensors=["ghost"])
