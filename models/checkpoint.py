@@ -133,15 +133,12 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], 
     own = model.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
-    wrong = [
-        f"'{k}' (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     problems = []
     if wrong:
-        shown = ", ".join(wrong[:_MAX_LISTED]) + (f" and {len(wrong) - _MAX_LISTED} more" if len(wrong) > _MAX_LISTED else "")
-        problems.append(f"wrong shape for {shown}")
+        shown = [f"'{k}' (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})" for k in wrong]
+        more = len(wrong) - _MAX_LISTED
+        problems.append("wrong shape for " + ", ".join(shown[:_MAX_LISTED]) + (f" and {more} more" if more > 0 else ""))
     if missing:
         problems.append(f"missing keys {_listed(missing)}")
     if unexpected:

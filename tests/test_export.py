@@ -1,4 +1,4 @@
-"""ONNX export: graph contract (opset, names, folded BN, no dropout), onnxruntime parity with torch, checkpoints, CLI."""
+"""ONNX export: graph contract (opset, names, folded BN, no dropout), onnxruntime parity, checkpoints, CLI."""
 from __future__ import annotations
 
 import subprocess

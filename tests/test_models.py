@@ -92,7 +92,8 @@ def test_vgg_pool_views_share_the_backbone_modules():
 def test_resnet_keys_and_shapes_match_mmseg():
     model = build_model("fcn_r50_d8")
     sd = model.state_dict()
-    # 3 stem convs + 3 BN (5 entries each); 16 bottlenecks x (3 convs + 3 BN); 4 downsamples; head 3 ConvModules + conv_seg
+    # stem: 3 convs + 3 BN (5 entries each); 16 bottlenecks x (3 convs + 3 BN); 4 downsamples (conv + BN);
+    # head: 3 ConvModules (conv + BN) + conv_seg (weight, bias)
     assert len(sd) == 3 * 6 + 16 * 18 + 4 * 6 + 3 * 6 + 2
     expected_shapes = {
         "backbone.stem.0.weight": (32, 3, 3, 3), "backbone.stem.3.weight": (32, 32, 3, 3),
@@ -108,7 +109,8 @@ def test_resnet_keys_and_shapes_match_mmseg():
     assert "decode_head.convs.0.conv.bias" not in sd and "backbone.layer1.0.conv1.bias" not in sd
     blocks = [len(getattr(model.backbone, f"layer{i}")) for i in range(1, 5)]
     assert blocks == [3, 4, 6, 3]
-    assert [len(getattr(build_model("fcn_r101_d8", width=TINY).backbone, f"layer{i}")) for i in range(1, 5)] == [3, 4, 23, 3]
+    r101 = build_model("fcn_r101_d8", width=TINY).backbone
+    assert [len(getattr(r101, f"layer{i}")) for i in range(1, 5)] == [3, 4, 23, 3]
 
 
 def test_resnet_strides_and_contracted_dilations():
@@ -156,7 +158,8 @@ def test_width_scales_channels_and_keeps_topology():
     assert tiny["pretrained.0.weight"].shape == (8, 3, 3, 3) and tiny["head.block.0.weight"].shape == (16, 64, 3, 3)
     r = build_model("fcn_r50_d8", width=0.125).state_dict()
     assert list(r) == list(build_model("fcn_r50_d8").state_dict())
-    assert r["backbone.stem.0.weight"].shape == (4, 3, 3, 3) and r["decode_head.conv_cat.conv.weight"].shape == (64, 320, 3, 3)
+    assert r["backbone.stem.0.weight"].shape == (4, 3, 3, 3)
+    assert r["decode_head.conv_cat.conv.weight"].shape == (64, 320, 3, 3)
 
 
 def test_bad_names_and_arguments():
@@ -215,8 +218,8 @@ def test_mmseg_checkpoint_with_meta_and_aux_head_loads(tmp_path):
     src = _randomize(build_model("fcn_r50_d8", width=TINY))
     state = dict(src.state_dict())
     aux = {"auxiliary_head.convs.0.conv.weight": torch.randn(16, 64, 3, 3),
-           "auxiliary_head.convs.0.bn.weight": torch.randn(16), "auxiliary_head.conv_seg.weight": torch.randn(21, 16, 1, 1),
-           "auxiliary_head.conv_seg.bias": torch.randn(21)}
+           "auxiliary_head.convs.0.bn.weight": torch.randn(16),
+           "auxiliary_head.conv_seg.weight": torch.randn(21, 16, 1, 1), "auxiliary_head.conv_seg.bias": torch.randn(21)}
     meta = {"CLASSES": ("background", "aeroplane"), "PALETTE": [[0, 0, 0], [128, 0, 0]], "iter": 20000,
             "mmseg_version": "0.5.0+b2724da", "seed": np.int64(0), "hist": np.arange(4.0)}
     path = tmp_path / "fcn_r50_d8.pth"
@@ -255,7 +258,8 @@ def test_missing_and_unexpected_keys_are_named():
 
 def test_wrong_class_count_names_the_classifier():
     state = build_model("fcn8s", num_classes=21, width=TINY).state_dict()
-    with pytest.raises(ModelError, match=r"'head.block.4.weight' \(checkpoint \(21, 8, 1, 1\), model \(10, 8, 1, 1\)\)"):
+    expected = r"'head.block.4.weight' \(checkpoint \(21, 8, 1, 1\), model \(10, 8, 1, 1\)\)"
+    with pytest.raises(ModelError, match=expected):
         load_checkpoint(build_model("fcn8s", num_classes=10, width=TINY), state)
 
 
