@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import onnx
 import torch
 from torch import nn
 
@@ -75,13 +76,13 @@ def export_module(
 ) -> Path:
     """Returns the path of the ONNX file written for a segmentation ``nn.Module`` (e.g. one just trained).
 
-    The model is exported in eval mode (its training flag is restored afterwards) for a (1, 3, H, W) input; with
+    The model is exported in eval mode (every submodule's training flag is restored afterwards) for a (1, 3, H, W) input; with
     ``dynamic_batch`` the batch dimension is named ``N``. A forward returning a tuple/list or a dict with ``'out'``
     is reduced to that first/``'out'`` tensor. ``metadata`` is stored in the model's ``metadata_props``. The file is
     written atomically.
     """
     h, w = _hw(size)
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         # a cheap dry run at a small size finds the output structure and class count before the real trace
@@ -98,15 +99,14 @@ def export_module(
                              f"it returned {shape}")
         proto = _trace_to_onnx(wrapped, torch.zeros(1, 3, h, w), dynamic_batch)
     finally:
-        model.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
     proto = _fold_static_shapes(proto)
     _set_output_shape(proto, int(y.shape[1]), h, w, dynamic_batch)
     for key, value in (metadata or {}).items():
         proto.metadata_props.add(key=str(key), value=str(value))
     _validate(proto)
     target = Path(out)
-    import onnx
-
     with atomic_path(target) as tmp:
         onnx.save(proto, str(tmp))
     log.debug("wrote %s (%.1f MB)", target, target.stat().st_size / 1e6)
@@ -147,8 +147,6 @@ def export_onnx(
 
 
 def _trace_to_onnx(model: nn.Module, x: torch.Tensor, dynamic_batch: bool):
-    import onnx
-
     buf = io.BytesIO()
     axes = {INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}} if dynamic_batch else None
     with warnings.catch_warnings():
@@ -247,8 +245,6 @@ def _set_output_shape(proto, channels: int, h: int, w: int, dynamic_batch: bool)
 
 
 def _validate(proto) -> None:
-    import onnx
-
     bad = sorted({n.op_type for n in proto.graph.node if n.op_type in _FORBIDDEN_OPS})
     if bad:
         raise ModelError(f"exported graph still contains {', '.join(bad)} nodes; export needs an eval-mode model")

@@ -141,8 +141,11 @@ class _TupleModel(torch.nn.Module):
 
 def test_export_module_unwraps_tuples_and_restores_training_mode(tmp_path):
     model = _TupleModel().train()
+    model.net.head.eval()  # e.g. a frozen part: stays in eval afterwards
+    before = {name: m.training for name, m in model.named_modules()}
     out = export_module(model, tmp_path / "t.onnx", (32, 48), metadata={"origin": "test"})
-    assert model.training and all(m.training for m in model.modules())
+    assert {name: m.training for name, m in model.named_modules()} == before
+    assert model.training and not model.net.head.block[1].training
     proto = onnx.load(str(out))
     assert [o.name for o in proto.graph.output] == ["output"] and _dims(proto.graph.output[0]) == [1, 4, 32, 48]
     assert {p.key: p.value for p in proto.metadata_props} == {"origin": "test"}
