@@ -102,7 +102,9 @@ def test_kl_range_uses_linear_histogram_and_clips_signed():
     x[:3] = [40.0, -55.0, 30.0]  # far outliers that KL should clip
     ts = _stats(x)
     counts, edges = ts.linear(2048)
-    i = 128 + pick_reference(kl_loop_reference(counts, 128))
+    ref = counts.copy()
+    ref[0] = ref[1]  # zero_bin="neighbour" (the default)
+    i = 128 + pick_reference(kl_loop_reference(ref, 128))
     t = edges[i]
     lo, hi = compute_range("kl", ts)
     assert (lo, hi) == (max(float(x.min()), -t), min(float(x.max()), t))
@@ -111,6 +113,22 @@ def test_kl_range_uses_linear_histogram_and_clips_signed():
     relu = np.maximum(x, 0)
     lo, hi = compute_range("kl", _stats(relu))
     assert lo == 0.0 and 0 < hi < float(relu.max())
+
+
+def test_kl_zero_spike_neighbour_vs_keep():
+    """A ReLU'd Gaussian: the plain search is dominated by the zero spike; the default neutralises bin 0."""
+    rng = np.random.default_rng(5)
+    x = np.maximum(rng.standard_normal(400_000), 0).astype(np.float32)
+    ts = _stats(x)
+    counts, edges = ts.linear(2048)
+    keep = 128 + pick_reference(kl_loop_reference(counts, 128))
+    ref = counts.copy()
+    ref[0] = ref[1]
+    neighbour = 128 + pick_reference(kl_loop_reference(ref, 128))
+    assert compute_range("kl", ts, zero_bin="keep") == (0.0, edges[keep])
+    assert compute_range("kl", ts) == (0.0, edges[neighbour])
+    # the zero spike drags the plain threshold well below 3 sigma; the default keeps it beyond
+    assert edges[keep] < 2.5 < 3.0 < edges[neighbour]
 
 
 def test_kl_asymmetric_sides_are_independent():

@@ -44,7 +44,8 @@ def test_build_table_entries(method, target):
 def test_table_json_round_trip_and_from_stats_reproducibility(tmp_path):
     st = _stats()
     table = build_table(st, "kl", "ort-cpu", num_quantized_bins=64)
-    assert table.params == {"num_bins": 2048, "num_quantized_bins": 64, "eps": 1e-4, "asymmetric": False}
+    assert table.params == {"num_bins": 2048, "num_quantized_bins": 64, "eps": 1e-4, "asymmetric": False,
+                            "zero_bin": "neighbour"}
     path = table.save(tmp_path / "calib.json")
     back = CalibrationTable.load(path)
     assert back.to_dict() == table.to_dict()

@@ -68,18 +68,33 @@ def kl_range(
     num_quantized_bins: int = 128,
     eps: float = 1e-4,
     asymmetric: bool = False,
+    zero_bin: str = "neighbour",
 ) -> tuple[float, float]:
     """Returns the range clipped at the TensorRT entropy (KL-divergence) threshold of ``|x|``.
 
     ``T = i* * max|x| / num_bins`` where ``i*`` minimises ``KL(P_i || Q_i)`` over ``i = num_quantized_bins ..
     num_bins`` on a ``num_bins``-bin histogram of ``|x|`` (definition of ``P``, ``Q`` and the smoothing in
     :mod:`fcnquant.calibrate.kl`). Range ``(max(min, -T), min(max, T))``.
+
+    ``zero_bin``: a ReLU output has a spike of exact zeros in bin 0 (half or more of its values). Merged with its
+    neighbours into quantization level 0 and spread uniformly, that spike alone makes ``KL`` grow with the merge
+    width, so the plain search clips far too hard (a ReLU'd Gaussian: ``T = 0.37 max``; with ``"neighbour"``:
+    ``T = 0.94 max``). ``"neighbour"`` (default) replaces the count of bin 0 by that of bin 1 before the search,
+    as NVIDIA's pytorch-quantization entropy calibrator does (``bins[0] = bins[1]``); the zeros are exactly
+    representable whatever the threshold, so they carry no information about it. ``"keep"`` runs the plain
+    TensorRT search on the histogram as observed.
     """
     _check(stats)
     if num_bins < num_quantized_bins:
         raise CalibrationError(f"kl: num_bins ({num_bins}) must be >= num_quantized_bins ({num_quantized_bins})")
 
+    if zero_bin not in ("neighbour", "keep"):
+        raise CalibrationError(f"kl: zero_bin must be 'neighbour' or 'keep', got {zero_bin!r}")
+
     def pick(counts, _w):
+        if zero_bin == "neighbour" and counts.size > 1:
+            counts = counts.copy()
+            counts[0] = counts[1]
         return kl_threshold_index(counts, num_quantized_bins, eps)
 
     if asymmetric:
@@ -167,6 +182,8 @@ def _coerce(method: str, name: str, value: Any, default: Any) -> Any:
     kind = int if default is None else type(default)  # the only None default (mse.steps) is an int
     if value is None and default is None:
         return None
+    if kind is str:
+        return str(value)
     try:
         if kind is bool:
             if isinstance(value, bool):
