@@ -27,6 +27,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise FcnquantError(f"cannot write to {parent}: {exc.strerror or exc}") from exc
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates 0600 files; give the artifact the permissions a plain open() would (0666 & ~umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         yield tmp_path
         os.replace(tmp_path, target)
