@@ -231,3 +231,17 @@ def test_batches_and_fixed_batch_padding_give_the_same_report(voc, tmp_path):
     for x, y in zip(one.layers, two.layers):
         assert x.accumulated.count == y.accumulated.count
         assert x.accumulated.snr_db == pytest.approx(y.accumulated.snr_db, abs=1e-9)
+
+
+def test_fp16_model_with_fp16_io(voc, models, tmp_path):
+    from onnxruntime.transformers import float16
+
+    path = tmp_path / "h.onnx"
+    onnx.save(float16.convert_float_to_float16(onnx.load(str(models[0])), keep_io_types=False), str(path))
+    r = compare_models(models[0], path, data=voc, progress=False)
+    assert [layer.float_name for layer in r.layers] == ["x", "a", "output"]
+    images, _ = _images_and_masks(voc)
+    x64 = images.astype(np.float64)
+    want = 10 * math.log10(np.sum(x64**2) / np.sum((images.astype(np.float16).astype(np.float64) - x64) ** 2))
+    assert r.layers[0].accumulated.snr_db == pytest.approx(want, abs=1e-9)  # the input's own float16 rounding
+    assert r.layers[0].isolated.snr_db == pytest.approx(want, abs=1e-9)

@@ -136,16 +136,16 @@ def compare_models(
             final.update(_predict(f_logits, hw, final.num_classes), _predict(q_logits, hw, final.num_classes),
                          batch.masks)
             for name in f_inputs:
-                f_vals[name] = images
+                f_vals[name] = images.astype(f_run.dtype, copy=False)
             for name in q_inputs:
-                q_vals[name] = images
+                q_vals[name] = images.astype(q_run.dtype, copy=False)
             for p in measured:
                 _update(acc[p.float_name], f_vals[p.float_name][:n], q_vals[p.quant_name][:n], p, "accumulated")
             del q_vals
             if plan is not None:
                 feeds = {name: f_vals[src].astype(dtype, copy=False) for name, (src, dtype) in plan.feeds.items()}
                 if q_input in iso_inputs:
-                    feeds[q_input] = images
+                    feeds[q_input] = images.astype(q_run.dtype, copy=False)
                 outs = list(dict.fromkeys(plan.outputs.values()))
                 iso_vals = dict(zip(outs, iso.run(outs, feeds)))
                 del feeds
@@ -193,13 +193,14 @@ class _TappedModel:
         self.plain = plain
         self.input_name = input_name
         self.logits_name = plain.get_outputs()[0].name
+        self.dtype = _input_dtype(plain)
         self.names = list(dict.fromkeys([self.logits_name, *names]))
         self.tapped = make_session(tapped_model.SerializeToString(), threads=threads)
         self.checked = False
 
     def run(self, images: np.ndarray, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Returns (logits of the first ``n`` images, {exposed tensor: value}) for one batch."""
-        feed = {self.input_name: images}
+        feed = {self.input_name: images.astype(self.dtype, copy=False)}
         values = dict(zip(self.names, self.tapped.run(self.names, feed)))
         logits = values[self.logits_name]
         if self.plain is not None:
@@ -216,6 +217,15 @@ class _TappedModel:
                              "to %.3g); the final metrics come from an extra plain run", self.label, diff)
             logits = plain_logits
         return np.asarray(logits)[:n], values
+
+
+def _input_dtype(session) -> np.dtype:
+    """Returns the numpy dtype of a session's image input (float16 for an fp16 model converted with its I/O)."""
+    kinds = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+    kind = session.get_inputs()[0].type
+    if kind not in kinds:
+        raise ModelError(f"the model's image input has type {kind}; expected float, float16 or double")
+    return np.dtype(kinds[kind])
 
 
 def _graph_inputs(model) -> list[str]:
