@@ -85,7 +85,7 @@ class EvalResult:
         return "\n".join(lines)
 
 
-def _predictions(out: np.ndarray, hw: tuple[int, int], num_classes: int) -> np.ndarray:
+def output_to_classes(out: np.ndarray, hw: tuple[int, int], num_classes: int = 21) -> np.ndarray:
     """Returns (N, H, W) class ids from model output: logits (N, C, h, w) or class ids (N, h, w) / (N, 1, h, w)."""
     if out.ndim == 4 and out.shape[1] == 1 and not np.issubdtype(out.dtype, np.floating):
         out = out[:, 0]
@@ -100,6 +100,9 @@ def _predictions(out: np.ndarray, hw: tuple[int, int], num_classes: int) -> np.n
     if out.shape[2:] != hw:
         out = resize_bilinear(out, hw)
     return out.argmax(1)
+
+
+_predictions = output_to_classes  # older private name, still used by fcnquant.compare
 
 
 def evaluate(
@@ -166,7 +169,7 @@ def evaluate(
             if fixed_batch is not None and n < fixed_batch:
                 images = np.concatenate([images, np.repeat(images[-1:], fixed_batch - n, axis=0)])
             out = np.asarray(run_logits(session, images)[0])[:n]
-            cm.update(_predictions(out, batch.masks.shape[1:], len(VOC_CLASSES)), batch.masks)
+            cm.update(output_to_classes(out, batch.masks.shape[1:], len(VOC_CLASSES)), batch.masks)
             bar.update(n)
     seconds = time.perf_counter() - start
     iou = cm.iou() * 100

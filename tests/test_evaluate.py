@@ -181,3 +181,17 @@ def test_cli(tmp_path, data, capsys):
     assert args.func(args) == 0
     with pytest.raises(SystemExit):
         parser.parse_args(["eval", str(model), "--mean", "1,2"])
+
+
+def test_output_to_classes_accepts_class_ids_and_logits():
+    from fcnquant.evaluate import output_to_classes
+
+    ids = np.array([[[0, 3], [20, 1]]], np.int64)
+    np.testing.assert_array_equal(output_to_classes(ids, (2, 2)), ids)
+    np.testing.assert_array_equal(output_to_classes(ids[:, None], (2, 2)), ids)
+    with pytest.raises(ModelError, match="class ids of size"):
+        output_to_classes(ids, (4, 4))
+    logits = np.zeros((1, 21, 1, 2), np.float32)
+    logits[0, 4, 0, 0], logits[0, 9, 0, 1] = 1.0, 2.0
+    # upsampled to 1x4 (align_corners=False): columns 0-1 follow pixel 0, columns 2-3 pixel 1
+    np.testing.assert_array_equal(output_to_classes(logits, (1, 4)), [[[4, 4, 9, 9]]])
