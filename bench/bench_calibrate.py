@@ -130,6 +130,35 @@ def clipping(stats_path: str) -> dict:
             "well_inside": sum(r < 0.9 for r in ratios.values()), "clipped": sum(r < 1.0 for r in ratios.values())}
 
 
+def minmax_matches_numpy(model: Path, data: Path, n: int = 2) -> bool:
+    """Independent check on n images: our min/max == np.min/np.max of onnxruntime's own exposed activations."""
+    import onnx
+    import onnxruntime as ort
+
+    from fcnquant.calibrate.collect import collect_stats
+    from fcnquant.calibrate.tensors import activation_tensors
+    from fcnquant.data import get_preset, open_dataset
+
+    m = onnx.load(str(model))
+    names = activation_tensors(m)
+    for name in names[1:]:
+        if name not in {o.name for o in m.graph.output}:
+            m.graph.output.append(onnx.ValueInfoProto(name=name))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    ds = open_dataset(data, "train")
+    preset = get_preset("awesome", model_hw=(SIZE, SIZE))
+    lo = {k: np.inf for k in names}
+    hi = {k: -np.inf for k in names}
+    for i in ds.ids[:n]:
+        x = preset.transform(ds.load_image(i))[0][None]
+        outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {names[0]: x})))
+        outs[names[0]] = x
+        for k in names:
+            lo[k], hi[k] = min(lo[k], float(np.min(outs[k]))), max(hi[k], float(np.max(outs[k])))
+    stats = collect_stats(model, ds, ds.ids[:n], None, progress=False)
+    return all((stats.tensors[k].min, stats.tensors[k].max) == (lo[k], hi[k]) for k in names)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="fcn8s ONNX at 320x320 (default /tmp/fcn8s.onnx, else exported)")
@@ -192,6 +221,8 @@ def main() -> None:
     print(f"\nKL (ort-cpu) on {rss_counts[-1]} images: {clip['well_inside']} of {clip['tensors']} tensors clipped "
           f"well inside max|x| (threshold < 0.9 max|x|), {clip['clipped']} clipped at all; "
           f"minmax table == observed min/max: {clip['minmax_exact']}")
+    print(f"minmax == np.min/np.max of onnxruntime's exposed activations (independent session, 2 images): "
+          f"{minmax_matches_numpy(model, data)}")
     print("  threshold / max|x| per tensor: " + ", ".join(f"{r:.2f}" for r in clip["ratios"].values()))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
