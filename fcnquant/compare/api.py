@@ -63,9 +63,11 @@ def compare_models(
     """Returns the CompareReport of ``quant_model`` (QDQ int8 or fp16 ONNX) against ``float_model`` on a split.
 
     ``data`` defaults to ``builtin_dataset()``; ``preset`` to the float model's ``fcnquant.preset`` metadata or
-    ``awesome`` (``size``/``mean``/``std`` override it, as in ``fcnquant.evaluate``). Unlabelled data gives the drift and changed-pixel shares only (mIoU is NaN). ``table`` (a
-    CalibrationTable JSON) adds each layer's clipping range; ``table`` or ``stats`` (a CalibrationStats ``.npz``)
-    adds activation histograms of the worst layers to the HTML report.
+    ``awesome`` (``size``/``mean``/``std`` override it, as in ``fcnquant.evaluate``). Unlabelled data gives the
+    drift and changed-pixel shares only (mIoU is NaN). ``table`` (a CalibrationTable JSON) adds each layer's
+    clipping range; ``table`` or ``stats`` (a CalibrationStats ``.npz``) adds activation histograms of the worst
+    ``histogram_layers`` layers to the HTML report. ``boundary_radius``: half-width in pixels of the boundary band
+    for the changed-pixel share. Raises ModelError when no quantized activation can be paired.
     """
     from tqdm import tqdm
 

@@ -133,7 +133,7 @@ def snr_db(signal_energy: float, noise_energy: float) -> float:
 
 
 def cosine(dot: float, norm2_a: float, norm2_b: float) -> float:
-    """Returns dot / sqrt(norm2_a * norm2_b): 1.0 when both vectors are zero, 0.0 when only one is, clipped to [-1, 1]."""
+    """Returns dot / sqrt(norm2_a * norm2_b) clipped to [-1, 1]; 1.0 when both vectors are zero, 0.0 when one is."""
     if norm2_a == 0 and norm2_b == 0:
         return 1.0
     if norm2_a == 0 or norm2_b == 0:

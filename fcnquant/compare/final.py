@@ -19,7 +19,7 @@ DEFAULT_BOUNDARY_RADIUS = 3
 
 
 def boundary_band(labels: np.ndarray, radius: int = DEFAULT_BOUNDARY_RADIUS) -> np.ndarray:
-    """Returns a bool mask, same shape as ``labels`` ((H, W) or (N, H, W)), of pixels within ``radius`` of a label change."""
+    """Returns a bool mask shaped like ``labels`` ((H, W) or (N, H, W)): pixels within ``radius`` of a label change."""
     labels = np.asarray(labels)
     if radius < 0:
         raise ValueError(f"boundary radius must be >= 0, got {radius}")

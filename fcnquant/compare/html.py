@@ -267,7 +267,8 @@ def render_html(report: CompareReport, top: int = 10) -> str:
         cards += [_card(fmt(f.miou_float), "mIoU float"), _card(fmt(f.miou_quant), "mIoU quantized"),
                   _card(_signed(-f.miou_drop), "mIoU change (points)", drop_cls)]
     cards += [_card(f"{fmt(100 * f.changed_share, '.3f')}%", "pixels with a changed class"),
-              _card(f"{fmt(100 * f.boundary_changed_share, '.3f')}%", f"… within {f.boundary_radius} px of boundaries"),
+              _card(f"{fmt(100 * f.boundary_changed_share, '.3f')}%",
+                    f"… within {f.boundary_radius} px of boundaries"),
               _card(f"{fmt(100 * f.interior_changed_share, '.3f')}%", "… elsewhere")]
     worst = report.worst(top)
     if worst:

@@ -305,7 +305,8 @@ def format_table(report: CompareReport, top: int | None = 10, by: str = "accumul
             lines.append(
                 f"{k:>3} {_short(r.float_name, w):<{w}} {r.op_type[:8]:<8} {r.order:>5} {fmt(a.snr_db):>8}"
                 f" {fmt(i.snr_db if i else None):>8} {fmt(a.cosine, '.8f'):>10} {fmt(a.rel_l2, '.4f'):>8}"
-                f" {fmt(a.max_abs, '.3g'):>9} {fmt(a.mse, '.3g'):>9}" + (f"  ({a.nonfinite} non-finite)" if a.nonfinite else "")
+                f" {fmt(a.max_abs, '.3g'):>9} {fmt(a.mse, '.3g'):>9}"
+                + (f"  ({a.nonfinite} non-finite)" if a.nonfinite else "")
             )
         if report.isolated:
             lines.append("SNR dB: whole quantized model (accumulated); iso dB: that layer's quantization alone")
