@@ -224,3 +224,14 @@ def test_tensor_override_and_unknown_tensor(model, voc):
 
     with pytest.raises(ModelError, match="'ghost'"):
         collect_stats(model, voc, voc.ids[:1], None, progress=False, tensors=["ghost"])
+
+
+def test_calibrate_api_returns_table_and_stats(model, voc):
+    from fcnquant.calibrate import calibrate, compute_table
+
+    table, stats = calibrate(model, voc.root, method="percentile", num_images=3, params={"percentile": 99.0},
+                             progress=False, return_stats=True)
+    assert len(table.image_ids) == 3 and table.method == "percentile" and table.params["percentile"] == 99.0
+    assert table.to_dict()["tensors"] == compute_table(stats, "percentile", percentile=99.0).to_dict()["tensors"]
+    with pytest.raises(CalibrationError, match="bogus"):  # refused before any inference
+        calibrate(model, voc.root, params={"bogus": 1}, progress=False)

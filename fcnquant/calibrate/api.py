@@ -127,6 +127,8 @@ def calibrate(
     progress: bool = True,
     *,
     size: int | Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     skip_nonfinite: bool = False,
     return_stats: bool = False,
 ) -> CalibrationTable | tuple[CalibrationTable, CalibrationStats]:
@@ -142,6 +144,6 @@ def calibrate(
     resolve_params(method, **dict(params or {}))
     get_target(target)
     stats = collect(model, data, split, num_images, seed, balanced, preset, batch_size, ids, shard, size=size,
-                    skip_nonfinite=skip_nonfinite, progress=progress)
+                    mean=mean, std=std, skip_nonfinite=skip_nonfinite, progress=progress)
     table = compute_table(stats, method, target, **dict(params or {}))
     return (table, stats) if return_stats else table
