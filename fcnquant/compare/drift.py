@@ -10,8 +10,8 @@ every value of every image seen, with ``e = q - r``::
     rel_l2      = sqrt(sum(e^2) / sum(r^2))
 
 The accumulator holds five float64 sums and a max, so memory does not grow with the number of images. The error is
-formed per element in float64 (never as ``sum(q^2) - 2 sum(rq) + sum(r^2)``, which cancels catastrophically when the
-error is small), in chunks that stay in cache. Pairs where either value is NaN or infinite are left out of the sums
+formed per element in float64, exactly for float32/float16 inputs (never as ``sum(q^2) - 2 sum(rq) + sum(r^2)``,
+which cancels catastrophically when the error is small), in chunks that stay in cache. Pairs where either value is NaN or infinite are left out of the sums
 and counted in ``nonfinite``.
 """
 from __future__ import annotations
@@ -75,15 +75,15 @@ class DriftAccumulator:
         r_all = ref.reshape(-1)
         t_all = test.reshape(-1)
         for start in range(0, r_all.size, _CHUNK):
-            r = r_all[start:start + _CHUNK].astype(np.float64)
-            t = t_all[start:start + _CHUNK].astype(np.float64)
-            e = t - r
+            r = r_all[start:start + _CHUNK]
+            t = t_all[start:start + _CHUNK]
+            e = np.subtract(t, r, dtype=np.float64)  # exact: float32/float16 values differ exactly in float64
             err2 = _dot(e, e)
             if not math.isfinite(err2):  # rare: drop the non-finite pairs of this chunk and redo it
                 keep = np.isfinite(r) & np.isfinite(t)
                 self.nonfinite += int(keep.size - np.count_nonzero(keep))
                 r, t = r[keep], t[keep]
-                e = t - r
+                e = np.subtract(t, r, dtype=np.float64)
                 err2 = _dot(e, e)
             self.count += r.size
             self.sum_err2 += err2
@@ -119,8 +119,11 @@ class DriftAccumulator:
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    # einsum's own SIMD loop: BLAS ddot spawns threads, which on a busy machine costs more than the sum itself
-    return float(np.einsum("i,i->", a, b))
+    """Returns sum(a * b) with products and sum in float64 (einsum converts float32/float16 inputs on the fly).
+
+    einsum's own loop, not BLAS: ddot spawns threads, which on a busy machine costs more than the sum itself.
+    """
+    return float(np.einsum("i,i->", a, b, dtype=np.float64))
 
 
 def snr_db(signal_energy: float, noise_energy: float) -> float:
