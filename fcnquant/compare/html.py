@@ -106,7 +106,7 @@ class _Plot:
 
 def snr_plot(layers: Sequence[LayerDrift], width: int = 1040, height: int = 340) -> str:
     """Returns an SVG line plot of accumulated and isolated SNR (dB) against the layers' topological order."""
-    p = _Plot(width, height, bottom=48)
+    p = _Plot(width, height, top=30, bottom=48)
     if not layers:
         return p.svg("no layers")
     values = [v for layer in layers for v in (layer.accumulated.snr_db,
@@ -148,13 +148,12 @@ def snr_plot(layers: Sequence[LayerDrift], width: int = 1040, height: int = 340)
 
     series(lambda layer: layer.accumulated, _ACC, "", "accumulated")
     series(lambda layer: layer.isolated, _ISO, "5,3", "isolated")
-    lx = p.x1 - 230
-    p.add(f'<rect x="{lx}" y="{p.y1 + 6}" width="222" height="40" fill="#fff" stroke="#ccc"/>')
-    p.add(f'<line x1="{lx + 8}" x2="{lx + 34}" y1="{p.y1 + 19}" y2="{p.y1 + 19}" stroke="{_ACC}" stroke-width="2"/>')
-    p.add(f'<text x="{lx + 40}" y="{p.y1 + 23}" font-size="11">accumulated (whole quantized model)</text>')
-    p.add(f'<line x1="{lx + 8}" x2="{lx + 34}" y1="{p.y1 + 36}" y2="{p.y1 + 36}" stroke="{_ISO}" stroke-width="2" '
+    ly = 14  # legend row above the plot area
+    p.add(f'<line x1="{p.x0}" x2="{p.x0 + 26}" y1="{ly}" y2="{ly}" stroke="{_ACC}" stroke-width="2"/>')
+    p.add(f'<text x="{p.x0 + 32}" y="{ly + 4}" font-size="11">accumulated (whole quantized model)</text>')
+    p.add(f'<line x1="{p.x0 + 250}" x2="{p.x0 + 276}" y1="{ly}" y2="{ly}" stroke="{_ISO}" stroke-width="2" '
           f'stroke-dasharray="5,3"/>')
-    p.add(f'<text x="{lx + 40}" y="{p.y1 + 40}" font-size="11">isolated (that layer alone)</text>')
+    p.add(f'<text x="{p.x0 + 282}" y="{ly + 4}" font-size="11">isolated (that layer alone, fed float inputs)</text>')
     return p.svg("SNR along the network depth")
 
 
