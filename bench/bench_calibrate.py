@@ -31,37 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_seconds, ensure_data, ensure_model  # noqa: E402  (helpers shared by the bench scripts)
+
 SIZE = 320
-
-
-def ensure_model(path: str | None, workdir: Path) -> Path:
-    """Returns a full-size fcn8s ONNX at 320x320: ``path``, /tmp/fcn8s.onnx, or a fresh export."""
-    import onnx
-
-    for cand in [path, "/tmp/fcn8s.onnx"]:
-        if cand and Path(cand).is_file():
-            shape = onnx.load(cand, load_external_data=False).graph.input[0].type.tensor_type.shape
-            dims = [d.dim_value for d in shape.dim]
-            if dims[2:] == [SIZE, SIZE]:
-                return Path(cand)
-    out = workdir / "fcn8s.onnx"
-    subprocess.run([sys.executable, "-m", "fcnquant", "export", "fcn8s", "--size", str(SIZE), "--out", str(out)],
-                   check=True)
-    return out
-
-
-def ensure_data(workdir: Path, n: int) -> Path:
-    from fcnquant.data import write_synthetic_voc
-
-    root = workdir / f"voc{n}"
-    if not root.exists():
-        write_synthetic_voc(root, train=n, val=1, size=360, seed=0, progress=False)
-    return root
-
-
-def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def run_plain(model: Path, data: Path, n: int) -> dict:

@@ -33,52 +33,8 @@ import numpy as np
 
 from fcnquant.runtime import make_session
 
-
-def export_random_fcn8s(out: Path, size: int) -> Path:
-    from fcnquant.models.export import export_module
-    from fcnquant.models.zoo import build_model, init_random_weights
-
-    model = init_random_weights(build_model("fcn8s"), seed=0)
-    return export_module(model, out, size)
-
-
-def load_images(dataset, preset, ids):
-    from fcnquant.data import iter_batches
-
-    xs, masks = [], []
-    for batch in iter_batches(dataset, preset, ids, 1):
-        xs.append(batch.images)
-        masks.append(batch.masks[0] if batch.masks is not None else None)
-    return xs, masks
-
-
-def ort_quantize_static(model: Path, out: Path, calib_images: list[np.ndarray]) -> float:
-    """Runs onnxruntime's own static quantization (MinMax calibration); returns seconds."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    sess = make_session(str(model))
-    name = sess.get_inputs()[0].name
-    del sess
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(calib_images)
-
-        def get_next(self):
-            x = next(self.it, None)
-            return None if x is None else {name: x}
-
-    t0 = time.perf_counter()
-    quantize_static(
-        str(model), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-    )
-    return time.perf_counter() - t0
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cosine, export_random_fcn8s, load_images, ort_quantize_static  # noqa: E402  (shared helpers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             results["time_s"][f"ours_quantize_{method}"] = t4 - t3
             results[f"ours_float_nodes_{method}"] = list(res.float_nodes)
         theirs = work / "ort.int8.onnx"
-        results["time_s"]["ort_quantize_static"] = ort_quantize_static(fp32, theirs, calib_x)
+        results["time_s"]["ort_quantize_static"] = ort_quantize_static(fp32, theirs, calib_x)["wall_s"]
         fp16 = work / "model.fp16.onnx"
         f16 = convert_fp16(fp32, fp16)
 

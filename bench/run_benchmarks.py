@@ -663,7 +663,7 @@ def make_config(args: argparse.Namespace, work: Path) -> Config:
         counts=[int(v) for v in (args.counts or ("4,8,12" if q else "16,64,200")).split(",")],
         data_size=args.data_size or (144 if q else 360), heldout=args.heldout or (2 if q else 8),
         latency_calib=4 if q else 16, threads=[int(v) for v in args.threads.split(",")],
-        rounds=args.rounds or (3 if q else 7), warmup=1 if q else 2, cap=cap, floor=args.floor_gb * GB,
+        rounds=args.rounds or (3 if q else 15), warmup=1 if q else 2, cap=cap, floor=args.floor_gb * GB,
         skip_predicted=args.skip_predicted_oom, demo=args.demo.split(",") if args.demo else None,
         miou_calib=args.miou_calib or (8 if q else 50), miou_images=args.miou_images or (10 if q else None),
     )
@@ -685,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-size", type=int, help="synthetic image side for sections 1-2 (default 360; quick 144)")
     p.add_argument("--heldout", type=int, help="held-out val images for section 2 (default 8; quick 2)")
     p.add_argument("--threads", default="1,2", help="onnxruntime intra-op thread counts for latency (default 1,2)")
-    p.add_argument("--rounds", type=int, help="timed latency rounds (default 7; quick 3)")
+    p.add_argument("--rounds", type=int, help="timed latency rounds (default 15; quick 3)")
     p.add_argument("--cap-gb", type=float, default=18.0,
                    help="kill a measured process above this RSS (default 18, lowered to MemAvailable - 2 GB)")
     p.add_argument("--floor-gb", type=float, default=1.0,
