@@ -15,11 +15,13 @@ def make_session(
     *,
     threads: int = 0,
     optimization: str = "all",
+    mem_arena: bool = True,
 ):
     """Returns an ``onnxruntime.InferenceSession`` on the CPU for a model path or serialized bytes.
 
     ``optimization`` is one of ``"all"`` (ORT_ENABLE_ALL), ``"extended"``, ``"basic"``, ``"none"``.
-    ``threads=0`` lets onnxruntime choose the intra-op thread count.
+    ``threads=0`` lets onnxruntime choose the intra-op thread count. ``mem_arena=False`` turns off onnxruntime's
+    CPU memory arena (lower peak memory when many intermediate tensors are fetched, e.g. in compare).
     """
     import onnxruntime as ort
 
@@ -33,6 +35,7 @@ def make_session(
     opts.graph_optimization_level = levels[optimization]
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = mem_arena
     if not isinstance(model, bytes):
         p = Path(model)
         if not p.is_file():
@@ -63,10 +66,25 @@ def fixed_hw(session) -> tuple[int, int] | None:
     return (h, w) if h is not None and w is not None else None
 
 
+_NUMPY_INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def input_dtype(session) -> type:
+    """Returns the numpy dtype of a session's image input (float16 for an fp16 model converted with its I/O)."""
+    kind = session.get_inputs()[0].type
+    if kind not in _NUMPY_INPUT_TYPES:
+        raise ModelError(f"the model's image input has type {kind}; expected float, float16 or double")
+    return _NUMPY_INPUT_TYPES[kind]
+
+
 def run_logits(session, batch: np.ndarray, output_names: Sequence[str] | None = None) -> list[np.ndarray]:
-    """Returns the session's outputs (the first is the [N, C, H, W] logits) for one float32 NCHW batch."""
+    """Returns the session's outputs (the first is the [N, C, H, W] logits) for one NCHW image batch.
+
+    The batch is cast to the model's input type (float32, or float16 for an fp16 model with fp16 I/O).
+    """
     name, _ = input_spec(session)
-    return session.run(list(output_names) if output_names else None, {name: np.ascontiguousarray(batch, np.float32)})
+    feed = np.ascontiguousarray(batch, input_dtype(session))
+    return session.run(list(output_names) if output_names else None, {name: feed})
 
 
 def with_outputs(model, names: Sequence[str]):

@@ -15,6 +15,7 @@ from fcnquant.errors import FcnquantError
 
 # Order here is the order in `fcnquant --help`.
 SUBCOMMANDS = [
+    "demo",
     "export",
     "synth-voc",
     "eval",

@@ -1,0 +1,56 @@
+"""``fcnquant demo``: the whole job on the built-in demo (or your model and data), end to end."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "demo", help="calibrate, emit int8 + fp16, compare both with fp32, and report (built-in demo by default)",
+        description="Runs the whole pipeline: calibrate MODEL (default: the shipped demo fcn8s) on the calibration "
+                    "split with --method, emit an int8 QDQ model for --target and an fp16 model, compare both with "
+                    "the float model on the held-out split (per-layer drift and mIoU), print a summary table and "
+                    "write HTML reports. Without --data it uses the built-in synthetic VOC.")
+    p.add_argument("model", nargs="?", metavar="MODEL",
+                   help="float ONNX model, or a shipped demo model name (fcn8s, fcn16s, fcn32s, fcn_r50_d8); "
+                        "default fcn8s")
+    p.add_argument("--data", metavar="DIR", help="VOC root (default: the built-in synthetic VOC)")
+    p.add_argument("--calib-split", default="train", help="split to calibrate on (default train)")
+    p.add_argument("--eval-split", default="val", help="held-out split to compare on (default val)")
+    p.add_argument("--num-images", type=int, default=50, metavar="N",
+                   help="calibration images (default 50, like the seed's vendor toolchain)")
+    p.add_argument("--eval-images", type=int, default=None, metavar="N", help="compare on the first N images only")
+    p.add_argument("--method", default="kl", choices=["kl", "minmax", "percentile", "mse"],
+                   help="range method (default kl)")
+    p.add_argument("--target", default="ort-cpu", choices=["ort-cpu", "tensorrt", "npu-pow2"],
+                   help="deployment target of the int8 model (default ort-cpu)")
+    p.add_argument("--out", default="fcnquant-demo-out", metavar="DIR",
+                   help="output folder (default ./fcnquant-demo-out)")
+    p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fcnquant.demo_models import DEMO_MODELS, demo_model_path
+    from fcnquant.pipeline import run_pipeline
+
+    model = args.model
+    if model is None or (model in DEMO_MODELS and not Path(model).exists()):
+        model = demo_model_path(model or "fcn8s")
+    result = run_pipeline(model, args.out, data=args.data, calib_split=args.calib_split, eval_split=args.eval_split,
+                          method=args.method, target=args.target, num_images=args.num_images,
+                          eval_images=args.eval_images, progress=not args.no_progress)
+    print()
+    print(f"fcnquant demo: {Path(model).name}, {args.method} on {result.calibration_images} calibration images, "
+          f"target {args.target}, compared on '{args.eval_split}' ({result.int8_report.images} images)")
+    print(result.format_summary())
+    print()
+    print("Worst int8 layers (accumulated SNR):")
+    print(result.int8_report.format_table(top=5))
+    print()
+    print(f"Outputs are in {result.out_dir}/: int8 model {result.int8_model.name}, fp16 model "
+          f"{result.fp16_model.name}, table {result.table.name}, reports {result.int8_html.name} and "
+          f"{result.fp16_html.name}, summary {result.json.name}")
+    return 0
