@@ -4,12 +4,22 @@ One onnxruntime session runs a copy of the model whose graph also outputs the te
 :func:`fcnquant.calibrate.tensors.activation_tensors`. Each batch's outputs go into that tensor's
 :class:`~fcnquant.calibrate.stats.TensorStats` (exact min/max + exact bit-pattern histogram).
 
-Speed (measured on fcn8s at 320x320, see ``bench/bench_calibrate.py``): the histograms cost about 2.4 ns per
-value and fcn8s exposes ~30 M values per image, i.e. ~40 % of an fp32 inference when done in line. Observer
-updates therefore run in one worker thread for batch ``k`` while onnxruntime computes batch ``k + 1`` (numpy
-and onnxruntime both release the GIL), and the session's intra-op threads do not spin while waiting, so the
-worker can use the time onnxruntime's threads would otherwise burn at their barriers. Updates are applied in
-batch order by a single worker and the statistics are order-independent anyway, so the result is identical
+Speed (fcn8s at 320x320 on 2 shared cores, ``bench/bench_calibrate.py``): the exposed tensors hold ~30 M values
+per image and the observers cost ~3 ns per value (histogram ~2.4, min/max ~0.6), ~0.09 s of CPU per image
+against ~0.2-0.25 s for the inference itself on an idle machine. Choices, each measured against plain inference
+over the same images:
+
+* Session threads do not spin (``session.intra_op.allow_spinning=0``). Spinning threads keep burning a core
+  after ``run`` returns, exactly when numpy needs it: 1.44x plain with spinning, 1.24x without.
+* Graph optimisation ``all``: ``extended`` ran 1.2-1.7x slower on these AVX-512 machines (REFERENCE.md saw the
+  opposite on an AVX2-only machine).
+* Outputs go into reused buffers (io binding): fresh 120 MB outputs per image fragmented the heap and the
+  process grew ~12 MB per image; with reuse the peak is flat (and equal to plain inference's).
+* Observers run in line by default. ``overlap=True`` moves them to a worker thread while onnxruntime runs the
+  next batch; on the shared machine that was 0.95-1.1x the in-line time (5 comparisons, 4 favoured in line),
+  because there was no idle core to fill. It may pay on an otherwise idle machine.
+
+Updates are applied in batch order and the statistics are order-independent anyway, so the result is identical
 (bit for bit) with or without the overlap, and for any batch size.
 """
 from __future__ import annotations
@@ -87,7 +97,7 @@ def collect_stats(
     progress: bool = True,
     tensors: Sequence[str] | None = None,
     optimization: str = DEFAULT_OPTIMIZATION,
-    overlap: bool = True,
+    overlap: bool = False,
     mantissa_bits: int = DEFAULT_MANTISSA_BITS,
 ) -> CalibrationStats:
     """Returns the statistics of the model's activations over the images ``ids`` of ``dataset``.
@@ -96,7 +106,9 @@ def collect_stats(
     ``preset``: a :class:`~fcnquant.data.Preset`, a preset name, or None for the model's own (metadata
     ``fcnquant.preset``, else ``awesome``); its size follows a fixed model input, else ``size``; ``mean``/``std``
     override the normalisation.
-    ``tensors`` overrides which tensors to observe (default :func:`activation_tensors`).
+    ``tensors`` overrides which tensors to observe (default :func:`activation_tensors`). ``optimization`` is the
+    session's graph optimisation level; ``overlap`` observes batch k in a worker thread while batch k+1 runs
+    (same result; see the module docstring for when it helps).
     Each image is run once; batches of ``batch_size`` when the model's batch dimension is dynamic.
     A NaN/Inf activation raises CalibrationError naming the tensor and image(s); with ``skip_nonfinite`` such
     values are left out, counted per tensor in the statistics and reported in a warning.
@@ -147,7 +159,7 @@ def collect_stats(
 def make_collect_session(model: bytes | str | os.PathLike[str], optimization: str = DEFAULT_OPTIMIZATION):
     """Returns a CPU onnxruntime session for collection: ``optimization`` level, intra-op threads not spinning.
 
-    Idle intra-op threads that spin would compete with the observer thread for the machine's cores.
+    Idle intra-op threads that spin would compete with the observers for the machine's cores.
     """
     import onnxruntime as ort
 
