@@ -145,7 +145,7 @@ def collect_stats(
         model_name=model_path.name, shard=str(shard) if shard else None, mantissa_bits=mantissa_bits,
         skip_nonfinite=skip_nonfinite,
     )
-    observer = _Observer(stats, names, input_name, skip_nonfinite)
+    observer = _Observer(stats, names, input_name)
     log.info("calibrating %s: %d tensors, %d image(s)%s, preset %s, batch %d", model_path.name, len(names),
              len(run_ids), f" (shard {shard})" if shard else "", preset.describe(), batch_size)
     t0 = time.perf_counter()
@@ -198,11 +198,10 @@ def _batching(input_shape: tuple[int | None, ...], batch_size: int) -> tuple[int
 class _Observer:
     """Feeds one batch's tensors into the statistics, turning NaN/Inf errors into messages with image ids."""
 
-    def __init__(self, stats: CalibrationStats, names: list[str], input_name: str, skip_nonfinite: bool) -> None:
+    def __init__(self, stats: CalibrationStats, names: list[str], input_name: str) -> None:
         self.stats = stats
         self.names = names
         self.input_name = input_name
-        self.skip_nonfinite = skip_nonfinite
         self.skipped: dict[str, list[str]] = {}  # tensor -> image ids that had NaN/Inf values (skip mode)
 
     def observe(self, ids: list[str], images: np.ndarray, fetched: dict[str, np.ndarray]) -> None:

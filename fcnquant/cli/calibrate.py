@@ -108,9 +108,9 @@ def run(args: argparse.Namespace) -> int:
     get_target(args.target)
     if args.model is None and args.from_stats is None:
         raise FcnquantError("give a MODEL (or --from-stats F)")
-    if args.from_stats and (args.shard or args.save_ids or args.ids_file or args.skip_nonfinite):
-        raise FcnquantError("--from-stats computes from saved statistics; --shard, --ids-file, --save-ids and "
-                            "--skip-nonfinite apply to collection only")
+    if args.from_stats and (args.data or args.shard or args.save_ids or args.ids_file or args.skip_nonfinite):
+        raise FcnquantError("--from-stats computes from saved statistics; --data, --shard, --ids-file, --save-ids "
+                            "and --skip-nonfinite apply to collection only")
     shard = Shard.parse(args.shard) if args.shard else None
     if shard and not args.save_stats:
         raise FcnquantError("a --shard run collects part of the statistics: give --save-stats F to keep them")
