@@ -14,7 +14,7 @@ import numpy as np
 
 from fcnquant._io import atomic_write_text
 from fcnquant.data import (VOC_CLASSES, Dataset, Preset, builtin_dataset, iter_batches, open_dataset,
-                           preset_for_session, resize_bilinear)
+                           preset_for_session, resize_bilinear, take_ids)
 from fcnquant.errors import DataError, ModelError
 from fcnquant.metrics import ConfusionMatrix
 
@@ -102,7 +102,6 @@ def output_to_classes(out: np.ndarray, hw: tuple[int, int], num_classes: int = 2
     return out.argmax(1)
 
 
-_predictions = output_to_classes  # older private name, still used by fcnquant.compare
 
 
 def evaluate(
@@ -145,13 +144,7 @@ def evaluate(
         dataset = open_dataset(Path(data) if data is not None else builtin_dataset(progress=progress), split)
     if not dataset.has_labels:
         raise DataError(f"evaluation needs segmentation masks; dataset {dataset.describe()} has none")
-    chosen = list(ids) if ids is not None else list(dataset.ids)
-    if ids is not None:
-        dataset.check_ids(chosen)
-    if num_images is not None:
-        if num_images < 1:
-            raise DataError(f"number of images must be at least 1, got {num_images}")
-        chosen = chosen[:num_images]
+    chosen = take_ids(dataset, ids, num_images)
     if batch_size < 1:
         raise DataError(f"batch size must be at least 1, got {batch_size}")
     fixed_batch = shape[0]

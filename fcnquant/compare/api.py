@@ -71,7 +71,7 @@ def compare_models(
     """
     from tqdm import tqdm
 
-    from fcnquant.data import builtin_dataset, iter_batches, open_dataset, preset_for_session
+    from fcnquant.data import builtin_dataset, iter_batches, open_dataset, preset_for_session, take_ids
     from fcnquant.runtime import input_spec, make_session, with_outputs
 
     start = time.perf_counter()
@@ -105,13 +105,7 @@ def compare_models(
     iso_inputs = {i.name for i in iso.get_inputs()} if iso is not None else set()
     root = Path(data) if data is not None else builtin_dataset(progress=progress)
     dataset = open_dataset(root, split)
-    chosen = list(ids) if ids is not None else list(dataset.ids)
-    if ids is not None:
-        dataset.check_ids(chosen)
-    if num_images is not None:
-        if num_images < 1:
-            raise DataError(f"number of images must be at least 1, got {num_images}")
-        chosen = chosen[:num_images]
+    chosen = take_ids(dataset, ids, num_images)
     if not chosen:
         raise DataError(f"dataset {dataset.describe()} has no images to compare on")
     batch_size = _batch_size(batch_size, f_shape[0], q_shape[0])
@@ -257,9 +251,9 @@ def _num_classes(f_logits: np.ndarray, q_logits: np.ndarray) -> int:
 
 def _predict(logits: np.ndarray, hw: tuple[int, int], num_classes: int) -> np.ndarray:
     """Returns class ids exactly as ``fcnquant.evaluate`` derives them (bilinear resize to the labels, argmax)."""
-    from fcnquant.evaluate import _predictions
+    from fcnquant.evaluate import output_to_classes
 
-    return _predictions(logits, tuple(hw), num_classes)
+    return output_to_classes(logits, tuple(hw), num_classes)
 
 
 def _update(accumulator: DriftAccumulator, ref: np.ndarray, test: np.ndarray, pair: TensorPair, kind: str) -> None:

@@ -6,7 +6,7 @@ from fcnquant.data.loader import Batch, iter_batches
 from fcnquant.data.palette import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES, voc_palette
 from fcnquant.data.presets import PRESETS, Preset, get_preset, preset_for_session
 from fcnquant.data.resize import resize_bilinear
-from fcnquant.data.subset import load_ids, save_ids, select_calibration_ids
+from fcnquant.data.subset import load_ids, save_ids, select_calibration_ids, take_ids
 from fcnquant.data.synth import builtin_dataset, write_synthetic_voc
 from fcnquant.data.voc import Dataset, open_dataset
 
@@ -14,6 +14,6 @@ __all__ = [
     "VOC_CLASSES", "NUM_CLASSES", "IGNORE_INDEX", "voc_palette", "read_rgb", "read_mask",
     "Preset", "PRESETS", "get_preset", "preset_for_session", "resize_bilinear",
     "Dataset", "open_dataset", "Batch", "iter_batches",
-    "select_calibration_ids", "save_ids", "load_ids",
+    "select_calibration_ids", "save_ids", "load_ids", "take_ids",
     "builtin_dataset", "write_synthetic_voc",
 ]

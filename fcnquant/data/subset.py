@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -108,3 +109,16 @@ def load_ids(path: str | os.PathLike[str]) -> list[str]:
     if not ids:
         raise DataError(f"id list {p} is empty")
     return ids
+
+
+def take_ids(dataset: Dataset, ids: Sequence[str] | None = None, num_images: int | None = None) -> list[str]:
+    """Returns the ids to run on, in order: ``ids`` (checked against the dataset) or all of the dataset's ids,
+    cut to the first ``num_images`` when given (DataError for ``num_images < 1``)."""
+    chosen = [str(i) for i in ids] if ids is not None else list(dataset.ids)
+    if ids is not None:
+        dataset.check_ids(chosen)
+    if num_images is not None:
+        if num_images < 1:
+            raise DataError(f"number of images must be at least 1, got {num_images}")
+        chosen = chosen[:num_images]
+    return chosen
