@@ -11,13 +11,16 @@ over the same images:
 
 * Session threads do not spin (``session.intra_op.allow_spinning=0``). Spinning threads keep burning a core
   after ``run`` returns, exactly when numpy needs it: 1.44x plain with spinning, 1.24x without.
-* Graph optimisation ``all``: ``extended`` ran 1.2-1.7x slower on these AVX-512 machines (REFERENCE.md saw the
-  opposite on an AVX2-only machine).
+* Graph optimisation ``all``: with ``extended`` the whole calibration took 1.23-1.71x plain inference, with
+  ``all`` 1.03-1.22x, on these AVX-512 machines (REFERENCE.md saw the opposite on an AVX2-only machine).
 * Outputs go into reused buffers (io binding): fresh 120 MB outputs per image fragmented the heap and the
   process grew ~12 MB per image; with reuse the peak is flat (and equal to plain inference's).
-* Observers run in line by default. ``overlap=True`` moves them to a worker thread while onnxruntime runs the
-  next batch; on the shared machine that was 0.95-1.1x the in-line time (5 comparisons, 4 favoured in line),
-  because there was no idle core to fill. It may pay on an otherwise idle machine.
+* Observers run in a worker thread (``overlap=True``, default) on batch k while onnxruntime runs batch k+1:
+  numpy and onnxruntime release the GIL, and the worker fills the time onnxruntime's two intra-op threads leave
+  idle at their barriers (one thread: 0.38 s per image, two: 0.24 s). In the least loaded measurement it was
+  25 % faster than observing in line; on the machine saturated by other jobs (no idle core to fill) the two
+  were within noise of each other (six alternated comparisons at load 2-9, 0.85-1.1x either way). In line
+  (``overlap=False``) uses one output buffer set less (~120 MB for fcn8s).
 
 Updates are applied in batch order and the statistics are order-independent anyway, so the result is identical
 (bit for bit) with or without the overlap, and for any batch size.
@@ -97,7 +100,7 @@ def collect_stats(
     progress: bool = True,
     tensors: Sequence[str] | None = None,
     optimization: str = DEFAULT_OPTIMIZATION,
-    overlap: bool = False,
+    overlap: bool = True,
     mantissa_bits: int = DEFAULT_MANTISSA_BITS,
 ) -> CalibrationStats:
     """Returns the statistics of the model's activations over the images ``ids`` of ``dataset``.
