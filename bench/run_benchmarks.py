@@ -488,15 +488,17 @@ def section_miou(cfg: Config) -> dict:
             else:
                 scores[f"onnxruntime {om}"] = {"error": child_failure(res)}
                 say(f"  {name} onnxruntime {om}: {child_failure(res)}")
-        recorded = None
-        try:
-            from fcnquant.demo_models import recorded_miou
+        recorded, recorded_sha = None, None
+        if note == "shipped demo model":
+            from fcnquant.demo_models import demo_model_info
 
-            recorded = recorded_miou(name) if note == "shipped demo model" else None
-        except Exception:  # noqa: BLE001 - the recorded score is informative only
-            recorded = None
+            recorded, recorded_sha = demo_model_info(name).miou, demo_model_info(name).sha256
+        from fcnquant._io import file_sha256
+
         models.append({"name": name, "path": str(path), "note": note, "hw": list(preset.size),
-                       "preset": preset.name, "scores": scores, "times_s": times, "recorded_fp32_miou": recorded})
+                       "sha256": file_sha256(path),
+                       "preset": preset.name, "scores": scores, "times_s": times, "recorded_fp32_miou": recorded,
+                       "recorded_sha256": recorded_sha})
         say("\n" + render_miou_table({"models": [models[-1]]}))
     return {"data": str(root), "calib_images": len(calib_ids), "val_images": len(val_ids), "models": models}
 
@@ -531,8 +533,10 @@ def render_miou(res: dict) -> str:
         if "missing" in m:
             notes.append(f"- {m['name']}: not measured ({m['missing']}).")
         elif m.get("recorded_fp32_miou") is not None:
+            same = "the file recorded there" if m.get("sha256") == m.get("recorded_sha256") else \
+                "**a file whose sha256 differs from the one recorded there**"
             notes.append(f"- {m['name']}: fp32 mIoU recorded in demo_models.json {m['recorded_fp32_miou']:.2f}, "
-                         f"measured here {m['scores']['fp32']['miou']:.2f}.")
+                         f"measured here {m['scores']['fp32']['miou']:.2f} (sha256 {m['sha256'][:12]}, {same}).")
         elif m.get("note"):
             notes.append(f"- {m['name']}: {m['note']}.")
     return "\n".join([
