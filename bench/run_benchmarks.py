@@ -434,11 +434,7 @@ def demo_candidates(cfg: Config) -> list[tuple[str, Path | None, str]]:
 
 
 def section_miou(cfg: Config) -> dict:
-    from fcnquant.calibrate import build_table, collect_stats
-    from fcnquant.data import builtin_dataset, open_dataset, preset_for_session, select_calibration_ids
-    from fcnquant.evaluate import evaluate
-    from fcnquant.quantize import convert_fp16, quantize_model
-    from fcnquant.runtime import make_session
+    from fcnquant.data import builtin_dataset, open_dataset, select_calibration_ids
 
     root = builtin_dataset(progress=False)
     train, val = open_dataset(root, "train"), open_dataset(root, "val")
@@ -452,55 +448,73 @@ def section_miou(cfg: Config) -> dict:
             say(f"{name}: not measured ({note})")
             models.append({"name": name, "missing": note})
             continue
-        work = cfg.work / f"miou-{name}"
-        work.mkdir(exist_ok=True)
-        preset = preset_for_session(make_session(str(path)))
-        scores: dict[str, dict] = {}
-        times: dict[str, float] = {}
+        try:
+            models.append(miou_one(cfg, name, path, note, train, val, root, calib_ids, val_ids))
+        except Exception as exc:  # noqa: BLE001 - one model's failure is reported, the others still run
+            logging.exception("mIoU of %s failed", name)
+            models.append({"name": name, "missing": f"failed: {type(exc).__name__}: {exc}"})
+            continue
+        say("\n" + render_miou_table({"models": [models[-1]]}))
+    return {"data": str(root), "calib_images": len(calib_ids), "val_images": len(val_ids), "models": models}
 
-        def score(key: str, model: Path) -> None:
-            r = evaluate(str(model), val, preset=preset, ids=val_ids, progress=False)
-            scores[key] = {"miou": r.miou, "miou_awesome": r.miou_awesome, "pixel_acc": r.pixel_acc}
-            say(f"  {name} {key}: mIoU {r.miou:.2f}")
 
-        score("fp32", path)
-        convert_fp16(path, work / "fp16.onnx", keep_io_fp32=True)
-        score("fp16", work / "fp16.onnx")
-        t = time.perf_counter()
-        stats = collect_stats(path, train, calib_ids, preset, progress=False)
-        times["fcnquant collect"] = time.perf_counter() - t
-        for m in OUR_METHODS:
+def miou_one(cfg: Config, name: str, path: Path, note: str, train, val, root: Path, calib_ids, val_ids) -> dict:
+    """Returns the mIoU record of one model: fp32, fp16, fcnquant int8 per method, onnxruntime per method."""
+    from fcnquant._io import file_sha256
+    from fcnquant.calibrate import build_table, collect_stats
+    from fcnquant.data import preset_for_session
+    from fcnquant.evaluate import evaluate
+    from fcnquant.quantize import convert_fp16, quantize_model
+    from fcnquant.runtime import make_session
+
+    work = cfg.work / f"miou-{name}"
+    work.mkdir(exist_ok=True)
+    preset = preset_for_session(make_session(str(path)))
+    scores: dict[str, dict] = {}
+    times: dict[str, float] = {}
+
+    def score(key: str, model: Path) -> None:
+        r = evaluate(str(model), val, preset=preset, ids=val_ids, progress=False)
+        scores[key] = {"miou": r.miou, "miou_awesome": r.miou_awesome, "pixel_acc": r.pixel_acc}
+        say(f"  {name} {key}: mIoU {r.miou:.2f}")
+
+    score("fp32", path)
+    convert_fp16(path, work / "fp16.onnx", keep_io_fp32=True)
+    score("fp16", work / "fp16.onnx")
+    t = time.perf_counter()
+    stats = collect_stats(path, train, calib_ids, preset, progress=False)
+    times["fcnquant collect"] = time.perf_counter() - t
+    for m in OUR_METHODS:
+        try:
             t = time.perf_counter()
             table = build_table(stats, m, "ort-cpu")
             times[f"fcnquant {m} table"] = time.perf_counter() - t
             out = work / f"ours.{m}.int8.onnx"
             quantize_model(path, table, out, target="ort-cpu", per_channel=True)
             score(f"fcnquant {m}", out)
-        for om in ORT_METHODS:
-            out = work / f"ort.{om}.int8.onnx"
-            res = watched(cfg, "ort", {"model": str(path), "data": str(root), "split": "train", "ids": calib_ids,
-                                       "preset": preset.name, "hw": list(preset.size), "method": om,
-                                       "out": str(out), "cache": str(work / f"ort.{om}.ranges.json")},
-                          progress=True)
-            if res.ok:
-                times[f"onnxruntime {om}"] = res.result["wall_s"]
-                score(f"onnxruntime {om}", out)
-            else:
-                scores[f"onnxruntime {om}"] = {"error": child_failure(res)}
-                say(f"  {name} onnxruntime {om}: {child_failure(res)}")
-        recorded, recorded_sha = None, None
-        if note == "shipped demo model":
-            from fcnquant.demo_models import demo_model_info
+        except Exception as exc:  # noqa: BLE001 - reported in the table
+            scores[f"fcnquant {m}"] = {"error": f"{type(exc).__name__}: {exc}"}
+            say(f"  {name} fcnquant {m}: failed: {exc}")
+    for om in ORT_METHODS:
+        out = work / f"ort.{om}.int8.onnx"
+        res = watched(cfg, "ort", {"model": str(path), "data": str(root), "split": "train", "ids": calib_ids,
+                                   "preset": preset.name, "hw": list(preset.size), "method": om,
+                                   "out": str(out), "cache": str(work / f"ort.{om}.ranges.json")},
+                      progress=True)
+        if res.ok:
+            times[f"onnxruntime {om}"] = res.result["wall_s"]
+            score(f"onnxruntime {om}", out)
+        else:
+            scores[f"onnxruntime {om}"] = {"error": child_failure(res)}
+            say(f"  {name} onnxruntime {om}: {child_failure(res)}")
+    recorded, recorded_sha = None, None
+    if note == "shipped demo model":
+        from fcnquant.demo_models import demo_model_info
 
-            recorded, recorded_sha = demo_model_info(name).miou, demo_model_info(name).sha256
-        from fcnquant._io import file_sha256
-
-        models.append({"name": name, "path": str(path), "note": note, "hw": list(preset.size),
-                       "sha256": file_sha256(path),
-                       "preset": preset.name, "scores": scores, "times_s": times, "recorded_fp32_miou": recorded,
-                       "recorded_sha256": recorded_sha})
-        say("\n" + render_miou_table({"models": [models[-1]]}))
-    return {"data": str(root), "calib_images": len(calib_ids), "val_images": len(val_ids), "models": models}
+        recorded, recorded_sha = demo_model_info(name).miou, demo_model_info(name).sha256
+    return {"name": name, "path": str(path), "note": note, "hw": list(preset.size), "sha256": file_sha256(path),
+            "preset": preset.name, "scores": scores, "times_s": times, "recorded_fp32_miou": recorded,
+            "recorded_sha256": recorded_sha}
 
 
 MIOU_COLS = ["fp32", "fp16"] + [f"fcnquant {m}" for m in OUR_METHODS] + [f"onnxruntime {m}" for m in ORT_METHODS]
@@ -517,7 +531,8 @@ def render_miou_table(res: dict) -> str:
         for c in MIOU_COLS:
             s = m["scores"].get(c, {})
             if "miou" not in s:
-                row.append("OOM" if "OOM" in s.get("error", "") else "-")
+                err = s.get("error", "")
+                row.append("OOM" if "OOM" in err else ("failed" if err else "-"))
             elif c == "fp32":
                 row.append(f"{s['miou']:.2f}")
             else:
@@ -561,6 +576,7 @@ def render_miou(res: dict) -> str:
 def targets(results: dict) -> list[tuple[str, str, str, str]]:
     """Returns (issue, target, measured, status) rows; status is met / NOT met / not measured."""
     out = []
+    results = {k: v for k, v in results.items() if not (isinstance(v, dict) and "error" in v)}
 
     def add(issue, target, measured, ok):
         out.append((issue, target, measured, "not measured" if ok is None else ("met" if ok else "**NOT met**")))
@@ -652,8 +668,12 @@ def render(results: dict, cmdline: str) -> str:
         "## Targets (issues 4 and 5)\n",
         md_table(["issue", "target", "measured", "status"], targets(results), "llll"), "",
     ]
+    titles = {"calibration": "1. Calibration time and peak memory", "latency": "2. int8 / fp16 latency",
+              "miou": "3. mIoU"}
     for key, fn in (("calibration", render_calibration), ("latency", render_latency), ("miou", render_miou)):
-        if key in results:
+        if key in results and "error" in results[key]:
+            parts += [f"## {titles[key]}\n", f"Not measured: the section failed ({results[key]['error']}).", ""]
+        elif key in results:
             parts += [fn(results[key]), ""]
     return "\n".join(parts)
 
@@ -724,6 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else (REPO / "BENCHMARKS.md" if full else work / "BENCHMARKS.md")
     cmdline = "python bench/run_benchmarks.py" + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
     cfg = make_config(args, work)
+    from fcnquant._io import atomic_write_text
     t0 = time.perf_counter()
     results: dict = {"machine": machine_facts(), "config": {k: str(v) for k, v in vars(args).items()}}
     m = results["machine"]
@@ -734,12 +755,15 @@ def main(argv: list[str] | None = None) -> int:
             cfg.artifacts["fcn8s"] = ensure_model(cfg.model, work, cfg.size, "fcn8s", cfg.width)
         for s, fn in (("calibration", section_calibration), ("latency", section_latency), ("miou", section_miou)):
             if s in sections:
-                results[s] = fn(cfg)
+                try:
+                    results[s] = fn(cfg)
+                except Exception as exc:  # noqa: BLE001 - the report says which section failed and why
+                    logging.exception("section %s failed", s)
+                    results[s] = {"error": f"{type(exc).__name__}: {exc}"}
+                atomic_write_text(work / "results.json", json.dumps(results, indent=1, default=str) + "\n")
         results["elapsed_s"] = time.perf_counter() - t0
         results["machine_end"] = machine_facts()
         text = render(results, cmdline)
-        from fcnquant._io import atomic_write_text
-
         atomic_write_text(out, text)
         if args.json:
             atomic_write_text(args.json, json.dumps(results, indent=1, default=str) + "\n")
