@@ -146,3 +146,24 @@ def test_default_data_is_the_builtin_synthetic_voc(setup, tmp_path, monkeypatch,
     assert run(model, "--num-images", 2) == 0
     assert (tmp_path / "tiny.calib.json").is_file()
     assert "2 image(s)" in capsys.readouterr().out
+
+
+def test_out_emits_the_same_int8_model_as_quantize(setup, tmp_path, capsys):
+    model, voc = setup
+    assert run(model, "--data", voc, "--num-images", 3, "--out-table", tmp_path / "t.json",
+               "--out", tmp_path / "a.int8.onnx") == 0
+    assert "a.int8.onnx" in capsys.readouterr().out
+    assert main(["quantize", str(model), "--table", str(tmp_path / "t.json"), "--out", str(tmp_path / "b.int8.onnx")]) == 0
+    a, b = (onnx.load(str(tmp_path / f)) for f in ("a.int8.onnx", "b.int8.onnx"))
+    assert [n.SerializeToString() for n in a.graph.node] == [n.SerializeToString() for n in b.graph.node]
+    ia = {i.name: numpy_helper.to_array(i) for i in a.graph.initializer}
+    ib = {i.name: numpy_helper.to_array(i) for i in b.graph.initializer}
+    assert ia.keys() == ib.keys() and all(np.array_equal(ia[k], ib[k]) for k in ia)
+    assert sum(n.op_type == "QuantizeLinear" for n in a.graph.node) >= 3
+
+
+def test_out_needs_the_full_statistics(setup, tmp_path, capsys):
+    model, voc = setup
+    assert run(model, "--data", voc, "--shard", "1/2", "--save-stats", tmp_path / "s.npz",
+               "--out", tmp_path / "x.onnx") == 2
+    assert "--out" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()

@@ -62,6 +62,8 @@ def register(sub) -> None:
     o.add_argument("--from-stats", metavar="F", help="compute the table from statistics saved with --save-stats "
                    "(or merged with merge-stats) instead of running the model")
     o.add_argument("--trt-cache", metavar="F", help="also write a TensorRT calibration cache to F")
+    o.add_argument("--out", metavar="F", help="also emit the int8 QDQ model for --target to F (as `fcnquant "
+                   "quantize MODEL --table ... --out F` would, with per-channel weights and float logits)")
     o.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     p.set_defaults(func=run)
 
@@ -112,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         raise FcnquantError("--from-stats computes from saved statistics; --data, --shard, --ids-file, --save-ids "
                             "and --skip-nonfinite apply to collection only")
     shard = Shard.parse(args.shard) if args.shard else None
+    if args.out and (shard or not args.model):
+        raise FcnquantError("--out emits the int8 model: it needs MODEL and the full statistics (no --shard)")
     if shard and not args.save_stats:
         raise FcnquantError("a --shard run collects part of the statistics: give --save-stats F to keep them")
     if args.num_images is not None and args.num_images < 1:
@@ -121,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         stem = Path(args.model).stem if args.model else Path(args.from_stats).stem
         out_table = f"{stem}.calib.json"
     for path, option in ((out_table, "--out-table"), (args.save_stats, "--save-stats"),
-                         (args.save_ids, "--save-ids"), (args.trt_cache, "--trt-cache")):
+                         (args.save_ids, "--save-ids"), (args.trt_cache, "--trt-cache"), (args.out, "--out")):
         _check_writable(path, option)
     progress = not args.no_progress
 
@@ -148,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         written.append(f"image ids: {args.save_ids}")
 
     table = None
-    if out_table is not None or args.trt_cache:
+    if out_table is not None or args.trt_cache or args.out:
         table = compute_table(stats, args.method, args.target, **params)
         if out_table is not None:
             table.save(out_table)
@@ -156,7 +160,13 @@ def run(args: argparse.Namespace) -> int:
         if args.trt_cache:
             table.write_tensorrt_cache(args.trt_cache)
             written.append(f"TensorRT cache: {args.trt_cache}")
-    # An `--out model.int8.onnx` option would quantize here: quantize_model(args.model, table, args.out, ...).
+    if args.out:
+        from fcnquant.quantize import quantize_model
+
+        result = quantize_model(args.model, table, args.out, target=args.target)
+        written.append(f"int8 model ({args.target}): {args.out}")
+        if result.tensorrt_cache:
+            written.append(f"TensorRT cache: {result.tensorrt_cache}")
 
     print(f"calibrated {stats.model_name or args.model} from {source} in {elapsed:.1f} s")
     print(f"  {len(stats.tensors)} activation tensors observed")
