@@ -278,7 +278,68 @@ def section_calibration(cfg: Config) -> dict:
                 emit({"n": n, "tool": "onnxruntime", "method": om, "label": label, "oom": res.stopped is not None,
                       "peak": res.peak_rss_polled, "images_done": res.images_done, "note": child_failure(res)})
     return {"model": str(model), "hw": hw, "counts": cfg.counts, "cap_gb": cfg.cap / GB, "rows": rows,
+            "ranges": compare_ranges(cfg, cfg.counts[0]),
             "data": f"synthetic VOC, {cfg.data_size} px, train_000000..train_{max(cfg.counts) - 1:06d}"}
+
+
+def kl_clipping(table) -> tuple[int, int]:
+    """Returns (tensors whose KL threshold is < 0.9 of their observed max|x|, tensors) of a calibration table."""
+    inside = total = 0
+    for e in table.tensors.values():
+        amax = max(abs(e.min), abs(e.max))
+        if amax > 0:
+            total += 1
+            inside += max(abs(e.lo), abs(e.hi)) < 0.9 * amax
+    return inside, total
+
+
+def compare_ranges(cfg: Config, n: int) -> dict:
+    """Returns how much each tool's methods narrow the min/max range at ``n`` images (width ratio per tensor)."""
+    out: dict = {"images": n}
+    try:
+        from onnxruntime.quantization.calibrate import load_tensors_data
+
+        def widths(path: Path) -> dict[str, float]:
+            data = load_tensors_data(path).data
+            return {k: float(np.ravel(v.range_value[1])[0] - np.ravel(v.range_value[0])[0]) for k, v in data.items()}
+
+        caches = {om: cfg.work / f"ort.{om}.{n}.ranges.json" for om in ORT_METHODS}
+        if caches["MinMax"].is_file():
+            base = widths(caches["MinMax"])
+            for om in ("Entropy", "Percentile"):
+                if caches[om].is_file():
+                    w = widths(caches[om])
+                    r = [w[k] / base[k] for k in base if base[k] > 0 and k in w]
+                    out[f"onnxruntime {om}"] = {"tensors": len(r), "min": min(r), "max": max(r),
+                                                "equal": sum(abs(x - 1) < 1e-6 for x in r),
+                                                "below_0.9": sum(x < 0.9 for x in r)}
+        if "stats" in cfg.artifacts:
+            from fcnquant.calibrate import CalibrationStats, build_table
+
+            stats = CalibrationStats.load(cfg.artifacts["stats"])
+            for m in ("kl", "percentile"):
+                inside, total = kl_clipping(build_table(stats, m, "ort-cpu"))
+                out[f"fcnquant {m}"] = {"tensors": total, "below_0.9": inside}
+    except Exception as exc:  # noqa: BLE001 - informative only
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def render_ranges(r: dict) -> str:
+    parts = []
+    for k in ("onnxruntime Entropy", "onnxruntime Percentile"):
+        if k in r:
+            v = r[k]
+            parts.append(f"{k}: range width / MinMax width {v['min']:.3f}..{v['max']:.3f} over {v['tensors']} "
+                         f"tensors ({v['equal']} exactly equal, {v['below_0.9']} below 0.9)")
+    for k in ("fcnquant kl", "fcnquant percentile"):
+        if k in r:
+            parts.append(f"{k}: {r[k]['below_0.9']} of {r[k]['tensors']} tensors get a threshold below 0.9 of "
+                         "their observed max|x|")
+    if not parts:
+        return ""
+    return (f"\nHow much each method narrows the observed range ({r['images']} images, this random-weight model): "
+            + "; ".join(parts) + ".")
 
 
 def render_calibration(res: dict) -> str:
@@ -299,6 +360,7 @@ def render_calibration(res: dict) -> str:
         "just before in the same run; CPU x compares CPU seconds (less sensitive to a shared machine).\n",
     ]
     out.append(md_table(CALIB_HEAD, [calib_row(r) for r in res["rows"]], CALIB_ALIGN))
+    out.append(render_ranges(res.get("ranges", {})))
     return "\n".join(out)
 
 
@@ -472,6 +534,7 @@ def miou_one(cfg: Config, name: str, path: Path, note: str, train, val, root: Pa
     preset = preset_for_session(make_session(str(path)))
     scores: dict[str, dict] = {}
     times: dict[str, float] = {}
+    clipped = None
 
     def score(key: str, model: Path) -> None:
         r = evaluate(str(model), val, preset=preset, ids=val_ids, progress=False)
@@ -489,6 +552,8 @@ def miou_one(cfg: Config, name: str, path: Path, note: str, train, val, root: Pa
             t = time.perf_counter()
             table = build_table(stats, m, "ort-cpu")
             times[f"fcnquant {m} table"] = time.perf_counter() - t
+            if m == "kl":
+                clipped = kl_clipping(table)
             out = work / f"ours.{m}.int8.onnx"
             quantize_model(path, table, out, target="ort-cpu", per_channel=True)
             score(f"fcnquant {m}", out)
@@ -514,7 +579,7 @@ def miou_one(cfg: Config, name: str, path: Path, note: str, train, val, root: Pa
         recorded, recorded_sha = demo_model_info(name).miou, demo_model_info(name).sha256
     return {"name": name, "path": str(path), "note": note, "hw": list(preset.size), "sha256": file_sha256(path),
             "preset": preset.name, "scores": scores, "times_s": times, "recorded_fp32_miou": recorded,
-            "recorded_sha256": recorded_sha}
+            "recorded_sha256": recorded_sha, "kl_clipped": clipped}
 
 
 MIOU_COLS = ["fp32", "fp16"] + [f"fcnquant {m}" for m in OUR_METHODS] + [f"onnxruntime {m}" for m in ORT_METHODS]
@@ -550,8 +615,11 @@ def render_miou(res: dict) -> str:
         elif m.get("recorded_fp32_miou") is not None:
             same = "the file recorded there" if m.get("sha256") == m.get("recorded_sha256") else \
                 "**a file whose sha256 differs from the one recorded there**"
+            clip = m.get("kl_clipped")
+            clip_txt = f"; KL puts {clip[0]} of {clip[1]} thresholds below 0.9 of the observed max|x|" if clip else ""
             notes.append(f"- {m['name']}: fp32 mIoU recorded in demo_models.json {m['recorded_fp32_miou']:.2f}, "
-                         f"measured here {m['scores']['fp32']['miou']:.2f} (sha256 {m['sha256'][:12]}, {same}).")
+                         f"measured here {m['scores']['fp32']['miou']:.2f} (sha256 {m['sha256'][:12]}, {same})"
+                         f"{clip_txt}.")
         elif m.get("note"):
             notes.append(f"- {m['name']}: {m['note']}.")
     return "\n".join([
