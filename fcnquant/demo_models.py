@@ -1,0 +1,85 @@
+"""The trained demo models shipped with fcnquant (small FCNs trained on the built-in synthetic VOC).
+
+The ONNX files live in ``fcnquant/assets/demo/``; ``demo_models.json`` beside them records, per model, the file
+and its sha256, the preprocessing preset, input size, width multiplier, parameter count, the fp32 scores on the
+built-in synthetic val split (``fcnquant.data.builtin_dataset()``, the split ``fcnquant eval MODEL`` uses by
+default) and on a val split generated with another seed, and how the model was trained
+(``python -m fcnquant.models.train ...``). Every model carries its preset in the ONNX metadata
+(``fcnquant.preset``), so ``fcnquant eval``, ``calibrate`` and ``compare`` need no preprocessing flags.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from fcnquant.errors import ModelError
+
+DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
+MANIFEST = DEMO_DIR / "demo_models.json"
+#: shipped demo model names, in the order the docs list them
+DEMO_MODELS: tuple[str, ...] = ("fcn8s", "fcn16s", "fcn32s", "fcn_r50_d8")
+DEFAULT_DEMO_MODEL = "fcn8s"
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """One shipped model as recorded in ``demo_models.json`` (scores in percent, mmseg mIoU semantics)."""
+
+    name: str
+    file: str
+    sha256: str
+    preset: str
+    input_size: tuple[int, int]
+    width: float
+    params: int
+    miou: float
+    miou_awesome: float
+    pixel_acc: float
+    record: dict  # the model's full JSON entry (training command and time, other-seed scores, ...)
+
+    @property
+    def path(self) -> Path:
+        """Returns the ONNX file's path."""
+        return DEMO_DIR / self.file
+
+
+@functools.lru_cache(maxsize=1)
+def load_manifest() -> dict:
+    """Returns the parsed ``demo_models.json``; ModelError if it is missing or unreadable."""
+    try:
+        return json.loads(MANIFEST.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"demo model manifest not found: {MANIFEST} (is fcnquant installed with its assets?)") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read demo model manifest {MANIFEST}: {exc}") from exc
+
+
+def demo_model_info(name: str = DEFAULT_DEMO_MODEL) -> DemoModel:
+    """Returns the recorded facts of demo model ``name`` (one of ``DEMO_MODELS``)."""
+    if name not in DEMO_MODELS:
+        raise ModelError(f"unknown demo model '{name}'; choose one of {', '.join(DEMO_MODELS)}")
+    entry = load_manifest().get("models", {}).get(name)
+    if entry is None:
+        raise ModelError(f"demo model '{name}' is not listed in {MANIFEST}")
+    fp32 = entry["fp32"]
+    return DemoModel(
+        name=name, file=entry["file"], sha256=entry["sha256"], preset=entry["preset"],
+        input_size=tuple(entry["input_size"]), width=float(entry["width"]), params=int(entry["params"]),
+        miou=float(fp32["miou"]), miou_awesome=float(fp32["miou_awesome"]), pixel_acc=float(fp32["pixel_acc"]),
+        record=entry,
+    )
+
+
+def demo_model_path(name: str = DEFAULT_DEMO_MODEL) -> Path:
+    """Returns the path of the shipped ONNX file of demo model ``name``; ModelError if it is missing."""
+    path = demo_model_info(name).path
+    if not path.is_file():
+        raise ModelError(f"demo model file missing: {path} (is fcnquant installed with its assets?)")
+    return path
+
+
+def recorded_miou(name: str = DEFAULT_DEMO_MODEL) -> float:
+    """Returns the fp32 mIoU (mmseg semantics, percent) recorded for ``name`` on the built-in synthetic val split."""
+    return demo_model_info(name).miou
