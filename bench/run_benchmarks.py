@@ -86,6 +86,7 @@ class Config:
     demo: list[str] | None
     miou_calib: int
     miou_images: int | None
+    reps: int = 1
     artifacts: dict = field(default_factory=dict)
 
 
@@ -221,31 +222,51 @@ def section_calibration(cfg: Config) -> dict:
     for n in cfg.counts:
         ids = ids_all[:n]
         spec = {**base, "ids": ids}
-        plain = watched(cfg, "plain", dict(spec))
-        if not plain.ok:
-            emit({"n": n, "tool": "onnxruntime", "method": "fp32", "label": "fp32 inference (baseline)",
-                  "note": child_failure(plain)})
-            continue
-        p = plain.result
-        emit({"n": n, "tool": "onnxruntime", "method": "fp32", "label": "onnxruntime fp32 inference (baseline)",
-              "wall_s": p["wall_s"], "ratio": 1.0, "cpu_s": p["cpu_s"], "cpu_ratio": 1.0, "peak": plain.peak_rss})
         first = n == cfg.counts[0]
         emit_paths = {"kl": str(cfg.work / f"ours.kl.{n}.int8.onnx")}
-        ours = watched(cfg, "ours", {**spec, "methods": ["kl", "minmax", "percentile"],
-                                     "stats_out": str(cfg.work / f"stats.{n}.npz") if first else None,
-                                     "emit": emit_paths})
-        if ours.ok:
-            o = ours.result
+        plains, ours_runs, failed = [], [], {}
+        for rep in range(cfg.reps):  # alternated: plain, kl, plain, kl, ...; the best of each counts
+            run = watched(cfg, "plain", dict(spec))
+            if not run.ok:
+                failed["plain"] = run
+                break
+            plains.append(run)
+            run = watched(cfg, "ours", {**spec, "methods": ["kl", "minmax", "percentile"],
+                                        "stats_out": str(cfg.work / f"stats.{n}.npz") if first and rep == 0 else None,
+                                        "emit": emit_paths})
+            if not run.ok:
+                failed["ours"] = run
+                break
+            ours_runs.append(run)
+        if not plains:
+            emit({"n": n, "tool": "onnxruntime", "method": "fp32", "label": "fp32 inference (baseline)",
+                  "note": child_failure(failed["plain"])})
+            continue
+
+        def best(runs):
+            walls = [r.result["wall_s"] for r in runs]
+            note = f"best of {len(runs)} (wall {', '.join(f'{w:.2f}' for w in walls)} s)" if len(runs) > 1 else ""
+            return (min((r.result for r in runs), key=lambda r: r["wall_s"]), min(r.result["cpu_s"] for r in runs),
+                    max(r.peak_rss for r in runs), note)
+
+        p, p_cpu, p_peak, p_note = best(plains)
+        emit({"n": n, "tool": "onnxruntime", "method": "fp32", "label": "onnxruntime fp32 inference (baseline)",
+              "wall_s": p["wall_s"], "ratio": 1.0, "cpu_s": p_cpu, "cpu_ratio": 1.0, "peak": p_peak,
+              "note": p_note})
+        if ours_runs:
+            o, o_cpu, o_peak, o_note = best(ours_runs)
+            o_peak = max(r.result["max_rss_calibrate"] for r in ours_runs)
             collect = o["wall_s"] - o["table_s"]["kl"]
             emit({"n": n, "tool": "fcnquant", "method": "kl", "label": "fcnquant calibrate --method kl",
-                  "wall_s": o["wall_s"], "ratio": o["wall_s"] / p["wall_s"], "cpu_s": o["cpu_s"],
-                  "cpu_ratio": o["cpu_s"] / p["cpu_s"], "with_emit_s": o["wall_s"] + o["emit_s"]["kl"],
-                  "peak": o["max_rss_calibrate"], "peak_with_emit": o["max_rss"],
-                  "note": f"standalone run: collect {collect:.1f} s + KL table {o['table_s']['kl']:.2f} s"})
+                  "wall_s": o["wall_s"], "ratio": o["wall_s"] / p["wall_s"], "cpu_s": o_cpu,
+                  "cpu_ratio": o_cpu / p_cpu, "with_emit_s": o["wall_s"] + o["emit_s"]["kl"],
+                  "peak": o_peak, "peak_with_emit": max(r.result["max_rss"] for r in ours_runs),
+                  "note": f"standalone run: collect {collect:.1f} s + KL table {o['table_s']['kl']:.2f} s"
+                          + (f"; {o_note}" if o_note else "")})
             for m in ("minmax", "percentile"):
                 w = collect + o["table_s"][m]
                 emit({"n": n, "tool": "fcnquant", "method": m, "label": f"fcnquant {m}", "wall_s": w,
-                      "ratio": w / p["wall_s"], "peak": o["max_rss_calibrate"],
+                      "ratio": w / p["wall_s"], "peak": o_peak,
                       "note": f"the kl run's collection + {m} table {o['table_s'][m]:.2f} s"})
             if first:
                 cfg.artifacts["stats"] = Path(cfg.work / f"stats.{n}.npz")
@@ -253,7 +274,7 @@ def section_calibration(cfg: Config) -> dict:
                 cfg.artifacts["calib_ids"] = ids
         else:
             emit({"n": n, "tool": "fcnquant", "method": "kl", "label": "fcnquant calibrate --method kl",
-                  "note": child_failure(ours)})
+                  "note": child_failure(failed["ours"])})
         for om in ORT_METHODS:
             label = f"onnxruntime quantize_static {om}"
             predicted = 0.4 * GB + REF_ORT_GB_PER_IMAGE * GB * n
@@ -277,7 +298,7 @@ def section_calibration(cfg: Config) -> dict:
             else:
                 emit({"n": n, "tool": "onnxruntime", "method": om, "label": label, "oom": res.stopped is not None,
                       "peak": res.peak_rss_polled, "images_done": res.images_done, "note": child_failure(res)})
-    return {"model": str(model), "hw": hw, "counts": cfg.counts, "cap_gb": cfg.cap / GB, "rows": rows,
+    return {"model": str(model), "hw": hw, "counts": cfg.counts, "cap_gb": cfg.cap / GB, "rows": rows, "reps": cfg.reps,
             "ranges": compare_ranges(cfg, cfg.counts[0]),
             "data": f"synthetic VOC, {cfg.data_size} px, train_000000..train_{max(cfg.counts) - 1:06d}"}
 
@@ -357,7 +378,9 @@ def render_calibration(res: dict) -> str:
         "parameters) up to the moment its range cache is written (calibration), and the whole call "
         "in '+ emission'. fcnquant's '+ emission' adds `quantize_model` (kl table) to the calibration.",
         "- 'x fp32 inference' = wall time / plain fp32 onnxruntime inference over the same images, measured "
-        "just before in the same run; CPU x compares CPU seconds (less sensitive to a shared machine).\n",
+        f"in the same run; the fp32 and fcnquant kl runs alternate {res.get('reps', 1)} time(s) and the best of "
+        "each counts (other jobs on the shared machine come and go). CPU x compares CPU seconds (less sensitive "
+        "to contention).\n",
     ]
     out.append(md_table(CALIB_HEAD, [calib_row(r) for r in res["rows"]], CALIB_ALIGN))
     out.append(render_ranges(res.get("ranges", {})))
@@ -607,7 +630,8 @@ def render_miou_table(res: dict) -> str:
 
 
 def render_miou(res: dict) -> str:
-    seed_rows = [[n, i, f"{a:.3f}", f"{b:.3f} ({b - a:+.3f})", f"{c:.3f} ({c - a:+.3f})"] for n, i, a, b, c in SEED_TABLE]
+    seed_rows = [[n, i, f"{a:.3f}", f"{b:.3f} ({b - a:+.3f})", f"{c:.3f} ({c - a:+.3f})"]
+                 for n, i, a, b, c in SEED_TABLE]
     notes = []
     for m in res["models"]:
         if "missing" in m:
@@ -655,7 +679,8 @@ def targets(results: dict) -> list[tuple[str, str, str, str]]:
         ent = {r["n"]: r for r in cal["rows"] if r["method"] == "Entropy"}
         ratios = [(n, r["ratio"], r.get("cpu_ratio")) for n, r in sorted(kl.items())]
         ent_txt = "; onnxruntime Entropy: " + ", ".join(
-            f"{n}: {f2(r.get('ratio'), 2, 'x') if 'ratio' in r else r.get('note', '-')}" for n, r in sorted(ent.items()))
+            f"{n}: {f2(r.get('ratio'), 2, 'x') if 'ratio' in r else r.get('note', '-')}"
+            for n, r in sorted(ent.items()))
         add("4", "calibrate --method kl <= 1.25x plain fp32 inference (wall)",
             ", ".join(f"{n} img: {w:.2f}x (CPU {c:.2f}x)" for n, w, c in ratios) + ent_txt,
             all(w <= 1.25 for _, w, _ in ratios) if ratios else None)
@@ -666,7 +691,8 @@ def targets(results: dict) -> list[tuple[str, str, str, str]]:
             hi = 64 if 64 in peaks and lo != 64 else ns[1]
             growth = peaks[hi] / peaks[lo] - 1
             add("4", f"peak memory flat: {hi}-image peak within 10% of {lo}-image and < 1.5 GB",
-                ", ".join(f"{n} img: {p / GB:.2f} GB" for n, p in sorted(peaks.items())) + f" (growth {growth * 100:+.1f}%)",
+                ", ".join(f"{n} img: {p / GB:.2f} GB" for n, p in sorted(peaks.items()))
+                + f" (growth {growth * 100:+.1f}%)",
                 growth <= 0.10 and peaks[hi] < 1.5 * GB)
         else:
             add("4", "peak memory flat (64 vs 16 images)", "-", None)
@@ -758,12 +784,14 @@ def make_config(args: argparse.Namespace, work: Path) -> Config:
         rounds=args.rounds or (3 if q else 15), warmup=1 if q else 2, cap=cap, floor=args.floor_gb * GB,
         skip_predicted=args.skip_predicted_oom, demo=args.demo.split(",") if args.demo else None,
         miou_calib=args.miou_calib or (8 if q else 50), miou_images=args.miou_images or (10 if q else None),
+        reps=args.reps or (1 if q else 2),
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--quick", action="store_true", help="tiny models and counts (a few minutes); writes the report "
                    "into the work folder unless --out is given")
     p.add_argument("--only", action="append", help="run only these sections (comma-separated or repeated): "
@@ -774,6 +802,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="fcn8s ONNX for sections 1-2 (default /tmp/fcn8s.onnx if 320x320, else export)")
     p.add_argument("--size", type=int, help="input side of the fcn8s for sections 1-2 (default 320; quick 128)")
     p.add_argument("--counts", help="calibration image counts for section 1 (default 16,64,200; quick 4,8,12)")
+    p.add_argument("--reps", type=int, help="alternated repetitions of the fp32 inference and fcnquant kl runs in "
+                   "section 1, best of each counts (default 2; quick 1)")
     p.add_argument("--data-size", type=int, help="synthetic image side for sections 1-2 (default 360; quick 144)")
     p.add_argument("--heldout", type=int, help="held-out val images for section 2 (default 8; quick 2)")
     p.add_argument("--threads", default="1,2", help="onnxruntime intra-op thread counts for latency (default 1,2)")
