@@ -224,6 +224,7 @@ class ChildResult:
     stopped: str | None = None  # "cap" | "memory" | None
     images_done: int | None = None
     error: str | None = None
+    load: tuple[float, float] = (float("nan"), float("nan"))  # 1-minute load average at start and end
 
     @property
     def peak_rss(self) -> int:
@@ -249,6 +250,7 @@ def run_watched(
     if progress_path:
         Path(progress_path).unlink(missing_ok=True)
     errf = open(log_path, "w") if log_path else subprocess.DEVNULL
+    load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=errf, text=True)
     peak, stopped = 0, None
@@ -276,6 +278,7 @@ def run_watched(
         if errf is not subprocess.DEVNULL:
             errf.close()
     wall = time.perf_counter() - t0
+    load = (load0, os.getloadavg()[0])
     done = None
     if progress_path and Path(progress_path).is_file():
         try:
@@ -283,13 +286,15 @@ def run_watched(
         except ValueError:
             done = None
     if stopped:
-        return ChildResult(False, wall_s=wall, peak_rss_polled=peak, stopped=stopped, images_done=done)
+        return ChildResult(False, wall_s=wall, peak_rss_polled=peak, stopped=stopped, images_done=done, load=load)
     text = "".join(out_chunks).strip()
     if proc.returncode != 0 or not text:
         tail = Path(log_path).read_text()[-2000:] if log_path and Path(log_path).is_file() else ""
         why = f"exit status {proc.returncode}" + (" (killed by signal: kernel OOM?)" if proc.returncode < 0 else "")
-        return ChildResult(False, wall_s=wall, peak_rss_polled=peak, images_done=done, error=f"{why}\n{tail}")
-    return ChildResult(True, json.loads(text.splitlines()[-1]), wall_s=wall, peak_rss_polled=peak, images_done=done)
+        return ChildResult(False, wall_s=wall, peak_rss_polled=peak, images_done=done, error=f"{why}\n{tail}",
+                           load=load)
+    return ChildResult(True, json.loads(text.splitlines()[-1]), wall_s=wall, peak_rss_polled=peak, images_done=done,
+                       load=load)
 
 
 # --- latency -----------------------------------------------------------------------------------------------------

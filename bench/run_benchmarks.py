@@ -188,14 +188,15 @@ def f2(v, digits: int = 2, unit: str = "") -> str:
 # 1. calibration time and memory
 # =================================================================================================================
 CALIB_HEAD = ("images", "run", "wall s", "s/image", "x fp32 inference", "CPU s", "CPU x fp32", "+ emission s",
-              "peak RSS GB", "note")
-CALIB_ALIGN = "rlrrrrrrrl"
+              "peak RSS GB", "load", "note")
+CALIB_ALIGN = "rlrrrrrrrrl"
 
 
 def calib_row(r: dict) -> list[str]:
     return [str(r["n"]), r["label"], f2(r.get("wall_s")), f2(r["wall_s"] / r["n"], 3) if r.get("wall_s") else "-",
             f2(r.get("ratio"), 2, "x"), f2(r.get("cpu_s"), 1), f2(r.get("cpu_ratio"), 2, "x"),
-            f2(r.get("with_emit_s"), 1), f2(r["peak"] / GB if r.get("peak") else None, 2), r.get("note", "")]
+            f2(r.get("with_emit_s"), 1), f2(r["peak"] / GB if r.get("peak") else None, 2),
+            "{:.1f}→{:.1f}".format(*r["load"]) if r.get("load") else "-", r.get("note", "")]
 
 
 def section_calibration(cfg: Config) -> dict:
@@ -246,21 +247,21 @@ def section_calibration(cfg: Config) -> dict:
         def best(runs):
             walls = [r.result["wall_s"] for r in runs]
             note = f"best of {len(runs)} (wall {', '.join(f'{w:.2f}' for w in walls)} s)" if len(runs) > 1 else ""
-            return (min((r.result for r in runs), key=lambda r: r["wall_s"]), min(r.result["cpu_s"] for r in runs),
-                    max(r.peak_rss for r in runs), note)
+            top = min(runs, key=lambda r: r.result["wall_s"])
+            return (top.result, min(r.result["cpu_s"] for r in runs), max(r.peak_rss for r in runs), note, top.load)
 
-        p, p_cpu, p_peak, p_note = best(plains)
+        p, p_cpu, p_peak, p_note, p_load = best(plains)
         emit({"n": n, "tool": "onnxruntime", "method": "fp32", "label": "onnxruntime fp32 inference (baseline)",
               "wall_s": p["wall_s"], "ratio": 1.0, "cpu_s": p_cpu, "cpu_ratio": 1.0, "peak": p_peak,
-              "note": p_note})
+              "note": p_note, "load": p_load})
         if ours_runs:
-            o, o_cpu, o_peak, o_note = best(ours_runs)
+            o, o_cpu, o_peak, o_note, o_load = best(ours_runs)
             o_peak = max(r.result["max_rss_calibrate"] for r in ours_runs)
             collect = o["wall_s"] - o["table_s"]["kl"]
             emit({"n": n, "tool": "fcnquant", "method": "kl", "label": "fcnquant calibrate --method kl",
                   "wall_s": o["wall_s"], "ratio": o["wall_s"] / p["wall_s"], "cpu_s": o_cpu,
                   "cpu_ratio": o_cpu / p_cpu, "with_emit_s": o["wall_s"] + o["emit_s"]["kl"],
-                  "peak": o_peak, "peak_with_emit": max(r.result["max_rss"] for r in ours_runs),
+                  "peak": o_peak, "peak_with_emit": max(r.result["max_rss"] for r in ours_runs), "load": o_load,
                   "note": f"standalone run: collect {collect:.1f} s + KL table {o['table_s']['kl']:.2f} s"
                           + (f"; {o_note}" if o_note else "")})
             for m in ("minmax", "percentile"):
@@ -290,13 +291,14 @@ def section_calibration(cfg: Config) -> dict:
                 r = res.result
                 calib = r.get("calib_s", r["wall_s"])
                 emit({"n": n, "tool": "onnxruntime", "method": om, "label": label, "wall_s": calib,
-                      "ratio": calib / p["wall_s"], "with_emit_s": r["wall_s"], "peak": res.peak_rss,
+                      "ratio": calib / p["wall_s"], "with_emit_s": r["wall_s"], "peak": res.peak_rss, "load": res.load,
                       "note": f"inference {r['collect_s']:.1f} s + ranges {calib - r['collect_s']:.1f} s; "
                               f"emission {r['wall_s'] - calib:.1f} s"})
                 if first and om == "MinMax":
                     cfg.artifacts["ort_minmax"] = out
             else:
                 emit({"n": n, "tool": "onnxruntime", "method": om, "label": label, "oom": res.stopped is not None,
+                      "load": res.load,
                       "peak": res.peak_rss_polled, "images_done": res.images_done, "note": child_failure(res)})
     return {"model": str(model), "hw": hw, "counts": cfg.counts, "cap_gb": cfg.cap / GB, "rows": rows, "reps": cfg.reps,
             "ranges": compare_ranges(cfg, cfg.counts[0]),
@@ -380,7 +382,8 @@ def render_calibration(res: dict) -> str:
         "- 'x fp32 inference' = wall time / plain fp32 onnxruntime inference over the same images, measured "
         f"in the same run; the fp32 and fcnquant kl runs alternate {res.get('reps', 1)} time(s) and the best of "
         "each counts (other jobs on the shared machine come and go). CPU x compares CPU seconds (less sensitive "
-        "to contention).\n",
+        "to contention). 'load' is the machine's 1-minute load average at the start and end of the run (2 CPUs: "
+        "above 2, other jobs were competing for the cores).\n",
     ]
     out.append(md_table(CALIB_HEAD, [calib_row(r) for r in res["rows"]], CALIB_ALIGN))
     out.append(render_ranges(res.get("ranges", {})))
