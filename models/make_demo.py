@@ -84,7 +84,14 @@ def train_model(name: str, train_data: Path, val_data: Path, work: Path) -> dict
         "final_loss": result["result"]["final_loss"],
         "steps": result["result"]["steps"],
         "train_images": result["result"]["train_images"],
+        "torch": _torch_version(),
     }
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def record(names, trained: dict[str, dict], val_data: Path, other_val: Path) -> dict:
