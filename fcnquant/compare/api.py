@@ -183,13 +183,13 @@ class _TappedModel:
     """One model run exposing ``names``, plus its plain session until the exposed logits prove bit-identical."""
 
     def __init__(self, label: str, plain, tapped_model, input_name: str, names: list[str], threads: int) -> None:
-        from fcnquant.runtime import make_session
+        from fcnquant.runtime import input_dtype, make_session
 
         self.label = label
         self.plain = plain
         self.input_name = input_name
         self.logits_name = plain.get_outputs()[0].name
-        self.dtype = _input_dtype(plain)
+        self.dtype = np.dtype(input_dtype(plain))
         self.names = list(dict.fromkeys([self.logits_name, *names]))
         self.tapped = make_session(tapped_model.SerializeToString(), threads=threads)
         self.checked = False
@@ -213,15 +213,6 @@ class _TappedModel:
                              "to %.3g); the final metrics come from an extra plain run", self.label, diff)
             logits = plain_logits
         return np.asarray(logits)[:n], values
-
-
-def _input_dtype(session) -> np.dtype:
-    """Returns the numpy dtype of a session's image input (float16 for an fp16 model converted with its I/O)."""
-    kinds = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
-    kind = session.get_inputs()[0].type
-    if kind not in kinds:
-        raise ModelError(f"the model's image input has type {kind}; expected float, float16 or double")
-    return np.dtype(kinds[kind])
 
 
 def _graph_inputs(model) -> list[str]:
