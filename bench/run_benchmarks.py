@@ -684,8 +684,11 @@ def targets(results: dict) -> list[tuple[str, str, str, str]]:
         ent_txt = "; onnxruntime Entropy: " + ", ".join(
             f"{n}: {f2(r.get('ratio'), 2, 'x') if 'ratio' in r else r.get('note', '-')}"
             for n, r in sorted(ent.items()))
+        loads = [v for r in cal["rows"] if r["method"] in ("fp32", "kl") and r.get("load") for v in r["load"]]
+        load_txt = (f"; load average {min(loads):.1f}-{max(loads):.1f} during these runs on "
+                    f"{results.get('machine', {}).get('logical_cpus', '?')} CPUs" if loads else "")
         add("4", "calibrate --method kl <= 1.25x plain fp32 inference (wall)",
-            ", ".join(f"{n} img: {w:.2f}x (CPU {c:.2f}x)" for n, w, c in ratios) + ent_txt,
+            ", ".join(f"{n} img: {w:.2f}x (CPU {c:.2f}x)" for n, w, c in ratios) + load_txt + ent_txt,
             all(w <= 1.25 for _, w, _ in ratios) if ratios else None)
         peaks = {n: r["peak"] for n, r in kl.items()}
         ns = sorted(peaks)
