@@ -128,7 +128,9 @@ def record(names, trained: dict[str, dict], val_data: Path, other_val: Path) -> 
         "format_version": FORMAT_VERSION,
         "note": "fp32 scores are fcnquant.evaluate.evaluate (what `fcnquant eval MODEL` prints, percent); miou uses "
                 "mmseg semantics, miou_awesome counts empty classes as 0. 'fp32' is the built-in synthetic val "
-                "split (dataset below); 'other_seed' a val split of the same size generated with that seed.",
+                "split (dataset below); 'other_seed' a val split of the same size generated with that seed. "
+                "Training times are wall-clock seconds on a 2-core x86 VM shared with other jobs (1 torch thread "
+                "per run); fcn16s and fcn32s start from the trained fcn8s checkpoint (add its time for their total).",
         "dataset": {"generator": "fcnquant.data.synth", "version": SYNTH_VERSION, **BUILTIN_PARAMS, "split": "val"},
         "models": ordered,
     }
