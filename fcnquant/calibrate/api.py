@@ -131,14 +131,12 @@ def calibrate(
     std: Sequence[float] | None = None,
     skip_nonfinite: bool = False,
     return_stats: bool = False,
-    out: str | os.PathLike[str] | None = None,
 ) -> CalibrationTable | tuple[CalibrationTable, CalibrationStats]:
     """Returns the calibration table of ``model`` (and the statistics with ``return_stats``).
 
     Collects statistics over the calibration images (see :func:`collect`), then applies ``method`` with
     ``params`` (e.g. ``{"percentile": 99.9}``) for ``target`` (``ort-cpu``, ``tensorrt``, ``npu-pow2``).
-    With ``out``, also emits the int8 QDQ model for ``target`` there (``fcnquant.quantize.quantize_model`` with
-    its defaults: per-channel weights, float logits).
+    To also emit the int8 model (and run recovery passes) in one call, use :func:`fcnquant.flow.calibrate`.
     """
     # Fail on a bad method, parameter or target before spending minutes on inference.
     from fcnquant.calibrate.methods import resolve_params
@@ -149,8 +147,4 @@ def calibrate(
     stats = collect(model, data, split, num_images, seed, balanced, preset, batch_size, ids, shard, size=size,
                     mean=mean, std=std, skip_nonfinite=skip_nonfinite, progress=progress)
     table = compute_table(stats, method, target, **dict(params or {}))
-    if out is not None:
-        from fcnquant.quantize import quantize_model
-
-        quantize_model(model, table, out, target=target)
     return (table, stats) if return_stats else table
