@@ -71,8 +71,9 @@ def resolve_data(
     """
     if data is not None:
         return DataChoice(Path(data), "given")
-    from fcnquant.data.synth import builtin_dataset
+    import fcnquant.data
 
+    builtin_dataset = fcnquant.data.builtin_dataset  # looked up at call time (tests stub it there)
     if model is not None and _is_demo(model):
         return DataChoice(builtin_dataset(progress=progress), "demo")
     env = os.environ.get(ENV_VAR, "").strip()
