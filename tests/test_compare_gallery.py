@@ -200,3 +200,22 @@ def test_large_images_are_drawn_smaller_without_losing_a_changed_pixel(tmp_path)
     assert cmap.shape[1] == 320 and cmap.shape[0] in (237, 238)
     assert np.abs(cmap - np.asarray(BROKEN)).sum(axis=2).min() <= 30  # the lone pixel is still visibly red
     assert _decode(panels["ground truth"]).size == (320, cmap.shape[0])
+
+
+def test_unlabelled_images_get_a_placeholder_ground_truth(tmp_path):
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 255, (HW, HW, 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    ds = open_dataset(tmp_path, None)  # a plain image folder: no masks
+    pf = np.zeros((1, HW, HW), np.int64)
+    pq = pf.copy()
+    pq[0, :2, :3] = 4
+    col = GalleryCollector(1)
+    col.update(ds.ids, pf, pq)
+    (item,) = render_gallery(col, ds, get_preset("awesome", model_hw=(HW, HW)))
+    assert dict(item.panels)["ground truth"] == "" and item.acc_float is None and item.changed == 6
+    cmap = np.asarray(_decode(dict(item.panels)["changed pixels"]).convert("RGB"))
+    assert (cmap[:2, :3] == OTHER).all()
+    from fcnquant.compare.html import gallery_section
+
+    html = gallery_section([item], [f"c{k}" for k in range(21)], 1)
+    assert html.count("no labels") == 1 and html.count("data:image/png;base64,") == 4
