@@ -98,6 +98,8 @@ def calibrate(
     adaround: bool | None = None,
     pow2_rounding: str | None = None,
     adaround_iterations: int | None = None,
+    ann_dir: str | None = None,
+    dataset=None,
 ) -> FlowResult:
     """Returns the FlowResult of calibrating ``model`` and, with ``out``, emitting its int8 model there.
 
@@ -105,7 +107,8 @@ def calibrate(
     ``fcnquant.quantize.quantize_model``. ``recover=True`` turns on every recovery pass that helps on the target
     (``fcnquant.recover.plan``); ``equalize``, ``bias_correction``, ``adaround`` and ``pow2_rounding`` set single
     passes (``True``/``False``/``"up"``/``"error"``; None = as ``recover`` decides). Without ``out`` only the
-    passes before emission run (equalization, and the table's power-of-two rounding).
+    passes before emission run (the table's power-of-two rounding). ``dataset``: an opened
+    ``fcnquant.data.Dataset`` to use instead of ``data`` / ``split`` / ``ann_dir``.
     """
     from fcnquant.calibrate.methods import resolve_params
     from fcnquant.calibrate.qparams import get_target
@@ -126,7 +129,8 @@ def calibrate(
     if plan.adaround:
         _check_torch()
     model = Path(model)
-    dataset = open_calibration_data(data, split, progress=progress)
+    if dataset is None:
+        dataset = open_calibration_data(data, split, progress=progress, model=model, ann_dir=ann_dir)
     chosen = choose_ids(dataset, num_images, seed, balanced, ids, progress=progress)
     seconds: dict[str, float] = {}
     recovery: dict[str, Any] = {"passes": plan.names()}

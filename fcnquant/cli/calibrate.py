@@ -15,7 +15,7 @@ TARGET_CHOICES = ("ort-cpu", "tensorrt", "npu-pow2")
 
 def register(sub) -> None:
     """Adds the ``calibrate`` subcommand to ``sub``."""
-    from fcnquant.cli.eval import parse_size, parse_triple
+    from fcnquant.cli.eval import ANN_DIR_HELP, DATA_HELP, parse_size, parse_triple
     from fcnquant.data import PRESETS
 
     p = sub.add_parser(
@@ -28,8 +28,9 @@ def register(sub) -> None:
     p.add_argument("model", metavar="MODEL", nargs="?", help="float ONNX model (optional with --from-stats: then "
                    "only used to check the statistics belong to it)")
     g = p.add_argument_group("images")
-    g.add_argument("--data", metavar="DIR", help="VOC root or a folder of images (default: the built-in synthetic VOC)")
+    g.add_argument("--data", metavar="DIR", help=DATA_HELP.replace("VOC root", "VOC root or a folder of images", 1))
     g.add_argument("--split", default="train", help="split list ImageSets/Segmentation/SPLIT.txt (default %(default)s)")
+    g.add_argument("--ann-dir", metavar="NAME", help=ANN_DIR_HELP)
     g.add_argument("--num-images", type=int, default=500, metavar="N",
                    help="calibration images drawn from the split (default %(default)s; all if fewer)")
     g.add_argument("--seed", type=int, default=0, help="seed of the image selection (default %(default)s)")
@@ -113,9 +114,10 @@ def run(args: argparse.Namespace) -> int:
     get_target(args.target)
     if args.model is None and args.from_stats is None:
         raise FcnquantError("give a MODEL (or --from-stats F)")
-    if args.from_stats and (args.data or args.shard or args.save_ids or args.ids_file or args.skip_nonfinite):
-        raise FcnquantError("--from-stats computes from saved statistics; --data, --shard, --ids-file, --save-ids "
-                            "and --skip-nonfinite apply to collection only")
+    if args.from_stats and (args.data or args.ann_dir or args.shard or args.save_ids or args.ids_file
+                            or args.skip_nonfinite):
+        raise FcnquantError("--from-stats computes from saved statistics; --data, --ann-dir, --shard, --ids-file, "
+                            "--save-ids and --skip-nonfinite apply to collection only")
     shard = Shard.parse(args.shard) if args.shard else None
     if args.out and (shard or not args.model):
         raise FcnquantError("--out emits the int8 model: it needs MODEL and the full statistics (no --shard)")
@@ -143,13 +145,14 @@ def run(args: argparse.Namespace) -> int:
         stats = load_stats(args.from_stats, args.model)
         source = f"statistics {args.from_stats}"
     else:
-        dataset = open_calibration_data(args.data, args.split, progress=progress)
+        dataset = open_calibration_data(args.data, args.split, progress=progress, model=args.model,
+                                        ann_dir=args.ann_dir)
         ids = load_ids(args.ids_file) if args.ids_file else None
         chosen = choose_ids(dataset, args.num_images, args.seed, args.balanced, ids, progress=progress)
         if args.save_ids:
             save_ids(args.save_ids, chosen)
         if args.out:
-            flow = _run_flow(args, chosen, params, progress)
+            flow = _run_flow(args, dataset, chosen, params, progress)
             stats = flow.stats
         else:
             stats = collect_stats(args.model, dataset, chosen, args.preset, args.batch_size, size=args.size,
@@ -206,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_flow(args: argparse.Namespace, ids: list[str], params: dict, progress: bool):
+def _run_flow(args: argparse.Namespace, dataset, ids: list[str], params: dict, progress: bool):
     """Collection, recovery and emission in one go (``fcnquant.flow.calibrate``)."""
     from fcnquant.flow import calibrate
 
@@ -218,7 +221,7 @@ def _run_flow(args: argparse.Namespace, ids: list[str], params: dict, progress: 
         quantize_output=args.quantize_output, exclude_nodes=names, exclude_ops=args.exclude_op,
         exclude_regex=patterns or None, recover=args.recover, equalize=args.equalize,
         bias_correction=args.bias_correction, adaround=args.adaround, pow2_rounding=args.pow2_rounding,
-        adaround_iterations=args.adaround_iterations)
+        adaround_iterations=args.adaround_iterations, dataset=dataset)
 
 
 def format_recovery(recovery: dict) -> str:
