@@ -7,7 +7,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -118,6 +118,7 @@ def evaluate(
     std: Sequence[float] | None = None,
     threads: int = 0,
     ann_dir: str | None = None,
+    on_images: Callable[[int], None] | None = None,
 ) -> EvalResult:
     """Returns the ``EvalResult`` of ``model`` (ONNX path, bytes, or an onnxruntime session) on a labelled split.
 
@@ -127,7 +128,7 @@ def evaluate(
     model's ``fcnquant.preset`` metadata or ``awesome``; its size follows a fixed model input. ``ids`` (or the
     first ``num_images`` of the split) restrict the images. Logits whose size differs from the labels are resized
     bilinearly (align_corners=False) before the argmax. A model with a fixed batch of 1 runs image by image; a
-    fixed batch k > 1 gets padded batches of k.
+    fixed batch k > 1 gets padded batches of k. ``on_images(n)`` is called after each batch of n images.
     """
     from tqdm import tqdm
 
@@ -166,12 +167,21 @@ def evaluate(
             out = np.asarray(run_logits(session, images)[0])[:n]
             cm.update(output_to_classes(out, batch.masks.shape[1:], len(VOC_CLASSES)), batch.masks)
             bar.update(n)
+            if on_images is not None:
+                on_images(n)
     seconds = time.perf_counter() - start
+    return result_from_confusion(cm, len(chosen), seconds, model=model_name, data=str(dataset.root),
+                                 split=dataset.split, preset=pre.to_dict())
+
+
+def result_from_confusion(cm: ConfusionMatrix, images: int, seconds: float, *, model: str = "", data: str = "",
+                          split: str | None = None, preset: dict | None = None) -> EvalResult:
+    """Returns the ``EvalResult`` of a confusion matrix accumulated over ``images`` images in ``seconds``."""
     iou = cm.iou() * 100
     return EvalResult(
         miou=cm.miou(), miou_awesome=cm.miou_awesome(),
         per_class_iou={name: float(v) for name, v in zip(VOC_CLASSES, iou)},
-        pixel_acc=cm.pixel_accuracy() * 100, images=len(chosen),
-        images_per_s=len(chosen) / seconds if seconds > 0 else float("nan"), seconds=seconds,
-        model=model_name, data=str(dataset.root), split=dataset.split, preset=pre.to_dict(), confusion=cm.matrix.copy(),
+        pixel_acc=cm.pixel_accuracy() * 100, images=images,
+        images_per_s=images / seconds if seconds > 0 else float("nan"), seconds=seconds,
+        model=model, data=data, split=split, preset=dict(preset or {}), confusion=cm.matrix.copy(),
     )

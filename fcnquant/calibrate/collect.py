@@ -33,7 +33,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -102,6 +102,7 @@ def collect_stats(
     optimization: str = DEFAULT_OPTIMIZATION,
     overlap: bool = True,
     mantissa_bits: int = DEFAULT_MANTISSA_BITS,
+    on_images: Callable[[int], None] | None = None,
 ) -> CalibrationStats:
     """Returns the statistics of the model's activations over the images ``ids`` of ``dataset``.
 
@@ -115,6 +116,7 @@ def collect_stats(
     Each image is run once; batches of ``batch_size`` when the model's batch dimension is dynamic.
     A NaN/Inf activation raises CalibrationError naming the tensor and image(s); with ``skip_nonfinite`` such
     values are left out, counted per tensor in the statistics and reported in a warning.
+    ``on_images(n)`` is called as each batch of n images is observed (e.g. a cluster's progress report).
     """
     from fcnquant.data import preset_for_session
 
@@ -152,7 +154,8 @@ def collect_stats(
     log.info("calibrating %s: %d tensors, %d image(s)%s, preset %s, batch %d", model_path.name, len(names),
              len(run_ids), f" (shard {shard})" if shard else "", preset.describe(), batch_size)
     t0 = time.perf_counter()
-    _run(session, input_name, fetch, dataset, preset, run_ids, batch_size, fixed_batch, observer, progress, overlap)
+    _run(session, input_name, fetch, dataset, preset, run_ids, batch_size, fixed_batch, observer, progress, overlap,
+         on_images)
     seconds = time.perf_counter() - t0
     log.info("observed %d image(s) in %.1f s (%.2f images/s)", len(run_ids), seconds, len(run_ids) / seconds)
     observer.report_skipped()
@@ -240,12 +243,15 @@ def _show(items: list[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + (f" ... ({len(items) - n} more)" if len(items) > n else "")
 
 
-def _run(session, input_name, fetch, dataset, preset, ids, batch_size, fixed_batch, observer, progress, overlap):
+def _run(session, input_name, fetch, dataset, preset, ids, batch_size, fixed_batch, observer, progress, overlap,
+         on_images=None):
     from tqdm import tqdm
 
     from fcnquant.data import iter_batches
 
     bar = tqdm(total=len(ids), desc="calibrating", unit="img", disable=None if progress else True, leave=False)
+    if on_images is not None:
+        bar = _Reporting(bar, on_images)
     pending: Future | None = None
     pending_n = 0
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcnquant-observe") if overlap else None
@@ -273,6 +279,20 @@ def _run(session, input_name, fetch, dataset, preset, ids, batch_size, fixed_bat
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
+
+
+class _Reporting:
+    """A progress bar that also tells ``on_images`` how many images each update adds."""
+
+    def __init__(self, bar, on_images: Callable[[int], None]) -> None:
+        self.bar, self.on_images = bar, on_images
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        self.on_images(n)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class _Runner:

@@ -1,0 +1,14 @@
+"""Running calibration, evaluation and comparison as shards on a Ray cluster, with exact merges.
+
+``ray`` is an optional extra (``pip install "fcnquant[ray]"``); importing this package does not import it.
+:mod:`~fcnquant.distributed.shards` (splitting and merging, numpy only), :mod:`~fcnquant.distributed.cluster`
+(connecting), :mod:`~fcnquant.distributed.ray_backend` (tasks, progress, driver loop),
+:mod:`~fcnquant.distributed.api` (collect, evaluate).
+"""
+from __future__ import annotations
+
+from fcnquant.distributed.api import Distributed, collect, evaluate
+from fcnquant.distributed.cluster import ray_session
+from fcnquant.distributed.shards import ShardPlan, plan_shards
+
+__all__ = ["Distributed", "ShardPlan", "collect", "evaluate", "plan_shards", "ray_session"]

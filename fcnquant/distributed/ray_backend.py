@@ -1,0 +1,237 @@
+"""The Ray side: the shard tasks, the progress actor and the driver loop that runs shards and gathers them.
+
+Each shard is one Ray task (``num_cpus=1``, ``max_retries=3``: a worker process that dies mid-shard, e.g. killed
+or out of memory, is rerun from the start of its shard; the driver keeps one result per shard). The model's bytes
+are put in Ray's object store once by the driver; a worker process fetches them the first time it needs that model
+and keeps them (a local file for collection, an onnxruntime session for evaluation and comparison), so only the
+data must be on storage every node reads at the same path. Before any work, a task checks it can read every file
+of its shard and fails naming the node and the path.
+
+Workers report ``start`` (node, pid) and every observed batch to one :class:`Progress` actor (``num_cpus=0``);
+the driver polls it for the single progress bar. A retried shard reports ``start`` again and its count restarts
+from 0, so the bar never counts an image twice. On Ctrl-C (or a failed shard) the driver cancels every unfinished
+task (``ray.cancel(force=True)``) before raising, and nothing has been written: artifacts are written by the
+caller, after the merge.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import ray
+
+from fcnquant.distributed.shards import ShardPlan, ShardResults
+from fcnquant.errors import DataError, FcnquantError
+
+log = logging.getLogger(__name__)
+
+MAX_RETRIES = 3
+PROGRESS_ACTOR_PREFIX = "fcnquant-progress-"
+_POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class ShardReport:
+    """How one shard ran: images, seconds of work in its task, node, worker pid and attempts (2+ after a retry)."""
+
+    index: int
+    count: int
+    images: int
+    seconds: float
+    node: str
+    pid: int
+    attempts: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns a JSON-ready dict."""
+        return {"shard": f"{self.index}/{self.count}", "images": self.images, "seconds": round(self.seconds, 3),
+                "node": self.node, "pid": self.pid, "attempts": self.attempts}
+
+
+@ray.remote(num_cpus=0)
+class Progress:
+    """Counts the images every shard has done in its current attempt, and where each attempt ran."""
+
+    def __init__(self) -> None:
+        self.done: dict[int, int] = {}
+        self.starts: dict[int, list[tuple[str, int]]] = {}
+
+    def start(self, shard: int, node: str, pid: int) -> None:
+        self.starts.setdefault(shard, []).append((node, pid))
+        self.done[shard] = 0
+
+    def add(self, shard: int, n: int) -> None:
+        self.done[shard] = self.done.get(shard, 0) + n
+
+    def snapshot(self) -> tuple[int, dict[int, int], dict[int, list[tuple[str, int]]]]:
+        return sum(self.done.values()), dict(self.done), {k: list(v) for k, v in self.starts.items()}
+
+
+# ----------------------------------------------------------------------------------------------- worker side
+
+_MODEL_FILES: dict[str, Path] = {}   # sha256 -> this worker process's local copy of the model
+_SESSIONS: dict[tuple, Any] = {}     # (sha256, threads) -> onnxruntime session
+
+
+def node_name() -> str:
+    """Returns ``"IP (hostname)"`` of the node this process runs on."""
+    try:
+        ip = ray.util.get_node_ip_address()
+    except Exception:  # not connected: a plain process
+        ip = "?"
+    return f"{ip} ({socket.gethostname()})"
+
+
+def model_bytes(sha256: str, model_ref: list) -> bytes:
+    """Returns the model's bytes from the object store, checked against ``sha256``."""
+    raw = ray.get(model_ref[0])
+    if hashlib.sha256(raw).hexdigest() != sha256:
+        raise FcnquantError(f"model bytes from the object store do not match sha256 {sha256[:12]} on {node_name()}")
+    return raw
+
+
+def model_file(sha256: str, model_ref: list) -> Path:
+    """Returns a local file holding the model (written once per worker process)."""
+    path = _MODEL_FILES.get(sha256)
+    if path is None or not path.is_file():
+        folder = Path(tempfile.mkdtemp(prefix="fcnquant-ray-"))
+        path = folder / f"{sha256[:16]}.onnx"
+        path.write_bytes(model_bytes(sha256, model_ref))
+        _MODEL_FILES[sha256] = path
+    return path
+
+
+def session(sha256: str, model_ref: list, threads: int = 0):
+    """Returns this worker process's onnxruntime session of the model (created once)."""
+    from fcnquant.runtime import make_session
+
+    key = (sha256, threads)
+    if key not in _SESSIONS:
+        _SESSIONS[key] = make_session(model_bytes(sha256, model_ref), threads=threads)
+    return _SESSIONS[key]
+
+
+def check_readable(dataset, ids: Sequence[str], shard: str) -> None:
+    """Raises DataError naming this node and the first file of ``ids`` it cannot read."""
+    for i in ids:
+        paths = [dataset.images[i]] + ([dataset.masks[i]] if dataset.masks is not None else [])
+        for p in paths:
+            if not os.path.isfile(p) or not os.access(p, os.R_OK):
+                reason = "no such file" if not os.path.exists(p) else "not readable"
+                raise DataError(f"node {node_name()} cannot read {p} ({reason}; shard {shard}): the data must be "
+                                "on storage every node of the cluster reads at the same path")
+
+
+def begin(plan: ShardPlan, dataset, progress) -> tuple[Callable[[int], None], str, int]:
+    """Reports the start of a shard attempt, checks its files; returns (progress callback, node, pid)."""
+    node, pid = node_name(), os.getpid()
+    progress.start.remote(plan.index, node, pid)
+    check_readable(dataset, plan.ids, plan.label)
+    return (lambda n: progress.add.remote(plan.index, n)), node, pid
+
+
+@ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
+def collect_task(plan: ShardPlan, dataset, sha256: str, model_ref: list, options: dict, progress) -> dict:
+    """Returns the statistics of one shard (as :func:`stats_to_wire` data) and how it ran."""
+    from fcnquant.calibrate.collect import collect_stats
+    from fcnquant.distributed.shards import stats_to_wire
+
+    on_images, node, pid = begin(plan, dataset, progress)
+    t0 = time.perf_counter()
+    stats = collect_stats(model_file(sha256, model_ref), dataset, list(plan.ids), progress=False,
+                          on_images=on_images, **options)
+    return {"result": stats_to_wire(stats), "seconds": time.perf_counter() - t0, "node": node, "pid": pid}
+
+
+@ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
+def evaluate_task(plan: ShardPlan, dataset, sha256: str, model_ref: list, options: dict, progress) -> dict:
+    """Returns one shard's confusion matrix and preset, and how it ran."""
+    from fcnquant.evaluate import evaluate
+
+    on_images, node, pid = begin(plan, dataset, progress)
+    options = dict(options)
+    sess = session(sha256, model_ref, options.pop("threads", 0))
+    t0 = time.perf_counter()
+    r = evaluate(sess, data=dataset, ids=list(plan.ids), progress=False, on_images=on_images, **options)
+    return {"result": {"confusion": r.confusion, "preset": r.preset}, "seconds": time.perf_counter() - t0,
+            "node": node, "pid": pid}
+
+
+# ----------------------------------------------------------------------------------------------- driver side
+
+def put_model(model: str | os.PathLike[str] | bytes) -> tuple[str, list, str]:
+    """Returns (sha256, [object ref of the model's bytes], name) for a model file or bytes."""
+    from fcnquant.errors import ModelError
+
+    if isinstance(model, bytes):
+        raw, name = model, "<bytes>"
+    else:
+        p = Path(model)
+        if not p.is_file():
+            raise ModelError(f"model file not found: {p}")
+        raw, name = p.read_bytes(), str(model)
+    return hashlib.sha256(raw).hexdigest(), [ray.put(raw)], name
+
+
+def run_shards(task, jobs: Sequence[tuple[ShardPlan, tuple]], *, desc: str, progress: bool = True
+               ) -> tuple[list[Any], list[ShardReport]]:
+    """Runs ``task(plan, *args, progress_actor)`` for every ``(plan, args)``; returns (results in shard order,
+    reports).
+
+    One progress bar over all images. A failed shard (after Ray's retries of dead workers) or Ctrl-C cancels every
+    unfinished shard and raises: the shard's own FcnquantError (e.g. the DataError naming node and path) or the
+    KeyboardInterrupt.
+    """
+    from tqdm import tqdm
+
+    actor = Progress.options(name=PROGRESS_ACTOR_PREFIX + uuid.uuid4().hex[:12]).remote()
+    plans = [plan for plan, _ in jobs]
+    refs = {task.remote(plan, *args, actor): plan for plan, args in jobs}
+    results: ShardResults[dict] = ShardResults(len(plans))
+    total = sum(len(p.ids) for p in plans)
+    pending = list(refs)
+    bar = tqdm(total=total, desc=desc, unit="img", disable=None if progress else True, leave=False)
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=_POLL_S)
+            for ref in ready:
+                results.add(refs[ref].index, _get(ref))
+            if progress:
+                bar.n = min(total, ray.get(actor.snapshot.remote())[0])
+                bar.refresh()
+        _, _, starts = ray.get(actor.snapshot.remote())
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        bar.close()
+        ray.kill(actor)
+    outs = results.ordered()
+    reports = [ShardReport(p.index, p.count, len(p.ids), o["seconds"], o["node"], o["pid"],
+                           len(starts.get(p.index, [])) or 1) for p, o in zip(plans, outs)]
+    for r in reports:
+        log.info("shard %d/%d: %d image(s) in %.1f s on node %s (pid %d%s)", r.index, r.count, r.images, r.seconds,
+                 r.node, r.pid, f", attempt {r.attempts}" if r.attempts > 1 else "")
+    return [o["result"] for o in outs], reports
+
+
+def _get(ref):
+    """Returns the task's result; a shard's FcnquantError is raised as itself (with the worker's message)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, FcnquantError):
+            raise cause from None
+        raise FcnquantError(f"a shard failed on the cluster: {str(exc).strip().splitlines()[-1]}") from exc
+    except ray.exceptions.WorkerCrashedError as exc:
+        raise FcnquantError(f"a shard's worker died {MAX_RETRIES + 1} times; giving up: {exc}") from exc
