@@ -119,6 +119,8 @@ def evaluate(
     threads: int = 0,
     ann_dir: str | None = None,
     on_images: Callable[[int], None] | None = None,
+    ray_address: str | None = None,
+    shards: int | None = None,
 ) -> EvalResult:
     """Returns the ``EvalResult`` of ``model`` (ONNX path, bytes, or an onnxruntime session) on a labelled split.
 
@@ -129,18 +131,14 @@ def evaluate(
     first ``num_images`` of the split) restrict the images. Logits whose size differs from the labels are resized
     bilinearly (align_corners=False) before the argmax. A model with a fixed batch of 1 runs image by image; a
     fixed batch k > 1 gets padded batches of k. ``on_images(n)`` is called after each batch of n images.
+    ``ray_address`` ("local": a local Ray instance, "auto" or "HOST:PORT": a running cluster) runs ``shards``
+    (default: the cluster's CPUs) as Ray tasks and sums their confusion matrices: the same result, exactly
+    (:mod:`fcnquant.distributed`); ``model`` is then a path or bytes.
     """
     from tqdm import tqdm
 
     from fcnquant.runtime import input_spec, make_session, run_logits
 
-    if hasattr(model, "run") and hasattr(model, "get_inputs"):
-        session, model_name = model, "<session>"
-    else:
-        session = make_session(model, threads=threads)
-        model_name = "<bytes>" if isinstance(model, bytes) else str(model)
-    _, shape = input_spec(session)
-    pre = preset_for_session(session, preset, size=size, mean=mean, std=std)
     if isinstance(data, Dataset):
         dataset = data
     else:
@@ -150,6 +148,18 @@ def evaluate(
     chosen = take_ids(dataset, ids, num_images)
     if batch_size < 1:
         raise DataError(f"batch size must be at least 1, got {batch_size}")
+    if ray_address is not None:  # shards on a Ray cluster, confusion matrices summed exactly
+        from fcnquant.distributed import evaluate as evaluate_on_ray
+
+        return evaluate_on_ray(model, dataset, chosen, preset, batch_size, address=ray_address, shards=shards,
+                               size=size, mean=mean, std=std, threads=threads, progress=progress).result
+    if hasattr(model, "run") and hasattr(model, "get_inputs"):
+        session, model_name = model, "<session>"
+    else:
+        session = make_session(model, threads=threads)
+        model_name = "<bytes>" if isinstance(model, bytes) else str(model)
+    _, shape = input_spec(session)
+    pre = preset_for_session(session, preset, size=size, mean=mean, std=std)
     fixed_batch = shape[0]
     if fixed_batch is not None and fixed_batch != batch_size:
         log.info("model has a fixed batch of %d; running %s", fixed_batch,

@@ -1,4 +1,4 @@
-"""Packaging facts: the core imports and its CLI works without torch; models install as fcnquant.models."""
+"""Packaging facts: the core imports and its CLI works without torch or ray; models install as fcnquant.models."""
 from __future__ import annotations
 
 import subprocess
@@ -12,20 +12,24 @@ CORE_MODULES = [
 ]
 
 
-def _run_without_torch(code: str) -> subprocess.CompletedProcess:
-    # A meta-path finder that refuses torch, exactly as if it were not installed.
+def _run_without(module: str, code: str) -> subprocess.CompletedProcess:
+    # A meta-path finder that refuses ``module``, exactly as if it were not installed.
     prelude = textwrap.dedent(
-        """
+        f"""
         import sys, importlib.abc
-        class _NoTorch(importlib.abc.MetaPathFinder):
+        class _Refuse(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ModuleNotFoundError("No module named 'torch'", name=name)
+                if name == {module!r} or name.startswith({module!r} + "."):
+                    raise ModuleNotFoundError("No module named " + repr(name), name=name)
                 return None
-        sys.meta_path.insert(0, _NoTorch())
+        sys.meta_path.insert(0, _Refuse())
         """
     )
     return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=300)
+
+
+def _run_without_torch(code: str) -> subprocess.CompletedProcess:
+    return _run_without("torch", code)
 
 
 def test_core_imports_without_torch():
@@ -40,6 +44,23 @@ def test_cli_help_without_torch():
     code = "from fcnquant.cli import build_parser\nbuild_parser().format_help()\nassert 'torch' not in sys.modules\n"
     res = _run_without_torch(code)
     assert res.returncode == 0, res.stderr
+
+
+def test_core_runs_without_ray():
+    # Every module imports, a plain eval runs, and --ray without Ray is a one-line error (exit 2) naming the extra.
+    code = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in CORE_MODULES)
+    code += textwrap.dedent(
+        """
+        import os, fcnquant.distributed, fcnquant.distributed.shards
+        from fcnquant.cli import main
+        m = os.path.join(os.path.dirname(fcnquant.__file__), "assets", "demo", "fcn8s.onnx")
+        assert main(["eval", m, "--num-images", "2", "--no-progress"]) == 0
+        assert main(["eval", m, "--num-images", "2", "--ray"]) == 2
+        assert 'ray' not in sys.modules
+        """)
+    res = _run_without("ray", code)
+    assert res.returncode == 0, res.stderr
+    assert 'Ray is not installed: pip install "fcnquant[ray]"' in res.stderr
 
 
 def test_models_is_not_a_top_level_package():

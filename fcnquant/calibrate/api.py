@@ -80,15 +80,28 @@ def collect(
     progress: bool = True,
     optimization: str = DEFAULT_OPTIMIZATION,
     ann_dir: str | None = None,
+    ray_address: str | None = None,
+    shards: int | None = None,
 ) -> CalibrationStats:
     """Returns the activation statistics of ``model`` over the chosen calibration images.
 
     Images: ``ids`` if given, else ``num_images`` chosen from ``data``/``split`` with ``seed`` (``balanced``:
     cover every class first). ``shard`` ("i/n") keeps slice i of n of that list. Without ``data``, see
-    :func:`open_calibration_data`. See :func:`collect_stats`.
+    :func:`open_calibration_data`. See :func:`collect_stats`. ``ray_address`` ("local", "auto" or "HOST:PORT")
+    collects ``shards`` (default: the cluster's CPUs) as Ray tasks and merges them: the same statistics, bit for
+    bit (:mod:`fcnquant.distributed`).
     """
     dataset = open_calibration_data(data, split, progress=progress, model=model, ann_dir=ann_dir)
     chosen = choose_ids(dataset, num_images, seed, balanced, ids, progress=progress)
+    if ray_address is not None:
+        if shard is not None:
+            raise DataError("shard= collects one slice here; ray_address= runs every shard on the cluster: "
+                            "give one of them")
+        from fcnquant.distributed import collect as collect_on_ray
+
+        return collect_on_ray(model, dataset, chosen, preset, batch_size, address=ray_address, shards=shards,
+                              size=size, mean=mean, std=std, skip_nonfinite=skip_nonfinite,
+                              progress=progress).result
     return collect_stats(model, dataset, chosen, preset, batch_size, size=size, mean=mean, std=std,
                          skip_nonfinite=skip_nonfinite,
                          shard=shard, progress=progress, optimization=optimization)
@@ -139,12 +152,15 @@ def calibrate(
     skip_nonfinite: bool = False,
     return_stats: bool = False,
     ann_dir: str | None = None,
+    ray_address: str | None = None,
+    shards: int | None = None,
 ) -> CalibrationTable | tuple[CalibrationTable, CalibrationStats]:
     """Returns the calibration table of ``model`` (and the statistics with ``return_stats``).
 
     Collects statistics over the calibration images (see :func:`collect`), then applies ``method`` with
     ``params`` (e.g. ``{"percentile": 99.9}``) for ``target`` (``ort-cpu``, ``tensorrt``, ``npu-pow2``).
     To also emit the int8 model (and run recovery passes) in one call, use :func:`fcnquant.flow.calibrate`.
+    ``ray_address``/``shards``: collect on a Ray cluster (see :func:`collect`).
     """
     # Fail on a bad method, parameter or target before spending minutes on inference.
     from fcnquant.calibrate.methods import resolve_params
@@ -153,6 +169,7 @@ def calibrate(
     resolve_params(method, **dict(params or {}))
     get_target(target)
     stats = collect(model, data, split, num_images, seed, balanced, preset, batch_size, ids, shard, size=size,
-                    mean=mean, std=std, skip_nonfinite=skip_nonfinite, progress=progress, ann_dir=ann_dir)
+                    mean=mean, std=std, skip_nonfinite=skip_nonfinite, progress=progress, ann_dir=ann_dir,
+                    ray_address=ray_address, shards=shards)
     table = compute_table(stats, method, target, **dict(params or {}))
     return (table, stats) if return_stats else table

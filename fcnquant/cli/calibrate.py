@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+from fcnquant.cli._distributed import add_ray_options, ray_options
 from fcnquant.cli._emission import add_emission_options, add_recovery_options, exclusions
 from fcnquant.errors import FcnquantError
 
@@ -46,6 +47,7 @@ def register(sub) -> None:
                    help="images per inference when the model's batch dimension is dynamic (default %(default)s)")
     g.add_argument("--shard", metavar="I/N", help="collect only slice I of N (1-based) of the image list; "
                    "needs --save-stats")
+    add_ray_options(g)
     g.add_argument("--skip-nonfinite", action="store_true",
                    help="leave NaN/Inf activations out of the statistics (counted and reported) instead of failing")
     m = p.add_argument_group("method")
@@ -126,6 +128,10 @@ def run(args: argparse.Namespace) -> int:
         raise FcnquantError("--recover, --equalize, --bias-correction and --adaround make the int8 model: give --out")
     if recovery and args.from_stats:
         raise FcnquantError("recovery passes need the calibration images: drop --from-stats")
+    on_ray = ray_options(args)
+    if on_ray and (shard or args.from_stats or recovery):
+        raise FcnquantError("--ray runs every shard of the collection on the cluster: it does not combine with "
+                            "--shard, --from-stats or the recovery passes (run those without --ray)")
     if shard and not args.save_stats:
         raise FcnquantError("a --shard run collects part of the statistics: give --save-stats F to keep them")
     if args.num_images is not None and args.num_images < 1:
@@ -154,6 +160,13 @@ def run(args: argparse.Namespace) -> int:
         if args.out:
             flow = _run_flow(args, dataset, chosen, params, progress)
             stats = flow.stats
+        elif on_ray:
+            from fcnquant.distributed import collect as collect_on_ray
+
+            stats = collect_on_ray(args.model, dataset, chosen, args.preset, args.batch_size,
+                                   address=on_ray["ray_address"], shards=on_ray["shards"], size=args.size,
+                                   mean=args.mean, std=args.std, skip_nonfinite=args.skip_nonfinite,
+                                   progress=progress).result
         else:
             stats = collect_stats(args.model, dataset, chosen, args.preset, args.batch_size, size=args.size,
                                   mean=args.mean, std=args.std, skip_nonfinite=args.skip_nonfinite, shard=shard,

@@ -53,6 +53,8 @@ def add_data_options(p: argparse.ArgumentParser, split: str = "val") -> None:
 
 def register(sub) -> None:
     """Adds the ``eval`` subcommand to ``sub``."""
+    from fcnquant.cli._distributed import add_ray_options
+
     p = sub.add_parser("eval", help="evaluate mIoU of an ONNX model on a VOC-style split",
                        description="Runs MODEL on a labelled split and prints per-class IoU, mIoU (mmseg and "
                                    "awesome conventions), pixel accuracy and images/s.")
@@ -62,11 +64,13 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: its choice)")
     p.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    add_ray_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluates and prints the table."""
+    from fcnquant.cli._distributed import ray_options
     from fcnquant.data import load_ids
     from fcnquant.evaluate import evaluate
 
@@ -75,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(
         args.model, data=args.data, split=args.split, preset=args.preset, num_images=args.num_images,
         batch_size=args.batch_size, progress=not args.no_progress, ids=load_ids(args.ids) if args.ids else None,
-        size=args.size, mean=args.mean, std=args.std, threads=args.threads, ann_dir=args.ann_dir,
+        size=args.size, mean=args.mean, std=args.std, threads=args.threads, ann_dir=args.ann_dir, **ray_options(args),
     )
     print(result.format_table())
     if args.json:
