@@ -82,12 +82,12 @@ _SESSIONS: dict[tuple, Any] = {}     # (sha256, threads) -> onnxruntime session
 
 
 def node_name() -> str:
-    """Returns ``"IP (hostname)"`` of the node this process runs on."""
+    """Returns ``"IP (hostname, node ID8)"`` of the node this process runs on (two nodes may share an IP)."""
     try:
-        ip = ray.util.get_node_ip_address()
+        ip, node = ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id()[:8]
     except Exception:  # not connected: a plain process
-        ip = "?"
-    return f"{ip} ({socket.gethostname()})"
+        ip, node = "?", "?"
+    return f"{ip} ({socket.gethostname()}, node {node})"
 
 
 def model_bytes(sha256: str, model_ref: list) -> bytes:

@@ -1,0 +1,131 @@
+"""fcnquant.distributed on a real local Ray instance: results equal single-process runs; errors and Ctrl-C."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from fcnquant.calibrate.api import calibrate  # noqa: E402
+from fcnquant.calibrate.collect import collect_stats  # noqa: E402
+from fcnquant.calibrate.stats import CalibrationStats  # noqa: E402
+from fcnquant.cli import main  # noqa: E402
+from fcnquant.data import builtin_dataset, open_dataset, write_synthetic_voc  # noqa: E402
+from fcnquant.distributed import collect as collect_on_ray  # noqa: E402
+from fcnquant.distributed.ray_backend import PROGRESS_ACTOR_PREFIX  # noqa: E402
+from fcnquant.errors import DataError  # noqa: E402
+from fcnquant.evaluate import evaluate  # noqa: E402
+
+DEMO = Path(__file__).resolve().parents[1] / "fcnquant" / "assets" / "demo"
+MODEL = str(DEMO / "fcn8s.onnx")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20)
+    yield
+    ray.shutdown()
+
+
+def assert_same_stats(a: CalibrationStats, b: CalibrationStats) -> None:
+    assert a.meta() == b.meta()
+    for name in a.tensors:
+        sa, sb = a.tensors[name].state(), b.tensors[name].state()
+        for key in sa:
+            assert sa[key].dtype == sb[key].dtype and np.array_equal(sa[key], sb[key]), (name, key)
+
+
+def table_json(path) -> dict:
+    d = json.loads(Path(path).read_text())
+    d.pop("created")
+    return d
+
+
+def test_calibrate_api_on_ray_equals_one_process():
+    local_table, local_stats = calibrate(MODEL, method="kl", num_images=12, return_stats=True, progress=False)
+    ray_table, ray_stats = calibrate(MODEL, method="kl", num_images=12, return_stats=True, progress=False,
+                                     ray_address="local", shards=3)
+    assert_same_stats(local_stats, ray_stats)
+    a, b = local_table.to_dict(), ray_table.to_dict()
+    a.pop("created"), b.pop("created")
+    assert a == b
+
+
+def test_cli_calibrate_and_eval_on_ray_equal_one_process(tmp_path, capsys):
+    for tag, extra in (("one", []), ("ray", ["--ray", "--shards", "2"])):
+        assert main(["calibrate", MODEL, "--num-images", "8", "--no-progress", "--out-table",
+                     str(tmp_path / f"{tag}.json"), "--save-stats", str(tmp_path / f"{tag}.npz")] + extra) == 0
+        assert main(["eval", MODEL, "--num-images", "10", "--no-progress", "--json",
+                     str(tmp_path / f"{tag}.eval.json")] + extra) == 0
+    assert table_json(tmp_path / "one.json") == table_json(tmp_path / "ray.json")
+    assert_same_stats(CalibrationStats.load(tmp_path / "one.npz"), CalibrationStats.load(tmp_path / "ray.npz"))
+    one, on_ray = (json.loads((tmp_path / f"{t}.eval.json").read_text()) for t in ("one", "ray"))
+    assert one["confusion"] == on_ray["confusion"] and one["miou"] == on_ray["miou"] and on_ray["images"] == 10
+    # the mIoU from the summed matrix, recomputed by hand (mmseg: classes with an empty union skipped)
+    cm = np.array(on_ray["confusion"])
+    inter, union = np.diag(cm), cm.sum(0) + cm.sum(1) - np.diag(cm)
+    assert on_ray["miou"] == pytest.approx(100 * np.mean(inter[union > 0] / union[union > 0]), abs=1e-4)
+    assert main(["eval", MODEL, "--shards", "2"]) == 2  # --shards needs --ray
+    assert "--shards sets the number of shards of a --ray run" in capsys.readouterr().err
+
+
+def test_eval_api_on_ray_equals_one_process():
+    val = open_dataset(builtin_dataset(), "val")
+    one = evaluate(MODEL, val, num_images=9, progress=False)
+    many = evaluate(MODEL, val, num_images=9, progress=False, ray_address="local", shards=4)
+    np.testing.assert_array_equal(one.confusion, many.confusion)
+    assert (one.miou, one.pixel_acc, list(one.per_class_iou)) == (many.miou, many.pixel_acc, list(many.per_class_iou))
+    np.testing.assert_array_equal(list(one.per_class_iou.values()), list(many.per_class_iou.values()))  # NaN = NaN
+
+
+def test_a_file_a_worker_cannot_read_names_node_and_path(tmp_path):
+    root = write_synthetic_voc(tmp_path / "voc", train=6, val=0, size=64, progress=False)
+    ds = open_dataset(root, "train")
+    gone = ds.images[ds.ids[4]]
+    gone.unlink()  # the driver listed it; no worker can read it
+    with pytest.raises(DataError) as err:
+        collect_on_ray(MODEL, ds, ds.ids, shards=2, progress=False)
+    msg = str(err.value)
+    assert str(gone) in msg and "shard 2/2" in msg
+    assert f"node {ray.util.get_node_ip_address()}" in msg
+
+
+def _interrupt_once_running(stop: threading.Event) -> None:
+    """Interrupts the main thread (as Ctrl-C does) once a shard reported progress."""
+    import _thread
+
+    while not stop.is_set():
+        for name in ray.util.list_named_actors():
+            if name.startswith(PROGRESS_ACTOR_PREFIX):
+                try:
+                    done = ray.get(ray.get_actor(name).snapshot.remote())[0]
+                except Exception:
+                    continue
+                if done >= 1:
+                    _thread.interrupt_main()
+                    return
+        time.sleep(0.02)
+
+
+def test_ctrl_c_cancels_the_shards_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "calib.json"
+    stop = threading.Event()
+    t = threading.Thread(target=_interrupt_once_running, args=(stop,), daemon=True)
+    t.start()
+    try:
+        code = main(["calibrate", MODEL, "--num-images", "40", "--no-progress", "--ray", "--shards", "2",
+                     "--out-table", str(out), "--save-stats", str(tmp_path / "s.npz")])
+    finally:
+        stop.set()
+        t.join()
+    assert code == 130 and "interrupted" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no table, no statistics, no temporary file
+    deadline = time.time() + 20  # the cancelled tasks give their CPUs back: the cluster's work has stopped
+    while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    assert ray.available_resources().get("CPU", 0) == 2

@@ -1,0 +1,78 @@
+"""Shard plans and exact merges of fcnquant.distributed.shards (numpy only; no Ray needed)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fcnquant.calibrate.collect import Shard
+from fcnquant.calibrate.stats import CalibrationStats
+from fcnquant.data import Dataset
+from fcnquant.distributed.shards import (ShardResults, merge_shard_stats, plan_shards, shard_dataset,
+                                         stats_from_wire, stats_to_wire, sum_confusions)
+from fcnquant.errors import DataError, FcnquantError
+
+
+def test_plans_are_the_shard_slices_and_concatenate_back():
+    ids = [f"im{i}" for i in range(10)]
+    plans = plan_shards(ids, 4)
+    assert [p.label for p in plans] == ["1/4", "2/4", "3/4", "4/4"]
+    assert [list(p.ids) for p in plans] == [Shard(k, 4).select(ids) for k in range(1, 5)]
+    assert [len(p.ids) for p in plans] == [2, 3, 2, 3]  # floor((k*10)/4) boundaries: 0, 2, 5, 7, 10
+    assert [i for p in plans for i in p.ids] == ids
+    assert [len(p.ids) for p in plan_shards(ids[:3], 8)] == [1, 1, 1]  # never an empty shard
+    with pytest.raises(FcnquantError):
+        plan_shards(ids, 0)
+
+
+def test_each_shard_is_taken_once_and_none_missing():
+    r: ShardResults[str] = ShardResults(3)
+    r.add(2, "b")
+    r.add(1, "a")
+    with pytest.raises(FcnquantError, match="shard\\(s\\) 3 of 3"):
+        r.ordered()
+    r.add(3, "c")
+    with pytest.raises(FcnquantError, match="twice"):
+        r.add(2, "b again")
+    assert r.ordered() == ["a", "b", "c"]
+
+
+def _stats(values, ids):
+    s = CalibrationStats.new(["x", "y"], model_sha256="ab" * 32, image_ids=ids, preset={"name": "awesome"})
+    for v in values:
+        s.tensors["x"].update(v)
+        s.tensors["y"].update(-2 * v)
+    return s
+
+
+def test_wire_round_trip_and_merge_equal_one_run():
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((1, 3, 5, 5)).astype(np.float32) * (k + 1) for k in range(5)]
+    ids = [f"im{k}" for k in range(5)]
+    whole = _stats(batches, ids)
+    parts = [_stats(batches[:2], ids[:2]), _stats(batches[2:], ids[2:])]
+    back = [stats_from_wire(stats_to_wire(p)) for p in parts]
+    merged = merge_shard_stats(back, "m.onnx")
+    assert merged.image_ids == ids and merged.model_name == "m.onnx" and merged.shard is None
+    for name in whole.tensors:
+        a, b = whole.tensors[name].state(), merged.tensors[name].state()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+            assert a[key].dtype == b[key].dtype
+    # the reference itself: min/max straight from the values
+    assert merged.tensors["x"].min == float(min(b.min() for b in batches))
+
+
+def test_confusions_add_as_integers():
+    a = np.arange(9, dtype=np.int64).reshape(3, 3)
+    b = np.full((3, 3), 2**40, dtype=np.int64)
+    np.testing.assert_array_equal(sum_confusions([a, b]), a + b)
+
+
+def test_shard_dataset_has_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ds = Dataset(root=tmp_path.__class__("rel"), split="val", ids=["a", "b"],
+                 images={"a": tmp_path.__class__("rel/a.jpg"), "b": tmp_path.__class__("rel/b.jpg")})
+    sub = shard_dataset(ds, ["b"])
+    assert sub.ids == ["b"] and list(sub.images) == ["b"] and sub.images["b"] == tmp_path / "rel" / "b.jpg"
+    with pytest.raises(DataError):
+        shard_dataset(ds, ["zz"])
