@@ -17,8 +17,7 @@ from typing import Generic, Sequence, TypeVar
 
 from fcnquant.calibrate.stats import CalibrationStats
 from fcnquant.distributed.cluster import LOCAL, cluster_cpus, import_ray, ray_session
-from fcnquant.distributed.shards import (merge_shard_stats, plan_shards, shard_dataset, stats_from_wire,
-                                         sum_confusions)
+from fcnquant.distributed.shards import merge_wire, plan_shards, shard_dataset, sum_confusions
 
 T = TypeVar("T")
 
@@ -72,7 +71,7 @@ def collect(
         jobs = [(p, (shard_dataset(dataset, p.ids), sha, ref, options)) for p in plans]
         outs, reports = rb.run_shards(rb.collect_task, jobs, desc="calibrating (ray)", progress=progress)
         seconds = time.perf_counter() - t0
-    merged = merge_shard_stats([stats_from_wire(o) for o in outs], os.path.basename(os.fspath(model)))
+    merged = merge_wire(outs, os.path.basename(os.fspath(model)))
     return Distributed(merged, tuple(reports), seconds)
 
 

@@ -4,8 +4,8 @@ Shards are the contiguous slices of :class:`fcnquant.calibrate.collect.Shard` (`
 cluster run holds exactly the images ``fcnquant calibrate --shard i/n`` would. Results are merged in shard order,
 each shard exactly once (:class:`ShardResults` refuses a second result for a shard and a merge with one missing):
 
-* statistics: :func:`fcnquant.calibrate.stats.merge_stats` (histograms add, min/max combine: bit-identical to
-  one run over all the images);
+* statistics: :func:`merge_wire`, :func:`fcnquant.calibrate.stats.merge_stats` on the sparse arrays (histogram
+  bins add as integers, min/max combine: bit-identical to one run over all the images);
 * confusion matrices: integer sums (identical);
 * sums of floats (compare's drift): added in shard order, see :mod:`fcnquant.distributed.compare`.
 
@@ -111,14 +111,47 @@ def stats_from_wire(wire: dict[str, Any]) -> CalibrationStats:
     return CalibrationStats(tensors=tensors, **meta)
 
 
-def merge_shard_stats(parts: Sequence[CalibrationStats], model_name: str) -> CalibrationStats:
-    """Returns the exact merge of the shards' statistics (in shard order) as one unsharded run's statistics."""
-    from fcnquant.calibrate.stats import merge_stats
+def merge_wire(parts: Sequence[dict[str, Any]], model_name: str) -> CalibrationStats:
+    """Returns the exact merge of the shards' :func:`stats_to_wire` data, in shard order, as one unsharded run's
+    statistics.
 
-    merged = merge_stats(list(parts))
-    merged.model_name = model_name
-    merged.shard = None
-    return merged
+    The same checks and result as :func:`fcnquant.calibrate.stats.merge_stats` (same model, preset, histogram
+    bits and tensors; image sets disjoint), computed on the sparse arrays: per tensor the non-zero bins of all
+    shards are added as int64 (exact), min/max combine, counts add; the dense statistics are built once.
+    """
+    from fcnquant.errors import CalibrationError
+
+    parts = list(parts)
+    if not parts:
+        raise CalibrationError("nothing to merge")
+    first = parts[0]["meta"]
+    names = [n for n, _ in parts[0]["tensors"]]
+    for k, p in enumerate(parts[1:], start=2):
+        meta = p["meta"]
+        for key in ("model_sha256", "mantissa_bits", "preset", "skip_nonfinite"):
+            if meta[key] != first[key]:
+                raise CalibrationError(f"shard {k} differs from shard 1 in {key}: {meta[key]!r} vs {first[key]!r}")
+        if [n for n, _ in p["tensors"]] != names:
+            raise CalibrationError(f"shard {k} observed different tensors than shard 1")
+    ids = [i for p in parts for i in p["meta"]["image_ids"]]
+    if len(set(ids)) != len(ids):
+        raise CalibrationError("an image appears in more than one shard: statistics overlap")
+    tensors = []
+    for t, name in enumerate(names):
+        states = [p["tensors"][t][1] for p in parts]
+        index = np.concatenate([s["index"] for s in states]).astype(np.int64)
+        counts = np.concatenate([s["hist"] for s in states]).astype(np.int64)
+        bins, where = np.unique(index, return_inverse=True)
+        hist = np.zeros(len(bins), dtype=np.int64)
+        np.add.at(hist, where, counts)
+        ranges = np.stack([np.asarray(s["range"], dtype=np.float64) for s in states])
+        tensors.append((name, {
+            "range": np.array([ranges[:, 0].min(), ranges[:, 1].max()], dtype=np.float64),
+            "count": np.sum([np.asarray(s["count"], dtype=np.int64) for s in states], axis=0),
+            "index": bins.astype(np.uint32), "hist": hist,
+        }))
+    meta = dict(first, image_ids=ids, model_name=model_name, shard=None)
+    return stats_from_wire({"meta": meta, "tensors": tensors})
 
 
 def sum_confusions(parts: Sequence[np.ndarray]) -> np.ndarray:

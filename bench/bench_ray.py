@@ -1,0 +1,127 @@
+"""Benchmark of ``--ray``: a Ray run over 64 images against the single-process run, calibrate and eval.
+
+On one machine Ray cannot be faster than one process that already uses every core (onnxruntime's intra-op
+threads); what this measures is the cost of distributing: the model put in the object store, scheduling, the
+progress actor, per-shard sessions and the merge. The per-shard times are what a larger cluster runs in parallel.
+
+For each model (the demo fcn_r50_d8 at 160 px, and optionally the full-size VGG16 fcn8s at 320 px with seeded
+random weights), alternated ``--reps`` times: single-process ``collect_stats`` / ``evaluate`` over the images
+against ``fcnquant.distributed.collect`` / ``evaluate`` on a local Ray instance started once (``num_cpus`` =
+this machine's CPUs, shards = that count). Reported: best wall time of each, their ratio (target <= 1.3x), the
+first, cold Ray run (worker processes still to start), ``ray.init`` itself, per-shard seconds, and the load
+average before and after. Results equal the single-process run exactly (checked here too).
+
+    python bench/bench_ray.py                  # demo fcn_r50_d8 + full-size fcn8s at 320 (~10 min on 2 cores)
+    python bench/bench_ray.py --models demo    # the demo model only (~2 min)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ensure_data, ensure_model  # noqa: E402
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def bench_model(name: str, model: str, train, val, images: int, reps: int, shards: int) -> dict:
+    from fcnquant.calibrate.collect import collect_stats
+    from fcnquant.distributed import collect, evaluate as evaluate_on_ray
+    from fcnquant.evaluate import evaluate
+
+    out: dict = {"model": name, "images": images, "shards": shards}
+    cal_ids, val_ids = train.ids[:images], val.ids[:images]
+    t0 = time.perf_counter()
+    cold = collect(model, train, cal_ids, shards=shards, progress=False)
+    out["calibrate_cold_ray_s"] = time.perf_counter() - t0
+    times = {"calibrate_one": [], "calibrate_ray": [], "eval_one": [], "eval_ray": []}
+    shard_s = {"calibrate": [], "eval": []}
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        one = collect_stats(model, train, cal_ids, progress=False)
+        times["calibrate_one"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        run = collect(model, train, cal_ids, shards=shards, progress=False)
+        times["calibrate_ray"].append(time.perf_counter() - t0)
+        shard_s["calibrate"].append([round(s.seconds, 2) for s in run.shards])
+        assert all(np.array_equal(one.tensors[n].state()[k], run.result.tensors[n].state()[k])
+                   for n in one.tensors for k in ("range", "count", "index", "hist")), "statistics differ"
+        t0 = time.perf_counter()
+        e1 = evaluate(model, val, ids=val_ids, progress=False)
+        times["eval_one"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        er = evaluate_on_ray(model, val, val_ids, shards=shards, progress=False)
+        times["eval_ray"].append(time.perf_counter() - t0)
+        shard_s["eval"].append([round(s.seconds, 2) for s in er.shards])
+        assert np.array_equal(e1.confusion, er.result.confusion), "confusion matrices differ"
+    del cold
+    best = {k: min(v) for k, v in times.items()}
+    out.update({k + "_s": round(v, 2) for k, v in best.items()})
+    out["calibrate_ratio"] = round(best["calibrate_ray"] / best["calibrate_one"], 3)
+    out["eval_ratio"] = round(best["eval_ray"] / best["eval_one"], 3)
+    out["calibrate_cold_ray_s"] = round(out["calibrate_cold_ray_s"], 2)
+    out["shard_seconds"] = shard_s
+    out["all_times"] = {k: [round(x, 2) for x in v] for k, v in times.items()}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="demo,fcn8s320", help="comma list of: demo, fcn8s320")
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args()
+
+    import ray
+
+    from fcnquant.data import builtin_dataset, open_dataset
+
+    work = Path(tempfile.gettempdir()) / "fcnquant-bench"
+    work.mkdir(exist_ok=True)
+    cpus = os.cpu_count() or 1
+    results: dict = {"loadavg_before": loadavg(), "cpus": cpus, "models": []}
+    t0 = time.perf_counter()
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, object_store_memory=500 * 2**20)
+    results["ray_init_s"] = round(time.perf_counter() - t0, 2)
+    try:
+        for key in args.models.split(","):
+            if key == "demo":
+                model = str(Path(__file__).resolve().parents[1] / "fcnquant" / "assets" / "demo" / "fcn_r50_d8.onnx")
+                root = builtin_dataset(progress=False)
+            elif key == "fcn8s320":
+                model = str(ensure_model(None, work, 320))
+                root = ensure_data(work, args.images, args.images, 360)
+            else:
+                raise SystemExit(f"unknown model {key}")
+            train, val = open_dataset(root, "train"), open_dataset(root, "val")
+            r = bench_model(key, model, train, val, args.images, args.reps, cpus)
+            r["loadavg_after"] = loadavg()
+            print(json.dumps(r), flush=True)
+            results["models"].append(r)
+    finally:
+        ray.shutdown()
+    results["loadavg_after"] = loadavg()
+    print("| model | images | shards | calibrate 1 process | calibrate Ray | ratio | eval 1 process | eval Ray | ratio |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in results["models"]:
+        print(f"| {r['model']} | {r['images']} | {r['shards']} | {r['calibrate_one_s']} s | {r['calibrate_ray_s']} s "
+              f"| {r['calibrate_ratio']}x | {r['eval_one_s']} s | {r['eval_ray_s']} s | {r['eval_ratio']}x |")
+    print(f"ray.init {results['ray_init_s']} s; load average before {results['loadavg_before']}, "
+          f"after {results['loadavg_after']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
