@@ -80,44 +80,46 @@ def main() -> None:
     ap.add_argument("--models", default="demo,fcn8s320", help="comma list of: demo, fcn8s320")
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--cpus", default=None, help="comma list of local Ray instance sizes (default: 1 and this "
+                    "machine's CPUs: shards one after another, and as many at once as there are cores)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
 
-    import ray
-
     from fcnquant.data import builtin_dataset, open_dataset
+    from fcnquant.distributed import ray_session
 
     work = Path(tempfile.gettempdir()) / "fcnquant-bench"
     work.mkdir(exist_ok=True)
     cpus = os.cpu_count() or 1
     results: dict = {"loadavg_before": loadavg(), "cpus": cpus, "models": []}
-    t0 = time.perf_counter()
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, object_store_memory=500 * 2**20)
-    results["ray_init_s"] = round(time.perf_counter() - t0, 2)
-    try:
-        for key in args.models.split(","):
-            if key == "demo":
-                model = str(Path(__file__).resolve().parents[1] / "fcnquant" / "assets" / "demo" / "fcn_r50_d8.onnx")
-                root = builtin_dataset(progress=False)
-            elif key == "fcn8s320":
-                model = str(ensure_model(None, work, 320))
-                root = ensure_data(work, args.images, args.images, 360)
-            else:
-                raise SystemExit(f"unknown model {key}")
-            train, val = open_dataset(root, "train"), open_dataset(root, "val")
-            r = bench_model(key, model, train, val, args.images, args.reps, cpus)
-            r["loadavg_after"] = loadavg()
-            print(json.dumps(r), flush=True)
-            results["models"].append(r)
-    finally:
-        ray.shutdown()
+    sizes = [int(c) for c in args.cpus.split(",")] if args.cpus else sorted({1, cpus})
+    for n_cpus in sizes:
+        t0 = time.perf_counter()
+        with ray_session("local", num_cpus=n_cpus):  # what `--ray` starts: a local instance
+            init_s = round(time.perf_counter() - t0, 2)
+            for key in args.models.split(","):
+                if key == "demo":
+                    model = str(Path(__file__).resolve().parents[1] / "fcnquant" / "assets" / "demo" / "fcn_r50_d8.onnx")
+                    root = builtin_dataset(progress=False)
+                elif key == "fcn8s320":
+                    model = str(ensure_model(None, work, 320))
+                    root = ensure_data(work, args.images, args.images, 360)
+                else:
+                    raise SystemExit(f"unknown model {key}")
+                train, val = open_dataset(root, "train"), open_dataset(root, "val")
+                r = bench_model(key, model, train, val, args.images, args.reps, cpus)
+                r.update(ray_cpus=n_cpus, ray_init_s=init_s, loadavg_after=loadavg())
+                print(json.dumps(r), flush=True)
+                results["models"].append(r)
     results["loadavg_after"] = loadavg()
-    print("| model | images | shards | calibrate 1 process | calibrate Ray | ratio | eval 1 process | eval Ray | ratio |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| model | images | Ray CPUs | shards | calibrate 1 process | calibrate Ray | ratio | eval 1 process | eval Ray "
+          "| ratio |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results["models"]:
-        print(f"| {r['model']} | {r['images']} | {r['shards']} | {r['calibrate_one_s']} s | {r['calibrate_ray_s']} s "
+        print(f"| {r['model']} | {r['images']} | {r['ray_cpus']} | {r['shards']} | {r['calibrate_one_s']} s "
+              f"| {r['calibrate_ray_s']} s "
               f"| {r['calibrate_ratio']}x | {r['eval_one_s']} s | {r['eval_ray_s']} s | {r['eval_ratio']}x |")
-    print(f"ray.init {results['ray_init_s']} s; load average before {results['loadavg_before']}, "
+    print(f"ray.init {[r['ray_init_s'] for r in results['models']]} s; load average before {results['loadavg_before']}, "
           f"after {results['loadavg_after']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")

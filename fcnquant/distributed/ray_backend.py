@@ -119,6 +119,14 @@ def session(sha256: str, model_ref: list, threads: int = 0):
     return _SESSIONS[key]
 
 
+def task_cpus() -> int:
+    """Returns the number of CPUs Ray assigned to the running task (at least 1)."""
+    try:
+        return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    except Exception:
+        return 1
+
+
 def check_readable(dataset, ids: Sequence[str], shard: str) -> None:
     """Raises DataError naming this node and the first file of ``ids`` it cannot read."""
     for i in ids:
@@ -158,7 +166,8 @@ def evaluate_task(plan: ShardPlan, dataset, sha256: str, model_ref: list, option
 
     on_images, node, pid = begin(plan, dataset, progress)
     options = dict(options)
-    sess = session(sha256, model_ref, options.pop("threads", 0))
+    threads = options.pop("threads", 0) or task_cpus()  # a task that holds k CPUs runs k threads, no more
+    sess = session(sha256, model_ref, threads)
     t0 = time.perf_counter()
     r = evaluate(sess, data=dataset, ids=list(plan.ids), progress=False, on_images=on_images, **options)
     return {"result": {"confusion": r.confusion, "preset": r.preset}, "seconds": time.perf_counter() - t0,
