@@ -30,6 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ensure_data, ensure_model  # noqa: E402
 
 
+NAMES = {"demo": "fcn_r50_d8 (demo, 160 px)", "fcn8s320": "fcn8s (VGG16 full size, 320 px)"}
+
+
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -83,7 +86,12 @@ def main() -> None:
     ap.add_argument("--cpus", default=None, help="comma list of local Ray instance sizes (default: 1 and this "
                     "machine's CPUs: shards one after another, and as many at once as there are cores)")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--markdown", action="store_true", help=argparse.SUPPRESS)  # the section is always printed
+    ap.add_argument("--from-json", nargs="+", metavar="F", help="print the BENCHMARKS.md section of saved runs")
     args = ap.parse_args()
+    if args.from_json:
+        print(section([json.loads(Path(f).read_text()) for f in args.from_json]))
+        return
 
     from fcnquant.data import builtin_dataset, open_dataset
     from fcnquant.distributed import ray_session
@@ -112,17 +120,41 @@ def main() -> None:
                 print(json.dumps(r), flush=True)
                 results["models"].append(r)
     results["loadavg_after"] = loadavg()
-    print("| model | images | Ray CPUs | shards | calibrate 1 process | calibrate Ray | ratio | eval 1 process | eval Ray "
-          "| ratio |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in results["models"]:
-        print(f"| {r['model']} | {r['images']} | {r['ray_cpus']} | {r['shards']} | {r['calibrate_one_s']} s "
-              f"| {r['calibrate_ray_s']} s "
-              f"| {r['calibrate_ratio']}x | {r['eval_one_s']} s | {r['eval_ray_s']} s | {r['eval_ratio']}x |")
-    print(f"ray.init {[r['ray_init_s'] for r in results['models']]} s; load average before {results['loadavg_before']}, "
-          f"after {results['loadavg_after']}")
+    print(section([results]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+
+
+def section(runs: list[dict]) -> str:
+    """Returns the BENCHMARKS.md section for one or more saved runs of this script."""
+    lines = [
+        "## Ray: `--ray` on one 2-core machine (bench/bench_ray.py)",
+        "",
+        "Written by `python bench/bench_ray.py --json F` (then `--from-json F ... --markdown`); not part of "
+        "`run_benchmarks.py`. 64 images, shards = this machine's CPU count (2), a local Ray instance started as "
+        "`--ray` starts it; best wall time of the alternated repetitions, the Ray run including the model put, "
+        "scheduling, the shards and the exact merge (checked equal to the single-process result in every "
+        "repetition). *Ray CPUs 1*: the shards run one after another, each with the whole machine as the single "
+        "process has it: the cost of distributing. *Ray CPUs 2*: both shards at once on the two cores.",
+        "",
+        "| model | images | Ray CPUs | calibrate: 1 process | Ray | ratio | per-shard s | eval: 1 process | Ray "
+        "| ratio | per-shard s | load average before / after |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    for res in runs:
+        for r in res["models"]:
+            cal = r["shard_seconds"]["calibrate"][r["all_times"]["calibrate_ray"].index(r["calibrate_ray_s"])]
+            ev = r["shard_seconds"]["eval"][r["all_times"]["eval_ray"].index(r["eval_ray_s"])]
+            lines.append(
+                f"| {NAMES.get(r['model'], r['model'])} | {r['images']} | {r['ray_cpus']} | {r['calibrate_one_s']:.2f} s | "
+                f"{r['calibrate_ray_s']:.2f} s | {r['calibrate_ratio']:.2f}x | {', '.join(f'{x:.2f}' for x in cal)} | "
+                f"{r['eval_one_s']:.2f} s | {r['eval_ray_s']:.2f} s | {r['eval_ratio']:.2f}x | "
+                f"{', '.join(f'{x:.2f}' for x in ev)} | {res['loadavg_before']} / {r['loadavg_after']} |")
+    inits = [r["ray_init_s"] for res in runs for r in res["models"]]
+    colds = [f"{r['model']} {r['calibrate_cold_ray_s']:.1f} s" for res in runs for r in res["models"]]
+    lines += ["", f"Starting the local instance (`ray.init`) took {min(inits):.1f}-{max(inits):.1f} s; the first "
+              f"calibration on a fresh instance (worker processes still to start): {', '.join(colds)}.", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -214,9 +214,9 @@ def run_shards(task, jobs: Sequence[tuple[ShardPlan, tuple]], *, desc: str, prog
             for ref in ready:
                 results.add(refs[ref].index, _get(ref))
             if progress:
-                bar.n = min(total, ray.get(actor.snapshot.remote())[0])
+                bar.n = min(total, _snapshot(actor)[0])
                 bar.refresh()
-        _, _, starts = ray.get(actor.snapshot.remote())
+        _, _, starts = _snapshot(actor)
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)
@@ -231,6 +231,14 @@ def run_shards(task, jobs: Sequence[tuple[ShardPlan, tuple]], *, desc: str, prog
         log.info("shard %d/%d: %d image(s) in %.1f s on node %s (pid %d%s)", r.index, r.count, r.images, r.seconds,
                  r.node, r.pid, f", attempt {r.attempts}" if r.attempts > 1 else "")
     return [o["result"] for o in outs], reports
+
+
+def _snapshot(actor) -> tuple[int, dict, dict]:
+    """Returns the progress actor's snapshot; empty if the actor is gone (progress is only for display)."""
+    try:
+        return ray.get(actor.snapshot.remote(), timeout=30)
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return 0, {}, {}
 
 
 def _get(ref):
