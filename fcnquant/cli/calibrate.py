@@ -129,9 +129,10 @@ def run(args: argparse.Namespace) -> int:
     if recovery and args.from_stats:
         raise FcnquantError("recovery passes need the calibration images: drop --from-stats")
     on_ray = ray_options(args)
-    if on_ray and (shard or args.from_stats or recovery):
+    if on_ray and (shard or args.from_stats or recovery or args.pow2_rounding not in (None, "up")):
         raise FcnquantError("--ray runs every shard of the collection on the cluster: it does not combine with "
-                            "--shard, --from-stats or the recovery passes (run those without --ray)")
+                            "--shard, --from-stats or the recovery passes and --pow2-rounding (run those without "
+                            "--ray, e.g. --from-stats on the statistics a --ray run saved)")
     if shard and not args.save_stats:
         raise FcnquantError("a --shard run collects part of the statistics: give --save-stats F to keep them")
     if args.num_images is not None and args.num_images < 1:
@@ -157,10 +158,10 @@ def run(args: argparse.Namespace) -> int:
         chosen = choose_ids(dataset, args.num_images, args.seed, args.balanced, ids, progress=progress)
         if args.save_ids:
             save_ids(args.save_ids, chosen)
-        if args.out:
+        if args.out and not on_ray:
             flow = _run_flow(args, dataset, chosen, params, progress)
             stats = flow.stats
-        elif on_ray:
+        elif on_ray:  # then --out (without recovery passes) emits from the merged statistics below
             from fcnquant.distributed import collect as collect_on_ray
 
             stats = collect_on_ray(args.model, dataset, chosen, args.preset, args.batch_size,
