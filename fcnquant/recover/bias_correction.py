@@ -140,6 +140,9 @@ def correct_biases(
     *,
     schedule: str = "levels",
     batch_size: int = 1,
+    size: int | Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     progress: bool = True,
 ) -> BiasCorrectionResult:
     """Returns the BiasCorrectionResult: a copy of the QDQ model ``qmodel`` whose int32 Conv biases cancel each
@@ -147,7 +150,7 @@ def correct_biases(
 
     ``qmodel`` / ``float_model`` are paths or ModelProtos (the QDQ model must come from the float model: same
     Conv output names, as ``fcnquant.quantize.quantize_model`` keeps them). ``preset``: as in
-    ``fcnquant.calibrate.collect`` (None: the model's own). ``schedule``: ``"levels"`` (independent layers share
+    ``fcnquant.calibrate.collect`` (None: the model's own; ``size``/``mean``/``std`` as there). ``schedule``: ``"levels"`` (independent layers share
     a pass) or ``"sequential"`` (one pass per layer); both give the same biases.
     """
     import onnx
@@ -169,7 +172,7 @@ def correct_biases(
         return BiasCorrectionResult(qm, (), tuple(skipped), schedule, 0, len(ids), time.perf_counter() - t0)
 
     names = [t.output for t in targets]
-    runner = _PassRunner(dataset, ids, preset, batch_size, progress)
+    runner = _PassRunner(dataset, ids, preset, batch_size, progress, dict(size=size, mean=mean, std=std))
     float_means = runner.means(fm, names, "bias correction: float")
     inits = {t.name: t for t in qm.graph.initializer}
     levels = dependency_levels(qm, [t.output for t in targets])
@@ -265,8 +268,8 @@ def _as_model(model):
 class _PassRunner:
     """Runs a model over the calibration images, streaming per-channel means of chosen tensors."""
 
-    def __init__(self, dataset, ids: list[str], preset, batch_size: int, progress: bool) -> None:
-        self.dataset, self.ids, self.preset = dataset, ids, preset
+    def __init__(self, dataset, ids: list[str], preset, batch_size: int, progress: bool, overrides: dict) -> None:
+        self.dataset, self.ids, self.preset, self.overrides = dataset, ids, preset, overrides
         self.batch_size, self.progress = batch_size, progress
 
     def means(self, model, names: list[str], desc: str) -> dict[str, np.ndarray]:
@@ -278,7 +281,7 @@ class _PassRunner:
 
         session = make_collect_session(with_outputs(model, names).SerializeToString())
         input_name, shape = input_spec(session)
-        preset = preset_for_session(session, self.preset)
+        preset = preset_for_session(session, self.preset, **self.overrides)
         batch = self.batch_size if shape[0] is None else shape[0]
         acc = {n: ChannelMeans() for n in names}
         bar = tqdm(total=len(self.ids), desc=desc, unit="img", disable=None if self.progress else True, leave=False)
