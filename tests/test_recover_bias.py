@@ -76,9 +76,13 @@ def bias(model, name):
 
 def test_corrected_layers_have_zero_mean_error(setup):
     ds, ids, fpath, qpath = setup
-    res = correct_biases(qpath, fpath, ds, ids, "awesome", size=32, progress=False)
+    res = correct_biases(qpath, fpath, ds, ids, "awesome", size=32, error="accumulated", skip_logits=False,
+                         progress=False)
     assert [layer.node for layer in res.layers] == ["conv1", "conv2", "conv3"]
     assert res.skipped == (("conv4", "has no int32 bias (a Conv without bias, or a float bias)"),)
+    skipping = correct_biases(qpath, fpath, ds, ids, "awesome", size=32, progress=False)
+    assert [layer.node for layer in skipping.layers] == ["conv1", "conv2", "conv3"]  # c2, c3 feed a Relu
+    assert skipping.skipped == (("conv4", "scores classes (its output reaches the logits through linear ops only)"),)
     names = ["c1", "c2", "c3"]
     f = conv_means(onnx.load(str(fpath)), ds, ids, names)
     before = conv_means(onnx.load(str(qpath)), ds, ids, names)
@@ -93,7 +97,8 @@ def test_corrected_layers_have_zero_mean_error(setup):
     assert res.layers[0].max_abs_error == pytest.approx(np.abs(before["c1"] - f["c1"]).max(), rel=1e-6)
 
 
-def test_planted_shift_is_removed_exactly(setup):
+@pytest.mark.parametrize("error", ["accumulated"])  # "weights" cancels weight rounding only, by design
+def test_planted_shift_is_removed_exactly(setup, error):
     ds, ids, fpath, qpath = setup
     q = onnx.load(str(qpath))
     target = next(t for t in find_targets(q, onnx.load(str(fpath)))[0] if t.node == "conv1")
@@ -102,18 +107,21 @@ def test_planted_shift_is_removed_exactly(setup):
     init = next(t for t in planted.graph.initializer if t.name == target.bias_init)
     shift = np.array([40, -25, 7, 0, -90, 13], np.int32)
     init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + shift, init.name))
-    clean = correct_biases(q, fpath, ds, ids, "awesome", size=32, progress=False).model
-    fixed = correct_biases(planted, fpath, ds, ids, "awesome", size=32, progress=False).model
+    clean = correct_biases(q, fpath, ds, ids, "awesome", size=32, error=error, progress=False).model
+    fixed = correct_biases(planted, fpath, ds, ids, "awesome", size=32, error=error, progress=False).model
     targets, _ = find_targets(clean, onnx.load(str(fpath)))
     for t in targets:
         assert np.array_equal(bias(clean, t.bias_init), bias(fixed, t.bias_init)), t.node
 
 
-def test_levels_and_sequential_schedules_agree(setup):
+@pytest.mark.parametrize("error", ["weights", "accumulated"])
+def test_levels_and_sequential_schedules_agree(setup, error):
     ds, ids, fpath, qpath = setup
-    lv = correct_biases(qpath, fpath, ds, ids, "awesome", size=32, progress=False)
-    sq = correct_biases(qpath, fpath, ds, ids, "awesome", schedule="sequential", size=32, progress=False)
-    assert lv.passes == 1 + 2 and sq.passes == 1 + 3  # conv2 and conv3 share the second pass
+    lv = correct_biases(qpath, fpath, ds, ids, "awesome", size=32, error=error, progress=False)
+    sq = correct_biases(qpath, fpath, ds, ids, "awesome", schedule="sequential", size=32, error=error,
+                        progress=False)
+    extra = 1 if error == "accumulated" else 0  # the float pass
+    assert lv.passes == extra + 2 and sq.passes == extra + 3  # conv2 and conv3 share the second pass
     assert [layer.level for layer in lv.layers] == [1, 2, 2]
     for t in find_targets(lv.model, onnx.load(str(fpath)))[0]:
         assert np.array_equal(bias(lv.model, t.bias_init), bias(sq.model, t.bias_init)), t.node
@@ -144,3 +152,59 @@ def test_bad_schedule_and_no_images(setup):
         correct_biases(qpath, fpath, ds, ids, schedule="fast")
     with pytest.raises(FcnquantError, match="at least one"):
         correct_biases(qpath, fpath, ds, [])
+
+
+def brute_conv_mean(x, w, pads, strides, dilations):
+    """Independent: the convolution computed output position by output position, then its mean per channel."""
+    n, c, h, wd = x.shape
+    co, ci, kh, kw = w.shape
+    xp = np.zeros((n, c, h + pads[0] + pads[2], wd + pads[1] + pads[3]))
+    xp[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + wd] = x
+    oh = (xp.shape[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (xp.shape[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    out = np.zeros((n, co, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            patch = xp[:, :, i * strides[0]:i * strides[0] + dilations[0] * (kh - 1) + 1:dilations[0],
+                       j * strides[1]:j * strides[1] + dilations[1] * (kw - 1) + 1:dilations[1]]
+            out[:, :, i, j] = np.einsum("ncij,ocij->no", patch, w)
+    return out.mean(axis=(0, 2, 3))
+
+
+@pytest.mark.parametrize("pads,strides,dilations", [((1, 1, 1, 1), (1, 1), (1, 1)), ((0, 2, 1, 0), (2, 1), (1, 2)),
+                                                    ((0, 0, 0, 0), (2, 2), (2, 1))])
+def test_window_means_give_the_exact_mean_of_a_convolution(pads, strides, dilations):
+    from fcnquant.recover.channel_means import WindowMeans, weight_shift_means
+
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((5, 3, 3, 2))
+    xs = [np.maximum(rng.standard_normal((2, 3, 9, 11)), 0) for _ in range(3)]
+    acc = WindowMeans((3, 2), pads, strides, dilations)
+    for x in xs:
+        acc.update(x)
+    ref = brute_conv_mean(np.concatenate(xs), w, pads, strides, dilations)
+    np.testing.assert_allclose(weight_shift_means(w, acc.mean), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_weight_error_mode_cancels_the_rounding_shift_of_the_first_layer(setup):
+    """conv1 reads the quantized input image in every model: after correction its mean output equals that of
+    the float weights and bias on the same quantized input, to half a bias step."""
+    ds, ids, fpath, qpath = setup
+    res = correct_biases(qpath, fpath, ds, ids, "awesome", size=32, progress=False)  # error="weights"
+    fm = onnx.load(str(fpath))
+    # the reference: the float conv1 fed the int8 model's dequantized input
+    q = onnx.load(str(qpath))
+    x_dq = next(n for n in q.graph.node if n.name == "conv1").input[0]
+    ref_model = onnx.ModelProto()
+    ref_model.CopyFrom(res.model)
+    conv = next(n for n in ref_model.graph.node if n.name == "conv1")
+    conv.input[1], conv.input[2] = "w1_float", "b1_float"
+    ref_model.graph.initializer.extend([
+        numpy_helper.from_array(bias(fm, "w1"), "w1_float"), numpy_helper.from_array(bias(fm, "b1"), "b1_float")])
+    got = conv_means(res.model, ds, ids, ["c1"])["c1"]
+    ref = conv_means(ref_model, ds, ids, ["c1"])["c1"]
+    t = next(t for t in find_targets(res.model, fm)[0] if t.node == "conv1")
+    assert (np.abs(got - ref) <= t.bias_scale / 2 + 1e-6).all()
+    before = conv_means(q, ds, ids, ["c1"])["c1"]
+    assert np.abs(before - ref).max() > 2 * np.abs(got - ref).max()
+    assert x_dq != "input"
