@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     before, after = res.median_precision()
     print(f"equalized {len(res.pairs)} pair(s) in {len(res.chains)} chain(s) "
           f"({min(sweeps, default=0)}-{max(sweeps, default=0)} sweeps{f', {unconverged} not converged' if unconverged else ''}); "
-          f"median weight channel precision {before:.3f} -> {after:.3f}")
+          f"median pair precision (mean_i p1_i p2_i) {before:.3f} -> {after:.3f}")
     if res.absorb is not None:
         print(f"high-bias absorption ({res.absorb['bound']} over {res.absorb['images']} images): "
               f"{res.absorb['channels']} channel(s) in {res.absorb['pairs']} pair(s)")

@@ -346,6 +346,29 @@ def absorb_high_bias(
     return new_b1, new_b2, c
 
 
+def pair_precision(
+    w1: np.ndarray,
+    layout: Layout,
+    consumers: Sequence[tuple[np.ndarray, Layout, int]],
+) -> float:
+    """Returns mean_i p1_i * p2_i, the paper's objective for one pair under per-tensor weight quantization.
+
+    p1_i = r1_i / max|W1| (producer output channel i), p2_i = r2_i / max|W2| (the channel's input slice of a
+    consumer; the mean over ``consumers``, each given as (weight, layout, offset)). 1 is the best possible.
+    """
+    r1 = channel_absmax(np.asarray(w1, dtype=np.float64), layout.out_axis(), layout.group)
+    if r1.max() == 0:
+        return 1.0
+    p1 = r1 / r1.max()
+    p2 = np.zeros_like(p1)
+    for w2, lay, offset in consumers:
+        w2 = np.asarray(w2, dtype=np.float64)
+        top = np.abs(w2).max()
+        r2 = channel_absmax(w2, lay.in_axis(), lay.group)[offset:offset + len(p1)]
+        p2 += r2 / top if top > 0 else 1.0
+    return float((p1 * p2 / max(len(consumers), 1)).mean())
+
+
 def mean_channel_precision(w: np.ndarray, axis: int = 0, group: int = 1) -> float:
     """Returns the mean over channels along ``axis`` of max|w[channel]| / max|w| (the paper's precision p_i).
 

@@ -51,6 +51,8 @@ class PairRecord:
     scale_min: float
     scale_max: float
     dead_channels: int
+    precision_before: float = 1.0
+    precision_after: float = 1.0
     absorbed_channels: int = 0
     absorbed_max: float = 0.0
     absorb_note: str | None = None
@@ -60,7 +62,8 @@ class PairRecord:
         return {
             "producer": self.producer, "consumers": list(self.consumers), "chain": self.chain, "sweeps": self.sweeps,
             "channels": self.channels, "scale_min": self.scale_min, "scale_max": self.scale_max,
-            "dead_channels": self.dead_channels, "absorbed_channels": self.absorbed_channels,
+            "dead_channels": self.dead_channels, "precision_before": self.precision_before,
+            "precision_after": self.precision_after, "absorbed_channels": self.absorbed_channels,
             "absorbed_max": self.absorbed_max, "absorb_note": self.absorb_note,
         }
 
@@ -97,11 +100,11 @@ class EqualizeResult:
     path: Path | None = None
 
     def median_precision(self) -> tuple[float, float]:
-        """Returns the median per-weight mean channel precision (before, after) over the weights touched."""
-        if not self.weights:
+        """Returns the median over pairs of the pair precision (before, after); see :func:`cle.pair_precision`."""
+        if not self.pairs:
             return 1.0, 1.0
-        return (float(np.median([w.precision_before for w in self.weights])),
-                float(np.median([w.precision_after for w in self.weights])))
+        return (float(np.median([p.precision_before for p in self.pairs])),
+                float(np.median([p.precision_after for p in self.pairs])))
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the result (without the model) as plain JSON types."""
@@ -176,7 +179,7 @@ def equalize(
     new, chain_results = cle.equalize_chains(arrays, specs, tol=tol, max_sweeps=max_sweeps)
     for name, arr in new.items():
         inits[name].CopyFrom(numpy_helper.from_array(arr, name))
-    records, chain_dicts = _records(pairs, chain_results)
+    records, chain_dicts = _records(pairs, chain_results, arrays, {**arrays, **new})
     for c in chain_dicts:
         if not c["converged"]:
             log.warning("chain %s did not converge in %d sweeps (last max |log s| %.2e)", " -> ".join(c["pairs"]),
@@ -221,7 +224,12 @@ def _spec(p: ScalablePair) -> cle.Pair:
     )
 
 
-def _records(pairs: list[ScalablePair], chain_results: list[cle.ChainResult]):
+def _precision(p: ScalablePair, arrays: dict[str, np.ndarray]) -> float:
+    return cle.pair_precision(arrays[p.weight], cle.Layout(p.transposed, p.group),
+                              [(arrays[c.weight], cle.Layout(c.transposed, c.group), c.offset) for c in p.consumers])
+
+
+def _records(pairs: list[ScalablePair], chain_results: list[cle.ChainResult], before: dict, after: dict):
     by_name = {p.producer: p for p in pairs}
     records: list[PairRecord] = []
     chain_dicts: list[dict[str, Any]] = []
@@ -233,7 +241,8 @@ def _records(pairs: list[ScalablePair], chain_results: list[cle.ChainResult]):
             records.append(PairRecord(
                 producer=p.producer, consumers=tuple(c.node for c in p.consumers), chain=k, sweeps=ch.sweeps,
                 channels=p.channels, scale_min=float(ps.scales.min()), scale_max=float(ps.scales.max()),
-                dead_channels=ps.dead_channels, absorb_note=p.absorb_blocker,
+                dead_channels=ps.dead_channels, precision_before=_precision(p, before),
+                precision_after=_precision(p, after), absorb_note=p.absorb_blocker,
             ))
     order = {p.producer: i for i, p in enumerate(pairs)}
     records.sort(key=lambda r: order[r.producer])
