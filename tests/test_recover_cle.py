@@ -24,7 +24,7 @@ def test_hand_worked_two_channel_pair():
     w1 = np.array([[[[2.0]], [[-1.0]]], [[[0.5]], [[0.25]]]])  # (2, 2, 1, 1)
     b1 = np.array([1.0, 1.0])
     w2 = np.array([[[[0.5]], [[8.0]]], [[[-0.25]], [[4.0]]]])  # (2, 2, 1, 1)
-    pair = cle.Pair("p", "w1", "b1", cle.Layout(), (cle.Consumer("w2"),))
+    pair = cle.Pair("p", (cle.Producer("w1", "b1", cle.Layout()),), (cle.Consumer("w2"),))
     new, results = cle.equalize_chains({"w1": w1, "b1": b1, "w2": w2}, [pair])
     np.testing.assert_allclose(results[0].pairs[0].scales, [2.0, 0.25], rtol=1e-12)
     np.testing.assert_allclose(new["w1"][:, :, 0, 0], [[1.0, -0.5], [2.0, 1.0]], rtol=1e-12)
@@ -42,7 +42,7 @@ def test_scales_follow_the_formula_from_raw_weights():
     r2 = np.abs(w2).max(axis=(0, 2, 3))
     expected = np.sqrt(r1 / r2)
     np.testing.assert_allclose(cle.equalization_scales(r1, r2), expected, rtol=1e-12)
-    pair = cle.Pair("p", "w1", None, cle.Layout(), (cle.Consumer("w2"),))
+    pair = cle.Pair("p", (cle.Producer("w1", None, cle.Layout()),), (cle.Consumer("w2"),))
     new, res = cle.equalize_chains({"w1": w1, "w2": w2}, [pair])
     np.testing.assert_allclose(res[0].pairs[0].scales, expected, rtol=1e-12)
     np.testing.assert_allclose(new["w1"], w1 / expected[:, None, None, None], rtol=1e-12)
@@ -82,7 +82,7 @@ def test_transposed_layout_uses_axis_1_for_outputs():
     w2 = rng.normal(size=(5, 6, 1, 1))
     r1 = np.abs(wt).max(axis=(0, 2, 3))
     r2 = np.abs(w2).max(axis=(0, 2, 3))
-    pair = cle.Pair("t", "wt", None, cle.Layout(transposed=True), (cle.Consumer("w2"),))
+    pair = cle.Pair("t", (cle.Producer("wt", None, cle.Layout(transposed=True)),), (cle.Consumer("w2"),))
     new, res = cle.equalize_chains({"wt": wt, "w2": w2}, [pair])
     s = np.sqrt(r1 / r2)
     np.testing.assert_allclose(res[0].pairs[0].scales, s, rtol=1e-12)
@@ -92,7 +92,7 @@ def test_transposed_layout_uses_axis_1_for_outputs():
 def test_chain_of_three_converges_to_balanced_ranges():
     rng = np.random.default_rng(5)
     ws = {f"w{k}": rng.normal(size=(6, 6, 3, 3)) * rng.uniform(0.05, 10, size=(6, 6, 1, 1)) for k in range(4)}
-    pairs = [cle.Pair(f"p{k}", f"w{k}", None, cle.Layout(), (cle.Consumer(f"w{k + 1}"),)) for k in range(3)]
+    pairs = [cle.Pair(f"p{k}", (cle.Producer(f"w{k}", None, cle.Layout()),), (cle.Consumer(f"w{k + 1}"),)) for k in range(3)]
     new, res = cle.equalize_chains(ws, pairs, tol=1e-10)
     assert len(res) == 1 and res[0].converged and res[0].sweeps > 2
     for k in range(3):  # at the fixed point every pair is balanced: r1_i == r2_i
@@ -107,7 +107,7 @@ def test_chain_of_three_converges_to_balanced_ranges():
 def test_max_sweeps_reports_not_converged():
     rng = np.random.default_rng(6)
     ws = {f"w{k}": rng.normal(size=(4, 4, 1, 1)) * rng.uniform(0.01, 10, size=(4, 4, 1, 1)) for k in range(5)}
-    pairs = [cle.Pair(f"p{k}", f"w{k}", None, cle.Layout(), (cle.Consumer(f"w{k + 1}"),)) for k in range(4)]
+    pairs = [cle.Pair(f"p{k}", (cle.Producer(f"w{k}", None, cle.Layout()),), (cle.Consumer(f"w{k + 1}"),)) for k in range(4)]
     _, res = cle.equalize_chains(ws, pairs, tol=1e-14, max_sweeps=2)
     assert res[0].sweeps == 2 and not res[0].converged and res[0].last_max_log_scale > 0
 
@@ -120,7 +120,7 @@ def test_multi_consumer_range_is_the_max_over_consumers():
     r1 = np.abs(w1).max(axis=(1, 2, 3))
     r2 = np.maximum(np.abs(wa).max(axis=(0, 2, 3)), np.abs(wb[:, 3:8]).max(axis=(0, 2, 3)))
     s = np.sqrt(r1 / r2)
-    pair = cle.Pair("p", "w1", None, cle.Layout(), (cle.Consumer("wa"), cle.Consumer("wb", offset=3)))
+    pair = cle.Pair("p", (cle.Producer("w1", None, cle.Layout()),), (cle.Consumer("wa"), cle.Consumer("wb", offset=3)))
     new, res = cle.equalize_chains({"w1": w1, "wa": wa, "wb": wb}, [pair])
     np.testing.assert_allclose(res[0].pairs[0].scales, s, rtol=1e-12)
     np.testing.assert_allclose(new["wb"][:, :3], wb[:, :3])  # channels of another producer are untouched
@@ -130,9 +130,9 @@ def test_multi_consumer_range_is_the_max_over_consumers():
 def test_pairs_sharing_no_weight_are_separate_chains():
     rng = np.random.default_rng(8)
     ws = {k: rng.normal(size=(3, 3, 1, 1)) for k in "abcd"}
-    pairs = [cle.Pair("ab", "a", None, cle.Layout(), (cle.Consumer("b"),)),
-             cle.Pair("cd", "c", None, cle.Layout(), (cle.Consumer("d"),)),
-             cle.Pair("bc", "b", None, cle.Layout(), (cle.Consumer("c"),))]
+    pairs = [cle.Pair("ab", (cle.Producer("a", None, cle.Layout()),), (cle.Consumer("b"),)),
+             cle.Pair("cd", (cle.Producer("c", None, cle.Layout()),), (cle.Consumer("d"),)),
+             cle.Pair("bc", (cle.Producer("b", None, cle.Layout()),), (cle.Consumer("c"),))]
     assert [[p.name for p in ch] for ch in cle.chains(pairs)] == [["ab", "cd", "bc"]]
     assert [[p.name for p in ch] for ch in cle.chains(pairs[:2])] == [["ab"], ["cd"]]
 
@@ -140,9 +140,9 @@ def test_pairs_sharing_no_weight_are_separate_chains():
 def test_bad_pairs_raise():
     w = np.ones((2, 2, 1, 1))
     with pytest.raises(ValueError, match="cannot take"):
-        cle.equalize_chains({"a": w, "b": w}, [cle.Pair("p", "a", None, cle.Layout(), (cle.Consumer("b", offset=1),))])
+        cle.equalize_chains({"a": w, "b": w}, [cle.Pair("p", (cle.Producer("a", None, cle.Layout()),), (cle.Consumer("b", offset=1),))])
     with pytest.raises(ValueError, match="NaN"):
-        cle.equalize_chains({"a": w * np.nan, "b": w}, [cle.Pair("p", "a", None, cle.Layout(), (cle.Consumer("b"),))])
+        cle.equalize_chains({"a": w * np.nan, "b": w}, [cle.Pair("p", (cle.Producer("a", None, cle.Layout()),), (cle.Consumer("b"),))])
 
 
 def test_absorb_high_bias_hand_worked():
@@ -185,3 +185,23 @@ def test_channel_stats_match_numpy_and_merge_exactly():
         s1.update(np.full((1, 3, 1, 1), np.nan))
     with pytest.raises(ValueError):
         s1.update(np.zeros((1, 2, 1, 1)))
+
+
+def test_producers_joined_by_an_add_share_one_scale():
+    # two producers summed (a residual Add), one consumer: r1 is the max over both producers
+    rng = np.random.default_rng(10)
+    wa = rng.normal(size=(4, 3, 3, 3)) * rng.uniform(0.1, 5, size=(4, 1, 1, 1))
+    wb = rng.normal(size=(4, 2, 1, 1)) * rng.uniform(0.1, 5, size=(4, 1, 1, 1))
+    w2 = rng.normal(size=(3, 4, 1, 1)) * rng.uniform(0.1, 5, size=(1, 4, 1, 1))
+    r1 = np.maximum(np.abs(wa).max(axis=(1, 2, 3)), np.abs(wb).max(axis=(1, 2, 3)))
+    s = np.sqrt(r1 / np.abs(w2).max(axis=(0, 2, 3)))
+    pair = cle.Pair("res", (cle.Producer("wa", "ba"), cle.Producer("wb")), (cle.Consumer("w2"),))
+    ba = rng.normal(size=4)
+    new, res = cle.equalize_chains({"wa": wa, "ba": ba, "wb": wb, "w2": w2}, [pair])
+    np.testing.assert_allclose(res[0].pairs[0].scales, s, rtol=1e-12)
+    np.testing.assert_allclose(new["wa"], wa / s[:, None, None, None], rtol=1e-12)
+    np.testing.assert_allclose(new["wb"], wb / s[:, None, None, None], rtol=1e-12)
+    np.testing.assert_allclose(new["ba"], ba / s, rtol=1e-12)
+    with pytest.raises(ValueError, match="output channels"):
+        cle.equalize_chains({"wa": wa, "wb": wb[:3], "w2": w2},
+                            [cle.Pair("bad", (cle.Producer("wa"), cle.Producer("wb")), (cle.Consumer("w2"),))])

@@ -138,7 +138,7 @@ def test_maxpool_chain_and_multi_consumer_converge_with_same_outputs():
     x = RNG.normal(size=(1, 3, 8, 8)).astype(np.float32)
     assert rel_diff(run(model, x), run(eq, x)) < 1e-5
     assert {s.node for s in res.skipped} == {"ca", "cb"}
-    assert all("Add" in s.reason for s in res.skipped)
+    assert all("'y' (from c" in s.reason and "is a graph output" in s.reason for s in res.skipped)  # via the Add
 
 
 def test_concat_slice_is_compensated_in_the_consumer():
@@ -403,3 +403,73 @@ def test_bad_input_is_refused_without_writing(tmp_path):
     with pytest.raises(FcnquantError, match="bound rule"):
         equalize(model, bound="median")
     assert list(tmp_path.iterdir()) == []
+
+
+def resnet_like(residual_input=None):
+    """stem -> relu -> [conv1 -> relu -> conv3] + downsample -> Add -> relu -> [conv1b -> relu -> conv3b] + id -> Add
+    -> relu -> head (a graph output). ``residual_input`` replaces the downsample branch by that tensor."""
+    inits = {"ws": spread((4, 3, 3, 3), 0), "bs": RNG.normal(size=4),
+             "w1": spread((3, 4, 1, 1), 0), "b1": RNG.normal(size=3), "w3": spread((6, 3, 3, 3), 0),
+             "b3": RNG.normal(size=6), "wd": spread((6, 4, 1, 1), 0), "bd": RNG.normal(size=6),
+             "w1b": spread((3, 6, 1, 1), 1), "b1b": RNG.normal(size=3), "w3b": spread((6, 3, 3, 3), 0),
+             "b3b": RNG.normal(size=6), "wh": spread((2, 6, 1, 1), 1)}
+    nodes = [
+        conv("stem", "x", "ws", "bs", pads=[1, 1, 1, 1]), helper.make_node("Relu", ["stem"], ["s"]),
+        conv("conv1", "s", "w1", "b1"), helper.make_node("Relu", ["conv1"], ["r1"]),
+        conv("conv3", "r1", "w3", "b3", pads=[1, 1, 1, 1]),
+        conv("down", "s", "wd", "bd"),
+        helper.make_node("Add", ["conv3", residual_input or "down"], ["a1"], name="add1"),
+        helper.make_node("Relu", ["a1"], ["o1"]),
+        conv("conv1b", "o1", "w1b", "b1b"), helper.make_node("Relu", ["conv1b"], ["r1b"]),
+        conv("conv3b", "r1b", "w3b", "b3b", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["conv3b", "o1"], ["a2"], name="add2"), helper.make_node("Relu", ["a2"], ["o2"]),
+        conv("head", "o2", "wh", out="y"),
+    ]
+    return nodes, inits
+
+
+def test_residual_stream_is_one_channel_space_with_several_producers():
+    nodes, inits = resnet_like()
+    model = make_model(nodes, inits, (1, 3, 6, 6))
+    res = equalize(model, tol=1e-9)
+    pairs = {p.producer: p for p in res.pairs}
+    stream = pairs["conv3"]  # first producer of the stream in graph order
+    assert stream.producers == ("conv3", "down", "conv3b")
+    assert stream.consumers == ("conv1b", "head")
+    assert set(pairs) == {"stem", "conv1", "conv3", "conv1b"} and [s.node for s in res.skipped] == ["head"]
+    assert pairs["stem"].consumers == ("conv1", "down")
+    x = RNG.normal(size=(1, 3, 6, 6)).astype(np.float32)
+    assert rel_diff(run(model, x), run(res.model, x)) < 1e-5
+    # at the fixed point the stream's channel ranges (max over its 3 producers) equal its consumers' (max over 2)
+    r1 = np.max([np.abs(init(res.model, w)).max(axis=(1, 2, 3)) for w in ("w3", "wd", "w3b")], axis=0)
+    r2 = np.max([np.abs(init(res.model, w)).max(axis=(0, 2, 3)) for w in ("w1b", "wh")], axis=0)
+    np.testing.assert_allclose(r1, r2, rtol=1e-6)
+    assert "residual Add" in pairs["conv3"].absorb_note
+
+
+@pytest.mark.parametrize("residual, message", [
+    ("x", "'x' joins a residual Add of the channels of conv3 but is not computed by a node"),
+    ("sig", "comes from Sigmoid sig, which cannot be rescaled"),
+])
+def test_residual_adds_with_unscalable_inputs_are_skipped(residual, message):
+    nodes, inits = resnet_like(residual_input=residual)
+    if residual == "sig":
+        nodes.insert(0, helper.make_node("Sigmoid", ["x3"], ["sig"], name="sig"))
+        nodes.insert(0, conv("widen", "x", "wwide"))
+        nodes[1].input[0] = "widen"
+        inits["wwide"] = spread((6, 3, 1, 1), 0)
+        in_shape = (1, 3, 6, 6)
+    else:
+        inits["w3"] = spread((3, 3, 3, 3), 0)  # conv3 must match x's 3 channels for the Add
+        inits["b3"] = RNG.normal(size=3)
+        inits["w1b"] = spread((3, 3, 1, 1), 1)
+        inits["w3b"] = spread((3, 3, 3, 3), 0)
+        inits["b3b"] = RNG.normal(size=3)
+        inits["wh"] = spread((2, 3, 1, 1), 1)
+        in_shape = (1, 3, 6, 6)
+    model = make_model(nodes, inits, in_shape)
+    res = equalize(model)
+    reasons = {s.node: s.reason for s in res.skipped}
+    assert message in reasons["conv3"]
+    x = RNG.normal(size=in_shape).astype(np.float32)
+    assert rel_diff(run(model, x), run(res.model, x)) < 1e-5

@@ -130,13 +130,22 @@ class Consumer:
 
 
 @dataclass(frozen=True)
+class Producer:
+    """A producer weight of a pair, its bias key (None: no bias) and layout."""
+
+    weight: str
+    bias: str | None = None
+    layout: Layout = Layout()
+
+
+@dataclass(frozen=True)
 class Pair:
-    """One producer (weight, optional bias) whose output channels feed ``consumers``' input channels."""
+    """Producers whose output channels share one channel space (one producer, or several joined by residual Adds)
+    feeding ``consumers``' input channels; every producer's channel i is divided by s_i, every consumer's
+    multiplied. r1_i is the max over the producers, r2_i over the consumers."""
 
     name: str
-    weight: str
-    bias: str | None
-    layout: Layout
+    producers: tuple[Producer, ...]
     consumers: tuple[Consumer, ...]
 
 
@@ -171,7 +180,7 @@ def chains(pairs: Sequence[Pair]) -> list[list[Pair]]:
 
     owner: dict[str, int] = {}
     for i, p in enumerate(pairs):
-        for key in [p.weight] + [c.weight for c in p.consumers]:
+        for key in [q.weight for q in p.producers] + [c.weight for c in p.consumers]:
             if key in owner:
                 parent[find(i)] = find(owner[key])
             else:
@@ -224,7 +233,7 @@ class _Scaled:
 def _layouts(pairs: Sequence[Pair]) -> dict[str, Layout]:
     layouts: dict[str, Layout] = {}
     for p in pairs:
-        for key, lay in [(p.weight, p.layout)] + [(c.weight, c.layout) for c in p.consumers]:
+        for key, lay in [(q.weight, q.layout) for q in p.producers] + [(c.weight, c.layout) for c in p.consumers]:
             if layouts.setdefault(key, lay) != lay:
                 raise ValueError(f"weight '{key}' is used with two layouts: {layouts[key]} and {lay}")
     return layouts
@@ -275,20 +284,28 @@ def equalize_chains(
     for key in layouts:
         out[key] = state.current(key).astype(np.asarray(weights[key]).dtype)
     for p in pairs:
-        if p.bias is not None:
-            b = np.asarray(weights[p.bias])
-            out[p.bias] = (b.astype(np.float64) / total[p.name]).astype(b.dtype)
+        for q in p.producers:
+            if q.bias is not None:
+                b = np.asarray(weights[q.bias])
+                out[q.bias] = (b.astype(np.float64) / total[p.name]).astype(b.dtype)
     return out, results
 
 
 def _out_channels(weights: Mapping[str, np.ndarray], p: Pair) -> int:
-    return channel_count(np.asarray(weights[p.weight]), p.layout.out_axis(), p.layout.group)
+    q = p.producers[0]
+    return channel_count(np.asarray(weights[q.weight]), q.layout.out_axis(), q.layout.group)
 
 
 def _check_pair(weights: Mapping[str, np.ndarray], p: Pair, layouts: dict[str, Layout]) -> None:
+    if not p.producers:
+        raise ValueError(f"pair '{p.name}' has no producers")
     n = _out_channels(weights, p)
-    if p.bias is not None and np.asarray(weights[p.bias]).shape != (n,):
-        raise ValueError(f"pair '{p.name}': bias shape {np.asarray(weights[p.bias]).shape} != ({n},)")
+    for q in p.producers:
+        m = channel_count(np.asarray(weights[q.weight]), q.layout.out_axis(), q.layout.group)
+        if m != n:
+            raise ValueError(f"pair '{p.name}': producers have {n} and {m} output channels")
+        if q.bias is not None and np.asarray(weights[q.bias]).shape != (n,):
+            raise ValueError(f"pair '{p.name}': bias shape {np.asarray(weights[q.bias]).shape} != ({n},)")
     if not p.consumers:
         raise ValueError(f"pair '{p.name}' has no consumers")
     for c in p.consumers:
@@ -297,13 +314,13 @@ def _check_pair(weights: Mapping[str, np.ndarray], p: Pair, layouts: dict[str, L
         if c.offset < 0 or c.offset + n > m:
             raise ValueError(f"pair '{p.name}': consumer '{c.weight}' has {m} input channels, "
                              f"cannot take {n} at offset {c.offset}")
-    for key in [p.weight] + [c.weight for c in p.consumers]:
+    for key in [q.weight for q in p.producers] + [c.weight for c in p.consumers]:
         if not np.isfinite(np.asarray(weights[key])).all():
             raise ValueError(f"weight '{key}' has NaN/Inf values")
 
 
 def _pair_scales(state: _Scaled, p: Pair) -> tuple[np.ndarray, int]:
-    r1 = state.ranges(p.weight, p.layout.out_axis())
+    r1 = np.max([state.ranges(q.weight, q.layout.out_axis()) for q in p.producers], axis=0)
     n = len(r1)
     r2 = np.zeros(n)
     for c in p.consumers:
@@ -314,7 +331,8 @@ def _pair_scales(state: _Scaled, p: Pair) -> tuple[np.ndarray, int]:
 
 
 def _apply(state: _Scaled, p: Pair, s: np.ndarray) -> None:
-    state.out_div[p.weight] = state.out_div[p.weight] * s
+    for q in p.producers:
+        state.out_div[q.weight] = state.out_div[q.weight] * s
     for c in p.consumers:
         seg = state.in_mul[c.weight][c.offset:c.offset + len(s)]
         state.in_mul[c.weight][c.offset:c.offset + len(s)] = seg * s
@@ -347,19 +365,20 @@ def absorb_high_bias(
 
 
 def pair_precision(
-    w1: np.ndarray,
-    layout: Layout,
+    producers: Sequence[tuple[np.ndarray, Layout]],
     consumers: Sequence[tuple[np.ndarray, Layout, int]],
 ) -> float:
     """Returns mean_i p1_i * p2_i, the paper's objective for one pair under per-tensor weight quantization.
 
     p1_i = r1_i / max|W1| (producer output channel i), p2_i = r2_i / max|W2| (the channel's input slice of a
-    consumer; the mean over ``consumers``, each given as (weight, layout, offset)). 1 is the best possible.
+    consumer), each the mean over the producers (weight, layout) / consumers (weight, layout, offset).
+    1 is the best possible.
     """
-    r1 = channel_absmax(np.asarray(w1, dtype=np.float64), layout.out_axis(), layout.group)
-    if r1.max() == 0:
-        return 1.0
-    p1 = r1 / r1.max()
+    p1 = 0.0
+    for w1, layout in producers:
+        r1 = channel_absmax(np.asarray(w1, dtype=np.float64), layout.out_axis(), layout.group)
+        p1 = p1 + (r1 / r1.max() if r1.max() > 0 else np.ones_like(r1))
+    p1 = p1 / len(producers)
     p2 = np.zeros_like(p1)
     for w2, lay, offset in consumers:
         w2 = np.asarray(w2, dtype=np.float64)

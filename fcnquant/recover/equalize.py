@@ -56,11 +56,12 @@ class PairRecord:
     absorbed_channels: int = 0
     absorbed_max: float = 0.0
     absorb_note: str | None = None
+    producers: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the record as plain JSON types."""
         return {
-            "producer": self.producer, "consumers": list(self.consumers), "chain": self.chain, "sweeps": self.sweeps,
+            "producer": self.producer, "producers": list(self.producers), "consumers": list(self.consumers), "chain": self.chain, "sweeps": self.sweeps,
             "channels": self.channels, "scale_min": self.scale_min, "scale_max": self.scale_max,
             "dead_channels": self.dead_channels, "precision_before": self.precision_before,
             "precision_after": self.precision_after, "absorbed_channels": self.absorbed_channels,
@@ -170,8 +171,9 @@ def equalize(
 
     found, skipped = find_pairs(work)
     inits = {t.name: t for t in work.graph.initializer}
-    arrays = {name: numpy_helper.to_array(t) for name, t in inits.items()
-              if any(name in (p.weight, p.bias) or any(name == c.weight for c in p.consumers) for p in found)}
+    used = {x for p in found for q in p.producers for x in (q.weight, q.bias) if x} | {
+        c.weight for p in found for c in p.consumers}
+    arrays = {name: numpy_helper.to_array(inits[name]) for name in used}
     pairs, skipped = _drop_nonfinite(found, arrays, skipped)
     for s in skipped:
         log.info("not equalized: %s: %s", s.node, s.reason)
@@ -208,8 +210,8 @@ def _drop_nonfinite(pairs: list[ScalablePair], arrays: dict[str, np.ndarray], sk
     keep: list[ScalablePair] = []
     skipped = list(skipped)
     for p in pairs:
-        bad = [k for k in [p.weight, p.bias] + [c.weight for c in p.consumers]
-               if k is not None and not np.isfinite(arrays[k]).all()]
+        keys = [x for q in p.producers for x in (q.weight, q.bias) if x] + [c.weight for c in p.consumers]
+        bad = [k for k in keys if not np.isfinite(arrays[k]).all()]
         if bad:
             skipped.append(Skip(p.producer, f"weight '{bad[0]}' has NaN/Inf values"))
         else:
@@ -219,13 +221,14 @@ def _drop_nonfinite(pairs: list[ScalablePair], arrays: dict[str, np.ndarray], sk
 
 def _spec(p: ScalablePair) -> cle.Pair:
     return cle.Pair(
-        name=p.producer, weight=p.weight, bias=p.bias, layout=cle.Layout(p.transposed, p.group),
+        name=p.producer,
+        producers=tuple(cle.Producer(q.weight, q.bias, cle.Layout(q.transposed, q.group)) for q in p.producers),
         consumers=tuple(cle.Consumer(c.weight, cle.Layout(c.transposed, c.group), c.offset) for c in p.consumers),
     )
 
 
 def _precision(p: ScalablePair, arrays: dict[str, np.ndarray]) -> float:
-    return cle.pair_precision(arrays[p.weight], cle.Layout(p.transposed, p.group),
+    return cle.pair_precision([(arrays[q.weight], cle.Layout(q.transposed, q.group)) for q in p.producers],
                               [(arrays[c.weight], cle.Layout(c.transposed, c.group), c.offset) for c in p.consumers])
 
 
@@ -239,7 +242,8 @@ def _records(pairs: list[ScalablePair], chain_results: list[cle.ChainResult], be
         for ps in ch.pairs:
             p = by_name[ps.name]
             records.append(PairRecord(
-                producer=p.producer, consumers=tuple(c.node for c in p.consumers), chain=k, sweeps=ch.sweeps,
+                producer=p.producer, producers=tuple(q.node for q in p.producers),
+                consumers=tuple(c.node for c in p.consumers), chain=k, sweeps=ch.sweeps,
                 channels=p.channels, scale_min=float(ps.scales.min()), scale_max=float(ps.scales.max()),
                 dead_channels=ps.dead_channels, precision_before=_precision(p, before),
                 precision_after=_precision(p, after), absorb_note=p.absorb_blocker,
@@ -252,7 +256,8 @@ def _records(pairs: list[ScalablePair], chain_results: list[cle.ChainResult], be
 def _weight_ranges(pairs: list[ScalablePair], before: dict[str, np.ndarray], after: dict[str, np.ndarray]):
     seen: dict[str, tuple[str, bool, int]] = {}
     for p in pairs:
-        seen.setdefault(p.weight, (p.producer, p.transposed, p.group))
+        for q in p.producers:
+            seen.setdefault(q.weight, (q.node, q.transposed, q.group))
         for c in p.consumers:
             seen.setdefault(c.weight, (c.node, c.transposed, c.group))
     out = []

@@ -10,12 +10,17 @@ Only the top-level graph is analysed. Rules, for every ``Conv`` / ``ConvTranspos
    ``Resize`` / ``Upsample`` (not ``tf_crop_and_resize`` with a non-zero extrapolation value), ``Identity``,
    ``Dropout`` (mask unused) and ``Concat`` on the channel axis (the offset of P's channels is tracked).
 3. Every use reached must be the data input of a ``Conv`` / ``ConvTranspose`` (a *consumer*) whose weight
-   satisfies rule 1. Any other use (``Add``, ``Mul``, a graph output, a second MaxPool output, a Conv's weight
-   input, ...) makes P unscalable and P is skipped with that use named: e.g. a ResNet ``conv3`` feeding the
-   residual ``Add``, or FCN's score convs feeding the skip ``Add``.
+   satisfies rule 1, or an ``Add`` whose other input can be rescaled the same way: it must come (through
+   transparent ops and further Adds) from Convs only, which then join P as producers of one *channel space*
+   (s(a) + s(b) = s(a + b)). A ResNet stage is one such space: every block's ``conv3``, the ``downsample`` conv
+   and the residual stream between them, consumed by the next blocks' ``conv1`` and the next stage. Any other
+   use (``Mul``, ``Sigmoid``, a graph output, a second MaxPool output, a Conv's weight input, an Add with a
+   graph input or a non-Conv tensor, an Add behind a Concat, ...) makes P unscalable and P is skipped with that
+   use named: e.g. FCN's score convs, whose skip ``Add`` meets the upsampled logits of a graph output.
 4. Grouped and depthwise weights are handled exactly on either side (see :mod:`fcnquant.recover.cle`); a
    missing bias is fine (nothing to scale there).
-5. High-bias absorption additionally needs: P's output feeds exactly one node, a ``Relu``; every op after that
+5. High-bias absorption additionally needs: a single producer without residual Adds; P's output feeds exactly
+   one node, a ``Relu``; every op after that
    Relu shifts with a per-channel constant (``MaxPool``, ``GlobalMaxPool``, ``AveragePool`` without padding
    counted, ``GlobalAveragePool``, ``Resize`` nearest/linear, ``Identity``, ``Dropout``, ``Concat``); every
    consumer is a ``Conv`` with no padding. A padded consumer sees zeros at the border where the absorbed
@@ -54,20 +59,41 @@ class ConsumerSite:
 
 
 @dataclass(frozen=True)
-class ScalablePair:
-    """A producer whose output channels may be rescaled, with every consumer that must compensate."""
+class ProducerSite:
+    """A producer Conv of a channel space: its node, weight, bias, layout and output tensor."""
 
-    producer: str
+    node: str
     weight: str
     bias: str | None
     transposed: bool
     group: int
-    channels: int
     output: str
+
+
+@dataclass(frozen=True)
+class ScalablePair:
+    """Producers sharing one channel space (one Conv, or several joined by residual Adds), with every consumer.
+
+    Rescaling channel i of every producer by 1/s_i and of every consumer's input slice by s_i keeps the function.
+    """
+
+    producers: tuple[ProducerSite, ...]
+    channels: int
     consumers: tuple[ConsumerSite, ...]
+    adds: tuple[str, ...] = ()
     path_ops: tuple[str, ...] = ()
     absorb_blocker: str | None = None  # why high-bias absorption does not apply (None: it does)
     padded_only: bool = False  # absorption is blocked only by padded consumers (rule 5, allow_padded lifts it)
+
+    @property
+    def producer(self) -> str:
+        """Returns the name of the pair: its first producer in graph order."""
+        return self.producers[0].node
+
+    @property
+    def output(self) -> str:
+        """Returns the first producer's output tensor (the only one when there is no residual Add)."""
+        return self.producers[0].output
 
 
 @dataclass(frozen=True)
@@ -92,6 +118,7 @@ class _Graph:
     users: dict[str, list[tuple[object, int]]] = field(default_factory=dict)
     made_by: dict[str, object] = field(default_factory=dict)
     channels: dict[str, int] = field(default_factory=dict)
+    by_name: dict[str, object] = field(default_factory=dict)
 
 
 class _Unsafe(Exception):
@@ -113,14 +140,17 @@ def find_pairs(model) -> tuple[list[ScalablePair], list[Skip]]:
     g = _index(model)
     pairs: list[ScalablePair] = []
     skipped: list[Skip] = []
+    done: set[int] = set()
     for node in g.nodes:
-        if node.op_type not in _WEIGHTED:
+        if node.op_type not in _WEIGHTED or id(node) in done:
             continue
-        name = g.names[id(node)]
         try:
-            pairs.append(_pair(g, node))
+            pair = _Closure(g, node).pair()
         except _Unsafe as exc:
-            skipped.append(Skip(name, str(exc)))
+            skipped.append(Skip(g.names[id(node)], str(exc)))
+            continue
+        done.update(id(g.by_name[p.node]) for p in pair.producers)
+        pairs.append(pair)
     return pairs, skipped
 
 
@@ -134,6 +164,7 @@ def _index(model) -> _Graph:
         inits={t.name: t for t in graph.initializer},
         graph_inputs={i.name for i in graph.input}, graph_outputs={o.name for o in graph.output},
     )
+    g.by_name = {g.names[id(n)]: n for n in nodes}
     for node in g.nodes:
         for k, x in enumerate(node.input):
             if x:
@@ -205,38 +236,151 @@ def _padded(node) -> bool:
     return (pads is not None and any(int(p) != 0 for p in pads)) or auto in ("SAME_UPPER", "SAME_LOWER")
 
 
-def _pair(g: _Graph, node) -> ScalablePair:
-    name = g.names[id(node)]
-    weight, bias, transposed, group = _layout(g, node)
-    channels = _out_channels(g, node)
-    out = node.output[0]
-    sites: list[ConsumerSite] = []
-    path: list[str] = []
-    shift_blockers: list[str] = []
-    _trace(g, out, 0, sites, path, shift_blockers, after_relu=False, root=node)
-    if not sites:
-        raise _Unsafe(f"output '{out}' of {name} reaches no Conv")
-    users = g.users.get(out, [])
-    blocker = None
-    padded_only = False
-    if len(users) != 1 or users[0][0].op_type != "Relu":
-        blocker = f"output of {name} does not go into a single Relu"
-    elif shift_blockers:
-        blocker = shift_blockers[0]
-    elif any(s.transposed for s in sites):
-        blocker = "a consumer is a ConvTranspose (its border taps vary with the output position)"
-    elif any(s.padded for s in sites):
-        padded = [s.node for s in sites if s.padded]
-        blocker = f"consumer(s) {', '.join(padded)} pad with zeros (the absorbed constant would be missing at borders)"
-        padded_only = True
-    return ScalablePair(
-        producer=name, weight=weight, bias=bias, transposed=transposed, group=group, channels=channels,
-        output=out, consumers=tuple(sites), path_ops=tuple(path), absorb_blocker=blocker, padded_only=padded_only,
-    )
+class _Closure:
+    """The channel space of one Conv's output: every tensor that carries the same channels at the same positions.
+
+    Forward from a tensor: through scale-transparent ops, into consumer Convs, and through residual ``Add``s, whose
+    other input then joins the space (backward: it must come from Convs, transparent ops or Adds of the space).
+    """
+
+    def __init__(self, g: _Graph, root) -> None:
+        self.g = g
+        self.root = root
+        self.producers: list = []
+        self.forwarded: set[str] = set()
+        self.sites: list[ConsumerSite] = []
+        self.path: list[str] = []
+        self.adds: list[str] = []
+        self.shift_blockers: list[str] = []
+
+    def pair(self) -> ScalablePair:
+        g = self.g
+        self.add_producer(self.root)
+        name = g.names[id(self.root)]
+        if not self.sites:
+            raise _Unsafe(f"output '{self.root.output[0]}' of {name} reaches no Conv")
+        channels = _out_channels(g, self.root)
+        sites = []
+        for node in self.producers:
+            c = _out_channels(g, node)
+            if c != channels:
+                raise _Unsafe(f"{g.names[id(node)]} ({c} channels) and {name} ({channels}) meet in an Add")
+            w, b, transposed, group = _layout(g, node)
+            sites.append(ProducerSite(g.names[id(node)], w, b, transposed, group, node.output[0]))
+        order = {id(n): i for i, n in enumerate(g.nodes)}
+        sites.sort(key=lambda p: order[id(g.by_name[p.node])])
+        blocker, padded_only = self._absorb_blocker(name)
+        return ScalablePair(
+            producers=tuple(sites), channels=channels, consumers=tuple(self.sites),
+            adds=tuple(dict.fromkeys(self.adds)),
+            path_ops=tuple(self.path), absorb_blocker=blocker, padded_only=padded_only,
+        )
+
+    def _absorb_blocker(self, name: str) -> tuple[str | None, bool]:
+        g = self.g
+        users = g.users.get(self.root.output[0], [])
+        if self.adds:
+            return f"the channels pass through residual Add(s) {', '.join(self.adds)}", False
+        if len(users) != 1 or users[0][0].op_type != "Relu":
+            return f"output of {name} does not go into a single Relu", False
+        if self.shift_blockers:
+            return self.shift_blockers[0], False
+        if any(s.transposed for s in self.sites):
+            return "a consumer is a ConvTranspose (its border taps vary with the output position)", False
+        padded = [s.node for s in self.sites if s.padded]
+        if padded:
+            return (f"consumer(s) {', '.join(padded)} pad with zeros (the absorbed constant would be missing at "
+                    "borders)"), True
+        return None, False
+
+    def add_producer(self, node) -> None:
+        if any(p is node for p in self.producers):
+            return
+        _layout(self.g, node)  # weight checks (rule 1)
+        self.producers.append(node)
+        self.forward(node.output[0], after_relu=False)
+
+    def forward(self, tensor: str, after_relu: bool) -> None:
+        g = self.g
+        if tensor in self.forwarded:
+            return
+        self.forwarded.add(tensor)
+        if tensor in g.graph_outputs:
+            via = f" through Add {', '.join(dict.fromkeys(self.adds))}" if self.adds else ""
+            raise _Unsafe(f"'{tensor}' (from {g.names[id(self.root)]}{via}) is a graph output")
+        for user, k in g.users.get(tensor, []):
+            op = user.op_type
+            uname = g.names[id(user)]
+            if op in _WEIGHTED and k == 0:
+                w, b, transposed, group = _layout(g, user)
+                self.sites.append(ConsumerSite(uname, w, b, transposed, group, 0, _padded(user)))
+            elif op == "Add":
+                if len(user.input) != 2 or user.input[0] == user.input[1]:
+                    raise _Unsafe(f"Add {uname} does not add two distinct tensors")
+                self.adds.append(uname)
+                self.backward(user.input[1 - k])
+                self.forward(user.output[0], after_relu)
+            elif op == "Concat":
+                offset = _concat_offset(g, user, k, tensor)
+                self.path.append(op)
+                if not after_relu:
+                    self.shift_blockers.append(f"Concat {uname} comes before any Relu")
+                _trace(g, user.output[0], offset, self.sites, self.path, self.shift_blockers, after_relu, self.root)
+            else:
+                _check_transparent(g, user, k, tensor)
+                self.path.append(op)
+                _note_shift(user, uname, after_relu, self.shift_blockers)
+                self.forward(user.output[0], after_relu or op == "Relu")
+
+    def backward(self, tensor: str) -> None:
+        """Makes ``tensor`` (the other input of a residual Add) part of the space, or raises _Unsafe."""
+        g = self.g
+        if tensor in self.forwarded:
+            return
+        node = g.made_by.get(tensor)
+        if node is None:
+            raise _Unsafe(f"'{tensor}' joins a residual Add of the channels of {g.names[id(self.root)]} but is not "
+                          "computed by a node")
+        op = node.op_type
+        if op in _WEIGHTED:
+            self.add_producer(node)
+        elif op == "Add":
+            for x in node.input:
+                self.backward(x)
+            self.forward(tensor, after_relu=True)
+        elif op in SCALE_TRANSPARENT and op != "Concat" and tensor == node.output[0]:
+            self.backward(node.input[0])
+            self.forward(tensor, after_relu=True)
+        else:
+            raise _Unsafe(f"'{tensor}' joins a residual Add of the channels of {g.names[id(self.root)]} but comes "
+                          f"from {op} {g.names[id(node)]}, which cannot be rescaled")
+
+
+def _check_transparent(g: _Graph, user, k: int, tensor: str) -> None:
+    op, uname = user.op_type, g.names[id(user)]
+    if op not in SCALE_TRANSPARENT:
+        raise _Unsafe(f"'{tensor}' feeds {op} {uname}, which does not commute with a per-channel scale")
+    if op != "Concat" and k != 0:
+        raise _Unsafe(f"'{tensor}' is input {k} (not the data input) of {op} {uname}")
+    used = [y for y in user.output[1:] if y and (y in g.users or y in g.graph_outputs)]
+    if used:
+        raise _Unsafe(f"{op} {uname} on the path has its extra output '{used[0]}' in use")
+    if op in ("Resize", "Upsample"):
+        _check_resize(g, user)
+
+
+def _note_shift(user, uname: str, after_relu: bool, blockers: list[str]) -> None:
+    op = user.op_type
+    if after_relu or op == "Relu":
+        if op != "Relu" and not _shift_ok(user):
+            blockers.append(f"{op} {uname} does not commute with a per-channel shift")
+    elif op != "Relu":
+        blockers.append(f"{op} {uname} comes before any Relu")
 
 
 def _trace(g: _Graph, tensor: str, offset: int, sites: list, path: list, shift_blockers: list,
            after_relu: bool, root) -> None:
+    """Follows a tensor that holds the space's channels at ``offset`` (behind a Concat) to its consumer Convs."""
     if tensor in g.graph_outputs:
         raise _Unsafe(f"'{tensor}' (from {g.names[id(root)]}) is a graph output")
     for user, k in g.users.get(tensor, []):
@@ -246,24 +390,10 @@ def _trace(g: _Graph, tensor: str, offset: int, sites: list, path: list, shift_b
             w, b, transposed, group = _layout(g, user)
             sites.append(ConsumerSite(uname, w, b, transposed, group, offset, _padded(user)))
             continue
-        if op not in SCALE_TRANSPARENT:
-            raise _Unsafe(f"'{tensor}' feeds {op} {uname}, which does not commute with a per-channel scale")
-        if op != "Concat" and k != 0:
-            raise _Unsafe(f"'{tensor}' is input {k} (not the data input) of {op} {uname}")
-        used_outputs = [y for y in user.output[1:] if y and (y in g.users or y in g.graph_outputs)]
-        if used_outputs:
-            raise _Unsafe(f"{op} {uname} on the path has its extra output '{used_outputs[0]}' in use")
-        new_offset = offset
-        if op == "Concat":
-            new_offset = offset + _concat_offset(g, user, k, tensor)
-        if op == "Resize" or op == "Upsample":
-            _check_resize(g, user)
+        _check_transparent(g, user, k, tensor)
+        new_offset = offset + _concat_offset(g, user, k, tensor) if op == "Concat" else offset
         path.append(op)
-        if after_relu or op == "Relu":
-            if op != "Relu" and not _shift_ok(user):
-                shift_blockers.append(f"{op} {uname} does not commute with a per-channel shift")
-        elif op != "Relu":
-            shift_blockers.append(f"{op} {uname} comes before any Relu")
+        _note_shift(user, uname, after_relu, shift_blockers)
         _trace(g, user.output[0], new_offset, sites, path, shift_blockers, after_relu or op == "Relu", root)
 
 
