@@ -338,6 +338,24 @@ def _apply(state: _Scaled, p: Pair, s: np.ndarray) -> None:
         state.in_mul[c.weight][c.offset:c.offset + len(s)] = seg * s
 
 
+def apply_scales(weights: Mapping[str, np.ndarray], pair: Pair, s: np.ndarray) -> dict[str, np.ndarray]:
+    """Returns the pair's weights and producer biases after dividing its channels by ``s`` at the producers and
+    multiplying them by ``s`` at the consumers (one step of equalization with given scales)."""
+    s = np.asarray(s, dtype=np.float64)
+    out: dict[str, np.ndarray] = {}
+
+    def cur(key: str) -> np.ndarray:
+        return out[key] if key in out else np.asarray(weights[key], dtype=np.float64)
+
+    for q in pair.producers:
+        out[q.weight] = scale_channels(cur(q.weight), 1.0 / s, q.layout.out_axis(), q.layout.group)
+        if q.bias is not None:
+            out[q.bias] = cur(q.bias) / s
+    for c in pair.consumers:
+        out[c.weight] = scale_channels(cur(c.weight), s, c.layout.in_axis(), c.layout.group, c.offset)
+    return {k: v.astype(np.asarray(weights[k]).dtype) for k, v in out.items()}
+
+
 def absorb_high_bias(
     b1: np.ndarray,
     lower: np.ndarray,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -201,8 +201,7 @@ def equalize(
     _set_metadata(work, {METADATA_KEY: json.dumps(_summary(result), sort_keys=True)})
     if out is not None:
         path = _write(work, out)
-        result = EqualizeResult(model=work, pairs=result.pairs, chains=result.chains, skipped=result.skipped,
-                                weights=result.weights, absorb=result.absorb, max_rel_diff=rel, path=path)
+        result = replace(result, path=path)
     return result
 
 
@@ -297,7 +296,7 @@ def _absorb(work, pairs, records, *, bound, absorb_padded, data, split, num_imag
         lower = st.lower_bound(bound)
         c = np.where(np.isfinite(lower), np.maximum(lower, 0.0), 0.0)
         if not (c > 0).any():
-            by_name[p.producer] = _with(by_name[p.producer], absorb_note="no channel has a positive lower bound")
+            by_name[p.producer] = replace(by_name[p.producer], absorb_note="no channel has a positive lower bound")
             continue
         b1 = _bias(work, inits, nodes[p.producer], p.channels, taken)
         new_b1, _, c = cle.absorb_high_bias(numpy_helper.to_array(b1), lower, [])
@@ -311,19 +310,13 @@ def _absorb(work, pairs, records, *, bound, absorb_padded, data, split, num_imag
         act_before = float(st.maximum.max())
         act_after = float((st.maximum - c).max())
         note = None if p.absorb_blocker is None else f"absorbed despite: {p.absorb_blocker}"
-        by_name[p.producer] = _with(by_name[p.producer], absorbed_channels=int((c > 0).sum()),
+        by_name[p.producer] = replace(by_name[p.producer], absorbed_channels=int((c > 0).sum()),
                                     absorbed_max=float(c.max()), absorb_note=note)
         info["pairs"] += 1
         info["channels"] += int((c > 0).sum())
         info.setdefault("activation_max", {})[p.producer] = {"before": act_before, "after": act_after}
     log.info("high-bias absorption: %d channel(s) in %d pair(s)", info["channels"], info["pairs"])
     return info, [by_name[r.producer] for r in records], verify_images
-
-
-def _with(rec: PairRecord, **changes) -> PairRecord:
-    d = {k: getattr(rec, k) for k in rec.__dataclass_fields__}
-    d.update(changes)
-    return PairRecord(**d)
 
 
 def _bias(model, inits: dict, node, channels: int, taken: set[str]):

@@ -81,6 +81,8 @@ class ScalablePair:
     channels: int
     consumers: tuple[ConsumerSite, ...]
     adds: tuple[str, ...] = ()
+    tensors: tuple[str, ...] = ()  # every tensor holding exactly these channels (scaled by 1/s_i with them)
+    partial_tensors: tuple[str, ...] = ()  # tensors behind a Concat that hold these channels among others
     path_ops: tuple[str, ...] = ()
     absorb_blocker: str | None = None  # why high-bias absorption does not apply (None: it does)
     padded_only: bool = False  # absorption is blocked only by padded consumers (rule 5, allow_padded lifts it)
@@ -252,6 +254,7 @@ class _Closure:
         self.path: list[str] = []
         self.adds: list[str] = []
         self.shift_blockers: list[str] = []
+        self.partial: list[str] = []
 
     def pair(self) -> ScalablePair:
         g = self.g
@@ -272,7 +275,8 @@ class _Closure:
         blocker, padded_only = self._absorb_blocker(name)
         return ScalablePair(
             producers=tuple(sites), channels=channels, consumers=tuple(self.sites),
-            adds=tuple(dict.fromkeys(self.adds)),
+            adds=tuple(dict.fromkeys(self.adds)), tensors=tuple(sorted(self.forwarded)),
+            partial_tensors=tuple(dict.fromkeys(self.partial)),
             path_ops=tuple(self.path), absorb_blocker=blocker, padded_only=padded_only,
         )
 
@@ -325,7 +329,8 @@ class _Closure:
                 self.path.append(op)
                 if not after_relu:
                     self.shift_blockers.append(f"Concat {uname} comes before any Relu")
-                _trace(g, user.output[0], offset, self.sites, self.path, self.shift_blockers, after_relu, self.root)
+                _trace(g, user.output[0], offset, self.sites, self.path, self.shift_blockers, after_relu, self.root,
+                       self.partial)
             else:
                 _check_transparent(g, user, k, tensor)
                 self.path.append(op)
@@ -379,8 +384,9 @@ def _note_shift(user, uname: str, after_relu: bool, blockers: list[str]) -> None
 
 
 def _trace(g: _Graph, tensor: str, offset: int, sites: list, path: list, shift_blockers: list,
-           after_relu: bool, root) -> None:
+           after_relu: bool, root, partial: list) -> None:
     """Follows a tensor that holds the space's channels at ``offset`` (behind a Concat) to its consumer Convs."""
+    partial.append(tensor)
     if tensor in g.graph_outputs:
         raise _Unsafe(f"'{tensor}' (from {g.names[id(root)]}) is a graph output")
     for user, k in g.users.get(tensor, []):
@@ -394,7 +400,7 @@ def _trace(g: _Graph, tensor: str, offset: int, sites: list, path: list, shift_b
         new_offset = offset + _concat_offset(g, user, k, tensor) if op == "Concat" else offset
         path.append(op)
         _note_shift(user, uname, after_relu, shift_blockers)
-        _trace(g, user.output[0], new_offset, sites, path, shift_blockers, after_relu or op == "Relu", root)
+        _trace(g, user.output[0], new_offset, sites, path, shift_blockers, after_relu or op == "Relu", root, partial)
 
 
 def _concat_offset(g: _Graph, node, k: int, tensor: str) -> int:
