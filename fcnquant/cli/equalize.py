@@ -12,9 +12,9 @@ def register(sub) -> None:
     p = sub.add_parser(
         "equalize", help="cross-layer equalization of a float model (before int8 with per-tensor weights)",
         description="Rescales the output channels of every Conv whose consumers can compensate exactly "
-        "(Conv -> Relu (-> MaxPool) -> Conv chains, Concat slices, several consumer Convs) so that each channel's "
-        "weight range is balanced across the pair (Nagel et al. 2019), iterating chains until the scales "
-        "converge. The model's function is unchanged; per-tensor int8 weights lose less. Convs that cannot be "
+        "(Conv -> Relu (-> MaxPool) -> Conv chains, Concat slices, several consumer Convs, ResNet residual "
+        "streams) so that each channel's weight range is balanced across the pair (Nagel et al. 2019), iterating "
+        "chains until the scales converge. The model's function is unchanged. Convs that cannot be "
         "rescaled safely are listed with the reason. --absorb also moves each channel's always-positive part of "
         "the pre-activation (measured on calibration images) into the next layer's bias.",
     )

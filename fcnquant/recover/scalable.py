@@ -119,7 +119,8 @@ class _Graph:
     graph_outputs: set[str]
     users: dict[str, list[tuple[object, int]]] = field(default_factory=dict)
     made_by: dict[str, object] = field(default_factory=dict)
-    channels: dict[str, int] = field(default_factory=dict)
+    channels: dict[str, int] | None = None  # from shape inference, computed on first need
+    model: object = None
     by_name: dict[str, object] = field(default_factory=dict)
 
 
@@ -157,8 +158,6 @@ def find_pairs(model) -> tuple[list[ScalablePair], list[Skip]]:
 
 
 def _index(model) -> _Graph:
-    import onnx
-
     graph = model.graph
     nodes = list(graph.node)  # the list keeps the node wrappers alive, so their ids stay valid keys
     g = _Graph(
@@ -174,15 +173,7 @@ def _index(model) -> _Graph:
         for y in node.output:
             if y:
                 g.made_by[y] = node
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model).graph
-        infos = list(inferred.value_info) + list(inferred.output) + list(inferred.input)
-    except Exception:  # shape inference is only a help for Concat offsets
-        infos = list(graph.value_info) + list(graph.output) + list(graph.input)
-    for vi in infos:
-        dims = vi.type.tensor_type.shape.dim
-        if len(dims) >= 2 and dims[1].HasField("dim_value"):
-            g.channels[vi.name] = int(dims[1].dim_value)
+    g.model = model
     return g
 
 
@@ -430,16 +421,33 @@ def _rank(g: _Graph, tensor: str) -> int | None:
 
 
 def _channels_of(g: _Graph, tensor: str) -> int | None:
-    if tensor in g.channels:
-        return g.channels[tensor]
+    """Returns the channel count of ``tensor``: from its producer's weight where possible, else shape inference."""
     node = g.made_by.get(tensor)
-    if node is None:
-        return None
-    if node.op_type in _WEIGHTED and len(node.input) > 1 and node.input[1] in g.inits:
+    if node is not None and node.op_type in _WEIGHTED and len(node.input) > 1 and node.input[1] in g.inits:
         return _out_channels(g, node)
-    if node.op_type in SCALE_TRANSPARENT - {"Concat"}:
-        return _channels_of(g, node.input[0])
-    return None
+    if node is not None and node.op_type in SCALE_TRANSPARENT - {"Concat"}:
+        c = _channels_of(g, node.input[0])
+        if c is not None:
+            return c
+    return _inferred_channels(g).get(tensor)
+
+
+def _inferred_channels(g: _Graph) -> dict[str, int]:
+    import onnx
+
+    if g.channels is None:
+        graph = g.model.graph
+        try:
+            inferred = onnx.shape_inference.infer_shapes(g.model).graph
+            infos = list(inferred.value_info) + list(inferred.output) + list(inferred.input)
+        except Exception:  # shape inference is only a help for Concat offsets
+            infos = list(graph.value_info) + list(graph.output) + list(graph.input)
+        g.channels = {}
+        for vi in infos:
+            dims = vi.type.tensor_type.shape.dim
+            if len(dims) >= 2 and dims[1].HasField("dim_value"):
+                g.channels[vi.name] = int(dims[1].dim_value)
+    return g.channels
 
 
 def _check_resize(g: _Graph, node) -> None:
