@@ -19,6 +19,7 @@ SUBCOMMANDS = [
     "export",
     "synth-voc",
     "eval",
+    "equalize",
     "calibrate",
     "merge-stats",
     "quantize",

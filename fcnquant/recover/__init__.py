@@ -1,6 +1,22 @@
-"""fcnquant.recover: win back the accuracy int8 loses (bias correction, equalization, adaptive rounding)."""
+"""fcnquant.recover: win back the accuracy int8 loses — numpy on ONNX graphs, no torch (AdaRound excepted).
+
+- cross-layer equalization, high-bias absorption and power-of-two alignment of the float model
+  (``equalize``, ``align_pow2``);
+- empirical bias correction of an emitted int8 model (``correct_biases``);
+- AdaRound (``fcnquant.recover.adaround``, needs torch; imported on use);
+- which passes ``recover=True`` turns on for a target (``resolve_plan``).
+"""
 from __future__ import annotations
 
+from fcnquant.recover.align import AlignedSpace, AlignResult, align_pow2
 from fcnquant.recover.bias_correction import BiasCorrectionResult, LayerCorrection, correct_biases
+from fcnquant.recover.cle import Consumer, Layout, Pair, Producer, equalization_scales, equalize_chains
+from fcnquant.recover.equalize import EqualizeResult, PairRecord, WeightRange, equalize
+from fcnquant.recover.plan import RecoveryPlan, resolve_plan
+from fcnquant.recover.scalable import ScalablePair, Skip, find_pairs
 
-__all__ = ["BiasCorrectionResult", "LayerCorrection", "correct_biases"]
+__all__ = [
+    "AlignResult", "AlignedSpace", "BiasCorrectionResult", "Consumer", "EqualizeResult", "LayerCorrection", "Layout",
+    "Pair", "PairRecord", "Producer", "RecoveryPlan", "ScalablePair", "Skip", "WeightRange", "align_pow2",
+    "correct_biases", "equalization_scales", "equalize", "equalize_chains", "find_pairs", "resolve_plan",
+]

@@ -6,8 +6,9 @@ an int32 DequantizeLinear), over the calibration images, per output channel ``c`
 int32 bias lowered by ``round(e_c / s_b)`` (``fcnquant.recover.channel_means``). Two errors can be cancelled:
 
 * ``error="weights"`` (default): the shift the layer's own weight rounding causes on the inputs it actually gets
-  in the int8 model, ``e_c = mean over images and positions of conv(W_q - W, x_q)[c]``, computed exactly from the
-  mean of every kernel window of ``x_q`` (``WindowMeans``; borders and padding included). The inputs ``x_q`` are
+  in the int8 model, ``e_c = mean over images and positions of conv(W_q - W, x_q)[c] + (b_q s_b - b)[c]``,
+  computed exactly from the mean of every kernel window of ``x_q`` (``WindowMeans``; borders and padding
+  included) and the bias's own rounding. The inputs ``x_q`` are
   the quantized model's own, with every earlier layer already corrected.
 * ``error="accumulated"``: the whole mean error of the layer's output against the float model's
   (``mean(Conv_q(x_q)) - mean(Conv(x))``), which also absorbs the mean error accumulated before the layer.
@@ -97,6 +98,7 @@ class _Target:
     input: str = ""  # the (dequantized) input tensor of the Conv in the QDQ model
     geometry: tuple | None = None  # (kernel, pads, strides, dilations) of a plain 2-D Conv
     delta_w: np.ndarray | None = None  # dequantized int8 weights - float weights (Cout, Cin, KH, KW)
+    float_bias: np.ndarray | None = None  # the float model's bias (its int32 rounding is part of the error)
 
 
 #: ops a mean shift passes through unchanged in kind (no decision is taken on the value): the path from a score
@@ -183,21 +185,21 @@ def find_targets(qmodel, float_model, *, skip_logits: bool = True) -> tuple[list
     return targets, skipped
 
 
-def _weight_error(node, w_dq, inits, float_node, float_inits) -> tuple[tuple | None, np.ndarray | None]:
-    """Returns (geometry, dequantized - float weights) of a plain 2-D Conv (group 1, explicit pads), else
-    (None, None): such layers are corrected by their accumulated error only."""
+def _weight_error(node, w_dq, inits, float_node, float_inits) -> tuple:
+    """Returns (geometry, dequantized - float weights, float bias) of a plain 2-D Conv (group 1, explicit pads),
+    else (None, None, None): such layers are corrected by their accumulated error only."""
     from onnx import helper, numpy_helper
 
     if node.op_type != "Conv" or float_node is None or len(float_node.input) < 2:
-        return None, None
+        return None, None, None
     a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
     if a.get("group", 1) != 1 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        return None, None
+        return None, None, None
     if float_node.input[1] not in float_inits or w_dq.input[0] not in inits or w_dq.input[1] not in inits:
-        return None, None
+        return None, None, None
     w_float = numpy_helper.to_array(float_inits[float_node.input[1]]).astype(np.float64)
     if w_float.ndim != 4:
-        return None, None
+        return None, None, None
     w_int = numpy_helper.to_array(inits[w_dq.input[0]]).astype(np.float64)
     w_scale = numpy_helper.to_array(inits[w_dq.input[1]]).astype(np.float64)
     zp = numpy_helper.to_array(inits[w_dq.input[2]]).astype(np.float64) if len(w_dq.input) > 2 and \
@@ -206,11 +208,15 @@ def _weight_error(node, w_dq, inits, float_node, float_inits) -> tuple[tuple | N
         w_scale = w_scale[:, None, None, None]
         zp = np.reshape(zp, (-1, 1, 1, 1)) if np.ndim(zp) == 1 else zp
     w_deq = (w_int - zp) * w_scale
+    if len(float_node.input) > 2 and float_node.input[2] in float_inits:
+        b_float = numpy_helper.to_array(float_inits[float_node.input[2]]).astype(np.float64)
+    else:
+        b_float = np.zeros(w_float.shape[0])
     kernel = tuple(int(k) for k in w_float.shape[2:])
     pads = tuple(int(p) for p in a.get("pads", [0, 0, 0, 0]))
     geometry = (kernel, (pads[0], pads[1], pads[2], pads[3]), tuple(a.get("strides", [1, 1])),
                 tuple(a.get("dilations", [1, 1])))
-    return geometry, w_deq - w_float
+    return geometry, w_deq - w_float, b_float
 
 
 def correct_biases(
@@ -241,6 +247,7 @@ def correct_biases(
     (measured on the demo fcn16s at npu-pow2: -0.69 mIoU with its score Convs corrected, -0.20 without).
     """
     import onnx
+    from onnx import numpy_helper
 
     if error not in ERRORS:
         raise FcnquantError(f"unknown bias-correction error {error!r}; choose from {', '.join(ERRORS)}")
@@ -287,8 +294,9 @@ def correct_biases(
         tensors = list(dict.fromkeys(name for name, _ in accs.values()))
         runner.run(_cut(qm, tensors), accs, f"bias correction: pass {k + 1}/{len(groups)}")
         for t in group:
-            if (t.node, "in") in accs:
-                err = weight_shift_means(t.delta_w, accs[(t.node, "in")][1].mean)
+            if (t.node, "in") in accs:  # weight rounding on the int8 inputs, plus the bias's own rounding
+                b_now = numpy_helper.to_array(inits[t.bias_init]).astype(np.float64) * t.bias_scale
+                err = weight_shift_means(t.delta_w, accs[(t.node, "in")][1].mean) + b_now - t.float_bias
             else:
                 err = accs[(t.node, "out")][1].mean - float_means[t.output]
             _apply(inits[t.bias_init], t.bias_scale, err)

@@ -1,0 +1,78 @@
+"""Power-of-two alignment (fcnquant.recover.pow2_grid, align): grid arithmetic by brute force, exact rescaling."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import helper  # noqa: E402
+
+from fcnquant.recover import align_pow2  # noqa: E402
+from fcnquant.recover.pow2_grid import best_alignment, waste  # noqa: E402
+from fcnquant.runtime import make_session, with_outputs  # noqa: E402
+from test_recover_equalize import RNG, conv, init, make_model, rel_diff, run, spread  # noqa: E402
+
+
+def test_waste_is_the_unused_part_of_the_pow2_grid():
+    assert waste(127.0) == 0.0 and waste(127 * 0.25) == 0.0
+    assert waste(127 * 0.75) == pytest.approx(1 - math.log2(1.5))  # scale 1 for a range that needs 0.75
+    # brute force: the grid step 2^e must be the smallest power of two with 127 * 2^e >= T
+    for t in np.random.default_rng(0).uniform(0.01, 50, size=200):
+        e = min(k for k in range(-20, 20) if 127 * 2.0 ** k >= t)
+        assert waste(t) == pytest.approx(e - math.log2(t / 127), abs=1e-12)
+    with pytest.raises(ValueError):
+        waste(0.0)
+
+
+def test_best_alignment_beats_a_brute_force_grid_of_factors():
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        ts = rng.uniform(0.1, 20, size=rng.integers(1, 4))
+        a, before, after = best_alignment(ts, margin=0.9999)  # margin 1 would sit exactly on an edge (rounding)
+        assert before == pytest.approx(sum(waste(t) for t in ts))
+        assert after == pytest.approx(sum(waste(t / a) for t in ts))
+        grid = np.exp(np.linspace(math.log(0.5), math.log(2.0), 4001))
+        brute = min(sum(waste(t / g) for t in ts) for g in grid)
+        assert after <= brute + len(ts) * -math.log2(0.9999) + 1e-9
+    a, before, after = best_alignment([127 * 0.75])  # one tensor: lands margin below an edge
+    assert after == pytest.approx(-math.log2(0.995)) and before > after
+
+
+def test_align_pow2_rescales_the_space_exactly():
+    inits = {"w1": spread((4, 3, 3, 3), 0), "b1": RNG.normal(size=4), "w2": spread((2, 4, 1, 1), 1),
+             "b2": RNG.normal(size=2)}
+    nodes = [conv("c1", "x", "w1", "b1", pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+             helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+             conv("c2", "p1", "w2", "b2", out="y")]
+    model = make_model(nodes, inits, (1, 3, 8, 8), metadata={"fcnquant.preset": "awesome"})
+    x = RNG.normal(size=(1, 3, 8, 8)).astype(np.float32)
+    r1 = make_session(with_outputs(model, ["r1"]).SerializeToString()).run(["r1"], {"x": x})[0]
+    t = float(np.abs(r1).max())
+    res = align_pow2(model, {"r1": t, "y": 3.0})
+    (space,) = res.spaces
+    assert space.producer == "c1" and space.tensors == ("r1",)  # p1 is in the space but not calibrated
+    a = space.factor
+    assert res.thresholds == {"r1": pytest.approx(t / a)}
+    assert waste(t / a) == pytest.approx(-math.log2(0.995)) and space.waste_after < space.waste_before
+    np.testing.assert_allclose(init(res.model, "w1"), init(model, "w1") / a, rtol=1e-6)
+    np.testing.assert_allclose(init(res.model, "b1"), init(model, "b1") / a, rtol=1e-6)
+    np.testing.assert_allclose(init(res.model, "w2"), init(model, "w2") * a, rtol=1e-6)
+    assert rel_diff(run(model, x), run(res.model, x)) < 1e-5
+    r1_new = make_session(with_outputs(res.model, ["r1"]).SerializeToString()).run(["r1"], {"x": x})[0]
+    np.testing.assert_allclose(r1_new, r1 / a, rtol=1e-5, atol=1e-6)
+    meta = {p.key for p in res.model.metadata_props}
+    assert {"fcnquant.preset", "fcnquant.pow2_aligned"} <= meta
+
+
+def test_align_pow2_leaves_spaces_behind_a_calibrated_concat_alone():
+    inits = {"w0": spread((3, 3, 1, 1), 0), "w1": spread((4, 3, 3, 3), 0), "wc": spread((2, 7, 1, 1), 1)}
+    nodes = [conv("feat", "x", "w0"), helper.make_node("Relu", ["feat"], ["f"]),
+             conv("c1", "f", "w1", pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Concat", ["f", "r1"], ["cat"], axis=1), conv("conv_cat", "cat", "wc", out="y")]
+    model = make_model(nodes, inits, (1, 3, 4, 4))
+    res = align_pow2(model, {"f": 0.77, "r1": 1.3, "cat": 1.3})
+    assert res.spaces == ()
+    assert {s.node for s in res.skipped} == {"feat", "c1"}
+    assert all("'cat' behind a Concat" in s.reason for s in res.skipped)
