@@ -1,0 +1,104 @@
+"""AdaRound for one layer on its second-moment statistics: Adam on the rounding variables, numpy only.
+
+A Conv output channel is ``y = w . x`` over the layer's input patches ``x`` (``fcnquant.recover.conv_patches``).
+AdaRound minimises, over the calibration inputs, the mean over output positions of the squared error summed over
+channels (AIMET's reconstruction loss), between the float layer fed float inputs ``x_f`` and the quantized layer
+fed the quantized model's inputs ``x_q``::
+
+    L(W_q) = mean_p sum_c (W_q x_q - W x_f)^2 = tr(W_q A W_q^T) - 2 <W_q, B> + c
+    A = E[x_q x_q^T],   B = W E[x_f x_q^T],   c = tr(W E[x_f x_f^T] W^T)
+
+so one gradient step costs one ``[C, D] x [D, D]`` product (``D`` = inputs per output channel) whatever the
+number of images and positions: the statistics are exact over every position of every calibration image, in
+memory that does not grow with the image size. The gradient is ``dL/dW_q = 2 (W_q A - B)``, chained through
+``W_q = s * clip(floor(W / s) + h(V), QMIN, QMAX)`` and the rectified sigmoid, plus ``reg`` times the
+regulariser's gradient (``fcnquant.recover.rounding``). Everything is batched over the groups of a grouped conv.
+
+The loop: ``V`` starts where ``h(V)`` equals the fractional part of ``W / s``; Adam (AIMET's optimiser; default
+learning rate 0.01 here, measured below) for ``iterations`` steps; the regulariser is off for the first
+``warm_start`` share of the steps, then its ``beta`` anneals 20 -> 2; finally ``h >= 0.5`` rounds up. The result
+is kept only when its loss is below round-to-nearest's (otherwise nearest is returned), so a layer never
+gets worse on its own objective.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fcnquant.recover import rounding as rnd
+
+
+@dataclass(frozen=True)
+class LayerRounding:
+    """The integers chosen for one layer and the reconstruction losses (mean squared output error per position)."""
+
+    w_int: np.ndarray  # same shape as the weight rows given, integers in [QMIN, QMAX] (float array)
+    loss_nearest: float
+    loss_adaround: float  # loss of the hard-rounded AdaRound integers
+    loss_float: float  # loss of the unquantized weights on the quantized inputs (a lower bound in practice)
+    changed: float  # share of weights whose integer differs from round-to-nearest
+    kept_nearest: bool  # AdaRound's result was not better than nearest, so nearest was kept
+
+
+def quadratic_loss(wq: np.ndarray, a: np.ndarray, b: np.ndarray, c: float) -> float:
+    """Returns ``sum_g tr(Wq_g A_g Wq_g^T) - 2 <Wq, B> + c`` in float64 (``wq``, ``b``: [G, C, D]; ``a``: [G, D, D])."""
+    wq = np.asarray(wq, dtype=np.float64)
+    return float(np.sum(np.matmul(wq, np.asarray(a, dtype=np.float64)) * wq) - 2.0 * np.sum(wq * b) + c)
+
+
+def optimize_rounding(
+    w: np.ndarray,
+    scales: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    c: float,
+    *,
+    iterations: int = 1000,
+    lr: float = 0.01,
+    reg: float = 0.01,
+    warm_start: float = 0.2,
+    beta_range: tuple[float, float] = (20.0, 2.0),
+) -> LayerRounding:
+    """Returns the AdaRound integers of the weight rows ``w`` [G, C, D] with ``scales`` broadcastable to [G, C, 1].
+
+    ``a`` [G, D, D], ``b`` [G, C, D] and ``c`` define the quadratic reconstruction loss (module docstring).
+    ``iterations=0`` returns round-to-nearest.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    s = np.broadcast_to(np.asarray(scales, dtype=np.float64), w.shape[:2] + (1,))
+    ws = w / s
+    nearest = rnd.nearest_int(ws)
+    loss_nearest = quadratic_loss(s * nearest, a, b, c)
+    loss_float = quadratic_loss(w, a, b, c)
+    if iterations <= 0:
+        return LayerRounding(nearest, loss_nearest, loss_nearest, loss_float, 0.0, True)
+
+    floor = np.floor(ws)
+    v = rnd.initial_v(ws - floor).astype(np.float32)
+    a32 = np.ascontiguousarray(a, dtype=np.float32)
+    b32 = np.asarray(b, dtype=np.float32)
+    s32 = s.astype(np.float32)
+    floor32 = floor.astype(np.float32)
+    m = np.zeros_like(v)
+    m2 = np.zeros_like(v)
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    for step in range(iterations):
+        h = rnd.rectified_sigmoid(v)
+        soft = floor32 + h
+        wq = s32 * np.clip(soft, rnd.QMIN, rnd.QMAX)
+        grad_h = 2.0 * (np.matmul(wq, a32) - b32) * s32
+        grad_h *= (soft >= rnd.QMIN) & (soft <= rnd.QMAX)
+        beta = rnd.beta_at(step, iterations, warm_start, beta_range)
+        if beta is not None:
+            grad_h += reg * rnd.regularizer_grad(h, beta)
+        grad = grad_h * rnd.rectified_sigmoid_grad(v)
+        m = beta1 * m + (1.0 - beta1) * grad
+        m2 = beta2 * m2 + (1.0 - beta2) * grad * grad
+        t = step + 1
+        v -= (lr * (m / (1.0 - beta1 ** t)) / (np.sqrt(m2 / (1.0 - beta2 ** t)) + eps)).astype(np.float32)
+    w_int = rnd.hard_round(floor, v)
+    loss_ada = quadratic_loss(s * w_int, a, b, c)
+    if not loss_ada < loss_nearest:
+        return LayerRounding(nearest, loss_nearest, loss_ada, loss_float, 0.0, True)
+    return LayerRounding(w_int, loss_nearest, loss_ada, loss_float, float(np.mean(w_int != nearest)), False)
