@@ -12,8 +12,8 @@ amounts crop), with the kernel flipped and the in/out axes swapped: its rows are
 ``W[k * Cin/g + i, o, kh - 1 - u, kw - 1 - v]``. Explicit pads only (``auto_pad`` / ``output_shape`` are refused).
 
 :class:`GramStats` accumulates ``E[x_f x_f^T]``, ``E[x_f x_q^T]``, ``E[x_q x_q^T]`` over every output position
-of every image, for the float input ``x_f`` and the quantized model's input ``x_q`` of the same layer, in float64
-(the loss is a difference of large terms),
+of every image, for the float input ``x_f`` and the quantized model's input ``x_q`` of the same layer (float32
+products of one chunk, summed in float64),
 ``rows_per_chunk`` output rows at a time (memory: ``D^2`` per statistic plus one chunk of patches).
 """
 from __future__ import annotations
@@ -214,11 +214,17 @@ class GramStats:
         rows = self.rows_per_chunk or max(1, self.max_patches // max(1, x_float.shape[0] * wo))
         for r0 in range(0, ho, rows):
             sl = slice(r0, min(ho, r0 + rows))
-            pf = patches(x_float.astype(np.float64, copy=False), self.spec, sl)
-            pq = patches(x_quant.astype(np.float64, copy=False), self.spec, sl)
-            self.ff += np.matmul(pf.transpose(0, 2, 1), pf)
-            self.fq += np.matmul(pf.transpose(0, 2, 1), pq)
-            self.qq += np.matmul(pq.transpose(0, 2, 1), pq)
+            pf = patches(x_float.astype(np.float32, copy=False), self.spec, sl)
+            if x_quant is x_float:  # float inputs: one product serves all three moments
+                ff = np.matmul(pf.transpose(0, 2, 1), pf)
+                self.ff += ff
+                self.fq += ff
+                self.qq += ff
+            else:
+                pq = patches(x_quant.astype(np.float32, copy=False), self.spec, sl)
+                self.ff += np.matmul(pf.transpose(0, 2, 1), pf)
+                self.fq += np.matmul(pf.transpose(0, 2, 1), pq)
+                self.qq += np.matmul(pq.transpose(0, 2, 1), pq)
             self.count += pf.shape[1]
 
     def quadratic(self, w_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:

@@ -11,7 +11,8 @@ fed the quantized model's inputs ``x_q``::
 so one gradient step costs one ``[C, D] x [D, D]`` product (``D`` = inputs per output channel) whatever the
 number of images and positions: the statistics are exact over every position of every calibration image, in
 memory that does not grow with the image size. The gradient is ``dL/dW_q = 2 (W_q A - B)``, chained through
-``W_q = s * clip(floor(W / s) + h(V), QMIN, QMAX)`` and the rectified sigmoid, plus ``reg`` times the
+``W_q = s * clip(floor(W / s) + h(V), QMIN, QMAX)`` (computed as ``2 ((W_q - W) A + R)`` with ``R = W A - B``, so
+float32 steps do not lose the small difference ``W_q - W`` against the large ``W A``) and the rectified sigmoid, plus ``reg`` times the
 regulariser's gradient (``fcnquant.recover.rounding``). Everything is batched over the groups of a grouped conv.
 
 The loop: ``V`` starts where ``h(V)`` equals the fractional part of ``W / s``; Adam (AIMET's optimiser; default
@@ -47,6 +48,16 @@ def quadratic_loss(wq: np.ndarray, a: np.ndarray, b: np.ndarray, c: float) -> fl
     return float(np.sum(np.matmul(wq, np.asarray(a, dtype=np.float64)) * wq) - 2.0 * np.sum(wq * b) + c)
 
 
+def delta_loss(delta: np.ndarray, a: np.ndarray, r: np.ndarray) -> float:
+    """Returns ``L(W + delta) - L(W) = 2 <delta, R> + tr(delta A delta^T)`` with ``R = W A - B``.
+
+    The same quadratic as :func:`quadratic_loss`, written around the float weights: no cancellation of large
+    terms, so the losses of two roundings compare exactly even when ``c`` is large.
+    """
+    delta = np.asarray(delta, dtype=np.float64)
+    return float(2.0 * np.sum(delta * r) + np.sum(np.matmul(delta, a) * delta))
+
+
 def optimize_rounding(
     w: np.ndarray,
     scales: np.ndarray,
@@ -68,37 +79,50 @@ def optimize_rounding(
     w = np.asarray(w, dtype=np.float64)
     s = np.broadcast_to(np.asarray(scales, dtype=np.float64), w.shape[:2] + (1,))
     ws = w / s
+    a = np.asarray(a, dtype=np.float64)
+    r = np.matmul(w, a) - b  # the gradient / 2 at the float weights (0 when the inputs are the float ones)
+    loss_float = max(quadratic_loss(w, a, b, c), 0.0)
     nearest = rnd.nearest_int(ws)
-    loss_nearest = quadratic_loss(s * nearest, a, b, c)
-    loss_float = quadratic_loss(w, a, b, c)
+    loss_nearest = loss_float + delta_loss(s * nearest - w, a, r)
     if iterations <= 0:
         return LayerRounding(nearest, loss_nearest, loss_nearest, loss_float, 0.0, True)
 
     floor = np.floor(ws)
     v = rnd.initial_v(ws - floor).astype(np.float32)
-    a32 = np.ascontiguousarray(a, dtype=np.float32)
-    b32 = np.asarray(b, dtype=np.float32)
-    s32 = s.astype(np.float32)
-    floor32 = floor.astype(np.float32)
-    m = np.zeros_like(v)
-    m2 = np.zeros_like(v)
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-    for step in range(iterations):
-        h = rnd.rectified_sigmoid(v)
-        soft = floor32 + h
-        wq = s32 * np.clip(soft, rnd.QMIN, rnd.QMAX)
-        grad_h = 2.0 * (np.matmul(wq, a32) - b32) * s32
-        grad_h *= (soft >= rnd.QMIN) & (soft <= rnd.QMAX)
-        beta = rnd.beta_at(step, iterations, warm_start, beta_range)
-        if beta is not None:
-            grad_h += reg * rnd.regularizer_grad(h, beta)
-        grad = grad_h * rnd.rectified_sigmoid_grad(v)
-        m = beta1 * m + (1.0 - beta1) * grad
-        m2 = beta2 * m2 + (1.0 - beta2) * grad * grad
-        t = step + 1
-        v -= (lr * (m / (1.0 - beta1 ** t)) / (np.sqrt(m2 / (1.0 - beta2 ** t)) + eps)).astype(np.float32)
+    _adam(v, floor.astype(np.float32), s.astype(np.float32), w.astype(np.float32),
+          np.ascontiguousarray(a, dtype=np.float32), r.astype(np.float32), iterations, lr, reg, warm_start,
+          beta_range)
     w_int = rnd.hard_round(floor, v)
-    loss_ada = quadratic_loss(s * w_int, a, b, c)
+    loss_ada = loss_float + delta_loss(s * w_int - w, a, r)
     if not loss_ada < loss_nearest:
         return LayerRounding(nearest, loss_nearest, loss_ada, loss_float, 0.0, True)
     return LayerRounding(w_int, loss_nearest, loss_ada, loss_float, float(np.mean(w_int != nearest)), False)
+
+
+def _adam(v, floor, s, w, a, r, iterations, lr, reg, warm_start, beta_range) -> None:
+    """Runs ``iterations`` Adam steps on ``v`` in place (float32; the arithmetic of ``rounding``, inlined:
+    one sigmoid per step serves h, dh/dv and the clip masks)."""
+    span = rnd.ZETA - rnd.GAMMA
+    m = np.zeros_like(v)
+    m2 = np.zeros_like(v)
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    with np.errstate(over="ignore"):
+        for step in range(iterations):
+            sig = 1.0 / (1.0 + np.exp(-v))  # exp overflow -> sig = 0, the right limit
+            raw = sig * span + rnd.GAMMA
+            h = np.clip(raw, 0.0, 1.0)
+            soft = floor + h
+            wq = s * np.clip(soft, rnd.QMIN, rnd.QMAX)
+            grad = 2.0 * (np.matmul(wq - w, a) + r) * s
+            grad *= (soft >= rnd.QMIN) & (soft <= rnd.QMAX)
+            beta = rnd.beta_at(step, iterations, warm_start, beta_range)
+            if beta is not None:
+                u = 2.0 * h - 1.0
+                grad -= (2.0 * reg * beta) * np.abs(u) ** (beta - 1.0) * np.sign(u)
+            grad *= span * sig * (1.0 - sig) * ((raw > 0.0) & (raw < 1.0))
+            m *= beta1
+            m += (1.0 - beta1) * grad
+            m2 *= beta2
+            m2 += (1.0 - beta2) * grad * grad
+            t = step + 1
+            v -= (lr / (1.0 - beta1 ** t)) * m / (np.sqrt(m2 / (1.0 - beta2 ** t)) + eps)
