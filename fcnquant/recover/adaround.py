@@ -159,7 +159,8 @@ def adaround(
     """Returns the AdaRoundResult of rounding every Conv/ConvTranspose weight of the float ``model`` adaptively.
 
     ``model``: path or ``onnx.ModelProto`` of the float model; ``table``: its CalibrationTable (or JSON path),
-    which must have been made for this model; ``dataset`` + ``ids``: the calibration images (e.g.
+    which must have been made for this model (only ``sequential`` and ``nearest`` inputs use it; None is
+    accepted with ``float`` inputs); ``dataset`` + ``ids``: the calibration images (e.g.
     ``fcnquant.calibrate.api.open_calibration_data`` and ``choose_ids``); ``preset``: preprocessing (default:
     the model's own). ``iterations`` Adam steps per layer with learning rate ``lr`` and regularisation ``reg``;
     ``inputs``: where each layer's inputs come from (:data:`INPUT_MODES`; see the module docstring). ``exclude_nodes``: layers left as they are (e.g. those emission keeps in float).
@@ -185,8 +186,12 @@ def adaround(
     else:
         label = "(in-memory model)"
         source_sha = hashlib.sha256(model.SerializeToString()).hexdigest()
-    table = _load_table(table)
-    _check_table(table, model, source_sha, label)
+    if table is None:
+        if inputs != "float":
+            raise CalibrationError(f"adaround with '{inputs}' inputs needs the calibration table of the model")
+    else:
+        table = _load_table(table)
+        _check_table(table, model, source_sha, label)
     model = copy.deepcopy(model)
 
     from fcnquant.quantize.exclude import name_unnamed_nodes

@@ -29,6 +29,8 @@ import numpy as np
 
 from fcnquant.recover import rounding as rnd
 
+_V_OFF = -20.0  # h(_V_OFF) = 0 with a zero gradient: a weight held at floor (its nearest integer)
+
 
 @dataclass(frozen=True)
 class LayerRounding:
@@ -88,11 +90,19 @@ def optimize_rounding(
         return LayerRounding(nearest, loss_nearest, loss_nearest, loss_float, 0.0, True)
 
     floor = np.floor(ws)
-    v = rnd.initial_v(ws - floor).astype(np.float32)
+    v = rnd.initial_v(ws - floor)
+    # A weight at the channel's extreme (|w / s| rounds to QMAX) keeps its nearest integer: its rounding error
+    # is ~0 there, and moving it would change max|W_q|, which a quantizer computing its own scale from the
+    # rounded weights would then turn into another grid.
+    pinned = np.abs(ws) >= rnd.QMAX - 0.5
+    floor[pinned] = nearest[pinned]
+    v[pinned] = _V_OFF
+    v = v.astype(np.float32)
     _adam(v, floor.astype(np.float32), s.astype(np.float32), w.astype(np.float32),
           np.ascontiguousarray(a, dtype=np.float32), r.astype(np.float32), iterations, lr, reg, warm_start,
           beta_range)
     w_int = rnd.hard_round(floor, v)
+    w_int[pinned] = nearest[pinned]
     loss_ada = loss_float + delta_loss(s * w_int - w, a, r)
     if not loss_ada < loss_nearest:
         return LayerRounding(nearest, loss_nearest, loss_ada, loss_float, 0.0, True)
@@ -119,7 +129,7 @@ def _adam(v, floor, s, w, a, r, iterations, lr, reg, warm_start, beta_range) -> 
             if beta is not None:
                 u = 2.0 * h - 1.0
                 grad -= (2.0 * reg * beta) * np.abs(u) ** (beta - 1.0) * np.sign(u)
-            grad *= span * sig * (1.0 - sig) * ((raw > 0.0) & (raw < 1.0))
+            grad *= span * sig * (1.0 - sig) * ((raw > 0.0) & (raw < 1.0))  # 0 for pinned weights (h = 0)
             m *= beta1
             m += (1.0 - beta1) * grad
             m2 *= beta2
