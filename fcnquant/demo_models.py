@@ -87,3 +87,51 @@ def demo_model_path(name: str = DEFAULT_DEMO_MODEL) -> Path:
 def recorded_miou(name: str = DEFAULT_DEMO_MODEL) -> float:
     """Returns the fp32 mIoU (mmseg semantics, percent) recorded for ``name`` on the built-in synthetic val split."""
     return demo_model_info(name).miou
+
+
+# A demo model and the int8/fp16 models made from it are a few MB; anything larger is not one (saves hashing it).
+_DEMO_MAX_BYTES = 64 << 20
+
+
+@functools.lru_cache(maxsize=1)
+def _demo_fingerprints() -> tuple[frozenset[str], frozenset[str]]:
+    """Returns (sha256 of every shipped demo file, their ``fcnquant.weights`` metadata values)."""
+    import onnx
+
+    shas, weights = set(), set()
+    for name in DEMO_MODELS:
+        info = demo_model_info(name)
+        shas.add(info.sha256)
+        if info.path.is_file():
+            meta = {p.key: p.value for p in onnx.load(str(info.path), load_external_data=False).metadata_props}
+            if meta.get("fcnquant.weights"):
+                weights.add(meta["fcnquant.weights"])
+    return frozenset(shas), frozenset(weights)
+
+
+def is_demo_model(model) -> bool:
+    """Returns whether ``model`` (ONNX path, bytes or onnxruntime session) is a shipped demo model or made from one.
+
+    True when its sha256 is a demo file's (``demo_models.json``), or its metadata names a demo file as its float
+    model (``fcnquant.model_sha256``, written by ``fcnquant quantize``) or carries a demo model's
+    ``fcnquant.weights`` record (kept by ``fcnquant fp16``).
+    """
+    import hashlib
+
+    shas, weights = _demo_fingerprints()
+    if hasattr(model, "get_modelmeta"):  # an onnxruntime session: its metadata only
+        meta = dict(model.get_modelmeta().custom_metadata_map)
+    else:
+        import onnx
+
+        if isinstance(model, (bytes, bytearray)):
+            blob = bytes(model)
+        else:
+            path = Path(model)
+            if not path.is_file() or path.stat().st_size > _DEMO_MAX_BYTES:
+                return False
+            blob = path.read_bytes()
+        if hashlib.sha256(blob).hexdigest() in shas:
+            return True
+        meta = {p.key: p.value for p in onnx.load_from_string(blob).metadata_props}
+    return meta.get("fcnquant.model_sha256") in shas or meta.get("fcnquant.weights") in weights

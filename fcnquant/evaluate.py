@@ -7,14 +7,13 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from fcnquant._io import atomic_write_text
-from fcnquant.data import (VOC_CLASSES, Dataset, Preset, builtin_dataset, iter_batches, open_dataset,
-                           preset_for_session, resize_bilinear, take_ids)
+from fcnquant.data import (VOC_CLASSES, Dataset, Preset, iter_batches, open_dataset, preset_for_session,
+                           resize_bilinear, resolve_data, take_ids)
 from fcnquant.errors import DataError, ModelError
 from fcnquant.metrics import ConfusionMatrix
 
@@ -118,10 +117,13 @@ def evaluate(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     threads: int = 0,
+    ann_dir: str | None = None,
 ) -> EvalResult:
     """Returns the ``EvalResult`` of ``model`` (ONNX path, bytes, or an onnxruntime session) on a labelled split.
 
-    ``data``: a dataset root (or an open ``Dataset``), default ``builtin_dataset()``. ``preset`` defaults to the
+    ``data``: a dataset root (or an open ``Dataset``); default: ``fcnquant.data.resolve_data`` (the built-in
+    synthetic VOC for a shipped demo model, else a VOC found on the machine, else the synthetic set with a
+    warning). ``ann_dir`` picks the annotation folder (``fcnquant.data.open_dataset``). ``preset`` defaults to the
     model's ``fcnquant.preset`` metadata or ``awesome``; its size follows a fixed model input. ``ids`` (or the
     first ``num_images`` of the split) restrict the images. Logits whose size differs from the labels are resized
     bilinearly (align_corners=False) before the argmax. A model with a fixed batch of 1 runs image by image; a
@@ -141,7 +143,7 @@ def evaluate(
     if isinstance(data, Dataset):
         dataset = data
     else:
-        dataset = open_dataset(Path(data) if data is not None else builtin_dataset(progress=progress), split)
+        dataset = open_dataset(resolve_data(data, model, progress=progress).root, split, ann_dir)
     if not dataset.has_labels:
         raise DataError(f"evaluation needs segmentation masks; dataset {dataset.describe()} has none")
     chosen = take_ids(dataset, ids, num_images)

@@ -98,10 +98,15 @@ def run_pipeline(
     params: Mapping[str, Any] | None = None,
     seed: int = 0,
     progress: bool = True,
+    ann_dir: str | None = None,
+    gallery: int | None = None,
 ) -> PipelineResult:
     """Returns the PipelineResult of calibrating, quantizing (int8 + fp16) and comparing ``model``.
 
-    ``model`` defaults to the shipped demo fcn8s and ``data`` to the built-in synthetic VOC. Calibration draws
+    ``model`` defaults to the shipped demo fcn8s; ``data`` to ``fcnquant.data.resolve_data(None, model)`` (the
+    built-in synthetic VOC for a demo model, else a VOC found on the machine, else the synthetic set with a
+    warning); ``ann_dir`` picks its annotation folder. ``gallery``: images shown in each HTML report's gallery of
+    the most changed images (default ``fcnquant.compare.GALLERY_IMAGES``, 0 for none). Calibration draws
     ``num_images`` images from ``calib_split``; the comparisons run on ``eval_split`` (held-out images), all of it
     unless ``eval_images`` is given. Files go to ``out_dir`` (created): ``<stem>.calib.json``, ``<stem>.stats.npz``,
     ``<stem>.int8.onnx`` (+ ``.cache`` for tensorrt), ``<stem>.fp16.onnx``, ``<stem>.int8.html``,
@@ -109,7 +114,8 @@ def run_pipeline(
     """
     from fcnquant._io import atomic_write_text
     from fcnquant.calibrate import collect, compute_table
-    from fcnquant.compare import compare_models
+    from fcnquant.compare import GALLERY_IMAGES, compare_models
+    from fcnquant.data import resolve_data
     from fcnquant.quantize import convert_fp16, quantize_model
 
     if model is None:
@@ -127,6 +133,8 @@ def run_pipeline(
         ("table", "calib.json"), ("stats", "stats.npz"), ("int8", "int8.onnx"), ("fp16", "fp16.onnx"),
         ("int8_html", "int8.html"), ("fp16_html", "fp16.html"), ("json", "summary.json"))}
     seconds: dict[str, float] = {}
+    data = resolve_data(data, model, progress=progress).root  # once, so a warning is printed once
+    gallery = GALLERY_IMAGES if gallery is None else gallery
 
     def step(name: str):
         log.info("%s ...", name)
@@ -136,7 +144,7 @@ def run_pipeline(
         seconds[name] = round(time.perf_counter() - seconds[name], 2)
 
     step("calibrate")
-    stats = collect(model, data, calib_split, num_images, seed=seed, progress=progress)
+    stats = collect(model, data, calib_split, num_images, seed=seed, progress=progress, ann_dir=ann_dir)
     stats.save(paths["stats"])
     table = compute_table(stats, method, target, **dict(params or {}))
     table.save(paths["table"])
@@ -151,11 +159,12 @@ def run_pipeline(
 
     step("compare int8")
     int8_report = compare_models(model, paths["int8"], data, eval_split, eval_images, table=paths["table"],
-                                 stats=paths["stats"], progress=progress)
+                                 stats=paths["stats"], progress=progress, ann_dir=ann_dir, gallery=gallery)
     int8_report.to_html(paths["int8_html"])
     done("compare int8")
     step("compare fp16")
-    fp16_report = compare_models(model, paths["fp16"], data, eval_split, eval_images, progress=progress)
+    fp16_report = compare_models(model, paths["fp16"], data, eval_split, eval_images, progress=progress,
+                                 ann_dir=ann_dir, gallery=gallery)
     fp16_report.to_html(paths["fp16_html"])
     done("compare fp16")
 

@@ -1,7 +1,8 @@
 """FCN model zoo (installed as fcnquant.models); needs torch.
 
-Models: awesome-semantic-segmentation-pytorch's VGG16 FCN-32s/16s/8s and mmsegmentation's fcn_r50-d8/fcn_r101-d8,
-with checkpoint-compatible module trees, a width multiplier for tiny variants, and ONNX export.
+Models: awesome-semantic-segmentation-pytorch's VGG16 FCN-32s/16s/8s, mmsegmentation's fcn_r50-d8/fcn_r101-d8 and
+torchvision's fcn_resnet50/fcn_resnet101 (no torchvision needed), with checkpoint-compatible module trees, a width
+multiplier for tiny variants, and ONNX export.
 """
 from __future__ import annotations
 

@@ -127,7 +127,7 @@ def export_onnx(
     """Returns the path of the ONNX file written for zoo model ``name``, with checkpoint or seeded random weights.
 
     ``size`` is the input side (int) or (height, width); ``None`` takes the model's default (320 for the VGG FCNs,
-    512 for the ResNet ones). Without ``checkpoint`` the weights come from ``init_random_weights(seed)``: the graph
+    512 for the mmseg ResNets, 520 for torchvision's). Without ``checkpoint`` the weights come from ``init_random_weights(seed)``: the graph
     is deterministic for a seed but its predictions are meaningless (a warning is logged).
     """
     spec = get_spec(name)

@@ -12,6 +12,7 @@ from fcnquant.errors import ModelError
 
 from .checkpoint import extract_state_dict, load_state_dict_strict, read_state_dict
 from .resnet_d8 import Bottleneck, FCNResNetD8
+from .torchvision_fcn import TorchvisionFCN
 from .vgg_fcn import FCN8s, FCN16s, FCN32s
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ class ModelSpec:
     """What the zoo knows about one model name."""
 
     name: str
-    family: str  # "vgg" (awesome-semantic-segmentation-pytorch) or "resnet" (mmsegmentation)
+    family: str  # "vgg" (awesome-semantic-segmentation-pytorch), "resnet" (mmsegmentation) or "torchvision"
     default_size: int  # export input side in pixels, as the reference results used
     preset: str  # preprocessing preset name in fcnquant.data ("awesome" or "mmseg")
     backbone_url: str  # ImageNet weights for pretrained_backbone=True
@@ -34,6 +35,8 @@ class ModelSpec:
 _VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 _R50_URL = "https://download.openmmlab.com/pretrain/third_party/resnet50_v1c-2cccc1ad.pth"
 _R101_URL = "https://download.openmmlab.com/pretrain/third_party/resnet101_v1c-e67eebb6.pth"
+_TV_R50_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"  # torchvision ResNet50 IMAGENET1K_V1
+_TV_R101_URL = "https://download.pytorch.org/models/resnet101-63fe2227.pth"  # ResNet101 IMAGENET1K_V1
 
 SPECS: dict[str, ModelSpec] = {
     "fcn32s": ModelSpec("fcn32s", "vgg", 320, "awesome", _VGG16_URL),
@@ -41,6 +44,9 @@ SPECS: dict[str, ModelSpec] = {
     "fcn8s": ModelSpec("fcn8s", "vgg", 320, "awesome", _VGG16_URL),
     "fcn_r50_d8": ModelSpec("fcn_r50_d8", "resnet", 512, "mmseg", _R50_URL),
     "fcn_r101_d8": ModelSpec("fcn_r101_d8", "resnet", 512, "mmseg", _R101_URL),
+    # torchvision evaluates at short side 520 with ImageNet mean/std on 0..1: the awesome preset's normalisation
+    "fcn_resnet50": ModelSpec("fcn_resnet50", "torchvision", 520, "awesome", _TV_R50_URL),
+    "fcn_resnet101": ModelSpec("fcn_resnet101", "torchvision", 520, "awesome", _TV_R101_URL),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(SPECS)
 
@@ -58,24 +64,31 @@ def build_model(
     num_classes: int = 21,
     width: float = 1.0,
     pretrained_backbone: bool | str | os.PathLike[str] = False,
+    *,
+    aux: bool = False,
 ) -> nn.Module:
     """Returns a freshly constructed zoo model (in train mode, PyTorch's default initialisation).
 
     ``width`` scales every channel count (e.g. 0.0625 for a tiny test model). ``pretrained_backbone`` loads ImageNet
-    backbone weights: ``True`` downloads the upstream file (torchvision VGG16 / open-mmlab ResNetV1c; width 1.0
-    only), a path reads a local file in the same layout.
+    backbone weights: ``True`` downloads the upstream file (torchvision VGG16 or ResNet / open-mmlab ResNetV1c;
+    width 1.0 only), a path reads a local file in the same layout. ``aux`` (torchvision models only) also builds
+    the training-only ``aux_classifier`` (to hold or count it; ``forward`` never runs it).
     """
     spec = get_spec(name)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ModelError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not width > 0:
         raise ModelError(f"width must be positive, got {width!r}")
+    if aux and spec.family != "torchvision":
+        raise ModelError(f"aux=True applies to the torchvision models only, not {name}")
     if name == "fcn32s":
         model: nn.Module = FCN32s(num_classes, width)
     elif name == "fcn16s":
         model = FCN16s(num_classes, width)
     elif name == "fcn8s":
         model = FCN8s(num_classes, width)
+    elif spec.family == "torchvision":
+        model = TorchvisionFCN(50 if name == "fcn_resnet50" else 101, num_classes, width, aux=aux)
     else:
         model = FCNResNetD8(50 if name == "fcn_r50_d8" else 101, num_classes, width)
     if pretrained_backbone:

@@ -20,7 +20,8 @@ from fcnquant.models import MODEL_NAMES, build_model, export_module, export_onnx
 TINY = 1 / 16
 HW = (48, 64)
 RESIZE_MODE = {"fcn32s": "align_corners", "fcn16s": "align_corners", "fcn8s": "align_corners",
-               "fcn_r50_d8": "half_pixel", "fcn_r101_d8": "half_pixel"}
+               "fcn_r50_d8": "half_pixel", "fcn_r101_d8": "half_pixel",
+               "fcn_resnet50": "half_pixel", "fcn_resnet101": "half_pixel"}  # torchvision: align_corners=False
 
 
 def _ort(path):

@@ -43,6 +43,11 @@ def test_pipeline_writes_every_artifact_and_scores_match_eval(tiny):
     summary = json.loads(res.json.read_text())
     assert summary["calibration_images"] == 4 and len(summary["summary"]) == 3
     assert np.isfinite(summary["summary"][2]["worst_snr"])
+    # both reports show the gallery of the most changed images (at most the default 6), inline in the HTML file
+    rep = res.int8_report
+    assert rep.final.changed > 0 and 0 < len(rep.gallery) <= 6
+    assert [g["image_id"] for g in summary["int8"]["gallery"]] == [g.image_id for g in rep.gallery]
+    assert res.int8_html.read_text().count("data:image/png;base64,") == 5 * len(rep.gallery)
 
 
 def test_demo_cli_on_a_given_model(tiny, capsys):

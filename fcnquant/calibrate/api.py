@@ -26,12 +26,17 @@ from fcnquant.errors import CalibrationError, DataError, ModelError
 log = logging.getLogger(__name__)
 
 
-def open_calibration_data(data: str | os.PathLike[str] | None, split: str | None = "train", *, progress: bool = True):
-    """Returns the Dataset to calibrate on: ``data`` (VOC root or image folder), or the built-in synthetic VOC."""
-    from fcnquant.data import builtin_dataset, open_dataset
+def open_calibration_data(data: str | os.PathLike[str] | None, split: str | None = "train", *, progress: bool = True,
+                          model=None, ann_dir: str | None = None):
+    """Returns the Dataset to calibrate on: ``data`` (VOC root or image folder), or the default data for ``model``.
 
-    root = builtin_dataset(progress=progress) if data is None else data
-    return open_dataset(root, split)
+    Without ``data``: the built-in synthetic VOC for a shipped demo model, else a VOC found by
+    ``fcnquant.data.resolve_data`` ($FCNQUANT_DATA, ./data/VOCdevkit, ./VOCdevkit), else the synthetic set with a
+    warning. ``ann_dir`` picks the annotation folder (see ``fcnquant.data.open_dataset``).
+    """
+    from fcnquant.data import open_dataset, resolve_data
+
+    return open_dataset(resolve_data(data, model, progress=progress).root, split, ann_dir)
 
 
 def choose_ids(
@@ -74,13 +79,15 @@ def collect(
     skip_nonfinite: bool = False,
     progress: bool = True,
     optimization: str = DEFAULT_OPTIMIZATION,
+    ann_dir: str | None = None,
 ) -> CalibrationStats:
     """Returns the activation statistics of ``model`` over the chosen calibration images.
 
     Images: ``ids`` if given, else ``num_images`` chosen from ``data``/``split`` with ``seed`` (``balanced``:
-    cover every class first). ``shard`` ("i/n") keeps slice i of n of that list. See :func:`collect_stats`.
+    cover every class first). ``shard`` ("i/n") keeps slice i of n of that list. Without ``data``, see
+    :func:`open_calibration_data`. See :func:`collect_stats`.
     """
-    dataset = open_calibration_data(data, split, progress=progress)
+    dataset = open_calibration_data(data, split, progress=progress, model=model, ann_dir=ann_dir)
     chosen = choose_ids(dataset, num_images, seed, balanced, ids, progress=progress)
     return collect_stats(model, dataset, chosen, preset, batch_size, size=size, mean=mean, std=std,
                          skip_nonfinite=skip_nonfinite,
@@ -131,14 +138,13 @@ def calibrate(
     std: Sequence[float] | None = None,
     skip_nonfinite: bool = False,
     return_stats: bool = False,
-    out: str | os.PathLike[str] | None = None,
+    ann_dir: str | None = None,
 ) -> CalibrationTable | tuple[CalibrationTable, CalibrationStats]:
     """Returns the calibration table of ``model`` (and the statistics with ``return_stats``).
 
     Collects statistics over the calibration images (see :func:`collect`), then applies ``method`` with
     ``params`` (e.g. ``{"percentile": 99.9}``) for ``target`` (``ort-cpu``, ``tensorrt``, ``npu-pow2``).
-    With ``out``, also emits the int8 QDQ model for ``target`` there (``fcnquant.quantize.quantize_model`` with
-    its defaults: per-channel weights, float logits).
+    To also emit the int8 model (and run recovery passes) in one call, use :func:`fcnquant.flow.calibrate`.
     """
     # Fail on a bad method, parameter or target before spending minutes on inference.
     from fcnquant.calibrate.methods import resolve_params
@@ -147,10 +153,6 @@ def calibrate(
     resolve_params(method, **dict(params or {}))
     get_target(target)
     stats = collect(model, data, split, num_images, seed, balanced, preset, batch_size, ids, shard, size=size,
-                    mean=mean, std=std, skip_nonfinite=skip_nonfinite, progress=progress)
+                    mean=mean, std=std, skip_nonfinite=skip_nonfinite, progress=progress, ann_dir=ann_dir)
     table = compute_table(stats, method, target, **dict(params or {}))
-    if out is not None:
-        from fcnquant.quantize import quantize_model
-
-        quantize_model(model, table, out, target=target)
     return (table, stats) if return_stats else table

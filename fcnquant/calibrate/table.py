@@ -13,7 +13,8 @@ from typing import Any
 from fcnquant import __version__
 from fcnquant._io import atomic_write_text
 from fcnquant.calibrate.methods import compute_range, resolve_params
-from fcnquant.calibrate.qparams import get_target, qparams
+from fcnquant.calibrate.pow2 import POW2_ROUNDING, choose_pow2_scale
+from fcnquant.calibrate.qparams import MIN_SCALE, get_target, qparams
 from fcnquant.calibrate.stats import CalibrationStats
 from fcnquant.calibrate.tensorrt import DEFAULT_HEADER, write_tensorrt_cache
 from fcnquant.errors import CalibrationError
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "fcnquant-calibration-table"
 FORMAT_VERSION = 1
+POW2_BINS = 4096  # |x| histogram resolution for choosing power-of-two scales by expected error
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class CalibrationTable:
     created: str = ""
     tool_version: str = __version__
     format_version: int = FORMAT_VERSION
+    pow2_rounding: str = "up"  # power-of-two targets: scales rounded up, or chosen by expected error
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the JSON-ready dict."""
@@ -71,6 +74,7 @@ class CalibrationTable:
             "method": self.method,
             "params": self.params,
             "target": self.target,
+            "pow2_rounding": self.pow2_rounding,
             "tensors": {name: asdict(e) for name, e in self.tensors.items()},
         }
 
@@ -96,7 +100,8 @@ class CalibrationTable:
                     raise ValueError(f"tensor {name!r}: {exc}") from exc
             table = cls(str(d["model_sha256"]), str(d["method"]), str(d["target"]), tensors,
                         dict(d.get("params") or {}), dict(d.get("preset") or {}), list(d.get("image_ids") or []),
-                        str(d.get("model", "")), str(d.get("created", "")), str(d.get("tool_version", "")), version)
+                        str(d.get("model", "")), str(d.get("created", "")), str(d.get("tool_version", "")), version,
+                        str(d.get("pow2_rounding", "up")))
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"{source}: {exc}") from exc
         table.validate(source)
@@ -151,27 +156,39 @@ def build_table(
     target: str = "ort-cpu",
     *,
     created: str | None = None,
+    pow2_rounding: str = "up",
     **params: Any,
 ) -> CalibrationTable:
     """Returns the calibration table of every tensor in ``stats`` by ``method`` (with ``params``) for ``target``.
 
+    ``pow2_rounding`` (power-of-two targets): ``"up"`` rounds each scale up to a power of two (never clips past the
+    method's threshold); ``"error"`` picks the neighbouring power of two with the smaller expected squared error of
+    the tensor's histogram (``fcnquant.calibrate.pow2``).
+
     Deterministic: the same statistics, method, parameters and target give the same tensors, whether the
     statistics come from one run, merged shards or a saved file. ``created`` defaults to the current UTC time.
     """
-    get_target(target)
+    t = get_target(target)
+    if pow2_rounding not in POW2_ROUNDING:
+        raise CalibrationError(f"pow2_rounding must be one of {', '.join(POW2_ROUNDING)}, got {pow2_rounding!r}")
     full = resolve_params(method, **params)
     tensors: dict[str, TensorEntry] = {}
     for name, ts in stats.tensors.items():
         try:
             lo, hi = compute_range(method, ts, target=target, **params)
             scale, zp = qparams(lo, hi, target)
+            if t.pow2 and pow2_rounding == "error" and ts.amax > 0:
+                counts, edges = ts.linear(POW2_BINS)
+                raw = max(max(abs(lo), abs(hi)) / t.qmax, MIN_SCALE)
+                scale = max(choose_pow2_scale(counts, edges, raw, t.qmax), MIN_SCALE)
         except CalibrationError as exc:
             raise CalibrationError(f"tensor {name!r}: {exc}") from exc
         tensors[name] = TensorEntry(ts.min, ts.max, lo, hi, scale, zp)
     if created is None:
         created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     table = CalibrationTable(stats.model_sha256, method, target, tensors, full, dict(stats.preset),
-                             list(stats.image_ids), stats.model_name, created)
+                             list(stats.image_ids), stats.model_name, created,
+                             pow2_rounding=pow2_rounding if t.pow2 else "up")
     table.validate()
     log.debug("built %s table (%s) for %d tensors", method, target, len(tensors))
     return table

@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+from fcnquant.cli._emission import add_emission_options, add_recovery_options, exclusions
 from fcnquant.errors import FcnquantError
 
 METHOD_CHOICES = ("kl", "minmax", "percentile", "mse")
@@ -14,7 +15,7 @@ TARGET_CHOICES = ("ort-cpu", "tensorrt", "npu-pow2")
 
 def register(sub) -> None:
     """Adds the ``calibrate`` subcommand to ``sub``."""
-    from fcnquant.cli.eval import parse_size, parse_triple
+    from fcnquant.cli.eval import ANN_DIR_HELP, DATA_HELP, parse_size, parse_triple
     from fcnquant.data import PRESETS
 
     p = sub.add_parser(
@@ -27,8 +28,9 @@ def register(sub) -> None:
     p.add_argument("model", metavar="MODEL", nargs="?", help="float ONNX model (optional with --from-stats: then "
                    "only used to check the statistics belong to it)")
     g = p.add_argument_group("images")
-    g.add_argument("--data", metavar="DIR", help="VOC root or a folder of images (default: the built-in synthetic VOC)")
+    g.add_argument("--data", metavar="DIR", help=DATA_HELP.replace("VOC root", "VOC root or a folder of images", 1))
     g.add_argument("--split", default="train", help="split list ImageSets/Segmentation/SPLIT.txt (default %(default)s)")
+    g.add_argument("--ann-dir", metavar="NAME", help=ANN_DIR_HELP)
     g.add_argument("--num-images", type=int, default=500, metavar="N",
                    help="calibration images drawn from the split (default %(default)s; all if fewer)")
     g.add_argument("--seed", type=int, default=0, help="seed of the image selection (default %(default)s)")
@@ -63,8 +65,10 @@ def register(sub) -> None:
                    "(or merged with merge-stats) instead of running the model")
     o.add_argument("--trt-cache", metavar="F", help="also write a TensorRT calibration cache to F")
     o.add_argument("--out", metavar="F", help="also emit the int8 QDQ model for --target to F (as `fcnquant "
-                   "quantize MODEL --table ... --out F` would, with per-channel weights and float logits)")
+                   "quantize MODEL --table ... --out F` would, with the emission options below)")
     o.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    add_emission_options(p.add_argument_group("emission (with --out)"))
+    add_recovery_options(p.add_argument_group("accuracy recovery (with --out)"))
     p.set_defaults(func=run)
 
 
@@ -110,12 +114,18 @@ def run(args: argparse.Namespace) -> int:
     get_target(args.target)
     if args.model is None and args.from_stats is None:
         raise FcnquantError("give a MODEL (or --from-stats F)")
-    if args.from_stats and (args.data or args.shard or args.save_ids or args.ids_file or args.skip_nonfinite):
-        raise FcnquantError("--from-stats computes from saved statistics; --data, --shard, --ids-file, --save-ids "
-                            "and --skip-nonfinite apply to collection only")
+    if args.from_stats and (args.data or args.ann_dir or args.shard or args.save_ids or args.ids_file
+                            or args.skip_nonfinite):
+        raise FcnquantError("--from-stats computes from saved statistics; --data, --ann-dir, --shard, --ids-file, "
+                            "--save-ids and --skip-nonfinite apply to collection only")
     shard = Shard.parse(args.shard) if args.shard else None
     if args.out and (shard or not args.model):
         raise FcnquantError("--out emits the int8 model: it needs MODEL and the full statistics (no --shard)")
+    recovery = args.recover or args.equalize or args.bias_correction or args.adaround
+    if recovery and not args.out:
+        raise FcnquantError("--recover, --equalize, --bias-correction and --adaround make the int8 model: give --out")
+    if recovery and args.from_stats:
+        raise FcnquantError("recovery passes need the calibration images: drop --from-stats")
     if shard and not args.save_stats:
         raise FcnquantError("a --shard run collects part of the statistics: give --save-stats F to keep them")
     if args.num_images is not None and args.num_images < 1:
@@ -130,18 +140,24 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
 
     t0 = time.perf_counter()
+    flow = None
     if args.from_stats:
         stats = load_stats(args.from_stats, args.model)
         source = f"statistics {args.from_stats}"
     else:
-        dataset = open_calibration_data(args.data, args.split, progress=progress)
+        dataset = open_calibration_data(args.data, args.split, progress=progress, model=args.model,
+                                        ann_dir=args.ann_dir)
         ids = load_ids(args.ids_file) if args.ids_file else None
         chosen = choose_ids(dataset, args.num_images, args.seed, args.balanced, ids, progress=progress)
         if args.save_ids:
             save_ids(args.save_ids, chosen)
-        stats = collect_stats(args.model, dataset, chosen, args.preset, args.batch_size, size=args.size,
-                              mean=args.mean, std=args.std, skip_nonfinite=args.skip_nonfinite, shard=shard,
-                              progress=progress)
+        if args.out:
+            flow = _run_flow(args, dataset, chosen, params, progress)
+            stats = flow.stats
+        else:
+            stats = collect_stats(args.model, dataset, chosen, args.preset, args.batch_size, size=args.size,
+                                  mean=args.mean, std=args.std, skip_nonfinite=args.skip_nonfinite, shard=shard,
+                                  progress=progress)
         source = f"{len(stats.image_ids)} image(s) of {dataset.describe()}" + (f", shard {shard}" if shard else "")
     elapsed = time.perf_counter() - t0
     written: list[str] = []
@@ -151,22 +167,34 @@ def run(args: argparse.Namespace) -> int:
     if args.save_ids:
         written.append(f"image ids: {args.save_ids}")
 
-    table = None
-    if out_table is not None or args.trt_cache or args.out:
-        table = compute_table(stats, args.method, args.target, **params)
+    table = flow.table if flow is not None else None
+    if table is None and (out_table is not None or args.trt_cache or args.out):
+        table = compute_table(stats, args.method, args.target, pow2_rounding=args.pow2_rounding or "up", **params)
+    if table is not None:
         if out_table is not None:
             table.save(out_table)
             written.append(f"table: {out_table}")
         if args.trt_cache:
             table.write_tensorrt_cache(args.trt_cache)
             written.append(f"TensorRT cache: {args.trt_cache}")
-    if args.out:
+    result = flow.quantize if flow is not None else None
+    if args.out and result is None:
         from fcnquant.quantize import quantize_model
 
-        result = quantize_model(args.model, table, args.out, target=args.target)
-        written.append(f"int8 model ({args.target}): {args.out}")
+        names, patterns = exclusions(args, args.model)
+        result = quantize_model(args.model, table, args.out, target=args.target, per_channel=not args.per_tensor,
+                                quantize_output=args.quantize_output, exclude_nodes=names,
+                                exclude_ops=args.exclude_op, exclude_regex=patterns or None,
+                                pow2_rounding=args.pow2_rounding or "up")
+    if result is not None:
+        weights = "per-tensor" if args.per_tensor else "per-channel"
+        written.append(f"int8 model ({args.target}, {weights} weights): {args.out}")
         if result.tensorrt_cache:
             written.append(f"TensorRT cache: {result.tensorrt_cache}")
+    if flow is not None and flow.plan.any:
+        written.append("recovery: " + format_recovery(flow.recovery))
+        if flow.plan.equalize:
+            written.append(f"equalized float model (the table's model): {flow.float_model}")
 
     print(f"calibrated {stats.model_name or args.model} from {source} in {elapsed:.1f} s")
     print(f"  {len(stats.tensors)} activation tensors observed")
@@ -179,6 +207,40 @@ def run(args: argparse.Namespace) -> int:
     for line in written:
         print(f"  wrote {line}")
     return 0
+
+
+def _run_flow(args: argparse.Namespace, dataset, ids: list[str], params: dict, progress: bool):
+    """Collection, recovery and emission in one go (``fcnquant.flow.calibrate``)."""
+    from fcnquant.flow import calibrate
+
+    names, patterns = exclusions(args, args.model)
+    return calibrate(
+        args.model, args.data, args.split, args.method, None, preset=args.preset, target=args.target,
+        batch_size=args.batch_size, params=params, ids=ids, progress=progress, size=args.size, mean=args.mean,
+        std=args.std, skip_nonfinite=args.skip_nonfinite, out=args.out, per_channel=not args.per_tensor,
+        quantize_output=args.quantize_output, exclude_nodes=names, exclude_ops=args.exclude_op,
+        exclude_regex=patterns or None, recover=args.recover, equalize=args.equalize,
+        bias_correction=args.bias_correction, adaround=args.adaround, pow2_rounding=args.pow2_rounding,
+        adaround_iterations=args.adaround_iterations, dataset=dataset)
+
+
+def format_recovery(recovery: dict) -> str:
+    """Returns one line naming the recovery passes that ran and their main figures."""
+    parts = []
+    for name in recovery.get("passes", []):
+        if name == "bias-correction" and "bias_correction" in recovery:
+            bc = recovery["bias_correction"]
+            parts.append(f"bias correction ({bc.get('layers', 0)} layers, {bc.get('passes', 0)} passes)")
+        elif name == "equalize" and "equalize" in recovery:
+            eq = recovery["equalize"]
+            n = eq.get("pairs")
+            parts.append(f"equalization ({len(n) if isinstance(n, list) else n} pairs)" if n is not None
+                         else "equalization")
+        elif name == "pow2-by-error":
+            parts.append("power-of-two scales by error")
+        else:
+            parts.append(name)
+    return ", ".join(parts) if parts else "none"
 
 
 def summarize_clipping(table) -> str:

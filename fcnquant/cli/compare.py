@@ -13,6 +13,7 @@ EXIT_DROP = 3  # --fail-on-drop exceeded
 def register(sub) -> None:
     """Adds the ``compare`` subcommand to ``sub``."""
     from fcnquant.cli.eval import add_data_options
+    from fcnquant.compare.gallery import GALLERY_IMAGES
 
     p = sub.add_parser(
         "compare", help="per-layer drift and mIoU change of a quantized (int8 QDQ or fp16) model",
@@ -31,6 +32,9 @@ def register(sub) -> None:
                    "are drawn from it")
     p.add_argument("--report", metavar="HTML", help="write a self-contained HTML report with plots to HTML")
     p.add_argument("--json", metavar="OUT", help="write the full report as JSON to OUT")
+    p.add_argument("--gallery", type=int, default=GALLERY_IMAGES, metavar="K", help="show the K images with the "
+                   "most changed pixels in the HTML report: input, ground truth, both predictions and the changed "
+                   "pixels (default %(default)s; 0: no gallery)")
     p.add_argument("--top", type=int, default=10, metavar="N", help="layers listed as top offenders "
                    "(default %(default)s)")
     p.add_argument("--sort", choices=("accumulated", "isolated"), default="accumulated",
@@ -54,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         raise FcnquantError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.top < 0:
         raise FcnquantError(f"--top must be >= 0, got {args.top}")
+    if args.gallery < 0:
+        raise FcnquantError(f"--gallery must be >= 0, got {args.gallery}")
     if args.boundary < 0:
         raise FcnquantError(f"--boundary must be >= 0, got {args.boundary}")
     if args.fail_on_drop is not None and not math.isfinite(args.fail_on_drop):
@@ -62,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         args.float_model, args.quant_model, data=args.data, split=args.split, num_images=args.num_images,
         preset=args.preset, table=args.table, stats=args.stats, isolated=not args.no_isolated,
         progress=not args.no_progress, batch_size=args.batch_size, size=args.size, mean=args.mean, std=args.std,
-        boundary_radius=args.boundary, threads=args.threads,
+        boundary_radius=args.boundary, threads=args.threads, ann_dir=args.ann_dir, gallery=args.gallery,
     )
     print(report.format_table(top=args.top, by=args.sort if not args.no_isolated else "accumulated"))
     if args.json:

@@ -14,7 +14,10 @@ def register(sub) -> None:
     p.add_argument("model", nargs="?", metavar="MODEL",
                    help="float ONNX model, or a shipped demo model name (fcn8s, fcn16s, fcn32s, fcn_r50_d8); "
                         "default fcn8s")
-    p.add_argument("--data", metavar="DIR", help="VOC root (default: the built-in synthetic VOC)")
+    p.add_argument("--data", metavar="DIR", help="VOC root (default: the built-in synthetic VOC for a demo model; "
+                   "for your own model $FCNQUANT_DATA, ./data/VOCdevkit or ./VOCdevkit when present)")
+    p.add_argument("--ann-dir", metavar="NAME", help="annotation folder under the VOC root (default: "
+                   "SegmentationClass/, then SegmentationClassAug/)")
     p.add_argument("--calib-split", default="train", help="split to calibrate on (default train)")
     p.add_argument("--eval-split", default="val", help="held-out split to compare on (default val)")
     p.add_argument("--num-images", type=int, default=50, metavar="N",
@@ -26,6 +29,8 @@ def register(sub) -> None:
                    help="deployment target of the int8 model (default ort-cpu)")
     p.add_argument("--out", default="fcnquant-demo-out", metavar="DIR",
                    help="output folder (default ./fcnquant-demo-out)")
+    p.add_argument("--gallery", type=int, default=None, metavar="K", help="images in each HTML report's gallery of "
+                   "the most changed images (default 6; 0: none)")
     p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     p.set_defaults(func=run)
 
@@ -41,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         model = demo_model_path(model or "fcn8s")
     result = run_pipeline(model, args.out, data=args.data, calib_split=args.calib_split, eval_split=args.eval_split,
                           method=args.method, target=args.target, num_images=args.num_images,
-                          eval_images=args.eval_images, progress=not args.no_progress)
+                          eval_images=args.eval_images, progress=not args.no_progress, ann_dir=args.ann_dir,
+                          gallery=args.gallery)
     print()
     print(f"fcnquant demo: {Path(model).name}, {args.method} on {result.calibration_images} calibration images, "
           f"target {args.target}, compared on '{args.eval_split}' ({result.int8_report.images} images)")

@@ -28,13 +28,20 @@ def parse_triple(text: str) -> tuple[float, float, float]:
     return vals  # type: ignore[return-value]
 
 
+DATA_HELP = ("VOC root (VOCdevkit, VOCdevkit/VOC2012 or a folder with JPEGImages/ SegmentationClass/ ImageSets/). "
+             "Default: the built-in synthetic VOC for a shipped demo model; otherwise $FCNQUANT_DATA, then "
+             "./data/VOCdevkit, then ./VOCdevkit, else the synthetic VOC with a warning")
+ANN_DIR_HELP = ("annotation folder under the VOC root (default: SegmentationClass/, then SegmentationClassAug/ of "
+                "mmsegmentation's voc12aug for ids it lacks); palette or plain 8-bit class-index PNGs")
+
+
 def add_data_options(p: argparse.ArgumentParser, split: str = "val") -> None:
     """Adds the shared --data/--split/--preset/--size/--mean/--std/--num-images/--batch-size options."""
     from fcnquant.data import PRESETS
 
-    p.add_argument("--data", metavar="DIR", help="VOC root (VOCdevkit, VOCdevkit/VOC2012 or a folder with "
-                   "JPEGImages/ SegmentationClass/ ImageSets/); default: the built-in synthetic VOC")
+    p.add_argument("--data", metavar="DIR", help=DATA_HELP)
     p.add_argument("--split", default=split, help="split list ImageSets/Segmentation/SPLIT.txt (default %(default)s)")
+    p.add_argument("--ann-dir", metavar="NAME", help=ANN_DIR_HELP)
     p.add_argument("--preset", choices=sorted(PRESETS), help="preprocessing preset (default: the model's "
                    "fcnquant.preset metadata, else awesome); the size follows a fixed model input")
     p.add_argument("--size", type=parse_size, help="input size S or HxW (keep-ratio: SHORT or SHORTxLONG)")
@@ -68,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(
         args.model, data=args.data, split=args.split, preset=args.preset, num_images=args.num_images,
         batch_size=args.batch_size, progress=not args.no_progress, ids=load_ids(args.ids) if args.ids else None,
-        size=args.size, mean=args.mean, std=args.std, threads=args.threads,
+        size=args.size, mean=args.mean, std=args.std, threads=args.threads, ann_dir=args.ann_dir,
     )
     print(result.format_table())
     if args.json:

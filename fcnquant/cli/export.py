@@ -6,7 +6,7 @@ import argparse
 from fcnquant.errors import FcnquantError
 
 # Kept in step with fcnquant.models.MODEL_NAMES (a test checks); listed here so `--help` works without torch.
-MODEL_CHOICES = ("fcn32s", "fcn16s", "fcn8s", "fcn_r50_d8", "fcn_r101_d8")
+MODEL_CHOICES = ("fcn32s", "fcn16s", "fcn8s", "fcn_r50_d8", "fcn_r101_d8", "fcn_resnet50", "fcn_resnet101")
 TORCH_HINT = (
     "fcnquant export needs PyTorch: pip install 'fcnquant[torch]' "
     "(on CPU-only machines first pip install torch==2.13.0, the CPU build, so pip does not pull a CUDA wheel)"
@@ -19,16 +19,19 @@ def register(sub) -> None:
         "export",
         help="export a zoo FCN model to ONNX (needs torch)",
         description="Export fcn32s/fcn16s/fcn8s (VGG16, awesome-semantic-segmentation-pytorch layout) or "
-        "fcn_r50_d8/fcn_r101_d8 (mmsegmentation layout) to ONNX opset 17: input 'input' (N,3,H,W) float32, "
+        "fcn_r50_d8/fcn_r101_d8 (mmsegmentation layout) or fcn_resnet50/fcn_resnet101 (torchvision layout; "
+        "no torchvision needed) to ONNX opset 17: input 'input' (N,3,H,W) float32, "
         "output 'output' (N,classes,H,W) logits, BatchNorm folded. Without --checkpoint the weights are seeded "
         "random: the graph is usable for benchmarks and pipelines but its predictions are meaningless.",
     )
     p.add_argument("model", choices=MODEL_CHOICES, help="zoo model name")
     p.add_argument("--out", required=True, help="where to write the ONNX model, e.g. fcn8s.onnx")
     p.add_argument("--checkpoint", help="PyTorch weights (.pth): plain state dict, mmseg {'state_dict', 'meta'}, "
-                   "awesome, with or without 'module.' prefixes; keys are matched strictly")
+                   "awesome, torchvision (aux_classifier.* dropped), with or without 'module.' prefixes; keys are matched "
+                   "strictly")
     p.add_argument("--size", type=int, nargs="+", metavar="PX",
-                   help="input side, or HEIGHT WIDTH (default: 320 for the VGG FCNs, 512 for the ResNet ones)")
+                   help="input side, or HEIGHT WIDTH (default: 320 for the VGG FCNs, 512 for the mmseg ResNets, 520 for "
+                   "torchvision's)")
     p.add_argument("--num-classes", type=int, default=21, help="number of output classes (default: 21, VOC)")
     p.add_argument("--width", type=float, default=1.0,
                    help="channel width multiplier, e.g. 0.125 for a tiny model of the same topology (default: 1.0)")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from fcnquant.cli._emission import TARGET_HELP, add_emission_options, exclusions
+
 
 def register(sub) -> None:
     """Adds the ``quantize`` subcommand."""
@@ -16,38 +18,21 @@ def register(sub) -> None:
     p.add_argument("model", help="float ONNX model (the one the table was calibrated on)")
     p.add_argument("--table", required=True, help="calibration table JSON written by `fcnquant calibrate`")
     p.add_argument("--out", required=True, help="where to write the int8 model, e.g. model.int8.onnx")
-    p.add_argument(
-        "--target", default="ort-cpu", choices=["ort-cpu", "tensorrt", "npu-pow2"],
-        help="ort-cpu: uint8 asymmetric activations; tensorrt: int8 symmetric, and the TensorRT calibration cache "
-        "beside the model (model.int8.onnx -> model.int8.cache); npu-pow2: int8 symmetric with power-of-two "
-        "scales (default: %(default)s)",
-    )
-    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per output channel")
-    p.add_argument("--quantize-output", action="store_true", help="quantize the logits too (default: float logits)")
-    p.add_argument(
-        "--exclude", nargs="+", default=[], metavar="NAME_OR_REGEX",
-        help="keep these nodes in float: an exact node name, or a regular expression matching whole node names",
-    )
-    p.add_argument("--exclude-op", nargs="+", default=[], metavar="OP", help="keep every node of these op types in float")
+    p.add_argument("--target", default="ort-cpu", choices=["ort-cpu", "tensorrt", "npu-pow2"],
+                   help=TARGET_HELP + " (default: %(default)s)")
+    add_emission_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``fcnquant quantize``; returns the exit status."""
-    from fcnquant._io import load_onnx
     from fcnquant.quantize import quantize_model
-    from fcnquant.quantize.exclude import name_unnamed_nodes, split_names_and_patterns
 
-    names: list[str] = []
-    patterns: list[str] = []
-    if args.exclude:
-        model = load_onnx(args.model)
-        name_unnamed_nodes(model)
-        names, patterns = split_names_and_patterns(args.exclude, model)
+    names, patterns = exclusions(args, args.model)
     res = quantize_model(
         args.model, args.table, args.out, target=args.target, per_channel=not args.per_tensor,
         quantize_output=args.quantize_output, exclude_nodes=names, exclude_ops=args.exclude_op,
-        exclude_regex=patterns or None,
+        exclude_regex=patterns or None, pow2_rounding=args.pow2_rounding or "up",
     )
     print(f"wrote {res.path} ({res.target}, {'per-tensor' if args.per_tensor else 'per-channel'} weights, "
           f"{res.quantized_nodes} int8 nodes, {res.size_bytes / 1e6:.2f} MB)")

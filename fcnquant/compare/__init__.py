@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from fcnquant.compare.api import compare_models
 from fcnquant.compare.drift import DriftAccumulator, DriftMetrics
+from fcnquant.compare.gallery import GALLERY_IMAGES, GalleryImage
 from fcnquant.compare.pairing import Pairing, TensorPair, pair_tensors
 from fcnquant.compare.report import ActivationHistogram, CompareReport, FinalMetrics, LayerDrift
 
 __all__ = [
     "compare_models", "CompareReport", "LayerDrift", "FinalMetrics", "ActivationHistogram", "DriftAccumulator",
-    "DriftMetrics", "Pairing", "TensorPair", "pair_tensors",
+    "DriftMetrics", "Pairing", "TensorPair", "pair_tensors", "GalleryImage", "GALLERY_IMAGES",
 ]

@@ -27,6 +27,7 @@ import numpy as np
 from fcnquant._io import file_sha256, load_onnx
 from fcnquant.compare.drift import DriftAccumulator
 from fcnquant.compare.final import DEFAULT_BOUNDARY_RADIUS, FinalAccumulator
+from fcnquant.compare.gallery import GALLERY_IMAGES, GalleryCollector, render_gallery
 from fcnquant.compare.histogram import FixedHistogram
 from fcnquant.compare.isolated import build_isolated
 from fcnquant.compare.pairing import TensorPair, pair_tensors
@@ -59,21 +60,29 @@ def compare_models(
     boundary_radius: int = DEFAULT_BOUNDARY_RADIUS,
     threads: int = 0,
     histogram_layers: int = HISTOGRAM_LAYERS,
+    ann_dir: str | None = None,
+    gallery: int = GALLERY_IMAGES,
 ) -> CompareReport:
     """Returns the CompareReport of ``quant_model`` (QDQ int8 or fp16 ONNX) against ``float_model`` on a split.
 
-    ``data`` defaults to ``builtin_dataset()``; ``preset`` to the float model's ``fcnquant.preset`` metadata or
+    ``data`` defaults to ``fcnquant.data.resolve_data(None, float_model)`` (the built-in synthetic VOC for a demo
+    model, else a VOC found on the machine, else the synthetic set with a warning); ``ann_dir`` picks the
+    annotation folder; ``preset`` to the float model's ``fcnquant.preset`` metadata or
     ``awesome`` (``size``/``mean``/``std`` override it, as in ``fcnquant.evaluate``). Unlabelled data gives the
     drift and changed-pixel shares only (mIoU is NaN). ``table`` (a CalibrationTable JSON) adds each layer's
     clipping range; ``table`` or ``stats`` (a CalibrationStats ``.npz``) adds activation histograms of the worst
     ``histogram_layers`` layers to the HTML report. ``boundary_radius``: half-width in pixels of the boundary band
-    for the changed-pixel share. Raises ModelError when no quantized activation can be paired.
+    for the changed-pixel share. ``gallery``: how many of the images with the most changed pixels the HTML report
+    shows (input, ground truth, both predictions, changed pixels; ``fcnquant.compare.gallery``), 0 for none.
+    Raises ModelError when no quantized activation can be paired.
     """
     from tqdm import tqdm
 
-    from fcnquant.data import builtin_dataset, iter_batches, open_dataset, preset_for_session, take_ids
+    from fcnquant.data import iter_batches, open_dataset, preset_for_session, resolve_data, take_ids
     from fcnquant.runtime import input_spec, make_session, with_outputs
 
+    if gallery < 0:
+        raise DataError(f"gallery size must be >= 0, got {gallery}")
     start = time.perf_counter()
     fpath, qpath = Path(float_model), Path(quant_model)
     fm, qm = load_onnx(fpath), load_onnx(qpath)
@@ -103,8 +112,7 @@ def compare_models(
     plan = build_isolated(qm, measured) if isolated else None
     iso = make_session(plan.model.SerializeToString(), threads=threads) if plan is not None else None
     iso_inputs = {i.name for i in iso.get_inputs()} if iso is not None else set()
-    root = Path(data) if data is not None else builtin_dataset(progress=progress)
-    dataset = open_dataset(root, split)
+    dataset = open_dataset(resolve_data(data, fpath, progress=progress).root, split, ann_dir)
     chosen = take_ids(dataset, ids, num_images)
     if not chosen:
         raise DataError(f"dataset {dataset.describe()} has no images to compare on")
@@ -116,6 +124,7 @@ def compare_models(
     isod = {p.float_name: DriftAccumulator() for p in measured} if plan is not None else {}
     hists = _table_histograms(entries, measured) if entries and stats is None else {}
     final: FinalAccumulator | None = None
+    keep = GalleryCollector(gallery)  # the most changed images, for the report's gallery (k entries at most)
 
     log.info("comparing on %d images of %s with preset %s", len(chosen), dataset.describe(), pre.describe())
     with tqdm(total=len(chosen), desc="compare", unit="img", disable=not progress) as bar:
@@ -129,8 +138,10 @@ def compare_models(
             if final is None:
                 final = FinalAccumulator(_num_classes(f_logits, q_logits), boundary_radius=boundary_radius)
             hw = batch.masks.shape[1:] if batch.masks is not None else f_logits.shape[2:]
-            final.update(_predict(f_logits, hw, final.num_classes), _predict(q_logits, hw, final.num_classes),
-                         batch.masks)
+            pred_f, pred_q = _predict(f_logits, hw, final.num_classes), _predict(q_logits, hw, final.num_classes)
+            final.update(pred_f, pred_q, batch.masks)
+            keep.update(batch.ids, pred_f, pred_q)
+            del pred_f, pred_q
             for name in f_inputs:
                 f_vals[name] = images.astype(f_run.dtype, copy=False)
             for name in q_inputs:
@@ -168,6 +179,7 @@ def compare_models(
     if not report_final.labelled:
         notes.append("the data has no labels: mIoU is not computed; boundaries come from the float predictions")
     histograms = _histograms(layers, hists, stats, entries, histogram_layers, notes)
+    gallery_images = render_gallery(keep, dataset, pre)
     return CompareReport(
         float_model=str(fpath), quant_model=str(qpath), float_sha256=file_sha256(fpath),
         quant_sha256=file_sha256(qpath), pairing=pairing.source, data=str(dataset.root), split=dataset.split,
@@ -175,7 +187,7 @@ def compare_models(
         unquantized=pairing.unquantized, unpaired_float=pairing.unpaired_float,
         unpaired_quant=pairing.unpaired_quant, histograms=histograms,
         table=str(table) if table is not None else None, stats=str(stats) if stats is not None else None,
-        seconds=time.perf_counter() - start, notes=tuple(notes),
+        seconds=time.perf_counter() - start, notes=tuple(notes), gallery=gallery_images,
     )
 
 

@@ -1,7 +1,8 @@
 """Self-contained HTML rendering of a CompareReport: inline CSS and SVG plots, no scripts, no external resources.
 
 Plots: SNR of every quantized activation along the network depth (accumulated and isolated), per-class IoU
-deltas, and value histograms of the worst layers with the calibration's clipping range. Hovering a point or bar
+deltas, a gallery of the images with the most changed pixels (inline base64 PNGs, ``fcnquant.compare.gallery``)
+and value histograms of the worst layers with the calibration's clipping range. Hovering a point or bar
 shows its exact values through SVG ``<title>`` tooltips (no JavaScript).
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ import html
 import math
 from typing import Sequence
 
+from fcnquant.compare.gallery import BROKEN, FIXED, OTHER, GalleryImage
 from fcnquant.compare.report import ActivationHistogram, CompareReport, LayerDrift, fmt
 
 _ACC = "#d1495b"  # accumulated drift
@@ -37,6 +39,15 @@ td.op{text-align:left}
 details{margin:8px 0} summary{cursor:pointer;color:#244f7a}
 .hists{display:flex;flex-wrap:wrap;gap:8px}
 .notes li{color:#7a4b00}
+.gitem{background:#fff;border:1px solid #ddd;border-radius:6px;margin:10px 0;padding:8px}
+.gcap{font-size:13px;margin:0 0 6px} .gcap code{font-size:12.5px}
+.grow{display:flex;gap:6px} figure.panel{margin:0;padding:0;border:0;flex:1 1 0;min-width:0}
+.panel img,.panel .none{width:100%;height:auto;display:block;border:1px solid #ccc;background:#eee}
+.panel img.labels{image-rendering:pixelated} .panel .none{aspect-ratio:4/3;color:#888;font-size:12px;
+display:flex;align-items:center;justify-content:center}
+.panel figcaption{text-align:center;padding:2px 0 0}
+.legend{display:flex;flex-wrap:wrap;gap:4px 12px;font-size:11.5px;color:#444;margin-top:6px}
+.sw{display:inline-block;width:11px;height:11px;border:1px solid #888;vertical-align:-1px;margin-right:4px}
 svg text{font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif}
 """
 
@@ -225,6 +236,46 @@ def histogram_plot(h: ActivationHistogram, width: int = 340, height: int = 220) 
     return p.svg(f"histogram of {h.tensor}")
 
 
+def _rgb(c) -> str:
+    return f"rgb({int(c[0])},{int(c[1])},{int(c[2])})"
+
+
+def _swatch(color, label: str) -> str:
+    return f"<span><span class='sw' style='background:{_rgb(color)}'></span>{_e(label)}</span>"
+
+
+def gallery_section(items: Sequence[GalleryImage], class_names: Sequence[str], total: int) -> str:
+    """Returns the HTML of the gallery: per image its five panels (inline PNGs), a caption and a class legend."""
+    from fcnquant.data.palette import voc_palette
+
+    pal = voc_palette()
+    rows = []
+    for g in items:
+        acc = ""
+        if g.acc_float is not None and g.acc_quant is not None:
+            acc = f"; pixel accuracy float {g.acc_float:.2f}% → quantized {g.acc_quant:.2f}%"
+        cap = (f"<div class='gcap'><b><code>{_e(g.image_id)}</code></b>: {g.changed:,} changed pixels "
+               f"({100 * g.changed_share:.2f}% of {g.pixels:,}){_e(acc)}</div>")
+        panels = []
+        for title, data in g.panels:
+            cls = " class='labels'" if title in ("ground truth", "float", "quantized") else ""
+            body = (f"<img{cls} src='data:image/png;base64,{data}' alt='{_e(title)} of {_e(g.image_id)}'>" if data
+                    else "<div class='none'>no labels</div>")
+            panels.append(f"<figure class='panel'>{body}<figcaption>{_e(title)}</figcaption></figure>")
+        names = [class_names[c] if c < len(class_names) else f"class {c}" for c in g.classes]
+        legend = "".join(_swatch(pal[c], n) for c, n in zip(g.classes, names))
+        if g.panels and g.panels[1][1]:
+            legend += _swatch(pal[255], "void (ignored)")
+        rows.append(f"<div class='gitem'>{cap}<div class='grow'>{''.join(panels)}</div>"
+                    f"<div class='legend'>{legend}</div></div>")
+    key = (_swatch(BROKEN, "float right, quantized wrong") + _swatch(FIXED, "quantized right, float wrong")
+           + _swatch(OTHER, "both wrong / void / unlabelled"))
+    return (f"<h2>The {len(items)} images with the most changed pixels</h2>"
+            f"<p class='gcap'>Of {total} images: input (as the model sees it), ground truth and both predictions in "
+            f"the VOC palette, and the pixels whose predicted class changed.</p>{''.join(rows)}"
+            f"<div class='legend'>changed pixels: {key}</div>")
+
+
 def _layer_rows(layers: Sequence[LayerDrift], rank: bool) -> str:
     rows = []
     for k, r in enumerate(layers, 1):
@@ -299,6 +350,8 @@ def render_html(report: CompareReport, top: int = 10) -> str:
                   f"<figure>{iou_delta_plot(f.class_names, f.iou_delta)}<figcaption>mIoU float {fmt(f.miou_float)}, "
                   f"quantized {fmt(f.miou_quant)} (mmseg convention; awesome convention "
                   f"{fmt(f.miou_awesome_float)} → {fmt(f.miou_awesome_quant)}).</figcaption></figure>"]
+    if report.gallery and any(g.panels for g in report.gallery):
+        parts.append(gallery_section(report.gallery, f.class_names, report.images))
     parts += [f"<h2>Worst {len(worst)} layers (lowest accumulated SNR)</h2>", _layer_rows(worst, rank=True)]
     if report.histograms:
         src = "calibration statistics" if report.histograms[0].source == "stats" else "values seen during compare"

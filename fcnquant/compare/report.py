@@ -9,6 +9,7 @@ from typing import Sequence
 
 from fcnquant._io import atomic_write_text
 from fcnquant.compare.drift import DriftMetrics
+from fcnquant.compare.gallery import GalleryImage
 from fcnquant.errors import FcnquantError
 
 FORMAT_VERSION = 1
@@ -192,6 +193,7 @@ class CompareReport:
     stats: str | None = None
     seconds: float = 0.0
     notes: tuple[str, ...] = field(default=())
+    gallery: tuple[GalleryImage, ...] = ()  # the images with the most changed pixels, most first
 
     @property
     def miou_drop(self) -> float:
@@ -226,6 +228,7 @@ class CompareReport:
             "unpaired_quant": list(self.unpaired_quant),
             "histograms": [h.to_dict() for h in self.histograms],
             "notes": list(self.notes),
+            "gallery": [g.to_dict() for g in self.gallery],
         }
 
     @classmethod
@@ -243,6 +246,7 @@ class CompareReport:
             histograms=tuple(ActivationHistogram.from_dict(h) for h in d["histograms"]),
             table=d.get("table"), stats=d.get("stats"), seconds=float(d.get("seconds", 0.0)),
             notes=tuple(d.get("notes", ())),
+            gallery=tuple(GalleryImage.from_dict(g) for g in d.get("gallery", ())),
         )
 
     def to_json(self, path: str | os.PathLike[str]) -> None:

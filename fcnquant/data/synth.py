@@ -320,7 +320,7 @@ def write_synthetic_voc(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("wrote synthetic VOC (%d train, %d val, %dx%d) to %s", train, val, size, size, final)
+    log.debug("wrote synthetic VOC (%d train, %d val, %dx%d) to %s", train, val, size, size, final)
     return root
 
 
@@ -363,6 +363,8 @@ def builtin_dataset(
         except OSError:
             if not (target / "VOC2012" / "synth.json").is_file():  # not a concurrent winner: a real failure
                 raise
+        log.info("built-in synthetic VOC ready: %d train, %d val images (%dx%d) in %s", train, val, size, size,
+                 target / "VOC2012")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -9,6 +9,12 @@ Accepted roots (the first that matches wins):
 4. otherwise a plain folder of image files (no labels, ``split`` ignored): a calibration source.
 
 With ``split=None`` a VOC root yields every image in ``JPEGImages/`` without labels.
+
+Masks (``<id>.png``) come from ``SegmentationClass/`` (VOC2012: palette PNGs) or, for ids it does not hold,
+``SegmentationClassAug/`` (mmsegmentation's "voc12aug": VOC2012 + SBD as plain 8-bit class-index PNGs, listed in
+``ImageSets/Segmentation/aug.txt``; ``tools/dataset_converters/voc_aug.py`` writes it). ``ann_dir`` names one
+annotation folder instead (relative to the VOC root, or absolute). Palette and plain 8-bit index masks are read
+and checked alike (``fcnquant.data.imageio.read_mask``).
 """
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ from fcnquant.errors import DataError
 log = logging.getLogger(__name__)
 
 _EXT_PREFERENCE = {ext: i for i, ext in enumerate(IMAGE_EXTENSIONS)}
+#: annotation folders looked up in order, per id, when no ``ann_dir`` is given
+ANN_DIRS = ("SegmentationClass", "SegmentationClassAug")
 
 
 @dataclass
@@ -147,10 +155,12 @@ def _read_split(path: Path) -> list[str]:
     return ids
 
 
-def open_dataset(root: str | os.PathLike[str], split: str | None = "val") -> Dataset:
+def open_dataset(root: str | os.PathLike[str], split: str | None = "val", ann_dir: str | None = None) -> Dataset:
     """Returns the ``Dataset`` at ``root``: a VOC layout (three root forms) or a plain folder of images.
 
-    Raises DataError for a missing root or split file, split ids without an image or mask, or an empty folder.
+    ``ann_dir``: the annotation folder (default: ``SegmentationClass/``, then ``SegmentationClassAug/`` for ids
+    the first lacks). Raises DataError for a missing root, split file or ``ann_dir``, split ids without an image or
+    mask, or an empty folder.
     """
     base = Path(root)
     if not base.exists():
@@ -178,18 +188,31 @@ def open_dataset(root: str | os.PathLike[str], split: str | None = "val") -> Dat
         raise DataError(
             f"{len(no_image)} id(s) of {split_file} have no image in {voc / 'JPEGImages'}: {_show(no_image)}"
         )
-    mask_dir = voc / "SegmentationClass"
-    if not mask_dir.is_dir():
-        log.info("%s has no SegmentationClass/ folder; using the images without labels", voc)
+    if ann_dir is not None:
+        mask_dirs = [voc / ann_dir]
+        if not mask_dirs[0].is_dir():
+            raise DataError(f"annotation folder not found: {mask_dirs[0]}")
+    else:
+        mask_dirs = [voc / name for name in ANN_DIRS if (voc / name).is_dir()]
+    if not mask_dirs:
+        log.info("%s has no %s/ folder; using the images without labels", voc, "/ or ".join(ANN_DIRS))
         return Dataset(root=voc, split=split, ids=ids, images={i: images[i] for i in ids})
-    mask_names = {e.name for e in os.scandir(mask_dir)}
-    no_mask = [i for i in ids if f"{i}.png" not in mask_names]
+    names = [{e.name for e in os.scandir(d)} for d in mask_dirs]
+    masks: dict[str, Path] = {}
+    no_mask = []
+    for i in ids:
+        found = next((d for d, have in zip(mask_dirs, names) if f"{i}.png" in have), None)
+        if found is None:
+            no_mask.append(i)
+        else:
+            masks[i] = found / f"{i}.png"
     if no_mask:
-        raise DataError(f"{len(no_mask)} id(s) of {split_file} have no mask {mask_dir}/<id>.png: {_show(no_mask)}")
-    return Dataset(
-        root=voc, split=split, ids=ids, images={i: images[i] for i in ids},
-        masks={i: mask_dir / f"{i}.png" for i in ids},
-    )
+        where = " or ".join(f"{d}/<id>.png" for d in mask_dirs)
+        raise DataError(f"{len(no_mask)} id(s) of {split_file} have no mask {where}: {_show(no_mask)}")
+    used = sorted({p.parent.name for p in masks.values()})
+    if used != ["SegmentationClass"]:
+        log.info("masks of %s split '%s' from %s/", voc, split, "/ and ".join(used))
+    return Dataset(root=voc, split=split, ids=ids, images={i: images[i] for i in ids}, masks=masks)
 
 
 def _open_image_folder(folder: Path, split: str | None) -> Dataset:

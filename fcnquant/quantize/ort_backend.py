@@ -36,6 +36,7 @@ class OrtJob:
     activations: dict[str, tuple[float, int]]  # tensor -> (scale, zero point)
     weights: dict[str, tuple[np.ndarray, int | None]] = field(default_factory=dict)  # name -> (scales, axis)
     nodes_to_exclude: list[str] = field(default_factory=list)
+    fixed_weight_scales: bool = False  # the given weight scales must not be enlarged for the int32 bias
 
 
 def _check_version() -> None:
@@ -114,8 +115,8 @@ def run_quantize_static(model_path: Path, out_path: Path, cache_path: Path, job:
         "ActivationSymmetric": prof.symmetric,
         "WeightSymmetric": True,
         "TensorQuantOverrides": overrides,
-        # power-of-two weight scales must not be enlarged by onnxruntime's int32-bias adjustment
-        "QDQDisableWeightAdjustForInt32Bias": prof.pow2,
+        # power-of-two (or otherwise fixed) weight scales must not be enlarged by onnxruntime's int32-bias adjustment
+        "QDQDisableWeightAdjustForInt32Bias": job.fixed_weight_scales,
     }
     try:
         with _quiet_ort():

@@ -23,7 +23,9 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
+
+import numpy as np
 
 from fcnquant import __version__
 from fcnquant._io import atomic_path, file_sha256, load_onnx
@@ -37,7 +39,7 @@ from fcnquant.quantize.name_map import TABLE_SHA_KEY, TENSOR_MAP_KEY, build_tens
 from fcnquant.quantize.ort_backend import OrtJob, run_quantize_static
 from fcnquant.quantize.profiles import Profile, get_profile
 from fcnquant.quantize.validate import check_model_hash, resolve_qparams
-from fcnquant.quantize.weights import symmetric_scales
+from fcnquant.quantize.weights import weight_scales_for
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,6 @@ INT8_OPS: dict[str, slice] = {
     "Add": slice(0, 2), "Mul": slice(0, 2), "Concat": slice(0, None),
     "MaxPool": slice(0, 1), "AveragePool": slice(0, 1), "Resize": slice(0, 1),
 }
-_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)
@@ -92,12 +93,22 @@ def quantize_model(
     exclude_nodes: Iterable[str] = (),
     exclude_ops: Iterable[str] = (),
     exclude_regex: str | Iterable[str] | None = None,
+    *,
+    weight_scales: Mapping[str, tuple[np.ndarray, int | None]] | None = None,
+    pow2_rounding: str = "up",
+    verify_table: bool = True,
+    metadata: Mapping[str, str] | None = None,
 ) -> QuantizeResult:
     """Returns the QuantizeResult of writing the int8 QDQ model of ``model_path`` to ``out``.
 
     ``table`` is a ``CalibrationTable`` or the path of its JSON file. ``exclude_nodes`` (exact node names),
     ``exclude_ops`` (op types) and ``exclude_regex`` (pattern(s) matched against whole node names) keep nodes in
-    float. Raises CalibrationError for a table that does not fit the model (nothing is written then).
+    float. ``weight_scales`` ({initializer: (scales, axis)}, e.g. from AdaRound) fixes those weights' int8 scales;
+    ``pow2_rounding="error"`` picks each power-of-two weight scale of ``npu-pow2`` by squared error instead of
+    rounding up (``fcnquant.quantize.weights``). ``verify_table=False`` skips the table's model-sha256 check, for
+    a model derived from the calibrated one by a function-preserving or weight-only rewrite (recovery passes);
+    ``metadata`` is added to the model's ``metadata_props``. Raises CalibrationError for a table that does not
+    fit the model (nothing is written then).
     """
     profile = get_profile(target)
     model_path = Path(model_path)
@@ -107,15 +118,19 @@ def quantize_model(
     model = load_onnx(model_path)
     model_sha = file_sha256(model_path)
     table, table_label, table_sha = _load_table(table)
-    check_model_hash(table, model_sha, str(model_path), table_label)
+    if verify_table:
+        check_model_hash(table, model_sha, str(model_path), table_label)
 
     excl.name_unnamed_nodes(model)
     excluded = excl.resolve_exclusions(model, exclude_nodes, exclude_ops, exclude_regex)
     plan = analyse(model)  # which activations need a scale, which reuse another's (fcnquant.calibrate.tensors)
     activations = _activation_params(model, plan, table, table_label, profile, quantize_output)
     table_sha = table_sha or _table_sha256(table)  # after validation: saving checks the table too
-    weights = _weight_overrides(model, profile, per_channel, set(excluded))
-    job = OrtJob(profile, per_channel, activations, weights, excluded + _float_output_activations(model, quantize_output))
+    weights = _weight_overrides(model, profile, per_channel, set(excluded), pow2_rounding)
+    fixed = dict(weight_scales or {})
+    weights.update({k: (np.asarray(v[0], np.float32), v[1]) for k, v in fixed.items()})
+    job = OrtJob(profile, per_channel, activations, weights, excluded + _float_output_activations(model, quantize_output),
+                 fixed_weight_scales=profile.pow2 or bool(fixed))
 
     # the float model's activation names, for the name map, before onnxruntime touches anything
     float_tensors = {i.name for i in model.graph.input} | {o for n in model.graph.node for o in n.output if o}
@@ -140,6 +155,7 @@ def quantize_model(
         "fcnquant.target": profile.name,
         "fcnquant.per_channel": "true" if per_channel else "false",
         "fcnquant.version": __version__,
+        **dict(metadata or {}),
     })
     capable = _int8_capable(qmodel, set(plan.observed) | set(plan.inherited))
     float_nodes = _float_nodes(qmodel, capable)
@@ -232,30 +248,19 @@ def _check_relu_zero_points(model, params: dict[str, tuple[float, int]], profile
         )
 
 
-def _weight_overrides(model, profile: Profile, per_channel: bool, excluded: set[str]) -> dict:
+def _weight_overrides(model, profile: Profile, per_channel: bool, excluded: set[str], pow2_rounding: str) -> dict:
     """Returns {weight: (scales, axis)} where onnxruntime's own weight scales would be wrong for the target.
 
     Power-of-two targets get every weight's scales; a grouped ConvTranspose gets one per-tensor scale (its
     axis 1 holds output channels of one group only, which a per-channel bias cannot follow).
     """
-    from onnx import numpy_helper
-
-    inits = {t.name: t for t in model.graph.initializer}
-    out: dict = {}
-    for node in model.graph.node:
-        if node.op_type not in _WEIGHTED or node.name in excluded or len(node.input) < 2:
-            continue
-        w_name = node.input[1]
-        if w_name not in inits or w_name in out:
-            continue
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        grouped_deconv = node.op_type == "ConvTranspose" and group != 1
-        if not (profile.pow2 or grouped_deconv):
-            continue
-        w = numpy_helper.to_array(inits[w_name])
-        axis = {"Conv": 0, "ConvTranspose": 1}.get(node.op_type) if per_channel and not grouped_deconv else None
-        out[w_name] = (symmetric_scales(w, axis, pow2=profile.pow2), axis)
-    return out
+    scales = weight_scales_for(model, profile.name, per_channel, pow2_rounding, skip_nodes=excluded)
+    if profile.pow2:
+        return scales
+    grouped = {n.input[1] for n in model.graph.node
+               if n.op_type == "ConvTranspose" and len(n.input) > 1
+               and next((a.i for a in n.attribute if a.name == "group"), 1) != 1}
+    return {k: v for k, v in scales.items() if k in grouped}
 
 
 def _int8_capable(model, activations: set[str]) -> list:

@@ -1,5 +1,7 @@
-"""fcnquant.recover: accuracy recovery for int8: numpy on ONNX graphs, no torch."""
+"""fcnquant.recover: win back the accuracy int8 loses (bias correction, equalization, adaptive rounding)."""
 from __future__ import annotations
 
-# AdaRound (helper ada)
 from fcnquant.recover.adaround import AdaRoundResult, LayerStats, adaround
+from fcnquant.recover.bias_correction import BiasCorrectionResult, LayerCorrection, correct_biases
+
+__all__ = ["AdaRoundResult", "BiasCorrectionResult", "LayerCorrection", "LayerStats", "adaround", "correct_biases"]

@@ -1,0 +1,49 @@
+"""Per-channel means of activations, streamed, and the int32 bias update that cancels a mean error (numpy only).
+
+A Conv output ``y`` of shape (N, C, H, W) contributes ``sum over n, h, w`` per channel to a float64 sum and
+``N * H * W`` to the count, so the mean over any number of batches is exact up to float64 summation order and
+needs memory for ``C`` numbers only.
+
+Bias update (QDQ graphs store a quantized Conv's bias as int32 ``b_q`` with scale ``s_b = s_x * s_w``): a mean
+output error ``e_c`` (quantized minus float) in channel ``c`` is cancelled by ``b_q[c] -= round(e_c / s_b[c])``,
+exact to half a bias step (``s_b / 2``, far below the output's own quantization step ``s_y``).
+Worked example: ``s_b = 0.001``, ``b_q = 500`` (0.5), mean error ``+0.0123`` -> ``b_q = 500 - 12 = 488`` (0.488).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
+
+
+class ChannelMeans:
+    """Running per-channel (axis 1) means of NC... tensors in float64."""
+
+    def __init__(self) -> None:
+        self.sum: np.ndarray | None = None
+        self.count = 0
+
+    def update(self, x: np.ndarray) -> None:
+        """Adds every value of ``x`` (shape (N, C, ...)) to its channel's sum."""
+        x = np.asarray(x)
+        if x.ndim < 2:
+            raise ValueError(f"expected an (N, C, ...) tensor, got shape {x.shape}")
+        axes = (0,) + tuple(range(2, x.ndim))
+        s = x.sum(axis=axes, dtype=np.float64)
+        self.sum = s if self.sum is None else self.sum + s
+        self.count += x.size // x.shape[1]
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Returns the per-channel means (float64); raises ValueError before any update."""
+        if self.sum is None or self.count == 0:
+            raise ValueError("no values were observed")
+        return self.sum / self.count
+
+
+def corrected_int32_bias(bias_q: np.ndarray, bias_scale: np.ndarray, mean_error: np.ndarray) -> np.ndarray:
+    """Returns the int32 bias ``bias_q - round(mean_error / bias_scale)`` (per channel, clipped to int32)."""
+    b = np.asarray(bias_q, dtype=np.int64)
+    step = np.broadcast_to(np.asarray(bias_scale, dtype=np.float64), b.shape)
+    delta = np.round(np.asarray(mean_error, dtype=np.float64) / step)
+    return np.clip(b - delta.astype(np.int64), INT32_MIN, INT32_MAX).astype(np.int32)

@@ -1,0 +1,82 @@
+"""Which recovery passes run: the user's switches, and what ``recover=True`` turns on for a target.
+
+``recover=True`` turns on every pass measured to help on the target (BENCHMARKS.md, "Accuracy recovery"):
+
+* power-of-two scales by expected error (``pow2_rounding="error"``) on power-of-two targets (``npu-pow2``);
+* cross-layer equalization when weights have one scale per tensor (per-channel scales already give each output
+  channel its own range, where equalization only moves rounding error between layers);
+* empirical bias correction, layer by layer, always.
+
+AdaRound needs torch and minutes of optimisation, so it runs only when asked for (``adaround=True``), also with
+``recover=True``. An explicit ``True``/``False`` for a pass always wins over what ``recover`` would choose.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+RECOVERY_METADATA_KEY = "fcnquant.recovery"
+
+
+@dataclass(frozen=True)
+class RecoveryPlan:
+    """The recovery passes to run, in the order the flow applies them."""
+
+    equalize: bool = False
+    adaround: bool = False
+    bias_correction: bool = False
+    pow2_rounding: str = "up"
+
+    @property
+    def any(self) -> bool:
+        """True when at least one pass changes the model."""
+        return self.equalize or self.adaround or self.bias_correction or self.pow2_rounding != "up"
+
+    def names(self) -> list[str]:
+        """Returns the passes that run, by their CLI names."""
+        out = []
+        if self.equalize:
+            out.append("equalize")
+        if self.pow2_rounding == "error":
+            out.append("pow2-by-error")
+        if self.adaround:
+            out.append("adaround")
+        if self.bias_correction:
+            out.append("bias-correction")
+        return out
+
+    def to_dict(self) -> dict:
+        """Returns a JSON-ready dict."""
+        return asdict(self)
+
+
+def resolve_plan(
+    target: str,
+    per_channel: bool = True,
+    recover: bool = False,
+    *,
+    equalize: bool | None = None,
+    bias_correction: bool | None = None,
+    adaround: bool | None = None,
+    pow2_rounding: str | None = None,
+) -> RecoveryPlan:
+    """Returns the RecoveryPlan for ``target``: explicit switches (not None) as given, the rest from ``recover``."""
+    from fcnquant.calibrate.qparams import get_target
+
+    pow2 = get_target(target).pow2
+    if pow2_rounding is None:
+        pow2_rounding = "error" if recover and pow2 else "up"
+    return RecoveryPlan(
+        equalize=bool(recover and not per_channel) if equalize is None else bool(equalize),
+        adaround=bool(adaround),
+        bias_correction=bool(recover) if bias_correction is None else bool(bias_correction),
+        pow2_rounding=pow2_rounding,
+    )
+
+
+def read_recovery(model) -> dict:
+    """Returns the recovery record stored in an emitted model's metadata ({} when none)."""
+    for prop in model.metadata_props:
+        if prop.key == RECOVERY_METADATA_KEY:
+            return json.loads(prop.value)
+    return {}
