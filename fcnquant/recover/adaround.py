@@ -155,6 +155,7 @@ def adaround(
     reg: float = DEFAULT_REG,
     inputs: str = "float",
     exclude_nodes: Iterable[str] = (),
+    pow2_rounding: str = "up",
 ) -> AdaRoundResult:
     """Returns the AdaRoundResult of rounding every Conv/ConvTranspose weight of the float ``model`` adaptively.
 
@@ -164,6 +165,10 @@ def adaround(
     ``fcnquant.calibrate.api.open_calibration_data`` and ``choose_ids``); ``preset``: preprocessing (default:
     the model's own). ``iterations`` Adam steps per layer with learning rate ``lr`` and regularisation ``reg``;
     ``inputs``: where each layer's inputs come from (:data:`INPUT_MODES`; see the module docstring). ``exclude_nodes``: layers left as they are (e.g. those emission keeps in float).
+    ``weight_scales`` ({initializer: (scales, axis)}) fixes the grid; by default it is what emission uses,
+    ``fcnquant.quantize.weights.weight_scales_for(model, target, per_channel, pow2_rounding)``. Emit the result
+    with ``quantize_model(path, table, out, target, per_channel=..., weight_scales=result.weight_scales,
+    verify_table=False)`` (the table of the float model stays valid: only weights moved).
     ``seed`` is accepted for API stability: the optimisation is deterministic (full-batch, fixed start).
     """
     import onnx
@@ -197,8 +202,13 @@ def adaround(
     from fcnquant.quantize.exclude import name_unnamed_nodes
 
     name_unnamed_nodes(model)
-    scales = dict(weight_scales) if weight_scales is not None else _weight_scales(model, target, per_channel)
-    layers, skipped = _find_layers(model, scales, set(exclude_nodes))
+    excluded = set(exclude_nodes)
+    if weight_scales is None:
+        from fcnquant.quantize.weights import weight_scales_for
+
+        weight_scales = weight_scales_for(model, target, per_channel, pow2_rounding, skip_nodes=excluded)
+    scales = {k: (np.asarray(v[0], np.float32), v[1]) for k, v in weight_scales.items()}
+    layers, skipped = _find_layers(model, scales, excluded)
     if not layers:
         log.warning("adaround: no Conv/ConvTranspose layer to round in %s", label)
     ids = list(ids)
@@ -209,7 +219,8 @@ def adaround(
 
     stats: list[LayerStats] = []
     with tempfile.TemporaryDirectory(prefix="fcnquant-ada-") as tmp:
-        qmodel = None if inputs == "float" else _nearest_int8(model, table, Path(tmp), target, per_channel, scales)
+        qmodel = None if inputs == "float" else _nearest_int8(model, table, Path(tmp), target, per_channel, scales,
+                                                              excluded)
         _pair_inputs(layers, model, qmodel)
         runner = _Runner(model, qmodel, dataset, ids, preset)
         if inputs == "sequential":
@@ -278,33 +289,6 @@ def _check_table(table, model, source_sha: str, label: str) -> None:
     check_model_hash(table, source_sha, label, "(given)")
 
 
-def _weight_scales(model, target: str, per_channel: bool) -> dict[str, tuple[np.ndarray, int | None]]:
-    """Returns {weight: (scales, axis)} as emission computes them (``weight_scales_for`` when available)."""
-    try:
-        from fcnquant.quantize.weights import weight_scales_for  # lands on main with the lead's change
-    except ImportError:
-        weight_scales_for = None
-    if weight_scales_for is not None:
-        return dict(weight_scales_for(model, target, per_channel))
-    from onnx import numpy_helper
-
-    from fcnquant.quantize.profiles import get_profile
-    from fcnquant.quantize.weights import symmetric_scales
-
-    pow2 = get_profile(target).pow2
-    inits = {t.name: t for t in model.graph.initializer}
-    out: dict[str, tuple[np.ndarray, int | None]] = {}
-    for node in model.graph.node:
-        if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2 or node.input[1] not in inits:
-            continue
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        grouped_deconv = node.op_type == "ConvTranspose" and group != 1
-        axis = (0 if node.op_type == "Conv" else 1) if per_channel and not grouped_deconv else None
-        w = numpy_helper.to_array(inits[node.input[1]])
-        out.setdefault(node.input[1], (symmetric_scales(w, axis, pow2=pow2), axis))
-    return out
-
-
 def _find_layers(model, scales: Mapping, excluded: set[str]) -> tuple[list[_Layer], list[tuple[str, str]]]:
     """Returns (the layers to round in graph order, [(node, why skipped)])."""
     from onnx import helper, numpy_helper
@@ -345,21 +329,16 @@ def _find_layers(model, scales: Mapping, excluded: set[str]) -> tuple[list[_Laye
     return layers, skipped
 
 
-def _nearest_int8(model, table, tmp: Path, target: str, per_channel: bool, scales: Mapping):
+def _nearest_int8(model, table, tmp: Path, target: str, per_channel: bool, scales: Mapping, excluded: set[str]):
     """Returns the int8 QDQ ModelProto of ``model`` with round-to-nearest weights (the inputs' source)."""
-    import inspect
-
-    from fcnquant._io import file_sha256, load_onnx
+    from fcnquant._io import load_onnx
     from fcnquant.quantize import quantize_model
 
     src = tmp / "float.onnx"
     _save(model, src)
-    local = copy.copy(table)
-    local.model_sha256 = file_sha256(src)  # the same model (checked by the caller), serialized here
-    kwargs = {}
-    if "weight_scales" in inspect.signature(quantize_model).parameters:
-        kwargs["weight_scales"] = scales
-    quantize_model(src, local, tmp / "int8.onnx", target=target, per_channel=per_channel, **kwargs)
+    # the same model the caller checked the table against, serialized again here
+    quantize_model(src, table, tmp / "int8.onnx", target=target, per_channel=per_channel, exclude_nodes=excluded,
+                   weight_scales=scales, verify_table=False)
     return load_onnx(tmp / "int8.onnx")
 
 
