@@ -164,7 +164,8 @@ def adaround(
     accepted with ``float`` inputs); ``dataset`` + ``ids``: the calibration images (e.g.
     ``fcnquant.calibrate.api.open_calibration_data`` and ``choose_ids``); ``preset``: preprocessing (default:
     the model's own). ``iterations`` Adam steps per layer with learning rate ``lr`` and regularisation ``reg``;
-    ``inputs``: where each layer's inputs come from (:data:`INPUT_MODES`; see the module docstring). ``exclude_nodes``: layers left as they are (e.g. those emission keeps in float).
+    ``inputs``: where each layer's inputs come from (:data:`INPUT_MODES`; see the module docstring).
+    ``exclude_nodes``: layers left as they are (e.g. those emission keeps in float).
     ``weight_scales`` ({initializer: (scales, axis)}) fixes the grid; by default it is what emission uses,
     ``fcnquant.quantize.weights.weight_scales_for(model, target, per_channel, pow2_rounding)``. Emit the result
     with ``quantize_model(path, table, out, target, per_channel=..., weight_scales=result.weight_scales,
@@ -409,7 +410,7 @@ class _Runner:
         qsess = self._qsession if self.qmodel is not None else None
         in_name = fsess.get_inputs()[0].name
         preset = preset_for_session(fsess, self.preset_arg)
-        grams = [GramStats(l.spec) for l in layers]
+        grams = [GramStats(l.spec, same_inputs=qsess is None) for l in layers]
         bar = tqdm(total=len(self.ids), desc="adaround inputs", unit="img", disable=None if progress else True,
                    leave=False)
         try:

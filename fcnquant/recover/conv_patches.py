@@ -196,12 +196,17 @@ def row_scales(scales: np.ndarray, spec: ConvSpec) -> np.ndarray:
 class GramStats:
     """Accumulates the patch moments ``E[x_f x_f^T]``, ``E[x_f x_q^T]``, ``E[x_q x_q^T]`` of one layer ([G, D, D])."""
 
-    def __init__(self, spec: ConvSpec, rows_per_chunk: int | None = None, max_patches: int = 1 << 16) -> None:
+    def __init__(self, spec: ConvSpec, rows_per_chunk: int | None = None, max_patches: int = 1 << 16,
+                 same_inputs: bool = False) -> None:
+        """``same_inputs``: the quantized input will always be the float one, so the three moments are one
+        array (a third of the memory); ``rows_per_chunk`` (default: ``max_patches`` patches a chunk) bounds the
+        patches held at once."""
         self.spec = spec
         g, d = spec.group, spec.patch_size
         self.ff = np.zeros((g, d, d))
-        self.fq = np.zeros((g, d, d))
-        self.qq = np.zeros((g, d, d))
+        self.same_inputs = same_inputs
+        self.fq = self.ff if same_inputs else np.zeros((g, d, d))
+        self.qq = self.ff if same_inputs else np.zeros((g, d, d))
         self.count = 0
         self.rows_per_chunk = rows_per_chunk
         self.max_patches = max_patches
@@ -215,7 +220,11 @@ class GramStats:
         for r0 in range(0, ho, rows):
             sl = slice(r0, min(ho, r0 + rows))
             pf = patches(x_float.astype(np.float32, copy=False), self.spec, sl)
-            if x_quant is x_float:  # float inputs: one product serves all three moments
+            if self.same_inputs:
+                if x_quant is not x_float and not np.array_equal(x_quant, x_float):
+                    raise ModelError("GramStats(same_inputs=True) was given a quantized input unlike the float one")
+                self.ff += np.matmul(pf.transpose(0, 2, 1), pf)  # ff, fq and qq are one array
+            elif x_quant is x_float:  # one product serves all three moments
                 ff = np.matmul(pf.transpose(0, 2, 1), pf)
                 self.ff += ff
                 self.fq += ff
