@@ -187,8 +187,8 @@ def calibrate(
             t0 = time.perf_counter()
             from fcnquant.recover.bias_correction import correct_biases
 
-            bc = correct_biases(staged, float_path, dataset, chosen, preset, batch_size=batch_size,
-                                progress=progress)
+            bc = correct_biases(staged, float_path, dataset, chosen, preset, batch_size=batch_size, size=size,
+                                mean=mean, std=std, progress=progress)
             recovery["bias_correction"] = {k: v for k, v in bc.to_dict().items() if k != "layers"}
             recovery["bias_correction"]["layers"] = len(bc.layers)
             _save_with_metadata(bc.model, staged, recovery)

@@ -47,3 +47,50 @@ def corrected_int32_bias(bias_q: np.ndarray, bias_scale: np.ndarray, mean_error:
     step = np.broadcast_to(np.asarray(bias_scale, dtype=np.float64), b.shape)
     delta = np.round(np.asarray(mean_error, dtype=np.float64) / step)
     return np.clip(b - delta.astype(np.int64), INT32_MIN, INT32_MAX).astype(np.int32)
+
+
+class WindowMeans:
+    """Running means, per input channel and kernel offset, of the values a 2-D convolution reads.
+
+    For an input ``x`` (N, C, H, W), zero padding ``pads`` (top, left, bottom, right), kernel (KH, KW), strides and
+    dilations, ``M[i, kh, kw]`` is the mean over images and output positions ``(oh, ow)`` of
+    ``x_padded[:, i, oh * sh + kh * dh, ow * sw + kw * dw]``. The mean output of a convolution with weights ``D``
+    (no bias) is then exactly ``sum_{i, kh, kw} D[c, i, kh, kw] * M[i, kh, kw]`` (border positions included).
+    """
+
+    def __init__(self, kernel: tuple[int, int], pads: tuple[int, int, int, int] = (0, 0, 0, 0),
+                 strides: tuple[int, int] = (1, 1), dilations: tuple[int, int] = (1, 1)) -> None:
+        self.kernel, self.pads, self.strides, self.dilations = kernel, pads, strides, dilations
+        self.sum: np.ndarray | None = None
+        self.count = 0
+
+    def update(self, x: np.ndarray) -> None:
+        """Adds the windows of every image of ``x`` (N, C, H, W)."""
+        x = np.asarray(x)
+        (kh_n, kw_n), (pt, pl, pb, pr) = self.kernel, self.pads
+        (sh, sw), (dh, dw) = self.strides, self.dilations
+        xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if any(self.pads) else x
+        hp, wp = xp.shape[2], xp.shape[3]
+        oh = (hp - dh * (kh_n - 1) - 1) // sh + 1
+        ow = (wp - dw * (kw_n - 1) - 1) // sw + 1
+        s = np.empty((x.shape[1], kh_n, kw_n), dtype=np.float64)
+        for kh in range(kh_n):
+            for kw in range(kw_n):
+                r0, c0 = kh * dh, kw * dw
+                win = xp[:, :, r0:r0 + sh * (oh - 1) + 1:sh, c0:c0 + sw * (ow - 1) + 1:sw]
+                s[:, kh, kw] = win.sum(axis=(0, 2, 3), dtype=np.float64)
+        self.sum = s if self.sum is None else self.sum + s
+        self.count += x.shape[0] * oh * ow
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Returns ``M`` (C, KH, KW) in float64; raises ValueError before any update."""
+        if self.sum is None or self.count == 0:
+            raise ValueError("no values were observed")
+        return self.sum / self.count
+
+
+def weight_shift_means(delta_w: np.ndarray, window_means: np.ndarray) -> np.ndarray:
+    """Returns the mean output shift per output channel of a convolution with weight error ``delta_w``
+    (Cout, Cin, KH, KW) over inputs whose window means are ``window_means`` (Cin, KH, KW)."""
+    return np.einsum("oikl,ikl->o", np.asarray(delta_w, np.float64), np.asarray(window_means, np.float64))

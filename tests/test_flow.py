@@ -1,0 +1,116 @@
+"""The one-shot flow: collect -> recover -> emit; what ran is recorded; nothing is written when a step fails."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from fcnquant.data import write_synthetic_voc
+from fcnquant.errors import FcnquantError
+from fcnquant.flow import calibrate
+from fcnquant.quantize import quantize_model
+from fcnquant.recover.plan import RECOVERY_METADATA_KEY, read_recovery, resolve_plan
+from test_recover_bias import branching_model
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("flow")
+    write_synthetic_voc(tmp / "voc", train=6, val=2, size=32, seed=5, progress=False)
+    fpath = tmp / "float.onnx"
+    onnx.save(branching_model(), str(fpath))
+    return tmp, fpath
+
+
+def test_plan_per_target():
+    assert resolve_plan("npu-pow2", per_channel=False, recover=True).names() == \
+        ["equalize", "pow2-by-error", "bias-correction"]
+    assert resolve_plan("ort-cpu", per_channel=True, recover=True).names() == ["bias-correction"]
+    assert resolve_plan("npu-pow2", recover=True, bias_correction=False).names() == ["pow2-by-error"]
+    assert resolve_plan("tensorrt", recover=False, adaround=True).names() == ["adaround"]
+    assert not resolve_plan("ort-cpu").any
+
+
+def test_recovery_is_recorded_and_biases_change(env, tmp_path):
+    tmp, fpath = env
+    out = tmp_path / "m.int8.onnx"
+    res = calibrate(fpath, tmp / "voc", num_images=6, size=32, preset="awesome", target="npu-pow2", out=out,
+                    per_channel=False, recover=True, equalize=False, progress=False)
+    assert res.plan.names() == ["pow2-by-error", "bias-correction"]
+    q = onnx.load(str(out))
+    rec = read_recovery(q)
+    assert rec["passes"] == ["pow2-by-error", "bias-correction"]
+    assert rec["bias_correction"]["layers"] == 3 and rec["bias_correction"]["passes"] == 2  # two dependency levels
+    assert rec["pow2_rounding"] == "error" and res.table.pow2_rounding == "error"
+    plain = tmp_path / "plain.onnx"
+    table = res.table
+    quantize_model(fpath, table, plain, target="npu-pow2", per_channel=False, pow2_rounding="error")
+    p = onnx.load(str(plain))
+    assert RECOVERY_METADATA_KEY not in {m.key for m in p.metadata_props}
+    b_plain = {t.name: numpy_helper.to_array(t) for t in p.graph.initializer if t.name.endswith("_quantized")}
+    b_rec = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer if t.name.endswith("_quantized")}
+    changed = [n for n in b_plain if n.startswith("b") and not np.array_equal(b_plain[n], b_rec[n])]
+    assert changed  # the corrected biases differ from plain emission; the weights do not
+    for n in b_plain:
+        if n.startswith("w"):
+            assert np.array_equal(b_plain[n], b_rec[n]), n
+
+
+def test_a_failing_step_leaves_nothing(env, tmp_path, monkeypatch):
+    tmp, fpath = env
+    import fcnquant.recover.bias_correction as bc
+
+    def boom(*a, **k):
+        raise FcnquantError("planted failure")
+
+    monkeypatch.setattr(bc, "correct_biases", boom)
+    out = tmp_path / "m.int8.onnx"
+    with pytest.raises(FcnquantError, match="planted"):
+        calibrate(fpath, tmp / "voc", num_images=4, size=32, preset="awesome", target="tensorrt", out=out,
+                  bias_correction=True, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_passes_that_make_a_model_need_out(env):
+    tmp, fpath = env
+    with pytest.raises(FcnquantError, match="give `out`"):
+        calibrate(fpath, tmp / "voc", num_images=2, size=32, bias_correction=True, progress=False)
+    res = calibrate(fpath, tmp / "voc", num_images=2, size=32, target="npu-pow2", recover=True, progress=False)
+    assert res.quantize is None and res.table.pow2_rounding == "error"
+
+
+def test_cli_calibrate_out_with_emission_options(env, tmp_path):
+    tmp, fpath = env
+    out = tmp_path / "m.int8.onnx"
+    cmd = [sys.executable, "-m", "fcnquant", "calibrate", str(fpath), "--data", str(tmp / "voc"), "--size", "32",
+           "--num-images", "4", "--target", "npu-pow2", "--per-tensor", "--recover", "--no-equalize",
+           "--exclude", "conv3", "--out", str(out), "--out-table", str(tmp_path / "t.json"), "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "recovery: power-of-two scales by error, bias correction (2 layers" in r.stdout
+    q = onnx.load(str(out))
+    meta = {m.key: m.value for m in q.metadata_props}
+    assert meta["fcnquant.per_channel"] == "false"
+    conv3 = next(n for n in q.graph.node if n.name == "conv3")
+    assert conv3.input[1] == "w3"  # excluded: float weights
+    assert json.loads(meta[RECOVERY_METADATA_KEY])["passes"] == ["pow2-by-error", "bias-correction"]
+
+
+def test_explicit_weight_scales_are_used(env, tmp_path):
+    tmp, fpath = env
+    res = calibrate(fpath, tmp / "voc", num_images=2, size=32, target="tensorrt", progress=False)
+    w1 = numpy_helper.to_array(next(t for t in onnx.load(str(fpath)).graph.initializer if t.name == "w1"))
+    scales = np.abs(w1).reshape(6, -1).max(axis=1) / 100.0  # larger than max/127: every weight fits
+    out = tmp_path / "q.onnx"
+    quantize_model(fpath, res.table, out, target="tensorrt", weight_scales={"w1": (scales, 0)})
+    q = onnx.load(str(out))
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    dq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "w1_quantized")
+    np.testing.assert_array_equal(inits[dq.input[1]], scales.astype(np.float32))
+    np.testing.assert_array_equal(inits["w1_quantized"],
+                                  np.clip(np.round(w1 / scales.astype(np.float32)[:, None, None, None]), -127, 127))

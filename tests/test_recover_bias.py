@@ -1,0 +1,206 @@
+"""Bias correction: every corrected layer's mean error cancelled, planted shifts removed exactly, schedules agree."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from fcnquant.calibrate import collect_stats, compute_table
+from fcnquant.data import get_preset, iter_batches, open_dataset, write_synthetic_voc
+from fcnquant.quantize import quantize_model
+from fcnquant.recover import correct_biases
+from fcnquant.recover.bias_correction import dependency_levels, find_targets
+from fcnquant.recover.channel_means import ChannelMeans, corrected_int32_bias
+from fcnquant.runtime import make_session, with_outputs
+
+
+def branching_model(seed: int = 0) -> onnx.ModelProto:
+    """input -> conv1 -> relu -> {conv2 (1x1), conv3 (3x3)} -> add -> relu -> conv4 (no bias) -> output."""
+    rng = np.random.default_rng(seed)
+
+    def init(name, *shape, s=0.4):
+        return numpy_helper.from_array((rng.standard_normal(shape) * s).astype(np.float32), name)
+
+    inits = [init("w1", 6, 3, 3, 3), init("b1", 6, s=0.1), init("w2", 5, 6, 1, 1), init("b2", 5, s=0.1),
+             init("w3", 5, 6, 3, 3), init("b3", 5, s=0.1), init("w4", 4, 5, 1, 1)]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2"),
+        helper.make_node("Conv", ["r1", "w3", "b3"], ["c3"], name="conv3", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "c3"], ["a"], name="add"),
+        helper.make_node("Relu", ["a"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w4"], ["output"], name="conv4"),
+    ]
+    graph = helper.make_graph(nodes, "branching",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 4, "H", "W"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bc")
+    write_synthetic_voc(tmp / "voc", train=6, val=1, size=32, seed=5, progress=False)
+    ds = open_dataset(tmp / "voc", "train")
+    fpath = tmp / "float.onnx"
+    onnx.save(branching_model(), str(fpath))
+    ids = list(ds.ids)
+    stats = collect_stats(fpath, ds, ids, "awesome", size=32, progress=False)
+    table = compute_table(stats, "minmax", "npu-pow2")
+    qpath = tmp / "q.onnx"
+    quantize_model(fpath, table, qpath, target="npu-pow2", per_channel=False)
+    return ds, ids, fpath, qpath
+
+
+def conv_means(model, ds, ids, names):
+    """Independent: onnxruntime with the tensors exposed, numpy means per channel over all images."""
+    sess = make_session(with_outputs(model, names).SerializeToString())
+    preset = get_preset("awesome", size=32)
+    acc = {n: [] for n in names}
+    for b in iter_batches(ds, preset, ids, 1, with_masks=False):
+        for n, v in zip(names, sess.run(names, {"input": b.images})):
+            acc[n].append(v.astype(np.float64))
+    return {n: np.concatenate(v).mean(axis=(0, 2, 3)) for n, v in acc.items()}
+
+
+def bias(model, name):
+    for t in model.graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    raise KeyError(name)
+
+
+def test_corrected_layers_have_zero_mean_error(setup):
+    ds, ids, fpath, qpath = setup
+    res = correct_biases(qpath, fpath, ds, ids, "awesome", size=32, error="accumulated", skip_logits=False,
+                         progress=False)
+    assert [layer.node for layer in res.layers] == ["conv1", "conv2", "conv3"]
+    assert res.skipped == (("conv4", "has no int32 bias (a Conv without bias, or a float bias)"),)
+    skipping = correct_biases(qpath, fpath, ds, ids, "awesome", size=32, progress=False)
+    assert [layer.node for layer in skipping.layers] == ["conv1", "conv2", "conv3"]  # c2, c3 feed a Relu
+    assert skipping.skipped == (("conv4", "scores classes (its output reaches the logits through linear ops only)"),)
+    names = ["c1", "c2", "c3"]
+    f = conv_means(onnx.load(str(fpath)), ds, ids, names)
+    before = conv_means(onnx.load(str(qpath)), ds, ids, names)
+    after = conv_means(res.model, ds, ids, names)
+    targets, _ = find_targets(res.model, onnx.load(str(fpath)))
+    for t in targets:
+        err_before = np.abs(before[t.output] - f[t.output])
+        err_after = np.abs(after[t.output] - f[t.output])
+        assert (err_after <= t.bias_scale / 2 + 1e-6).all(), t.node
+        assert err_before.max() > 3 * err_after.max(), t.node  # there was something to correct
+    # the recorded errors are the ones measured before each layer's correction (conv1 has nothing upstream)
+    assert res.layers[0].max_abs_error == pytest.approx(np.abs(before["c1"] - f["c1"]).max(), rel=1e-6)
+
+
+@pytest.mark.parametrize("error", ["accumulated"])  # "weights" cancels weight rounding only, by design
+def test_planted_shift_is_removed_exactly(setup, error):
+    ds, ids, fpath, qpath = setup
+    q = onnx.load(str(qpath))
+    target = next(t for t in find_targets(q, onnx.load(str(fpath)))[0] if t.node == "conv1")
+    planted = onnx.ModelProto()
+    planted.CopyFrom(q)
+    init = next(t for t in planted.graph.initializer if t.name == target.bias_init)
+    shift = np.array([40, -25, 7, 0, -90, 13], np.int32)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + shift, init.name))
+    clean = correct_biases(q, fpath, ds, ids, "awesome", size=32, error=error, progress=False).model
+    fixed = correct_biases(planted, fpath, ds, ids, "awesome", size=32, error=error, progress=False).model
+    targets, _ = find_targets(clean, onnx.load(str(fpath)))
+    for t in targets:
+        assert np.array_equal(bias(clean, t.bias_init), bias(fixed, t.bias_init)), t.node
+
+
+@pytest.mark.parametrize("error", ["weights", "accumulated"])
+def test_levels_and_sequential_schedules_agree(setup, error):
+    ds, ids, fpath, qpath = setup
+    lv = correct_biases(qpath, fpath, ds, ids, "awesome", size=32, error=error, progress=False)
+    sq = correct_biases(qpath, fpath, ds, ids, "awesome", schedule="sequential", size=32, error=error,
+                        progress=False)
+    extra = 1 if error == "accumulated" else 0  # the float pass
+    assert lv.passes == extra + 2 and sq.passes == extra + 3  # conv2 and conv3 share the second pass
+    assert [layer.level for layer in lv.layers] == [1, 2, 2]
+    for t in find_targets(lv.model, onnx.load(str(fpath)))[0]:
+        assert np.array_equal(bias(lv.model, t.bias_init), bias(sq.model, t.bias_init)), t.node
+
+
+def test_dependency_levels_follow_every_path():
+    m = branching_model()
+    assert dependency_levels(m, ["c1", "c2", "c3", "output"]) == {"c1": 1, "c2": 2, "c3": 2, "output": 3}
+    assert dependency_levels(m, ["c2", "c3"]) == {"c2": 1, "c3": 1}
+
+
+def test_channel_means_and_bias_update_by_hand():
+    acc = ChannelMeans()
+    acc.update(np.array([[[[1.0, 3.0]], [[0.0, 0.0]]]]))  # (1, 2, 1, 2)
+    acc.update(np.array([[[[5.0, 7.0]], [[4.0, 8.0]]]]))
+    assert acc.count == 4 and list(acc.mean) == [4.0, 3.0]
+    # the module's worked example: s_b = 0.001, b = 500, mean error +0.0123 -> 488
+    assert corrected_int32_bias(np.array([500], np.int32), np.array([0.001]), np.array([0.0123]))[0] == 488
+    big = corrected_int32_bias(np.array([2 ** 31 - 5], np.int32), np.array([1.0]), np.array([-100.0]))
+    assert big[0] == 2 ** 31 - 1 and big.dtype == np.int32
+
+
+def test_bad_schedule_and_no_images(setup):
+    from fcnquant.errors import FcnquantError
+
+    ds, ids, fpath, qpath = setup
+    with pytest.raises(FcnquantError, match="schedule"):
+        correct_biases(qpath, fpath, ds, ids, schedule="fast")
+    with pytest.raises(FcnquantError, match="at least one"):
+        correct_biases(qpath, fpath, ds, [])
+
+
+def brute_conv_mean(x, w, pads, strides, dilations):
+    """Independent: the convolution computed output position by output position, then its mean per channel."""
+    n, c, h, wd = x.shape
+    co, ci, kh, kw = w.shape
+    xp = np.zeros((n, c, h + pads[0] + pads[2], wd + pads[1] + pads[3]))
+    xp[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + wd] = x
+    oh = (xp.shape[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (xp.shape[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    out = np.zeros((n, co, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            patch = xp[:, :, i * strides[0]:i * strides[0] + dilations[0] * (kh - 1) + 1:dilations[0],
+                       j * strides[1]:j * strides[1] + dilations[1] * (kw - 1) + 1:dilations[1]]
+            out[:, :, i, j] = np.einsum("ncij,ocij->no", patch, w)
+    return out.mean(axis=(0, 2, 3))
+
+
+@pytest.mark.parametrize("pads,strides,dilations", [((1, 1, 1, 1), (1, 1), (1, 1)), ((0, 2, 1, 0), (2, 1), (1, 2)),
+                                                    ((0, 0, 0, 0), (2, 2), (2, 1))])
+def test_window_means_give_the_exact_mean_of_a_convolution(pads, strides, dilations):
+    from fcnquant.recover.channel_means import WindowMeans, weight_shift_means
+
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((5, 3, 3, 2))
+    xs = [np.maximum(rng.standard_normal((2, 3, 9, 11)), 0) for _ in range(3)]
+    acc = WindowMeans((3, 2), pads, strides, dilations)
+    for x in xs:
+        acc.update(x)
+    ref = brute_conv_mean(np.concatenate(xs), w, pads, strides, dilations)
+    np.testing.assert_allclose(weight_shift_means(w, acc.mean), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_weight_error_mode_cancels_the_rounding_shift_of_the_first_layer(setup):
+    """conv1 reads the int8 model's dequantized input image: after correction its mean output equals that of the
+    float weights and bias on the same input (a numpy convolution), to half a bias step."""
+    ds, ids, fpath, qpath = setup
+    res = correct_biases(qpath, fpath, ds, ids, "awesome", size=32, progress=False)  # error="weights"
+    fm, q = onnx.load(str(fpath)), onnx.load(str(qpath))
+    x_dq = next(n for n in q.graph.node if n.name == "conv1").input[0]
+    assert x_dq != "input"
+    sess = make_session(with_outputs(res.model, [x_dq]).SerializeToString())
+    xs = [sess.run([x_dq], {"input": b.images})[0]
+          for b in iter_batches(ds, get_preset("awesome", size=32), ids, 1, with_masks=False)]
+    ref = brute_conv_mean(np.concatenate(xs).astype(np.float64), bias(fm, "w1").astype(np.float64),
+                          (1, 1, 1, 1), (1, 1), (1, 1)) + bias(fm, "b1")
+    got = conv_means(res.model, ds, ids, ["c1"])["c1"]
+    before = conv_means(q, ds, ids, ["c1"])["c1"]
+    t = next(t for t in find_targets(res.model, fm)[0] if t.node == "conv1")
+    assert (np.abs(got - ref) <= t.bias_scale / 2 + 1e-6).all()
+    assert np.abs(before - ref).max() > 2 * np.abs(got - ref).max()
