@@ -10,17 +10,17 @@ Steps (the numerics live in ``rounding``, ``layer_rounding`` and ``conv_patches`
 3. The float model (and, unless ``inputs="float"``, the int8 model with round-to-nearest weights from
    ``fcnquant.quantize.quantize_model`` with the table) run once per calibration image: each layer's float input
    ``x_f`` and its input in the int8 model ``x_q`` (the DequantizeLinear output the name map
-   ``fcnquant.tensor_map`` pairs with it) feed the layer's patch moments (``conv_patches.GramStats``: exact over every position, ``D^2`` memory per layer, so 512x512
-   inputs cost no more memory than 160x160 ones).
+   ``fcnquant.tensor_map`` pairs with it) feed the layer's patch moments (``conv_patches.GramStats``: exact
+   over every position, ``D^2`` memory per layer, so 512x512 inputs cost no more memory than 160x160 ones).
    ``inputs`` (:data:`INPUT_MODES`) chooses the source of ``x_q``: ``float`` (default) feeds the float inputs,
    so each layer undoes its own rounding error only; ``sequential`` runs, for each layer, the int8 model whose
    earlier layers already have their AdaRound weights (one float + one int8 pass over the images per layer;
    the paper's and AIMET's choice); ``nearest`` takes all layers' inputs from the round-to-nearest int8 model in
    one pass. Measured on the demo fcn8s, npu-pow2 per-tensor, 1000 held-out images (nearest rounding 66.78
-   mIoU, fp32 67.03): ``float`` 66.87 in 73 s (66.92 in a later run), ``sequential`` 66.79 in 249 s, ``nearest`` 66.31 in 115 s (every
-   layer also undoes the input error its predecessors already undid); on ort-cpu per-channel ``sequential``
-   67.02 in 497 s against ``float`` 67.01 in 70 s (nearest 67.03). The activations' own quantization
-   error dominates these layers' output error (the loss of float weights on int8 inputs is within a few
+   mIoU, fp32 67.03): ``float`` 66.87 in 73 s (66.92 in a later run), ``sequential`` 66.79 in 249 s,
+   ``nearest`` 66.31 in 115 s (every layer also undoes the input error its predecessors already undid); on
+   ort-cpu per-channel ``sequential`` 67.02 in 497 s against ``float`` 67.01 in 70 s (nearest 67.03). The
+   activations' own quantization error dominates these layers' output error (the loss of float weights on int8 inputs is within a few
    percent of nearest rounding's), and fitting the weights to it does not carry over to the model's output.
 4. Per layer, Adam on the rounding variables (``layer_rounding.optimize_rounding``), then hard rounding; a
    layer keeps round-to-nearest when AdaRound does not lower its reconstruction loss.
@@ -392,7 +392,8 @@ class _Runner:
         inits = {t.name: t for t in self.qmodel.graph.initializer}
         old = inits[dq.input[0]]
         if tuple(old.dims) != layer.w_int.shape:
-            raise ModelError(f"int8 weight of '{layer.node.name}' has shape {list(old.dims)}, expected {layer.w_int.shape}")
+            raise ModelError(f"int8 weight of '{layer.node.name}' has shape {list(old.dims)}, "
+                             f"expected {list(layer.w_int.shape)}")
         old.CopyFrom(numpy_helper.from_array(layer.w_int, old.name))
         self._qsession = None
 

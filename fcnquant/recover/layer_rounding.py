@@ -11,14 +11,15 @@ fed the quantized model's inputs ``x_q``::
 so one gradient step costs one ``[C, D] x [D, D]`` product (``D`` = inputs per output channel) whatever the
 number of images and positions: the statistics are exact over every position of every calibration image, in
 memory that does not grow with the image size. The gradient is ``dL/dW_q = 2 (W_q A - B)``, chained through
-``W_q = s * clip(floor(W / s) + h(V), QMIN, QMAX)`` (computed as ``2 ((W_q - W) A + R)`` with ``R = W A - B``, so
-float32 steps do not lose the small difference ``W_q - W`` against the large ``W A``) and the rectified sigmoid, plus ``reg`` times the
-regulariser's gradient (``fcnquant.recover.rounding``). Everything is batched over the groups of a grouped conv.
+``W_q = s * clip(floor(W / s) + h(V), QMIN, QMAX)`` and the rectified sigmoid, plus ``reg`` times the
+regulariser's gradient. It is computed as ``2 ((W_q - W) A + R)`` with ``R = W A - B``, so float32 steps do not
+lose the small difference ``W_q - W`` against the large ``W A`` (arithmetic: ``fcnquant.recover.rounding``).
+Everything is batched over the groups of a grouped conv.
 
 The loop: ``V`` starts where ``h(V)`` equals the fractional part of ``W / s``; Adam (AIMET's optimiser) at
-learning rate 0.01 for ``iterations`` steps (on the demo fcn8s, npu-pow2 per-tensor, 500 steps at 0.01 and 0.03
-removed 80% and 81% of the nearest-rounding layer error and gave the same mIoU); the regulariser is off for the first
-``warm_start`` share of the steps, then its ``beta`` anneals 20 -> 2; finally ``h >= 0.5`` rounds up. The result
+learning rate 0.01 for ``iterations`` steps (on the demo fcn8s, npu-pow2 per-tensor, 500 steps at 0.01 and
+0.03 removed 80% and 81% of the nearest-rounding layer error and gave the same mIoU); the regulariser is off
+for the first ``warm_start`` share of the steps, then its ``beta`` anneals 20 -> 2; finally ``h >= 0.5`` rounds up. The result
 is kept only when its loss is below round-to-nearest's (otherwise nearest is returned), so a layer never
 gets worse on its own objective.
 """

@@ -40,7 +40,8 @@ def rectified_sigmoid(v: np.ndarray) -> np.ndarray:
 def initial_v(frac: np.ndarray) -> np.ndarray:
     """Returns the ``v`` with ``h(v) = frac`` for ``frac`` in [0, 1) (AdaRound starts at the exact weights).
 
-    ``frac = w / s - floor(w / s)``; the inverse of the stretched sigmoid is ``-log((ZETA - GAMMA) / (frac - GAMMA) - 1)``.
+    ``frac = w / s - floor(w / s)``; the inverse of the stretched sigmoid is
+    ``-log((ZETA - GAMMA) / (frac - GAMMA) - 1)``.
     """
     frac = np.clip(np.asarray(frac, dtype=np.float64), 0.0, 1.0)
     return -np.log((ZETA - GAMMA) / (frac - GAMMA) - 1.0)
@@ -64,7 +65,9 @@ def rectified_sigmoid_grad(v: np.ndarray) -> np.ndarray:
     return np.where((raw > 0.0) & (raw < 1.0), (ZETA - GAMMA) * sig * (1.0 - sig), 0.0)
 
 
-def beta_at(step: int, iterations: int, warm_start: float = 0.2, beta_range: tuple[float, float] = (20.0, 2.0)) -> float | None:
+def beta_at(
+    step: int, iterations: int, warm_start: float = 0.2, beta_range: tuple[float, float] = (20.0, 2.0)
+) -> float | None:
     """Returns the regulariser's ``beta`` at ``step`` (0-based), or None during the warm start (no regulariser).
 
     After the first ``warm_start * iterations`` steps, beta decays from ``beta_range[0]`` to ``beta_range[1]``
