@@ -20,8 +20,9 @@ Steps (the numerics live in ``rounding``, ``layer_rounding`` and ``conv_patches`
    mIoU, fp32 67.03): ``float`` 66.87 in 73 s (66.92 in a later run), ``sequential`` 66.79 in 249 s,
    ``nearest`` 66.31 in 115 s (every layer also undoes the input error its predecessors already undid); on
    ort-cpu per-channel ``sequential`` 67.02 in 497 s against ``float`` 67.01 in 70 s (nearest 67.03). The
-   activations' own quantization error dominates these layers' output error (the loss of float weights on int8 inputs is within a few
-   percent of nearest rounding's), and fitting the weights to it does not carry over to the model's output.
+   activations' own quantization error dominates these layers' output error (the loss of float weights on
+   int8 inputs is within a few percent of nearest rounding's), and fitting the weights to it does not carry
+   over to the model's output.
 4. Per layer, Adam on the rounding variables (``layer_rounding.optimize_rounding``), then hard rounding; a
    layer keeps round-to-nearest when AdaRound does not lower its reconstruction loss.
 5. The result model is the float model with every rounded weight replaced by ``s * W_int`` (exactly on the int8

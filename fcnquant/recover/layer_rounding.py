@@ -19,9 +19,9 @@ Everything is batched over the groups of a grouped conv.
 The loop: ``V`` starts where ``h(V)`` equals the fractional part of ``W / s``; Adam (AIMET's optimiser) at
 learning rate 0.01 for ``iterations`` steps (on the demo fcn8s, npu-pow2 per-tensor, 500 steps at 0.01 and
 0.03 removed 80% and 81% of the nearest-rounding layer error and gave the same mIoU); the regulariser is off
-for the first ``warm_start`` share of the steps, then its ``beta`` anneals 20 -> 2; finally ``h >= 0.5`` rounds up. The result
-is kept only when its loss is below round-to-nearest's (otherwise nearest is returned), so a layer never
-gets worse on its own objective.
+for the first ``warm_start`` share of the steps, then its ``beta`` anneals 20 -> 2; finally ``h >= 0.5``
+rounds up. The result is kept only when its loss is below round-to-nearest's (otherwise nearest is returned),
+so a layer never gets worse on its own objective.
 """
 from __future__ import annotations
 
