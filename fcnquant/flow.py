@@ -162,7 +162,8 @@ def calibrate(
 
             kwargs = {} if adaround_iterations is None else {"iterations": adaround_iterations}
             ada = run_adaround(float_path, table, target, per_channel=per_channel, dataset=dataset, ids=chosen,
-                               preset=preset, progress=progress, **kwargs)
+                               preset=preset, progress=progress, exclude_nodes=list(exclude_nodes),
+                               pow2_rounding=plan.pow2_rounding, **kwargs)
             import onnx
 
             emit_from = tmp / "adarounded.onnx"

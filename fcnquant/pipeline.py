@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fcnquant.errors import FcnquantError
+from fcnquant.recover.plan import format_recovery
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class PipelineResult:
     json: Path
     tensorrt_cache: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    per_channel: bool = True
+    recovery: dict[str, Any] = field(default_factory=dict)  # what fcnquant.flow ran (empty: plain emission)
 
     def rows(self) -> list[dict[str, Any]]:
         """Returns one summary row per model (fp32, fp16, int8): mIoU, delta, changed pixels, worst SNR, size."""
@@ -67,6 +70,8 @@ class PipelineResult:
             snr = "" if r["worst_snr"] is None else f"{r['worst_snr']:.1f} dB"
             lines.append(f"{r['model']:<12} {r['miou']:7.2f} {r['delta']:+7.2f} {100 * r['changed']:9.2f}% "
                          f"{snr:>10} {r['mb']:8.2f}  {r['worst_layer']}")
+        weights = "per-channel" if self.per_channel else "per-tensor"
+        lines.append(f"int8: {self.target}, {weights} weights, recovery: {format_recovery(self.recovery)}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,6 +79,7 @@ class PipelineResult:
         rows = [{**r, "file": str(r["file"])} for r in self.rows()]
         return {
             "model": str(self.model), "method": self.method, "target": self.target,
+            "per_channel": self.per_channel, "recovery": self.recovery,
             "calibration_images": self.calibration_images,
             "artifacts": {k: str(v) for k, v in (
                 ("table", self.table), ("stats", self.stats), ("int8_model", self.int8_model),
@@ -100,6 +106,8 @@ def run_pipeline(
     progress: bool = True,
     ann_dir: str | None = None,
     gallery: int | None = None,
+    per_channel: bool = True,
+    recover: bool = False,
 ) -> PipelineResult:
     """Returns the PipelineResult of calibrating, quantizing (int8 + fp16) and comparing ``model``.
 
@@ -110,13 +118,17 @@ def run_pipeline(
     ``num_images`` images from ``calib_split``; the comparisons run on ``eval_split`` (held-out images), all of it
     unless ``eval_images`` is given. Files go to ``out_dir`` (created): ``<stem>.calib.json``, ``<stem>.stats.npz``,
     ``<stem>.int8.onnx`` (+ ``.cache`` for tensorrt), ``<stem>.fp16.onnx``, ``<stem>.int8.html``,
-    ``<stem>.fp16.html`` and ``<stem>.summary.json``.
+    ``<stem>.fp16.html`` and ``<stem>.summary.json``. ``per_channel=False`` gives one weight scale per tensor;
+    ``recover=True`` runs the recovery passes that help on the target (``fcnquant.flow``); with equalization the
+    equalized float model (``<stem>.int8.equalized.onnx``) is the reference of the int8 comparison's per-layer
+    drift (its logits equal the original's within 1e-4).
     """
     from fcnquant._io import atomic_write_text
-    from fcnquant.calibrate import collect, compute_table
+    from fcnquant.calibrate.api import open_calibration_data
     from fcnquant.compare import GALLERY_IMAGES, compare_models
     from fcnquant.data import resolve_data
-    from fcnquant.quantize import convert_fp16, quantize_model
+    from fcnquant.flow import calibrate
+    from fcnquant.quantize import convert_fp16
 
     if model is None:
         from fcnquant.demo_models import demo_model_path
@@ -143,22 +155,21 @@ def run_pipeline(
     def done(name: str):
         seconds[name] = round(time.perf_counter() - seconds[name], 2)
 
-    step("calibrate")
-    stats = collect(model, data, calib_split, num_images, seed=seed, progress=progress, ann_dir=ann_dir)
-    stats.save(paths["stats"])
-    table = compute_table(stats, method, target, **dict(params or {}))
-    table.save(paths["table"])
-    done("calibrate")
-
-    step("quantize")
-    q = quantize_model(model, table, paths["int8"], target=target)
-    done("quantize")
+    step("calibrate + quantize")
+    dataset = open_calibration_data(data, calib_split, progress=progress, model=model, ann_dir=ann_dir)
+    flow = calibrate(model, method=method, num_images=num_images, seed=seed, target=target, params=params,
+                     progress=progress, out=paths["int8"], per_channel=per_channel, recover=recover,
+                     dataset=dataset)
+    flow.stats.save(paths["stats"])
+    flow.table.save(paths["table"])
+    stats, q, reference = flow.stats, flow.quantize, flow.float_model
+    done("calibrate + quantize")
     step("fp16")
     convert_fp16(model, paths["fp16"])
     done("fp16")
 
     step("compare int8")
-    int8_report = compare_models(model, paths["int8"], data, eval_split, eval_images, table=paths["table"],
+    int8_report = compare_models(reference, paths["int8"], data, eval_split, eval_images, table=paths["table"],
                                  stats=paths["stats"], progress=progress, ann_dir=ann_dir, gallery=gallery)
     int8_report.to_html(paths["int8_html"])
     done("compare int8")
@@ -173,7 +184,7 @@ def run_pipeline(
         table=paths["table"], stats=paths["stats"], int8_model=paths["int8"], fp16_model=paths["fp16"],
         int8_report=int8_report, fp16_report=fp16_report, int8_html=paths["int8_html"],
         fp16_html=paths["fp16_html"], json=paths["json"], tensorrt_cache=getattr(q, "tensorrt_cache", None),
-        seconds=seconds,
+        seconds=seconds, per_channel=per_channel, recovery=flow.recovery if flow.plan.any else {},
     )
     import json
 

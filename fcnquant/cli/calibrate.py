@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fcnquant.cli._distributed import add_ray_options, ray_options
 from fcnquant.cli._emission import add_emission_options, add_recovery_options, exclusions
+from fcnquant.recover.plan import format_recovery
 from fcnquant.errors import FcnquantError
 
 METHOD_CHOICES = ("kl", "minmax", "percentile", "mse")
@@ -236,25 +237,6 @@ def _run_flow(args: argparse.Namespace, dataset, ids: list[str], params: dict, p
         exclude_regex=patterns or None, recover=args.recover, equalize=args.equalize,
         bias_correction=args.bias_correction, adaround=args.adaround, pow2_rounding=args.pow2_rounding,
         adaround_iterations=args.adaround_iterations, dataset=dataset)
-
-
-def format_recovery(recovery: dict) -> str:
-    """Returns one line naming the recovery passes that ran and their main figures."""
-    parts = []
-    for name in recovery.get("passes", []):
-        if name == "bias-correction" and "bias_correction" in recovery:
-            bc = recovery["bias_correction"]
-            parts.append(f"bias correction ({bc.get('layers', 0)} layers, {bc.get('passes', 0)} passes)")
-        elif name == "equalize" and "equalize" in recovery:
-            eq = recovery["equalize"]
-            n = eq.get("pairs")
-            parts.append(f"equalization ({len(n) if isinstance(n, list) else n} pairs)" if n is not None
-                         else "equalization")
-        elif name == "pow2-by-error":
-            parts.append("power-of-two scales by error")
-        else:
-            parts.append(name)
-    return ", ".join(parts) if parts else "none"
 
 
 def summarize_clipping(table) -> str:

@@ -31,6 +31,9 @@ def register(sub) -> None:
                    help="output folder (default ./fcnquant-demo-out)")
     p.add_argument("--gallery", type=int, default=None, metavar="K", help="images in each HTML report's gallery of "
                    "the most changed images (default 6; 0: none)")
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (strict accelerators)")
+    p.add_argument("--recover", action="store_true", help="run the accuracy-recovery passes that help on the target "
+                   "(see `fcnquant calibrate --help`)")
     p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     p.set_defaults(func=run)
 
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_pipeline(model, args.out, data=args.data, calib_split=args.calib_split, eval_split=args.eval_split,
                           method=args.method, target=args.target, num_images=args.num_images,
                           eval_images=args.eval_images, progress=not args.no_progress, ann_dir=args.ann_dir,
-                          gallery=args.gallery)
+                          gallery=args.gallery, per_channel=not args.per_tensor, recover=args.recover)
     print()
     print(f"fcnquant demo: {Path(model).name}, {args.method} on {result.calibration_images} calibration images, "
           f"target {args.target}, compared on '{args.eval_split}' ({result.int8_report.images} images)")

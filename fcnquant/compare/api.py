@@ -33,6 +33,7 @@ from fcnquant.compare.isolated import build_isolated
 from fcnquant.compare.pairing import TensorPair, pair_tensors
 from fcnquant.compare.report import ActivationHistogram, CompareReport, FinalMetrics, LayerDrift
 from fcnquant.errors import CalibrationError, DataError, ModelError
+from fcnquant.recover.plan import read_recovery
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,11 @@ def compare_models(
              len(measured), pairing.source, len(pairing.unquantized), len(pairing.unpaired_float),
              len(pairing.unpaired_quant))
     notes: list[str] = []
+    emitted_from = next((p.value for p in qm.metadata_props if p.key == "fcnquant.model_sha256"), None)
+    if emitted_from and emitted_from != file_sha256(fpath):
+        notes.append(f"{qpath.name} was emitted from another float model (sha256 {emitted_from[:12]}...) than "
+                     f"{fpath.name}: per-layer drift compares against tensors of a different model (after "
+                     "equalization, compare against the equalized float model written beside the int8 one)")
 
     f_plain = make_session(fpath, threads=threads)
     q_plain = make_session(qpath, threads=threads)
@@ -188,6 +194,7 @@ def compare_models(
         unpaired_quant=pairing.unpaired_quant, histograms=histograms,
         table=str(table) if table is not None else None, stats=str(stats) if stats is not None else None,
         seconds=time.perf_counter() - start, notes=tuple(notes), gallery=gallery_images,
+        recovery=read_recovery(qm),
     )
 
 

@@ -13,6 +13,7 @@ from typing import Sequence
 
 from fcnquant.compare.gallery import BROKEN, FIXED, OTHER, GalleryImage
 from fcnquant.compare.report import ActivationHistogram, CompareReport, LayerDrift, fmt
+from fcnquant.recover.plan import format_recovery
 
 _ACC = "#d1495b"  # accumulated drift
 _ISO = "#2e86ab"  # isolated drift
@@ -333,7 +334,9 @@ def render_html(report: CompareReport, top: int = 10) -> str:
         f"{report.images} images from <code>{_e(report.data)}</code>"
         + (f" split {_e(report.split)}" if report.split else "")
         + f", preset {_e(report.preset.get('name', ''))}; tensors paired by {_e(report.pairing)}; "
-        f"{len(report.layers)} quantized activations; {report.seconds:.1f} s</div>",
+        f"{len(report.layers)} quantized activations; {report.seconds:.1f} s"
+        + (f"<br>recovery applied to the int8 model: {_e(format_recovery(report.recovery))}" if report.recovery
+           else "") + "</div>",
         f"<div class='cards'>{''.join(cards)}</div>",
     ]
     if report.notes:

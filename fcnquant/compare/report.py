@@ -11,6 +11,7 @@ from fcnquant._io import atomic_write_text
 from fcnquant.compare.drift import DriftMetrics
 from fcnquant.compare.gallery import GalleryImage
 from fcnquant.errors import FcnquantError
+from fcnquant.recover.plan import format_recovery
 
 FORMAT_VERSION = 1
 
@@ -194,6 +195,7 @@ class CompareReport:
     seconds: float = 0.0
     notes: tuple[str, ...] = field(default=())
     gallery: tuple[GalleryImage, ...] = ()  # the images with the most changed pixels, most first
+    recovery: dict = field(default_factory=dict)  # the int8 model's recovery record (fcnquant.recovery metadata)
 
     @property
     def miou_drop(self) -> float:
@@ -229,6 +231,7 @@ class CompareReport:
             "histograms": [h.to_dict() for h in self.histograms],
             "notes": list(self.notes),
             "gallery": [g.to_dict() for g in self.gallery],
+            "recovery": self.recovery,
         }
 
     @classmethod
@@ -247,6 +250,7 @@ class CompareReport:
             table=d.get("table"), stats=d.get("stats"), seconds=float(d.get("seconds", 0.0)),
             notes=tuple(d.get("notes", ())),
             gallery=tuple(GalleryImage.from_dict(g) for g in d.get("gallery", ())),
+            recovery=dict(d.get("recovery") or {}),
         )
 
     def to_json(self, path: str | os.PathLike[str]) -> None:
@@ -283,6 +287,8 @@ def format_table(report: CompareReport, top: int | None = 10, by: str = "accumul
     lines = [f"float:     {report.float_model}", f"quantized: {report.quant_model}",
              f"images: {report.images} from {report.data}" + (f" ({report.split})" if report.split else "")
              + f"; pairing: {report.pairing}; {len(report.layers)} quantized activations"]
+    if report.recovery:
+        lines.append(f"recovery applied to the int8 model: {format_recovery(report.recovery)}")
     if f.labelled:
         lines.append(f"mIoU float {fmt(f.miou_float)}  quantized {fmt(f.miou_quant)}  drop {fmt(f.miou_drop, '+.2f')}"
                      f"  (awesome convention: {fmt(f.miou_awesome_float)} -> {fmt(f.miou_awesome_quant)})")

@@ -3,11 +3,12 @@
 - cross-layer equalization, high-bias absorption and power-of-two alignment of the float model
   (``equalize``, ``align_pow2``);
 - empirical bias correction of an emitted int8 model (``correct_biases``);
-- AdaRound (``fcnquant.recover.adaround``, needs torch; imported on use);
+- AdaRound (``adaround``; torch is imported when it runs);
 - which passes ``recover=True`` turns on for a target (``resolve_plan``).
 """
 from __future__ import annotations
 
+from fcnquant.recover.adaround import AdaRoundResult, LayerStats, adaround
 from fcnquant.recover.align import AlignedSpace, AlignResult, align_pow2
 from fcnquant.recover.bias_correction import BiasCorrectionResult, LayerCorrection, correct_biases
 from fcnquant.recover.cle import Consumer, Layout, Pair, Producer, equalization_scales, equalize_chains
@@ -16,7 +17,8 @@ from fcnquant.recover.plan import RecoveryPlan, resolve_plan
 from fcnquant.recover.scalable import ScalablePair, Skip, find_pairs
 
 __all__ = [
-    "AlignResult", "AlignedSpace", "BiasCorrectionResult", "Consumer", "EqualizeResult", "LayerCorrection", "Layout",
-    "Pair", "PairRecord", "Producer", "RecoveryPlan", "ScalablePair", "Skip", "WeightRange", "align_pow2",
-    "correct_biases", "equalization_scales", "equalize", "equalize_chains", "find_pairs", "resolve_plan",
+    "AdaRoundResult", "AlignResult", "AlignedSpace", "BiasCorrectionResult", "Consumer", "EqualizeResult",
+    "LayerCorrection", "LayerStats", "Layout", "Pair", "PairRecord", "Producer", "RecoveryPlan", "ScalablePair",
+    "Skip", "WeightRange", "adaround", "align_pow2", "correct_biases", "equalization_scales", "equalize",
+    "equalize_chains", "find_pairs", "resolve_plan",
 ]

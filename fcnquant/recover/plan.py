@@ -80,3 +80,22 @@ def read_recovery(model) -> dict:
         if prop.key == RECOVERY_METADATA_KEY:
             return json.loads(prop.value)
     return {}
+
+
+def format_recovery(recovery: dict) -> str:
+    """Returns one line naming the recovery passes that ran and their main figures."""
+    parts = []
+    for name in recovery.get("passes", []):
+        if name == "bias-correction" and "bias_correction" in recovery:
+            bc = recovery["bias_correction"]
+            parts.append(f"bias correction ({bc.get('layers', 0)} layers, {bc.get('passes', 0)} passes)")
+        elif name == "equalize" and "equalize" in recovery:
+            eq = recovery["equalize"]
+            n = eq.get("pairs")
+            parts.append(f"equalization ({len(n) if isinstance(n, list) else n} pairs)" if n is not None
+                         else "equalization")
+        elif name == "pow2-by-error":
+            parts.append("power-of-two scales by error")
+        else:
+            parts.append(name)
+    return ", ".join(parts) if parts else "none"

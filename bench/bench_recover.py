@@ -1,0 +1,174 @@
+"""Benchmark: accuracy recovery (fcnquant --recover) beside plain emission and the peers, on every demo model.
+
+For every demo model, targets ``ort-cpu`` (per-channel weights) and ``npu-pow2`` with per-tensor weights, and every
+method (kl, minmax, percentile, mse), fcnquant's one-shot flow (``fcnquant.flow.calibrate``, what
+``fcnquant calibrate --out`` runs) emits the int8 model without and with ``recover=True`` from the 50 calibration
+images ``calibrate --num-images 50`` picks on the built-in synthetic train split (seed 0); every model, and fp32, is
+scored with ``fcnquant.evaluate`` on 1000 held-out images (a val split generated with seed 1; disjoint from the
+calibration images). The time of each flow (collection + recovery + emission) is recorded. ``--adaround`` adds
+kl + recover + AdaRound rows. The peers (onnxruntime, NNCF, AIMET-ONNX) come from ``bench_peers.run_peers`` on
+the same calibration images and the same val split (``--peers``; it reuses the peer models it already made in
+its work folder).
+
+    .venv/bin/python bench/bench_recover.py [--models fcn8s ...] [--methods kl ...] [--work DIR] [--out F]
+                                            [--peers] [--adaround] [--markdown BENCHMARKS-section.md]
+
+Results are saved after every configuration (``--out``, JSON) and a rerun skips configurations already there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+log = logging.getLogger("bench_recover")
+
+METHODS = ("kl", "minmax", "percentile", "mse")
+SETUPS = (("ort-cpu", True), ("npu-pow2", False))  # (target, per-channel weights)
+NUM_CALIB, VAL_IMAGES, VAL_SEED = 50, 1000, 1
+
+
+def load_avg() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def val_split(work: Path) -> Path:
+    """Returns the 1000-image seed-1 val split (generated once into ``work``)."""
+    from fcnquant.data import write_synthetic_voc
+
+    root = work / f"val{VAL_IMAGES}-seed{VAL_SEED}"
+    if not (root / "VOC2012").is_dir():
+        write_synthetic_voc(root, train=0, val=VAL_IMAGES, size=192, seed=VAL_SEED, progress=False)
+    return root
+
+
+def key(row: dict) -> str:
+    return "|".join(str(row[k]) for k in ("model", "tool", "target", "weights", "method", "recovery"))
+
+
+def run(models, methods, work: Path, out: Path, adaround: bool, peers: bool) -> list[dict]:
+    from fcnquant.calibrate.api import choose_ids, open_calibration_data
+    from fcnquant.demo_models import demo_model_path
+    from fcnquant.evaluate import evaluate
+    from fcnquant.flow import calibrate
+
+    rows = json.loads(out.read_text())["rows"] if out.is_file() else []
+    done = {key(r) for r in rows}
+    val = val_split(work)
+
+    def save() -> None:
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"format_version": 1, "rows": rows}, indent=1))
+        tmp.replace(out)
+
+    for model in models:
+        src = demo_model_path(model)
+        ds = open_calibration_data(None, "train", progress=False, model=src)
+        ids = choose_ids(ds, NUM_CALIB, seed=0, progress=False)
+        fp_row = {"model": model, "tool": "fp32", "target": "-", "weights": "-", "method": "-", "recovery": "-"}
+        if key(fp_row) not in done:
+            fp_row["miou"] = evaluate(src, val, "val", progress=False).miou
+            rows.append(fp_row)
+            done.add(key(fp_row))
+            save()
+        fp = next(r["miou"] for r in rows if key(r) == key(fp_row))
+        configs = [(t, pc, m, rec, False) for t, pc in SETUPS for m in methods for rec in (False, True)]
+        if adaround:
+            configs += [(t, pc, "kl", True, True) for t, pc in SETUPS]
+        for target, per_channel, method, recover, ada in configs:
+            row = {"model": model, "tool": "fcnquant", "target": target,
+                   "weights": "per-channel" if per_channel else "per-tensor", "method": method,
+                   "recovery": ("recover+adaround" if ada else "recover") if recover else "none"}
+            if key(row) in done:
+                continue
+            q = work / f"{model}.{target}.{row['weights']}.{method}.{row['recovery']}.onnx"
+            load0 = load_avg()
+            t0 = time.perf_counter()
+            try:
+                res = calibrate(src, data=None, ids=ids, method=method, target=target, out=q, dataset=ds,
+                                per_channel=per_channel, recover=recover, adaround=ada or None, progress=False)
+            except Exception as exc:  # a failing configuration is reported, not fatal
+                log.exception("%s failed", key(row))
+                row.update(error=f"{type(exc).__name__}: {exc}")
+                rows.append(row)
+                save()
+                continue
+            seconds = time.perf_counter() - t0
+            miou = evaluate(q, val, "val", progress=False).miou
+            row.update(miou=miou, delta=miou - fp, seconds=seconds, passes=res.plan.names(),
+                       recovery_detail=res.recovery, load=f"{load0} -> {load_avg()}")
+            rows.append(row)
+            done.add(key(row))
+            save()
+            log.info("%-11s %-8s %-11s %-10s %-16s %+.2f  (%.0f s)", model, target, row["weights"], method,
+                     row["recovery"], miou - fp, seconds)
+    if peers:
+        from bench_peers import run_peers
+
+        for r in run_peers(list(models), work / "peers"):
+            row = {"model": r["model"], "tool": r.get("tool"), "target": r.get("setting", ""), "weights":
+                   r.get("weights", ""), "method": r.get("setting", ""), "recovery": "peer"}
+            if key(row) in done:
+                continue
+            row.update({k: r.get(k) for k in ("miou", "delta", "seconds", "error")})
+            rows.append(row)
+            save()
+    return rows
+
+
+def markdown(rows: list[dict], models) -> str:
+    """Returns the BENCHMARKS.md section: per model and setup, each method without / with recovery."""
+    fp = {r["model"]: r["miou"] for r in rows if r["tool"] == "fp32"}
+    lines = ["| model | fp32 | setup | " + " | ".join(f"{m} / +recover" for m in METHODS) + " | kl +recover+AdaRound |",
+             "| --- | ---: | --- | " + " | ".join("---:" for _ in METHODS) + " | ---: |"]
+    for model in models:
+        for target, pc in SETUPS:
+            weights = "per-channel" if pc else "per-tensor"
+
+            def cell(method, recovery):
+                r = next((r for r in rows if r["model"] == model and r["tool"] == "fcnquant" and r["target"] == target
+                          and r["weights"] == weights and r["method"] == method and r["recovery"] == recovery), None)
+                if r is None:
+                    return "n/a"
+                return "error" if "error" in r else f"{r['delta']:+.2f}"
+
+            cells = [f"{cell(m, 'none')} / {cell(m, 'recover')}" for m in METHODS]
+            lines.append(f"| {model} | {fp.get(model, float('nan')):.2f} | {target}, {weights} | " + " | ".join(cells)
+                         + f" | {cell('kl', 'recover+adaround')} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    from fcnquant.demo_models import DEMO_MODELS
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=list(DEMO_MODELS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--work", type=Path, default=Path("/tmp/fcnquant-bench-recover"))
+    p.add_argument("--out", type=Path, default=None, help="results JSON (default WORK/recover.json)")
+    p.add_argument("--adaround", action="store_true", help="add kl + recover + AdaRound rows (needs torch)")
+    p.add_argument("--peers", action="store_true", help="add the peers' rows (bench_peers.run_peers)")
+    p.add_argument("--markdown", type=Path, help="write the markdown table to this file")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in ("fcnquant", "onnxruntime"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    args.work.mkdir(parents=True, exist_ok=True)
+    out = args.out or args.work / "recover.json"
+    rows = run(args.models, args.methods, args.work, out, args.adaround, args.peers)
+    table = markdown(rows, args.models)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
