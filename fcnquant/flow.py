@@ -126,8 +126,6 @@ def calibrate(
         out_dir = Path(out).parent if str(Path(out).parent) else Path(".")
         if not out_dir.is_dir():
             raise FcnquantError(f"output folder does not exist: {out_dir}")
-    if plan.adaround:
-        _check_torch()
     model = Path(model)
     if dataset is None:
         dataset = open_calibration_data(data, split, progress=progress, model=model, ann_dir=ann_dir)
@@ -231,11 +229,3 @@ def _save_with_metadata(model, path: Path, recovery: dict) -> None:
 
     set_metadata(model, {RECOVERY_METADATA_KEY: json.dumps(recovery, sort_keys=True)})
     onnx.save_model(model, str(path))
-
-
-def _check_torch() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise FcnquantError("AdaRound needs torch: pip install 'fcnquant[torch]' (install torch==2.13.0 first "
-                            "on CPU machines)") from None

@@ -34,7 +34,8 @@ def add_recovery_options(g) -> None:
     g.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
                    help="empirical bias correction, layer by layer, on the calibration images")
     g.add_argument("--adaround", action=argparse.BooleanOptionalAction, default=None,
-                   help="AdaRound: learn each Conv's weight rounding on the calibration images (needs torch)")
+                   help="AdaRound: learn each Conv's weight rounding on the calibration images "
+                        "(~1-2 min on the demo models)")
     g.add_argument("--adaround-iterations", type=int, metavar="N", help="AdaRound iterations per layer")
 
 
