@@ -158,9 +158,14 @@ def calibrate(
             t0 = time.perf_counter()
             from fcnquant.recover.adaround import adaround as run_adaround
 
+            from fcnquant.quantize.exclude import name_unnamed_nodes, resolve_exclusions
+
             kwargs = {} if adaround_iterations is None else {"iterations": adaround_iterations}
+            named = load_onnx(float_path)
+            name_unnamed_nodes(named)  # the names emission gives unnamed nodes, so exclusions resolve alike
+            floated = resolve_exclusions(named, exclude_nodes, exclude_ops, exclude_regex)
             ada = run_adaround(float_path, table, target, per_channel=per_channel, dataset=dataset, ids=chosen,
-                               preset=preset, progress=progress, exclude_nodes=list(exclude_nodes),
+                               preset=preset, progress=progress, exclude_nodes=floated,
                                pow2_rounding=plan.pow2_rounding, **kwargs)
             import onnx
 
