@@ -68,24 +68,30 @@ def run(models, methods, work: Path, out: Path, adaround: bool, peers: bool) -> 
         tmp.write_text(json.dumps({"format_version": 1, "rows": rows}, indent=1))
         tmp.replace(out)
 
+    calib, fp = {}, {}
     for model in models:
         src = demo_model_path(model)
         ds = open_calibration_data(None, "train", progress=False, model=src)
-        ids = choose_ids(ds, NUM_CALIB, seed=0, progress=False)
+        calib[model] = (src, ds, choose_ids(ds, NUM_CALIB, seed=0, progress=False))
         fp_row = {"model": model, "tool": "fp32", "target": "-", "weights": "-", "method": "-", "recovery": "-"}
         if key(fp_row) not in done:
             fp_row["miou"] = evaluate(src, val, "val", progress=False).miou
             rows.append(fp_row)
             done.add(key(fp_row))
             save()
-        fp = next(r["miou"] for r in rows if key(r) == key(fp_row))
-        configs = [(t, pc, m, rec, False) for t, pc in SETUPS for m in methods for rec in (False, True)]
-        if adaround:
-            configs += [(t, pc, "kl", True, True) for t, pc in SETUPS]
-        for target, per_channel, method, recover, ada in configs:
+        fp[model] = next(r["miou"] for r in rows if key(r) == key(fp_row))
+    # the default method first on every model, then the others; the no-equalization ablation of the strict setup
+    configs = [(model, t, pc, m, rec, "") for m in methods for model in models for t, pc in SETUPS
+               for rec in (False, True)]
+    configs += [(model, "npu-pow2", False, "kl", True, "no-equalize") for model in models]
+    if adaround:
+        configs += [(model, t, pc, "kl", True, "adaround") for model in models for t, pc in SETUPS]
+    for model, target, per_channel, method, recover, variant in configs:
+        src, ds, ids = calib[model]
+        if True:
             row = {"model": model, "tool": "fcnquant", "target": target,
                    "weights": "per-channel" if per_channel else "per-tensor", "method": method,
-                   "recovery": ("recover+adaround" if ada else "recover") if recover else "none"}
+                   "recovery": ("recover+" + variant if variant else "recover") if recover else "none"}
             if key(row) in done:
                 continue
             q = work / f"{model}.{target}.{row['weights']}.{method}.{row['recovery']}.onnx"
@@ -93,7 +99,8 @@ def run(models, methods, work: Path, out: Path, adaround: bool, peers: bool) -> 
             t0 = time.perf_counter()
             try:
                 res = calibrate(src, data=None, ids=ids, method=method, target=target, out=q, dataset=ds,
-                                per_channel=per_channel, recover=recover, adaround=ada or None, progress=False)
+                                per_channel=per_channel, recover=recover, adaround=(variant == "adaround") or None,
+                                equalize=False if variant == "no-equalize" else None, progress=False)
             except Exception as exc:  # a failing configuration is reported, not fatal
                 log.exception("%s failed", key(row))
                 row.update(error=f"{type(exc).__name__}: {exc}")
@@ -102,7 +109,7 @@ def run(models, methods, work: Path, out: Path, adaround: bool, peers: bool) -> 
                 continue
             seconds = time.perf_counter() - t0
             miou = evaluate(q, val, "val", progress=False).miou
-            row.update(miou=miou, delta=miou - fp, seconds=seconds, passes=res.plan.names(),
+            row.update(miou=miou, delta=miou - fp[model], seconds=seconds, passes=res.plan.names(),
                        recovery_detail=res.recovery, load=f"{load0} -> {load_avg()}")
             rows.append(row)
             done.add(key(row))
@@ -126,8 +133,9 @@ def run(models, methods, work: Path, out: Path, adaround: bool, peers: bool) -> 
 def markdown(rows: list[dict], models) -> str:
     """Returns the BENCHMARKS.md section: per model and setup, each method without / with recovery."""
     fp = {r["model"]: r["miou"] for r in rows if r["tool"] == "fp32"}
-    lines = ["| model | fp32 | setup | " + " | ".join(f"{m} / +recover" for m in METHODS) + " | kl +recover+AdaRound |",
-             "| --- | ---: | --- | " + " | ".join("---:" for _ in METHODS) + " | ---: |"]
+    lines = ["| model | fp32 | setup | " + " | ".join(f"{m} / +recover" for m in METHODS)
+             + " | kl +recover, no CLE | kl +recover +AdaRound |",
+             "| --- | ---: | --- | " + " | ".join("---:" for _ in METHODS) + " | ---: | ---: |"]
     for model in models:
         for target, pc in SETUPS:
             weights = "per-channel" if pc else "per-tensor"
@@ -141,7 +149,7 @@ def markdown(rows: list[dict], models) -> str:
 
             cells = [f"{cell(m, 'none')} / {cell(m, 'recover')}" for m in METHODS]
             lines.append(f"| {model} | {fp.get(model, float('nan')):.2f} | {target}, {weights} | " + " | ".join(cells)
-                         + f" | {cell('kl', 'recover+adaround')} |")
+                         + f" | {cell('kl', 'recover+no-equalize')} | {cell('kl', 'recover+adaround')} |")
     return "\n".join(lines)
 
 

@@ -126,8 +126,6 @@ def calibrate(
         out_dir = Path(out).parent if str(Path(out).parent) else Path(".")
         if not out_dir.is_dir():
             raise FcnquantError(f"output folder does not exist: {out_dir}")
-    if plan.adaround:
-        _check_torch()
     model = Path(model)
     if dataset is None:
         dataset = open_calibration_data(data, split, progress=progress, model=model, ann_dir=ann_dir)
@@ -160,9 +158,14 @@ def calibrate(
             t0 = time.perf_counter()
             from fcnquant.recover.adaround import adaround as run_adaround
 
+            from fcnquant.quantize.exclude import name_unnamed_nodes, resolve_exclusions
+
             kwargs = {} if adaround_iterations is None else {"iterations": adaround_iterations}
+            named = load_onnx(float_path)
+            name_unnamed_nodes(named)  # the names emission gives unnamed nodes, so exclusions resolve alike
+            floated = resolve_exclusions(named, exclude_nodes, exclude_ops, exclude_regex)
             ada = run_adaround(float_path, table, target, per_channel=per_channel, dataset=dataset, ids=chosen,
-                               preset=preset, progress=progress, exclude_nodes=list(exclude_nodes),
+                               preset=preset, progress=progress, exclude_nodes=floated,
                                pow2_rounding=plan.pow2_rounding, **kwargs)
             import onnx
 
@@ -231,11 +234,3 @@ def _save_with_metadata(model, path: Path, recovery: dict) -> None:
 
     set_metadata(model, {RECOVERY_METADATA_KEY: json.dumps(recovery, sort_keys=True)})
     onnx.save_model(model, str(path))
-
-
-def _check_torch() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise FcnquantError("AdaRound needs torch: pip install 'fcnquant[torch]' (install torch==2.13.0 first "
-                            "on CPU machines)") from None

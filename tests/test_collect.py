@@ -240,10 +240,10 @@ def test_calibrate_api_returns_table_and_stats(model, voc):
 def test_calibrate_api_out_emits_the_int8_model(model, voc, tmp_path):
     import onnx
 
-    from fcnquant.calibrate import calibrate
+    from fcnquant.flow import calibrate
 
     table = calibrate(model, voc.root, method="minmax", num_images=2, target="tensorrt", progress=False,
-                      out=tmp_path / "m.int8.onnx")
+                      out=tmp_path / "m.int8.onnx").table
     q = onnx.load(str(tmp_path / "m.int8.onnx"))
     zero_points = [i for i in q.graph.initializer if i.name.endswith("zero_point")]
     assert zero_points and all(not onnx.numpy_helper.to_array(z).any() for z in zero_points)  # tensorrt: zp 0

@@ -34,8 +34,8 @@ def add_recovery_options(g) -> None:
     g.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
                    help="empirical bias correction, layer by layer, on the calibration images")
     g.add_argument("--adaround", action=argparse.BooleanOptionalAction, default=None,
-                   help="AdaRound: learn each Conv's weight rounding on the calibration images (needs torch)")
-    g.add_argument("--adaround-iterations", type=int, metavar="N", help="AdaRound iterations per layer")
+                   help="AdaRound: learn each Conv's weight rounding (floor or ceil) on the calibration images")
+    g.add_argument("--adaround-iterations", type=int, metavar="N", help="AdaRound steps per layer (default 1000)")
 
 
 def exclusions(args: argparse.Namespace, model_path) -> tuple[list[str], list[str]]:

@@ -1,9 +1,9 @@
-"""fcnquant.recover: win back the accuracy int8 loses — numpy on ONNX graphs, no torch (AdaRound excepted).
+"""fcnquant.recover: win back the accuracy int8 loses — numpy on ONNX graphs, no torch.
 
 - cross-layer equalization, high-bias absorption and power-of-two alignment of the float model
   (``equalize``, ``align_pow2``);
 - empirical bias correction of an emitted int8 model (``correct_biases``);
-- AdaRound (``adaround``; torch is imported when it runs);
+- AdaRound (``adaround``; numpy: Adam on each layer's exact quadratic loss);
 - which passes ``recover=True`` turns on for a target (``resolve_plan``).
 """
 from __future__ import annotations

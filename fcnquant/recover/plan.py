@@ -7,8 +7,8 @@
   channel its own range, where equalization only moves rounding error between layers);
 * empirical bias correction, layer by layer, always.
 
-AdaRound needs torch and minutes of optimisation, so it runs only when asked for (``adaround=True``), also with
-``recover=True``. An explicit ``True``/``False`` for a pass always wins over what ``recover`` would choose.
+AdaRound costs a minute or more of optimisation per model, so it runs only when asked for (``adaround=True``),
+also with ``recover=True``. An explicit ``True``/``False`` for a pass always wins over what ``recover`` would choose.
 """
 from __future__ import annotations
 
