@@ -107,3 +107,19 @@ def test_shard_dataset_has_absolute_paths(tmp_path, monkeypatch):
     assert sub.ids == ["b"] and list(sub.images) == ["b"] and sub.images["b"] == tmp_path / "rel" / "b.jpg"
     with pytest.raises(DataError):
         shard_dataset(ds, ["zz"])
+
+
+def test_cli_refuses_ray_with_a_single_shard_or_recovery(tmp_path, capsys):
+    from pathlib import Path
+
+    from fcnquant.cli import main
+
+    model = str(Path(__file__).resolve().parents[1] / "fcnquant" / "assets" / "demo" / "fcn8s.onnx")
+    stats = str(tmp_path / "s.npz")
+    assert main(["calibrate", model, "--ray", "--shard", "1/2", "--save-stats", stats]) == 2
+    assert main(["calibrate", model, "--ray", "--recover", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert main(["calibrate", model, "--shards", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("--ray runs every shard of the collection on the cluster") == 2
+    assert "--shards sets the number of shards of a --ray run: add --ray" in err
+    assert list(tmp_path.iterdir()) == []
