@@ -216,8 +216,10 @@ class _Scaled:
         a = self.amax[key]
         group = self.layouts[key].group
         rows, cols = self._factors(key)
-        col_full = cols.reshape(group, a.shape[1])[np.arange(a.shape[0]) // (a.shape[0] // group)]
-        scaled = a * rows[:, None] * col_full
+        if group == 1:
+            scaled = a * rows[:, None] * cols[None, :]
+        else:
+            scaled = a * rows[:, None] * cols.reshape(group, a.shape[1])[np.arange(a.shape[0]) // (a.shape[0] // group)]
         if axis == 0:
             return scaled.max(axis=1)
         return scaled.reshape(group, a.shape[0] // group, a.shape[1]).max(axis=1).reshape(-1)
