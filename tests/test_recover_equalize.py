@@ -1,4 +1,4 @@
-"""Cross-layer equalization of ONNX graphs (fcnquant.recover.equalize / scalable): hand-built models run in onnxruntime."""
+"""Cross-layer equalization of ONNX graphs (fcnquant.recover.equalize, scalable): hand-built models in onnxruntime."""
 from __future__ import annotations
 
 import json
@@ -304,8 +304,8 @@ def test_absorption_moves_the_positive_part_into_the_next_bias(tmp_path):
     c0 = min(float(v[:, 0].min()) for v in lows)
     assert c0 > 0 and max(float(v[:, 1].min()) for v in lows) < 0
     np.testing.assert_allclose(init(res.model, "b1"), init(plain.model, "b1") - [c0, 0.0], rtol=1e-6)
-    np.testing.assert_allclose(init(res.model, "b2"), init(plain.model, "b2") + init(plain.model, "w2")[:, 0, 0, 0] * c0,
-                               rtol=1e-5)
+    expected_b2 = init(plain.model, "b2") + init(plain.model, "w2")[:, 0, 0, 0] * c0
+    np.testing.assert_allclose(init(res.model, "b2"), expected_b2, rtol=1e-5)
     for x in batches:  # exact on the bound images
         assert rel_diff(run(model, x.astype(np.float32)), run(res.model, x.astype(np.float32))) < 1e-5
     assert res.max_rel_diff < 1e-5
