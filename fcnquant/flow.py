@@ -113,6 +113,9 @@ def calibrate(
     from fcnquant.calibrate.methods import resolve_params
     from fcnquant.calibrate.qparams import get_target
 
+    exclude_nodes, exclude_ops = list(exclude_nodes), list(exclude_ops)
+    if exclude_regex is not None and not isinstance(exclude_regex, str):
+        exclude_regex = list(exclude_regex)
     resolve_params(method, **dict(params or {}))  # fail on bad options before minutes of inference
     get_target(target)
     plan = resolve_plan(target, per_channel, recover, equalize=equalize, bias_correction=bias_correction,

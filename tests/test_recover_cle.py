@@ -92,7 +92,7 @@ def test_transposed_layout_uses_axis_1_for_outputs():
 def test_chain_of_three_converges_to_balanced_ranges():
     rng = np.random.default_rng(5)
     ws = {f"w{k}": rng.normal(size=(6, 6, 3, 3)) * rng.uniform(0.05, 10, size=(6, 6, 1, 1)) for k in range(4)}
-    pairs = [cle.Pair(f"p{k}", (cle.Producer(f"w{k}", None, cle.Layout()),), (cle.Consumer(f"w{k + 1}"),)) for k in range(3)]
+    pairs = [cle.Pair(f"p{k}", (cle.Producer(f"w{k}"),), (cle.Consumer(f"w{k + 1}"),)) for k in range(3)]
     new, res = cle.equalize_chains(ws, pairs, tol=1e-10)
     assert len(res) == 1 and res[0].converged and res[0].sweeps > 2
     for k in range(3):  # at the fixed point every pair is balanced: r1_i == r2_i
@@ -107,7 +107,7 @@ def test_chain_of_three_converges_to_balanced_ranges():
 def test_max_sweeps_reports_not_converged():
     rng = np.random.default_rng(6)
     ws = {f"w{k}": rng.normal(size=(4, 4, 1, 1)) * rng.uniform(0.01, 10, size=(4, 4, 1, 1)) for k in range(5)}
-    pairs = [cle.Pair(f"p{k}", (cle.Producer(f"w{k}", None, cle.Layout()),), (cle.Consumer(f"w{k + 1}"),)) for k in range(4)]
+    pairs = [cle.Pair(f"p{k}", (cle.Producer(f"w{k}"),), (cle.Consumer(f"w{k + 1}"),)) for k in range(4)]
     _, res = cle.equalize_chains(ws, pairs, tol=1e-14, max_sweeps=2)
     assert res[0].sweeps == 2 and not res[0].converged and res[0].last_max_log_scale > 0
 
@@ -130,7 +130,7 @@ def test_multi_consumer_range_is_the_max_over_consumers():
 def test_pairs_sharing_no_weight_are_separate_chains():
     rng = np.random.default_rng(8)
     ws = {k: rng.normal(size=(3, 3, 1, 1)) for k in "abcd"}
-    pairs = [cle.Pair("ab", (cle.Producer("a", None, cle.Layout()),), (cle.Consumer("b"),)),
+    pairs = [cle.Pair("ab", (cle.Producer("a"),), (cle.Consumer("b"),)),
              cle.Pair("cd", (cle.Producer("c", None, cle.Layout()),), (cle.Consumer("d"),)),
              cle.Pair("bc", (cle.Producer("b", None, cle.Layout()),), (cle.Consumer("c"),))]
     assert [[p.name for p in ch] for ch in cle.chains(pairs)] == [["ab", "cd", "bc"]]
@@ -140,9 +140,9 @@ def test_pairs_sharing_no_weight_are_separate_chains():
 def test_bad_pairs_raise():
     w = np.ones((2, 2, 1, 1))
     with pytest.raises(ValueError, match="cannot take"):
-        cle.equalize_chains({"a": w, "b": w}, [cle.Pair("p", (cle.Producer("a", None, cle.Layout()),), (cle.Consumer("b", offset=1),))])
+        cle.equalize_chains({"a": w, "b": w}, [cle.Pair("p", (cle.Producer("a"),), (cle.Consumer("b", offset=1),))])
     with pytest.raises(ValueError, match="NaN"):
-        cle.equalize_chains({"a": w * np.nan, "b": w}, [cle.Pair("p", (cle.Producer("a", None, cle.Layout()),), (cle.Consumer("b"),))])
+        cle.equalize_chains({"a": w * np.nan, "b": w}, [cle.Pair("p", (cle.Producer("a"),), (cle.Consumer("b"),))])
 
 
 def test_absorb_high_bias_hand_worked():

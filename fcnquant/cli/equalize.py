@@ -59,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
     sweeps = [c["sweeps"] for c in res.chains]
     unconverged = sum(not c["converged"] for c in res.chains)
     before, after = res.median_precision()
+    note = f", {unconverged} not converged" if unconverged else ""
     print(f"equalized {len(res.pairs)} pair(s) in {len(res.chains)} chain(s) "
-          f"({min(sweeps, default=0)}-{max(sweeps, default=0)} sweeps{f', {unconverged} not converged' if unconverged else ''}); "
+          f"({min(sweeps, default=0)}-{max(sweeps, default=0)} sweeps{note}); "
           f"median pair precision (mean_i p1_i p2_i) {before:.3f} -> {after:.3f}")
     if res.absorb is not None:
         print(f"high-bias absorption ({res.absorb['bound']} over {res.absorb['images']} images): "

@@ -14,10 +14,12 @@ ConvTranspose weight (in, out / group). A channel on axis 0 ("row") owns the sli
 ("column") of a grouped weight owns ``w[g*A/G:(g+1)*A/G, j % (B/G)]`` with g = j // (B/G): the rows of its group
 only. Grouped and depthwise weights are therefore scaled exactly, not skipped.
 
-A *pair* is one producer and its consumers (each with the offset of the producer's channels among the consumer's
-input channels, e.g. behind a Concat). Pairs sharing a weight form a *chain*; :func:`equalize_chains` sweeps every
-chain's pairs in order until the largest |log s| of a sweep falls below a tolerance. Everything is computed in
-float64 from the original weights and the accumulated scales, so no rounding builds up over the sweeps.
+A *pair* is one channel space: its producers (one Conv, or several whose outputs are summed by residual Adds;
+r1_i is then the max over them) and its consumers (each with the offset of the channels among the consumer's
+input channels, e.g. behind a Concat; r2_i is the max over them). Pairs sharing a weight form a *chain*;
+:func:`equalize_chains` sweeps every chain's pairs in order until the largest |log s| of a sweep falls below a
+tolerance. Everything is computed in float64 from the original weights and the accumulated scales, so no
+rounding builds up over the sweeps.
 
 High-bias absorption: if the producer's pre-activation y_i >= c_i >= 0 on the data, ReLU(y_i) = ReLU(y_i - c_i) + c_i,
 so c moves from b1 into the consumer's bias: ``b1 -= c``, ``b2 += M @ c`` with M[o, i] = the sum of W2[o, i, ...]
@@ -202,8 +204,10 @@ class _Scaled:
         self.orig = {k: np.asarray(weights[k], dtype=np.float64) for k in layouts}
         self.layouts = layouts
         self.amax = {k: np.abs(w).reshape(w.shape[0], w.shape[1], -1).max(axis=2) for k, w in self.orig.items()}
-        self.out_div = {k: np.ones(channel_count(w, layouts[k].out_axis(), layouts[k].group)) for k, w in self.orig.items()}
-        self.in_mul = {k: np.ones(channel_count(w, layouts[k].in_axis(), layouts[k].group)) for k, w in self.orig.items()}
+        self.out_div = {k: np.ones(channel_count(w, layouts[k].out_axis(), layouts[k].group))
+                        for k, w in self.orig.items()}
+        self.in_mul = {k: np.ones(channel_count(w, layouts[k].in_axis(), layouts[k].group))
+                       for k, w in self.orig.items()}
 
     def _factors(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """Returns (row factors, column factors) of a weight: its current value is orig * row[r] * col[c]."""
@@ -216,8 +220,10 @@ class _Scaled:
         a = self.amax[key]
         group = self.layouts[key].group
         rows, cols = self._factors(key)
-        col_full = cols.reshape(group, a.shape[1])[np.arange(a.shape[0]) // (a.shape[0] // group)]
-        scaled = a * rows[:, None] * col_full
+        if group == 1:
+            scaled = a * rows[:, None] * cols[None, :]
+        else:
+            scaled = a * rows[:, None] * cols.reshape(group, a.shape[1])[np.arange(a.shape[0]) // (a.shape[0] // group)]
         if axis == 0:
             return scaled.max(axis=1)
         return scaled.reshape(group, a.shape[0] // group, a.shape[1]).max(axis=1).reshape(-1)

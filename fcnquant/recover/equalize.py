@@ -61,7 +61,8 @@ class PairRecord:
     def to_dict(self) -> dict[str, Any]:
         """Returns the record as plain JSON types."""
         return {
-            "producer": self.producer, "producers": list(self.producers), "consumers": list(self.consumers), "chain": self.chain, "sweeps": self.sweeps,
+            "producer": self.producer, "producers": list(self.producers), "consumers": list(self.consumers),
+            "chain": self.chain, "sweeps": self.sweeps,
             "channels": self.channels, "scale_min": self.scale_min, "scale_max": self.scale_max,
             "dead_channels": self.dead_channels, "precision_before": self.precision_before,
             "precision_after": self.precision_after, "absorbed_channels": self.absorbed_channels,
@@ -265,7 +266,8 @@ def _weight_ranges(pairs: list[ScalablePair], before: dict[str, np.ndarray], aft
         g = group if transposed else 1  # a Conv's output channels are rows: no group split on axis 0
         out.append(WeightRange(
             node=node, weight=w,
-            ratio_before=cle.weight_range_ratio(before[w], axis, g), ratio_after=cle.weight_range_ratio(after[w], axis, g),
+            ratio_before=cle.weight_range_ratio(before[w], axis, g),
+            ratio_after=cle.weight_range_ratio(after[w], axis, g),
             precision_before=cle.mean_channel_precision(before[w], axis, g),
             precision_after=cle.mean_channel_precision(after[w], axis, g),
         ))
@@ -289,7 +291,8 @@ def _absorb(work, pairs, records, *, bound, absorb_padded, data, split, num_imag
                           progress=progress)
     inits = {t.name: t for t in work.graph.initializer}
     nodes = nodes_by_name(work)
-    taken = {t.name for t in work.graph.initializer} | {x for n in work.graph.node for x in list(n.input) + list(n.output)}
+    taken = {t.name for t in work.graph.initializer}
+    taken |= {x for n in work.graph.node for x in list(n.input) + list(n.output)}
     by_name = {r.producer: r for r in records}
     for p in eligible:
         st = stats[p.output]
@@ -379,7 +382,8 @@ def _summary(result: EqualizeResult) -> dict[str, Any]:
         "fcnquant_version": __version__,
         "pairs": [{"producer": p.producer, "consumers": list(p.consumers), "sweeps": p.sweeps,
                    "absorbed_channels": p.absorbed_channels} for p in result.pairs],
-        "chains": [{"pairs": len(c["pairs"]), "sweeps": c["sweeps"], "converged": c["converged"]} for c in result.chains],
+        "chains": [{"pairs": len(c["pairs"]), "sweeps": c["sweeps"], "converged": c["converged"]}
+                   for c in result.chains],
         "skipped": [s.to_dict() for s in result.skipped],
         "median_precision": {"before": round(before, 4), "after": round(after, 4)},
         "absorb": None if result.absorb is None else {k: v for k, v in result.absorb.items() if k != "activation_max"},
