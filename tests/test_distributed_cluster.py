@@ -1,4 +1,4 @@
-"""A two-node Ray cluster on this machine (ray.cluster_utils.Cluster): calibrate, eval and compare on it equal
+"""A two-node Ray cluster on this machine (ray.cluster_utils.Cluster): calibrate and eval on it equal
 single-process runs, also with a worker process killed (SIGKILL) in the middle of its shard."""
 from __future__ import annotations
 

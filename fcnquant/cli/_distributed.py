@@ -1,4 +1,4 @@
-"""The ``--ray [ADDRESS]`` and ``--shards N`` options shared by calibrate, eval and compare."""
+"""The ``--ray [ADDRESS]`` and ``--shards N`` options shared by calibrate and eval."""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,4 @@
-"""Running calibration, evaluation and comparison as shards on a Ray cluster, with exact merges.
+"""Running calibration and evaluation as shards on a Ray cluster, with exact merges.
 
 ``ray`` is an optional extra (``pip install "fcnquant[ray]"``); importing this package does not import it.
 :mod:`~fcnquant.distributed.shards` (splitting and merging, numpy only), :mod:`~fcnquant.distributed.cluster`

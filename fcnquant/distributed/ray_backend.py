@@ -3,7 +3,7 @@
 Each shard is one Ray task (``num_cpus=1``, ``max_retries=3``: a worker process that dies mid-shard, e.g. killed
 or out of memory, is rerun from the start of its shard; the driver keeps one result per shard). The model's bytes
 are put in Ray's object store once by the driver; a worker process fetches them the first time it needs that model
-and keeps them (a local file for collection, an onnxruntime session for evaluation and comparison), so only the
+and keeps them (a local file for collection, an onnxruntime session for evaluation), so only the
 data must be on storage every node reads at the same path. Before any work, a task checks it can read every file
 of its shard and fails naming the node and the path.
 

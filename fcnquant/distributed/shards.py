@@ -7,7 +7,6 @@ each shard exactly once (:class:`ShardResults` refuses a second result for a sha
 * statistics: :func:`merge_wire`, :func:`fcnquant.calibrate.stats.merge_stats` on the sparse arrays (histogram
   bins add as integers, min/max combine: bit-identical to one run over all the images);
 * confusion matrices: integer sums (identical);
-* sums of floats (compare's drift): added in shard order, see :mod:`fcnquant.distributed.compare`.
 
 Statistics travel as their sparse ``.npz`` arrays (:func:`stats_to_wire`), not the dense 2^19-bin histograms.
 """
