@@ -115,7 +115,7 @@ def run(models, methods, work: Path, out: Path, adaround: bool, peers: bool) -> 
             done.add(key(row))
             save()
             log.info("%-11s %-8s %-11s %-10s %-16s %+.2f  (%.0f s)", model, target, row["weights"], method,
-                     row["recovery"], miou - fp, seconds)
+                     row["recovery"], miou - fp[model], seconds)
     if peers:
         from bench_peers import run_peers
 
