@@ -204,3 +204,17 @@ def test_weight_error_mode_cancels_the_rounding_shift_of_the_first_layer(setup):
     t = next(t for t in find_targets(res.model, fm)[0] if t.node == "conv1")
     assert (np.abs(got - ref) <= t.bias_scale / 2 + 1e-6).all()
     assert np.abs(before - ref).max() > 2 * np.abs(got - ref).max()
+
+
+def test_ort_cpu_layers_with_folded_relus_are_found(setup, tmp_path):
+    """onnxruntime folds a Relu into the uint8 zero point and renames the Conv's output: matched by node name."""
+    ds, ids, fpath, _ = setup
+    stats = collect_stats(fpath, ds, ids, "awesome", size=32, progress=False)
+    q = tmp_path / "q.ort.onnx"
+    quantize_model(fpath, compute_table(stats, "minmax", "ort-cpu"), q, target="ort-cpu")
+    qm = onnx.load(str(q))
+    assert next(n for n in qm.graph.node if n.name == "conv1").output[0] != "c1"  # renamed by the Relu folding
+    res = correct_biases(q, fpath, ds, ids, "awesome", size=32, progress=False)
+    assert [layer.node for layer in res.layers] == ["conv1", "conv2", "conv3"]
+    acc = correct_biases(q, fpath, ds, ids, "awesome", size=32, error="accumulated", progress=False)
+    assert [layer.node for layer in acc.layers] == ["conv1", "conv2", "conv3"]

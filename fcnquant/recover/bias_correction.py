@@ -95,6 +95,7 @@ class _Target:
     output: str
     bias_init: str  # the int32 initializer read by the bias DequantizeLinear
     bias_scale: np.ndarray  # per channel
+    float_output: str = ""  # the same Conv's output tensor in the float model
     input: str = ""  # the (dequantized) input tensor of the Conv in the QDQ model
     geometry: tuple | None = None  # (kernel, pads, strides, dilations) of a plain 2-D Conv
     delta_w: np.ndarray | None = None  # dequantized int8 weights - float weights (Cout, Cin, KH, KW)
@@ -145,7 +146,7 @@ def find_targets(qmodel, float_model, *, skip_logits: bool = True) -> tuple[list
     float_inits = {t.name: t for t in float_model.graph.initializer}
     float_nodes = {n.name: n for n in float_model.graph.node if n.op_type in _WEIGHTED}
     made_by = {o: n for n in qmodel.graph.node for o in n.output}
-    float_outputs = {n.output[0] for n in float_model.graph.node if n.op_type in _WEIGHTED}
+    float_by_output = {n.output[0]: n for n in float_model.graph.node if n.op_type in _WEIGHTED}
     targets: list[_Target] = []
     skipped: list[tuple[str, str]] = []
     seen_bias: set[str] = set()
@@ -159,8 +160,11 @@ def find_targets(qmodel, float_model, *, skip_logits: bool = True) -> tuple[list
         if node.name in scoring:
             skipped.append((node.name, "scores classes (its output reaches the logits through linear ops only)"))
             continue
-        if node.output[0] not in float_outputs:
-            skipped.append((node.name, "no Conv with the same output tensor in the float model"))
+        # the same node by name (onnxruntime renames a Conv's output when it folds the Relu after it into the
+        # output's zero point), else by output tensor
+        float_node = float_nodes.get(node.name) or float_by_output.get(node.output[0])
+        if float_node is None or float_node.op_type != node.op_type:
+            skipped.append((node.name, "no Conv of the same name or output tensor in the float model"))
             continue
         b_src = made_by.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if b_src is None or b_src.op_type != "DequantizeLinear" or b_src.input[0] not in inits:
@@ -180,8 +184,8 @@ def find_targets(qmodel, float_model, *, skip_logits: bool = True) -> tuple[list
         channels = int(numpy_helper.to_array(b_init).size)
         scale = np.broadcast_to(numpy_helper.to_array(inits[scale_name]).astype(np.float64), (channels,)).copy()
         seen_bias.add(b_init.name)
-        targets.append(_Target(node.name, node.output[0], b_init.name, scale, node.input[0],
-                               *_weight_error(node, w_src, inits, float_nodes.get(node.name), float_inits)))
+        targets.append(_Target(node.name, node.output[0], b_init.name, scale, float_node.output[0], node.input[0],
+                               *_weight_error(node, w_src, inits, float_node, float_inits)))
     return targets, skipped
 
 
@@ -275,7 +279,7 @@ def correct_biases(
         if plain:
             log.info("bias correction: %d layer(s) without a plain 2-D Conv geometry use their accumulated "
                      "error: %s", len(plain), ", ".join(plain[:5]))
-    needs_float = [t.output for t in targets if not (by_weights and t.delta_w is not None)]
+    needs_float = [t.float_output for t in targets if not (by_weights and t.delta_w is not None)]
     float_means = runner.means(fm, needs_float, "bias correction: float") if needs_float else {}
     inits = {t.name: t for t in qm.graph.initializer}
     levels = dependency_levels(qm, [t.output for t in targets])
@@ -298,7 +302,7 @@ def correct_biases(
                 b_now = numpy_helper.to_array(inits[t.bias_init]).astype(np.float64) * t.bias_scale
                 err = weight_shift_means(t.delta_w, accs[(t.node, "in")][1].mean) + b_now - t.float_bias
             else:
-                err = accs[(t.node, "out")][1].mean - float_means[t.output]
+                err = accs[(t.node, "out")][1].mean - float_means[t.float_output]
             _apply(inits[t.bias_init], t.bias_scale, err)
             layers.append(LayerCorrection(t.node, t.output, int(err.size), float(np.abs(err).mean()),
                                           float(np.abs(err).max()), k + 1))
