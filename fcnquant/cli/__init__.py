@@ -24,6 +24,7 @@ SUBCOMMANDS = [
     "quantize",
     "fp16",
     "compare",
+    "tune",
 ]
 
 

@@ -1,0 +1,99 @@
+"""Building the int8 model for one set of float layers: the one callable the search is parameterised by.
+
+A :class:`Builder` turns a set of node names into a model file. The search never calibrates: the default
+:class:`QuantizeBuilder` holds one calibration table (statistics collected once, before the search) and calls
+``fcnquant.quantize.quantize_model(..., exclude_nodes=...)`` per evaluation. Recovery (``fcnquant.recover``:
+equalization, bias correction, AdaRound) plugs in as another Builder through :func:`recovery_builder`.
+
+``fallback="fp16"`` turns the excluded nodes into float16 islands: onnxruntime's float16 converter with every
+other node on its node block list, so only the excluded nodes (and the weights only they read) become float16,
+with Casts at the island's borders. For targets that run fp16 (TensorRT, most NPUs); onnxruntime's CPU provider
+runs them too, which is how the tuner measures them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from fcnquant.errors import FcnquantError
+
+log = logging.getLogger(__name__)
+
+FALLBACKS = ("float", "fp16")
+
+
+@runtime_checkable
+class Builder(Protocol):
+    """Writes the int8 model with the nodes ``excluded`` kept out of int8 to ``out`` and returns ``out``."""
+
+    def build(self, excluded: frozenset[str], out: Path) -> Path:
+        """Returns ``out`` after writing the model there (nothing else is calibrated or collected)."""
+        ...
+
+
+class QuantizeBuilder:
+    """The default Builder: ``quantize_model`` with one precomputed table, then the fallback for the excluded."""
+
+    def __init__(self, model: str | os.PathLike[str], table, target: str = "ort-cpu", per_channel: bool = True,
+                 fallback: str = "float") -> None:
+        if fallback not in FALLBACKS:
+            raise FcnquantError(f"unknown fallback '{fallback}' (choose from {', '.join(FALLBACKS)})")
+        self.model = Path(model)
+        self.table = table
+        self.target = target
+        self.per_channel = per_channel
+        self.fallback = fallback
+        self.last = None  # the QuantizeResult of the latest build
+
+    def build(self, excluded: frozenset[str], out: Path) -> Path:
+        """Returns ``out`` after writing the int8 model with ``excluded`` in float (or fp16) there."""
+        from fcnquant.quantize import quantize_model
+
+        nodes = sorted(excluded)
+        self.last = quantize_model(self.model, self.table, out, target=self.target, per_channel=self.per_channel,
+                                   exclude_nodes=nodes)
+        if self.fallback == "fp16" and nodes:
+            to_fp16_islands(out, nodes, out)
+        return Path(out)
+
+
+def to_fp16_islands(model_path: Path, nodes, out: Path) -> None:
+    """Rewrites ``model_path`` to ``out`` with only ``nodes`` in float16 (Casts around them), atomically."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from fcnquant._io import atomic_path, load_onnx
+    from fcnquant.errors import ModelError
+    from fcnquant.quantize.fp16 import clamp_to_fp16_range
+    from fcnquant.quantize.graph import sort_topologically
+
+    model = load_onnx(model_path)
+    wanted = set(nodes)
+    blocked = [n.name for n in model.graph.node if n.name not in wanted]
+    clamp_to_fp16_range(model)
+    try:
+        converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked)
+    except Exception as exc:  # the converter raises assorted errors on graphs it cannot type
+        raise ModelError(f"float16 conversion of the float layers failed: {exc}") from exc
+    sort_topologically(converted.graph)
+    with atomic_path(out) as tmp:
+        onnx.save_model(converted, str(tmp))
+
+
+def recovery_builder(model, stats, table, target: str, per_channel: bool, fallback: str) -> Builder:
+    """Returns the Builder that applies ``fcnquant.recover`` before quantizing; raises when it is not available.
+
+    The recovery package provides ``fcnquant.recover.tune_builder(model, stats, table, target=..., per_channel=...,
+    fallback=...) -> Builder`` (its statistics, like ours, collected once).
+    """
+    try:
+        from fcnquant import recover  # noqa: F401
+    except ImportError:
+        raise FcnquantError("recovery not available: this fcnquant has no fcnquant.recover package "
+                            "(run without --recover)") from None
+    factory = getattr(recover, "tune_builder", None)
+    if factory is None:
+        raise FcnquantError("recovery not available: fcnquant.recover has no tune_builder() for fcnquant tune")
+    return factory(model, stats, table, target=target, per_channel=per_channel, fallback=fallback)
