@@ -50,6 +50,7 @@ def register(sub) -> None:
                    "split minus the calibration images)")
     g.add_argument("--num-tune", type=int, default=200, metavar="N", help="tuning images (default %(default)s)")
     g.add_argument("--report-split", default="val", help="split of the reporting images (default %(default)s)")
+    g.add_argument("--report-data", metavar="DIR", help="VOC root of the reporting images (default: --data)")
     g.add_argument("--num-report", type=int, metavar="N", help="reporting images (default: the whole split)")
     g.add_argument("--seed", type=int, default=0, help="seed of the image selections (default %(default)s)")
     s = p.add_argument_group("search")
@@ -74,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.max_drop, args.out, data=args.data, target=args.target, method=args.method,
         per_channel=not args.per_tensor, recover=args.recover, fallback=args.fallback, json_path=args.json,
         report=args.report, calib_split=args.calib_split, num_calib=args.num_calib, tune_split=args.tune_split,
-        num_tune=args.num_tune, report_split=args.report_split, num_report=args.num_report, seed=args.seed,
+        num_tune=args.num_tune, report_split=args.report_split, num_report=args.num_report, report_data=args.report_data,
+        seed=args.seed,
         rank=args.rank, rank_images=args.rank_images, max_evaluations=args.max_evaluations,
         progress=not args.no_progress, threads=args.threads,
     )

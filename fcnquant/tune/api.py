@@ -66,6 +66,8 @@ def tune(
     num_tune: int = 200,
     report_split: str = "val",
     num_report: int | None = None,
+    report_data: str | os.PathLike[str] | None = None,
+    report_isolated: bool = True,
     seed: int = 0,
     rank: str = "sensitivity",
     rank_images: int = 16,
@@ -77,7 +79,9 @@ def tune(
     """Returns the TuneResult of meeting ``max_drop`` (mIoU points on the tuning set) with the fewest float layers.
 
     ``out`` receives the int8 model when the budget is met (else ``over_budget_path(out)``); ``json_path`` and
-    ``report`` (HTML, the compare report on the reporting images) are optional. ``rank``: ``sensitivity`` or
+    ``report`` (HTML, the compare report on the reporting images) are optional. ``report_data``: a VOC root
+    for the reporting images other than ``data`` (e.g. a held-out set generated with another seed);
+    ``report_isolated=False`` skips the report's isolated-drift pass (faster; the drop is the same). ``rank``: ``sensitivity`` or
     ``isolated`` (``fcnquant.tune.ranking``), on the first ``rank_images`` tuning images. ``builder`` replaces
     the default ``QuantizeBuilder`` (``recover`` picks ``fcnquant.recover``'s). Raises FcnquantError for bad
     input before any inference.
@@ -125,7 +129,9 @@ def tune(
 
     root = Path(data) if data is not None else builtin_dataset(progress=progress)
     images = choose_images(root, calib_split=calib_split, num_calib=num_calib, tune_split=tune_split,
-                           num_tune=num_tune, report_split=report_split, num_report=num_report, seed=seed)
+                           num_tune=num_tune, report_split=report_split, num_report=num_report, seed=seed,
+                           report_root=report_data)
+    report_root = Path(report_data) if report_data is not None else root
     preset = preset_for_session(make_session(model, threads=threads), None)
 
     t = time.perf_counter()
@@ -210,9 +216,9 @@ def tune(
         t = time.perf_counter()
         from fcnquant.compare import compare_models
 
-        rep = compare_models(model, final_tmp, data=root, split=images.reporting.split,
+        rep = compare_models(model, final_tmp, data=report_root, split=images.reporting.split,
                              ids=list(images.reporting.ids), preset=preset, table=None, progress=progress,
-                             threads=threads)
+                             isolated=report_isolated, threads=threads)
         seconds["report"] = round(time.perf_counter() - t, 2)
         written = over_budget_path(out) if over else out
         seconds["total"] = round(time.perf_counter() - t_start, 2)

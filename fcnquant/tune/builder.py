@@ -12,10 +12,11 @@ runs them too, which is how the tuner measures them.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Iterator, Protocol, runtime_checkable
 
 from fcnquant.errors import FcnquantError
 
@@ -52,11 +53,24 @@ class QuantizeBuilder:
         from fcnquant.quantize import quantize_model
 
         nodes = sorted(excluded)
-        self.last = quantize_model(self.model, self.table, out, target=self.target, per_channel=self.per_channel,
-                                   exclude_nodes=nodes)
+        with _quiet("fcnquant.quantize"):
+            self.last = quantize_model(self.model, self.table, out, target=self.target, per_channel=self.per_channel,
+                                       exclude_nodes=nodes)
         if self.fallback == "fp16" and nodes:
             to_fp16_islands(out, nodes, out)
         return Path(out)
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Raises logger ``name`` to WARNING for the block: one "wrote ..." line per candidate model is noise."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def to_fp16_islands(model_path: Path, nodes, out: Path) -> None:

@@ -45,8 +45,11 @@ class ImageSets:
 
 def choose_images(root, *, calib_split: str = "train", num_calib: int = 50, tune_split: str | None = None,
                   num_tune: int = 200, report_split: str = "val", num_report: int | None = None,
-                  seed: int = 0) -> ImageSets:
-    """Returns the three ImageSets drawn from the VOC root ``root`` (rules in the module docstring)."""
+                  seed: int = 0, report_root=None) -> ImageSets:
+    """Returns the three ImageSets drawn from the VOC root ``root`` (rules in the module docstring).
+
+    ``report_root``: another VOC root for the reporting images (a held-out set); ids are then compared as paths.
+    """
     from fcnquant.data import open_dataset, select_calibration_ids, take_ids
 
     if num_calib < 1 or num_tune < 1:
@@ -65,9 +68,13 @@ def choose_images(root, *, calib_split: str = "train", num_calib: int = 50, tune
     elif num_tune > len(pool):
         raise DataError(f"asked for {num_tune} tuning images but split {tune_split} has only {len(pool)} that are "
                         f"not calibration images")
-    report_ds = open_dataset(root, report_split)
+    report_ds = open_dataset(root if report_root is None else report_root, report_split)
     report = take_ids(report_ds, None, num_report)
-    overlap = (set(report) & set(pool)) | (set(report) & taken)
+    if report_root is None:
+        overlap = (set(report) & set(pool)) | (set(report) & taken)
+    else:  # another dataset: the same image file would have to be reachable from both
+        used = {calib_ds.image_path(i).resolve() for i in calib} | {tune_ds.image_path(i).resolve() for i in pool}
+        overlap = {i for i in report if report_ds.image_path(i).resolve() in used}
     if overlap:
         raise DataError(f"{len(overlap)} reporting image(s) of split {report_split} are also calibration or tuning "
                         f"images (e.g. {sorted(overlap)[0]}); choose disjoint splits")

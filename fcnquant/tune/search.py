@@ -172,17 +172,19 @@ def greedy(
     layers: Sequence[str],
     drop: Callable[[frozenset[str]], float],
     max_drop: float,
+    max_steps: int | None = None,
 ) -> tuple[tuple[str, ...], float, int]:
     """Returns (float layers in the order chosen, final drop, evaluations) of the greedy one-at-a-time search.
 
     Starting from everything int8, repeatedly moves to float the single layer whose move lowers the drop most,
-    until the budget is met or every layer is float. The reference the benchmarks compare :func:`search` with.
+    until the budget is met, every layer is float, or ``max_steps`` layers were moved. The reference the
+    benchmarks compare :func:`search` with (``max_steps = k - 1`` tells whether greedy needs fewer than k).
     """
     chosen: list[str] = []
     evaluations = 1
     current = float(drop(frozenset()))
     remaining = list(layers)
-    while current > max_drop and remaining:
+    while current > max_drop and remaining and (max_steps is None or len(chosen) < max_steps):
         trials = []
         for name in remaining:
             trials.append((float(drop(frozenset(chosen + [name]))), name))
