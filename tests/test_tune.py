@@ -124,3 +124,38 @@ def test_recover_without_the_package_is_a_clear_error(voc, planted, tmp_path, ca
                str(tmp_path / "r.onnx"), "--no-progress"])
     assert rc == 2 and "recovery not available" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_fp16_fallback_makes_only_the_float_layer_an_fp16_island(voc, planted, tmp_path):
+    out = tmp_path / "h.int8.onnx"
+    res = tune(planted, 1.0, out, data=voc, target="ort-cpu", per_channel=False, fallback="fp16", **FAST)
+    assert [f.name for f in res.float_layers] == [PLANTED] and len(res.evaluations) <= 3
+    q = onnx.load(str(out))
+    onnx.checker.check_model(q, full_check=True)
+    inits = {t.name: t.data_type for t in q.graph.initializer}
+    conv = next(n for n in q.graph.node if n.name == PLANTED)
+    assert inits[conv.input[1]] == onnx.TensorProto.FLOAT16
+    fp16_inits = {n for n, t in inits.items() if t == onnx.TensorProto.FLOAT16}
+    assert fp16_inits == {conv.input[1], conv.input[2]}  # nothing else turned float16
+    casts = [n for n in q.graph.node if n.op_type == "Cast"]
+    assert len(casts) == 2  # into and out of the island: no float16 round trips elsewhere
+
+
+def test_find_layers_fuses_relu_and_skips_scale_preserving_ops():
+    from onnx import TensorProto, helper
+
+    from fcnquant.tune import find_layers
+
+    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
+    w2 = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[1, 1], name="pool"),
+             helper.make_node("Conv", ["p", "w2"], ["d"], name="conv2"),
+             helper.make_node("Add", ["d", "p"], ["y"], name="add")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])], [w, w2])
+    layers = find_layers(helper.make_model(g))
+    assert [(x.name, x.nodes, x.output) for x in layers] == [
+        ("conv", ("conv", "relu"), "r"), ("conv2", ("conv2",), "d"), ("add", ("add",), "y")]
+    assert [x.name for x in find_layers(helper.make_model(g), float_nodes=["conv2"])] == ["conv", "add"]

@@ -91,9 +91,83 @@ def to_fp16_islands(model_path: Path, nodes, out: Path) -> None:
         converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked)
     except Exception as exc:  # the converter raises assorted errors on graphs it cannot type
         raise ModelError(f"float16 conversion of the float layers failed: {exc}") from exc
+    _drop_cast_pairs(converted)
+    _follow_renames(converted)
     sort_topologically(converted.graph)
     with atomic_path(out) as tmp:
         onnx.save_model(converted, str(tmp))
+
+
+def _follow_renames(model) -> None:
+    """Points the tensor map (``fcnquant.tensor_map``) at the names the converter gave tensors it renamed."""
+    import json
+
+    from fcnquant.quantize.name_map import TENSOR_MAP_KEY, set_metadata
+
+    meta = {p.key: p.value for p in model.metadata_props}
+    if TENSOR_MAP_KEY not in meta:
+        return
+    produced = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    mapping = json.loads(meta[TENSOR_MAP_KEY])
+    for key, value in mapping.items():
+        if value not in produced and f"{value}_cast_to_fp16" in produced:
+            mapping[key] = f"{value}_cast_to_fp16"
+    set_metadata(model, {TENSOR_MAP_KEY: json.dumps(mapping, sort_keys=True)})
+
+
+def _drop_cast_pairs(model) -> int:
+    """Removes float32 -> float16 -> float32 Cast pairs in place; returns how many were bypassed.
+
+    The converter types every tensor float16 first and then casts into and out of each blocked node, so a tensor
+    between two blocked (float32) nodes would be rounded to float16 on the way. Consumers of such a pair read the
+    float32 tensor directly; Casts left without consumers are dropped.
+    """
+    from onnx import TensorProto
+
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    outputs = {o.name for o in graph.output}
+
+    def cast_to(node) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    renamed: dict[str, str] = {}
+    float_inputs = {i.name for i in graph.input if i.type.tensor_type.elem_type == TensorProto.FLOAT}
+    for node in graph.node:
+        if cast_to(node) != TensorProto.FLOAT:
+            continue
+        first = producer.get(node.input[0])
+        if first is None or cast_to(first) != TensorProto.FLOAT16:
+            continue
+        source = producer.get(first.input[0])
+        if (source is None and first.input[0] not in float_inputs) or (
+                source is not None and source.op_type == "Cast" and cast_to(source) != TensorProto.FLOAT):
+            continue
+        if node.output[0] in outputs and source is not None:  # the pair ends in a graph output: its producer writes the output instead
+            old, new = first.input[0], node.output[0]
+            source.output[list(source.output).index(old)] = new
+            for other in graph.node:
+                for k, name in enumerate(other.input):
+                    if name == old:
+                        other.input[k] = new
+            node.output[0] = f"{new}::unused"
+            continue
+        renamed[node.output[0]] = first.input[0]
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name in renamed:
+                node.input[k] = renamed[name]
+    used = {i for n in graph.node for i in n.input} | outputs
+    changed = True
+    while changed:  # drop Casts whose outputs nobody reads
+        changed = False
+        keep = [n for n in graph.node if n.op_type != "Cast" or any(o in used for o in n.output)]
+        if len(keep) != len(graph.node):
+            del graph.node[:]
+            graph.node.extend(keep)
+            used = {i for n in graph.node for i in n.input} | outputs
+            changed = True
+    return len(renamed)
 
 
 def recovery_builder(model, stats, table, target: str, per_channel: bool, fallback: str) -> Builder:
