@@ -33,7 +33,7 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def run_one(name: str, heldout: Path, out_dir: Path, rank: str, greedy_ref: bool) -> dict:
+def run_one(name: str, heldout: Path, out_dir: Path, rank: str, greedy_ref: bool, num_tune: int = 200) -> dict:
     from fcnquant.calibrate import collect, compute_table
     from fcnquant.data import builtin_dataset, open_dataset, preset_for_session
     from fcnquant.demo_models import demo_model_path
@@ -44,10 +44,11 @@ def run_one(name: str, heldout: Path, out_dir: Path, rank: str, greedy_ref: bool
     from fcnquant._io import load_onnx
 
     model = demo_model_path(name)
-    row: dict = {"model": name, "rank": rank, "load_start": loadavg()}
+    row: dict = {"model": name, "rank": rank, "num_tune": num_tune, "load_start": loadavg()}
     t0 = time.perf_counter()
-    res = tune(model, MAX_DROP, out_dir / f"{name}.{rank}.int8.onnx", target=TARGET, per_channel=False, rank=rank,
-               json_path=out_dir / f"{name}.{rank}.tune.json", report_isolated=False, progress=False)
+    tag = f"{name}.{rank}.{num_tune}"
+    res = tune(model, MAX_DROP, out_dir / f"{tag}.int8.onnx", target=TARGET, per_channel=False, rank=rank,
+               num_tune=num_tune, json_path=out_dir / f"{tag}.tune.json", report_isolated=False, progress=False)
     row.update(wall_s=round(time.perf_counter() - t0, 1), layers=res.layers, limit=res.evaluation_limit,
                evaluations=len(res.evaluations), float_layers=[f.name for f in res.float_layers],
                gains=[f.gain for f in res.float_layers], tune_drop=res.tune_drop, report_drop_val100=res.report_drop,
@@ -57,7 +58,7 @@ def run_one(name: str, heldout: Path, out_dir: Path, rank: str, greedy_ref: bool
 
     # held-out drop of the tuned model and of the all-int8 model, plain sessions over every held-out image
     root = builtin_dataset(progress=False)
-    images = choose_images(root)
+    images = choose_images(root, num_tune=num_tune)
     preset = preset_for_session(make_session(model), None)
     stats = collect(model, root, "train", ids=list(images.calibration.ids), progress=False)
     table = compute_table(stats, "kl", TARGET)
@@ -100,7 +101,7 @@ def run_one(name: str, heldout: Path, out_dir: Path, rank: str, greedy_ref: bool
 
 
 def render(rows: list[dict]) -> str:
-    head = ("| model | ranking | L | evaluations (limit) | float layers | tuning drop | held-out drop, tuned "
+    head = ("| model | ranking, tuning images | L | evaluations (limit) | float layers | tuning drop | held-out drop, tuned "
             "(all int8) | greedy float layers | ranking s | tune wall s | load |")
     lines = [head, "|" + " --- |" * 11]
     for r in rows:
@@ -116,7 +117,7 @@ def render(rows: list[dict]) -> str:
             greedy_txt = f">= {k} (not met after {k - 1} steps, {g['evaluations']} evals)"
         names = ", ".join(f"`{n}`" for n in r["float_layers"]) or "none"
         lines.append(
-            f"| {r['model']} | {r['rank']} | {r['layers']} | {r['evaluations']} ({r['limit']}) | {k}: {names} | "
+            f"| {r['model']} | {r['rank']}, {r.get('num_tune', 200)} | {r['layers']} | {r['evaluations']} ({r['limit']}) | {k}: {names} | "
             f"{r['tune_drop']:.3f} | {r['heldout_drop']:.3f} ({r['heldout_drop_all_int8']:.3f}) | {greedy_txt} | "
             f"{r['ranking_s']:.0f} | {r['wall_s']:.0f} | {r['load_start']} / {r['load_end']} |")
     return "\n".join(lines)
@@ -129,6 +130,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--isolated", default="fcn8s", help="models also tuned with --rank isolated ('' for none)")
     p.add_argument("--no-greedy", action="store_true")
+    p.add_argument("--num-tune", type=int, default=200, help="tuning images (default %(default)s)")
     args = p.parse_args(argv)
     if not (args.heldout / "VOC2012").is_dir() and not (args.heldout / "ImageSets").is_dir():
         from fcnquant.data import write_synthetic_voc
@@ -140,9 +142,10 @@ def main(argv=None) -> int:
     jobs += [(m, "isolated") for m in args.isolated.split(",") if m]
     for name, rank in jobs:
         print(f"== {name} ({rank}) load {loadavg()}", file=sys.stderr, flush=True)
-        row = run_one(name, args.heldout, args.out, rank, greedy_ref=not args.no_greedy and rank == "sensitivity")
+        row = run_one(name, args.heldout, args.out, rank, greedy_ref=not args.no_greedy and rank == "sensitivity",
+                      num_tune=args.num_tune)
         rows.append(row)
-        (args.out / "rows.json").write_text(json.dumps(rows, indent=1, default=str))
+        (args.out / f"rows.{args.num_tune}.json").write_text(json.dumps(rows, indent=1, default=str))
         print(json.dumps(row, default=str), file=sys.stderr, flush=True)
     print(render(rows))
     return 0

@@ -117,15 +117,9 @@ def tune(
     resolve_params(method)
     get_target(target)
     float_proto = load_onnx(model)
-    if recover and builder is None:
-        recovery_builder_check = True  # resolved after calibration; fail early when the package is missing
-        try:
-            import fcnquant.recover  # noqa: F401
-        except ImportError:
-            raise FcnquantError("recovery not available: this fcnquant has no fcnquant.recover package "
-                                "(run without --recover)") from None
-    else:
-        recovery_builder_check = False
+    use_recovery = recover and builder is None
+    if use_recovery:  # fail before any inference when the recovery package is missing
+        recovery_builder(None, None, None, target, per_channel, fallback, check_only=True)
 
     root = Path(data) if data is not None else builtin_dataset(progress=progress)
     images = choose_images(root, calib_split=calib_split, num_calib=num_calib, tune_split=tune_split,
@@ -139,7 +133,7 @@ def tune(
     table = compute_table(stats, method, target)
     seconds["calibrate"] = round(time.perf_counter() - t, 2)
     if builder is None:
-        builder = (recovery_builder(model, stats, table, target, per_channel, fallback) if recovery_builder_check
+        builder = (recovery_builder(model, stats, table, target, per_channel, fallback) if use_recovery
                    else QuantizeBuilder(model, table, target=target, per_channel=per_channel, fallback=fallback))
 
     t = time.perf_counter()

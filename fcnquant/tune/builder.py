@@ -170,11 +170,13 @@ def _drop_cast_pairs(model) -> int:
     return len(renamed)
 
 
-def recovery_builder(model, stats, table, target: str, per_channel: bool, fallback: str) -> Builder:
+def recovery_builder(model, stats, table, target: str, per_channel: bool, fallback: str, *,
+                     check_only: bool = False) -> Builder | None:
     """Returns the Builder that applies ``fcnquant.recover`` before quantizing; raises when it is not available.
 
     The recovery package provides ``fcnquant.recover.tune_builder(model, stats, table, target=..., per_channel=...,
-    fallback=...) -> Builder`` (its statistics, like ours, collected once).
+    fallback=...) -> Builder`` (its statistics, like ours, collected once). ``check_only``: only check that it
+    exists (returns None).
     """
     try:
         from fcnquant import recover  # noqa: F401
@@ -184,4 +186,6 @@ def recovery_builder(model, stats, table, target: str, per_channel: bool, fallba
     factory = getattr(recover, "tune_builder", None)
     if factory is None:
         raise FcnquantError("recovery not available: fcnquant.recover has no tune_builder() for fcnquant tune")
+    if check_only:
+        return None
     return factory(model, stats, table, target=target, per_channel=per_channel, fallback=fallback)
