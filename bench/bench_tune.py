@@ -71,7 +71,8 @@ def run_one(name: str, heldout: Path, out_dir: Path, rank: str, greedy_ref: bool
     row["heldout_drop"] = held.drop(res.out)
     with tempfile.TemporaryDirectory() as tmp:
         base = builder.build(frozenset(), Path(tmp) / "all.onnx")
-        row["heldout_drop_all_int8"] = held.drop(base)
+        # with no float layer the tuned model is the all-int8 model (the same graph, more metadata)
+        row["heldout_drop_all_int8"] = held.drop(base) if res.float_layers else row["heldout_drop"]
         layers = find_layers(load_onnx(model), builder.last.float_nodes)
         by_name = {layer.name: layer for layer in layers}
         k = len(res.float_layers)
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
         row = run_one(name, args.heldout, args.out, rank, greedy_ref=not args.no_greedy and rank == "sensitivity",
                       num_tune=args.num_tune)
         rows.append(row)
-        (args.out / f"rows.{args.num_tune}.json").write_text(json.dumps(rows, indent=1, default=str))
+        (args.out / f"rows.{args.num_tune}.{args.models}.{args.isolated}.json").write_text(json.dumps(rows, indent=1, default=str))
         print(json.dumps(row, default=str), file=sys.stderr, flush=True)
     print(render(rows))
     return 0

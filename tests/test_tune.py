@@ -159,3 +159,21 @@ def test_find_layers_fuses_relu_and_skips_scale_preserving_ops():
     assert [(x.name, x.nodes, x.output) for x in layers] == [
         ("conv", ("conv", "relu"), "r"), ("conv2", ("conv2",), "d"), ("add", ("add",), "y")]
     assert [x.name for x in find_layers(helper.make_model(g), float_nodes=["conv2"])] == ["conv", "add"]
+
+
+def test_image_sets_are_disjoint_and_overlap_is_refused(voc):
+    from fcnquant.data import open_dataset, select_calibration_ids
+    from fcnquant.errors import DataError
+    from fcnquant.tune import choose_images
+
+    sets = choose_images(voc, num_calib=8, num_tune=10)
+    calib, tuning, report = (set(s.ids) for s in (sets.calibration, sets.tuning, sets.reporting))
+    assert len(calib) == 8 and len(tuning) == 10 and len(report) == 6
+    assert not calib & tuning and not (calib | tuning) & report
+    train = open_dataset(voc, "train")
+    assert sets.calibration.ids == tuple(select_calibration_ids(train, 8, seed=0))  # as `fcnquant calibrate` picks
+    assert tuning <= set(train.ids)
+    with pytest.raises(DataError, match="reporting image"):
+        choose_images(voc, num_calib=8, num_tune=4, tune_split="val", report_split="val")
+    with pytest.raises(DataError, match="only 24"):
+        choose_images(voc, num_calib=8, num_tune=25)
