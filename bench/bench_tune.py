@@ -33,7 +33,8 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def run_one(name: str, heldout: Path, out_dir: Path, rank: str, greedy_ref: bool, num_tune: int = 200) -> dict:
+def run_one(name: str, heldout: Path, out_dir: Path, rank: str, greedy_ref: bool, num_tune: int = 200,
+            max_evaluations: int | None = None) -> dict:
     from fcnquant.calibrate import collect, compute_table
     from fcnquant.data import builtin_dataset, open_dataset, preset_for_session
     from fcnquant.demo_models import demo_model_path
@@ -48,8 +49,8 @@ def run_one(name: str, heldout: Path, out_dir: Path, rank: str, greedy_ref: bool
     t0 = time.perf_counter()
     tag = f"{name}.{rank}.{num_tune}"
     res = tune(model, MAX_DROP, out_dir / f"{tag}.int8.onnx", target=TARGET, per_channel=False, rank=rank,
-               num_tune=num_tune, json_path=out_dir / f"{tag}.tune.json", report_isolated=False, progress=False)
-    row.update(wall_s=round(time.perf_counter() - t0, 1), layers=res.layers, limit=res.evaluation_limit,
+               num_tune=num_tune, max_evaluations=max_evaluations, json_path=out_dir / f"{tag}.tune.json", report_isolated=False, progress=False)
+    row.update(complete=res.complete, max_evaluations=max_evaluations, wall_s=round(time.perf_counter() - t0, 1), layers=res.layers, limit=res.evaluation_limit,
                evaluations=len(res.evaluations), float_layers=[f.name for f in res.float_layers],
                gains=[f.gain for f in res.float_layers], tune_drop=res.tune_drop, report_drop_val100=res.report_drop,
                over_budget=res.over_budget, seconds=res.seconds,
@@ -77,7 +78,9 @@ def run_one(name: str, heldout: Path, out_dir: Path, rank: str, greedy_ref: bool
         by_name = {layer.name: layer for layer in layers}
         k = len(res.float_layers)
         row["greedy"] = None
-        if greedy_ref and k >= 2:
+        if not greedy_ref:
+            row["greedy"] = None
+        elif k >= 2:
             tuning = TuningSet(open_dataset(root, "train"), images.tuning.ids, preset)
             tuning.set_float(model)
             counter = [0]
@@ -94,7 +97,7 @@ def run_one(name: str, heldout: Path, out_dir: Path, rank: str, greedy_ref: bool
             chosen, final, evals = greedy([layer.name for layer in layers], drop, MAX_DROP, max_steps=k - 1)
             row["greedy"] = {"float_layers": list(chosen), "drop": final, "evaluations": evals,
                              "met": final <= MAX_DROP, "seconds": round(time.perf_counter() - t, 1)}
-        elif k <= 1:
+        else:
             row["greedy"] = {"float_layers": None, "note": "all-int8 misses the budget, so greedy needs >= 1"
                              if k == 1 else "all-int8 meets the budget: greedy needs 0"}
     row["load_end"] = loadavg()
@@ -132,6 +135,7 @@ def main(argv=None) -> int:
     p.add_argument("--isolated", default="fcn8s", help="models also tuned with --rank isolated ('' for none)")
     p.add_argument("--no-greedy", action="store_true")
     p.add_argument("--num-tune", type=int, default=200, help="tuning images (default %(default)s)")
+    p.add_argument("--max-evaluations", type=int, help="stop each search after N evaluations (default: no limit)")
     args = p.parse_args(argv)
     if not (args.heldout / "VOC2012").is_dir() and not (args.heldout / "ImageSets").is_dir():
         from fcnquant.data import write_synthetic_voc
@@ -144,7 +148,7 @@ def main(argv=None) -> int:
     for name, rank in jobs:
         print(f"== {name} ({rank}) load {loadavg()}", file=sys.stderr, flush=True)
         row = run_one(name, args.heldout, args.out, rank, greedy_ref=not args.no_greedy and rank == "sensitivity",
-                      num_tune=args.num_tune)
+                      num_tune=args.num_tune, max_evaluations=args.max_evaluations)
         rows.append(row)
         (args.out / f"rows.{args.num_tune}.{args.models}.{args.isolated}.json").write_text(json.dumps(rows, indent=1, default=str))
         print(json.dumps(row, default=str), file=sys.stderr, flush=True)
