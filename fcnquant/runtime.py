@@ -9,6 +9,12 @@ import numpy as np
 
 from fcnquant.errors import ModelError
 
+#: onnxruntime graph transformers fcnquant turns off in every session it opens. ``WeightBiasQuantization`` gives
+#: a Conv/ConvTranspose/Gemm that reads a DequantizeLinear but has float weights (a layer kept in float with
+#: ``--exclude`` or by ``fcnquant tune``) per-tensor int8 weights at load time: the CPU would then measure a model
+#: other than the one written (and the one an accelerator runs). fcnquant measures the graph as written.
+DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
+
 
 def make_session(
     model: str | os.PathLike[str] | bytes,
@@ -16,12 +22,14 @@ def make_session(
     threads: int = 0,
     optimization: str = "all",
     mem_arena: bool = True,
+    disabled_optimizers: Sequence[str] = DISABLED_OPTIMIZERS,
 ):
     """Returns an ``onnxruntime.InferenceSession`` on the CPU for a model path or serialized bytes.
 
     ``optimization`` is one of ``"all"`` (ORT_ENABLE_ALL), ``"extended"``, ``"basic"``, ``"none"``.
     ``threads=0`` lets onnxruntime choose the intra-op thread count. ``mem_arena=False`` turns off onnxruntime's
     CPU memory arena (lower peak memory when many intermediate tensors are fetched, e.g. in compare).
+    ``disabled_optimizers``: onnxruntime transformers left out (see ``DISABLED_OPTIMIZERS``).
     """
     import onnxruntime as ort
 
@@ -42,7 +50,8 @@ def make_session(
             raise ModelError(f"model file not found: {p}")
         model = str(p)
     try:
-        return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(disabled_optimizers) or None)
     except Exception as exc:
         name = "model" if isinstance(model, bytes) else model
         raise ModelError(f"onnxruntime cannot load {name}: {exc}") from exc

@@ -25,6 +25,7 @@ SUBCOMMANDS = [
     "quantize",
     "fp16",
     "compare",
+    "tune",
 ]
 
 

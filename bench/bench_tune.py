@@ -1,0 +1,160 @@
+"""``fcnquant tune`` on every demo model at npu-pow2 + per-tensor, against a greedy one-layer-at-a-time search.
+
+One run, side by side, per demo model (``--max-drop 0.05`` mIoU points on 200 tuning images of the built-in
+train split, 50 other train images for calibration):
+
+- fcnquant tune (ranking ``sensitivity``; ``--isolated MODEL`` adds a row ranked by isolated drift): evaluations
+  of the tuning set against ceil(log2 L) + 3, layers left in float, tuning drop;
+- the drop of the tuned model and of the all-int8 model on >= 1000 held-out images (``--heldout``: a val split
+  generated with another seed, e.g. ``fcnquant synth-voc /tmp/fq/val1k --train 0 --val 1000 --seed 1``);
+- greedy: from all int8, repeatedly the single layer whose move to float lowers the tuning drop most, on the
+  same tuning set with the same builder. Greedy runs at most k - 1 steps (k = tune's float layers): enough to
+  tell whether it needs fewer layers than tune (with k <= 1 nothing needs running: all-int8 misses the budget).
+
+    python bench/bench_tune.py --heldout /tmp/fq/val1k --out /tmp/fq/bench-tune     # prints a Markdown section
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODELS = ("fcn8s", "fcn16s", "fcn32s", "fcn_r50_d8")
+MAX_DROP = 0.05
+TARGET = "npu-pow2"
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def run_one(name: str, heldout: Path, out_dir: Path, rank: str, greedy_ref: bool, num_tune: int = 200,
+            max_evaluations: int | None = None) -> dict:
+    from fcnquant.calibrate import collect, compute_table
+    from fcnquant.data import builtin_dataset, open_dataset, preset_for_session
+    from fcnquant.demo_models import demo_model_path
+    from fcnquant.runtime import make_session
+    from fcnquant.tune import QuantizeBuilder, choose_images, find_layers, greedy, tune
+    from fcnquant.tune.layers import excluded_nodes
+    from fcnquant.tune.tuning_set import TuningSet
+    from fcnquant._io import load_onnx
+
+    model = demo_model_path(name)
+    row: dict = {"model": name, "rank": rank, "num_tune": num_tune, "load_start": loadavg()}
+    t0 = time.perf_counter()
+    tag = f"{name}.{rank}.{num_tune}"
+    res = tune(model, MAX_DROP, out_dir / f"{tag}.int8.onnx", target=TARGET, per_channel=False, rank=rank,
+               num_tune=num_tune, max_evaluations=max_evaluations, json_path=out_dir / f"{tag}.tune.json", report_isolated=False, progress=False)
+    row.update(complete=res.complete, max_evaluations=max_evaluations, wall_s=round(time.perf_counter() - t0, 1), layers=res.layers, limit=res.evaluation_limit,
+               evaluations=len(res.evaluations), float_layers=[f.name for f in res.float_layers],
+               gains=[f.gain for f in res.float_layers], tune_drop=res.tune_drop, report_drop_val100=res.report_drop,
+               over_budget=res.over_budget, seconds=res.seconds,
+               ranking_s=res.ranking.seconds if res.ranking else 0.0,
+               eval_s=[round(e.seconds, 1) for e in res.evaluations])
+
+    # held-out drop of the tuned model and of the all-int8 model, plain sessions over every held-out image
+    root = builtin_dataset(progress=False)
+    images = choose_images(root, num_tune=num_tune)
+    preset = preset_for_session(make_session(model), None)
+    stats = collect(model, root, "train", ids=list(images.calibration.ids), progress=False)
+    table = compute_table(stats, "kl", TARGET)
+    builder = QuantizeBuilder(model, table, target=TARGET, per_channel=False)
+    val = open_dataset(heldout, "val")
+    held = TuningSet(val, val.ids, preset, cache_bytes=0)
+    held.set_float(model)
+    row["heldout_images"] = len(val.ids)
+    row["heldout_miou_float"] = held.float_score.miou
+    row["heldout_drop"] = held.drop(res.out)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = builder.build(frozenset(), Path(tmp) / "all.onnx")
+        # with no float layer the tuned model is the all-int8 model (the same graph, more metadata)
+        row["heldout_drop_all_int8"] = held.drop(base) if res.float_layers else row["heldout_drop"]
+        layers = find_layers(load_onnx(model), builder.last.float_nodes)
+        by_name = {layer.name: layer for layer in layers}
+        k = len(res.float_layers)
+        row["greedy"] = None
+        if not greedy_ref:
+            row["greedy"] = None
+        elif k >= 2:
+            tuning = TuningSet(open_dataset(root, "train"), images.tuning.ids, preset)
+            tuning.set_float(model)
+            counter = [0]
+
+            def drop(float_set: frozenset[str]) -> float:
+                counter[0] += 1
+                path = builder.build(frozenset(excluded_nodes(by_name[n] for n in float_set)),
+                                     Path(tmp) / f"g{counter[0]}.onnx")
+                value = tuning.drop(path)
+                path.unlink()
+                return value
+
+            t = time.perf_counter()
+            chosen, final, evals = greedy([layer.name for layer in layers], drop, MAX_DROP, max_steps=k - 1)
+            row["greedy"] = {"float_layers": list(chosen), "drop": final, "evaluations": evals,
+                             "met": final <= MAX_DROP, "seconds": round(time.perf_counter() - t, 1)}
+        else:
+            row["greedy"] = {"float_layers": None, "note": "all-int8 misses the budget, so greedy needs >= 1"
+                             if k == 1 else "all-int8 meets the budget: greedy needs 0"}
+    row["load_end"] = loadavg()
+    return row
+
+
+def render(rows: list[dict]) -> str:
+    head = ("| model | ranking, tuning images | L | evaluations (limit) | float layers | tuning drop | held-out drop, tuned "
+            "(all int8) | greedy float layers | ranking s | tune wall s | load |")
+    lines = [head, "|" + " --- |" * 11]
+    for r in rows:
+        g = r.get("greedy")
+        k = len(r["float_layers"])
+        if g is None:
+            greedy_txt = "not run"
+        elif g.get("float_layers") is None:
+            greedy_txt = f">= {k} ({g['note']})" if k else "0"
+        elif g["met"]:
+            greedy_txt = f"{len(g['float_layers'])} ({g['evaluations']} evals)"
+        else:
+            greedy_txt = f">= {k} (not met after {k - 1} steps, {g['evaluations']} evals)"
+        names = ", ".join(f"`{n}`" for n in r["float_layers"]) or "none"
+        lines.append(
+            f"| {r['model']} | {r['rank']}, {r.get('num_tune', 200)} | {r['layers']} | {r['evaluations']} ({r['limit']}) | {k}: {names} | "
+            f"{r['tune_drop']:.3f} | {r['heldout_drop']:.3f} ({r['heldout_drop_all_int8']:.3f}) | {greedy_txt} | "
+            f"{r['ranking_s']:.0f} | {r['wall_s']:.0f} | {r['load_start']} / {r['load_end']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--heldout", type=Path, default=Path("/tmp/fq/val1k"))
+    p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "fcnquant-bench-tune")
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--isolated", default="fcn8s", help="models also tuned with --rank isolated ('' for none)")
+    p.add_argument("--no-greedy", action="store_true")
+    p.add_argument("--num-tune", type=int, default=200, help="tuning images (default %(default)s)")
+    p.add_argument("--max-evaluations", type=int, help="stop each search after N evaluations (default: no limit)")
+    args = p.parse_args(argv)
+    if not (args.heldout / "VOC2012").is_dir() and not (args.heldout / "ImageSets").is_dir():
+        from fcnquant.data import write_synthetic_voc
+
+        write_synthetic_voc(args.heldout, train=0, val=1000, seed=1, progress=False)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    jobs = [(m, "sensitivity") for m in args.models.split(",") if m]
+    jobs += [(m, "isolated") for m in args.isolated.split(",") if m]
+    for name, rank in jobs:
+        print(f"== {name} ({rank}) load {loadavg()}", file=sys.stderr, flush=True)
+        row = run_one(name, args.heldout, args.out, rank, greedy_ref=not args.no_greedy and rank == "sensitivity",
+                      num_tune=args.num_tune, max_evaluations=args.max_evaluations)
+        rows.append(row)
+        (args.out / f"rows.{args.num_tune}.{args.models}.{args.isolated}.json").write_text(json.dumps(rows, indent=1, default=str))
+        print(json.dumps(row, default=str), file=sys.stderr, flush=True)
+    print(render(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""``fcnquant tune``: the int8 model that meets an mIoU budget with the fewest layers left in float."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from fcnquant.errors import FcnquantError
+
+EXIT_OVER_BUDGET = 3
+
+
+def register(sub) -> None:
+    """Adds the ``tune`` subcommand to ``sub``."""
+    from fcnquant.cli.calibrate import METHOD_CHOICES, TARGET_CHOICES
+    from fcnquant.tune.builder import FALLBACKS
+    from fcnquant.tune.ranking import RANKINGS
+
+    p = sub.add_parser(
+        "tune", help="meet an mIoU budget with the fewest layers left in float",
+        description="Calibrates MODEL once, quantizes everything and measures the mIoU drop on tuning images; if it "
+                    "exceeds --max-drop, ranks the quantized layers, finds the shortest prefix of the ranking whose "
+                    "layers kept in float meet the budget (galloping + bisection) and returns every layer of it to "
+                    "int8 that the budget allows. Calibration, tuning and reporting images are disjoint; the "
+                    "verdict (compare report) is measured on the reporting split. Exit status "
+                    f"{EXIT_OVER_BUDGET} when the budget cannot be met (the best model is then written as "
+                    "OUT_STEM.over-budget.onnx).")
+    p.add_argument("model", metavar="MODEL", help="the float ONNX model")
+    p.add_argument("--max-drop", type=float, required=True, metavar="X",
+                   help="largest acceptable mIoU drop on the tuning images, in points (float - int8)")
+    p.add_argument("--out", required=True, metavar="F", help="the tuned int8 model (written only within budget)")
+    p.add_argument("--json", metavar="F", help="write the result (evaluations, float layers, drops, images) as JSON")
+    p.add_argument("--report", metavar="HTML", help="write the compare report on the reporting images, with the "
+                   "tuning summary, as HTML")
+    q = p.add_argument_group("quantization")
+    q.add_argument("--target", default="ort-cpu", choices=TARGET_CHOICES, help="deployment target (default "
+                   "%(default)s)")
+    q.add_argument("--method", default="kl", choices=METHOD_CHOICES, help="range method (default %(default)s)")
+    q.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (default: per channel)")
+    q.add_argument("--recover", action="store_true", help="apply fcnquant.recover (equalization, bias correction, "
+                   "AdaRound) to every candidate model")
+    q.add_argument("--fallback", default="float", choices=FALLBACKS, help="what the chosen layers run in: float32, "
+                   "or fp16 islands with Casts around them, for targets that run fp16 (default %(default)s)")
+    g = p.add_argument_group("images")
+    g.add_argument("--data", metavar="DIR", help="VOC root (default: the built-in synthetic VOC)")
+    g.add_argument("--calib-split", default="train", help="split the calibration images come from (default "
+                   "%(default)s)")
+    g.add_argument("--num-calib", type=int, default=50, metavar="N", help="calibration images (default %(default)s)")
+    g.add_argument("--tune-split", metavar="S", help="split the tuning images come from (default: the calibration "
+                   "split minus the calibration images)")
+    g.add_argument("--num-tune", type=int, default=200, metavar="N", help="tuning images (default %(default)s)")
+    g.add_argument("--report-split", default="val", help="split of the reporting images (default %(default)s)")
+    g.add_argument("--report-data", metavar="DIR", help="VOC root of the reporting images (default: --data)")
+    g.add_argument("--num-report", type=int, metavar="N", help="reporting images (default: the whole split)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the image selections (default %(default)s)")
+    s = p.add_argument_group("search")
+    s.add_argument("--rank", default="sensitivity", choices=RANKINGS, help="layer ranking: sensitivity (each "
+                   "layer alone in float, changed pixels on the ranking images) or isolated (one compare pass) "
+                   "(default %(default)s)")
+    s.add_argument("--rank-images", type=int, default=16, metavar="N", help="tuning images the ranking runs on "
+                   "(default %(default)s)")
+    s.add_argument("--max-evaluations", type=int, metavar="N", help="stop after N evaluations of the tuning set")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: its choice)")
+    p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Tunes, prints the evaluations and verdict; returns 3 when the budget cannot be met."""
+    from fcnquant.tune import tune
+
+    if not math.isfinite(args.max_drop):
+        raise FcnquantError(f"--max-drop must be a finite number, got {args.max_drop}")
+    result = tune(
+        args.model, args.max_drop, args.out, data=args.data, target=args.target, method=args.method,
+        per_channel=not args.per_tensor, recover=args.recover, fallback=args.fallback, json_path=args.json,
+        report=args.report, calib_split=args.calib_split, num_calib=args.num_calib, tune_split=args.tune_split,
+        num_tune=args.num_tune, report_split=args.report_split, num_report=args.num_report, report_data=args.report_data,
+        seed=args.seed,
+        rank=args.rank, rank_images=args.rank_images, max_evaluations=args.max_evaluations,
+        progress=not args.no_progress, threads=args.threads,
+    )
+    print(result.format_table())
+    print(f"wrote {result.out}")
+    for path in (args.report, args.json):
+        if path:
+            print(f"wrote {path}")
+    if result.over_budget:
+        print(f"fcnquant tune: the budget of {args.max_drop:g} mIoU points cannot be met: the best model found "
+              f"drops {result.tune_drop:.3f} on the tuning images with {len(result.float_layers)} of "
+              f"{result.layers} layers in float; written as {result.out} (over budget), not as {args.out}",
+              file=sys.stderr)
+        return EXIT_OVER_BUDGET
+    return 0

@@ -1,0 +1,191 @@
+"""Building the int8 model for one set of float layers: the one callable the search is parameterised by.
+
+A :class:`Builder` turns a set of node names into a model file. The search never calibrates: the default
+:class:`QuantizeBuilder` holds one calibration table (statistics collected once, before the search) and calls
+``fcnquant.quantize.quantize_model(..., exclude_nodes=...)`` per evaluation. Recovery (``fcnquant.recover``:
+equalization, bias correction, AdaRound) plugs in as another Builder through :func:`recovery_builder`.
+
+``fallback="fp16"`` turns the excluded nodes into float16 islands: onnxruntime's float16 converter with every
+other node on its node block list, so only the excluded nodes (and the weights only they read) become float16,
+with Casts at the island's borders. For targets that run fp16 (TensorRT, most NPUs); onnxruntime's CPU provider
+runs them too, which is how the tuner measures them.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Iterator, Protocol, runtime_checkable
+
+from fcnquant.errors import FcnquantError
+
+log = logging.getLogger(__name__)
+
+FALLBACKS = ("float", "fp16")
+
+
+@runtime_checkable
+class Builder(Protocol):
+    """Writes the int8 model with the nodes ``excluded`` kept out of int8 to ``out`` and returns ``out``."""
+
+    def build(self, excluded: frozenset[str], out: Path) -> Path:
+        """Returns ``out`` after writing the model there (nothing else is calibrated or collected)."""
+        ...
+
+
+class QuantizeBuilder:
+    """The default Builder: ``quantize_model`` with one precomputed table, then the fallback for the excluded."""
+
+    def __init__(self, model: str | os.PathLike[str], table, target: str = "ort-cpu", per_channel: bool = True,
+                 fallback: str = "float") -> None:
+        if fallback not in FALLBACKS:
+            raise FcnquantError(f"unknown fallback '{fallback}' (choose from {', '.join(FALLBACKS)})")
+        self.model = Path(model)
+        self.table = table
+        self.target = target
+        self.per_channel = per_channel
+        self.fallback = fallback
+        self.last = None  # the QuantizeResult of the latest build
+
+    def build(self, excluded: frozenset[str], out: Path) -> Path:
+        """Returns ``out`` after writing the int8 model with ``excluded`` in float (or fp16) there."""
+        from fcnquant.quantize import quantize_model
+
+        nodes = sorted(excluded)
+        with _quiet("fcnquant.quantize"):
+            self.last = quantize_model(self.model, self.table, out, target=self.target, per_channel=self.per_channel,
+                                       exclude_nodes=nodes)
+        if self.fallback == "fp16" and nodes:
+            to_fp16_islands(out, nodes, out)
+        return Path(out)
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Raises logger ``name`` to WARNING for the block: one "wrote ..." line per candidate model is noise."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def to_fp16_islands(model_path: Path, nodes, out: Path) -> None:
+    """Rewrites ``model_path`` to ``out`` with only ``nodes`` in float16 (Casts around them), atomically."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from fcnquant._io import atomic_path, load_onnx
+    from fcnquant.errors import ModelError
+    from fcnquant.quantize.fp16 import clamp_to_fp16_range
+    from fcnquant.quantize.graph import sort_topologically
+
+    model = load_onnx(model_path)
+    wanted = set(nodes)
+    blocked = [n.name for n in model.graph.node if n.name not in wanted]
+    clamp_to_fp16_range(model)
+    try:
+        converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked)
+    except Exception as exc:  # the converter raises assorted errors on graphs it cannot type
+        raise ModelError(f"float16 conversion of the float layers failed: {exc}") from exc
+    _drop_cast_pairs(converted)
+    _follow_renames(converted)
+    sort_topologically(converted.graph)
+    with atomic_path(out) as tmp:
+        onnx.save_model(converted, str(tmp))
+
+
+def _follow_renames(model) -> None:
+    """Points the tensor map (``fcnquant.tensor_map``) at the names the converter gave tensors it renamed."""
+    import json
+
+    from fcnquant.quantize.name_map import TENSOR_MAP_KEY, set_metadata
+
+    meta = {p.key: p.value for p in model.metadata_props}
+    if TENSOR_MAP_KEY not in meta:
+        return
+    produced = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    mapping = json.loads(meta[TENSOR_MAP_KEY])
+    for key, value in mapping.items():
+        if value not in produced and f"{value}_cast_to_fp16" in produced:
+            mapping[key] = f"{value}_cast_to_fp16"
+    set_metadata(model, {TENSOR_MAP_KEY: json.dumps(mapping, sort_keys=True)})
+
+
+def _drop_cast_pairs(model) -> int:
+    """Removes float32 -> float16 -> float32 Cast pairs in place; returns how many were bypassed.
+
+    The converter types every tensor float16 first and then casts into and out of each blocked node, so a tensor
+    between two blocked (float32) nodes would be rounded to float16 on the way. Consumers of such a pair read the
+    float32 tensor directly; Casts left without consumers are dropped.
+    """
+    from onnx import TensorProto
+
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    outputs = {o.name for o in graph.output}
+
+    def cast_to(node) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    renamed: dict[str, str] = {}
+    float_inputs = {i.name for i in graph.input if i.type.tensor_type.elem_type == TensorProto.FLOAT}
+    for node in graph.node:
+        if cast_to(node) != TensorProto.FLOAT:
+            continue
+        first = producer.get(node.input[0])
+        if first is None or cast_to(first) != TensorProto.FLOAT16:
+            continue
+        source = producer.get(first.input[0])
+        if (source is None and first.input[0] not in float_inputs) or (
+                source is not None and source.op_type == "Cast" and cast_to(source) != TensorProto.FLOAT):
+            continue
+        if node.output[0] in outputs and source is not None:  # the pair ends in a graph output: its producer writes the output instead
+            old, new = first.input[0], node.output[0]
+            source.output[list(source.output).index(old)] = new
+            for other in graph.node:
+                for k, name in enumerate(other.input):
+                    if name == old:
+                        other.input[k] = new
+            node.output[0] = f"{new}::unused"
+            continue
+        renamed[node.output[0]] = first.input[0]
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name in renamed:
+                node.input[k] = renamed[name]
+    used = {i for n in graph.node for i in n.input} | outputs
+    changed = True
+    while changed:  # drop Casts whose outputs nobody reads
+        changed = False
+        keep = [n for n in graph.node if n.op_type != "Cast" or any(o in used for o in n.output)]
+        if len(keep) != len(graph.node):
+            del graph.node[:]
+            graph.node.extend(keep)
+            used = {i for n in graph.node for i in n.input} | outputs
+            changed = True
+    return len(renamed)
+
+
+def recovery_builder(model, stats, table, target: str, per_channel: bool, fallback: str, *,
+                     check_only: bool = False) -> Builder | None:
+    """Returns the Builder that applies ``fcnquant.recover`` before quantizing; raises when it is not available.
+
+    The recovery package provides ``fcnquant.recover.tune_builder(model, stats, table, target=..., per_channel=...,
+    fallback=...) -> Builder`` (its statistics, like ours, collected once). ``check_only``: only check that it
+    exists (returns None).
+    """
+    try:
+        from fcnquant import recover  # noqa: F401
+    except ImportError:
+        raise FcnquantError("recovery not available: this fcnquant has no fcnquant.recover package "
+                            "(run without --recover)") from None
+    factory = getattr(recover, "tune_builder", None)
+    if factory is None:
+        raise FcnquantError("recovery not available: fcnquant.recover has no tune_builder() for fcnquant tune")
+    if check_only:
+        return None
+    return factory(model, stats, table, target=target, per_channel=per_channel, fallback=fallback)

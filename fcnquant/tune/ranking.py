@@ -1,0 +1,138 @@
+"""Ranking the quantized layers, worst first: which to try in float before the others.
+
+Two rankings, both measured on a few tuning images (``rank_ids``) before the search:
+
+- ``isolated``: one ``compare_models`` pass of the all-int8 model; a layer's score is the error power of its
+  isolated drift (``10^(-SNR/10)``: its own quantization, fed the float model's inputs). One pass for every layer,
+  but it measures the error where it is made, not what it does to the prediction, and part of it (the rounding of
+  the layer's int8 input and output, which stay int8 when the layer goes float) does not go away in float.
+- ``sensitivity`` (default): for each layer, the all-int8 model with that layer alone in float, run over the
+  ranking images; the score is how many pixels' predicted class returns to the float model's (the changed-pixel
+  count of all-int8 minus that of the model with the layer in float; ties by the logits' squared error). It
+  measures the gain the search is after, at the cost of one build and ``len(rank_ids)`` inferences per layer.
+
+The score's sign: higher = more worth keeping in float.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from fcnquant.tune.layers import Layer
+
+log = logging.getLogger(__name__)
+
+RANKINGS = ("sensitivity", "isolated")
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Layers worst first, each with its score, and what the ranking cost."""
+
+    method: str
+    order: tuple[str, ...]  # layer names, worst first
+    scores: dict[str, float]
+    images: int
+    builds: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        """Returns a JSON-ready dict."""
+        return {"method": self.method, "order": list(self.order),
+                "scores": {k: (v if math.isfinite(v) else None) for k, v in self.scores.items()},
+                "images": self.images, "builds": self.builds, "seconds": round(self.seconds, 3)}
+
+
+def _order(layers: Sequence[Layer], scores: dict[str, float]) -> tuple[str, ...]:
+    """Returns layer names by score, highest first; non-finite scores last, graph order breaking ties."""
+    def key(layer: Layer):
+        s = scores.get(layer.name, math.nan)
+        return (0 if math.isfinite(s) else 1, -s if math.isfinite(s) else 0.0, layer.order)
+
+    return tuple(layer.name for layer in sorted(layers, key=key))
+
+
+def rank_isolated(float_model, int8_model, layers: Sequence[Layer], data, split, rank_ids: Sequence[str], *,
+                  preset=None, threads: int = 0) -> Ranking:
+    """Returns the Ranking of ``layers`` by the isolated drift of ``int8_model`` (one compare pass)."""
+    from fcnquant.compare import compare_models
+
+    start = time.perf_counter()
+    report = compare_models(float_model, int8_model, data=data, split=split, ids=list(rank_ids), preset=preset,
+                            isolated=True, progress=False, threads=threads, histogram_layers=0)
+    by_tensor = {d.float_name: d for d in report.layers}
+    scores: dict[str, float] = {}
+    for layer in layers:
+        drift = by_tensor.get(layer.output) or by_tensor.get(layer.pre_output)
+        if drift is None or drift.isolated is None or math.isnan(drift.isolated.snr_db):
+            scores[layer.name] = math.nan
+            continue
+        scores[layer.name] = 10.0 ** (-drift.isolated.snr_db / 10.0) if math.isfinite(drift.isolated.snr_db) else 0.0
+    return Ranking("isolated", _order(layers, scores), scores, len(rank_ids), 0, time.perf_counter() - start)
+
+
+class _Predictions:
+    """Logits and class ids of the float model on the ranking images, to score other models against."""
+
+    def __init__(self, images: list[np.ndarray], run: Callable[[bytes | Path, np.ndarray], np.ndarray],
+                 float_model: Path) -> None:
+        self.images = images
+        self.run = run
+        self.logits = [run(float_model, x) for x in images]
+
+    def distance(self, model: Path) -> tuple[int, float]:
+        """Returns (pixels whose class differs from the float model's, summed squared logit error)."""
+        changed, sq = 0, 0.0
+        session_out = [self.run(model, x) for x in self.images]
+        for ref, out in zip(self.logits, session_out):
+            changed += int((ref.argmax(1) != out.argmax(1)).sum())
+            sq += float(np.square(out.astype(np.float64) - ref).sum())
+        return changed, sq
+
+
+def rank_sensitivity(float_model, layers: Sequence[Layer], build: Callable[[frozenset[str], Path], Path],
+                     images: list[np.ndarray], *, threads: int = 0,
+                     progress: Callable[[str], None] | None = None) -> Ranking:
+    """Returns the Ranking of ``layers`` by the prediction pixels each one alone in float gives back.
+
+    ``build(excluded, out)`` writes the int8 model with the nodes ``excluded`` in float; ``images`` are
+    preprocessed NCHW batches of the ranking images.
+    """
+    from fcnquant.runtime import make_session, run_logits
+
+    start = time.perf_counter()
+    cache: dict[str, object] = {}
+
+    def run(model: Path, x: np.ndarray) -> np.ndarray:
+        key = str(model)
+        sess = cache.get(key)
+        if sess is None:
+            cache.clear()
+            sess = cache[key] = make_session(Path(model), threads=threads)
+        return np.asarray(run_logits(sess, x)[0])
+
+    preds = _Predictions(images, run, Path(float_model))
+    with tempfile.TemporaryDirectory(prefix="fcnquant-rank-") as tmp:
+        base_path = build(frozenset(), Path(tmp) / "all-int8.onnx")
+        base = preds.distance(base_path)
+        scores: dict[str, float] = {}
+        ties: dict[str, float] = {}
+        for k, layer in enumerate(layers):
+            path = build(frozenset(layer.nodes), Path(tmp) / f"layer{k}.onnx")
+            changed, sq = preds.distance(path)
+            scores[layer.name] = float(base[0] - changed)
+            ties[layer.name] = base[1] - sq
+            if progress is not None:
+                progress(layer.name)
+    # ties in the pixel count are broken by the logits' error reduction, scaled below one pixel
+    span = max((abs(v) for v in ties.values()), default=0.0) or 1.0
+    combined = {n: scores[n] + 0.5 * ties[n] / span for n in scores}
+    return Ranking("sensitivity", _order(layers, combined), combined, sum(x.shape[0] for x in images),
+                   len(layers) + 1, time.perf_counter() - start)

@@ -1,0 +1,179 @@
+"""fcnquant tune end to end on the demo fcn8s with one planted noisy layer, against fcnquant.evaluate."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from fcnquant.cli import main
+from fcnquant.demo_models import demo_model_path
+from fcnquant.data import write_synthetic_voc
+from fcnquant.evaluate import evaluate
+from fcnquant.tune import FLOAT_LAYERS_KEY, over_budget_path, tune
+
+PLANTED = "/pool5/pretrained.24/Conv"
+CONSUMER = "/pool5/pretrained.26/Conv"
+FAST = dict(num_calib=8, num_tune=16, rank_images=4, report_isolated=False, progress=False)
+
+
+def _plant(path):
+    """Writes the demo fcn8s with one extra, always-dead output channel in PLANTED: weights -50 and bias -1 on a
+    ReLU input (>= 0), so its pre-activation is <= -1 and its ReLU output 0; CONSUMER reads it with zero weights.
+
+    The float model computes exactly what the demo model does, but per-tensor weight scales of PLANTED are set by
+    the -50 weights (scale >= 50/127), which rounds the layer's real weights (|w| << 0.2) to zero.
+    """
+    model = onnx.load(str(demo_model_path("fcn8s")))
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    w_name, b_name = nodes[PLANTED].input[1], nodes[PLANTED].input[2]
+    w = numpy_helper.to_array(inits[w_name])
+    b = numpy_helper.to_array(inits[b_name])
+    assert np.abs(w).max() < 1.0
+    w2 = np.concatenate([w, np.full((1,) + w.shape[1:], -50.0, w.dtype)])
+    b2 = np.concatenate([b, np.array([-1.0], b.dtype)])
+    c_name = nodes[CONSUMER].input[1]
+    c = numpy_helper.to_array(inits[c_name])
+    c2 = np.concatenate([c, np.zeros((c.shape[0], 1) + c.shape[2:], c.dtype)], axis=1)
+    for name, arr in ((w_name, w2), (b_name, b2), (c_name, c2)):
+        inits[name].CopyFrom(numpy_helper.from_array(arr, name))
+    del model.graph.value_info[:]
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    return write_synthetic_voc(tmp_path_factory.mktemp("voc") / "voc", train=32, val=6, size=64, seed=5,
+                               progress=False)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return _plant(tmp_path_factory.mktemp("m") / "planted.onnx")
+
+
+def _tuning_drop(model, out, voc, result):
+    ids = result.images.tuning.to_dict()["ids"]
+    f = evaluate(model, voc, "train", ids=ids, progress=False).miou
+    q = evaluate(out, voc, "train", ids=ids, progress=False).miou
+    return f - q
+
+
+def test_planted_layer_found_in_at_most_three_evaluations(voc, planted, tmp_path):
+    out = tmp_path / "p.int8.onnx"
+    res = tune(planted, 1.0, out, data=voc, target="ort-cpu", per_channel=False, json_path=tmp_path / "t.json",
+               report=tmp_path / "t.html", **FAST)
+    assert [f.name for f in res.float_layers] == [PLANTED]
+    assert len(res.evaluations) <= 3 and not res.over_budget
+    assert res.evaluations[0].drop > 1.0  # everything int8 misses the budget because of the planted layer
+    # the drops the tuner reports are what fcnquant.evaluate measures on the tuning images
+    assert res.tune_drop == pytest.approx(_tuning_drop(planted, out, voc, res), abs=1e-9)
+    q = onnx.load(str(out))
+    meta = {p.key: p.value for p in q.metadata_props}
+    assert json.loads(meta[FLOAT_LAYERS_KEY]) == [PLANTED]
+    conv = next(n for n in q.graph.node if n.name == PLANTED)
+    assert conv.input[1] in {t.name for t in q.graph.initializer}  # float weights, no DequantizeLinear
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["evaluations"] == len(res.evaluations) and data["float_layers"] == [PLANTED]
+    assert data["tune_drop"] == pytest.approx(res.tune_drop, abs=1e-4)
+    assert data["report_drop"] is not None
+    im = data["images"]
+    sets = [set(im[k]["ids"]) for k in ("calibration", "tuning")]
+    assert im["calibration"]["count"] == 8 and im["tuning"]["count"] == 16 and not sets[0] & sets[1]
+    assert im["reporting"]["split"] == "val" and im["reporting"]["count"] == 6
+    page = (tmp_path / "t.html").read_text()
+    assert "fcnquant tune" in page and PLANTED in page
+
+
+def test_budget_already_met_needs_one_evaluation(voc, tmp_path):
+    out = tmp_path / "m.int8.onnx"
+    res = tune(demo_model_path("fcn8s"), 5.0, out, data=voc, target="ort-cpu", **FAST)
+    assert res.float_layers == () and len(res.evaluations) == 1 and res.ranking is None
+    assert res.tune_drop == pytest.approx(_tuning_drop(demo_model_path("fcn8s"), out, voc, res), abs=1e-9)
+    assert res.tune_drop <= 5.0 and out.is_file()
+
+
+def test_impossible_budget_exits_3_and_writes_the_best_model_as_over_budget(voc, planted, tmp_path, capsys):
+    out = tmp_path / "x.int8.onnx"
+    rc = main(["tune", str(planted), "--max-drop", "-50", "--data", str(voc), "--target", "ort-cpu",
+               "--per-tensor", "--out", str(out), "--json", str(tmp_path / "x.json"), "--num-calib", "8",
+               "--num-tune", "16", "--rank", "isolated", "--rank-images", "4", "--no-progress"])
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert "cannot be met" in err and "over budget" in err
+    assert not out.exists()
+    best = over_budget_path(out)
+    assert best.is_file() and best.name == "x.int8.over-budget.onnx"
+    data = json.loads((tmp_path / "x.json").read_text())
+    assert data["over_budget"] is True and data["out"] == str(best)
+    drops = [e["drop"] for e in data["evaluation_log"]]
+    assert data["tune_drop"] == pytest.approx(min(drops), abs=1e-4)
+
+
+def test_recover_without_the_package_is_a_clear_error(voc, planted, tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("fcnquant.recover") is not None:
+        pytest.skip("fcnquant.recover exists")
+    rc = main(["tune", str(planted), "--max-drop", "1", "--data", str(voc), "--recover", "--out",
+               str(tmp_path / "r.onnx"), "--no-progress"])
+    assert rc == 2 and "recovery not available" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_fp16_fallback_makes_only_the_float_layer_an_fp16_island(voc, planted, tmp_path):
+    out = tmp_path / "h.int8.onnx"
+    res = tune(planted, 1.0, out, data=voc, target="ort-cpu", per_channel=False, fallback="fp16", **FAST)
+    assert [f.name for f in res.float_layers] == [PLANTED] and len(res.evaluations) <= 3
+    q = onnx.load(str(out))
+    onnx.checker.check_model(q, full_check=True)
+    inits = {t.name: t.data_type for t in q.graph.initializer}
+    conv = next(n for n in q.graph.node if n.name == PLANTED)
+    assert inits[conv.input[1]] == onnx.TensorProto.FLOAT16
+    fp16_inits = {n for n, t in inits.items() if t == onnx.TensorProto.FLOAT16}
+    assert fp16_inits == {conv.input[1], conv.input[2]}  # nothing else turned float16
+    casts = [n for n in q.graph.node if n.op_type == "Cast"]
+    assert len(casts) == 2  # into and out of the island: no float16 round trips elsewhere
+
+
+def test_find_layers_fuses_relu_and_skips_scale_preserving_ops():
+    from onnx import TensorProto, helper
+
+    from fcnquant.tune import find_layers
+
+    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
+    w2 = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[1, 1], name="pool"),
+             helper.make_node("Conv", ["p", "w2"], ["d"], name="conv2"),
+             helper.make_node("Add", ["d", "p"], ["y"], name="add")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])], [w, w2])
+    layers = find_layers(helper.make_model(g))
+    assert [(x.name, x.nodes, x.output) for x in layers] == [
+        ("conv", ("conv", "relu"), "r"), ("conv2", ("conv2",), "d"), ("add", ("add",), "y")]
+    assert [x.name for x in find_layers(helper.make_model(g), float_nodes=["conv2"])] == ["conv", "add"]
+
+
+def test_image_sets_are_disjoint_and_overlap_is_refused(voc):
+    from fcnquant.data import open_dataset, select_calibration_ids
+    from fcnquant.errors import DataError
+    from fcnquant.tune import choose_images
+
+    sets = choose_images(voc, num_calib=8, num_tune=10)
+    calib, tuning, report = (set(s.ids) for s in (sets.calibration, sets.tuning, sets.reporting))
+    assert len(calib) == 8 and len(tuning) == 10 and len(report) == 6
+    assert not calib & tuning and not (calib | tuning) & report
+    train = open_dataset(voc, "train")
+    assert sets.calibration.ids == tuple(select_calibration_ids(train, 8, seed=0))  # as `fcnquant calibrate` picks
+    assert tuning <= set(train.ids)
+    with pytest.raises(DataError, match="reporting image"):
+        choose_images(voc, num_calib=8, num_tune=4, tune_split="val", report_split="val")
+    with pytest.raises(DataError, match="only 24"):
+        choose_images(voc, num_calib=8, num_tune=25)
