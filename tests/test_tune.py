@@ -115,15 +115,16 @@ def test_impossible_budget_exits_3_and_writes_the_best_model_as_over_budget(voc,
     assert data["tune_drop"] == pytest.approx(min(drops), abs=1e-4)
 
 
-def test_recover_without_the_package_is_a_clear_error(voc, planted, tmp_path, capsys):
-    import importlib.util
-
-    if importlib.util.find_spec("fcnquant.recover") is not None:
-        pytest.skip("fcnquant.recover exists")
-    rc = main(["tune", str(planted), "--max-drop", "1", "--data", str(voc), "--recover", "--out",
-               str(tmp_path / "r.onnx"), "--no-progress"])
-    assert rc == 2 and "recovery not available" in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())
+def test_recover_emits_recovered_candidates(voc, planted, tmp_path):
+    out = tmp_path / "r.int8.onnx"
+    res = tune(planted, 1.0, out, data=voc, target="npu-pow2", per_channel=False, recover=True, **FAST)
+    assert [f.name for f in res.float_layers] == [PLANTED] and not res.over_budget
+    assert res.tune_drop == pytest.approx(_tuning_drop(planted, out, voc, res), abs=1e-9)
+    q = onnx.load(str(out))
+    meta = {p.key: p.value for p in q.metadata_props}
+    rec = json.loads(meta["fcnquant.recovery"])
+    assert rec["passes"] == ["pow2-by-error", "bias-correction"] and rec["bias_correction"]["layers"] >= 1
+    assert json.loads(meta[FLOAT_LAYERS_KEY]) == [PLANTED]
 
 
 def test_fp16_fallback_makes_only_the_float_layer_an_fp16_island(voc, planted, tmp_path):

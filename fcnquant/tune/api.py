@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from fcnquant.errors import FcnquantError
-from fcnquant.tune.builder import FALLBACKS, Builder, QuantizeBuilder, recovery_builder
+from fcnquant.tune.builder import FALLBACKS, Builder, QuantizeBuilder, RecoveryBuilder
 from fcnquant.tune.images import choose_images
 from fcnquant.tune.layers import excluded_nodes, find_layers
 from fcnquant.tune.ranking import RANKINGS, rank_isolated, rank_sensitivity
@@ -118,8 +118,6 @@ def tune(
     get_target(target)
     float_proto = load_onnx(model)
     use_recovery = recover and builder is None
-    if use_recovery:  # fail before any inference when the recovery package is missing
-        recovery_builder(None, None, None, target, per_channel, fallback, check_only=True)
 
     root = Path(data) if data is not None else builtin_dataset(progress=progress)
     images = choose_images(root, calib_split=calib_split, num_calib=num_calib, tune_split=tune_split,
@@ -133,7 +131,8 @@ def tune(
     table = compute_table(stats, method, target)
     seconds["calibrate"] = round(time.perf_counter() - t, 2)
     if builder is None:
-        builder = (recovery_builder(model, stats, table, target, per_channel, fallback) if use_recovery
+        builder = (RecoveryBuilder(model, stats, table, open_dataset(root, calib_split), target=target,
+                                   per_channel=per_channel, fallback=fallback) if use_recovery
                    else QuantizeBuilder(model, table, target=target, per_channel=per_channel, fallback=fallback))
 
     t = time.perf_counter()

@@ -3,7 +3,7 @@
 A :class:`Builder` turns a set of node names into a model file. The search never calibrates: the default
 :class:`QuantizeBuilder` holds one calibration table (statistics collected once, before the search) and calls
 ``fcnquant.quantize.quantize_model(..., exclude_nodes=...)`` per evaluation. Recovery (``fcnquant.recover``:
-equalization, bias correction, AdaRound) plugs in as another Builder through :func:`recovery_builder`.
+power-of-two scales by error, bias correction) is another Builder, :class:`RecoveryBuilder`.
 
 ``fallback="fp16"`` turns the excluded nodes into float16 islands: onnxruntime's float16 converter with every
 other node on its node block list, so only the excluded nodes (and the weights only they read) become float16,
@@ -170,22 +170,58 @@ def _drop_cast_pairs(model) -> int:
     return len(renamed)
 
 
-def recovery_builder(model, stats, table, target: str, per_channel: bool, fallback: str, *,
-                     check_only: bool = False) -> Builder | None:
-    """Returns the Builder that applies ``fcnquant.recover`` before quantizing; raises when it is not available.
+class RecoveryBuilder(QuantizeBuilder):
+    """The Builder of ``--recover``: ``fcnquant.recover``'s passes for the target, on every candidate model.
 
-    The recovery package provides ``fcnquant.recover.tune_builder(model, stats, table, target=..., per_channel=...,
-    fallback=...) -> Builder`` (its statistics, like ours, collected once). ``check_only``: only check that it
-    exists (returns None).
+    What ``fcnquant.recover.resolve_plan(target, per_channel, recover=True)`` turns on, except cross-layer
+    equalization: the search ranks and compares layers against the float model's own activations, which
+    equalization rescales channel by channel. So: power-of-two scales by expected error (a second table from the
+    same statistics, no inference), then per candidate the emission and the layer-wise bias correction of its
+    int8 layers on the calibration images (``D`` passes, the depth of the Conv dependency graph).
     """
-    try:
-        from fcnquant import recover  # noqa: F401
-    except ImportError:
-        raise FcnquantError("recovery not available: this fcnquant has no fcnquant.recover package "
-                            "(run without --recover)") from None
-    factory = getattr(recover, "tune_builder", None)
-    if factory is None:
-        raise FcnquantError("recovery not available: fcnquant.recover has no tune_builder() for fcnquant tune")
-    if check_only:
-        return None
-    return factory(model, stats, table, target=target, per_channel=per_channel, fallback=fallback)
+
+    def __init__(self, model, stats, table, dataset, target: str = "ort-cpu", per_channel: bool = True,
+                 fallback: str = "float") -> None:
+        from fcnquant.calibrate.api import compute_table
+        from fcnquant.recover.plan import resolve_plan
+
+        self.plan = resolve_plan(target, per_channel, recover=True, equalize=False)
+        if self.plan.pow2_rounding != getattr(table, "pow2_rounding", "up"):
+            table = compute_table(stats, table.method, target, pow2_rounding=self.plan.pow2_rounding, **table.params)
+        super().__init__(model, table, target=target, per_channel=per_channel, fallback=fallback)
+        self.dataset = dataset
+        self.ids = list(stats.image_ids)
+        self.last_recovery: dict = {}
+
+    def build(self, excluded: frozenset[str], out: Path) -> Path:
+        """Returns ``out`` after writing the recovered int8 model with ``excluded`` in float (or fp16) there."""
+        import json
+
+        import onnx
+
+        from fcnquant._io import atomic_path
+        from fcnquant.quantize import quantize_model
+        from fcnquant.quantize.name_map import set_metadata
+        from fcnquant.recover.bias_correction import correct_biases
+        from fcnquant.recover.plan import RECOVERY_METADATA_KEY
+
+        nodes = sorted(excluded)
+        with _quiet("fcnquant.quantize"), _quiet("fcnquant.recover"):
+            self.last = quantize_model(self.model, self.table, out, target=self.target, per_channel=self.per_channel,
+                                       exclude_nodes=nodes, pow2_rounding=self.plan.pow2_rounding)
+            record = {"passes": [p for p in self.plan.names() if p != "equalize"]}
+            if self.plan.pow2_rounding != "up":
+                record["pow2_rounding"] = self.plan.pow2_rounding
+            qmodel = onnx.load(str(out))
+            if self.plan.bias_correction:
+                bc = correct_biases(qmodel, self.model, self.dataset, self.ids, progress=False)
+                qmodel = bc.model
+                record["bias_correction"] = {**{k: v for k, v in bc.to_dict().items() if k != "layers"},
+                                             "layers": len(bc.layers)}
+            set_metadata(qmodel, {RECOVERY_METADATA_KEY: json.dumps(record, sort_keys=True)})
+            with atomic_path(out) as tmp:
+                onnx.save_model(qmodel, str(tmp))
+        self.last_recovery = record
+        if self.fallback == "fp16" and nodes:
+            to_fp16_islands(out, nodes, out)
+        return Path(out)
