@@ -37,10 +37,13 @@ def _reference(x: np.ndarray, m: int = 10, skip: bool = False) -> tuple[Histogra
     return h, mm
 
 
-def _fused(x: np.ndarray, m: int = 10, skip: bool = False) -> tuple[HistogramObserver, MinMaxObserver]:
-    h, mm = HistogramObserver(m, skip_nonfinite=skip), MinMaxObserver(skip_nonfinite=skip)
+def _fused(x: np.ndarray, m: int = 10, skip: bool = False, cls=fused.LaneHistogram):
+    h, mm = cls(m, skip_nonfinite=skip), MinMaxObserver(skip_nonfinite=skip)
     fused.update_stats(h, mm, x)
     return h, mm
+
+
+CLASSES = [fused.LaneHistogram, HistogramObserver]  # two int32 lanes / one int64 lane
 
 
 def _same(a: tuple[HistogramObserver, MinMaxObserver], b: tuple[HistogramObserver, MinMaxObserver]) -> None:
@@ -52,14 +55,15 @@ def _same(a: tuple[HistogramObserver, MinMaxObserver], b: tuple[HistogramObserve
 
 
 @needs_kernel
-@pytest.mark.parametrize("kind", list(_inputs()))
-@pytest.mark.parametrize("m", [0, 10, 14])
-def test_kernel_counts_and_extremes_equal_numpy(kind, m):
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("kind,m", [(k, m) for k in _inputs() for m in (0, 10)] + [("signed", 14)])
+def test_kernel_counts_and_extremes_equal_numpy(kind, m, cls):
     x = _inputs()[kind]
-    _same(_fused(x, m), _reference(x, m))
+    got = _fused(x, m, cls=cls)
+    _same(got, _reference(x, m))
     # and against an independent bincount of the bit patterns
     bits = np.asarray(x, np.float32).reshape(-1).view(np.uint32).astype(np.int64)
-    np.testing.assert_array_equal(_fused(x, m)[0].counts, np.bincount(bits >> (23 - m), minlength=1 << (9 + m)))
+    np.testing.assert_array_equal(got[0].counts, np.bincount(bits >> (23 - m), minlength=1 << (9 + m)))
 
 
 @needs_kernel
@@ -71,11 +75,12 @@ def test_kernel_reads_the_same_memory_as_float_and_bits():
 
 
 @needs_kernel
+@pytest.mark.parametrize("cls", CLASSES)
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_kernel_nonfinite_raises_with_state_unchanged(bad):
+def test_kernel_nonfinite_raises_with_state_unchanged(bad, cls):
     x = _inputs()["signed"].copy()
     x[12345] = bad
-    h, mm = _fused(_inputs()["relu"])
+    h, mm = _fused(_inputs()["relu"], cls=cls)
     counts, lo, hi, n = h.counts.copy(), mm.min, mm.max, mm.count
     with pytest.raises(NonFiniteError) as exc:
         fused.update_stats(h, mm, x)
@@ -85,13 +90,47 @@ def test_kernel_nonfinite_raises_with_state_unchanged(bad):
 
 
 @needs_kernel
-def test_kernel_nonfinite_skipped_equals_numpy():
+@pytest.mark.parametrize("cls", CLASSES)
+def test_kernel_nonfinite_skipped_equals_numpy(cls):
     x = _inputs()["signed"].copy()
     x[[5, 600, 70_000]] = [np.nan, np.inf, -np.inf]
     x[7] = np.float32(-3e38)  # the finite minimum is still found
-    _same(_fused(x, skip=True), _reference(x, skip=True))
+    _same(_fused(x, skip=True, cls=cls), _reference(x, skip=True))
     all_bad = np.array([np.nan, np.inf], np.float32)
-    _same(_fused(all_bad, skip=True), _reference(all_bad, skip=True))
+    _same(_fused(all_bad, skip=True, cls=cls), _reference(all_bad, skip=True))
+    # a batch with NaN skipped, then clean batches: same as numpy fed the same batches
+    h, mm = cls(skip_nonfinite=True), MinMaxObserver(skip_nonfinite=True)
+    rh, rm = HistogramObserver(skip_nonfinite=True), MinMaxObserver(skip_nonfinite=True)
+    for batch in (x, _inputs()["relu"], x[:1000]):
+        fused.update_stats(h, mm, batch)
+        rh.update(batch)
+        rm.update(batch)
+    _same((h, mm), (rh, rm))
+
+
+@needs_kernel
+def test_lanes_fold_before_int32_could_overflow(monkeypatch):
+    """With a tiny fold threshold the lanes are folded inside and between updates; counts stay exact."""
+    monkeypatch.setattr(fused, "FOLD_AT", 1000)
+    x = _inputs()["relu"][:50_001]  # ~half zeros: bin 0 gets far more than 1000 counts
+    h, mm = _fused(x, 2)
+    _same((h, mm), _reference(x, 2))
+    h2 = fused.LaneHistogram(2)
+    for s in range(0, x.size, 777):
+        fused.update_stats(h2, MinMaxObserver(), x[s:s + 777])
+    np.testing.assert_array_equal(h2.counts, _reference(x, 2)[0].counts)
+
+
+@needs_kernel
+def test_lane_histogram_merges_and_round_trips_its_state():
+    x, y = _inputs()["signed"], _inputs()["relu"]
+    a, b = _fused(x)[0], _fused(y)[0]
+    a.merge(b)  # both have pending lanes
+    ref = _reference(np.concatenate([x, y]))[0]
+    np.testing.assert_array_equal(a.counts, ref.counts)
+    back = HistogramObserver.from_state(_fused(x)[0].state())
+    np.testing.assert_array_equal(back.counts, _reference(x)[0].counts)
+    assert fused.new_histogram().__class__ is fused.LaneHistogram
 
 
 @needs_kernel
@@ -117,8 +156,11 @@ def test_numpy_fallback_gives_the_same_state(monkeypatch):
     x = _inputs()["signed"]
     want = _fused(x) if kernel.KERNEL is not None else _reference(x)
     monkeypatch.setattr(kernel, "KERNEL", None)
-    assert not fused.compiled()
-    _same(_fused(x), want)
+    assert not fused.compiled() and type(fused.new_histogram()) is HistogramObserver
+    _same(_fused(x, cls=HistogramObserver), want)
+    ts = TensorStats.new()
+    ts.update(x)
+    _same((ts.hist, ts.minmax), want)
     with pytest.raises(RuntimeError):
         kernel.observe(x.view(np.uint32), x, np.zeros(1 << 19, np.int64), 13)
 
