@@ -95,6 +95,9 @@ def main() -> None:
         print(f"{label:28s} {t / n * 1e9:6.2f} ns/value wall, {cpu / n * 1e9:6.2f} ns/value CPU  "
               f"({t * 1e3:.0f} ms per {n / 1e6:.0f} M values)")
     if fused.compiled():
+        from fcnquant.observers import kernel
+
+        kernel.warm_up()
         stats = [TensorStats.new() for _ in xs]
         for ts, x in zip(stats, xs):
             ts.update(x)

@@ -42,6 +42,7 @@ from fcnquant.calibrate.stats import CalibrationStats
 from fcnquant.calibrate.tensors import activation_tensors
 from fcnquant.errors import CalibrationError, DataError, ModelError
 from fcnquant.observers import DEFAULT_MANTISSA_BITS, NonFiniteError
+from fcnquant.observers.kernel import warm_up
 from fcnquant.runtime import input_spec, with_outputs
 
 log = logging.getLogger(__name__)
@@ -250,6 +251,10 @@ def _run(session, input_name, fetch, dataset, preset, ids, batch_size, fixed_bat
     pending_n = 0
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcnquant-observe") if overlap else None
     runner = _Runner(session, input_name, fetch, slots=2 if overlap else 1)
+    if pool is not None:
+        pending = pool.submit(warm_up)  # loads the compiled observer kernels while the first batch runs
+    else:
+        warm_up()
     try:
         for batch in iter_batches(dataset, preset, ids, batch_size, with_masks=False):
             images = batch.images
