@@ -53,10 +53,7 @@ class LaneHistogram(HistogramObserver):
 
     def _fold(self) -> None:
         if self._pending:
-            if kernel.FOLD_KERNEL is not None:
-                kernel.fold_lanes(self._lanes, self._counts)
-            else:  # the kernel was switched off after these lanes were filled
-                self._counts += self._lanes.reshape(-1, 2).sum(axis=1, dtype=np.int64)
+            kernel.fold_lanes(self._lanes, self._counts)
             self._lanes = None  # a fresh zeroed array on the next update (untouched pages cost nothing)
             self._pending = 0
 
