@@ -27,6 +27,7 @@ Updates are applied in batch order and the statistics are order-independent anyw
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -43,7 +44,7 @@ from fcnquant.calibrate.tensors import activation_tensors
 from fcnquant.errors import CalibrationError, DataError, ModelError
 from fcnquant.observers import DEFAULT_MANTISSA_BITS, NonFiniteError
 from fcnquant.observers.kernel import warm_up
-from fcnquant.runtime import input_spec, with_outputs
+from fcnquant.runtime import input_spec, outputs_patch, with_outputs
 
 log = logging.getLogger(__name__)
 
@@ -131,21 +132,26 @@ def collect_stats(
         raise DataError(f"{len(unknown)} image id(s) are not in dataset {dataset.describe()}: {_show(unknown)}")
 
     model_path = Path(model_path)
-    model = load_onnx(model_path)
+    raw, model = _read_model(model_path)
     names = list(activation_tensors(model) if tensors is None else tensors)
     if not names:
         raise ModelError(f"{model_path}: no float activation depends on the model input; nothing to calibrate")
     inits = {t.name for t in model.graph.initializer}
     graph_inputs = [i.name for i in model.graph.input if i.name not in inits]
     fetch = [n for n in names if n not in graph_inputs]  # the input is observed from the batch itself
-    session = make_collect_session(with_outputs(model, fetch).SerializeToString(), optimization)
-    del model  # the protobuf (as large as the weights) is not needed during the loop
+    if raw is not None:  # the file's bytes + a patch adding the outputs: no copy or re-serialization of the model
+        model_sha256 = hashlib.sha256(raw).hexdigest()
+        session = make_collect_session(raw + outputs_patch(model, fetch), optimization)
+    else:  # weights in external files: the loaded model carries them
+        model_sha256 = file_sha256(model_path)
+        session = make_collect_session(with_outputs(model, fetch).SerializeToString(), optimization)
+    del model, raw  # the protobuf and the bytes (as large as the weights) are not needed during the loop
     input_name, input_shape = input_spec(session)
     preset = preset_for_session(session, preset, size=size, mean=mean, std=std)
 
     batch_size, fixed_batch = _batching(input_shape, batch_size)
     stats = CalibrationStats.new(
-        names, model_sha256=file_sha256(model_path), preset=preset.to_dict(), image_ids=run_ids,
+        names, model_sha256=model_sha256, preset=preset.to_dict(), image_ids=run_ids,
         model_name=model_path.name, shard=str(shard) if shard else None, mantissa_bits=mantissa_bits,
         skip_nonfinite=skip_nonfinite,
     )
@@ -158,6 +164,24 @@ def collect_stats(
     log.info("observed %d image(s) in %.1f s (%.2f images/s)", len(run_ids), seconds, len(run_ids) / seconds)
     observer.report_skipped()
     return stats
+
+
+def _read_model(path: Path):
+    """Returns (the file's bytes, its ModelProto); bytes None when the weights are in external data files."""
+    import onnx
+
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    try:
+        raw = path.read_bytes()
+        model = onnx.load_from_string(raw)
+    except Exception as exc:  # onnx raises DecodeError / various protobuf errors
+        raise ModelError(f"{path} is not a readable ONNX model: {exc}") from exc
+    if not model.graph.node:
+        raise ModelError(f"{path} is not a readable ONNX model: the graph has no nodes")
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        return None, load_onnx(path)
+    return raw, model
 
 
 def make_collect_session(model: bytes | str | os.PathLike[str], optimization: str = DEFAULT_OPTIMIZATION):

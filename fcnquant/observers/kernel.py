@@ -73,20 +73,22 @@ def _fold_py(lanes, counts):
             counts[k] += np.int64(a) + np.int64(b)
 
 
-def _compile():
+def numba_jit(fn, **options):
+    """Returns ``fn`` compiled by numba (nogil, cached), or None when numba is missing or disabled."""
     if os.environ.get(DISABLE_ENV, "").strip() not in ("", "0"):
-        log.info("%s is set: observers use numpy", DISABLE_ENV)
-        return None, None, None
+        log.info("%s is set: %s uses numpy", DISABLE_ENV, fn.__name__)
+        return None
     try:
         import numba
     except Exception as exc:  # ImportError, or a numba that does not match the installed numpy
-        log.info("numba is not available (%s): observers use numpy", exc)
-        return None, None, None
-    jit = numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
-    return jit(_observe_py), jit(_observe_lanes_py), jit(_fold_py)
+        log.info("numba is not available (%s): %s uses numpy", exc, fn.__name__)
+        return None
+    return numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy", **options)(fn)
 
 
-KERNEL, LANES_KERNEL, FOLD_KERNEL = _compile()
+KERNEL = numba_jit(_observe_py)
+LANES_KERNEL = numba_jit(_observe_lanes_py)
+FOLD_KERNEL = numba_jit(_fold_py)
 
 
 def _check() -> None:
