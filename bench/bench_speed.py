@@ -15,7 +15,7 @@ The machine may be shared: ``--wait-idle`` polls /proc/loadavg every 30 s (up to
 1-minute load average below 1.0 before starting; the load average at the start and end of every timed run is
 printed and saved, and so is the load the whole run started at.
 
-    python bench/bench_speed.py --wait-idle                 # everything (~12 min idle), results JSON in --out
+    python bench/bench_speed.py --wait-idle --markdown BENCHMARKS.md --out speed.json   # everything (~12 min idle)
     python bench/bench_speed.py --quick                     # 4/8 images, compare on 8 (a smoke run)
 """
 from __future__ import annotations
@@ -178,6 +178,104 @@ def observer_bench() -> str:
                           capture_output=True, text=True).stdout
 
 
+MD_BEGIN, MD_END = "<!-- bench_speed: begin -->", "<!-- bench_speed: end -->"
+
+
+def _kernel_ns(text: str) -> tuple[float, float] | None:
+    """Returns (wall, CPU) ns/value of the one-pass kernel line of bench_observers' output."""
+    for line in text.splitlines():
+        if line.startswith("TensorStats.update"):
+            parts = line.split()
+            nums = [float(p) for p, q in zip(parts, parts[1:]) if q == "ns/value"]
+            return nums[0], nums[1]
+    return None
+
+
+def markdown(results: dict) -> str:
+    """Returns the BENCHMARKS.md section for ``results`` (between the bench_speed markers)."""
+    from _common import md_table
+
+    m = results["machine"]
+    wait = results.get("wait")
+    start = results["load_at_start"]
+    idle = start[0] < 1.0
+    lines = [MD_BEGIN, "## 4. Calibration and compare speed (issue 12)", "",
+             f"Written by `python bench/bench_speed.py --wait-idle --markdown BENCHMARKS.md` on {m['date_utc']} at "
+             f"commit {results['commit']} (this section only; `bench/run_benchmarks.py` writes the others). "
+             f"Full fcn8s (VGG16, seeded random weights) at 320x320, batch {results['batch']}, synthetic VOC; every "
+             f"measurement in a fresh process, alternated, best of {results['reps']}.", ""]
+    if wait:
+        lines.append(f"Waited {wait['waited_s']} s for a 1-minute load average below 1.0: "
+                     + ("reached." if wait["idle"] else "not reached, so the run was made under load."))
+    lines += [f"Load average (1/5/15 min) at start {' / '.join(f'{v:.2f}' for v in start)}, at end "
+              f"{' / '.join(f'{v:.2f}' for v in results.get('load_at_end', start))}: "
+              + ("**measured idle**." if idle else
+                 "**measured under load** (other jobs on the 2 cores: wall-time ratios are distorted, since a "
+                 "process with more threads gets a larger share of contended cores; the CPU-time ratio is the "
+                 "robust figure). The load at the start and end of every timed run is in the last table."), ""]
+    rows = []
+    cal = results.get("calibrate", {})
+    for n, c in cal.items():
+        best_c = best(c["runs"]["calibrate --method kl"])
+        rows.append([f"calibrate --method kl <= 1.10x plain fp32 inference, {n} images",
+                     f"{c['ratio']:.3f}x wall, {c['cpu_ratio']:.3f}x CPU (plain "
+                     f"{best(c['runs']['plain fp32 inference'])['wall'] / int(n):.3f} s/img)",
+                     "met" if c["ratio"] <= 1.10 else "not met",
+                     f"{best_c['load'][0]:.2f} -> {best_c['load'][1]:.2f}"])
+    if cal:
+        rss = {n: best(c["runs"]["calibrate --method kl"])["max_rss"] / GB for n, c in cal.items()}
+        ns = list(rss)
+        growth = rss[ns[-1]] / rss[ns[0]] - 1
+        rows.append(["calibration peak RSS flat and < 1.5 GB",
+                     ", ".join(f"{n} img: {v:.2f} GB" for n, v in rss.items()) + f" ({100 * growth:+.1f}%)",
+                     "met" if max(rss.values()) < 1.5 and growth < 0.1 else "not met", "-"])
+    k = _kernel_ns(results.get("observers", ""))
+    if k:
+        rows.append(["observer kernel (histogram + min/max, one pass) <= 1.0 ns/value",
+                     f"{k[0]:.2f} ns/value wall, {k[1]:.2f} ns/value CPU", "met" if k[0] <= 1.0 else
+                     ("met in CPU time" if k[1] <= 1.0 else "not met"), "see below"])
+    cmp_ = results.get("compare")
+    if cmp_:
+        c = best(cmp_["runs"]["compare"])
+        e = best(cmp_["runs"]["eval fp32 + eval int8"])
+        rows.append([f"compare int8 vs fp32 <= 1.3x (eval fp32 + eval int8), {cmp_['images']} val images",
+                     f"{cmp_['ratio']:.3f}x wall, {cmp_['cpu_ratio']:.3f}x CPU (compare {c['wall']:.1f} s, drift on "
+                     f"{c['drift_images']}; evals {e['wall']:.1f} s); peak RSS {c['max_rss'] / GB:.2f} GB",
+                     "met" if cmp_["ratio"] <= 1.3 else "not met", f"{c['load'][0]:.2f} -> {c['load'][1]:.2f}"])
+    lines += [md_table(["target", "measured", "status", "load during the best run"], rows, "llll"), ""]
+    runs = []
+    for n, c in cal.items():
+        for label, rs in c["runs"].items():
+            runs += [[f"{label}, {n} img", k + 1, f"{r['wall']:.2f}", f"{r['cpu']:.2f}", f"{r['max_rss'] / GB:.2f}",
+                      f"{r['load'][0]:.2f} -> {r['load'][1]:.2f}"] for k, r in enumerate(rs)]
+    if cmp_:
+        for label, rs in cmp_["runs"].items():
+            runs += [[f"{label}, {cmp_['images']} img", k + 1, f"{r['wall']:.2f}", f"{r['cpu']:.2f}",
+                      f"{r['max_rss'] / GB:.2f}", f"{r['load'][0]:.2f} -> {r['load'][1]:.2f}"] for k, r in enumerate(rs)]
+    if runs:
+        lines += ["Every timed run (fresh process; wall and CPU seconds of the work, peak RSS, 1-minute load average "
+                  "at its start and end):", "",
+                  md_table(["run", "rep", "wall s", "CPU s", "peak RSS GB", "load"], runs), ""]
+    if results.get("observers"):
+        lines += ["Observer kernel (`bench/bench_observers.py`, 30 M fcn8s-like values, best of 5):", "", "```",
+                  results["observers"].strip(), "```", ""]
+    lines.append(MD_END)
+    return "\n".join(lines)
+
+
+def write_markdown(path: Path, section: str) -> None:
+    """Replaces the bench_speed section of ``path`` (appends it when absent), atomically."""
+    from fcnquant._io import atomic_write_text
+
+    text = path.read_text() if path.is_file() else ""
+    if MD_BEGIN in text and MD_END in text:
+        head, rest = text.split(MD_BEGIN, 1)
+        text = head + section + rest.split(MD_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    atomic_write_text(path, text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="fcn8s ONNX at 320x320 (default /tmp/fcn8s.onnx, else exported)")
@@ -191,6 +289,9 @@ def main() -> None:
     ap.add_argument("--wait-max", type=float, default=900, help="longest wait for an idle machine, s (900)")
     ap.add_argument("--workdir", default=None, help="folder for data and models (default: a temporary folder)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--markdown", default=None, help="write (or replace) the section in this Markdown file, e.g. "
+                    "BENCHMARKS.md")
+    ap.add_argument("--from-json", default=None, help="only render --markdown from a results JSON of an earlier run")
     ap.add_argument("--child", choices=["plain", "calibrate", "evals", "compare"], help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--quant", help=argparse.SUPPRESS)
@@ -198,6 +299,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args)
+    if args.from_json:
+        write_markdown(Path(args.markdown), markdown(json.loads(Path(args.from_json).read_text())))
+        return
 
     counts = [4, 8] if args.quick else [int(v) for v in args.calib_images.split(",")]
     n_cmp = 8 if args.quick else args.compare_images
@@ -207,7 +311,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     model = ensure_model(args.model, workdir)
     data = ensure_data(workdir, max(counts), val=n_cmp)
-    results: dict = {"machine": machine_facts(), "commit": git_commit(), "model": str(model), "batch": args.batch,
+    results: dict = {"machine": machine_facts(), "commit": os.environ.get("BENCH_COMMIT") or git_commit(), "model": str(model), "batch": args.batch,
                      "reps": args.reps}
     quant = make_int8(model, data, workdir) if "compare" not in skip else None
     run_child("plain", model, data, 1, args.batch)  # warm the file cache and onnxruntime's first-load costs
@@ -230,10 +334,10 @@ def main() -> None:
             runs = alternate({"plain fp32 inference": ("plain", model, data, n, args.batch),
                               "calibrate --method kl": ("calibrate", model, data, n, args.batch)}, args.reps)
             p, c = best(runs["plain fp32 inference"]), best(runs["calibrate --method kl"])
-            results["calibrate"][str(n)] = {"runs": runs, "ratio": c["wall"] / p["wall"],
-                                            "cpu_ratio": c["cpu"] / p["cpu"]}
+            cpu_ratio = best(runs["calibrate --method kl"], "cpu")["cpu"] / best(runs["plain fp32 inference"], "cpu")["cpu"]
+            results["calibrate"][str(n)] = {"runs": runs, "ratio": c["wall"] / p["wall"], "cpu_ratio": cpu_ratio}
             print(f"  best: plain {p['wall']:.2f} s ({p['wall'] / n:.3f} s/img), calibrate {c['wall']:.2f} s: "
-                  f"{c['wall'] / p['wall']:.3f}x wall, {c['cpu'] / p['cpu']:.3f}x CPU; peak RSS "
+                  f"{c['wall'] / p['wall']:.3f}x wall, {cpu_ratio:.3f}x CPU; peak RSS "
                   f"{c['max_rss'] / GB:.2f} GB (plain {p['max_rss'] / GB:.2f} GB); numba import "
                   f"{c['import_s']:.2f} s (not in the timing)", flush=True)
             save()
@@ -246,11 +350,11 @@ def main() -> None:
         runs = alternate({"eval fp32 + eval int8": ("evals", model, data, n_cmp, args.batch, quant),
                           "compare": ("compare", model, data, n_cmp, args.batch, quant)}, args.reps)
         e, c = best(runs["eval fp32 + eval int8"]), best(runs["compare"])
-        results["compare"] = {"runs": runs, "images": n_cmp, "ratio": c["wall"] / e["wall"],
-                              "cpu_ratio": c["cpu"] / e["cpu"]}
+        cpu_ratio = best(runs["compare"], "cpu")["cpu"] / best(runs["eval fp32 + eval int8"], "cpu")["cpu"]
+        results["compare"] = {"runs": runs, "images": n_cmp, "ratio": c["wall"] / e["wall"], "cpu_ratio": cpu_ratio}
         print(f"  best: evals {e['wall']:.2f} s (fp32 {e['fp32_s']:.2f} + int8 {e['int8_s']:.2f}), compare "
               f"{c['wall']:.2f} s (drift on {c['drift_images']}): {c['wall'] / e['wall']:.3f}x wall, "
-              f"{c['cpu'] / e['cpu']:.3f}x CPU; peak RSS compare {c['max_rss'] / GB:.2f} GB, evals "
+              f"{cpu_ratio:.3f}x CPU; peak RSS compare {c['max_rss'] / GB:.2f} GB, evals "
               f"{e['max_rss'] / GB:.2f} GB; mIoU equal: {c['miou'] == e['miou']}", flush=True)
         save()
     if "kernel" not in skip:
@@ -260,6 +364,9 @@ def main() -> None:
     results["load_at_end"] = [round(v, 2) for v in load_average()]
     print(f"load average at end {results['load_at_end']}")
     save()
+    if args.markdown:
+        write_markdown(Path(args.markdown), markdown(results))
+        print(f"wrote the section into {args.markdown}")
 
 
 if __name__ == "__main__":

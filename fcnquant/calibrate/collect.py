@@ -4,10 +4,18 @@ One onnxruntime session runs a copy of the model whose graph also outputs the te
 :func:`fcnquant.calibrate.tensors.activation_tensors`. Each batch's outputs go into that tensor's
 :class:`~fcnquant.calibrate.stats.TensorStats` (exact min/max + exact bit-pattern histogram).
 
-Speed (fcn8s at 320x320 on 2 shared cores, ``bench/bench_calibrate.py``): the exposed tensors hold ~30 M values
-per image and the observers cost ~3 ns per value (histogram ~2.4, min/max ~0.6), ~0.09 s of CPU per image
-against ~0.2-0.25 s for the inference itself on an idle machine. Choices, each measured against plain inference
-over the same images:
+Speed (fcn8s at 320x320 on 2 shared cores, ``bench/bench_calibrate.py``, ``bench/bench_speed.py``): the exposed
+tensors hold ~30 M values per image. The observers read each value once through the compiled kernel
+(:mod:`fcnquant.observers.kernel`, ~0.8 ns per value of CPU: ~0.025 s per image; the numpy observers cost
+~3.7 ns, ~0.11 s) against ~0.2-0.28 s for the inference itself on an idle machine. What exposing the 20 tensors
+costs onnxruntime (profiled, ORT_ENABLE_ALL): one ``ReorderOutput`` per exposed tensor, converting it from the
+blocked NCHWc layout its convolutions run in back to NCHW (~3.3 ns per exposed value, ~4 % of the run; it is the
+only real cost, and no public option avoids it short of giving up NCHWc, which costs more); the two skip
+``Add``s are no longer fused into their convolutions (0.1 ms: 21-channel tensors); fresh output allocation vs
+reused buffers: the same CPU time, but see below for memory. The session is built from the model file's bytes
+plus a small protobuf patch that adds the outputs (:func:`fcnquant.runtime.outputs_patch`), not from a copied and
+re-serialized ModelProto: ~0.2 s of CPU less per calibration (2 % of 32 images). Choices, each measured against
+plain inference over the same images:
 
 * Session threads do not spin (``session.intra_op.allow_spinning=0``). Spinning threads keep burning a core
   after ``run`` returns, exactly when numpy needs it: 1.44x plain with spinning, 1.24x without.
