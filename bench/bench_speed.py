@@ -213,6 +213,8 @@ def markdown(results: dict) -> str:
                  "**measured under load** (other jobs on the 2 cores: wall-time ratios are distorted, since a "
                  "process with more threads gets a larger share of contended cores; the CPU-time ratio is the "
                  "robust figure). The load at the start and end of every timed run is in the last table."), ""]
+    if results.get("notes"):
+        lines += [results["notes"], ""]
     rows = []
     cal = results.get("calibrate", {})
     for n, c in cal.items():
