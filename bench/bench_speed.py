@@ -205,8 +205,8 @@ def markdown(results: dict) -> str:
              f"Full fcn8s (VGG16, seeded random weights) at 320x320, batch {results['batch']}, synthetic VOC; every "
              f"measurement in a fresh process, alternated, best of {results['reps']}.", ""]
     if wait:
-        lines.append(f"Waited {wait['waited_s']} s for a 1-minute load average below 1.0: "
-                     + ("reached." if wait["idle"] else "not reached, so the run was made under load."))
+        lines += [f"Waited {wait['waited_s']} s for a 1-minute load average below 1.0: "
+                  + ("reached." if wait["idle"] else "not reached, so the run was made under load."), ""]
     lines += [f"Load average (1/5/15 min) at start {' / '.join(f'{v:.2f}' for v in start)}, at end "
               f"{' / '.join(f'{v:.2f}' for v in results.get('load_at_end', start))}: "
               + ("**measured idle**." if idle else
@@ -217,12 +217,13 @@ def markdown(results: dict) -> str:
         lines += [results["notes"], ""]
     rows = []
     cal = results.get("calibrate", {})
+    tag = "" if idle else " (wall, under load)"
     for n, c in cal.items():
         best_c = best(c["runs"]["calibrate --method kl"])
         rows.append([f"calibrate --method kl <= 1.10x plain fp32 inference, {n} images",
                      f"{c['ratio']:.3f}x wall, {c['cpu_ratio']:.3f}x CPU (plain "
                      f"{best(c['runs']['plain fp32 inference'])['wall'] / int(n):.3f} s/img)",
-                     "met" if c["ratio"] <= 1.10 else "not met",
+                     ("met" if c["ratio"] <= 1.10 else "not met") + tag,
                      f"{best_c['load'][0]:.2f} -> {best_c['load'][1]:.2f}"])
     if cal:
         rss = {n: best(c["runs"]["calibrate --method kl"])["max_rss"] / GB for n, c in cal.items()}
@@ -243,7 +244,9 @@ def markdown(results: dict) -> str:
         rows.append([f"compare int8 vs fp32 <= 1.3x (eval fp32 + eval int8), {cmp_['images']} val images",
                      f"{cmp_['ratio']:.3f}x wall, {cmp_['cpu_ratio']:.3f}x CPU (compare {c['wall']:.1f} s, drift on "
                      f"{c['drift_images']}; evals {e['wall']:.1f} s); peak RSS {c['max_rss'] / GB:.2f} GB",
-                     "met" if cmp_["ratio"] <= 1.3 else "not met", f"{c['load'][0]:.2f} -> {c['load'][1]:.2f}"])
+                     ("met" if cmp_["ratio"] <= 1.3 else "not met") + tag
+                     + ("" if cmp_["cpu_ratio"] <= 1.3 else "; not met in CPU time"),
+                     f"{c['load'][0]:.2f} -> {c['load'][1]:.2f}"])
     lines += [md_table(["target", "measured", "status", "load during the best run"], rows, "llll"), ""]
     runs = []
     for n, c in cal.items():
