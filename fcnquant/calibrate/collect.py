@@ -4,10 +4,18 @@ One onnxruntime session runs a copy of the model whose graph also outputs the te
 :func:`fcnquant.calibrate.tensors.activation_tensors`. Each batch's outputs go into that tensor's
 :class:`~fcnquant.calibrate.stats.TensorStats` (exact min/max + exact bit-pattern histogram).
 
-Speed (fcn8s at 320x320 on 2 shared cores, ``bench/bench_calibrate.py``): the exposed tensors hold ~30 M values
-per image and the observers cost ~3 ns per value (histogram ~2.4, min/max ~0.6), ~0.09 s of CPU per image
-against ~0.2-0.25 s for the inference itself on an idle machine. Choices, each measured against plain inference
-over the same images:
+Speed (fcn8s at 320x320 on 2 shared cores, ``bench/bench_calibrate.py``, ``bench/bench_speed.py``): the exposed
+tensors hold ~30 M values per image. The observers read each value once through the compiled kernel
+(:mod:`fcnquant.observers.kernel`, ~0.8 ns per value of CPU: ~0.025 s per image; the numpy observers cost
+~3.7 ns, ~0.11 s) against ~0.2-0.28 s for the inference itself on an idle machine. What exposing the 20 tensors
+costs onnxruntime (profiled, ORT_ENABLE_ALL): one ``ReorderOutput`` per exposed tensor, converting it from the
+blocked NCHWc layout its convolutions run in back to NCHW (~3.3 ns per exposed value, ~4 % of the run; it is the
+only real cost, and no public option avoids it short of giving up NCHWc, which costs more); the two skip
+``Add``s are no longer fused into their convolutions (0.1 ms: 21-channel tensors); fresh output allocation vs
+reused buffers: the same CPU time, but see below for memory. The session is built from the model file's bytes
+plus a small protobuf patch that adds the outputs (:func:`fcnquant.runtime.outputs_patch`), not from a copied and
+re-serialized ModelProto: ~0.2 s of CPU less per calibration (2 % of 32 images). Choices, each measured against
+plain inference over the same images:
 
 * Session threads do not spin (``session.intra_op.allow_spinning=0``). Spinning threads keep burning a core
   after ``run`` returns, exactly when numpy needs it: 1.44x plain with spinning, 1.24x without.
@@ -27,6 +35,7 @@ Updates are applied in batch order and the statistics are order-independent anyw
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -42,7 +51,8 @@ from fcnquant.calibrate.stats import CalibrationStats
 from fcnquant.calibrate.tensors import activation_tensors
 from fcnquant.errors import CalibrationError, DataError, ModelError
 from fcnquant.observers import DEFAULT_MANTISSA_BITS, NonFiniteError
-from fcnquant.runtime import input_spec, with_outputs
+from fcnquant.observers.kernel import warm_up
+from fcnquant.runtime import input_spec, outputs_patch, with_outputs
 
 log = logging.getLogger(__name__)
 
@@ -132,21 +142,26 @@ def collect_stats(
         raise DataError(f"{len(unknown)} image id(s) are not in dataset {dataset.describe()}: {_show(unknown)}")
 
     model_path = Path(model_path)
-    model = load_onnx(model_path)
+    raw, model = _read_model(model_path)
     names = list(activation_tensors(model) if tensors is None else tensors)
     if not names:
         raise ModelError(f"{model_path}: no float activation depends on the model input; nothing to calibrate")
     inits = {t.name for t in model.graph.initializer}
     graph_inputs = [i.name for i in model.graph.input if i.name not in inits]
     fetch = [n for n in names if n not in graph_inputs]  # the input is observed from the batch itself
-    session = make_collect_session(with_outputs(model, fetch).SerializeToString(), optimization)
-    del model  # the protobuf (as large as the weights) is not needed during the loop
+    if raw is not None:  # the file's bytes + a patch adding the outputs: no copy or re-serialization of the model
+        model_sha256 = hashlib.sha256(raw).hexdigest()
+        session = make_collect_session(raw + outputs_patch(model, fetch), optimization)
+    else:  # weights in external files: the loaded model carries them
+        model_sha256 = file_sha256(model_path)
+        session = make_collect_session(with_outputs(model, fetch).SerializeToString(), optimization)
+    del model, raw  # the protobuf and the bytes (as large as the weights) are not needed during the loop
     input_name, input_shape = input_spec(session)
     preset = preset_for_session(session, preset, size=size, mean=mean, std=std)
 
     batch_size, fixed_batch = _batching(input_shape, batch_size)
     stats = CalibrationStats.new(
-        names, model_sha256=file_sha256(model_path), preset=preset.to_dict(), image_ids=run_ids,
+        names, model_sha256=model_sha256, preset=preset.to_dict(), image_ids=run_ids,
         model_name=model_path.name, shard=str(shard) if shard else None, mantissa_bits=mantissa_bits,
         skip_nonfinite=skip_nonfinite,
     )
@@ -160,6 +175,24 @@ def collect_stats(
     log.info("observed %d image(s) in %.1f s (%.2f images/s)", len(run_ids), seconds, len(run_ids) / seconds)
     observer.report_skipped()
     return stats
+
+
+def _read_model(path: Path):
+    """Returns (the file's bytes, its ModelProto); bytes None when the weights are in external data files."""
+    import onnx
+
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    try:
+        raw = path.read_bytes()
+        model = onnx.load_from_string(raw)
+    except Exception as exc:  # onnx raises DecodeError / various protobuf errors
+        raise ModelError(f"{path} is not a readable ONNX model: {exc}") from exc
+    if not model.graph.node:
+        raise ModelError(f"{path} is not a readable ONNX model: the graph has no nodes")
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        return None, load_onnx(path)
+    return raw, model
 
 
 def make_collect_session(model: bytes | str | os.PathLike[str], optimization: str = DEFAULT_OPTIMIZATION):
@@ -256,6 +289,10 @@ def _run(session, input_name, fetch, dataset, preset, ids, batch_size, fixed_bat
     pending_n = 0
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcnquant-observe") if overlap else None
     runner = _Runner(session, input_name, fetch, slots=2 if overlap else 1)
+    if pool is not None:
+        pending = pool.submit(warm_up)  # loads the compiled observer kernels while the first batch runs
+    else:
+        warm_up()
     try:
         for batch in iter_batches(dataset, preset, ids, batch_size, with_masks=False):
             images = batch.images

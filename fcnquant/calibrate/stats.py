@@ -28,7 +28,7 @@ from fcnquant import __version__
 from fcnquant._io import atomic_path
 from fcnquant.errors import CalibrationError
 from fcnquant.observers import DEFAULT_MANTISSA_BITS, HistogramObserver, MinMaxObserver
-from fcnquant.observers.base import as_float32
+from fcnquant.observers.fused import new_histogram, update_stats
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,11 @@ class TensorStats:
     def new(cls, mantissa_bits: int = DEFAULT_MANTISSA_BITS, *, skip_nonfinite: bool = False) -> TensorStats:
         """Returns empty statistics."""
         return cls(MinMaxObserver(skip_nonfinite=skip_nonfinite),
-                   HistogramObserver(mantissa_bits, skip_nonfinite=skip_nonfinite))
+                   new_histogram(mantissa_bits, skip_nonfinite=skip_nonfinite))
 
     def update(self, x: np.ndarray) -> None:
         """Adds a batch of values. Raises NonFiniteError (nothing changed) on NaN/Inf unless skipping them."""
-        a = as_float32(x)
-        self.hist.update(a)  # raises before anything is modified
-        self.minmax.update(a)
+        update_stats(self.hist, self.minmax, x)  # one pass (compiled kernel); raises before anything changes
 
     def merge(self, other: TensorStats) -> None:
         """Folds ``other`` in (exact)."""

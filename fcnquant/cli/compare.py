@@ -8,6 +8,19 @@ import sys
 from fcnquant.errors import FcnquantError
 
 EXIT_DROP = 3  # --fail-on-drop exceeded
+DEFAULT_DRIFT = 16  # = fcnquant.compare.DEFAULT_DRIFT_IMAGES (not imported here: --help stays fast)
+
+
+def _drift_images(text: str) -> int | str:
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive count or 'all', got '{text}'") from None
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (or 'all'), got {k}")
+    return k
 
 
 def register(sub) -> None:
@@ -41,6 +54,9 @@ def register(sub) -> None:
                    help="rank the terminal table by accumulated or isolated SNR (default %(default)s)")
     p.add_argument("--no-isolated", action="store_true", help="skip the isolated pass (faster; accumulated "
                    "drift only)")
+    p.add_argument("--drift-images", default=str(DEFAULT_DRIFT), metavar="K", type=_drift_images,
+                   help="measure per-layer drift on K images spread evenly over the chosen ones, or 'all' "
+                        "(default %(default)s; the final metrics always use every image)")
     p.add_argument("--boundary", type=int, default=3, metavar="PX", help="boundary band half-width in pixels for "
                    "the changed-pixel share (default %(default)s)")
     p.add_argument("--fail-on-drop", type=float, metavar="X", help=f"exit with status {EXIT_DROP} when the mIoU "
@@ -69,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset, table=args.table, stats=args.stats, isolated=not args.no_isolated,
         progress=not args.no_progress, batch_size=args.batch_size, size=args.size, mean=args.mean, std=args.std,
         boundary_radius=args.boundary, threads=args.threads, ann_dir=args.ann_dir, gallery=args.gallery,
+        drift_images=args.drift_images,
     )
     print(report.format_table(top=args.top, by=args.sort if not args.no_isolated else "accumulated"))
     if args.json:

@@ -334,7 +334,9 @@ def render_html(report: CompareReport, top: int = 10) -> str:
         f"{report.images} images from <code>{_e(report.data)}</code>"
         + (f" split {_e(report.split)}" if report.split else "")
         + f", preset {_e(report.preset.get('name', ''))}; tensors paired by {_e(report.pairing)}; "
-        f"{len(report.layers)} quantized activations; {report.seconds:.1f} s"
+        f"{len(report.layers)} quantized activations; {report.seconds:.1f} s<br>"
+        f"final metrics on all {report.images} images; per-layer drift on {report.drift_count} of them"
+        + (" (a deterministic subsample spread over the list)" if report.drift_count < report.images else "")
         + (f"<br>recovery applied to the int8 model: {_e(format_recovery(report.recovery))}" if report.recovery
            else "") + "</div>",
         f"<div class='cards'>{''.join(cards)}</div>",
@@ -344,8 +346,8 @@ def render_html(report: CompareReport, top: int = 10) -> str:
     parts += [
         "<h2>SNR along the network depth</h2>",
         f"<figure>{snr_plot(report.layers)}<figcaption>Signal-to-noise ratio 10·log10(Σref²/Σ(q−ref)²) of each "
-        "quantized activation over all images. Accumulated: the whole quantized model; isolated: that layer's own "
-        "quantization, fed the float model's inputs. A layer with low isolated SNR causes drift; one whose "
+        f"quantized activation over the {report.drift_count} drift images. Accumulated: the whole quantized "
+        "model; isolated: that layer's own quantization, fed the float model's inputs. A layer with low isolated SNR causes drift; one whose "
         "accumulated SNR is far below its isolated SNR inherits it. Hover a point for details.</figcaption></figure>",
     ]
     if f.labelled:

@@ -196,6 +196,13 @@ class CompareReport:
     notes: tuple[str, ...] = field(default=())
     gallery: tuple[GalleryImage, ...] = ()  # the images with the most changed pixels, most first
     recovery: dict = field(default_factory=dict)  # the int8 model's recovery record (fcnquant.recovery metadata)
+    drift_images: int | None = None  # images the per-layer drift was measured on (None: all ``images``)
+    drift_ids: tuple[str, ...] = ()  # their ids (the deterministic subsample), when recorded
+
+    @property
+    def drift_count(self) -> int:
+        """Returns the number of images the per-layer drift was measured on."""
+        return self.images if self.drift_images is None else self.drift_images
 
     @property
     def miou_drop(self) -> float:
@@ -222,7 +229,8 @@ class CompareReport:
             "float_model": self.float_model, "quant_model": self.quant_model,
             "float_sha256": self.float_sha256, "quant_sha256": self.quant_sha256,
             "pairing": self.pairing, "data": self.data, "split": self.split, "preset": self.preset,
-            "images": self.images, "isolated": self.isolated, "seconds": round(self.seconds, 3),
+            "images": self.images, "drift_images": self.drift_count, "drift_ids": list(self.drift_ids),
+            "isolated": self.isolated, "seconds": round(self.seconds, 3),
             "table": self.table, "stats": self.stats,
             "final": self.final.to_dict(),
             "layers": [layer.to_dict() for layer in self.layers],
@@ -251,6 +259,8 @@ class CompareReport:
             notes=tuple(d.get("notes", ())),
             gallery=tuple(GalleryImage.from_dict(g) for g in d.get("gallery", ())),
             recovery=dict(d.get("recovery") or {}),
+            drift_images=int(d["drift_images"]) if d.get("drift_images") is not None else None,
+            drift_ids=tuple(d.get("drift_ids", ())),
         )
 
     def to_json(self, path: str | os.PathLike[str]) -> None:
@@ -286,7 +296,9 @@ def format_table(report: CompareReport, top: int | None = 10, by: str = "accumul
     f = report.final
     lines = [f"float:     {report.float_model}", f"quantized: {report.quant_model}",
              f"images: {report.images} from {report.data}" + (f" ({report.split})" if report.split else "")
-             + f"; pairing: {report.pairing}; {len(report.layers)} quantized activations"]
+             + f"; pairing: {report.pairing}; {len(report.layers)} quantized activations",
+             f"final metrics on all {report.images} images; per-layer drift on {report.drift_count} of them"
+             + (" (spread evenly over the list)" if report.drift_count < report.images else "")]
     if report.recovery:
         lines.append(f"recovery applied to the int8 model: {format_recovery(report.recovery)}")
     if f.labelled:

@@ -1,4 +1,8 @@
-"""Streaming observers (numpy only): exact min/max and an exact bit-pattern histogram, both mergeable."""
+"""Streaming observers: exact min/max and an exact bit-pattern histogram, both mergeable.
+
+The observers themselves are numpy (the reference); ``fcnquant.observers.fused.update_stats`` feeds both in one
+pass with the compiled kernel of ``fcnquant.observers.kernel`` (numba) when it is available.
+"""
 from __future__ import annotations
 
 from fcnquant.observers.base import NonFiniteError

@@ -141,6 +141,10 @@ class HistogramObserver:
         if u.size == 0:
             return
         self._accumulate(u, np.add)
+        self._settle_nonfinite(u)
+
+    def _settle_nonfinite(self, u: np.ndarray) -> None:
+        """After the bit patterns ``u`` were added to the counts: raise (rolled back) or drop their NaN/Inf."""
         pos, neg = self._nonfinite_slices()
         bad = int(self.counts[pos].sum() + self.counts[neg].sum())
         if bad:

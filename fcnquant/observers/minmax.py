@@ -46,6 +46,14 @@ class MinMaxObserver:
         self.max = max(self.max, hi + 0.0)
         self.count += n
 
+    def fold(self, lo: float, hi: float, n: int) -> None:
+        """Adds a batch of ``n`` finite values known only by its exact minimum ``lo`` and maximum ``hi``."""
+        if n <= 0:
+            return
+        self.min = min(self.min, float(lo) + 0.0)
+        self.max = max(self.max, float(hi) + 0.0)
+        self.count += int(n)
+
     def merge(self, other: MinMaxObserver) -> None:
         """Folds ``other`` into this observer, as if this one had also seen ``other``'s data."""
         self.min = min(self.min, other.min)

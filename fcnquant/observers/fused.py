@@ -1,0 +1,108 @@
+"""One pass over a tensor for both observers: the compiled kernel when numba is there, else the numpy observers.
+
+:func:`update_stats` gives exactly the state that ``hist.update(x); minmax.update(x)`` gives (the numpy
+observers are the reference; the tests compare bin for bin), reading the tensor once instead of three times.
+
+:class:`LaneHistogram` is a :class:`~fcnquant.observers.HistogramObserver` whose kernel updates go into two int32
+lanes (see :mod:`fcnquant.observers.kernel`) that are folded into the exact int64 ``counts`` whenever anything
+reads ``counts`` (state, merge, re-binning...) and before any lane could reach 2**31; the observed histogram is
+always ``counts`` after the fold, so it is the same object to every reader. :func:`new_histogram` returns one when
+the kernel is available.
+
+NaN/Inf: the kernel's counts land in the histogram's non-finite bins, which are checked after each update; the
+histogram then raises :class:`~fcnquant.observers.NonFiniteError` with its counts rolled back and the min/max
+untouched, or (skipping non-finite values) drops them, and the min/max of that batch is recomputed by the numpy
+observer (a rare path).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fcnquant.observers import kernel
+from fcnquant.observers.base import as_float32
+from fcnquant.observers.histogram import DEFAULT_MANTISSA_BITS, HistogramObserver
+from fcnquant.observers.minmax import MinMaxObserver
+
+FOLD_AT = (1 << 31) - 1  # values a lane set may take before it is folded (each int32 lane stays below 2**31)
+
+
+def compiled() -> bool:
+    """Returns True when the compiled kernel is in use (numba importable and not disabled)."""
+    return kernel.KERNEL is not None
+
+
+class LaneHistogram(HistogramObserver):
+    """A HistogramObserver fed by the two-lane kernel; ``counts`` folds the lanes in first, so reads are exact."""
+
+    def __init__(self, mantissa_bits: int = DEFAULT_MANTISSA_BITS, *, skip_nonfinite: bool = False) -> None:
+        self._lanes: np.ndarray | None = None
+        self._pending = 0  # values in the lanes since the last fold
+        super().__init__(mantissa_bits, skip_nonfinite=skip_nonfinite)
+
+    @property
+    def counts(self) -> np.ndarray:
+        """The exact int64 counts (lanes folded in)."""
+        self._fold()
+        return self._counts
+
+    @counts.setter
+    def counts(self, value: np.ndarray) -> None:
+        if self._pending:
+            raise RuntimeError("histogram counts replaced while lane counts are pending")
+        self._counts = value
+
+    def _fold(self) -> None:
+        if self._pending:
+            kernel.fold_lanes(self._lanes, self._counts)
+            self._lanes = None  # a fresh zeroed array on the next update (untouched pages cost nothing)
+            self._pending = 0
+
+    def _lane_nonfinite(self) -> int:
+        pos, neg = self._nonfinite_slices()
+        lanes = self._lanes
+        return int(lanes[2 * pos.start:2 * pos.stop].sum() + lanes[2 * neg.start:2 * neg.stop].sum())
+
+    def observe(self, a: np.ndarray) -> tuple[float, float]:
+        """Returns (min, max) of the flat float32 ``a`` after counting it (may raise NonFiniteError, rolled back)."""
+        u = a.view(np.uint32)
+        lo, hi = float("inf"), float("-inf")
+        for start in range(0, u.size, FOLD_AT):
+            part_u, part_f = u[start:start + FOLD_AT], a[start:start + FOLD_AT]
+            if self._pending + part_u.size > FOLD_AT:
+                self._fold()
+            if self._lanes is None:
+                self._lanes = np.zeros(2 * self.num_bins, dtype=np.int32)
+            plo, phi = kernel.observe_lanes(part_u, part_f, self._lanes, self.shift)
+            self._pending += part_u.size
+            lo, hi = min(lo, plo), max(hi, phi)
+        if self._lane_nonfinite():
+            self._settle_nonfinite(u)  # folds, then raises (rolled back) or drops the NaN/Inf counts
+        return lo, hi
+
+
+def new_histogram(mantissa_bits: int = DEFAULT_MANTISSA_BITS, *, skip_nonfinite: bool = False) -> HistogramObserver:
+    """Returns an empty histogram observer: a LaneHistogram when the kernel is compiled, else the numpy one."""
+    cls = LaneHistogram if compiled() else HistogramObserver
+    return cls(mantissa_bits, skip_nonfinite=skip_nonfinite)
+
+
+def update_stats(hist: HistogramObserver, minmax: MinMaxObserver, x: np.ndarray) -> None:
+    """Adds the values of ``x`` to both observers, as ``hist.update(x)`` then ``minmax.update(x)`` would."""
+    a = as_float32(x)
+    if a.size == 0:
+        return
+    if kernel.KERNEL is None:
+        hist.update(a)
+        minmax.update(a)
+        return
+    before = hist.nonfinite
+    if isinstance(hist, LaneHistogram):
+        lo, hi = hist.observe(a)
+    else:
+        u = a.view(np.uint32)
+        lo, hi = kernel.observe(u, a, hist.counts, hist.shift)
+        hist._settle_nonfinite(u)  # raises NonFiniteError (counts rolled back) unless skipping non-finite values
+    if hist.nonfinite != before:
+        minmax.update(a)  # the batch held NaN/Inf that were skipped: numpy finds the finite extremes
+    else:
+        minmax.fold(lo, hi, a.size)

@@ -1,0 +1,140 @@
+"""The compiled observer kernels (numba): bit-pattern histogram counts and min/max of a tensor in one pass.
+
+Both kernels add one count per value to the bins of :class:`~fcnquant.observers.HistogramObserver`
+(``u[i] >> shift``, bin for bin) and return the ``(min, max)`` of ``f``, the same memory viewed as float32, in the
+same loop (each value is read from memory once). NaN compares false, so it never becomes an extreme; NaN and
++-Inf land in the histogram's non-finite bins, which the caller checks (:mod:`fcnquant.observers.fused`).
+
+* ``observe(u, f, counts, shift)`` counts into an int64 histogram, one lane;
+* ``observe_lanes(u, f, lanes, shift)`` counts into two int32 lanes interleaved per bin (``lanes[2 * bin + i % 2]``):
+  consecutive values update different words, so a value never waits for the store of its neighbour in the
+  same bin (ReLU zeros, neighbouring pixels), and the lanes take half the cache of int64 counts.
+  Measured on the bench's fcn8s-like tensors: 0.76 ns/value against 0.99 for one int64 lane (CPU time).
+  The caller folds the lanes into the exact int64 counts before int32 could overflow.
+
+Compiled with ``nogil=True`` (they run beside onnxruntime in the collector's observer thread) and ``cache=True``
+(compiled once, ~1 s, then loaded from numba's cache). ``KERNEL`` is None when numba is not installed, fails to
+import, or ``FCNQUANT_NO_NUMBA=1`` is set; the numpy observers are used then.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DISABLE_ENV = "FCNQUANT_NO_NUMBA"
+
+
+def _observe_py(u, f, counts, shift):
+    """One lane: ``counts[u[i] >> shift] += 1``; returns (min, max) of ``f`` (compiled by numba)."""
+    lo = np.float32(np.inf)
+    hi = np.float32(-np.inf)
+    for i in range(u.size):
+        counts[u[i] >> shift] += 1
+        v = f[i]
+        lo = v if v < lo else lo
+        hi = v if v > hi else hi
+    return lo, hi
+
+
+def _observe_lanes_py(u, f, lanes, shift):
+    """Two interleaved lanes: value ``i`` counts in ``lanes[2 * (u[i] >> shift) + i % 2]`` (compiled by numba)."""
+    lo0 = np.float32(np.inf)
+    hi0 = np.float32(-np.inf)
+    lo1, hi1 = lo0, hi0
+    n = u.size
+    m = n - (n & 1)
+    for i in range(0, m, 2):
+        lanes[(u[i] >> shift) << 1] += 1
+        lanes[((u[i + 1] >> shift) << 1) | 1] += 1
+        v = f[i]
+        w = f[i + 1]
+        lo0 = v if v < lo0 else lo0
+        hi0 = v if v > hi0 else hi0
+        lo1 = w if w < lo1 else lo1
+        hi1 = w if w > hi1 else hi1
+    if m < n:
+        lanes[(u[m] >> shift) << 1] += 1
+        v = f[m]
+        lo0 = v if v < lo0 else lo0
+        hi0 = v if v > hi0 else hi0
+    return (lo0 if lo0 < lo1 else lo1), (hi0 if hi0 > hi1 else hi1)
+
+
+def _fold_py(lanes, counts):
+    """``counts[k] += lanes[2k] + lanes[2k + 1]`` for every bin (compiled by numba)."""
+    for k in range(counts.size):
+        a = lanes[2 * k]
+        b = lanes[2 * k + 1]
+        if a | b:
+            counts[k] += np.int64(a) + np.int64(b)
+
+
+def numba_jit(fn, **options):
+    """Returns ``fn`` compiled by numba (nogil, cached), or None when numba is missing or disabled."""
+    if os.environ.get(DISABLE_ENV, "").strip() not in ("", "0"):
+        log.info("%s is set: %s uses numpy", DISABLE_ENV, fn.__name__)
+        return None
+    try:
+        import numba
+    except Exception as exc:  # ImportError, or a numba that does not match the installed numpy
+        log.info("numba is not available (%s): %s uses numpy", exc, fn.__name__)
+        return None
+    return numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy", **options)(fn)
+
+
+KERNEL = numba_jit(_observe_py)
+LANES_KERNEL = numba_jit(_observe_lanes_py)
+FOLD_KERNEL = numba_jit(_fold_py)
+
+
+def _check() -> None:
+    if KERNEL is None:
+        raise RuntimeError("the compiled observer kernel is not available (numba missing or disabled)")
+
+
+def observe(u: np.ndarray, f: np.ndarray, counts: np.ndarray, shift: int) -> tuple[float, float]:
+    """Returns (min, max) of ``f`` (flat float32; +inf, -inf when empty) after adding its bins to ``counts``.
+
+    ``u`` is ``f.view(np.uint32)``; ``counts`` the int64 histogram of ``2**(32 - shift)`` bins, updated in place.
+    Raises RuntimeError when the compiled kernel is not available (check ``KERNEL`` first).
+    """
+    _check()
+    lo, hi = KERNEL(u, f, counts, np.uint32(shift))
+    return float(lo), float(hi)
+
+
+def observe_lanes(u: np.ndarray, f: np.ndarray, lanes: np.ndarray, shift: int) -> tuple[float, float]:
+    """Returns (min, max) of ``f`` after adding its bins to the two int32 ``lanes`` (``2 * 2**(32 - shift)``).
+
+    Bin ``k``'s count is ``lanes[2k] + lanes[2k + 1]``; the caller keeps every lane below 2**31.
+    """
+    _check()
+    lo, hi = LANES_KERNEL(u, f, lanes, np.uint32(shift))
+    return float(lo), float(hi)
+
+
+def fold_lanes(lanes: np.ndarray, counts: np.ndarray) -> None:
+    """Adds the two int32 ``lanes`` of every bin to the int64 ``counts`` (in place)."""
+    if FOLD_KERNEL is None:
+        counts += lanes.reshape(-1, 2).sum(axis=1, dtype=np.int64)
+    else:
+        FOLD_KERNEL(lanes, counts)
+
+
+def warm_up() -> None:
+    """Loads every compiled kernel (from numba's cache, or compiling it): ~0.1 s the first time in a process.
+
+    The collector calls it in its observer thread while the first image runs, so no timed loop pays for it.
+    """
+    if KERNEL is None:
+        return
+    f = np.zeros(3, np.float32)
+    counts = np.zeros(1 << 9, np.int64)
+    lanes = np.zeros(2 << 9, np.int32)
+    observe(f.view(np.uint32), f, counts, 23)
+    observe_lanes(f.view(np.uint32), f, lanes, 23)
+    fold_lanes(lanes, counts)

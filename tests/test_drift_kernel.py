@@ -1,0 +1,75 @@
+"""The compiled drift sums against the numpy DriftAccumulator (the reference) and an independent float64 sum."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fcnquant.compare import drift
+from fcnquant.compare.drift_kernel import KERNEL, drift_sums
+
+needs_kernel = pytest.mark.skipif(KERNEL is None, reason="numba not installed or disabled")
+
+
+def _pair(seed: int = 0, n: int = 100_001):
+    rng = np.random.default_rng(seed)
+    r = (rng.standard_normal(n) * np.exp(rng.uniform(-8, 8, n))).astype(np.float32)
+    t = (r + rng.standard_normal(n).astype(np.float32) * np.float32(0.01) * np.abs(r)).astype(np.float32)
+    return r, t
+
+
+def _numpy(r, t, monkeypatch) -> drift.DriftMetrics:
+    with monkeypatch.context() as m:
+        m.setattr(drift, "_KERNEL", None)
+        acc = drift.DriftAccumulator()
+        acc.update(r, t)
+        return acc.result()
+
+
+@needs_kernel
+def test_sums_equal_an_independent_float64_computation():
+    r, t = _pair()
+    r64, t64 = r.astype(np.float64), t.astype(np.float64)
+    e = t64 - r64
+    got = drift_sums(r, t)
+    want = (math.fsum(e * e), math.fsum(r64 * r64), math.fsum(t64 * t64), math.fsum(r64 * t64), float(np.abs(e).max()))
+    for g, w in zip(got[:4], want[:4]):
+        assert g == pytest.approx(w, rel=1e-12)
+    assert got[4] == want[4]  # the max is exact
+
+
+@needs_kernel
+def test_accumulator_with_kernel_equals_numpy_reference(monkeypatch):
+    r, t = _pair(1)
+    ref = _numpy(r, t, monkeypatch)
+    acc = drift.DriftAccumulator()
+    for s in range(0, r.size, 30_000):  # batches, as over images
+        acc.update(r[s:s + 30_000], t[s:s + 30_000])
+    got = acc.result()
+    assert got.count == ref.count and got.nonfinite == 0 and got.max_abs == ref.max_abs
+    for key in ("cosine", "snr_db", "mse", "rel_l2"):
+        assert getattr(got, key) == pytest.approx(getattr(ref, key), rel=1e-12, abs=1e-14)
+
+
+@needs_kernel
+def test_nonfinite_pairs_fall_back_to_numpy_and_are_counted(monkeypatch):
+    r, t = _pair(2)
+    t[[3, 500]] = [np.nan, np.inf]
+    r[700] = -np.inf
+    acc = drift.DriftAccumulator()
+    acc.update(r, t)
+    got, ref = acc.result(), _numpy(r, t, monkeypatch)
+    assert got.nonfinite == ref.nonfinite == 3 and got.count == ref.count == r.size - 3
+    assert got.snr_db == ref.snr_db and got.max_abs == ref.max_abs
+
+
+def test_identical_and_float16_inputs_use_the_reference_rules(monkeypatch):
+    r, _ = _pair(3, 1000)
+    same = drift.DriftAccumulator()
+    same.update(r, r.copy())
+    assert same.result().snr_db == math.inf and same.result().max_abs == 0.0
+    h = r.astype(np.float16)  # not float32: always the numpy path
+    acc = drift.DriftAccumulator()
+    acc.update(r, h)
+    assert acc.result() == _numpy(r, h, monkeypatch)

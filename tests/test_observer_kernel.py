@@ -1,0 +1,191 @@
+"""The compiled one-pass observer kernel against the numpy observers (the reference), and the numpy fallback."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fcnquant.calibrate.stats import TensorStats
+from fcnquant.observers import HistogramObserver, MinMaxObserver, NonFiniteError, fused, kernel
+
+needs_kernel = pytest.mark.skipif(kernel.KERNEL is None, reason="numba not installed or disabled")
+
+
+def _inputs() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    n = 200_003  # odd, not a multiple of any unroll
+    relu = np.maximum(rng.standard_normal(n) * 3, 0).astype(np.float32)
+    signed = (rng.standard_normal(n) * np.exp(rng.uniform(-20, 20, n))).astype(np.float32)
+    signed[:100] = -0.0
+    signed[100:200] = 0.0
+    sub = (rng.uniform(-1, 1, n) * 1e-39).astype(np.float32)  # subnormal float32
+    sub[::7] = np.float32(1.4e-45)  # the smallest subnormal
+    sub[::11] = -np.float32(1.4e-45)
+    extremes = np.array([np.finfo(np.float32).max, -np.finfo(np.float32).max, np.finfo(np.float32).tiny, 0.0],
+                        np.float32)
+    return {"random": rng.standard_normal(n).astype(np.float32), "relu": relu, "signed": signed,
+            "subnormal": sub, "extremes": extremes, "one": np.array([-2.5], np.float32),
+            "float64": rng.standard_normal(1001) * 1e3}
+
+
+def _reference(x: np.ndarray, m: int = 10, skip: bool = False) -> tuple[HistogramObserver, MinMaxObserver]:
+    h, mm = HistogramObserver(m, skip_nonfinite=skip), MinMaxObserver(skip_nonfinite=skip)
+    h.update(x)
+    mm.update(x)
+    return h, mm
+
+
+def _fused(x: np.ndarray, m: int = 10, skip: bool = False, cls=fused.LaneHistogram):
+    h, mm = cls(m, skip_nonfinite=skip), MinMaxObserver(skip_nonfinite=skip)
+    fused.update_stats(h, mm, x)
+    return h, mm
+
+
+CLASSES = [fused.LaneHistogram, HistogramObserver]  # two int32 lanes / one int64 lane
+
+
+def _same(a: tuple[HistogramObserver, MinMaxObserver], b: tuple[HistogramObserver, MinMaxObserver]) -> None:
+    np.testing.assert_array_equal(a[0].counts, b[0].counts)
+    assert a[0].nonfinite == b[0].nonfinite
+    for key in ("min", "max", "count", "nonfinite"):
+        va, vb = getattr(a[1], key), getattr(b[1], key)
+        assert va == vb and np.signbit(va) == np.signbit(vb), key  # bit-identical, signed zero included
+
+
+@needs_kernel
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("kind,m", [(k, m) for k in _inputs() for m in (0, 10)] + [("signed", 14)])
+def test_kernel_counts_and_extremes_equal_numpy(kind, m, cls):
+    x = _inputs()[kind]
+    got = _fused(x, m, cls=cls)
+    _same(got, _reference(x, m))
+    # and against an independent bincount of the bit patterns
+    bits = np.asarray(x, np.float32).reshape(-1).view(np.uint32).astype(np.int64)
+    np.testing.assert_array_equal(got[0].counts, np.bincount(bits >> (23 - m), minlength=1 << (9 + m)))
+
+
+@needs_kernel
+def test_kernel_reads_the_same_memory_as_float_and_bits():
+    x = np.array([3.0, -1.0, 0.5, -0.0, 7.25], np.float32)
+    c = np.zeros(1 << 19, np.int64)
+    assert kernel.observe(x.view(np.uint32), x, c, 13) == (-1.0, 7.25)
+    assert c.sum() == 5 and c[x.view(np.uint32) >> 13].min() >= 1
+
+
+@needs_kernel
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_kernel_nonfinite_raises_with_state_unchanged(bad, cls):
+    x = _inputs()["signed"].copy()
+    x[12345] = bad
+    h, mm = _fused(_inputs()["relu"], cls=cls)
+    counts, lo, hi, n = h.counts.copy(), mm.min, mm.max, mm.count
+    with pytest.raises(NonFiniteError) as exc:
+        fused.update_stats(h, mm, x)
+    assert exc.value.count == 1
+    np.testing.assert_array_equal(h.counts, counts)
+    assert (mm.min, mm.max, mm.count) == (lo, hi, n)
+
+
+@needs_kernel
+@pytest.mark.parametrize("cls", CLASSES)
+def test_kernel_nonfinite_skipped_equals_numpy(cls):
+    x = _inputs()["signed"].copy()
+    x[[5, 600, 70_000]] = [np.nan, np.inf, -np.inf]
+    x[7] = np.float32(-3e38)  # the finite minimum is still found
+    _same(_fused(x, skip=True, cls=cls), _reference(x, skip=True))
+    all_bad = np.array([np.nan, np.inf], np.float32)
+    _same(_fused(all_bad, skip=True, cls=cls), _reference(all_bad, skip=True))
+    # a batch with NaN skipped, then clean batches: same as numpy fed the same batches
+    h, mm = cls(skip_nonfinite=True), MinMaxObserver(skip_nonfinite=True)
+    rh, rm = HistogramObserver(skip_nonfinite=True), MinMaxObserver(skip_nonfinite=True)
+    for batch in (x, _inputs()["relu"], x[:1000]):
+        fused.update_stats(h, mm, batch)
+        rh.update(batch)
+        rm.update(batch)
+    _same((h, mm), (rh, rm))
+
+
+@needs_kernel
+def test_lanes_fold_before_int32_could_overflow(monkeypatch):
+    """With a tiny fold threshold the lanes are folded inside and between updates; counts stay exact."""
+    monkeypatch.setattr(fused, "FOLD_AT", 1000)
+    x = _inputs()["relu"][:50_001]  # ~half zeros: bin 0 gets far more than 1000 counts
+    h, mm = _fused(x, 2)
+    _same((h, mm), _reference(x, 2))
+    h2 = fused.LaneHistogram(2)
+    for s in range(0, x.size, 777):
+        fused.update_stats(h2, MinMaxObserver(), x[s:s + 777])
+    np.testing.assert_array_equal(h2.counts, _reference(x, 2)[0].counts)
+
+
+@needs_kernel
+def test_lane_histogram_merges_and_round_trips_its_state():
+    x, y = _inputs()["signed"], _inputs()["relu"]
+    a, b = _fused(x)[0], _fused(y)[0]
+    a.merge(b)  # both have pending lanes
+    ref = _reference(np.concatenate([x, y]))[0]
+    np.testing.assert_array_equal(a.counts, ref.counts)
+    back = HistogramObserver.from_state(_fused(x)[0].state())
+    np.testing.assert_array_equal(back.counts, _reference(x)[0].counts)
+    assert fused.new_histogram().__class__ is fused.LaneHistogram
+
+
+@needs_kernel
+def test_kernel_batches_merge_to_the_single_pass():
+    x = _inputs()["signed"]
+    single = TensorStats.new()
+    single.update(x)
+    parts = []
+    for a, b in [(0, 17), (17, 50_000), (50_000, 50_001), (50_001, x.size)]:
+        ts = TensorStats.new()
+        for s in range(a, b, 9_999):
+            ts.update(x[s:min(s + 9_999, b)])
+        parts.append(ts)
+    merged = TensorStats.new()
+    for k in [2, 0, 3, 1]:
+        merged.merge(parts[k])
+    ref_h, ref_m = _reference(x)
+    for ts in (single, merged):
+        _same((ts.hist, ts.minmax), (ref_h, ref_m))
+
+
+def test_numpy_fallback_gives_the_same_state(monkeypatch):
+    x = _inputs()["signed"]
+    want = _fused(x) if kernel.KERNEL is not None else _reference(x)
+    monkeypatch.setattr(kernel, "KERNEL", None)
+    assert not fused.compiled() and type(fused.new_histogram()) is HistogramObserver
+    _same(_fused(x, cls=HistogramObserver), want)
+    ts = TensorStats.new()
+    ts.update(x)
+    _same((ts.hist, ts.minmax), want)
+    with pytest.raises(RuntimeError):
+        kernel.observe(x.view(np.uint32), x, np.zeros(1 << 19, np.int64), 13)
+
+
+def test_without_numba_the_package_falls_back_to_numpy():
+    """A fresh interpreter where importing numba fails: statistics still work, through the numpy observers."""
+    code = (
+        "import sys, numpy as np\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'numba' or name.startswith('numba.'): raise ImportError('blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from fcnquant.observers import kernel, fused\n"
+        "from fcnquant.calibrate.stats import TensorStats\n"
+        "assert kernel.KERNEL is None and not fused.compiled()\n"
+        "ts = TensorStats.new(); x = np.arange(-5, 6, dtype=np.float32); ts.update(x)\n"
+        "assert (ts.min, ts.max, ts.count) == (-5.0, 5.0, 11) and ts.hist.total == 11\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_disable_env_turns_the_kernel_off():
+    code = "from fcnquant.observers import fused; print(fused.compiled())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**__import__("os").environ, kernel.DISABLE_ENV: "1"})
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
