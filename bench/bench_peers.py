@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -50,6 +50,11 @@ DEFAULT_VENVS = Path(os.environ.get("FCNQUANT_PEER_VENVS", "/work/venvs"))
 DEFAULT_WORK = Path("/tmp/fcnquant-bench-peers")
 PEERS = HERE / "peers"
 TOOLS = ("onnxruntime", "nncf", "aimet")
+# OpenMP threads of every peer subprocess. On this shared 2-core machine (load average ~10) torch's two OpenMP
+# threads spin against each other and the other jobs: an AdaRound-sized conv step took 123 ms with 2 threads and
+# 14 ms with 1 (measured at load 13), so AIMET's AdaRound ran ~10x slower than on an idle machine. One thread makes
+# the peers' times reflect their algorithms; pass --peer-threads 0 for the libraries' own defaults.
+PEER_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class PeerSetting:
     timeout_s: float = 1800.0
     models: tuple[str, ...] | None = None  # None: every model
     description: str = ""
+    slow: bool = False  # run after every quick setting of every model
 
     @property
     def runner(self) -> Path:
@@ -90,15 +96,16 @@ SETTINGS: tuple[PeerSetting, ...] = (
                 description="QuantSim default config (per-channel), tf_enhanced"),
     PeerSetting("aimet", "cle-pc", ("--cle",), 900, description="CLE, then QuantSim per-channel min_max"),
     PeerSetting("aimet", "ada1k-pc", ("--adaround", "1000"), 1800,
-                description="AdaRound 1000 iterations, QuantSim per-channel min_max"),
+                description="AdaRound 1000 iterations, QuantSim per-channel min_max", slow=True),
     PeerSetting("aimet", "minmax-pt", ("--per-tensor",), 900, description="QuantSim per-tensor config, min_max"),
     PeerSetting("aimet", "tfe-pt", ("--per-tensor", "--scheme", "tf_enhanced"), 900,
                 description="QuantSim per-tensor config, tf_enhanced"),
     PeerSetting("aimet", "cle-pt", ("--per-tensor", "--cle"), 900, description="CLE, then QuantSim per-tensor min_max"),
     PeerSetting("aimet", "ada1k-pt", ("--per-tensor", "--adaround", "1000"), 1800,
-                description="AdaRound 1000 iterations, QuantSim per-tensor min_max"),
+                description="AdaRound 1000 iterations, QuantSim per-tensor min_max", slow=True),
     PeerSetting("aimet", "ada10k-pc", ("--adaround", "10000"), 900, models=("fcn8s",),
-                description="AdaRound at AIMET's default 10000 iterations, per-channel (fcn8s only, 15 min limit)"),
+                description="AdaRound at AIMET's default 10000 iterations, per-channel (fcn8s only, 15 min limit)",
+                slow=True),
 )
 
 
@@ -200,8 +207,11 @@ def _last_error_line(text: str) -> str:
 
 
 def run_setting(setting: PeerSetting, model: str, model_path: Path, calib: Path, calib_sha: str, work: Path,
-                venvs: Path, fresh: bool = False) -> PeerRun:
-    """Returns the PeerRun of ``setting`` quantizing ``model_path`` from ``calib`` (reused when already made)."""
+                venvs: Path, fresh: bool = False, threads: int = PEER_THREADS) -> PeerRun:
+    """Returns the PeerRun of ``setting`` quantizing ``model_path`` from ``calib`` (reused when already made).
+
+    ``threads`` > 0 sets OMP/MKL/OpenBLAS threads of the subprocess (torch in AIMET, numpy's BLAS); 0 leaves them.
+    """
     folder = work / "models" / model
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{setting.tool}-{setting.name}"
@@ -209,7 +219,7 @@ def run_setting(setting: PeerSetting, model: str, model_path: Path, calib: Path,
     python = setting.python(venvs)
     cmd = [python, str(setting.runner), str(model_path), str(calib), str(out), "--json", str(rec_path),
            *setting.args]
-    key = {"cmd": cmd[1:], "calib_sha256": calib_sha, "model_sha256": _sha256(model_path)}
+    key = {"cmd": cmd[1:], "calib_sha256": calib_sha, "model_sha256": _sha256(model_path), "threads": threads}
     rec = _read_json(rec_path) if not fresh else None
     if rec and rec.get("ok") and rec.get("bench_key") == key and out.is_file():
         return PeerRun(True, out, rec, rec.get("bench_wall_s", 0.0), cached=True, log=log_path)
@@ -220,6 +230,8 @@ def run_setting(setting: PeerSetting, model: str, model_path: Path, calib: Path,
     log.info("%s %s: %s", model, stem, " ".join(cmd))
     load0, t0 = os.getloadavg()[0], time.perf_counter()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if threads > 0:
+        env.update({k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
     with open(log_path, "w") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
@@ -270,12 +282,17 @@ def run_peers(
     venvs: str | os.PathLike[str] = DEFAULT_VENVS,
     val_images: int = VAL_IMAGES,
     fresh: bool = False,
+    skip_slow: bool = False,
+    threads: int = PEER_THREADS,
+    on_row: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """Returns one row per (model, tool, setting), fp32 included: mIoU, delta vs fp32, seconds, error.
 
     ``models``: demo model names (None: all four); ``only``: tool names (``onnxruntime``, ``nncf``, ``aimet``);
-    ``settings``: setting names (``default-pc`` or ``nncf:default-pc``). Runs one peer at a time; see the module
-    docstring for the work folder. Row keys: model, tool, setting, description, miou, delta, seconds (the peer's
+    ``settings``: setting names (``default-pc`` or ``nncf:default-pc``); ``skip_slow`` leaves out AdaRound; ``on_row(rows)`` is
+    called after each peer run with the rows so far (e.g. to save partial results). Runs
+    one peer at a time, the quick settings on every model before the slow ones; see the module docstring for the
+    work folder. Row keys: model, tool, setting, description, miou, delta, seconds (the peer's
     own time for loading the model, calibrating and writing the QDQ model), wall_s (the whole subprocess),
     eval_images, ok, error, cached, quantized_model, log.
     """
@@ -286,36 +303,47 @@ def run_peers(
     venvs = Path(venvs)
     val_root = val_split(work, val_images)
     rows: list[dict] = []
+    prepared = {}
     for model in models or DEMO_MODELS:
         info = demo_model_info(model)
         calib, calib_info = calibration_array(model, work)
-        fp32 = evaluate_cached(info.path, val_root, info.preset, work / "models" / model / "fp32.eval.json", fresh)
         (work / "calib" / f"{model}_{NUM_CALIB}_seed{CALIB_SEED}.json").write_text(json.dumps(calib_info, indent=2))
+        fp32 = evaluate_cached(info.path, val_root, info.preset, work / "models" / model / "fp32.eval.json", fresh)
         base = {"model": model, "calib_images": calib_info["shape"][0], "calib_sha256": calib_info["sha256"]}
+        prepared[model] = (info, calib, calib_info, fp32, base)
         rows.append({**base, "tool": "fp32", "setting": "-", "description": "float model", "miou": fp32["miou"],
                      "delta": 0.0, "seconds": None, "wall_s": None, "eval_images": fp32["images"], "ok": True,
                      "error": None, "cached": False, "quantized_model": str(info.path), "log": None})
         log.info("%s fp32: %.2f mIoU on %d images", model, fp32["miou"], fp32["images"])
-        for s in settings_for(model, only, settings):
-            run = run_setting(s, model, info.path, calib, calib_info["sha256"], work, venvs, fresh)
-            row = {**base, "tool": s.tool, "setting": s.name, "description": s.description, "miou": None,
-                   "delta": None, "seconds": run.record.get("seconds"), "wall_s": run.wall_s, "eval_images": None,
-                   "ok": run.ok, "error": run.error, "cached": run.cached,
-                   "quantized_model": str(run.model) if run.model else None,
-                   "log": str(run.log) if run.log else None,
-                   "load_average": run.record.get("bench_load")}
-            if run.ok:
-                try:
-                    ev = evaluate_cached(run.model, val_root, info.preset, run.model.with_suffix(".eval.json"), fresh)
-                    row.update(miou=ev["miou"], delta=ev["miou"] - fp32["miou"], eval_images=ev["images"])
-                except Exception as exc:  # an unloadable or broken model is a result, not the end of the run
-                    row.update(ok=False, error=f"evaluation failed: {type(exc).__name__}: {exc}")
-            rows.append(row)
-            if row["ok"]:
-                log.info("%s %s %s: %.2f mIoU (%+.2f), %.1f s%s", model, s.tool, s.name, row["miou"], row["delta"],
-                         row["seconds"] or float("nan"), " (cached)" if run.cached else "")
-            else:
-                log.warning("%s %s %s failed: %s", model, s.tool, s.name, row["error"])
+    # the quick settings on every model first, then the slow ones (AdaRound) setting by setting
+    jobs = [(m, s) for m in prepared for s in settings_for(m, only, settings) if not s.slow]
+    jobs += [(m, s) for s in SETTINGS if s.slow and not skip_slow for m in prepared
+             if s in settings_for(m, only, settings)]
+    for model, s in jobs:
+        info, calib, calib_info, fp32, base = prepared[model]
+        run = run_setting(s, model, info.path, calib, calib_info["sha256"], work, venvs, fresh, threads)
+        row = {**base, "tool": s.tool, "setting": s.name, "description": s.description, "miou": None,
+               "delta": None, "seconds": run.record.get("seconds"), "wall_s": run.wall_s, "eval_images": None,
+               "ok": run.ok, "error": run.error, "cached": run.cached,
+               "quantized_model": str(run.model) if run.model else None,
+               "log": str(run.log) if run.log else None, "load_average": run.record.get("bench_load")}
+        if run.ok:
+            try:
+                ev = evaluate_cached(run.model, val_root, info.preset, run.model.with_suffix(".eval.json"), fresh)
+                row.update(miou=ev["miou"], delta=ev["miou"] - fp32["miou"], eval_images=ev["images"])
+            except Exception as exc:  # an unloadable or broken model is a result, not the end of the run
+                row.update(ok=False, error=f"evaluation failed: {type(exc).__name__}: {exc}")
+        rows.append(row)
+        if row["ok"]:
+            log.info("%s %s %s: %.2f mIoU (%+.2f), %.1f s%s", model, s.tool, s.name, row["miou"], row["delta"],
+                     row["seconds"] or float("nan"), " (cached)" if run.cached else "")
+        else:
+            log.warning("%s %s %s failed: %s", model, s.tool, s.name, row["error"])
+        if on_row is not None:
+            on_row(list(rows))
+    order = {(s.tool, s.name): i for i, s in enumerate(SETTINGS)}
+    model_order = {m: i for i, m in enumerate(prepared)}
+    rows.sort(key=lambda r: (model_order[r["model"]], order.get((r["tool"], r["setting"]), -1)))
     return rows
 
 
@@ -356,25 +384,47 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--markdown", action="store_true", help="print the Markdown table")
     p.add_argument("--fresh", action="store_true", help="rerun every peer and evaluation (ignore the work folder)")
+    p.add_argument("--peer-threads", type=int, default=PEER_THREADS,
+                   help=f"OMP/MKL/OpenBLAS threads of each peer process (default {PEER_THREADS}; 0: library default)")
+    p.add_argument("--no-slow", action="store_true", help="leave out the slow settings (AdaRound)")
     p.add_argument("--list", action="store_true", help="list the settings and exit")
+    p.add_argument("--table", metavar="JSON", help="print the Markdown table of a results JSON and exit")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("fcnquant").setLevel(logging.WARNING)
+    if args.table:
+        doc = json.loads(Path(args.table).read_text())
+        print(markdown(doc["results"]))
+        la = doc["machine"]["load_average"][0], doc["load_average_end"][0]
+        print(f"\nmIoU delta vs fp32 on {doc['val']['images']} val images (seed {doc['val']['seed']}); load average "
+              f"{la[0]:.2f} at start, {la[1]:.2f} at end; {doc['total_s'] / 60:.1f} min"
+              + ("" if doc.get("complete") else " (partial results)"))
+        return 0
     if args.list:
         for s in SETTINGS:
-            print(f"{s.tool:12} {s.name:10} {s.description}" + (f" [{', '.join(s.models)}]" if s.models else ""))
+            print(f"{s.tool:12} {s.name:10} {s.description}" + (f" [{', '.join(s.models)}]" if s.models else "")
+                  + (" (slow)" if s.slow else ""))
         return 0
     facts_start = machine_facts()
     t0 = time.perf_counter()
+
+    def document(rows: list[dict], done: bool) -> dict:
+        return {"format_version": FORMAT_VERSION, "complete": done, "machine": facts_start,
+                "load_average_end": os.getloadavg(), "total_s": time.perf_counter() - t0,
+                "calibration": {"images": NUM_CALIB, "seed": CALIB_SEED, "split": "builtin train"},
+                "val": {"images": args.val_images, "seed": VAL_SEED}, "peer_threads": args.peer_threads,
+                "results": rows}
+
+    def save(rows: list[dict], done: bool = False) -> None:
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            _write_json(Path(args.out), document(rows, done))
+
     rows = run_peers(args.models, args.work, only=args.only, settings=args.settings, venvs=args.venvs,
-                     val_images=args.val_images, fresh=args.fresh)
-    result = {"format_version": FORMAT_VERSION, "machine": facts_start, "load_average_end": os.getloadavg(),
-              "total_s": time.perf_counter() - t0,
-              "calibration": {"images": NUM_CALIB, "seed": CALIB_SEED, "split": "builtin train"},
-              "val": {"images": args.val_images, "seed": VAL_SEED}, "results": rows}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        _write_json(Path(args.out), result)
+                     val_images=args.val_images, fresh=args.fresh, skip_slow=args.no_slow,
+                     threads=args.peer_threads, on_row=save)
+    save(rows, True)
+    result = document(rows, True)
     if args.markdown or not args.out:
         print(markdown(rows))
         print(f"\nmIoU delta vs fp32 on {args.val_images} val images (seed {VAL_SEED}); calibration: {NUM_CALIB} "
