@@ -207,10 +207,11 @@ def _last_error_line(text: str) -> str:
 
 
 def run_setting(setting: PeerSetting, model: str, model_path: Path, calib: Path, calib_sha: str, work: Path,
-                venvs: Path, fresh: bool = False, threads: int = PEER_THREADS) -> PeerRun:
+                venvs: Path, fresh: bool = False, threads: int = PEER_THREADS, run: bool = True) -> PeerRun:
     """Returns the PeerRun of ``setting`` quantizing ``model_path`` from ``calib`` (reused when already made).
 
     ``threads`` > 0 sets OMP/MKL/OpenBLAS threads of the subprocess (torch in AIMET, numpy's BLAS); 0 leaves them.
+    ``run=False`` only looks in the work folder: a setting not made yet is reported as not run.
     """
     folder = work / "models" / model
     folder.mkdir(parents=True, exist_ok=True)
@@ -223,6 +224,8 @@ def run_setting(setting: PeerSetting, model: str, model_path: Path, calib: Path,
     rec = _read_json(rec_path) if not fresh else None
     if rec and rec.get("ok") and rec.get("bench_key") == key and out.is_file():
         return PeerRun(True, out, rec, rec.get("bench_wall_s", 0.0), cached=True, log=log_path)
+    if not run:
+        return PeerRun(False, None, error="not run (no result in the work folder)")
     if not Path(python).is_file():
         return PeerRun(False, None, error=f"no interpreter {python} (run bench/peers/setup.sh)")
     for p in (out, rec_path):
@@ -285,12 +288,14 @@ def run_peers(
     skip_slow: bool = False,
     threads: int = PEER_THREADS,
     on_row: Callable[[list[dict]], None] | None = None,
+    run_missing: bool = True,
 ) -> list[dict]:
     """Returns one row per (model, tool, setting), fp32 included: mIoU, delta vs fp32, seconds, error.
 
     ``models``: demo model names (None: all four); ``only``: tool names (``onnxruntime``, ``nncf``, ``aimet``);
     ``settings``: setting names (``default-pc`` or ``nncf:default-pc``); ``skip_slow`` leaves out AdaRound; ``on_row(rows)`` is
-    called after each peer run with the rows so far (e.g. to save partial results). Runs
+    called after each peer run with the rows so far (e.g. to save partial results); ``run_missing=False`` runs
+    no peer, reporting only what the work folder holds. Runs
     one peer at a time, the quick settings on every model before the slow ones; see the module docstring for the
     work folder. Row keys: model, tool, setting, description, miou, delta, seconds (the peer's
     own time for loading the model, calibrating and writing the QDQ model), wall_s (the whole subprocess),
@@ -321,7 +326,8 @@ def run_peers(
              if s in settings_for(m, only, settings)]
     for model, s in jobs:
         info, calib, calib_info, fp32, base = prepared[model]
-        run = run_setting(s, model, info.path, calib, calib_info["sha256"], work, venvs, fresh, threads)
+        run = run_setting(s, model, info.path, calib, calib_info["sha256"], work, venvs, fresh, threads,
+                          run_missing)
         row = {**base, "tool": s.tool, "setting": s.name, "description": s.description, "miou": None,
                "delta": None, "seconds": run.record.get("seconds"), "wall_s": run.wall_s, "eval_images": None,
                "ok": run.ok, "error": run.error, "cached": run.cached,
@@ -337,12 +343,15 @@ def run_peers(
         if row["ok"]:
             log.info("%s %s %s: %.2f mIoU (%+.2f), %.1f s%s", model, s.tool, s.name, row["miou"], row["delta"],
                      row["seconds"] or float("nan"), " (cached)" if run.cached else "")
+        elif not run_missing and not run.cached:
+            log.info("%s %s %s: not run", model, s.tool, s.name)
         else:
             log.warning("%s %s %s failed: %s", model, s.tool, s.name, row["error"])
         if on_row is not None:
             on_row(list(rows))
     order = {(s.tool, s.name): i for i, s in enumerate(SETTINGS)}
-    model_order = {m: i for i, m in enumerate(prepared)}
+    model_order = {m: (DEMO_MODELS.index(m) if m in DEMO_MODELS else len(DEMO_MODELS), i)
+                   for i, m in enumerate(prepared)}
     rows.sort(key=lambda r: (model_order[r["model"]], order.get((r["tool"], r["setting"]), -1)))
     return rows
 
@@ -364,12 +373,15 @@ def markdown(rows: Sequence[dict]) -> str:
             elif tool == "fp32":
                 cells.append(f"{r['miou']:.2f}")
             elif not r["ok"]:
-                cells.append("timeout" if r["error"] and r["error"].startswith("timeout") else "crash")
+                err = r["error"] or ""
+                cells.append("timeout" if err.startswith("timeout") else "not run" if err.startswith("not run")
+                             else "crash")
             else:
                 cells.append(f"{r['delta']:+.2f} ({r['seconds']:.0f} s)")
         lines.append([tool if tool != "fp32" else "fp32 (mIoU)", setting, desc, *cells])
     table = md_table(["tool", "setting", "what", *models], lines, "lll" + "r" * len(models))
-    errors = [f"- {r['model']} {r['tool']} {r['setting']}: {r['error']}" for r in rows if not r["ok"]]
+    errors = [f"- {r['model']} {r['tool']} {r['setting']}: {r['error']}" for r in rows
+              if not r["ok"] and not (r["error"] or "").startswith("not run")]
     return table + ("\n\nFailures:\n" + "\n".join(errors) if errors else "")
 
 
@@ -383,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-images", type=int, default=VAL_IMAGES, help="held-out val images, seed 1 (default 1000)")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--markdown", action="store_true", help="print the Markdown table")
+    p.add_argument("--no-run", action="store_true",
+                   help="run no peer: report what the work folder holds (settings not made show as not run)")
     p.add_argument("--fresh", action="store_true", help="rerun every peer and evaluation (ignore the work folder)")
     p.add_argument("--peer-threads", type=int, default=PEER_THREADS,
                    help=f"OMP/MKL/OpenBLAS threads of each peer process (default {PEER_THREADS}; 0: library default)")
@@ -422,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = run_peers(args.models, args.work, only=args.only, settings=args.settings, venvs=args.venvs,
                      val_images=args.val_images, fresh=args.fresh, skip_slow=args.no_slow,
-                     threads=args.peer_threads, on_row=save)
+                     threads=args.peer_threads, on_row=save, run_missing=not args.no_run)
     save(rows, True)
     result = document(rows, True)
     if args.markdown or not args.out:
