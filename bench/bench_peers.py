@@ -207,11 +207,13 @@ def _last_error_line(text: str) -> str:
 
 
 def run_setting(setting: PeerSetting, model: str, model_path: Path, calib: Path, calib_sha: str, work: Path,
-                venvs: Path, fresh: bool = False, threads: int = PEER_THREADS, run: bool = True) -> PeerRun:
+                venvs: Path, fresh: bool = False, threads: int = PEER_THREADS, run: bool = True,
+                retry_failed: bool = False) -> PeerRun:
     """Returns the PeerRun of ``setting`` quantizing ``model_path`` from ``calib`` (reused when already made).
 
     ``threads`` > 0 sets OMP/MKL/OpenBLAS threads of the subprocess (torch in AIMET, numpy's BLAS); 0 leaves them.
-    ``run=False`` only looks in the work folder: a setting not made yet is reported as not run.
+    ``run=False`` only looks in the work folder: a setting not made yet is reported as not run. A failure (crash,
+    timeout) is kept in the work folder too and reported again without rerunning, unless ``retry_failed``.
     """
     folder = work / "models" / model
     folder.mkdir(parents=True, exist_ok=True)
@@ -222,8 +224,12 @@ def run_setting(setting: PeerSetting, model: str, model_path: Path, calib: Path,
            *setting.args]
     key = {"cmd": cmd[1:], "calib_sha256": calib_sha, "model_sha256": _sha256(model_path), "threads": threads}
     rec = _read_json(rec_path) if not fresh else None
-    if rec and rec.get("ok") and rec.get("bench_key") == key and out.is_file():
-        return PeerRun(True, out, rec, rec.get("bench_wall_s", 0.0), cached=True, log=log_path)
+    if rec and rec.get("bench_key") == key:
+        if rec.get("ok") and out.is_file():
+            return PeerRun(True, out, rec, rec.get("bench_wall_s", 0.0), cached=True, log=log_path)
+        if rec.get("bench_error") and not retry_failed:
+            return PeerRun(False, None, rec, rec.get("bench_wall_s", 0.0), error=rec["bench_error"], cached=True,
+                           log=log_path)
     if not run:
         return PeerRun(False, None, error="not run (no result in the work folder)")
     if not Path(python).is_file():
@@ -252,9 +258,10 @@ def run_setting(setting: PeerSetting, model: str, model_path: Path, calib: Path,
         err = rec.get("error") or f"exit status {rc}: {_last_error_line(log_path.read_text(errors='replace'))}"
     else:
         err = None
-    if rec:
-        rec.update(bench_key=key, bench_wall_s=wall, bench_load=[load0, os.getloadavg()[0]])
-        _write_json(rec_path, rec)
+    if not rec:  # killed at the timeout, or died before writing its record
+        rec = {"format_version": FORMAT_VERSION, "tool": setting.tool, "setting": setting.name, "ok": False}
+    rec.update(bench_key=key, bench_wall_s=wall, bench_load=[load0, os.getloadavg()[0]], bench_error=err)
+    _write_json(rec_path, rec)
     if err:
         return PeerRun(False, None, rec, wall, error=err, log=log_path)
     return PeerRun(True, out, rec, wall, log=log_path)
@@ -289,13 +296,14 @@ def run_peers(
     threads: int = PEER_THREADS,
     on_row: Callable[[list[dict]], None] | None = None,
     run_missing: bool = True,
+    retry_failed: bool = False,
 ) -> list[dict]:
     """Returns one row per (model, tool, setting), fp32 included: mIoU, delta vs fp32, seconds, error.
 
     ``models``: demo model names (None: all four); ``only``: tool names (``onnxruntime``, ``nncf``, ``aimet``);
     ``settings``: setting names (``default-pc`` or ``nncf:default-pc``); ``skip_slow`` leaves out AdaRound; ``on_row(rows)`` is
     called after each peer run with the rows so far (e.g. to save partial results); ``run_missing=False`` runs
-    no peer, reporting only what the work folder holds. Runs
+    no peer, reporting only what the work folder holds; ``retry_failed`` reruns the settings that failed before. Runs
     one peer at a time, the quick settings on every model before the slow ones; see the module docstring for the
     work folder. Row keys: model, tool, setting, description, miou, delta, seconds (the peer's
     own time for loading the model, calibrating and writing the QDQ model), wall_s (the whole subprocess),
@@ -327,7 +335,7 @@ def run_peers(
     for model, s in jobs:
         info, calib, calib_info, fp32, base = prepared[model]
         run = run_setting(s, model, info.path, calib, calib_info["sha256"], work, venvs, fresh, threads,
-                          run_missing)
+                          run_missing, retry_failed)
         row = {**base, "tool": s.tool, "setting": s.name, "description": s.description, "miou": None,
                "delta": None, "seconds": run.record.get("seconds"), "wall_s": run.wall_s, "eval_images": None,
                "ok": run.ok, "error": run.error, "cached": run.cached,
@@ -343,7 +351,7 @@ def run_peers(
         if row["ok"]:
             log.info("%s %s %s: %.2f mIoU (%+.2f), %.1f s%s", model, s.tool, s.name, row["miou"], row["delta"],
                      row["seconds"] or float("nan"), " (cached)" if run.cached else "")
-        elif not run_missing and not run.cached:
+        elif not run_missing and not run.cached and (run.error or "").startswith("not run"):
             log.info("%s %s %s: not run", model, s.tool, s.name)
         else:
             log.warning("%s %s %s failed: %s", model, s.tool, s.name, row["error"])
@@ -397,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", action="store_true", help="print the Markdown table")
     p.add_argument("--no-run", action="store_true",
                    help="run no peer: report what the work folder holds (settings not made show as not run)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="rerun the settings whose earlier run crashed or timed out (default: report them again)")
     p.add_argument("--fresh", action="store_true", help="rerun every peer and evaluation (ignore the work folder)")
     p.add_argument("--peer-threads", type=int, default=PEER_THREADS,
                    help=f"OMP/MKL/OpenBLAS threads of each peer process (default {PEER_THREADS}; 0: library default)")
@@ -436,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = run_peers(args.models, args.work, only=args.only, settings=args.settings, venvs=args.venvs,
                      val_images=args.val_images, fresh=args.fresh, skip_slow=args.no_slow,
-                     threads=args.peer_threads, on_row=save, run_missing=not args.no_run)
+                     threads=args.peer_threads, on_row=save, run_missing=not args.no_run,
+                     retry_failed=args.retry_failed)
     save(rows, True)
     result = document(rows, True)
     if args.markdown or not args.out:
