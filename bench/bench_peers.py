@@ -70,6 +70,11 @@ class PeerSetting:
     slow: bool = False  # run after every quick setting of every model
 
     @property
+    def weights(self) -> str:
+        """Returns ``per-tensor`` or ``per-channel``: the weight granularity of this setting."""
+        return "per-tensor" if "--per-tensor" in self.args else "per-channel"
+
+    @property
     def runner(self) -> Path:
         """Returns the runner script of this setting's tool."""
         return PEERS / {"onnxruntime": "ort_quantize.py", "nncf": "nncf_quantize.py", "aimet": "aimet_quantize.py"}[
@@ -222,7 +227,9 @@ def run_setting(setting: PeerSetting, model: str, model_path: Path, calib: Path,
     python = setting.python(venvs)
     cmd = [python, str(setting.runner), str(model_path), str(calib), str(out), "--json", str(rec_path),
            *setting.args]
-    key = {"cmd": cmd[1:], "calib_sha256": calib_sha, "model_sha256": _sha256(model_path), "threads": threads}
+    # what makes a result reusable; no paths, so a copied work folder is reused too
+    key = {"runner": setting.runner.name, "args": list(setting.args), "calib_sha256": calib_sha,
+           "model_sha256": _sha256(model_path), "threads": threads}
     rec = _read_json(rec_path) if not fresh else None
     if rec and rec.get("bench_key") == key:
         if rec.get("ok") and out.is_file():
@@ -273,7 +280,7 @@ def evaluate_cached(model_path: Path, val_root: Path, preset: str, cache: Path, 
 
     sha = _sha256(model_path)
     prev = _read_json(cache) if not fresh else None
-    if prev and prev.get("model_sha256") == sha and prev.get("val") == str(val_root):
+    if prev and prev.get("model_sha256") == sha and Path(prev.get("val", "")).name == val_root.name:
         return prev
     r = evaluate(str(model_path), data=val_root, split="val", preset=preset, progress=False)
     res = {"model_sha256": sha, "val": str(val_root), "miou": r.miou, "pixel_acc": r.pixel_acc, "images": r.images,
@@ -301,13 +308,13 @@ def run_peers(
     """Returns one row per (model, tool, setting), fp32 included: mIoU, delta vs fp32, seconds, error.
 
     ``models``: demo model names (None: all four); ``only``: tool names (``onnxruntime``, ``nncf``, ``aimet``);
-    ``settings``: setting names (``default-pc`` or ``nncf:default-pc``); ``skip_slow`` leaves out AdaRound; ``on_row(rows)`` is
-    called after each peer run with the rows so far (e.g. to save partial results); ``run_missing=False`` runs
+    ``settings``: setting names (``default-pc`` or ``nncf:default-pc``); ``skip_slow`` leaves out AdaRound;
+    ``on_row(rows)`` is called after each peer run with the rows so far (e.g. to save partial results); ``run_missing=False`` runs
     no peer, reporting only what the work folder holds; ``retry_failed`` reruns the settings that failed before. Runs
     one peer at a time, the quick settings on every model before the slow ones; see the module docstring for the
     work folder. Row keys: model, tool, setting, description, miou, delta, seconds (the peer's
     own time for loading the model, calibrating and writing the QDQ model), wall_s (the whole subprocess),
-    eval_images, ok, error, cached, quantized_model, log.
+    eval_images, ok, error, cached, quantized_model, log, weights (per-channel / per-tensor), load_average.
     """
     from fcnquant.demo_models import DEMO_MODELS, demo_model_info
 
@@ -324,7 +331,8 @@ def run_peers(
         fp32 = evaluate_cached(info.path, val_root, info.preset, work / "models" / model / "fp32.eval.json", fresh)
         base = {"model": model, "calib_images": calib_info["shape"][0], "calib_sha256": calib_info["sha256"]}
         prepared[model] = (info, calib, calib_info, fp32, base)
-        rows.append({**base, "tool": "fp32", "setting": "-", "description": "float model", "miou": fp32["miou"],
+        rows.append({**base, "tool": "fp32", "setting": "-", "description": "float model", "weights": "",
+                     "miou": fp32["miou"],
                      "delta": 0.0, "seconds": None, "wall_s": None, "eval_images": fp32["images"], "ok": True,
                      "error": None, "cached": False, "quantized_model": str(info.path), "log": None})
         log.info("%s fp32: %.2f mIoU on %d images", model, fp32["miou"], fp32["images"])
@@ -336,7 +344,8 @@ def run_peers(
         info, calib, calib_info, fp32, base = prepared[model]
         run = run_setting(s, model, info.path, calib, calib_info["sha256"], work, venvs, fresh, threads,
                           run_missing, retry_failed)
-        row = {**base, "tool": s.tool, "setting": s.name, "description": s.description, "miou": None,
+        row = {**base, "tool": s.tool, "setting": s.name, "description": s.description, "weights": s.weights,
+               "miou": None,
                "delta": None, "seconds": run.record.get("seconds"), "wall_s": run.wall_s, "eval_images": None,
                "ok": run.ok, "error": run.error, "cached": run.cached,
                "quantized_model": str(run.model) if run.model else None,
