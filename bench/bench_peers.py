@@ -311,8 +311,8 @@ def run_peers(
     ``settings``: setting names (``default-pc`` or ``nncf:default-pc``); ``skip_slow`` leaves out AdaRound;
     ``on_row(rows)`` is called after each peer run with the rows so far (e.g. to save partial results);
     ``run_missing=False`` runs no peer, reporting only what the work folder holds; ``retry_failed`` reruns the
-    settings that failed before. Runs one peer at a time, the quick settings on every model before the slow ones; see the module docstring for the
-    work folder. Row keys: model, tool, setting, description, miou, delta, seconds (the peer's
+    settings that failed before. Runs one peer at a time, the quick settings on every model before the slow ones;
+    see the module docstring for the work folder. Row keys: model, tool, setting, description, miou, delta, seconds (the peer's
     own time for loading the model, calibrating and writing the QDQ model), wall_s (the whole subprocess),
     eval_images, ok, error, cached, quantized_model, log, weights (per-channel / per-tensor), load_average.
     """
