@@ -312,9 +312,9 @@ def run_peers(
     ``on_row(rows)`` is called after each peer run with the rows so far (e.g. to save partial results);
     ``run_missing=False`` runs no peer, reporting only what the work folder holds; ``retry_failed`` reruns the
     settings that failed before. Runs one peer at a time, the quick settings on every model before the slow ones;
-    see the module docstring for the work folder. Row keys: model, tool, setting, description, miou, delta, seconds (the peer's
-    own time for loading the model, calibrating and writing the QDQ model), wall_s (the whole subprocess),
-    eval_images, ok, error, cached, quantized_model, log, weights (per-channel / per-tensor), load_average.
+    see the module docstring for the work folder. Row keys: model, tool, setting, description, miou, delta,
+    seconds (the peer's own time for loading the model, calibrating and writing the QDQ model), wall_s (the whole
+    subprocess), eval_images, ok, error, cached, quantized_model, log, weights (per-channel / per-tensor), load_average.
     """
     from fcnquant.demo_models import DEMO_MODELS, demo_model_info
 
