@@ -98,6 +98,7 @@ def compare_models(
              len(measured), pairing.source, len(pairing.unquantized), len(pairing.unpaired_float),
              len(pairing.unpaired_quant))
     notes: list[str] = []
+    recovery = read_recovery(qm)
     emitted_from = next((p.value for p in qm.metadata_props if p.key == "fcnquant.model_sha256"), None)
     if emitted_from and emitted_from != file_sha256(fpath):
         notes.append(f"{qpath.name} was emitted from another float model (sha256 {emitted_from[:12]}...) than "
@@ -161,7 +162,7 @@ def compare_models(
         unpaired_quant=pairing.unpaired_quant, histograms=histograms,
         table=str(table) if table is not None else None, stats=str(stats) if stats is not None else None,
         seconds=time.perf_counter() - start, notes=tuple(notes), gallery=gallery_images,
-        recovery=read_recovery(qm), drift_images=len(drift_on), drift_ids=tuple(drift_on),
+        recovery=recovery, drift_images=len(drift_on), drift_ids=tuple(drift_on),
     )
 
 
