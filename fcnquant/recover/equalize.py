@@ -29,6 +29,7 @@ import numpy as np
 
 from fcnquant import __version__
 from fcnquant.errors import FcnquantError, ModelError
+from fcnquant.quantize.name_map import set_metadata
 from fcnquant.recover import cle
 from fcnquant.recover.scalable import ScalablePair, Skip, find_pairs, nodes_by_name
 
@@ -199,7 +200,7 @@ def equalize(
     rel = _max_rel_diff(source, work, verify_images) if verify else None
     result = EqualizeResult(model=work, pairs=tuple(records), chains=tuple(chain_dicts), skipped=tuple(skipped),
                             weights=tuple(weights), absorb=absorb_info, max_rel_diff=rel)
-    _set_metadata(work, {METADATA_KEY: json.dumps(_summary(result), sort_keys=True)})
+    set_metadata(work, {METADATA_KEY: json.dumps(_summary(result), sort_keys=True)})
     if out is not None:
         path = _write(work, out)
         result = replace(result, path=path)
@@ -389,14 +390,6 @@ def _summary(result: EqualizeResult) -> dict[str, Any]:
         "absorb": None if result.absorb is None else {k: v for k, v in result.absorb.items() if k != "activation_max"},
         "max_rel_diff": result.max_rel_diff,
     }
-
-
-def _set_metadata(model, entries: dict[str, str]) -> None:
-    keep = [(p.key, p.value) for p in model.metadata_props if p.key not in entries]
-    del model.metadata_props[:]
-    for key, value in keep + list(entries.items()):
-        prop = model.metadata_props.add()
-        prop.key, prop.value = key, value
 
 
 def _write(model, out: str | os.PathLike[str]) -> Path:
