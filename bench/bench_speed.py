@@ -154,7 +154,7 @@ def make_int8(model: Path, data: Path, workdir: Path) -> Path:
     """Returns the int8 QDQ model (fcnquant kl, ort-cpu) calibrated on 32 train images (made once, not timed)."""
     out = workdir / "fcn8s_kl.int8.onnx"
     if not out.is_file():
-        from fcnquant.calibrate import calibrate
+        from fcnquant.flow import calibrate
 
         calibrate(model, data, "train", method="kl", num_images=32, target="ort-cpu", progress=False, out=out)
     return out
