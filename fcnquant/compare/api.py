@@ -28,7 +28,7 @@ from fcnquant.compare.drift_pass import DEFAULT_DRIFT_IMAGES, drift_ids, layer_d
 from fcnquant.compare.final import DEFAULT_BOUNDARY_RADIUS
 from fcnquant.compare.final_pass import BatchHook, final_metrics
 from fcnquant.compare.gallery import GALLERY_IMAGES, GalleryCollector, render_gallery
-from fcnquant.compare.histogram import FixedHistogram
+from fcnquant.compare.histogram import FixedHistogram, observe_images
 from fcnquant.compare.pairing import TensorPair, pair_tensors
 from fcnquant.compare.report import ActivationHistogram, CompareReport, LayerDrift
 from fcnquant.errors import CalibrationError, DataError, ModelError
@@ -135,8 +135,7 @@ def compare_models(
     del f_plain, q_plain
 
     def observe(values, n):
-        for name, h in hists.items():
-            h.update(values[name][:n])
+        observe_images(hists, values, n)
 
     drift = layer_drift(fm, qm, dataset, pre, drift_on, pairs=measured, isolated=isolated, batch_size=batch_size,
                         threads=threads, progress=progress, on_float=observe if hists else None)

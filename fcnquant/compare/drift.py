@@ -9,8 +9,11 @@ every value of every image seen, with ``e = q - r``::
     max_abs     = max |e|
     rel_l2      = sqrt(sum(e^2) / sum(r^2))
 
-The accumulator holds five float64 sums and a max, so memory does not grow with the number of images. The error is
-formed per element in float64, exactly for float32/float16 inputs (never as ``sum(q^2) - 2 sum(rq) + sum(r^2)``,
+The accumulator holds five sums and a max, so memory does not grow with the number of images. Each update's float64
+partial sums are added *exactly* (:class:`ExactSum`, Shewchuk's non-overlapping partials, a handful of floats): the
+result is the correctly rounded total of the updates' sums whatever order they arrive in, so accumulators filled in
+any order or merged from shards (``merge``) give the same bits, given the same per-update inputs (one image per
+update, as ``fcnquant.compare.drift_pass`` does). The error is formed per element in float64, exactly for float32/float16 inputs (never as ``sum(q^2) - 2 sum(rq) + sum(r^2)``,
 which cancels catastrophically when the error is small), in chunks that stay in cache. Pairs where either value
 is NaN or infinite are left out of the sums and counted in ``nonfinite``. float32 pairs go through the compiled
 one-pass kernel of :mod:`fcnquant.compare.drift_kernel` when numba is available (~5x faster; the same sums to
@@ -63,19 +66,96 @@ class DriftMetrics:
                    nonfinite=int(d.get("nonfinite", 0)))
 
 
-class DriftAccumulator:
-    """Accumulates the sums behind ``DriftMetrics`` over any number of (reference, test) tensor pairs."""
+class ExactSum:
+    """The exact sum of any number of floats, as non-overlapping partials (Shewchuk; what ``math.fsum`` keeps).
 
-    __slots__ = ("count", "sum_ref2", "sum_test2", "sum_dot", "sum_err2", "max_abs", "nonfinite")
+    ``value`` is the correctly rounded total, so it does not depend on the order of ``add`` calls or of ``merge``s.
+    The partials stay a few floats long (at most ~40 for any float64 data, 1-3 in practice).
+    """
+
+    __slots__ = ("partials",)
+
+    def __init__(self) -> None:
+        self.partials: list[float] = []
+
+    def add(self, x: float) -> None:
+        """Adds ``x`` exactly."""
+        partials = self.partials
+        i = 0
+        for y in partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo:
+                partials[i] = lo
+                i += 1
+            x = hi
+        partials[i:] = [x]
+
+    def merge(self, other: "ExactSum") -> None:
+        """Adds every partial of ``other`` exactly."""
+        for y in list(other.partials):
+            self.add(y)
+
+    @property
+    def value(self) -> float:
+        """Returns the correctly rounded sum."""
+        return math.fsum(self.partials)
+
+    def __getstate__(self):
+        return list(self.partials)
+
+    def __setstate__(self, state) -> None:
+        self.partials = list(state)
+
+
+class DriftAccumulator:
+    """Accumulates the sums behind ``DriftMetrics`` over any number of (reference, test) tensor pairs.
+
+    The sums are exact (:class:`ExactSum`): updates in any order, and merges of accumulators in any grouping, give
+    the same metrics bit for bit.
+    """
+
+    __slots__ = ("count", "_ref2", "_test2", "_dot", "_err2", "max_abs", "nonfinite")
 
     def __init__(self) -> None:
         self.count = 0
-        self.sum_ref2 = 0.0
-        self.sum_test2 = 0.0
-        self.sum_dot = 0.0
-        self.sum_err2 = 0.0
+        self._ref2, self._test2, self._dot, self._err2 = ExactSum(), ExactSum(), ExactSum(), ExactSum()
         self.max_abs = 0.0
         self.nonfinite = 0
+
+    @property
+    def sum_ref2(self) -> float:
+        """sum(r^2), correctly rounded."""
+        return self._ref2.value
+
+    @property
+    def sum_test2(self) -> float:
+        """sum(q^2), correctly rounded."""
+        return self._test2.value
+
+    @property
+    def sum_dot(self) -> float:
+        """sum(r q), correctly rounded."""
+        return self._dot.value
+
+    @property
+    def sum_err2(self) -> float:
+        """sum((q - r)^2), correctly rounded."""
+        return self._err2.value
+
+    def _add(self, err2: float, ref2: float, test2: float, dot: float) -> None:
+        self._err2.add(err2)
+        self._ref2.add(ref2)
+        self._test2.add(test2)
+        self._dot.add(dot)
+
+    def __getstate__(self):
+        return (self.count, self._ref2, self._test2, self._dot, self._err2, self.max_abs, self.nonfinite)
+
+    def __setstate__(self, state) -> None:
+        (self.count, self._ref2, self._test2, self._dot, self._err2, self.max_abs, self.nonfinite) = state
 
     def update(self, ref: np.ndarray, test: np.ndarray) -> None:
         """Adds every element pair of ``ref`` and ``test`` (same shape, any float dtype) to the sums."""
@@ -89,10 +169,7 @@ class DriftAccumulator:
             se, sr, st, sd, mx = _KERNEL(np.ascontiguousarray(r_all), np.ascontiguousarray(t_all))
             if math.isfinite(se):  # else a NaN/Inf is in there: the numpy path below drops and counts it
                 self.count += r_all.size
-                self.sum_err2 += se
-                self.sum_ref2 += sr
-                self.sum_test2 += st
-                self.sum_dot += sd
+                self._add(se, sr, st, sd)
                 self.max_abs = max(self.max_abs, mx)
                 return
         for start in range(0, r_all.size, _CHUNK):
@@ -107,34 +184,31 @@ class DriftAccumulator:
                 e = np.subtract(t, r, dtype=np.float64)
                 err2 = _dot(e, e)
             self.count += r.size
-            self.sum_err2 += err2
-            self.sum_ref2 += _dot(r, r)
-            self.sum_test2 += _dot(t, t)
-            self.sum_dot += _dot(r, t)
+            self._add(err2, _dot(r, r), _dot(t, t), _dot(r, t))
             if e.size:
                 self.max_abs = max(self.max_abs, float(e.max()), float(-e.min()))
 
     def merge(self, other: "DriftAccumulator") -> "DriftAccumulator":
-        """Adds ``other``'s sums into this accumulator and returns self."""
+        """Adds ``other``'s sums into this accumulator (exactly) and returns self."""
         self.count += other.count
-        self.sum_ref2 += other.sum_ref2
-        self.sum_test2 += other.sum_test2
-        self.sum_dot += other.sum_dot
-        self.sum_err2 += other.sum_err2
+        self._ref2.merge(other._ref2)
+        self._test2.merge(other._test2)
+        self._dot.merge(other._dot)
+        self._err2.merge(other._err2)
         self.max_abs = max(self.max_abs, other.max_abs)
         self.nonfinite += other.nonfinite
         return self
 
     def result(self) -> DriftMetrics:
         """Returns the metrics of everything accumulated so far (NaN where undefined, e.g. nothing seen)."""
+        ref2, err2 = self.sum_ref2, self.sum_err2
         return DriftMetrics(
             count=self.count,
-            cosine=cosine(self.sum_dot, self.sum_ref2, self.sum_test2),
-            snr_db=snr_db(self.sum_ref2, self.sum_err2),
-            mse=self.sum_err2 / self.count if self.count else math.nan,
+            cosine=cosine(self.sum_dot, ref2, self.sum_test2),
+            snr_db=snr_db(ref2, err2),
+            mse=err2 / self.count if self.count else math.nan,
             max_abs=self.max_abs if self.count else math.nan,
-            rel_l2=math.sqrt(self.sum_err2 / self.sum_ref2) if self.sum_ref2 > 0 else
-            (0.0 if self.count and self.sum_err2 == 0 else math.nan),
+            rel_l2=math.sqrt(err2 / ref2) if ref2 > 0 else (0.0 if self.count and err2 == 0 else math.nan),
             nonfinite=self.nonfinite,
         )
 

@@ -8,7 +8,10 @@ Per batch (memory stays constant in the number of images):
 3. with ``isolated``, the isolated rewrite (:mod:`fcnquant.compare.isolated`) runs fed the float activations:
    every layer's own quantization error, in one run.
 
-Only float64 sums are kept (:class:`~fcnquant.compare.drift.DriftAccumulator`); each batch's tensors are dropped.
+Only exact sums are kept (:class:`~fcnquant.compare.drift.DriftAccumulator`), updated one image at a time, so the
+result does not depend on the batch size or on how the images are split: :class:`DriftSums` of disjoint image
+lists merge (``merge``) into the same bits as one run over all of them (what ``fcnquant.distributed`` relies on).
+Each batch's tensors are dropped.
 Exposing tensors changes onnxruntime's fusions (and turns off the integer kernels of a QDQ model), which is why the
 final metrics come from plain sessions elsewhere (:mod:`fcnquant.compare.final_pass`) and the drift from here, on a
 subsample (:func:`drift_ids`) when the split is large.
@@ -32,6 +35,32 @@ log = logging.getLogger(__name__)
 DEFAULT_DRIFT_IMAGES = 16
 
 FloatHook = Callable[[dict[str, np.ndarray], int], None]
+
+
+@dataclass
+class DriftSums:
+    """The drift accumulators per float tensor name over ``ids`` (``None`` for a side not computed); mergeable."""
+
+    ids: tuple[str, ...]
+    accumulated: dict[str, DriftAccumulator] | None
+    isolated: dict[str, DriftAccumulator] | None
+
+    def merge(self, other: "DriftSums") -> "DriftSums":
+        """Adds ``other`` (the sums over other images) into this and returns self; the ids are concatenated."""
+        for mine, theirs in ((self.accumulated, other.accumulated), (self.isolated, other.isolated)):
+            if (mine is None) != (theirs is None) or (mine is not None and mine.keys() != theirs.keys()):
+                raise ValueError("drift sums of different tensors or passes cannot be merged")
+            for name, acc in (mine or {}).items():
+                acc.merge(theirs[name])
+        self.ids = self.ids + tuple(other.ids)
+        return self
+
+    def result(self) -> "DriftResult":
+        """Returns the DriftResult (metrics per tensor) of these sums."""
+        def side(d):
+            return None if d is None else {k: a.result() for k, a in d.items()}
+
+        return DriftResult(ids=self.ids, accumulated=side(self.accumulated), isolated=side(self.isolated))
 
 
 @dataclass(frozen=True)
@@ -90,11 +119,37 @@ def layer_drift(
 ) -> DriftResult:
     """Returns the DriftResult of ``quant_model`` against ``float_model`` over the images ``ids`` of ``dataset``.
 
+    The metrics of :func:`drift_sums` (same arguments).
+    """
+    return drift_sums(float_model, quant_model, dataset, preset, ids, pairs=pairs, accumulated=accumulated,
+                      isolated=isolated, batch_size=batch_size, threads=threads, progress=progress,
+                      on_float=on_float).result()
+
+
+def drift_sums(
+    float_model,
+    quant_model,
+    dataset,
+    preset,
+    ids: Sequence[str],
+    *,
+    pairs: Sequence[TensorPair] | None = None,
+    accumulated: bool = True,
+    isolated: bool = True,
+    batch_size: int = 1,
+    threads: int = 0,
+    progress: bool = True,
+    on_float: FloatHook | None = None,
+    on_images: Callable[[int], None] | None = None,
+) -> DriftSums:
+    """Returns the DriftSums of ``quant_model`` against ``float_model`` over the images ``ids`` of ``dataset``.
+
     ``float_model``/``quant_model``: ONNX paths or ModelProtos. ``preset``: a Preset (the float model's, as
     ``compare_models`` resolves it). ``pairs``: the measured pairs (default: ``pair_tensors(...).measured``).
     ``accumulated=False`` skips the quantized model's own run (isolated drift only: what ranking layers
     needs); ``isolated=False`` skips the isolated run. ``on_float(values, n)`` receives each batch's float
     activations ({float tensor: array}, the first ``n`` rows are real images) e.g. for histograms.
+    ``on_images(n)`` is called after each batch of ``n`` images (progress of a remote shard).
     Raises ModelError when nothing can be paired or a pair's shapes differ.
     """
     from tqdm import tqdm
@@ -137,7 +192,7 @@ def layer_drift(
                 for name in q_inputs:
                     q_vals[name] = images.astype(q_run.dtype, copy=False)
                 for p in measured:
-                    _update(acc[p.float_name], f_vals[p.float_name][:n], q_vals[p.quant_name][:n], p, "accumulated")
+                    _update(acc[p.float_name], f_vals[p.float_name], q_vals[p.quant_name], n, p, "accumulated")
                 del q_vals
             if plan is not None:
                 feeds = {name: f_vals[src].astype(dtype, copy=False) for name, (src, dtype) in plan.feeds.items()}
@@ -147,18 +202,16 @@ def layer_drift(
                 iso_vals = dict(zip(outs, iso.run(outs, feeds)))
                 del feeds
                 for p in measured:
-                    _update(isod[p.float_name], f_vals[p.float_name][:n], iso_vals[plan.outputs[p.float_name]][:n],
-                            p, "isolated")
+                    _update(isod[p.float_name], f_vals[p.float_name], iso_vals[plan.outputs[p.float_name]], n, p,
+                            "isolated")
                 del iso_vals
             if on_float is not None:
                 on_float(f_vals, n)
             del f_vals
             bar.update(n)
-    return DriftResult(
-        ids=tuple(ids),
-        accumulated={k: a.result() for k, a in acc.items()} if acc is not None else None,
-        isolated={k: a.result() for k, a in isod.items()} if isod is not None else None,
-    )
+            if on_images is not None:
+                on_images(n)
+    return DriftSums(ids=tuple(ids), accumulated=acc, isolated=isod)
 
 
 class _Tapped:
@@ -201,9 +254,14 @@ def _graph_inputs(model) -> list[str]:
     return [i.name for i in model.graph.input if i.name not in inits]
 
 
-def _update(accumulator: DriftAccumulator, ref: np.ndarray, test: np.ndarray, pair: TensorPair, kind: str) -> None:
+def _update(accumulator: DriftAccumulator, ref: np.ndarray, test: np.ndarray, n: int, pair: TensorPair,
+            kind: str) -> None:
+    """Adds the first ``n`` images of a batch, one image at a time (the sums then do not depend on batching)."""
     try:
-        accumulator.update(ref, test)
+        if ref.shape != test.shape:
+            raise ValueError(f"reference shape {ref.shape} differs from test shape {test.shape}")
+        for i in range(n):
+            accumulator.update(ref[i], test[i])
     except ValueError as exc:
         raise ModelError(f"{kind} drift of '{pair.float_name}' against '{pair.quant_name}': {exc}") from exc
 

@@ -62,6 +62,20 @@ class FinalAccumulator:
         self.boundary_pixels += int(np.count_nonzero(band))
         self.boundary_changed += int(np.count_nonzero(changed & band))
 
+    def merge(self, other: "FinalAccumulator") -> "FinalAccumulator":
+        """Adds ``other``'s counters (other images, same classes and radius) into this one and returns self."""
+        if (other.num_classes, other.boundary_radius) != (self.num_classes, self.boundary_radius):
+            raise ValueError(f"cannot merge final metrics of {other.num_classes} classes / radius "
+                             f"{other.boundary_radius} into {self.num_classes} / {self.boundary_radius}")
+        self.cm_float.merge(other.cm_float)
+        self.cm_quant.merge(other.cm_quant)
+        self.labelled = self.labelled or other.labelled
+        self.pixels += other.pixels
+        self.changed += other.changed
+        self.boundary_pixels += other.boundary_pixels
+        self.boundary_changed += other.boundary_changed
+        return self
+
     @property
     def changed_share(self) -> float:
         """Returns the fraction of all pixels whose predicted class changed (NaN before any update)."""

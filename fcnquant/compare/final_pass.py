@@ -42,6 +42,28 @@ def final_metrics(
 ) -> FinalMetrics:
     """Returns the FinalMetrics (mIoU, per-class IoU, changed pixels) of two plain sessions over ``ids``.
 
+    :func:`to_final_metrics` of :func:`final_counts` (same arguments).
+    """
+    return to_final_metrics(final_counts(float_session, quant_session, dataset, preset, ids, batch_size=batch_size,
+                                         fixed_batch=fixed_batch, boundary_radius=boundary_radius,
+                                         progress=progress, on_batch=on_batch))
+
+
+def final_counts(
+    float_session,
+    quant_session,
+    dataset,
+    preset,
+    ids: Sequence[str],
+    *,
+    batch_size: int = 1,
+    fixed_batch: int | None = None,
+    boundary_radius: int = DEFAULT_BOUNDARY_RADIUS,
+    progress: bool = True,
+    on_batch: BatchHook | None = None,
+) -> FinalAccumulator:
+    """Returns the FinalAccumulator (integer counters; ``merge`` adds another's) of two plain sessions over ``ids``.
+
     ``float_session``/``quant_session``: onnxruntime sessions of the models as they are (their first output is
     the logits). ``fixed_batch``: a fixed batch dimension of the models (short batches are padded with the last
     image, the padding is dropped). Unlabelled data gives the changed-pixel shares only (mIoU NaN).
@@ -70,7 +92,7 @@ def final_metrics(
             bar.update(n)
     if acc is None:
         raise ModelError("no images to compute final metrics on")
-    return to_final_metrics(acc)
+    return acc
 
 
 def num_classes(f_logits: np.ndarray, q_logits: np.ndarray) -> int:

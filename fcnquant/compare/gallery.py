@@ -70,14 +70,25 @@ class GalleryCollector:
     """Keeps the ``k`` images with the most changed pixels seen so far (ties: the earlier image) and their predictions.
 
     Images without a changed pixel are never kept. Memory: ``k`` pairs of class maps, whatever the number of images.
+    ``start``: how many images of the whole list come before the first one offered here (a shard's offset), so
+    collectors of consecutive slices ``merge`` into exactly the collector of the whole list.
     """
 
-    def __init__(self, k: int = GALLERY_IMAGES):
+    def __init__(self, k: int = GALLERY_IMAGES, start: int = 0):
         if k < 0:
             raise ValueError(f"gallery size must be >= 0, got {k}")
         self.k = int(k)
         self._heap: list[tuple[tuple[int, int], str, np.ndarray, np.ndarray]] = []
-        self._seen = 0
+        self._seen = int(start)
+
+    def merge(self, other: "GalleryCollector") -> "GalleryCollector":
+        """Offers ``other``'s kept images (their positions are the whole list's) to this one; returns self."""
+        for entry in other._heap:
+            if len(self._heap) < self.k:
+                heapq.heappush(self._heap, entry)
+            elif entry[0] > self._heap[0][0]:
+                heapq.heapreplace(self._heap, entry)
+        return self
 
     def update(self, ids: Sequence[str], pred_float: np.ndarray, pred_quant: np.ndarray) -> None:
         """Offers one batch: image ids and both models' (N, H, W) predicted class ids."""

@@ -3,7 +3,8 @@
 The bins are fixed before any data is seen (from the calibration table's range), so the result does not depend on
 the order of images. Values outside the range land in the first or last bin; the exact observed min and max are
 kept. To stay cheap next to inference, each update bins at most ``max_values`` values, taken at an even stride
-(a deterministic subsample: the same images always give the same histogram).
+(a deterministic subsample: the same images always give the same histogram). :func:`observe_images` updates one
+image at a time, so histograms of disjoint image lists ``merge`` into exactly the one of all of them.
 """
 from __future__ import annotations
 
@@ -44,3 +45,20 @@ class FixedHistogram:
         idx = np.floor((sample - lo) * (bins / (hi - lo))).astype(np.int64)
         np.clip(idx, 0, bins - 1, out=idx)
         self.counts += np.bincount(idx, minlength=bins)
+
+    def merge(self, other: "FixedHistogram") -> "FixedHistogram":
+        """Adds ``other`` (same bins) into this histogram and returns self."""
+        if other.edges.shape != self.edges.shape or not np.array_equal(other.edges, self.edges):
+            raise ValueError("histograms with different bins cannot be merged")
+        self.counts += other.counts
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+        return self
+
+
+def observe_images(hists: dict[str, FixedHistogram], values: dict[str, np.ndarray], n: int) -> None:
+    """Updates each ``hists[name]`` with the first ``n`` images of the batch ``values[name]``, one at a time."""
+    for name, h in hists.items():
+        batch = values[name]
+        for i in range(n):
+            h.update(batch[i])
