@@ -163,3 +163,46 @@ def test_final_accumulator_counts_changed_pixels_overall_and_near_boundaries():
     unl = FinalAccumulator(21, boundary_radius=1)
     unl.update(pred_f, pred_q)
     assert not unl.labelled and unl.boundary_pixels == int(band.sum()) and unl.boundary_changed == 1
+
+
+def test_exact_sums_do_not_depend_on_order_or_grouping():
+    from fcnquant.compare.drift import ExactSum
+
+    rng = np.random.default_rng(11)
+    values = (rng.standard_normal(2000) * 10.0 ** rng.integers(-8, 9, 2000)).tolist()
+    want = math.fsum(values)  # the correctly rounded sum (independent of ExactSum)
+    forward, backward = ExactSum(), ExactSum()
+    for v in values:
+        forward.add(v)
+    for v in reversed(values):
+        backward.add(v)
+    parts = [ExactSum() for _ in range(3)]
+    for i, v in enumerate(values):
+        parts[i % 3].add(v)
+    grouped = ExactSum()
+    for p in reversed(parts):
+        grouped.merge(p)
+    assert forward.value == backward.value == grouped.value == want
+    assert len(forward.partials) < 40
+
+
+def test_accumulators_merged_in_any_grouping_give_the_same_bits():
+    rng = np.random.default_rng(12)
+    ref = rng.standard_normal((7, 4, 30, 30)).astype(np.float32)
+    test = (ref + rng.standard_normal(ref.shape).astype(np.float32) * 0.05).astype(np.float32)
+    one = DriftAccumulator()
+    for k in range(7):
+        one.update(ref[k], test[k])
+    shards = []
+    for lo, hi in ((4, 7), (0, 2), (2, 4)):
+        a = DriftAccumulator()
+        for k in range(lo, hi):
+            a.update(ref[k], test[k])
+        shards.append(a)
+    merged = DriftAccumulator()
+    for a in shards:
+        merged.merge(a)
+    assert merged.result() == one.result()  # bit for bit, not approximately
+    # and each sum is the correctly rounded sum of the per-image float64 sums (math.fsum, an independent total)
+    per_image = [float(np.sum((test[k].astype(np.float64) - ref[k]) ** 2)) for k in range(7)]
+    assert one.sum_err2 == pytest.approx(math.fsum(per_image), rel=1e-12)

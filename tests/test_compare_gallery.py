@@ -219,3 +219,26 @@ def test_unlabelled_images_get_a_placeholder_ground_truth(tmp_path):
 
     html = gallery_section([item], [f"c{k}" for k in range(21)], 1)
     assert html.count("no labels") == 1 and html.count("data:image/png;base64,") == 4
+
+
+def test_collectors_of_consecutive_slices_merge_into_the_whole_lists():
+    rng = np.random.default_rng(5)
+    n, k = 17, 5
+    pf = rng.integers(0, 3, (n, 4, 4))
+    pq = pf.copy()
+    counts = rng.integers(0, 6, n)
+    counts[[1, 8, 12]] = 6  # ties across slices: the earlier image of the whole list ranks first
+    for i, c in enumerate(counts):
+        flat = pq[i].reshape(-1)
+        flat[:c] = (flat[:c] + 1) % 3
+    ids = [f"im{i}" for i in range(n)]
+    whole = GalleryCollector(k)
+    whole.update(ids, pf, pq)
+    merged = GalleryCollector(k)
+    for lo, hi in ((0, 6), (6, 11), (11, 17)):
+        part = GalleryCollector(k, start=lo)
+        part.update(ids[lo:hi], pf[lo:hi], pq[lo:hi])
+        merged.merge(part)
+    order = sorted((i for i in range(n) if counts[i] > 0), key=lambda i: (-counts[i], i))[:k]
+    assert [b[0] for b in merged.best()] == [f"im{i}" for i in order] == [b[0] for b in whole.best()]
+    assert GalleryCollector(0).merge(whole).best() == []

@@ -113,3 +113,25 @@ def test_eval_with_a_killed_worker_equals_one_process(cluster):
     if killer.killed is not None:  # eval shards are short: the kill may land after the last image
         shard = killer.killed[0]
         assert run.shards[shard - 1].attempts == 2
+
+
+def test_compare_with_a_killed_worker_equals_one_process(cluster, tmp_path):
+    from fcnquant.compare import compare_models
+    from fcnquant.flow import calibrate
+
+    quant = tmp_path / "fcn8s.int8.onnx"
+    calibrate(MODEL, num_images=4, out=quant, progress=False)
+    kw = dict(num_images=64, drift_images=8, gallery=4, progress=False)
+    one = compare_models(MODEL, quant, **kw)
+    killer = Killer()
+    killer.start()
+    try:
+        many = compare_models(MODEL, quant, ray_address="auto", shards=4, **kw)
+    finally:
+        killer.stop.set()
+        killer.join()
+    a, b = one.to_dict(), many.to_dict()
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b  # final metrics, gallery and drift, bit for bit
+    assert one.images == 64 and one.final.labelled
+    assert killer.killed is not None, "no shard was seen running"

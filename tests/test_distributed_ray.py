@@ -129,3 +129,47 @@ def test_ctrl_c_cancels_the_shards_and_writes_nothing(tmp_path, capsys):
     while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
         time.sleep(0.1)
     assert ray.available_resources().get("CPU", 0) == 2
+
+
+@pytest.fixture(scope="module")
+def int8(tmp_path_factory):
+    """The demo fcn8s emitted in int8 from 4 calibration images, and its calibration table."""
+    from fcnquant.flow import calibrate as flow
+
+    folder = tmp_path_factory.mktemp("int8")
+    r = flow(MODEL, num_images=4, out=folder / "fcn8s.int8.onnx", progress=False)
+    return folder / "fcn8s.int8.onnx", r.table.save(folder / "fcn8s.json")
+
+
+def report_dict(report) -> dict:
+    d = report.to_dict()
+    d.pop("seconds")
+    return d
+
+
+def test_compare_on_ray_equals_one_process_bit_for_bit(int8):
+    from fcnquant.compare import compare_models
+
+    quant, table = int8
+    kw = dict(num_images=11, drift_images=5, table=table, gallery=3, progress=False)
+    one = compare_models(MODEL, quant, **kw)
+    many = compare_models(MODEL, quant, ray_address="local", shards=3, **kw)
+    batched = compare_models(MODEL, quant, batch_size=2, **kw)  # exact sums per image: batching changes no bit
+    assert report_dict(many) == report_dict(one) == report_dict(batched)  # final, drift, histograms, gallery
+    assert one.final.labelled and one.images == 11 and len(one.histograms) > 0 and len(one.gallery) == 3
+    assert [g.panels for g in many.gallery] == [g.panels for g in one.gallery]
+    # the final mIoU is the one fcnquant eval computes
+    val = open_dataset(builtin_dataset(), "val")
+    assert many.final.miou_quant == evaluate(str(quant), val, num_images=11, progress=False).miou
+
+
+def test_cli_compare_on_ray_writes_the_same_json(int8, tmp_path, capsys):
+    quant, _ = int8
+    for tag, extra in (("one", []), ("ray", ["--ray", "--shards", "2"])):
+        assert main(["compare", MODEL, str(quant), "--num-images", "6", "--drift-images", "3", "--no-progress",
+                     "--json", str(tmp_path / f"{tag}.json")] + extra) == 0
+    one, on_ray = (json.loads((tmp_path / f"{t}.json").read_text()) for t in ("one", "ray"))
+    one.pop("seconds"), on_ray.pop("seconds")
+    assert one == on_ray
+    assert main(["compare", MODEL, str(quant), "--shards", "2"]) == 2
+    assert "--shards sets the number of shards of a --ray run" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The ``--ray [ADDRESS]`` and ``--shards N`` options shared by calibrate and eval."""
+"""The ``--ray [ADDRESS]`` and ``--shards N`` options shared by calibrate, eval, compare and tune."""
 from __future__ import annotations
 
 import argparse

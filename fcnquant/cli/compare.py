@@ -25,6 +25,7 @@ def _drift_images(text: str) -> int | str:
 
 def register(sub) -> None:
     """Adds the ``compare`` subcommand to ``sub``."""
+    from fcnquant.cli._distributed import add_ray_options
     from fcnquant.cli.eval import add_data_options
     from fcnquant.compare.gallery import GALLERY_IMAGES
 
@@ -62,14 +63,17 @@ def register(sub) -> None:
     p.add_argument("--fail-on-drop", type=float, metavar="X", help=f"exit with status {EXIT_DROP} when the mIoU "
                    "drop (float - quantized, in points) exceeds X; needs labelled data")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: its choice)")
+    add_ray_options(p)
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Compares, prints the table, writes the requested files; returns 3 when --fail-on-drop is exceeded."""
+    from fcnquant.cli._distributed import ray_options
     from fcnquant.compare import compare_models
 
+    ray = ray_options(args)
     if args.batch_size < 1:
         raise FcnquantError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.top < 0:
@@ -85,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset, table=args.table, stats=args.stats, isolated=not args.no_isolated,
         progress=not args.no_progress, batch_size=args.batch_size, size=args.size, mean=args.mean, std=args.std,
         boundary_radius=args.boundary, threads=args.threads, ann_dir=args.ann_dir, gallery=args.gallery,
-        drift_images=args.drift_images,
+        drift_images=args.drift_images, **ray,
     )
     print(report.format_table(top=args.top, by=args.sort if not args.no_isolated else "accumulated"))
     if args.json:

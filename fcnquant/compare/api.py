@@ -26,7 +26,7 @@ from fcnquant._io import file_sha256, load_onnx
 from fcnquant.compare.batching import resolve_batch
 from fcnquant.compare.drift_pass import DEFAULT_DRIFT_IMAGES, drift_ids, layer_drift
 from fcnquant.compare.final import DEFAULT_BOUNDARY_RADIUS
-from fcnquant.compare.final_pass import BatchHook, final_metrics
+from fcnquant.compare.final_pass import BatchHook, final_metrics, to_final_metrics
 from fcnquant.compare.gallery import GALLERY_IMAGES, GalleryCollector, render_gallery
 from fcnquant.compare.histogram import FixedHistogram, observe_images
 from fcnquant.compare.pairing import TensorPair, pair_tensors
@@ -64,6 +64,8 @@ def compare_models(
     gallery: int = GALLERY_IMAGES,
     drift_images: int | str | None = DEFAULT_DRIFT_IMAGES,
     on_batch: BatchHook | None = None,
+    ray_address: str | None = None,
+    shards: int | None = None,
 ) -> CompareReport:
     """Returns the CompareReport of ``quant_model`` (QDQ int8 or fp16 ONNX) against ``float_model`` on a split.
 
@@ -78,14 +80,20 @@ def compare_models(
     ``boundary_radius``: half-width in pixels of the boundary band for the changed-pixel share. ``on_batch``:
     see :func:`fcnquant.compare.final_pass.final_metrics`. ``gallery``: how many of the images with the most
     changed pixels the HTML report shows (input, ground truth, both predictions, changed pixels;
-    ``fcnquant.compare.gallery``), 0 for none. Raises ModelError when no quantized activation can be
-    paired.
+    ``fcnquant.compare.gallery``), 0 for none. ``ray_address`` ("local": a local Ray instance, "auto" or
+    "HOST:PORT": a running cluster) runs both passes as ``shards`` Ray tasks each
+    (:func:`fcnquant.distributed.compare_passes`; default: the cluster's CPU count): the report is the same,
+    final metrics, gallery and drift bit for bit. Raises ModelError when no quantized activation can be paired.
     """
     from fcnquant.data import open_dataset, preset_for_session, resolve_data, take_ids
     from fcnquant.runtime import input_spec, make_session
 
     if gallery < 0:
         raise DataError(f"gallery size must be >= 0, got {gallery}")
+    if ray_address is None and shards is not None:
+        raise DataError("shards= sets the number of shards of a Ray run: add ray_address=")
+    if ray_address is not None and on_batch is not None:
+        raise DataError("on_batch= sees every batch in this process; it cannot be combined with ray_address=")
     start = time.perf_counter()
     fpath, qpath = Path(float_model), Path(quant_model)
     fm, qm = load_onnx(fpath), load_onnx(qpath)
@@ -121,24 +129,36 @@ def compare_models(
     entries = _table_entries(table, fm, fpath, notes)
     hists = _table_histograms(entries, measured) if entries and stats is None else {}
 
-    keep = GalleryCollector(gallery)  # the most changed images, for the report's gallery (k entries at most)
-
-    def hook(batch, pred_f, pred_q) -> None:
-        keep.update(batch.ids, pred_f, pred_q)
-        if on_batch is not None:
-            on_batch(batch, pred_f, pred_q)
-
     log.info("comparing on %d images of %s with preset %s; drift on %d of them", len(chosen), dataset.describe(),
              pre.describe(), len(drift_on))
-    final = final_metrics(f_plain, q_plain, dataset, pre, chosen, batch_size=batch_size, fixed_batch=fixed_batch,
-                          boundary_radius=boundary_radius, progress=progress, on_batch=hook)
-    del f_plain, q_plain
+    if ray_address is not None:
+        del f_plain, q_plain
+        from fcnquant.distributed import compare_passes
 
-    def observe(values, n):
-        observe_images(hists, values, n)
+        passes = compare_passes(fpath, qpath, dataset, pre, chosen, drift_on, pairs=measured, isolated=isolated,
+                                batch_size=batch_size, fixed_batch=fixed_batch, boundary_radius=boundary_radius,
+                                gallery=gallery, histograms=hists, threads=threads, address=ray_address,
+                                shards=shards, progress=progress)
+        final, keep, drift = to_final_metrics(passes.final), passes.gallery, passes.drift.result()
+    else:
+        keep = GalleryCollector(gallery)  # the most changed images, for the report's gallery (k entries at most)
 
-    drift = layer_drift(fm, qm, dataset, pre, drift_on, pairs=measured, isolated=isolated, batch_size=batch_size,
-                        threads=threads, progress=progress, on_float=observe if hists else None)
+        def hook(batch, pred_f, pred_q) -> None:
+            keep.update(batch.ids, pred_f, pred_q)
+            if on_batch is not None:
+                on_batch(batch, pred_f, pred_q)
+
+        final = final_metrics(f_plain, q_plain, dataset, pre, chosen, batch_size=batch_size,
+                              fixed_batch=fixed_batch, boundary_radius=boundary_radius, progress=progress,
+                              on_batch=hook)
+        del f_plain, q_plain
+
+        def observe(values, n):
+            observe_images(hists, values, n)
+
+        drift = layer_drift(fm, qm, dataset, pre, drift_on, pairs=measured, isolated=isolated,
+                            batch_size=batch_size, threads=threads, progress=progress,
+                            on_float=observe if hists else None)
     del fm, qm
     layers = tuple(
         LayerDrift(

@@ -83,7 +83,7 @@ class GalleryCollector:
 
     def merge(self, other: "GalleryCollector") -> "GalleryCollector":
         """Offers ``other``'s kept images (their positions are the whole list's) to this one; returns self."""
-        for entry in other._heap:
+        for entry in other._heap if self.k else ():
             if len(self._heap) < self.k:
                 heapq.heappush(self._heap, entry)
             elif entry[0] > self._heap[0][0]:

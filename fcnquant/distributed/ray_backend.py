@@ -78,7 +78,8 @@ class Progress:
 # ----------------------------------------------------------------------------------------------- worker side
 
 _MODEL_FILES: dict[str, Path] = {}   # sha256 -> this worker process's local copy of the model
-_SESSIONS: dict[tuple, Any] = {}     # (sha256, threads) -> onnxruntime session
+_SESSIONS: dict[tuple, Any] = {}     # (sha256, threads) -> onnxruntime session, the most recent MAX_SESSIONS
+MAX_SESSIONS = 2  # compare holds two models; tune evaluates a new candidate each time (older ones are dropped)
 
 
 def node_name() -> str:
@@ -114,9 +115,13 @@ def session(sha256: str, model_ref: list, threads: int = 0):
     from fcnquant.runtime import make_session
 
     key = (sha256, threads)
-    if key not in _SESSIONS:
-        _SESSIONS[key] = make_session(model_bytes(sha256, model_ref), threads=threads)
-    return _SESSIONS[key]
+    sess = _SESSIONS.pop(key, None)
+    if sess is None:
+        while len(_SESSIONS) >= MAX_SESSIONS:
+            del _SESSIONS[next(iter(_SESSIONS))]  # the least recently used
+        sess = make_session(model_bytes(sha256, model_ref), threads=threads)
+    _SESSIONS[key] = sess  # re-inserted: most recently used last
+    return sess
 
 
 def task_cpus() -> int:
@@ -171,6 +176,60 @@ def evaluate_task(plan: ShardPlan, dataset, sha256: str, model_ref: list, option
     t0 = time.perf_counter()
     r = evaluate(sess, data=dataset, ids=list(plan.ids), progress=False, on_images=on_images, **options)
     return {"result": {"confusion": r.confusion, "preset": r.preset}, "seconds": time.perf_counter() - t0,
+            "node": node, "pid": pid}
+
+
+@ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
+def final_task(plan: ShardPlan, dataset, models: tuple, options: dict, start: int, progress) -> dict:
+    """Returns one shard of compare's final pass: its FinalAccumulator and GalleryCollector, and how it ran.
+
+    ``models``: ((sha256, [ref]) of the float model, (sha256, [ref]) of the quantized one); ``start``: how many
+    images of the whole list come before this shard (for the gallery's tie order).
+    """
+    from fcnquant.compare.final_pass import final_counts
+    from fcnquant.compare.gallery import GalleryCollector
+
+    on_images, node, pid = begin(plan, dataset, progress)
+    options = dict(options)
+    threads = options.pop("threads", 0) or task_cpus()
+    keep = GalleryCollector(options.pop("gallery"), start=start)
+    (f_sha, f_ref), (q_sha, q_ref) = models
+    f_sess, q_sess = session(f_sha, f_ref, threads), session(q_sha, q_ref, threads)
+    preset = options.pop("preset")
+
+    def hook(batch, pred_f, pred_q) -> None:
+        keep.update(batch.ids, pred_f, pred_q)
+        on_images(len(batch.ids))
+
+    t0 = time.perf_counter()
+    acc = final_counts(f_sess, q_sess, dataset, preset, list(plan.ids), progress=False, on_batch=hook, **options)
+    return {"result": {"final": acc, "gallery": keep}, "seconds": time.perf_counter() - t0, "node": node,
+            "pid": pid}
+
+
+@ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
+def drift_task(plan: ShardPlan, dataset, models: tuple, options: dict, histograms: dict, progress) -> dict:
+    """Returns one shard of compare's drift pass: its DriftSums and filled ``histograms``, and how it ran."""
+    import copy
+
+    import onnx
+
+    from fcnquant.compare.drift_pass import drift_sums
+    from fcnquant.compare.histogram import observe_images
+
+    on_images, node, pid = begin(plan, dataset, progress)
+    options = dict(options)
+    threads = options.pop("threads", 0) or task_cpus()
+    (f_sha, f_ref), (q_sha, q_ref) = models
+    fm = onnx.load_from_string(model_bytes(f_sha, f_ref))
+    qm = onnx.load_from_string(model_bytes(q_sha, q_ref))
+    preset = options.pop("preset")
+    histograms = copy.deepcopy(histograms)  # arguments arrive read-only (zero-copy from the object store)
+    t0 = time.perf_counter()
+    sums = drift_sums(fm, qm, dataset, preset, list(plan.ids), threads=threads, progress=False, on_images=on_images,
+                      on_float=(lambda values, n: observe_images(histograms, values, n)) if histograms else None,
+                      **options)
+    return {"result": {"drift": sums, "histograms": histograms}, "seconds": time.perf_counter() - t0,
             "node": node, "pid": pid}
 
 
