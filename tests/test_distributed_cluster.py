@@ -121,7 +121,7 @@ def test_compare_with_a_killed_worker_equals_one_process(cluster, tmp_path):
 
     quant = tmp_path / "fcn8s.int8.onnx"
     calibrate(MODEL, num_images=4, out=quant, progress=False)
-    kw = dict(num_images=64, drift_images=8, gallery=4, progress=False)
+    kw = dict(num_images=64, drift_images=8, gallery=4, progress=False, threads=1)  # the workers' thread count
     one = compare_models(MODEL, quant, **kw)
     killer = Killer()
     killer.start()

@@ -12,6 +12,7 @@ EXIT_OVER_BUDGET = 3
 
 def register(sub) -> None:
     """Adds the ``tune`` subcommand to ``sub``."""
+    from fcnquant.cli._distributed import add_ray_options
     from fcnquant.cli.calibrate import METHOD_CHOICES, TARGET_CHOICES
     from fcnquant.tune.builder import FALLBACKS
     from fcnquant.tune.ranking import RANKINGS
@@ -61,12 +62,14 @@ def register(sub) -> None:
                    "(default %(default)s)")
     s.add_argument("--max-evaluations", type=int, metavar="N", help="stop after N evaluations of the tuning set")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: its choice)")
+    add_ray_options(p)
     p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Tunes, prints the evaluations and verdict; returns 3 when the budget cannot be met."""
+    from fcnquant.cli._distributed import ray_options
     from fcnquant.tune import tune
 
     if not math.isfinite(args.max_drop):
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         num_tune=args.num_tune, report_split=args.report_split, num_report=args.num_report, report_data=args.report_data,
         seed=args.seed,
         rank=args.rank, rank_images=args.rank_images, max_evaluations=args.max_evaluations,
-        progress=not args.no_progress, threads=args.threads,
+        progress=not args.no_progress, threads=args.threads, **ray_options(args),
     )
     print(result.format_table())
     print(f"wrote {result.out}")

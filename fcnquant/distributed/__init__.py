@@ -3,12 +3,14 @@
 ``ray`` is an optional extra (``pip install "fcnquant[ray]"``); importing this package does not import it.
 :mod:`~fcnquant.distributed.shards` (splitting and merging, numpy only), :mod:`~fcnquant.distributed.cluster`
 (connecting), :mod:`~fcnquant.distributed.ray_backend` (tasks, progress, driver loop),
+:mod:`~fcnquant.distributed.remote_distances` (one task per candidate model, the tuner's ranking),
 :mod:`~fcnquant.distributed.api` (collect, evaluate, compare's passes).
 """
 from __future__ import annotations
 
 from fcnquant.distributed.api import ComparePasses, Distributed, collect, compare_passes, evaluate
 from fcnquant.distributed.cluster import ray_session
+from fcnquant.distributed.remote_distances import RemoteDistances
 from fcnquant.distributed.shards import ShardPlan, plan_shards
 
-__all__ = ["ComparePasses", "Distributed", "compare_passes", "ShardPlan", "collect", "evaluate", "plan_shards", "ray_session"]
+__all__ = ["ComparePasses", "Distributed", "RemoteDistances", "compare_passes", "ShardPlan", "collect", "evaluate", "plan_shards", "ray_session"]

@@ -233,6 +233,18 @@ def drift_task(plan: ShardPlan, dataset, models: tuple, options: dict, histogram
             "node": node, "pid": pid}
 
 
+@ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
+def distance_task(raw: bytes, images: list, logits: list, threads: int = 0) -> tuple[int, float]:
+    """Returns ``prediction_distance`` of the model ``raw`` on ``images`` against the float ``logits``."""
+    import numpy as np
+
+    from fcnquant.runtime import make_session, run_logits
+    from fcnquant.tune.ranking import prediction_distance
+
+    sess = make_session(raw, threads=threads or task_cpus())
+    return prediction_distance(logits, [np.asarray(run_logits(sess, x)[0]) for x in images])
+
+
 # ----------------------------------------------------------------------------------------------- driver side
 
 def put_model(model: str | os.PathLike[str] | bytes) -> tuple[str, list, str]:
@@ -271,7 +283,7 @@ def run_shards(task, jobs: Sequence[tuple[ShardPlan, tuple]], *, desc: str, prog
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=_POLL_S)
             for ref in ready:
-                results.add(refs[ref].index, _get(ref))
+                results.add(refs[ref].index, get_result(ref))
             if progress:
                 bar.n = min(total, _snapshot(actor)[0])
                 bar.refresh()
@@ -300,7 +312,7 @@ def _snapshot(actor) -> tuple[int, dict, dict]:
         return 0, {}, {}
 
 
-def _get(ref):
+def get_result(ref):
     """Returns the task's result; a shard's FcnquantError is raised as itself (with the worker's message)."""
     try:
         return ray.get(ref)

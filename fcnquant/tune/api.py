@@ -16,6 +16,7 @@ so an interrupted run leaves none of them behind, half-written or stale-but-new.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -75,6 +76,8 @@ def tune(
     builder: Builder | None = None,
     progress: bool = True,
     threads: int = 0,
+    ray_address: str | None = None,
+    shards: int | None = None,
 ) -> TuneResult:
     """Returns the TuneResult of meeting ``max_drop`` (mIoU points on the tuning set) with the fewest float layers.
 
@@ -83,8 +86,12 @@ def tune(
     for the reporting images other than ``data`` (e.g. a held-out set generated with another seed);
     ``report_isolated=False`` skips the report's isolated-drift pass (faster; the drop is the same). ``rank``: ``sensitivity`` or
     ``isolated`` (``fcnquant.tune.ranking``), on the first ``rank_images`` tuning images. ``builder`` replaces
-    the default ``QuantizeBuilder`` (``recover`` picks ``fcnquant.recover``'s). Raises FcnquantError for bad
-    input before any inference.
+    the default ``QuantizeBuilder`` (``recover`` picks ``fcnquant.recover``'s). ``ray_address`` ("local", "auto"
+    or "HOST:PORT") runs the inference on a Ray cluster, one connection for the whole run: the statistics, every
+    tuning evaluation and the report in ``shards`` image shards, the sensitivity ranking as one task per layer
+    (``fcnquant.distributed``); the result is the same as in one process (every count is exact). Building the
+    candidates (and recovery's bias correction) stays in this process. Raises FcnquantError for bad input before
+    any inference.
     """
     from tqdm import tqdm
 
@@ -117,125 +124,138 @@ def tune(
     resolve_params(method)
     get_target(target)
     float_proto = load_onnx(model)
-    use_recovery = recover and builder is None
+    if shards is not None and ray_address is None:
+        raise FcnquantError("shards= sets the number of shards of a Ray run: add ray_address=")
+    if ray_address is not None:
+        from fcnquant.distributed import ray_session
 
-    root = Path(data) if data is not None else builtin_dataset(progress=progress)
-    images = choose_images(root, calib_split=calib_split, num_calib=num_calib, tune_split=tune_split,
-                           num_tune=num_tune, report_split=report_split, num_report=num_report, seed=seed,
-                           report_root=report_data)
-    report_root = Path(report_data) if report_data is not None else root
-    preset = preset_for_session(make_session(model, threads=threads), None)
+        cluster = ray_session(ray_address)
+    else:
+        cluster = contextlib.nullcontext()
+    with cluster:
+        use_recovery = recover and builder is None
 
-    t = time.perf_counter()
-    stats = collect(model, root, calib_split, ids=list(images.calibration.ids), progress=progress)
-    table = compute_table(stats, method, target)
-    seconds["calibrate"] = round(time.perf_counter() - t, 2)
-    if builder is None:
-        builder = (RecoveryBuilder(model, stats, table, open_dataset(root, calib_split), target=target,
-                                   per_channel=per_channel, fallback=fallback) if use_recovery
-                   else QuantizeBuilder(model, table, target=target, per_channel=per_channel, fallback=fallback))
-
-    t = time.perf_counter()
-    tuning = TuningSet(open_dataset(root, images.tuning.split), images.tuning.ids, preset, threads=threads)
-    float_score = tuning.set_float(model)
-    seconds["float_tuning_eval"] = round(time.perf_counter() - t, 2)
-    log.info("float model: %.3f mIoU on %d tuning images", float_score.miou, float_score.images)
-
-    with tempfile.TemporaryDirectory(prefix="fcnquant-tune-") as tmp_name:
-        tmp = Path(tmp_name)
-        base = builder.build(frozenset(), tmp / "all-int8.onnx")
-        last = getattr(builder, "last", None)
-        layers = find_layers(float_proto, getattr(last, "float_nodes", ()))
-        by_name = {layer.name: layer for layer in layers}
-        counter = [0]
-
-        def drop(float_set: frozenset[str]) -> float:
-            counter[0] += 1
-            path = builder.build(frozenset(excluded_nodes(by_name[n] for n in float_set)),
-                                 tmp / f"eval{counter[0]}.onnx")
-            value = tuning.drop(path)
-            path.unlink(missing_ok=True)
-            return value
-
-        ranking_box: list = []
-
-        def ranking() -> Sequence[str]:
-            t_rank = time.perf_counter()
-            rank_ids = list(images.tuning.ids[:rank_images])
-            if rank == "isolated":
-                r = rank_isolated(model, base, layers, root, images.tuning.split, rank_ids, preset=preset,
-                                  threads=threads)
-            else:
-                batches = [b.images for b in tuning.batches()][:rank_images]
-                r = rank_sensitivity(model, layers, builder.build, batches, threads=threads)
-            ranking_box.append(r)
-            seconds["ranking"] = round(time.perf_counter() - t_rank, 2)
-            log.info("ranked %d layers by %s on %d images in %.1f s", len(layers), rank, r.images, r.seconds)
-            return r.order
+        root = Path(data) if data is not None else builtin_dataset(progress=progress)
+        images = choose_images(root, calib_split=calib_split, num_calib=num_calib, tune_split=tune_split,
+                               num_tune=num_tune, report_split=report_split, num_report=num_report, seed=seed,
+                               report_root=report_data)
+        report_root = Path(report_data) if report_data is not None else root
+        preset = preset_for_session(make_session(model, threads=threads), None)
 
         t = time.perf_counter()
-        with tqdm(desc="tune", unit="eval", disable=not progress) as bar:
-            def on_eval(ev) -> None:
-                bar.update(1)
-                bar.set_postfix(float=len(ev.float_layers), drop=f"{ev.drop:.3f}")
-                log.debug("evaluation %d (%s): %d float, drop %.4f", ev.index, ev.step, len(ev.float_layers),
-                          ev.drop)
-
-            outcome = search(ranking, drop, max_drop, max_evaluations=max_evaluations, on_evaluation=on_eval)
-        seconds["search"] = round(time.perf_counter() - t, 2)
-        rk = ranking_box[0] if ranking_box else None
-        positions = {n: k + 1 for k, n in enumerate(rk.order)} if rk is not None else {}
-        float_layers = tuple(
-            FloatLayer(name=n, op_type=by_name[n].op_type, nodes=by_name[n].nodes, rank=positions.get(n, 0),
-                       score=rk.scores.get(n, math.nan) if rk is not None else math.nan,
-                       gain=outcome.gains.get(n))
-            for n in outcome.float_layers)
-
-        final_tmp = builder.build(frozenset(excluded_nodes(by_name[n] for n in outcome.float_layers)),
-                                  tmp / "final.onnx")
-        proto = load_onnx(final_tmp)
-        over = not outcome.met
-        set_metadata(proto, {
-            FLOAT_LAYERS_KEY: json.dumps([f.name for f in float_layers]),
-            "fcnquant.float_nodes": json.dumps(excluded_nodes(by_name[n] for n in outcome.float_layers)),
-            TUNE_KEY: json.dumps({"format_version": 1, "max_drop": max_drop, "tune_drop": outcome.drop,
-                                  "over_budget": over, "evaluations": len(outcome.evaluations),
-                                  "fallback": fallback, "tuning_images": len(images.tuning.ids)}),
-        })
-        import onnx
-
-        onnx.save_model(proto, str(final_tmp))
+        stats = collect(model, root, calib_split, ids=list(images.calibration.ids), progress=progress,
+                        ray_address=ray_address, shards=shards)
+        table = compute_table(stats, method, target)
+        seconds["calibrate"] = round(time.perf_counter() - t, 2)
+        if builder is None:
+            builder = (RecoveryBuilder(model, stats, table, open_dataset(root, calib_split), target=target,
+                                       per_channel=per_channel, fallback=fallback) if use_recovery
+                       else QuantizeBuilder(model, table, target=target, per_channel=per_channel, fallback=fallback))
 
         t = time.perf_counter()
-        from fcnquant.compare import compare_models
+        tuning = TuningSet(open_dataset(root, images.tuning.split), images.tuning.ids, preset, threads=threads,
+                           ray_address=ray_address, shards=shards)
+        float_score = tuning.set_float(model)
+        seconds["float_tuning_eval"] = round(time.perf_counter() - t, 2)
+        log.info("float model: %.3f mIoU on %d tuning images", float_score.miou, float_score.images)
 
-        rep = compare_models(model, final_tmp, data=report_root, split=images.reporting.split,
-                             ids=list(images.reporting.ids), preset=preset, table=None, progress=progress,
-                             isolated=report_isolated, threads=threads)
-        seconds["report"] = round(time.perf_counter() - t, 2)
-        written = over_budget_path(out) if over else out
-        seconds["total"] = round(time.perf_counter() - t_start, 2)
-        result = TuneResult(
-            model=str(model), out=str(written), over_budget=over, max_drop=max_drop, target=target, method=method,
-            per_channel=per_channel, fallback=fallback, recover=recover, layers=len(layers),
-            float_layers=float_layers, tune_drop=outcome.drop,
-            report_drop=rep.miou_drop if rep.final.labelled else None, miou_float_tune=float_score.miou,
-            miou_float_report=rep.final.miou_float if rep.final.labelled else None,
-            miou_quant_report=rep.final.miou_quant if rep.final.labelled else None,
-            evaluations=outcome.evaluations, complete=outcome.complete, ranking=rk, images=images,
-            report_html=str(report) if report is not None else None,
-            json_path=str(json_path) if json_path is not None else None, seconds=seconds,
-        )
-        # the artifacts, each atomically, the model first
-        with atomic_path(written) as tmp_out:
-            shutil.copyfile(final_tmp, tmp_out)
-    if report is not None:
-        from fcnquant._io import atomic_write_text
-        from fcnquant.compare.html import render_html
+        with tempfile.TemporaryDirectory(prefix="fcnquant-tune-") as tmp_name:
+            tmp = Path(tmp_name)
+            base = builder.build(frozenset(), tmp / "all-int8.onnx")
+            last = getattr(builder, "last", None)
+            layers = find_layers(float_proto, getattr(last, "float_nodes", ()))
+            by_name = {layer.name: layer for layer in layers}
+            counter = [0]
 
-        page = render_html(rep)
-        page = page.replace("<main>", "<main>" + result.html_section(), 1)
-        atomic_write_text(report, page)
-    if json_path is not None:
-        result.to_json(json_path)
-    return result
+            def drop(float_set: frozenset[str]) -> float:
+                counter[0] += 1
+                path = builder.build(frozenset(excluded_nodes(by_name[n] for n in float_set)),
+                                     tmp / f"eval{counter[0]}.onnx")
+                value = tuning.drop(path)
+                path.unlink(missing_ok=True)
+                return value
+
+            ranking_box: list = []
+
+            def ranking() -> Sequence[str]:
+                t_rank = time.perf_counter()
+                rank_ids = list(images.tuning.ids[:rank_images])
+                if rank == "isolated":
+                    r = rank_isolated(model, base, layers, root, images.tuning.split, rank_ids, preset=preset,
+                                      threads=threads, ray_address=ray_address, shards=shards)
+                else:
+                    batches = [b.images for b in tuning.batches()][:rank_images]
+                    r = rank_sensitivity(model, layers, builder.build, batches, threads=threads,
+                                         ray_address=ray_address)
+                ranking_box.append(r)
+                seconds["ranking"] = round(time.perf_counter() - t_rank, 2)
+                log.info("ranked %d layers by %s on %d images in %.1f s", len(layers), rank, r.images, r.seconds)
+                return r.order
+
+            t = time.perf_counter()
+            with tqdm(desc="tune", unit="eval", disable=not progress) as bar:
+                def on_eval(ev) -> None:
+                    bar.update(1)
+                    bar.set_postfix(float=len(ev.float_layers), drop=f"{ev.drop:.3f}")
+                    log.debug("evaluation %d (%s): %d float, drop %.4f", ev.index, ev.step, len(ev.float_layers),
+                              ev.drop)
+
+                outcome = search(ranking, drop, max_drop, max_evaluations=max_evaluations, on_evaluation=on_eval)
+            seconds["search"] = round(time.perf_counter() - t, 2)
+            rk = ranking_box[0] if ranking_box else None
+            positions = {n: k + 1 for k, n in enumerate(rk.order)} if rk is not None else {}
+            float_layers = tuple(
+                FloatLayer(name=n, op_type=by_name[n].op_type, nodes=by_name[n].nodes, rank=positions.get(n, 0),
+                           score=rk.scores.get(n, math.nan) if rk is not None else math.nan,
+                           gain=outcome.gains.get(n))
+                for n in outcome.float_layers)
+
+            final_tmp = builder.build(frozenset(excluded_nodes(by_name[n] for n in outcome.float_layers)),
+                                      tmp / "final.onnx")
+            proto = load_onnx(final_tmp)
+            over = not outcome.met
+            set_metadata(proto, {
+                FLOAT_LAYERS_KEY: json.dumps([f.name for f in float_layers]),
+                "fcnquant.float_nodes": json.dumps(excluded_nodes(by_name[n] for n in outcome.float_layers)),
+                TUNE_KEY: json.dumps({"format_version": 1, "max_drop": max_drop, "tune_drop": outcome.drop,
+                                      "over_budget": over, "evaluations": len(outcome.evaluations),
+                                      "fallback": fallback, "tuning_images": len(images.tuning.ids)}),
+            })
+            import onnx
+
+            onnx.save_model(proto, str(final_tmp))
+
+            t = time.perf_counter()
+            from fcnquant.compare import compare_models
+
+            rep = compare_models(model, final_tmp, data=report_root, split=images.reporting.split,
+                                 ids=list(images.reporting.ids), preset=preset, table=None, progress=progress,
+                                 isolated=report_isolated, threads=threads, ray_address=ray_address,
+                                 shards=shards)
+            seconds["report"] = round(time.perf_counter() - t, 2)
+            written = over_budget_path(out) if over else out
+            seconds["total"] = round(time.perf_counter() - t_start, 2)
+            result = TuneResult(
+                model=str(model), out=str(written), over_budget=over, max_drop=max_drop, target=target, method=method,
+                per_channel=per_channel, fallback=fallback, recover=recover, layers=len(layers),
+                float_layers=float_layers, tune_drop=outcome.drop,
+                report_drop=rep.miou_drop if rep.final.labelled else None, miou_float_tune=float_score.miou,
+                miou_float_report=rep.final.miou_float if rep.final.labelled else None,
+                miou_quant_report=rep.final.miou_quant if rep.final.labelled else None,
+                evaluations=outcome.evaluations, complete=outcome.complete, ranking=rk, images=images,
+                report_html=str(report) if report is not None else None,
+                json_path=str(json_path) if json_path is not None else None, seconds=seconds,
+            )
+            # the artifacts, each atomically, the model first
+            with atomic_path(written) as tmp_out:
+                shutil.copyfile(final_tmp, tmp_out)
+        if report is not None:
+            from fcnquant._io import atomic_write_text
+            from fcnquant.compare.html import render_html
+
+            page = render_html(rep)
+            page = page.replace("<main>", "<main>" + result.html_section(), 1)
+            atomic_write_text(report, page)
+        if json_path is not None:
+            result.to_json(json_path)
+        return result

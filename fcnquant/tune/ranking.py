@@ -15,6 +15,7 @@ The score's sign: higher = more worth keeping in float.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import tempfile
@@ -60,13 +61,16 @@ def _order(layers: Sequence[Layer], scores: dict[str, float]) -> tuple[str, ...]
 
 
 def rank_isolated(float_model, int8_model, layers: Sequence[Layer], data, split, rank_ids: Sequence[str], *,
-                  preset=None, threads: int = 0) -> Ranking:
-    """Returns the Ranking of ``layers`` by the isolated drift of ``int8_model`` (one compare pass)."""
+                  preset=None, threads: int = 0, ray_address: str | None = None,
+                  shards: int | None = None) -> Ranking:
+    """Returns the Ranking of ``layers`` by the isolated drift of ``int8_model`` (one compare pass; on a Ray
+    cluster with ``ray_address``, the same drift bit for bit)."""
     from fcnquant.compare import compare_models
 
     start = time.perf_counter()
     report = compare_models(float_model, int8_model, data=data, split=split, ids=list(rank_ids), preset=preset,
-                            isolated=True, progress=False, threads=threads, histogram_layers=0)
+                            isolated=True, progress=False, threads=threads, histogram_layers=0,
+                            drift_images="all", ray_address=ray_address, shards=shards)
     by_tensor = {d.float_name: d for d in report.layers}
     scores: dict[str, float] = {}
     for layer in layers:
@@ -89,21 +93,27 @@ class _Predictions:
 
     def distance(self, model: Path) -> tuple[int, float]:
         """Returns (pixels whose class differs from the float model's, summed squared logit error)."""
-        changed, sq = 0, 0.0
-        session_out = [self.run(model, x) for x in self.images]
-        for ref, out in zip(self.logits, session_out):
-            changed += int((ref.argmax(1) != out.argmax(1)).sum())
-            sq += float(np.square(out.astype(np.float64) - ref).sum())
-        return changed, sq
+        return prediction_distance(self.logits, [self.run(model, x) for x in self.images])
+
+
+def prediction_distance(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> tuple[int, float]:
+    """Returns (pixels whose argmax class differs, summed squared error) of ``outputs`` against ``reference``
+    logits, batch by batch."""
+    changed, sq = 0, 0.0
+    for ref, out in zip(reference, outputs):
+        changed += int((ref.argmax(1) != out.argmax(1)).sum())
+        sq += float(np.square(out.astype(np.float64) - ref).sum())
+    return changed, sq
 
 
 def rank_sensitivity(float_model, layers: Sequence[Layer], build: Callable[[frozenset[str], Path], Path],
                      images: list[np.ndarray], *, threads: int = 0,
-                     progress: Callable[[str], None] | None = None) -> Ranking:
+                     progress: Callable[[str], None] | None = None, ray_address: str | None = None) -> Ranking:
     """Returns the Ranking of ``layers`` by the prediction pixels each one alone in float gives back.
 
     ``build(excluded, out)`` writes the int8 model with the nodes ``excluded`` in float; ``images`` are
-    preprocessed NCHW batches of the ranking images.
+    preprocessed NCHW batches of the ranking images. With ``ray_address`` every candidate runs as its own Ray task
+    (:class:`fcnquant.distributed.RemoteDistances`) while the next one is built here: the same scores.
     """
     from fcnquant.runtime import make_session, run_logits
 
@@ -119,18 +129,29 @@ def rank_sensitivity(float_model, layers: Sequence[Layer], build: Callable[[froz
         return np.asarray(run_logits(sess, x)[0])
 
     preds = _Predictions(images, run, Path(float_model))
-    with tempfile.TemporaryDirectory(prefix="fcnquant-rank-") as tmp:
-        base_path = build(frozenset(), Path(tmp) / "all-int8.onnx")
-        base = preds.distance(base_path)
-        scores: dict[str, float] = {}
-        ties: dict[str, float] = {}
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="fcnquant-rank-"))
+        if ray_address is not None:
+            from fcnquant.distributed import RemoteDistances
+
+            remote = stack.enter_context(RemoteDistances(images, preds.logits, address=ray_address,
+                                                         threads=threads))
+            measure = remote.submit
+        else:
+            measured: dict[str, tuple[int, float]] = {}
+
+            def measure(key: str, path: Path) -> None:
+                measured[key] = preds.distance(path)
+
+        measure("", build(frozenset(), Path(tmp) / "all-int8.onnx"))
         for k, layer in enumerate(layers):
-            path = build(frozenset(layer.nodes), Path(tmp) / f"layer{k}.onnx")
-            changed, sq = preds.distance(path)
-            scores[layer.name] = float(base[0] - changed)
-            ties[layer.name] = base[1] - sq
+            measure(layer.name, build(frozenset(layer.nodes), Path(tmp) / f"layer{k}.onnx"))
             if progress is not None:
                 progress(layer.name)
+        distances = remote.results() if ray_address is not None else measured
+    base = distances[""]
+    scores = {layer.name: float(base[0] - distances[layer.name][0]) for layer in layers}
+    ties = {layer.name: base[1] - distances[layer.name][1] for layer in layers}
     # ties in the pixel count are broken by the logits' error reduction, scaled below one pixel
     span = max((abs(v) for v in ties.values()), default=0.0) or 1.0
     combined = {n: scores[n] + 0.5 * ties[n] / span for n in scores}

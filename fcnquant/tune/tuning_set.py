@@ -3,7 +3,9 @@
 Every evaluation of the search runs a model as is (a plain onnxruntime session, no exposed tensors) over the same
 images and scores it exactly as ``fcnquant.evaluate`` does (``output_to_classes``, ``ConfusionMatrix``); the float
 model's confusion matrix is computed once. Preprocessed images and masks are kept in memory when they fit in
-``cache_bytes`` (200 images of 160x160 take 61 MB), else re-read for each evaluation.
+``cache_bytes`` (200 images of 160x160 take 61 MB), else re-read for each evaluation. With ``ray_address`` each
+evaluation runs as ``shards`` Ray tasks (``fcnquant.distributed.evaluate``, the candidate's bytes through the object
+store) and the shards' confusion matrices are summed: the same Score exactly.
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ class TuningSet:
     """Images of one split that every evaluation runs on, with the float model's scores computed once."""
 
     def __init__(self, dataset, ids: Sequence[str], preset, batch_size: int = 1, *, threads: int = 0,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, ray_address: str | None = None,
+                 shards: int | None = None) -> None:
         from fcnquant.data import iter_batches
 
         if not dataset.has_labels:
@@ -48,6 +51,8 @@ class TuningSet:
         self.preset = preset
         self.batch_size = batch_size
         self.threads = threads
+        self.ray_address = ray_address
+        self.shards = shards
         self._cache: list | None = None
         first = next(iter_batches(dataset, preset, self.ids[:1], 1))
         per_image = first.images.nbytes + (first.masks.nbytes if first.masks is not None else 0)
@@ -73,6 +78,8 @@ class TuningSet:
         from fcnquant.metrics import ConfusionMatrix
         from fcnquant.runtime import input_spec, make_session, run_logits
 
+        if self.ray_address is not None:
+            return self._score_on_ray(model)
         session = make_session(model if isinstance(model, bytes) else Path(model), threads=self.threads)
         _, shape = input_spec(session)
         fixed = shape[0]
@@ -85,6 +92,18 @@ class TuningSet:
                 images = np.concatenate([images, np.repeat(images[-1:], fixed - n, axis=0)])
             out = np.asarray(run_logits(session, images)[0])[:n]
             cm.update(output_to_classes(out, batch.masks.shape[1:], len(VOC_CLASSES)), batch.masks)
+        return Score(miou=cm.miou(), pixel_acc=cm.pixel_accuracy() * 100, images=len(self.ids))
+
+    def _score_on_ray(self, model: str | os.PathLike[str] | bytes) -> Score:
+        from fcnquant.data import VOC_CLASSES
+        from fcnquant.distributed import evaluate as evaluate_on_ray
+        from fcnquant.metrics import ConfusionMatrix
+
+        run = evaluate_on_ray(model if isinstance(model, bytes) else Path(model), self.dataset, self.ids,
+                              self.preset, self.batch_size, address=self.ray_address, shards=self.shards,
+                              threads=self.threads, progress=False)
+        cm = ConfusionMatrix(len(VOC_CLASSES))
+        cm.matrix = np.asarray(run.result.confusion, dtype=np.int64).copy()
         return Score(miou=cm.miou(), pixel_acc=cm.pixel_accuracy() * 100, images=len(self.ids))
 
     def set_float(self, model: str | os.PathLike[str]) -> Score:

@@ -1,0 +1,69 @@
+"""fcnquant tune on a real local Ray instance: the same evaluations, ranking and chosen layers as one process."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from fcnquant.cli import main  # noqa: E402
+from fcnquant.tune import tune  # noqa: E402
+from fcnquant.tune.ranking import prediction_distance  # noqa: E402
+from test_tune import FAST, PLANTED, _plant, voc  # noqa: E402,F401  (voc: the module's fixture)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return _plant(tmp_path_factory.mktemp("m") / "planted.onnx")
+
+
+def _same(a, b) -> None:
+    assert [f.name for f in a.float_layers] == [f.name for f in b.float_layers] == [PLANTED]
+    assert [(e.step, e.float_layers, e.drop) for e in a.evaluations] == \
+        [(e.step, e.float_layers, e.drop) for e in b.evaluations]  # every drop exactly equal
+    assert a.ranking.order == b.ranking.order and a.ranking.scores == b.ranking.scores
+    assert (a.tune_drop, a.report_drop, a.miou_float_tune) == (b.tune_drop, b.report_drop, b.miou_float_tune)
+
+
+@pytest.mark.parametrize("rank", ["sensitivity", "isolated"])
+def test_tune_on_ray_equals_one_process(voc, planted, tmp_path, rank):  # noqa: F811
+    # one onnxruntime thread on both sides: float kernels may round differently with another thread count
+    kw = dict(data=voc, target="ort-cpu", per_channel=False, rank=rank, threads=1, **FAST)
+    one = tune(planted, 1.0, tmp_path / "one.onnx", **kw)
+    many = tune(planted, 1.0, tmp_path / "ray.onnx", ray_address="local", shards=2, **kw)
+    _same(one, many)
+    a, b = onnx.load(str(tmp_path / "one.onnx")), onnx.load(str(tmp_path / "ray.onnx"))
+    meta_a, meta_b = ({p.key: p.value for p in m.metadata_props} for m in (a, b))
+    for meta in (meta_a, meta_b):
+        del meta["fcnquant.table_sha256"]  # the table records when it was created
+    assert meta_a == meta_b
+    a.ClearField("metadata_props"), b.ClearField("metadata_props")
+    assert a.SerializeToString() == b.SerializeToString()  # the same weights and scales, byte for byte
+
+
+def test_cli_tune_on_ray(voc, planted, tmp_path, capsys):  # noqa: F811
+    args = ["tune", str(planted), "--max-drop", "1", "--data", str(voc), "--per-tensor", "--num-calib", "8",
+            "--num-tune", "16", "--rank-images", "4", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "a.onnx"), "--json", str(tmp_path / "a.json")]) == 0
+    assert main(args + ["--out", str(tmp_path / "b.onnx"), "--json", str(tmp_path / "b.json"), "--ray",
+                        "--shards", "2"]) == 0
+    a, b = (json.loads((tmp_path / f"{t}.json").read_text()) for t in "ab")
+    assert a["float_layers"] == b["float_layers"] == [PLANTED] and a["tune_drop"] == b["tune_drop"]
+    assert main(args + ["--out", str(tmp_path / "c.onnx"), "--shards", "2"]) == 2
+    assert "--shards sets the number of shards of a --ray run" in capsys.readouterr().err
+
+
+def test_prediction_distance_by_hand():
+    ref = [np.array([[[[2.0, 0.0]], [[1.0, 3.0]]]])]  # (1, 2, 1, 2): classes 0 and 1
+    out = [np.array([[[[2.0, 4.0]], [[1.0, 3.0]]]])]  # second pixel flips to class 0; error 4 at one value
+    assert prediction_distance(ref, out) == (1, 16.0)
