@@ -189,3 +189,22 @@ def test_disable_env_turns_the_kernel_off():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={**__import__("os").environ, kernel.DISABLE_ENV: "1"})
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["random", "relu", "signed", "subnormal", "extremes", "one"])
+def test_state_read_from_the_lanes_equals_the_folded_state(kind):
+    x = _inputs()[kind]
+    ref, _ = _reference(np.concatenate([x, x[: x.size // 2]]))
+    h = fused.LaneHistogram(10)
+    fused.update_stats(h, MinMaxObserver(), x)
+    fused.update_stats(h, MinMaxObserver(), x[: x.size // 2])
+    fast = h.state()  # counts never touched: read from the lanes
+    assert not h._counts_used and h._pending == x.size + x.size // 2
+    want = ref.state()
+    for key in want:
+        assert fast[key].dtype == want[key].dtype and np.array_equal(fast[key], want[key]), key
+    h.counts  # noqa: B018  (a fold: the dense path from now on)
+    for key, value in h.state().items():
+        assert np.array_equal(value, want[key]), key
+    assert all(v.size == 0 for k, v in fused.LaneHistogram(10).state().items() if k in ("index", "count"))

@@ -9,6 +9,12 @@ reads ``counts`` (state, merge, re-binning...) and before any lane could reach 2
 always ``counts`` after the fold, so it is the same object to every reader. :func:`new_histogram` returns one when
 the kernel is available.
 
+``state()`` (what a statistics file and a Ray shard's result hold) is read from the lanes directly while the dense
+``counts`` were never touched: the same arrays as after a fold, without writing the 4 MiB ``counts`` of every
+tensor. On this machine the first write to fresh pages cost ~75 us a page inside the collector's multi-threaded
+process: folding 78 tensors of the demo fcn_r50_d8 took 2.2 s, more than collecting them (a Ray shard of 32 images:
+0.9 s of inference, then 2.2 s of folds before its result could be sent).
+
 NaN/Inf: the kernel's counts land in the histogram's non-finite bins, which are checked after each update; the
 histogram then raises :class:`~fcnquant.observers.NonFiniteError` with its counts rolled back and the min/max
 untouched, or (skipping non-finite values) drops them, and the min/max of that batch is recomputed by the numpy
@@ -37,13 +43,32 @@ class LaneHistogram(HistogramObserver):
     def __init__(self, mantissa_bits: int = DEFAULT_MANTISSA_BITS, *, skip_nonfinite: bool = False) -> None:
         self._lanes: np.ndarray | None = None
         self._pending = 0  # values in the lanes since the last fold
+        self._counts_used = False  # anything read or wrote the dense counts (then they may be non-zero)
         super().__init__(mantissa_bits, skip_nonfinite=skip_nonfinite)
 
     @property
     def counts(self) -> np.ndarray:
         """The exact int64 counts (lanes folded in)."""
         self._fold()
+        self._counts_used = True
         return self._counts
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Returns :meth:`HistogramObserver.state`'s arrays; from the lanes alone while ``counts`` is untouched."""
+        if self._counts_used:
+            return super().state()
+        if self._lanes is None or not self._pending:
+            index, count = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        else:
+            flat = np.flatnonzero(self._lanes)  # lane entries 2k and 2k+1 belong to bin k
+            index, start = np.unique(flat >> 1, return_index=True)
+            count = np.add.reduceat(self._lanes[flat].astype(np.int64), start) if flat.size else flat
+        return {
+            "mantissa_bits": np.array([self.mantissa_bits], dtype=np.int64),
+            "index": index.astype(np.uint32),
+            "count": count.astype(np.int64),
+            "nonfinite": np.array([self.nonfinite], dtype=np.int64),
+        }
 
     @counts.setter
     def counts(self, value: np.ndarray) -> None:
