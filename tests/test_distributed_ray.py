@@ -114,6 +114,9 @@ def _interrupt_once_running(stop: threading.Event) -> None:
 
 def test_ctrl_c_cancels_the_shards_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "calib.json"
+    from fcnquant.distributed.ray_backend import progress_actor
+
+    progress_actor()  # the connection's actor, reset: progress seen from now on is this run's
     stop = threading.Event()
     t = threading.Thread(target=_interrupt_once_running, args=(stop,), daemon=True)
     t.start()
