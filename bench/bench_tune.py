@@ -34,21 +34,22 @@ def loadavg() -> str:
 
 
 def run_one(name: str, heldout: Path, out_dir: Path, rank: str, greedy_ref: bool, num_tune: int = 200,
-            max_evaluations: int | None = None) -> dict:
+            max_evaluations: int | None = None, recover: bool = False) -> dict:
     from fcnquant.calibrate import collect, compute_table
     from fcnquant.data import builtin_dataset, open_dataset, preset_for_session
     from fcnquant.demo_models import demo_model_path
     from fcnquant.runtime import make_session
-    from fcnquant.tune import QuantizeBuilder, choose_images, find_layers, greedy, tune
+    from fcnquant.tune import QuantizeBuilder, RecoveryBuilder, choose_images, find_layers, greedy, tune
     from fcnquant.tune.layers import excluded_nodes
     from fcnquant.tune.tuning_set import TuningSet
     from fcnquant._io import load_onnx
 
     model = demo_model_path(name)
-    row: dict = {"model": name, "rank": rank, "num_tune": num_tune, "load_start": loadavg()}
+    row: dict = {"model": name, "rank": rank, "num_tune": num_tune, "recover": recover, "load_start": loadavg()}
     t0 = time.perf_counter()
-    tag = f"{name}.{rank}.{num_tune}"
+    tag = f"{name}.{rank}.{num_tune}" + (".recover" if recover else "")
     res = tune(model, MAX_DROP, out_dir / f"{tag}.int8.onnx", target=TARGET, per_channel=False, rank=rank,
+               recover=recover,
                num_tune=num_tune, max_evaluations=max_evaluations, json_path=out_dir / f"{tag}.tune.json", report_isolated=False, progress=False)
     row.update(complete=res.complete, max_evaluations=max_evaluations, wall_s=round(time.perf_counter() - t0, 1), layers=res.layers, limit=res.evaluation_limit,
                evaluations=len(res.evaluations), float_layers=[f.name for f in res.float_layers],
@@ -63,7 +64,8 @@ def run_one(name: str, heldout: Path, out_dir: Path, rank: str, greedy_ref: bool
     preset = preset_for_session(make_session(model), None)
     stats = collect(model, root, "train", ids=list(images.calibration.ids), progress=False)
     table = compute_table(stats, "kl", TARGET)
-    builder = QuantizeBuilder(model, table, target=TARGET, per_channel=False)
+    builder = (RecoveryBuilder(model, stats, table, open_dataset(root, "train"), target=TARGET, per_channel=False)
+               if recover else QuantizeBuilder(model, table, target=TARGET, per_channel=False))
     val = open_dataset(heldout, "val")
     held = TuningSet(val, val.ids, preset, cache_bytes=0)
     held.set_float(model)
@@ -121,7 +123,7 @@ def render(rows: list[dict]) -> str:
             greedy_txt = f">= {k} (not met after {k - 1} steps, {g['evaluations']} evals)"
         names = ", ".join(f"`{n}`" for n in r["float_layers"]) or "none"
         lines.append(
-            f"| {r['model']} | {r['rank']}, {r.get('num_tune', 200)} | {r['layers']} | {r['evaluations']} ({r['limit']}) | {k}: {names} | "
+            f"| {r['model']}{' --recover' if r.get('recover') else ''} | {r['rank']}, {r.get('num_tune', 200)} | {r['layers']} | {r['evaluations']} ({r['limit']}) | {k}: {names} | "
             f"{r['tune_drop']:.3f} | {r['heldout_drop']:.3f} ({r['heldout_drop_all_int8']:.3f}) | {greedy_txt} | "
             f"{r['ranking_s']:.0f} | {r['wall_s']:.0f} | {r['load_start']} / {r['load_end']} |")
     return "\n".join(lines)
@@ -136,6 +138,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-greedy", action="store_true")
     p.add_argument("--num-tune", type=int, default=200, help="tuning images (default %(default)s)")
     p.add_argument("--max-evaluations", type=int, help="stop each search after N evaluations (default: no limit)")
+    p.add_argument("--recover", action="store_true", help="tune with --recover (pow2 by error + bias correction on "
+                   "every candidate); the all-int8 reference is then recovered too")
     args = p.parse_args(argv)
     if not (args.heldout / "VOC2012").is_dir() and not (args.heldout / "ImageSets").is_dir():
         from fcnquant.data import write_synthetic_voc
@@ -148,9 +152,9 @@ def main(argv=None) -> int:
     for name, rank in jobs:
         print(f"== {name} ({rank}) load {loadavg()}", file=sys.stderr, flush=True)
         row = run_one(name, args.heldout, args.out, rank, greedy_ref=not args.no_greedy and rank == "sensitivity",
-                      num_tune=args.num_tune, max_evaluations=args.max_evaluations)
+                      num_tune=args.num_tune, max_evaluations=args.max_evaluations, recover=args.recover)
         rows.append(row)
-        (args.out / f"rows.{args.num_tune}.{args.models}.{args.isolated}.json").write_text(json.dumps(rows, indent=1, default=str))
+        (args.out / f"rows.{args.num_tune}.{args.models}.{args.isolated}{'.recover' if args.recover else ''}.json").write_text(json.dumps(rows, indent=1, default=str))
         print(json.dumps(row, default=str), file=sys.stderr, flush=True)
     print(render(rows))
     return 0

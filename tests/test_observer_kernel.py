@@ -208,3 +208,32 @@ def test_state_read_from_the_lanes_equals_the_folded_state(kind):
     for key, value in h.state().items():
         assert np.array_equal(value, want[key]), key
     assert all(v.size == 0 for k, v in fused.LaneHistogram(10).state().items() if k in ("index", "count"))
+
+
+@needs_kernel
+def test_views_read_from_the_lanes_equal_the_numpy_observers():
+    x = _inputs()["signed"]
+    ref, mm = _reference(x)
+    h = fused.LaneHistogram(10)
+    fused.update_stats(h, MinMaxObserver(), x)
+    bins = np.array([0, 5, (x[7:8].view(np.uint32) >> h.shift)[0]], dtype=np.intp)
+    assert np.array_equal(h.count_at(bins), ref.count_at(bins)) and h.count_at(bins)[2] >= 1
+    assert h.total == ref.total == x.size
+    for absolute in (True, False):
+        a = h.to_linear(64, absolute=absolute, vmin=mm.min, vmax=mm.max)
+        b = ref.to_linear(64, absolute=absolute, vmin=mm.min, vmax=mm.max)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert h.quantile(0.999, vmin=mm.min, vmax=mm.max) == ref.quantile(0.999, vmin=mm.min, vmax=mm.max)
+    assert not h._counts_used  # none of these folded the lanes
+
+
+@needs_kernel
+def test_a_fold_inside_observe_is_not_lost_by_the_lane_views(monkeypatch):
+    x = _inputs()["relu"]
+    monkeypatch.setattr(fused, "FOLD_AT", 50_000)  # several folds inside one update
+    h = fused.LaneHistogram(10)
+    fused.update_stats(h, MinMaxObserver(), x)
+    ref, _ = _reference(x)
+    idx, cnt = h.nonzero_bins()
+    want = ref.nonzero_bins()
+    assert np.array_equal(idx, want[0]) and np.array_equal(cnt, want[1]) and h.total == x.size

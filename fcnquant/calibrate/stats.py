@@ -99,7 +99,7 @@ class TensorStats:
                 raise CalibrationError(f"{name}: min/max {mm.min}, {mm.max} are not float32 values")
             bins = (ends.view(np.uint32) >> h.shift).astype(np.intp)
             neg_zero = np.array([-0.0], np.float32).view(np.uint32) >> h.shift
-            found = h.counts[bins] + np.where(ends == 0, h.counts[neg_zero[0]], 0)  # a zero may be +0.0 or -0.0
+            found = h.count_at(bins) + np.where(ends == 0, h.count_at(neg_zero)[0], 0)  # a zero may be +0.0 or -0.0
             if not found.all():
                 raise CalibrationError(f"{name}: min/max {mm.min}, {mm.max} are not in the histogram")
 

@@ -122,6 +122,15 @@ class HistogramObserver:
         """Number of (finite) values counted."""
         return int(self.counts.sum())
 
+    def nonzero_bins(self) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (ascending bin indices, their counts) of the non-empty bins, both int64."""
+        nz = np.flatnonzero(self.counts)
+        return nz, self.counts[nz]
+
+    def count_at(self, bins: np.ndarray) -> np.ndarray:
+        """Returns the counts (int64) of the bins ``bins``."""
+        return self.counts[np.asarray(bins, dtype=np.intp)]
+
     def _nonfinite_slices(self) -> tuple[slice, slice]:
         m = self.mantissa_bits
         half = 1 << (8 + m)
@@ -165,11 +174,11 @@ class HistogramObserver:
 
     def state(self) -> dict[str, np.ndarray]:
         """Returns the state as compact arrays: the non-zero bin ``index`` (uint32) and their ``count`` (int64)."""
-        nz = np.flatnonzero(self.counts)
+        nz, count = self.nonzero_bins()
         return {
             "mantissa_bits": np.array([self.mantissa_bits], dtype=np.int64),
             "index": nz.astype(np.uint32),
-            "count": self.counts[nz],
+            "count": count.astype(np.int64, copy=False),
             "nonfinite": np.array([self.nonfinite], dtype=np.int64),
         }
 
@@ -202,11 +211,12 @@ class HistogramObserver:
     def _side(self, negative: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Returns (lower, upper, count) magnitude intervals of the non-empty bins of one sign, ascending."""
         half = self.num_bins // 2
-        part = self.counts[half:] if negative else self.counts[:half]
-        mag = np.flatnonzero(part)
+        index, count = self.nonzero_bins()
+        cut = int(np.searchsorted(index, half))
+        mag, c = (index[cut:] - half, count[cut:]) if negative else (index[:cut], count[:cut])
         lo = bin_lower_edges(mag, self.mantissa_bits)
         hi = bin_lower_edges(mag + 1, self.mantissa_bits)
-        return lo, hi, part[mag]
+        return lo, hi, c
 
     def _clamped_side(self, negative: bool, vmin: float | None, vmax: float | None):
         lo, hi, c = self._side(negative)
