@@ -39,7 +39,8 @@ def run_one(name: str, heldout: Path, out_dir: Path, rank: str, greedy_ref: bool
     from fcnquant.data import builtin_dataset, open_dataset, preset_for_session
     from fcnquant.demo_models import demo_model_path
     from fcnquant.runtime import make_session
-    from fcnquant.tune import QuantizeBuilder, RecoveryBuilder, choose_images, find_layers, greedy, tune
+    from fcnquant.tune import QuantizeBuilder, choose_images, find_layers, greedy, tune
+    from fcnquant.tune.builder import RecoveryBuilder
     from fcnquant.tune.layers import excluded_nodes
     from fcnquant.tune.tuning_set import TuningSet
     from fcnquant._io import load_onnx

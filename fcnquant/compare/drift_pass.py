@@ -141,6 +141,7 @@ def drift_sums(
     progress: bool = True,
     on_float: FloatHook | None = None,
     on_images: Callable[[int], None] | None = None,
+    integer_taps: bool = True,
 ) -> DriftSums:
     """Returns the DriftSums of ``quant_model`` against ``float_model`` over the images ``ids`` of ``dataset``.
 
@@ -149,7 +150,9 @@ def drift_sums(
     ``accumulated=False`` skips the quantized model's own run (isolated drift only: what ranking layers
     needs); ``isolated=False`` skips the isolated run. ``on_float(values, n)`` receives each batch's float
     activations ({float tensor: array}, the first ``n`` rows are real images) e.g. for histograms.
-    ``on_images(n)`` is called after each batch of ``n`` images (progress of a remote shard).
+    ``on_images(n)`` is called after each batch of ``n`` images (progress of a remote shard). ``integer_taps``:
+    read the quantized model's DequantizeLinear outputs at their integer inputs and dequantize them here (the
+    same values; onnxruntime keeps its integer kernels: :mod:`fcnquant.compare.integer_taps`).
     Raises ModelError when nothing can be paired or a pair's shapes differ.
     """
     from tqdm import tqdm
@@ -170,7 +173,7 @@ def drift_sums(
     f_names = list(dict.fromkeys(p.float_name for p in measured if p.float_name not in f_inputs))
     q_names = list(dict.fromkeys(p.quant_name for p in measured if p.quant_name not in q_inputs))
     f_run = _Tapped(fm, f_names, threads)
-    q_run = _Tapped(qm, q_names, threads) if accumulated else None
+    q_run = _Tapped(qm, q_names, threads, integer_taps=integer_taps) if accumulated else None
     plan = build_isolated(qm, measured) if isolated else None
     iso = _isolated_session(plan, threads) if plan is not None else None
     iso_inputs = {i.name for i in iso.get_inputs()} if iso is not None else set()
@@ -215,23 +218,27 @@ def drift_sums(
 
 
 class _Tapped:
-    """One model's session exposing ``names`` besides its outputs."""
+    """One model's session exposing ``names`` besides its outputs (DQ outputs at their integer inputs when
+    ``integer_taps``)."""
 
-    def __init__(self, model, names: list[str], threads: int) -> None:
+    def __init__(self, model, names: list[str], threads: int, *, integer_taps: bool = False) -> None:
+        from fcnquant.compare.integer_taps import IntegerTaps, plan_taps
         from fcnquant.runtime import input_dtype, input_spec, make_session, with_outputs
 
-        self.session = make_session(with_outputs(model, names).SerializeToString(), threads=threads)
+        self.names = list(dict.fromkeys(names))
+        self.taps = plan_taps(model, self.names) if integer_taps else IntegerTaps(tuple(self.names))
+        self.exposed = self.taps.exposed
+        self.session = make_session(with_outputs(model, self.exposed).SerializeToString(), threads=threads)
         self.input_name, shape = input_spec(self.session)
         self.batch_dim = shape[0]
         self.dtype = np.dtype(input_dtype(self.session))
-        self.names = list(dict.fromkeys(names))
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Returns {exposed tensor: value} for one batch."""
+        """Returns {tensor: value} of the wanted tensors for one batch."""
         if not self.names:
             return {}
         feed = {self.input_name: images.astype(self.dtype, copy=False)}
-        return dict(zip(self.names, self.session.run(self.names, feed)))
+        return self.taps.values(dict(zip(self.exposed, self.session.run(self.exposed, feed))))
 
 
 def _isolated_session(plan, threads: int):
