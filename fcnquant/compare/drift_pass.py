@@ -175,7 +175,9 @@ def drift_sums(
     f_run = _Tapped(fm, f_names, threads)
     q_run = _Tapped(qm, q_names, threads, integer_taps=integer_taps) if accumulated else None
     plan = build_isolated(qm, measured) if isolated else None
-    iso = _isolated_session(plan, threads) if plan is not None else None
+    iso_outs = list(dict.fromkeys(plan.outputs.values())) if plan is not None else []
+    iso_taps = _isolated_taps(plan, iso_outs, integer_taps) if plan is not None else None
+    iso = _isolated_session(plan, iso_taps, threads) if plan is not None else None
     iso_inputs = {i.name for i in iso.get_inputs()} if iso is not None else set()
     q_input, q_dtype = (q_run.input_name, q_run.dtype) if q_run is not None else _input_of(qm)
     del fm, qm
@@ -201,8 +203,8 @@ def drift_sums(
                 feeds = {name: f_vals[src].astype(dtype, copy=False) for name, (src, dtype) in plan.feeds.items()}
                 if q_input in iso_inputs:
                     feeds[q_input] = images.astype(q_dtype, copy=False)
-                outs = list(dict.fromkeys(plan.outputs.values()))
-                iso_vals = dict(zip(outs, iso.run(outs, feeds)))
+                feeds = {k: v for k, v in feeds.items() if k in iso_inputs}
+                iso_vals = iso_taps.values(dict(zip(iso_taps.exposed, iso.run(iso_taps.exposed, feeds))))
                 del feeds
                 for p in measured:
                     _update(isod[p.float_name], f_vals[p.float_name], iso_vals[plan.outputs[p.float_name]], n, p,
@@ -241,10 +243,19 @@ class _Tapped:
         return self.taps.values(dict(zip(self.exposed, self.session.run(self.exposed, feed))))
 
 
-def _isolated_session(plan, threads: int):
+def _isolated_taps(plan, outputs: list[str], integer_taps: bool):
+    from fcnquant.compare.integer_taps import IntegerTaps, plan_taps
+
+    return plan_taps(plan.model, outputs) if integer_taps else IntegerTaps(tuple(outputs))
+
+
+def _isolated_session(plan, taps, threads: int):
+    """Returns the isolated rewrite's session; its outputs are the taps' exposed tensors."""
+    from fcnquant.compare.integer_taps import with_exposed_outputs
     from fcnquant.runtime import make_session
 
-    return make_session(plan.model.SerializeToString(), threads=threads)
+    model = with_exposed_outputs(plan.model, taps) if taps.dequant else plan.model
+    return make_session(model.SerializeToString(), threads=threads)
 
 
 def _input_of(model) -> tuple[str, np.dtype]:

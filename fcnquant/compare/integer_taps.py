@@ -91,3 +91,29 @@ def plan_taps(model, names: Sequence[str]) -> IntegerTaps:
         zp = (zp_arr if zp_arr is not None else np.zeros(scale.shape, np.int8)).astype(np.int32)
         dequant[name] = _Dequant(src, scale, zp, axis)
     return IntegerTaps(tuple(names), dequant)
+
+
+def with_exposed_outputs(model, taps: IntegerTaps):
+    """Returns a copy of ``model`` whose only outputs are ``taps.exposed``, without the nodes no output needs
+    (the isolated rewrite: its DQ outputs become their integer inputs, so each copy's DQ -> op -> Q fuses)."""
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    del graph.output[:]
+    for name in taps.exposed:
+        graph.output.append(onnx.ValueInfoProto(name=name))
+    needed = set(taps.exposed)
+    keep = []
+    for node in reversed(list(graph.node)):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
+    used = {i for n in graph.node for i in n.input}
+    kept_inputs = [i for i in graph.input if i.name in used or i.name in needed]
+    del graph.input[:]
+    graph.input.extend(kept_inputs)
+    return out
