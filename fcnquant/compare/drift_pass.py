@@ -102,28 +102,10 @@ def drift_ids(ids: Sequence[str], drift_images: int | str | None = DEFAULT_DRIFT
     return [ids[(2 * j + 1) * n // (2 * k)] for j in range(k)]
 
 
-def layer_drift(
-    float_model,
-    quant_model,
-    dataset,
-    preset,
-    ids: Sequence[str],
-    *,
-    pairs: Sequence[TensorPair] | None = None,
-    accumulated: bool = True,
-    isolated: bool = True,
-    batch_size: int = 1,
-    threads: int = 0,
-    progress: bool = True,
-    on_float: FloatHook | None = None,
-) -> DriftResult:
-    """Returns the DriftResult of ``quant_model`` against ``float_model`` over the images ``ids`` of ``dataset``.
-
-    The metrics of :func:`drift_sums` (same arguments).
-    """
-    return drift_sums(float_model, quant_model, dataset, preset, ids, pairs=pairs, accumulated=accumulated,
-                      isolated=isolated, batch_size=batch_size, threads=threads, progress=progress,
-                      on_float=on_float).result()
+def layer_drift(float_model, quant_model, dataset, preset, ids: Sequence[str], **options) -> DriftResult:
+    """Returns the DriftResult of ``quant_model`` against ``float_model`` over the images ``ids`` of ``dataset``:
+    the metrics of :func:`drift_sums` (the same keyword options)."""
+    return drift_sums(float_model, quant_model, dataset, preset, ids, **options).result()
 
 
 def drift_sums(

@@ -27,26 +27,10 @@ log = logging.getLogger(__name__)
 BatchHook = Callable[[object, np.ndarray, np.ndarray], None]
 
 
-def final_metrics(
-    float_session,
-    quant_session,
-    dataset,
-    preset,
-    ids: Sequence[str],
-    *,
-    batch_size: int = 1,
-    fixed_batch: int | None = None,
-    boundary_radius: int = DEFAULT_BOUNDARY_RADIUS,
-    progress: bool = True,
-    on_batch: BatchHook | None = None,
-) -> FinalMetrics:
-    """Returns the FinalMetrics (mIoU, per-class IoU, changed pixels) of two plain sessions over ``ids``.
-
-    :func:`to_final_metrics` of :func:`final_counts` (same arguments).
-    """
-    return to_final_metrics(final_counts(float_session, quant_session, dataset, preset, ids, batch_size=batch_size,
-                                         fixed_batch=fixed_batch, boundary_radius=boundary_radius,
-                                         progress=progress, on_batch=on_batch))
+def final_metrics(float_session, quant_session, dataset, preset, ids: Sequence[str], **options) -> FinalMetrics:
+    """Returns the FinalMetrics (mIoU, per-class IoU, changed pixels) of two plain sessions over ``ids``:
+    :func:`to_final_metrics` of :func:`final_counts` (the same keyword options)."""
+    return to_final_metrics(final_counts(float_session, quant_session, dataset, preset, ids, **options))
 
 
 def final_counts(
