@@ -178,3 +178,31 @@ def test_image_sets_are_disjoint_and_overlap_is_refused(voc):
         choose_images(voc, num_calib=8, num_tune=4, tune_split="val", report_split="val")
     with pytest.raises(DataError, match="only 24"):
         choose_images(voc, num_calib=8, num_tune=25)
+
+
+def test_the_tuning_drop_comes_with_its_bootstrap_interval(voc, planted, tmp_path):
+    from fcnquant.tune.confidence import bootstrap_drop, upper_bound
+
+    out = tmp_path / "ci.int8.onnx"
+    res = tune(planted, 1.0, out, data=voc, target="ort-cpu", per_channel=False, json_path=tmp_path / "ci.json",
+               **FAST)
+    ids = res.images.tuning.to_dict()["ids"]
+    # per-image confusion matrices from fcnquant.evaluate, one image at a time: an independent computation
+    per_image = {m: np.stack([evaluate(m, voc, "train", ids=[i], progress=False).confusion for i in ids])
+                 for m in (planted, out)}
+    want = bootstrap_drop(per_image[planted], per_image[out])
+    assert res.tune_interval == want and want.lo <= res.tune_drop <= want.hi
+    assert res.tune_drop == pytest.approx(want.drop, abs=1e-9)
+    data = json.loads((tmp_path / "ci.json").read_text())
+    assert data["tune_interval"]["lo"] == pytest.approx(want.lo, abs=1e-4) and data["confidence"] is None
+    assert "interval" in res.format_table()
+    # with a confidence, the search holds the upper bound to the budget: the chosen model's bound is within it
+    sure = tune(planted, 1.0, tmp_path / "sure.onnx", data=voc, target="ort-cpu", per_channel=False,
+                confidence=0.9, **FAST)
+    assert not sure.over_budget and sure.confidence == 0.9
+    chosen = [e for e in sure.evaluations if e.float_layers and set(e.float_layers) == {f.name for f in
+                                                                                         sure.float_layers}]
+    assert chosen and all(e.drop <= 1.0 for e in chosen)
+    per = {m: np.stack([evaluate(m, voc, "train", ids=[i], progress=False).confusion for i in ids])
+           for m in (planted, tmp_path / "sure.onnx")}
+    assert upper_bound(per[planted], per[tmp_path / "sure.onnx"], 0.9) == pytest.approx(chosen[-1].drop, abs=1e-9)

@@ -61,6 +61,9 @@ def register(sub) -> None:
     s.add_argument("--rank-images", type=int, default=16, metavar="N", help="tuning images the ranking runs on "
                    "(default %(default)s)")
     s.add_argument("--max-evaluations", type=int, metavar="N", help="stop after N evaluations of the tuning set")
+    s.add_argument("--confidence", type=float, metavar="P", help="hold the one-sided P upper bound of each "
+                   "candidate's drop (paired bootstrap over the tuning images, e.g. 0.9) to --max-drop instead of "
+                   "the point estimate: more layers in float, a budget met with confidence P")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: its choice)")
     add_ray_options(p)
     p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         num_tune=args.num_tune, report_split=args.report_split, num_report=args.num_report, report_data=args.report_data,
         seed=args.seed,
         rank=args.rank, rank_images=args.rank_images, max_evaluations=args.max_evaluations,
-        progress=not args.no_progress, threads=args.threads, **ray_options(args),
+        progress=not args.no_progress, threads=args.threads, confidence=args.confidence, **ray_options(args),
     )
     print(result.format_table())
     print(f"wrote {result.out}")

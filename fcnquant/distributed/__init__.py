@@ -8,9 +8,10 @@
 """
 from __future__ import annotations
 
-from fcnquant.distributed.api import ComparePasses, Distributed, collect, compare_passes, evaluate
+from fcnquant.distributed.api import ComparePasses, Distributed, collect, compare_passes, evaluate, image_confusions
 from fcnquant.distributed.cluster import ray_session
 from fcnquant.distributed.remote_distances import RemoteDistances
 from fcnquant.distributed.shards import ShardPlan, plan_shards
 
-__all__ = ["ComparePasses", "Distributed", "RemoteDistances", "compare_passes", "ShardPlan", "collect", "evaluate", "plan_shards", "ray_session"]
+__all__ = ["ComparePasses", "Distributed", "RemoteDistances", "ShardPlan", "collect", "compare_passes", "evaluate",
+           "image_confusions", "plan_shards", "ray_session"]

@@ -193,3 +193,32 @@ def compare_passes(
         for name, h in part["histograms"].items():
             histograms[name].merge(h)
     return ComparePasses(final, keep, drift, histograms, tuple(reports) + tuple(d_reports), seconds)
+
+
+def image_confusions(
+    model: str | os.PathLike[str] | bytes,
+    dataset,
+    ids: Sequence[str],
+    preset,
+    batch_size: int = 1,
+    *,
+    num_classes: int = 21,
+    address: str | None = LOCAL,
+    shards: int | None = None,
+    threads: int = 0,
+    progress: bool = True,
+):
+    """Returns the (N, C, C) per-image confusion matrices of ``model`` on ``ids`` (in order), in Ray shards:
+    exactly ``fcnquant.tune.tuning_set.image_confusions`` of one process."""
+    import numpy as np
+
+    import_ray()
+    from fcnquant.distributed import ray_backend as rb
+
+    options = dict(preset=preset, batch_size=batch_size, threads=threads, num_classes=num_classes)
+    with ray_session(address) as ray:
+        plans = _plans(ray, ids, shards)
+        sha, ref, _ = rb.put_model(model)
+        jobs = [(p, (shard_dataset(dataset, p.ids), sha, ref, options)) for p in plans]
+        outs, _ = rb.run_shards(rb.confusions_task, jobs, desc="tune: evaluation (ray)", progress=progress)
+    return np.concatenate([np.asarray(o, dtype=np.int64) for o in outs])

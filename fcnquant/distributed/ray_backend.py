@@ -187,6 +187,26 @@ def evaluate_task(plan: ShardPlan, dataset, sha256: str, model_ref: list, option
 
 
 @ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
+def confusions_task(plan: ShardPlan, dataset, sha256: str, model_ref: list, options: dict, progress) -> dict:
+    """Returns one shard's per-image (n, C, C) confusion matrices (the tuner's evaluations), and how it ran."""
+    from fcnquant.data import iter_batches
+    from fcnquant.tune.tuning_set import image_confusions
+
+    on_images, node, pid = begin(plan, dataset, progress)
+    options = dict(options)
+    sess = session(sha256, model_ref, options.pop("threads", 0) or task_cpus())
+
+    def batches():
+        for batch in iter_batches(dataset, options["preset"], list(plan.ids), options["batch_size"]):
+            yield batch
+            on_images(batch.images.shape[0])
+
+    t0 = time.perf_counter()
+    cms = image_confusions(sess, batches(), options["num_classes"])
+    return {"result": cms, "seconds": time.perf_counter() - t0, "node": node, "pid": pid}
+
+
+@ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
 def final_task(plan: ShardPlan, dataset, models: tuple, options: dict, start: int, progress) -> dict:
     """Returns one shard of compare's final pass: its FinalAccumulator and GalleryCollector, and how it ran.
 

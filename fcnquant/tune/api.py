@@ -29,6 +29,7 @@ from typing import Sequence
 
 from fcnquant.errors import FcnquantError
 from fcnquant.tune.builder import FALLBACKS, Builder, QuantizeBuilder, RecoveryBuilder
+from fcnquant.tune.confidence import bootstrap_drop, upper_bound
 from fcnquant.tune.images import choose_images
 from fcnquant.tune.layers import excluded_nodes, find_layers
 from fcnquant.tune.ranking import RANKINGS, rank_isolated, rank_sensitivity
@@ -78,6 +79,7 @@ def tune(
     threads: int = 0,
     ray_address: str | None = None,
     shards: int | None = None,
+    confidence: float | None = None,
 ) -> TuneResult:
     """Returns the TuneResult of meeting ``max_drop`` (mIoU points on the tuning set) with the fewest float layers.
 
@@ -90,8 +92,11 @@ def tune(
     or "HOST:PORT") runs the inference on a Ray cluster, one connection for the whole run: the statistics, every
     tuning evaluation and the report in ``shards`` image shards, the sensitivity ranking as one task per layer
     (``fcnquant.distributed``); the result is the same as in one process (every count is exact). Building the
-    candidates (and recovery's bias correction) stays in this process. Raises FcnquantError for bad input before
-    any inference.
+    candidates (and recovery's bias correction) stays in this process. Every result carries the chosen model's
+    tuning drop with its paired bootstrap interval (``fcnquant.tune.confidence``); ``confidence`` (e.g. 0.9)
+    makes the search hold that one-sided upper bound of each candidate's drop to ``max_drop`` instead of the
+    point estimate: more layers in float, a budget met with that confidence on images like the tuning ones.
+    Raises FcnquantError for bad input before any inference.
     """
     from tqdm import tqdm
 
@@ -116,6 +121,8 @@ def tune(
         raise FcnquantError(f"unknown ranking '{rank}' (choose from {', '.join(RANKINGS)})")
     if rank_images < 1:
         raise FcnquantError(f"rank_images must be at least 1, got {rank_images}")
+    if confidence is not None and not 0.5 <= confidence < 1.0:
+        raise FcnquantError(f"confidence must be in [0.5, 1), got {confidence}")
     if max_evaluations is not None and max_evaluations < 1:
         raise FcnquantError(f"max_evaluations must be at least 1, got {max_evaluations}")
     for path in (out, json_path, report):
@@ -167,13 +174,17 @@ def tune(
             by_name = {layer.name: layer for layer in layers}
             counter = [0]
 
+            scores: dict[frozenset[str], object] = {}  # float layers -> Score (per-image matrices kept)
+
             def drop(float_set: frozenset[str]) -> float:
                 counter[0] += 1
                 path = builder.build(frozenset(excluded_nodes(by_name[n] for n in float_set)),
                                      tmp / f"eval{counter[0]}.onnx")
-                value = tuning.drop(path)
+                score = scores[frozenset(float_set)] = tuning.score(path)
                 path.unlink(missing_ok=True)
-                return value
+                if confidence is None:
+                    return float_score.miou - score.miou
+                return upper_bound(float_score.confusions, score.confusions, confidence)
 
             ranking_box: list = []
 
@@ -212,12 +223,16 @@ def tune(
 
             final_tmp = builder.build(frozenset(excluded_nodes(by_name[n] for n in outcome.float_layers)),
                                       tmp / "final.onnx")
+            chosen = scores.get(frozenset(outcome.float_layers)) or tuning.score(final_tmp)
+            interval = bootstrap_drop(float_score.confusions, chosen.confusions)
+            tune_drop = float_score.miou - chosen.miou
             proto = load_onnx(final_tmp)
             over = not outcome.met
             set_metadata(proto, {
                 FLOAT_LAYERS_KEY: json.dumps([f.name for f in float_layers]),
                 "fcnquant.float_nodes": json.dumps(excluded_nodes(by_name[n] for n in outcome.float_layers)),
-                TUNE_KEY: json.dumps({"format_version": 1, "max_drop": max_drop, "tune_drop": outcome.drop,
+                TUNE_KEY: json.dumps({"format_version": 1, "max_drop": max_drop, "tune_drop": tune_drop,
+                                      "tune_interval": interval.to_dict(), "confidence": confidence,
                                       "over_budget": over, "evaluations": len(outcome.evaluations),
                                       "fallback": fallback, "tuning_images": len(images.tuning.ids)}),
             })
@@ -238,7 +253,7 @@ def tune(
             result = TuneResult(
                 model=str(model), out=str(written), over_budget=over, max_drop=max_drop, target=target, method=method,
                 per_channel=per_channel, fallback=fallback, recover=recover, layers=len(layers),
-                float_layers=float_layers, tune_drop=outcome.drop,
+                float_layers=float_layers, tune_drop=tune_drop, tune_interval=interval, confidence=confidence,
                 report_drop=rep.miou_drop if rep.final.labelled else None, miou_float_tune=float_score.miou,
                 miou_float_report=rep.final.miou_float if rep.final.labelled else None,
                 miou_quant_report=rep.final.miou_quant if rep.final.labelled else None,

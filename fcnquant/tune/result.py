@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fcnquant._io import atomic_write_text
+from fcnquant.tune.confidence import DropInterval
 from fcnquant.tune.images import ImageSets
 from fcnquant.tune.ranking import Ranking
 from fcnquant.tune.search import Evaluation
@@ -64,6 +65,8 @@ class TuneResult:
     report_html: str | None
     json_path: str | None
     seconds: dict[str, float]
+    tune_interval: DropInterval | None = None  # the chosen model's tuning drop: paired bootstrap interval
+    confidence: float | None = None  # the search held this one-sided upper bound of the drop to the budget
 
     @property
     def evaluation_limit(self) -> int:
@@ -81,6 +84,8 @@ class TuneResult:
             "float_layers": [f.name for f in self.float_layers],
             "float_layer_details": [f.to_dict() for f in self.float_layers],
             "tune_drop": _num(self.tune_drop), "report_drop": _num(self.report_drop),
+            "tune_interval": self.tune_interval.to_dict() if self.tune_interval is not None else None,
+            "confidence": self.confidence,
             "miou_float_tune": _num(self.miou_float_tune), "miou_float_report": _num(self.miou_float_report),
             "miou_quant_report": _num(self.miou_quant_report),
             "evaluation_log": [{**e.to_dict(), "drop": _num(e.drop)} for e in self.evaluations],
@@ -94,7 +99,8 @@ class TuneResult:
 
     def format_table(self) -> str:
         """Returns the evaluations, the float layers with their gains and the verdict, as text."""
-        lines = [f"{'eval':>4}  {'step':<9}{'float':>6}  {'drop':>8}  {'s':>6}  float layers"]
+        drop = "drop" if self.confidence is None else f"drop ({self.confidence:.0%} upper bound)"
+        lines = [f"{'eval':>4}  {'step':<9}{'float':>6}  {drop:>8}  {'s':>6}  float layers"]
         for e in self.evaluations:
             names = ", ".join(e.float_layers) if len(e.float_layers) <= 3 else \
                 f"{', '.join(e.float_layers[:3])}, ... ({len(e.float_layers)})"
@@ -114,10 +120,18 @@ class TuneResult:
                      f"{len(images.tuning.ids)} tuning ({images.tuning.split}), {len(images.reporting.ids)} "
                      f"reporting ({images.reporting.split})")
         report = "-" if self.report_drop is None else f"{self.report_drop:.3f}"
-        lines.append(f"mIoU drop: tuning {self.tune_drop:.3f} (budget {self.max_drop:g}), reporting {report}; "
+        lines.append(f"mIoU drop: tuning {self.tune_drop:.3f}{self._interval_text()} (budget {self.max_drop:g}), "
+                     f"reporting {report}; "
                      f"{len(self.evaluations)} evaluations for {self.layers} layers "
                      f"({len(self.float_layers)} in float)")
         return "\n".join(lines)
+
+    def _interval_text(self) -> str:
+        i = self.tune_interval
+        if i is None or not math.isfinite(i.lo):
+            return ""
+        bound = f", {self.confidence:.0%} upper bound held to the budget" if self.confidence is not None else ""
+        return f" [{i.level:.0%} interval {i.lo:+.3f} .. {i.hi:+.3f}, {len(self.images.tuning.ids)} images{bound}]"
 
     def html_section(self) -> str:
         """Returns an HTML section (for the compare report) with the verdict, float layers and evaluations."""
@@ -133,7 +147,8 @@ class TuneResult:
         im = self.images
         return (
             "<section><h2>fcnquant tune</h2>"
-            f"<p><b>{verdict}</b>: tuning-set drop {self.tune_drop:.3f} (budget {self.max_drop:g}), reporting-set "
+            f"<p><b>{verdict}</b>: tuning-set drop {self.tune_drop:.3f}{e(self._interval_text())} (budget "
+            f"{self.max_drop:g}), reporting-set "
             f"drop {report}; {len(self.evaluations)} evaluations, {len(self.float_layers)} of {self.layers} layers "
             f"in float ({e(self.fallback)}). Images: {len(im.calibration.ids)} calibration "
             f"({e(str(im.calibration.split))}), {len(im.tuning.ids)} tuning ({e(str(im.tuning.split))}), "

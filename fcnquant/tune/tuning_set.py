@@ -4,14 +4,15 @@ Every evaluation of the search runs a model as is (a plain onnxruntime session, 
 images and scores it exactly as ``fcnquant.evaluate`` does (``output_to_classes``, ``ConfusionMatrix``); the float
 model's confusion matrix is computed once. Preprocessed images and masks are kept in memory when they fit in
 ``cache_bytes`` (200 images of 160x160 take 61 MB), else re-read for each evaluation. With ``ray_address`` each
-evaluation runs as ``shards`` Ray tasks (``fcnquant.distributed.evaluate``, the candidate's bytes through the object
-store) and the shards' confusion matrices are summed: the same Score exactly.
+evaluation runs as ``shards`` Ray tasks (``fcnquant.distributed.image_confusions``, the candidate's bytes through the
+object store): the same per-image confusion matrices, so the same Score exactly. Every Score keeps its per-image
+matrices, for the drop's bootstrap interval (``fcnquant.tune.confidence``).
 """
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -26,11 +27,47 @@ DEFAULT_CACHE_BYTES = 2 << 30
 
 @dataclass(frozen=True)
 class Score:
-    """One model's scores on the tuning set (percent) and its predictions' agreement with the float model."""
+    """One model's scores on the tuning set (percent) and its per-image (N, C, C) confusion matrices."""
 
     miou: float
     pixel_acc: float
     images: int
+    confusions: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, confusions: np.ndarray) -> "Score":
+        """Returns the Score of per-image confusion matrices (mIoU and pixel accuracy of their sum)."""
+        from fcnquant.metrics import ConfusionMatrix
+
+        cm = ConfusionMatrix(confusions.shape[-1])
+        cm.matrix = confusions.sum(0)
+        return cls(miou=cm.miou(), pixel_acc=cm.pixel_accuracy() * 100, images=int(confusions.shape[0]),
+                   confusions=confusions)
+
+
+def image_confusions(session, batches, num_classes: int) -> np.ndarray:
+    """Returns the (N, C, C) confusion matrix of every image of ``batches`` (loader Batches with masks) under the
+    onnxruntime ``session``, scored exactly as ``fcnquant.evaluate`` does; a fixed batch dimension is padded."""
+    from fcnquant.evaluate import output_to_classes
+    from fcnquant.metrics import ConfusionMatrix
+    from fcnquant.runtime import input_spec, run_logits
+
+    _, shape = input_spec(session)
+    fixed = shape[0]
+    out: list[np.ndarray] = []
+    for batch in batches:
+        images, n = batch.images, batch.images.shape[0]
+        if fixed is not None and n != fixed:
+            if n > fixed:
+                raise DataError(f"the model takes batches of {fixed}; tune with batch size {fixed}")
+            images = np.concatenate([images, np.repeat(images[-1:], fixed - n, axis=0)])
+        logits = np.asarray(run_logits(session, images)[0])[:n]
+        pred = output_to_classes(logits, batch.masks.shape[1:], num_classes)
+        for i in range(n):
+            cm = ConfusionMatrix(num_classes)
+            cm.update(pred[i:i + 1], batch.masks[i:i + 1])
+            out.append(cm.matrix)
+    return np.stack(out) if out else np.zeros((0, num_classes, num_classes), np.int64)
 
 
 class TuningSet:
@@ -74,37 +111,16 @@ class TuningSet:
     def score(self, model: str | os.PathLike[str] | bytes) -> Score:
         """Returns the Score of ``model`` (ONNX path or bytes) on the tuning set: one plain inference pass."""
         from fcnquant.data import VOC_CLASSES
-        from fcnquant.evaluate import output_to_classes
-        from fcnquant.metrics import ConfusionMatrix
-        from fcnquant.runtime import input_spec, make_session, run_logits
+        from fcnquant.runtime import make_session
 
         if self.ray_address is not None:
-            return self._score_on_ray(model)
+            from fcnquant.distributed import image_confusions as on_ray
+
+            return Score.of(on_ray(model if isinstance(model, bytes) else Path(model), self.dataset, self.ids,
+                                   self.preset, self.batch_size, address=self.ray_address, shards=self.shards,
+                                   threads=self.threads, progress=False))
         session = make_session(model if isinstance(model, bytes) else Path(model), threads=self.threads)
-        _, shape = input_spec(session)
-        fixed = shape[0]
-        cm = ConfusionMatrix(len(VOC_CLASSES))
-        for batch in self.batches():
-            images, n = batch.images, batch.images.shape[0]
-            if fixed is not None and n != fixed:
-                if n > fixed:
-                    raise DataError(f"the model takes batches of {fixed}; tune with batch size {fixed}")
-                images = np.concatenate([images, np.repeat(images[-1:], fixed - n, axis=0)])
-            out = np.asarray(run_logits(session, images)[0])[:n]
-            cm.update(output_to_classes(out, batch.masks.shape[1:], len(VOC_CLASSES)), batch.masks)
-        return Score(miou=cm.miou(), pixel_acc=cm.pixel_accuracy() * 100, images=len(self.ids))
-
-    def _score_on_ray(self, model: str | os.PathLike[str] | bytes) -> Score:
-        from fcnquant.data import VOC_CLASSES
-        from fcnquant.distributed import evaluate as evaluate_on_ray
-        from fcnquant.metrics import ConfusionMatrix
-
-        run = evaluate_on_ray(model if isinstance(model, bytes) else Path(model), self.dataset, self.ids,
-                              self.preset, self.batch_size, address=self.ray_address, shards=self.shards,
-                              threads=self.threads, progress=False)
-        cm = ConfusionMatrix(len(VOC_CLASSES))
-        cm.matrix = np.asarray(run.result.confusion, dtype=np.int64).copy()
-        return Score(miou=cm.miou(), pixel_acc=cm.pixel_accuracy() * 100, images=len(self.ids))
+        return Score.of(image_confusions(session, self.batches(), len(VOC_CLASSES)))
 
     def set_float(self, model: str | os.PathLike[str]) -> Score:
         """Scores the float model once and returns its Score (the reference of every drop)."""
