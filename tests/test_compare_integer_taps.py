@@ -34,18 +34,28 @@ def test_taps_equal_the_dequantize_outputs_of_onnxruntime(int8):
     want = dict(zip(names, sess.run(names, {inp: x})))
     got = taps.values(dict(zip(taps.exposed, sess.run(taps.exposed, {inp: x}))))
     for n in names:
-        assert got[n].dtype == np.float32 and np.array_equal(got[n], want[n]), n
+        value = got[n].dequantize() if hasattr(got[n], "dequantize") else got[n]
+        assert value.dtype == np.float32 and np.array_equal(value, want[n]), n
 
 
-def test_drift_with_integer_taps_is_the_same_bit_for_bit(int8):
-    """Accumulated (the quantized model) and isolated (the rewrite, outputs retargeted to the integer tensors)."""
+def test_drift_with_integer_taps_is_the_same(int8):
+    """Accumulated (the quantized model) and isolated (the rewrite, outputs retargeted to the integer tensors).
+
+    The values are the same bits (test above); the sums come from another compiled loop (integer codes in), whose
+    float64 additions the compiler may order differently: equal to rounding (here they were equal bit for bit)."""
     f = demo_model_path("fcn8s")
     ds = open_dataset(builtin_dataset(progress=False), "val")
     pre = preset_for_session(make_session(f), None)
     kw = dict(progress=False, threads=1)
     a = drift_sums(f, int8, ds, pre, ds.ids[:3], integer_taps=True, **kw).result()
     b = drift_sums(f, int8, ds, pre, ds.ids[:3], integer_taps=False, **kw).result()
-    assert a == b and len(a.accumulated) > 10 and len(a.isolated) == len(a.accumulated)
+    assert len(a.accumulated) > 10 and len(a.isolated) == len(a.accumulated)
+    for side in ("accumulated", "isolated"):
+        for name, m in getattr(a, side).items():
+            ref = getattr(b, side)[name]
+            assert m.count == ref.count and m.max_abs == ref.max_abs, (side, name)
+            for key in ("cosine", "snr_db", "mse", "rel_l2"):
+                assert getattr(m, key) == pytest.approx(getattr(ref, key), rel=1e-12), (side, name, key)
 
 
 def test_per_axis_dequantize_by_hand():
@@ -66,4 +76,4 @@ def test_per_axis_dequantize_by_hand():
     sess = make_session(with_outputs(model, ["q", "dq"]).SerializeToString())
     q, dq = sess.run(["q", "dq"], {"x": x})
     by_hand = (q.astype(np.int32) - zp.reshape(1, 3, 1, 1)).astype(np.float32) * scale.reshape(1, 3, 1, 1)
-    assert np.array_equal(taps.values({"q": q})["dq"], dq) and np.array_equal(by_hand, dq)
+    assert np.array_equal(taps.values({"q": q})["dq"], dq) and np.array_equal(by_hand, dq)  # per-axis: an array

@@ -29,13 +29,35 @@ import numpy as np
 _CHUNK = 1 << 16  # values per inner step: two float64 chunks plus the error fit in L2
 
 
-def _kernel():
-    from fcnquant.compare.drift_kernel import KERNEL
+def _kernels():
+    from fcnquant.compare.drift_kernel import CODES_KERNEL, KERNEL
 
-    return KERNEL
+    return KERNEL, CODES_KERNEL
 
 
-_KERNEL = _kernel()  # the compiled one-pass sums for float32 pairs (fcnquant.compare.drift_kernel), or None
+# the compiled one-pass sums for float32 pairs and for float32 against integer codes (fcnquant.compare.drift_kernel)
+_KERNEL, _CODES_KERNEL = _kernels()
+
+
+@dataclass(frozen=True)
+class QuantizedValues:
+    """A quantized tensor as its integer ``codes`` with a per-tensor ``scale`` (float32) and ``zero_point``: the
+    values ``float32(int(code) - zero_point) * scale``, what a DequantizeLinear of the codes outputs."""
+
+    codes: np.ndarray
+    scale: np.float32
+    zero_point: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.codes.shape
+
+    def __getitem__(self, index) -> "QuantizedValues":
+        return QuantizedValues(self.codes[index], self.scale, self.zero_point)
+
+    def dequantize(self) -> np.ndarray:
+        """Returns the float32 values."""
+        return (self.codes.astype(np.int32) - np.int32(self.zero_point)).astype(np.float32) * np.float32(self.scale)
 
 
 @dataclass(frozen=True)
@@ -157,9 +179,23 @@ class DriftAccumulator:
     def __setstate__(self, state) -> None:
         (self.count, self._ref2, self._test2, self._dot, self._err2, self.max_abs, self.nonfinite) = state
 
-    def update(self, ref: np.ndarray, test: np.ndarray) -> None:
-        """Adds every element pair of ``ref`` and ``test`` (same shape, any float dtype) to the sums."""
+    def update(self, ref: np.ndarray, test: "np.ndarray | QuantizedValues") -> None:
+        """Adds every element pair of ``ref`` and ``test`` (same shape, any float dtype, or QuantizedValues) to the
+        sums."""
         ref = np.asarray(ref)
+        if isinstance(test, QuantizedValues):
+            if ref.shape != test.shape:
+                raise ValueError(f"reference shape {ref.shape} differs from test shape {test.shape}")
+            r_all, codes = ref.reshape(-1), test.codes.reshape(-1)
+            if _CODES_KERNEL is not None and r_all.dtype == np.float32 and r_all.size:
+                se, sr, st, sd, mx = _CODES_KERNEL(np.ascontiguousarray(r_all), np.ascontiguousarray(codes),
+                                                   np.int32(test.zero_point), np.float32(test.scale))
+                if math.isfinite(se):
+                    self.count += r_all.size
+                    self._add(se, sr, st, sd)
+                    self.max_abs = max(self.max_abs, mx)
+                    return
+            test = test.dequantize()
         test = np.asarray(test)
         if ref.shape != test.shape:
             raise ValueError(f"reference shape {ref.shape} differs from test shape {test.shape}")

@@ -166,7 +166,8 @@ def _png(array: np.ndarray, palette: bool) -> str:
         size = (max(1, round(w * f)), max(1, round(h * f)))
         img = img.resize(size, Image.Resampling.NEAREST if palette else Image.Resampling.BILINEAR)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
+    # optimize only the palette panels: on an RGB panel it took 0.48 s against 0.07 s, for 7 % fewer bytes
+    img.save(buf, format="PNG", optimize=palette)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 

@@ -5,10 +5,12 @@ DequantizeLinear outputs; exposing one keeps onnxruntime from fusing ``DQ -> Con
 (QLinearConv), so the whole run falls back to float kernels: the full-size int8 fcn8s at 320 px ran in 307 ms with
 its 27 DQ outputs exposed against 166 ms plain. Exposing the QuantizeLinear outputs that feed those DQs instead
 (the fused kernels' own outputs) ran in 246 ms. :func:`plan_taps` finds, for each wanted DQ output, the integer
-tensor it reads and its constant scale and zero point; :meth:`IntegerTaps.values` dequantizes in numpy exactly as
-the DequantizeLinear does (``float32(int32(q) - int32(zp)) * scale``: the integer difference and its conversion are
-exact, and the one float32 product is correctly rounded whatever the implementation), so the values are the
-same, bit for bit (tested against the DQ outputs themselves).
+tensor it reads and its constant scale and zero point; :meth:`IntegerTaps.values` hands per-tensor ones on as
+:class:`~fcnquant.compare.drift.QuantizedValues`, which the drift sums dequantize on the fly in their one pass
+(dequantizing in numpy first took four passes: 0.37 s per full-size fcn8s image, more than the integer kernels
+saved), exactly as the DequantizeLinear does (``float32(int32(q) - int32(zp)) * scale``: the integer difference
+and its conversion are exact, and the one float32 product is correctly rounded whatever the implementation), so the
+values are the same, bit for bit (tested against the DQ outputs themselves). Per-axis ones are dequantized here.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+
+from fcnquant.compare.drift import QuantizedValues
 
 _INTEGER_TYPES = frozenset({"int8", "uint8", "int16", "uint16"})
 
@@ -40,8 +44,9 @@ class IntegerTaps:
         """Returns the tensors the session must output (each once)."""
         return list(dict.fromkeys(self.dequant[n].source if n in self.dequant else n for n in self.names))
 
-    def values(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Returns {wanted tensor: value} from the session's ``raw`` {exposed tensor: value}."""
+    def values(self, raw: dict[str, np.ndarray]) -> dict[str, "np.ndarray | QuantizedValues"]:
+        """Returns {wanted tensor: value} from the session's ``raw`` {exposed tensor: value}: per-tensor DQ outputs
+        as QuantizedValues (``DriftAccumulator.update`` takes them as they are), the rest as arrays."""
         out: dict[str, np.ndarray] = {}
         for name in self.names:
             d = self.dequant.get(name)
@@ -50,6 +55,9 @@ class IntegerTaps:
                 continue
             q = raw[d.source]
             scale, zp = d.scale, d.zero_point
+            if d.axis is None and scale.size == 1:  # the drift sums dequantize on the fly
+                out[name] = QuantizedValues(q, np.float32(scale.reshape(())), int(zp.reshape(())))
+                continue
             if d.axis is not None and scale.ndim == 1 and scale.size > 1:
                 shape = [1] * q.ndim
                 shape[d.axis % q.ndim] = scale.size
