@@ -178,3 +178,25 @@ def test_cli_compare_on_ray_writes_the_same_json(int8, tmp_path, capsys):
     assert one == on_ray
     assert main(["compare", MODEL, str(quant), "--shards", "2"]) == 2
     assert "--shards sets the number of shards of a --ray run" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_compare_on_ray_writes_no_report(int8, tmp_path, capsys):
+    from fcnquant.distributed.ray_backend import progress_actor
+
+    quant, _ = int8
+    progress_actor()  # reset: progress seen from now on is this run's
+    stop = threading.Event()
+    t = threading.Thread(target=_interrupt_once_running, args=(stop,), daemon=True)
+    t.start()
+    try:
+        code = main(["compare", MODEL, str(quant), "--num-images", "40", "--no-progress", "--ray", "--shards", "2",
+                     "--json", str(tmp_path / "c.json"), "--report", str(tmp_path / "c.html")])
+    finally:
+        stop.set()
+        t.join()
+    assert code == 130 and "interrupted" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    deadline = time.time() + 20
+    while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    assert ray.available_resources().get("CPU", 0) == 2
