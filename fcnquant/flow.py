@@ -10,6 +10,8 @@ testable on its own. Order of the passes, each optional (``fcnquant.recover.plan
 3. AdaRound: each Conv's int8 weights rounded to minimise its output error (a float model whose weights lie on
    the int8 grid, emitted with exactly those scales);
 4. emission (``fcnquant.quantize.quantize_model``);
+4b. power-of-two targets: each activation's power-of-two scale re-chosen by the int8 model's output error on
+   calibration images (``fcnquant.recover.scale_search``), and the model emitted again with those scales;
 5. empirical bias correction of the emitted model against the (equalized) float model.
 
 What ran is recorded in the int8 model's metadata (``fcnquant.recovery``), shown by ``fcnquant compare``.
@@ -97,6 +99,8 @@ def calibrate(
     bias_correction: bool | None = None,
     adaround: bool | None = None,
     pow2_rounding: str | None = None,
+    scale_search: bool | None = None,
+    scale_search_options: Mapping[str, Any] | None = None,
     adaround_iterations: int | None = None,
     ann_dir: str | None = None,
     dataset=None,
@@ -119,12 +123,15 @@ def calibrate(
     resolve_params(method, **dict(params or {}))  # fail on bad options before minutes of inference
     get_target(target)
     plan = resolve_plan(target, per_channel, recover, equalize=equalize, bias_correction=bias_correction,
-                        adaround=adaround, pow2_rounding=pow2_rounding)
+                        adaround=adaround, pow2_rounding=pow2_rounding, scale_search=scale_search)
+    if plan.scale_search and not get_target(target).pow2:
+        raise FcnquantError(f"the power-of-two scale search needs a power-of-two target, not {target}")
     if out is None:
-        if equalize or adaround or bias_correction:
-            raise FcnquantError("equalization, AdaRound and bias correction make a new model: give `out` to emit "
+        if equalize or adaround or bias_correction or scale_search:
+            raise FcnquantError("equalization, AdaRound, the scale search and bias correction make a new model: "
+                                "give `out` to emit "
                                 "the int8 model (or run `fcnquant equalize` first and calibrate its output)")
-        plan = replace(plan, equalize=False, adaround=False, bias_correction=False)
+        plan = replace(plan, equalize=False, adaround=False, bias_correction=False, scale_search=False)
     else:
         out_dir = Path(out).parent if str(Path(out).parent) else Path(".")
         if not out_dir.is_dir():
@@ -189,6 +196,22 @@ def calibrate(
             exclude_nodes=exclude_nodes, exclude_ops=exclude_ops, exclude_regex=exclude_regex,
             weight_scales=weight_scales, pow2_rounding=plan.pow2_rounding, verify_table=emit_from == float_path)
         seconds["emit"] = time.perf_counter() - t0
+
+        if plan.scale_search:
+            t0 = time.perf_counter()
+            from fcnquant.recover.scale_search import search_activation_scales
+
+            ss = search_activation_scales(staged, emit_from, table, dataset, chosen, preset, size=size, mean=mean,
+                                          std=std, **dict(scale_search_options or {}))
+            recovery["scale_search"] = ss.to_dict()
+            if ss.changes:
+                table = ss.table
+                result = quantize_model(
+                    emit_from, table, staged, target=target, per_channel=per_channel,
+                    quantize_output=quantize_output, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops,
+                    exclude_regex=exclude_regex, weight_scales=weight_scales, pow2_rounding=plan.pow2_rounding,
+                    verify_table=emit_from == float_path)
+            seconds["scale_search"] = time.perf_counter() - t0
 
         if plan.bias_correction:
             t0 = time.perf_counter()
