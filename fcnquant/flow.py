@@ -29,6 +29,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from fcnquant._io import atomic_path, load_onnx
 from fcnquant.calibrate.api import choose_ids, compute_table, open_calibration_data
 from fcnquant.calibrate.collect import collect_stats
@@ -38,6 +40,9 @@ from fcnquant.errors import FcnquantError
 from fcnquant.recover.plan import RECOVERY_METADATA_KEY, RecoveryPlan, resolve_plan
 
 log = logging.getLogger(__name__)
+
+#: the bias-correction errors ``"auto"`` chooses between, by the int8 model's output error
+AUTO_BIAS_ERRORS = ("weights", "accumulated")
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,7 @@ def calibrate(
     pow2_rounding: str | None = None,
     scale_search: bool | None = None,
     scale_search_options: Mapping[str, Any] | None = None,
+    bias_correction_error: str | None = None,
     adaround_iterations: int | None = None,
     ann_dir: str | None = None,
     dataset=None,
@@ -123,7 +129,8 @@ def calibrate(
     resolve_params(method, **dict(params or {}))  # fail on bad options before minutes of inference
     get_target(target)
     plan = resolve_plan(target, per_channel, recover, equalize=equalize, bias_correction=bias_correction,
-                        adaround=adaround, pow2_rounding=pow2_rounding, scale_search=scale_search)
+                        adaround=adaround, pow2_rounding=pow2_rounding, scale_search=scale_search,
+                        bias_correction_error=bias_correction_error)
     if plan.scale_search and not get_target(target).pow2:
         raise FcnquantError(f"the power-of-two scale search needs a power-of-two target, not {target}")
     if out is None:
@@ -215,12 +222,14 @@ def calibrate(
 
         if plan.bias_correction:
             t0 = time.perf_counter()
-            from fcnquant.recover.bias_correction import correct_biases
-
-            bc = correct_biases(staged, float_path, dataset, chosen, preset, batch_size=batch_size, size=size,
-                                mean=mean, std=std, progress=progress)
+            bc = _corrected(staged, float_path, dataset, chosen, preset, plan.bias_correction_error,
+                            dict(batch_size=batch_size, size=size, mean=mean, std=std, progress=progress))
+            bc, chosen_error, scores = bc
             recovery["bias_correction"] = {k: v for k, v in bc.to_dict().items() if k != "layers"}
             recovery["bias_correction"]["layers"] = len(bc.layers)
+            recovery["bias_correction"]["error"] = chosen_error
+            if scores:
+                recovery["bias_correction"]["output_mse"] = scores
             _save_with_metadata(bc.model, staged, recovery)
             seconds["bias_correction"] = time.perf_counter() - t0
         elif plan.any:
@@ -237,6 +246,28 @@ def calibrate(
         result = replace(result, path=Path(out), tensorrt_cache=cache, size_bytes=Path(out).stat().st_size)
     log.info("flow: %s", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
     return FlowResult(table, stats, plan, result, recovery, kept or model, seconds)
+
+
+def _corrected(staged: Path, float_path: Path, dataset, ids, preset, error: str, kwargs: dict):
+    """Returns (BiasCorrectionResult, the error mode used, {mode: output MSE} when ``error`` is ``"auto"``).
+
+    ``"auto"``: both ``"weights"`` and ``"accumulated"`` corrections, the one whose int8 model's outputs are
+    closer to the float model's on the calibration images (``fcnquant.recover.scale_search.output_error``) kept.
+    """
+    from fcnquant.recover.bias_correction import correct_biases
+
+    if error != "auto":
+        return correct_biases(staged, float_path, dataset, ids, preset, error=error, **kwargs), error, {}
+    from fcnquant.recover.scale_search import output_error
+
+    modes = AUTO_BIAS_ERRORS
+    results = [correct_biases(staged, float_path, dataset, ids, preset, error=m, **kwargs) for m in modes]
+    errs = output_error([r.model for r in results], float_path, dataset, ids, preset, images=None,
+                        size=kwargs.get("size"), mean=kwargs.get("mean"), std=kwargs.get("std"))
+    best = int(np.argmin(errs))
+    log.info("bias correction: output MSE %s; keeping %s", ", ".join(f"{m} {e:.4g}" for m, e in zip(modes, errs)),
+             modes[best])
+    return results[best], modes[best], {m: e for m, e in zip(modes, errs)}
 
 
 def _summary(result) -> dict:

@@ -10,7 +10,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from fcnquant.data import write_synthetic_voc
+from fcnquant.calibrate.api import choose_ids
+from fcnquant.data import open_dataset, write_synthetic_voc
 from fcnquant.errors import FcnquantError
 from fcnquant.flow import calibrate
 from fcnquant.quantize import quantize_model
@@ -42,7 +43,8 @@ def test_recovery_is_recorded_and_biases_change(env, tmp_path):
     tmp, fpath = env
     out = tmp_path / "m.int8.onnx"
     res = calibrate(fpath, tmp / "voc", num_images=6, size=32, preset="awesome", target="npu-pow2", out=out,
-                    per_channel=False, recover=True, equalize=False, scale_search=False, progress=False)
+                    per_channel=False, recover=True, equalize=False, scale_search=False, progress=False,
+                    bias_correction_error="weights")
     assert res.plan.names() == ["pow2-by-error", "bias-correction"]
     q = onnx.load(str(out))
     rec = read_recovery(q)
@@ -121,6 +123,31 @@ def test_scale_search_in_the_flow_emits_its_table(env, tmp_path):
     with pytest.raises(FcnquantError, match="power-of-two target"):
         calibrate(fpath, tmp / "voc", num_images=2, size=32, target="ort-cpu", out=tmp_path / "x.onnx",
                   scale_search=True, progress=False)
+
+
+def test_auto_bias_correction_keeps_the_variant_with_the_smaller_output_error(env, tmp_path):
+    from fcnquant.recover.scale_search import output_error
+
+    tmp, fpath = env
+    out = {}
+    for mode in ("auto", "weights", "accumulated"):
+        out[mode] = tmp_path / f"{mode}.onnx"
+        res = calibrate(fpath, tmp / "voc", num_images=4, size=32, preset="awesome", target="npu-pow2",
+                        out=out[mode], per_channel=False, recover=True, equalize=False, scale_search=False,
+                        bias_correction_error=mode, progress=False)
+        assert res.plan.bias_correction_error == mode
+    rec = read_recovery(onnx.load(str(out["auto"])))["bias_correction"]
+    ds = open_dataset(tmp / "voc", "train")
+    ids = choose_ids(ds, 4, seed=0, progress=False)
+    errs = output_error([out["weights"], out["accumulated"]], fpath, ds, ids, "awesome", images=None, size=32)
+    assert rec["output_mse"] == pytest.approx({"weights": errs[0], "accumulated": errs[1]}, rel=1e-6)
+    assert rec["error"] == ("weights" if errs[0] <= errs[1] else "accumulated")
+    best = out[rec["error"]]
+    ints = [{t.name: numpy_helper.to_array(t) for t in onnx.load(str(p)).graph.initializer if t.data_type == 6}
+            for p in (out["auto"], best)]
+    assert ints[0].keys() == ints[1].keys() and all(np.array_equal(ints[0][k], ints[1][k]) for k in ints[0])
+    assert resolve_plan("npu-pow2", recover=True).bias_correction_error == "auto"
+    assert resolve_plan("ort-cpu", recover=True).bias_correction_error == "weights"
 
 
 def test_explicit_weight_scales_are_used(env, tmp_path):

@@ -256,6 +256,39 @@ def search_activation_scales(
     return out
 
 
+def output_error(
+    qmodels: Sequence[str | os.PathLike[str] | object],
+    float_model: str | os.PathLike[str] | object,
+    dataset,
+    ids: Sequence[str],
+    preset=None,
+    *,
+    images: int | None = DEFAULT_IMAGES,
+    size: int | Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> list[float]:
+    """Returns, per model of ``qmodels``, the mean squared difference of its outputs from ``float_model``'s over
+    ``images`` of ``ids`` (spread evenly; None: all): the error :func:`search_activation_scales` minimises."""
+    fm = _as_model(float_model)
+    batches = _load_images(fm, dataset, _spread(list(ids), images), preset, dict(size=size, mean=mean, std=std))
+    if not batches:
+        raise FcnquantError("the output error needs at least one image")
+    fsess = _session(fm)
+    name = fsess.get_inputs()[0].name
+    outputs = [o.name for o in fsess.get_outputs()]
+    ref = [fsess.run(outputs, {name: x}) for x in batches]
+    out = []
+    for qmodel in qmodels:
+        qsess = _session(_as_model(qmodel))
+        total = 0.0
+        for x, want in zip(batches, ref):
+            got = qsess.run(outputs, {qsess.get_inputs()[0].name: x})
+            total += float(np.mean([np.mean(np.square(np.asarray(a, np.float64) - b)) for a, b in zip(got, want)]))
+        out.append(total / len(batches))
+    return out
+
+
 def kl_divergence(logp: np.ndarray, logq: np.ndarray) -> float:
     """Returns the mean over positions of KL(p || q) for log-probabilities over axis 1 (classes)."""
     return float(np.mean(np.sum(np.exp(logp) * (logp - logq), axis=1)))
