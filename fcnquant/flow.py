@@ -10,6 +10,8 @@ testable on its own. Order of the passes, each optional (``fcnquant.recover.plan
 3. AdaRound: each Conv's int8 weights rounded to minimise its output error (a float model whose weights lie on
    the int8 grid, emitted with exactly those scales);
 4. emission (``fcnquant.quantize.quantize_model``);
+4b. power-of-two targets: each activation's power-of-two scale re-chosen by the int8 model's output error on
+   calibration images (``fcnquant.recover.scale_search``), and the model emitted again with those scales;
 5. empirical bias correction of the emitted model against the (equalized) float model.
 
 What ran is recorded in the int8 model's metadata (``fcnquant.recovery``), shown by ``fcnquant compare``.
@@ -27,6 +29,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from fcnquant._io import atomic_path, load_onnx
 from fcnquant.calibrate.api import choose_ids, compute_table, open_calibration_data
 from fcnquant.calibrate.collect import collect_stats
@@ -36,6 +40,9 @@ from fcnquant.errors import FcnquantError
 from fcnquant.recover.plan import RECOVERY_METADATA_KEY, RecoveryPlan, resolve_plan
 
 log = logging.getLogger(__name__)
+
+#: the bias-correction errors ``"auto"`` chooses between, by the int8 model's output error
+AUTO_BIAS_ERRORS = ("weights", "accumulated")
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,9 @@ def calibrate(
     bias_correction: bool | None = None,
     adaround: bool | None = None,
     pow2_rounding: str | None = None,
+    scale_search: bool | None = None,
+    scale_search_options: Mapping[str, Any] | None = None,
+    bias_correction_error: str | None = None,
     adaround_iterations: int | None = None,
     ann_dir: str | None = None,
     dataset=None,
@@ -119,12 +129,16 @@ def calibrate(
     resolve_params(method, **dict(params or {}))  # fail on bad options before minutes of inference
     get_target(target)
     plan = resolve_plan(target, per_channel, recover, equalize=equalize, bias_correction=bias_correction,
-                        adaround=adaround, pow2_rounding=pow2_rounding)
+                        adaround=adaround, pow2_rounding=pow2_rounding, scale_search=scale_search,
+                        bias_correction_error=bias_correction_error)
+    if plan.scale_search and not get_target(target).pow2:
+        raise FcnquantError(f"the power-of-two scale search needs a power-of-two target, not {target}")
     if out is None:
-        if equalize or adaround or bias_correction:
-            raise FcnquantError("equalization, AdaRound and bias correction make a new model: give `out` to emit "
+        if equalize or adaround or bias_correction or scale_search:
+            raise FcnquantError("equalization, AdaRound, the scale search and bias correction make a new model: "
+                                "give `out` to emit "
                                 "the int8 model (or run `fcnquant equalize` first and calibrate its output)")
-        plan = replace(plan, equalize=False, adaround=False, bias_correction=False)
+        plan = replace(plan, equalize=False, adaround=False, bias_correction=False, scale_search=False)
     else:
         out_dir = Path(out).parent if str(Path(out).parent) else Path(".")
         if not out_dir.is_dir():
@@ -190,14 +204,32 @@ def calibrate(
             weight_scales=weight_scales, pow2_rounding=plan.pow2_rounding, verify_table=emit_from == float_path)
         seconds["emit"] = time.perf_counter() - t0
 
+        if plan.scale_search:
+            t0 = time.perf_counter()
+            from fcnquant.recover.scale_search import search_activation_scales
+
+            ss = search_activation_scales(staged, emit_from, table, dataset, chosen, preset, size=size, mean=mean,
+                                          std=std, **dict(scale_search_options or {}))
+            recovery["scale_search"] = ss.to_dict()
+            if ss.changes:
+                table = ss.table
+                result = quantize_model(
+                    emit_from, table, staged, target=target, per_channel=per_channel,
+                    quantize_output=quantize_output, exclude_nodes=exclude_nodes, exclude_ops=exclude_ops,
+                    exclude_regex=exclude_regex, weight_scales=weight_scales, pow2_rounding=plan.pow2_rounding,
+                    verify_table=emit_from == float_path)
+            seconds["scale_search"] = time.perf_counter() - t0
+
         if plan.bias_correction:
             t0 = time.perf_counter()
-            from fcnquant.recover.bias_correction import correct_biases
-
-            bc = correct_biases(staged, float_path, dataset, chosen, preset, batch_size=batch_size, size=size,
-                                mean=mean, std=std, progress=progress)
+            bc = _corrected(staged, float_path, dataset, chosen, preset, plan.bias_correction_error,
+                            dict(batch_size=batch_size, size=size, mean=mean, std=std, progress=progress))
+            bc, chosen_error, scores = bc
             recovery["bias_correction"] = {k: v for k, v in bc.to_dict().items() if k != "layers"}
             recovery["bias_correction"]["layers"] = len(bc.layers)
+            recovery["bias_correction"]["error"] = chosen_error
+            if scores:
+                recovery["bias_correction"]["output_mse"] = scores
             _save_with_metadata(bc.model, staged, recovery)
             seconds["bias_correction"] = time.perf_counter() - t0
         elif plan.any:
@@ -214,6 +246,28 @@ def calibrate(
         result = replace(result, path=Path(out), tensorrt_cache=cache, size_bytes=Path(out).stat().st_size)
     log.info("flow: %s", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
     return FlowResult(table, stats, plan, result, recovery, kept or model, seconds)
+
+
+def _corrected(staged: Path, float_path: Path, dataset, ids, preset, error: str, kwargs: dict):
+    """Returns (BiasCorrectionResult, the error mode used, {mode: output MSE} when ``error`` is ``"auto"``).
+
+    ``"auto"``: both ``"weights"`` and ``"accumulated"`` corrections, the one whose int8 model's outputs are
+    closer to the float model's on the calibration images (``fcnquant.recover.scale_search.output_error``) kept.
+    """
+    from fcnquant.recover.bias_correction import correct_biases
+
+    if error != "auto":
+        return correct_biases(staged, float_path, dataset, ids, preset, error=error, **kwargs), error, {}
+    from fcnquant.recover.scale_search import output_error
+
+    modes = AUTO_BIAS_ERRORS
+    results = [correct_biases(staged, float_path, dataset, ids, preset, error=m, **kwargs) for m in modes]
+    errs = output_error([r.model for r in results], float_path, dataset, ids, preset, images=None,
+                        size=kwargs.get("size"), mean=kwargs.get("mean"), std=kwargs.get("std"))
+    best = int(np.argmin(errs))
+    log.info("bias correction: output MSE %s; keeping %s", ", ".join(f"{m} {e:.4g}" for m, e in zip(modes, errs)),
+             modes[best])
+    return results[best], modes[best], {m: e for m, e in zip(modes, errs)}
 
 
 def _summary(result) -> dict:

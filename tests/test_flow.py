@@ -10,7 +10,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from fcnquant.data import write_synthetic_voc
+from fcnquant.calibrate.api import choose_ids
+from fcnquant.data import open_dataset, write_synthetic_voc
 from fcnquant.errors import FcnquantError
 from fcnquant.flow import calibrate
 from fcnquant.quantize import quantize_model
@@ -29,9 +30,11 @@ def env(tmp_path_factory):
 
 def test_plan_per_target():
     assert resolve_plan("npu-pow2", per_channel=False, recover=True).names() == \
-        ["equalize", "pow2-by-error", "bias-correction"]
+        ["equalize", "pow2-by-error", "pow2-by-output", "bias-correction"]
     assert resolve_plan("ort-cpu", per_channel=True, recover=True).names() == ["bias-correction"]
-    assert resolve_plan("npu-pow2", recover=True, bias_correction=False).names() == ["pow2-by-error"]
+    assert resolve_plan("tensorrt", per_channel=False, recover=True).names() == ["equalize", "bias-correction"]
+    assert resolve_plan("npu-pow2", recover=True, bias_correction=False, scale_search=False).names() == \
+        ["pow2-by-error"]
     assert resolve_plan("tensorrt", recover=False, adaround=True).names() == ["adaround"]
     assert not resolve_plan("ort-cpu").any
 
@@ -40,7 +43,8 @@ def test_recovery_is_recorded_and_biases_change(env, tmp_path):
     tmp, fpath = env
     out = tmp_path / "m.int8.onnx"
     res = calibrate(fpath, tmp / "voc", num_images=6, size=32, preset="awesome", target="npu-pow2", out=out,
-                    per_channel=False, recover=True, equalize=False, progress=False)
+                    per_channel=False, recover=True, equalize=False, scale_search=False, progress=False,
+                    bias_correction_error="weights")
     assert res.plan.names() == ["pow2-by-error", "bias-correction"]
     q = onnx.load(str(out))
     rec = read_recovery(q)
@@ -92,13 +96,58 @@ def test_cli_calibrate_out_with_emission_options(env, tmp_path):
            "--exclude", "conv3", "--out", str(out), "--out-table", str(tmp_path / "t.json"), "--no-progress"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "recovery: power-of-two scales by error, bias correction (2 layers" in r.stdout
+    assert "recovery: power-of-two scales by error, power-of-two scales by output error (" in r.stdout
+    assert ", bias correction (2 layers" in r.stdout
     q = onnx.load(str(out))
     meta = {m.key: m.value for m in q.metadata_props}
     assert meta["fcnquant.per_channel"] == "false"
     conv3 = next(n for n in q.graph.node if n.name == "conv3")
     assert conv3.input[1] == "w3"  # excluded: float weights
-    assert json.loads(meta[RECOVERY_METADATA_KEY])["passes"] == ["pow2-by-error", "bias-correction"]
+    assert json.loads(meta[RECOVERY_METADATA_KEY])["passes"] == ["pow2-by-error", "pow2-by-output", "bias-correction"]
+
+
+def test_scale_search_in_the_flow_emits_its_table(env, tmp_path):
+    tmp, fpath = env
+    out = tmp_path / "s.int8.onnx"
+    res = calibrate(fpath, tmp / "voc", num_images=4, size=32, preset="awesome", target="npu-pow2", out=out,
+                    per_channel=False, recover=True, equalize=False, bias_correction=False, progress=False,
+                    scale_search_options={"images": 2})
+    assert res.plan.names() == ["pow2-by-error", "pow2-by-output"]
+    rec = read_recovery(onnx.load(str(out)))["scale_search"]
+    assert rec["images"] == 2 and rec["groups"] >= 3
+    assert rec["output_snr_db"]["after"] >= rec["output_snr_db"]["before"]
+    q = onnx.load(str(out))
+    scales = {t.name: float(numpy_helper.to_array(t).reshape(-1)[0]) for t in q.graph.initializer}
+    for c in rec["changes"]:
+        assert scales[c["init"]] == c["new"] == res.table.tensors[c["entries"][0]].scale
+    with pytest.raises(FcnquantError, match="power-of-two target"):
+        calibrate(fpath, tmp / "voc", num_images=2, size=32, target="ort-cpu", out=tmp_path / "x.onnx",
+                  scale_search=True, progress=False)
+
+
+def test_auto_bias_correction_keeps_the_variant_with_the_smaller_output_error(env, tmp_path):
+    from fcnquant.recover.scale_search import output_error
+
+    tmp, fpath = env
+    out = {}
+    for mode in ("auto", "weights", "accumulated"):
+        out[mode] = tmp_path / f"{mode}.onnx"
+        res = calibrate(fpath, tmp / "voc", num_images=4, size=32, preset="awesome", target="npu-pow2",
+                        out=out[mode], per_channel=False, recover=True, equalize=False, scale_search=False,
+                        bias_correction_error=mode, progress=False)
+        assert res.plan.bias_correction_error == mode
+    rec = read_recovery(onnx.load(str(out["auto"])))["bias_correction"]
+    ds = open_dataset(tmp / "voc", "train")
+    ids = choose_ids(ds, 4, seed=0, progress=False)
+    errs = output_error([out["weights"], out["accumulated"]], fpath, ds, ids, "awesome", images=None, size=32)
+    assert rec["output_mse"] == pytest.approx({"weights": errs[0], "accumulated": errs[1]}, rel=1e-6)
+    assert rec["error"] == ("weights" if errs[0] <= errs[1] else "accumulated")
+    best = out[rec["error"]]
+    ints = [{t.name: numpy_helper.to_array(t) for t in onnx.load(str(p)).graph.initializer if t.data_type == 6}
+            for p in (out["auto"], best)]
+    assert ints[0].keys() == ints[1].keys() and all(np.array_equal(ints[0][k], ints[1][k]) for k in ints[0])
+    assert resolve_plan("npu-pow2", recover=True).bias_correction_error == "auto"
+    assert resolve_plan("ort-cpu", recover=True).bias_correction_error == "weights"
 
 
 def test_explicit_weight_scales_are_used(env, tmp_path):

@@ -218,3 +218,27 @@ def test_ort_cpu_layers_with_folded_relus_are_found(setup, tmp_path):
     assert [layer.node for layer in res.layers] == ["conv1", "conv2", "conv3"]
     acc = correct_biases(q, fpath, ds, ids, "awesome", size=32, error="accumulated", progress=False)
     assert [layer.node for layer in acc.layers] == ["conv1", "conv2", "conv3"]
+
+
+@pytest.mark.parametrize("layer,x_name,w,b,pads", [("conv1", "input", "w1", "b1", (1, 1, 1, 1)),
+                                                   ("conv3", "r1", "w3", "b3", (1, 1, 1, 1)),
+                                                   ("conv2", "r1", "w2", "b2", (0, 0, 0, 0))])
+def test_rounding_mode_cancels_the_input_rounding_too(setup, layer, x_name, w, b, pads):
+    """error="weights+rounding": the corrected int8 layer's mean output equals the float weights and bias applied
+    to the int8 model's own *unquantized* input tensor (minmax table, nothing clipped), by a numpy convolution,
+    to half a bias step; in the weights mode it is matched against the dequantized input instead."""
+    ds, ids, fpath, qpath = setup
+    fm = onnx.load(str(fpath))
+    res = correct_biases(qpath, fpath, ds, ids, "awesome", size=32, progress=False, error="weights+rounding",
+                         schedule="sequential")
+    sess = make_session(with_outputs(res.model, [x_name]).SerializeToString())
+    xs = np.concatenate([sess.run([x_name], {"input": b_.images})[0]
+                         for b_ in iter_batches(ds, get_preset("awesome", size=32), ids, 1, with_masks=False)])
+    ref = brute_conv_mean(xs.astype(np.float64), bias(fm, w).astype(np.float64), pads, (1, 1), (1, 1)) + bias(fm, b)
+    out = next(n for n in res.model.graph.node if n.name == layer).output[0]
+    got = conv_means(res.model, ds, ids, [out])[out]
+    t = next(t for t in find_targets(res.model, fm)[0] if t.node == layer)
+    assert (np.abs(got - ref) <= t.bias_scale / 2 + 1e-6).all()
+    same = correct_biases(qpath, fpath, ds, ids, "awesome", size=32, progress=False, error="weights+rounding")
+    assert all(np.array_equal(bias(same.model, i.name), bias(res.model, i.name))
+               for i in res.model.graph.initializer if i.data_type == 6)  # levels == sequential

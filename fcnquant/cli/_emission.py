@@ -23,14 +23,18 @@ def add_emission_options(g) -> None:
 
 
 def add_recovery_options(g) -> None:
-    """Adds --recover, --equalize, --bias-correction, --adaround and --adaround-iterations to the group ``g``."""
+    """Adds --recover, --equalize, --scale-search, --bias-correction, --adaround and --adaround-iterations to the
+    group ``g``."""
     g.add_argument("--recover", action="store_true",
-                   help="turn on every recovery pass that helps on the target: power-of-two scales by error "
-                        "(npu-pow2), cross-layer equalization (with --per-tensor) and bias correction; "
+                   help="turn on every recovery pass that helps on the target: power-of-two scales by error and "
+                        "by output error (npu-pow2), cross-layer equalization (with --per-tensor) and bias correction; "
                         "AdaRound only with --adaround")
     g.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=None,
                    help="cross-layer equalization of the float model before calibration; the equalized float "
                         "model is written beside --out (OUT.equalized.onnx)")
+    g.add_argument("--scale-search", action=argparse.BooleanOptionalAction, default=None,
+                   help="npu-pow2: re-choose each activation's power-of-two scale (of its two neighbours) by the "
+                        "int8 model's output error on calibration images, then emit again (default: with --recover)")
     g.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
                    help="empirical bias correction, layer by layer, on the calibration images")
     g.add_argument("--adaround", action=argparse.BooleanOptionalAction, default=None,

@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     shard = Shard.parse(args.shard) if args.shard else None
     if args.out and (shard or not args.model):
         raise FcnquantError("--out emits the int8 model: it needs MODEL and the full statistics (no --shard)")
-    recovery = args.recover or args.equalize or args.bias_correction or args.adaround
+    recovery = args.recover or args.equalize or args.bias_correction or args.adaround or args.scale_search
     if recovery and not args.out:
         raise FcnquantError("--recover, --equalize, --bias-correction and --adaround make the int8 model: give --out")
     if recovery and args.from_stats:
@@ -236,6 +236,7 @@ def _run_flow(args: argparse.Namespace, dataset, ids: list[str], params: dict, p
         quantize_output=args.quantize_output, exclude_nodes=names, exclude_ops=args.exclude_op,
         exclude_regex=patterns or None, recover=args.recover, equalize=args.equalize,
         bias_correction=args.bias_correction, adaround=args.adaround, pow2_rounding=args.pow2_rounding,
+        scale_search=args.scale_search,
         adaround_iterations=args.adaround_iterations, dataset=dataset)
 
 

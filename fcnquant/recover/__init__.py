@@ -3,6 +3,7 @@
 - cross-layer equalization, high-bias absorption and power-of-two alignment of the float model
   (``equalize``, ``align_pow2``);
 - empirical bias correction of an emitted int8 model (``correct_biases``);
+- power-of-two activation scales chosen by the int8 model's output error (``search_activation_scales``);
 - AdaRound (``adaround``; numpy: Adam on each layer's exact quadratic loss);
 - which passes ``recover=True`` turns on for a target (``resolve_plan``).
 """
@@ -15,10 +16,11 @@ from fcnquant.recover.cle import Consumer, Layout, Pair, Producer, equalization_
 from fcnquant.recover.equalize import EqualizeResult, PairRecord, WeightRange, equalize
 from fcnquant.recover.plan import RecoveryPlan, resolve_plan
 from fcnquant.recover.scalable import ScalablePair, Skip, find_pairs
+from fcnquant.recover.scale_search import ScaleSearchResult, search_activation_scales
 
 __all__ = [
     "AdaRoundResult", "AlignResult", "AlignedSpace", "BiasCorrectionResult", "Consumer", "EqualizeResult",
     "LayerCorrection", "LayerStats", "Layout", "Pair", "PairRecord", "Producer", "RecoveryPlan", "ScalablePair",
-    "Skip", "WeightRange", "adaround", "align_pow2", "correct_biases", "equalization_scales", "equalize",
-    "equalize_chains", "find_pairs", "resolve_plan",
+    "ScaleSearchResult", "Skip", "WeightRange", "adaround", "align_pow2", "correct_biases", "equalization_scales", "equalize",
+    "equalize_chains", "find_pairs", "resolve_plan", "search_activation_scales",
 ]

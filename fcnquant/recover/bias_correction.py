@@ -16,6 +16,13 @@ int32 bias lowered by ``round(e_c / s_b)`` (``fcnquant.recover.channel_means``).
   is dominated by clipped activations (KL thresholds): a clipped tail lowers the mean at a few positions and the
   correction raises every position, turning zeros after the next ReLU into positives (fcn16s -0.69, fcn32s -2.2
   mIoU vs no correction); the weight-rounding shift is the part a bias can cancel without that side effect.
+* ``error="weights+rounding"``: the ``"weights"`` shift plus the mean rounding error of the layer's int8 input
+  passed through its float weights, ``conv(W, r)`` with ``r = DQ(Q(x)) - x`` where ``x`` is inside the grid and
+  0 where it is clipped (clipping is left alone, as above), from the window means of ``r``. On power-of-two
+  grids a residual stream's step can exceed what a branch adds to some channels, whose rounding then has a
+  systematic sign (measured on fcn_r50_d8 at npu-pow2: per-channel mean rounding errors up to the error's RMS).
+  Measured on fcn_r50_d8 (npu-pow2, per-tensor, tuning split): no gain over ``"weights"`` (output SNR 19.60 vs
+  19.62 dB), so the flow does not use it; ``"accumulated"`` gained 0.8 dB there (``fcnquant.flow``, ``"auto"``).
 
 Layers are corrected in dependency order: a layer's measurement waits until every quantized Conv it depends on
 (through any path) is corrected. Layers that do not depend on each other (parallel branches: a ResNet's
@@ -48,7 +55,7 @@ from fcnquant.recover.channel_means import ChannelMeans, WindowMeans, corrected_
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("levels", "sequential")
-ERRORS = ("weights", "accumulated")
+ERRORS = ("weights", "accumulated", "weights+rounding")
 _WEIGHTED = ("Conv", "ConvTranspose")
 
 
@@ -100,6 +107,7 @@ class _Target:
     geometry: tuple | None = None  # (kernel, pads, strides, dilations) of a plain 2-D Conv
     delta_w: np.ndarray | None = None  # dequantized int8 weights - float weights (Cout, Cin, KH, KW)
     float_bias: np.ndarray | None = None  # the float model's bias (its int32 rounding is part of the error)
+    float_weight: np.ndarray | None = None  # the float model's weights
 
 
 #: ops a mean shift passes through unchanged in kind (no decision is taken on the value): the path from a score
@@ -195,15 +203,15 @@ def _weight_error(node, w_dq, inits, float_node, float_inits) -> tuple:
     from onnx import helper, numpy_helper
 
     if node.op_type != "Conv" or float_node is None or len(float_node.input) < 2:
-        return None, None, None
+        return None, None, None, None
     a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
     if a.get("group", 1) != 1 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        return None, None, None
+        return None, None, None, None
     if float_node.input[1] not in float_inits or w_dq.input[0] not in inits or w_dq.input[1] not in inits:
-        return None, None, None
+        return None, None, None, None
     w_float = numpy_helper.to_array(float_inits[float_node.input[1]]).astype(np.float64)
     if w_float.ndim != 4:
-        return None, None, None
+        return None, None, None, None
     w_int = numpy_helper.to_array(inits[w_dq.input[0]]).astype(np.float64)
     w_scale = numpy_helper.to_array(inits[w_dq.input[1]]).astype(np.float64)
     zp = numpy_helper.to_array(inits[w_dq.input[2]]).astype(np.float64) if len(w_dq.input) > 2 and \
@@ -220,7 +228,7 @@ def _weight_error(node, w_dq, inits, float_node, float_inits) -> tuple:
     pads = tuple(int(p) for p in a.get("pads", [0, 0, 0, 0]))
     geometry = (kernel, (pads[0], pads[1], pads[2], pads[3]), tuple(a.get("strides", [1, 1])),
                 tuple(a.get("dilations", [1, 1])))
-    return geometry, w_deq - w_float, b_float
+    return geometry, w_deq - w_float, b_float, w_float
 
 
 def correct_biases(
@@ -273,7 +281,7 @@ def correct_biases(
 
     names = [t.output for t in targets]
     runner = _PassRunner(dataset, ids, preset, batch_size, progress, dict(size=size, mean=mean, std=std))
-    by_weights = error == "weights"
+    by_weights = error in ("weights", "weights+rounding")
     if by_weights:
         plain = [t.node for t in targets if t.delta_w is None]
         if plain:
@@ -295,12 +303,25 @@ def correct_biases(
                 accs[(t.node, "in")] = (t.input, WindowMeans(kernel, pads, strides, dilations))
             else:
                 accs[(t.node, "out")] = (t.output, ChannelMeans())
+        cut_model = qm
+        if error == "weights+rounding":
+            cut_model = onnx.ModelProto()
+            cut_model.CopyFrom(qm)
+            for t in group:
+                if (t.node, "in") in accs:
+                    r = _rounding_error_tensor(cut_model, t.input)
+                    if r is not None:
+                        kernel, pads, strides, dilations = t.geometry
+                        accs[(t.node, "r")] = (r, WindowMeans(kernel, pads, strides, dilations))
         tensors = list(dict.fromkeys(name for name, _ in accs.values()))
-        runner.run(_cut(qm, tensors), accs, f"bias correction: pass {k + 1}/{len(groups)}")
+        runner.run(_cut(cut_model, tensors), accs, f"bias correction: pass {k + 1}/{len(groups)}")
         for t in group:
             if (t.node, "in") in accs:  # weight rounding on the int8 inputs, plus the bias's own rounding
                 b_now = numpy_helper.to_array(inits[t.bias_init]).astype(np.float64) * t.bias_scale
                 err = weight_shift_means(t.delta_w, accs[(t.node, "in")][1].mean) + b_now - t.float_bias
+                if (t.node, "r") in accs:  # the mean rounding error of the layer's int8 input, through W:
+                    # E[W_q x_q] - E[W x] = E[(W_q - W) x_q] + E[W (x_q - x)]
+                    err = err + weight_shift_means(t.float_weight, accs[(t.node, "r")][1].mean)
             else:
                 err = accs[(t.node, "out")][1].mean - float_means[t.float_output]
             _apply(inits[t.bias_init], t.bias_scale, err)
@@ -348,6 +369,45 @@ def dependency_levels(model, outputs: Sequence[str]) -> dict[str, int]:
         deps = upstream(out) - {out}
         level[out] = 1 + max((level[d] for d in deps), default=0)
     return level
+
+
+def _rounding_error_tensor(model, dq_output: str) -> str | None:
+    """Adds to ``model`` (in place) nodes computing the rounding error of the activation Q/DQ pair that writes
+    ``dq_output`` (``DQ(Q(x)) - x`` where ``|x|`` is within the grid's clip level, 0 where clipped); returns the
+    new tensor's name, or None when ``dq_output`` is not written by such a pair with constant scalar scale."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    dq = made_by.get(dq_output)
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in made_by:
+        return None
+    q = made_by[dq.input[0]]
+    if q.op_type != "QuantizeLinear" or q.input[0] in inits or q.input[1] not in inits:
+        return None
+    scale = numpy_helper.to_array(inits[q.input[1]])
+    if scale.size != 1 or len(q.input) < 3 or q.input[2] not in inits:
+        return None
+    zp = numpy_helper.to_array(inits[q.input[2]])
+    info = np.iinfo(zp.dtype)
+    lo = (float(info.min) + (1 if zp.dtype == np.int8 else 0) - float(zp)) * float(scale)
+    hi = (float(info.max) - float(zp)) * float(scale)
+    x, base = q.input[0], dq_output + "_bc_rounding"
+    if base in made_by:  # another layer reading the same input added it already
+        return base
+    consts = {base + "_lo": np.asarray(lo, np.float32), base + "_hi": np.asarray(hi, np.float32),
+              base + "_zero": np.asarray(0.0, np.float32)}
+    for name, value in consts.items():
+        if name not in inits:
+            model.graph.initializer.append(numpy_helper.from_array(value, name))
+    model.graph.node.extend([
+        helper.make_node("Sub", [dq_output, x], [base + "_diff"]),
+        helper.make_node("GreaterOrEqual", [x, base + "_lo"], [base + "_ge"]),
+        helper.make_node("LessOrEqual", [x, base + "_hi"], [base + "_le"]),
+        helper.make_node("And", [base + "_ge", base + "_le"], [base + "_in"]),
+        helper.make_node("Where", [base + "_in", base + "_diff", base + "_zero"], [base]),
+    ])
+    return base
 
 
 def _cut(model, outputs: list[str]):

@@ -173,8 +173,8 @@ def _drop_cast_pairs(model) -> int:
 class RecoveryBuilder(QuantizeBuilder):
     """The Builder of ``--recover``: ``fcnquant.recover``'s passes for the target, on every candidate model.
 
-    What ``fcnquant.recover.resolve_plan(target, per_channel, recover=True)`` turns on, except cross-layer
-    equalization: the search ranks and compares layers against the float model's own activations, which
+    What ``fcnquant.recover.resolve_plan(target, per_channel, recover=True)`` turns on, except the scale search by
+    output error (a minute of inference per candidate) and cross-layer equalization: the search ranks and compares layers against the float model's own activations, which
     equalization rescales channel by channel. So: power-of-two scales by expected error (a second table from the
     same statistics, no inference), then per candidate the emission and the layer-wise bias correction of its
     int8 layers on the calibration images (``D`` passes, the depth of the Conv dependency graph).
@@ -185,7 +185,7 @@ class RecoveryBuilder(QuantizeBuilder):
         from fcnquant.calibrate.api import compute_table
         from fcnquant.recover.plan import resolve_plan
 
-        self.plan = resolve_plan(target, per_channel, recover=True, equalize=False)
+        self.plan = resolve_plan(target, per_channel, recover=True, equalize=False, scale_search=False)
         if self.plan.pow2_rounding != getattr(table, "pow2_rounding", "up"):
             table = compute_table(stats, table.method, target, pow2_rounding=self.plan.pow2_rounding, **table.params)
         super().__init__(model, table, target=target, per_channel=per_channel, fallback=fallback)

@@ -1,0 +1,166 @@
+"""Power-of-two scales by output error: coordinate descent against brute force, the search's errors against an
+independent onnxruntime run of the emitted models, and the table it returns against the re-emitted model."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from fcnquant.calibrate import collect_stats, compute_table
+from fcnquant.data import get_preset, iter_batches, open_dataset, write_synthetic_voc
+from fcnquant.quantize import quantize_model
+from fcnquant.recover.exponent_search import coordinate_descent
+from fcnquant.recover.scale_search import kl_divergence, scale_groups, search_activation_scales
+from fcnquant.runtime import make_session
+
+from test_recover_bias import branching_model
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_separable_error_reaches_the_brute_force_optimum_in_one_sweep(seed):
+    rng = np.random.default_rng(seed)
+    sizes = [2, 3, 2, 4, 2]
+    costs = [rng.uniform(0, 1, n) for n in sizes]
+
+    def error(choice):
+        return float(sum(c[i] for c, i in zip(costs, choice))) + 1.0
+
+    initial = [int(rng.integers(n)) for n in sizes]
+    res = coordinate_descent(error, sizes, initial, sweeps=1, tol=0.0)
+    brute = min(itertools.product(*[range(n) for n in sizes]), key=error)
+    assert res.choice == tuple(brute)
+    assert res.error_after == pytest.approx(error(brute), rel=0, abs=0)
+    assert res.error_before == error(initial)
+    assert res.evaluations == 1 + sum(n - 1 for n in sizes)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_interacting_error_ends_at_a_local_optimum_never_worse(seed):
+    rng = np.random.default_rng(100 + seed)
+    sizes = [2] * 6
+    lookup = {c: float(rng.uniform(1, 2)) for c in itertools.product(*[range(n) for n in sizes])}
+    initial = (0,) * 6
+    res = coordinate_descent(lambda c: lookup[tuple(c)], sizes, initial, sweeps=10, tol=0.0)
+    assert res.error_after == lookup[res.choice] <= lookup[initial]
+    for g in range(6):  # brute force over every single-group move: none improves
+        moved = list(res.choice)
+        moved[g] = 1 - moved[g]
+        assert lookup[tuple(moved)] >= res.error_after
+    errors = [lookup[initial]] + [s.error for s in res.steps]
+    assert errors == sorted(errors, reverse=True) and len(set(errors)) == len(errors)
+
+
+def test_tolerance_keeps_the_current_choice_for_a_tiny_gain():
+    res = coordinate_descent(lambda c: 1.0 - 1e-6 * c[0], [2], [0], tol=1e-3)
+    assert res.choice == (0,) and not res.steps
+    with pytest.raises(ValueError):
+        coordinate_descent(lambda c: 0.0, [2], [2])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ss")
+    write_synthetic_voc(tmp / "voc", train=6, val=1, size=32, seed=5, progress=False)
+    ds = open_dataset(tmp / "voc", "train")
+    fpath = tmp / "float.onnx"
+    onnx.save(branching_model(3), str(fpath))
+    ids = list(ds.ids)
+    stats = collect_stats(fpath, ds, ids, "awesome", size=32, progress=False)
+    table = compute_table(stats, "kl", "npu-pow2", pow2_rounding="error")
+    qpath = tmp / "q.onnx"
+    quantize_model(fpath, table, qpath, target="npu-pow2", per_channel=False, pow2_rounding="error")
+    return tmp, ds, ids, fpath, qpath, table
+
+
+def images(ds, ids):
+    return [b.images for b in iter_batches(ds, get_preset("awesome", size=32), ids, 1, with_masks=False)]
+
+
+def output_mse(qmodel, fpath, xs, scales=None) -> float:
+    """Independent: the QDQ model with its scale initializers set to ``scales``, run by onnxruntime without graph
+    optimisations, against the float model; mean over images of the mean squared output difference."""
+    m = onnx.ModelProto()
+    m.CopyFrom(qmodel)
+    for t in m.graph.initializer:
+        if scales and t.name in scales:
+            t.CopyFrom(numpy_helper.from_array(np.asarray(scales[t.name], np.float32), t.name))
+    q = make_session(m.SerializeToString(), optimization="none")
+    f = make_session(str(fpath), optimization="none")
+    errs = [np.mean((q.run(None, {"input": x})[0].astype(np.float64) - f.run(None, {"input": x})[0]) ** 2)
+            for x in xs]
+    return float(np.mean(errs))
+
+
+def test_groups_have_the_two_neighbouring_powers_of_two(setup):
+    _, _, _, fpath, qpath, table = setup
+    q = onnx.load(str(qpath))
+    groups = scale_groups(q, table)
+    inits = {t.name: float(numpy_helper.to_array(t).reshape(-1)[0]) for t in q.graph.initializer}
+    acts = [n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    assert sorted(g.init for g in groups) == sorted({n.input[1] for n in acts})
+    for g in groups:
+        e = table.tensors[g.entries[0]]
+        up = 2.0 ** math.ceil(math.log2(max(abs(e.lo), abs(e.hi)) / 127))
+        assert g.candidates == (up, up / 2)
+        assert g.candidates[g.initial] == inits[g.init] == e.scale
+    wide = scale_groups(q, table, extra=1)
+    assert [g.candidates for g in wide] == [(2 * g.candidates[0],) + g.candidates + (g.candidates[1] / 2,)
+                                            for g in groups]
+
+
+def test_search_errors_match_onnxruntime_and_the_brute_force_neighbourhood(setup):
+    _, ds, ids, fpath, qpath, table = setup
+    q = onnx.load(str(qpath))
+    res = search_activation_scales(qpath, fpath, table, ds, ids, "awesome", images=None, sweeps=5, tol=0.0,
+                                   size=32)
+    xs = images(ds, ids)
+    assert res.error_before == pytest.approx(output_mse(q, fpath, xs), rel=1e-3)
+    groups = scale_groups(q, table)
+    chosen = {g.init: res.table.tensors[g.entries[0]].scale for g in groups}
+    assert res.error_after == pytest.approx(output_mse(q, fpath, xs, chosen), rel=1e-3)
+    assert res.error_after <= res.error_before
+    # every choice of the tiny model by brute force: no single-group move beats the search's choice
+    errs = {}
+    for combo in itertools.product(*[range(len(g.candidates)) for g in groups]):
+        errs[combo] = output_mse(q, fpath, xs, {g.init: g.candidates[c] for g, c in zip(groups, combo)})
+    picked = tuple(g.candidates.index(chosen[g.init]) for g in groups)
+    for k in range(len(groups)):
+        moved = list(picked)
+        moved[k] = 1 - moved[k]
+        assert errs[tuple(moved)] >= errs[picked] * (1 - 1e-3)
+    assert {c.init for c in res.changes} == {g.init for g, i in zip(groups, picked) if i != g.initial}
+
+
+def test_reemitted_model_carries_the_chosen_scales(setup, tmp_path):
+    _, ds, ids, fpath, qpath, table = setup
+    res = search_activation_scales(qpath, fpath, table, ds, ids, "awesome", images=3, size=32, metric="kl")
+    out = tmp_path / "q2.onnx"
+    quantize_model(fpath, res.table, out, target="npu-pow2", per_channel=False, pow2_rounding="error")
+    q2 = onnx.load(str(out))
+    inits = {t.name: float(numpy_helper.to_array(t).reshape(-1)[0]) for t in q2.graph.initializer
+             if t.name.endswith("_scale")}
+    for g in scale_groups(onnx.load(str(qpath)), table):
+        assert inits[g.init] == res.table.tensors[g.entries[0]].scale
+    assert res.images == 3 and res.to_dict()["groups"] == len(scale_groups(q2, res.table))
+
+
+def test_kl_divergence_by_hand():
+    p = np.log(np.array([[0.5, 0.5]]).reshape(1, 2, 1, 1))
+    q = np.log(np.array([[0.25, 0.75]]).reshape(1, 2, 1, 1))
+    want = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert kl_divergence(p, q) == pytest.approx(want, rel=1e-12)
+    assert kl_divergence(p, p) == 0.0
+
+
+def test_non_pow2_tables_are_refused(setup, tmp_path):
+    tmp, ds, ids, fpath, qpath, _ = setup
+    stats = collect_stats(fpath, ds, ids, "awesome", size=32, progress=False)
+    trt = compute_table(stats, "kl", "tensorrt")
+    from fcnquant.errors import FcnquantError
+
+    with pytest.raises(FcnquantError):
+        search_activation_scales(qpath, fpath, trt, ds, ids, "awesome", size=32)
