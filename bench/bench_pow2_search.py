@@ -29,9 +29,9 @@ log = logging.getLogger("bench_pow2_search")
 BEFORE = {"scale_search": False, "bias_correction_error": "weights"}
 CONFIGS = (  # (name, target, per-channel, flow keyword arguments, models: None = all)
     ("recover-before", "npu-pow2", False, BEFORE, None),
-    ("recover", "npu-pow2", False, {}, None),
-    ("recover, scale search only", "npu-pow2", False, {"bias_correction_error": "weights"}, ("fcn_r50_d8",)),
-    ("recover, auto bias correction only", "npu-pow2", False, {"scale_search": False}, ("fcn_r50_d8",)),
+    ("recover", "npu-pow2", False, {"scale_search": True, "bias_correction_error": "auto"}, None),
+    ("recover, scale search only", "npu-pow2", False, {"scale_search": True}, ("fcn_r50_d8",)),
+    ("recover, auto bias correction only", "npu-pow2", False, {"bias_correction_error": "auto"}, ("fcn_r50_d8",)),
     ("recover", "ort-cpu", True, {}, None),
 )
 

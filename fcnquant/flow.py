@@ -10,9 +10,11 @@ testable on its own. Order of the passes, each optional (``fcnquant.recover.plan
 3. AdaRound: each Conv's int8 weights rounded to minimise its output error (a float model whose weights lie on
    the int8 grid, emitted with exactly those scales);
 4. emission (``fcnquant.quantize.quantize_model``);
-4b. power-of-two targets: each activation's power-of-two scale re-chosen by the int8 model's output error on
-   calibration images (``fcnquant.recover.scale_search``), and the model emitted again with those scales;
-5. empirical bias correction of the emitted model against the (equalized) float model.
+4b. power-of-two targets, with ``scale_search=True`` (opt-in): each activation's power-of-two scale re-chosen by
+   the int8 model's output error on calibration images (``fcnquant.recover.scale_search``), and the model emitted
+   again with those scales;
+5. empirical bias correction of the emitted model against the (equalized) float model (``bias_correction_error``:
+   ``"weights"``, ``"accumulated"`` or ``"auto"``, the one of the two with the smaller output error).
 
 What ran is recorded in the int8 model's metadata (``fcnquant.recovery``), shown by ``fcnquant compare``.
 Nothing is written at ``out`` until every step has succeeded.

@@ -30,6 +30,8 @@ def env(tmp_path_factory):
 
 def test_plan_per_target():
     assert resolve_plan("npu-pow2", per_channel=False, recover=True).names() == \
+        ["equalize", "pow2-by-error", "bias-correction"]  # scale search and auto bias correction are opt-in
+    assert resolve_plan("npu-pow2", per_channel=False, recover=True, scale_search=True).names() == \
         ["equalize", "pow2-by-error", "pow2-by-output", "bias-correction"]
     assert resolve_plan("ort-cpu", per_channel=True, recover=True).names() == ["bias-correction"]
     assert resolve_plan("tensorrt", per_channel=False, recover=True).names() == ["equalize", "bias-correction"]
@@ -93,7 +95,7 @@ def test_cli_calibrate_out_with_emission_options(env, tmp_path):
     out = tmp_path / "m.int8.onnx"
     cmd = [sys.executable, "-m", "fcnquant", "calibrate", str(fpath), "--data", str(tmp / "voc"), "--size", "32",
            "--num-images", "4", "--target", "npu-pow2", "--per-tensor", "--recover", "--no-equalize",
-           "--exclude", "conv3", "--out", str(out), "--out-table", str(tmp_path / "t.json"), "--no-progress"]
+           "--scale-search", "--exclude", "conv3", "--out", str(out), "--out-table", str(tmp_path / "t.json"), "--no-progress"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "recovery: power-of-two scales by error, power-of-two scales by output error (" in r.stdout
@@ -146,8 +148,8 @@ def test_auto_bias_correction_keeps_the_variant_with_the_smaller_output_error(en
     ints = [{t.name: numpy_helper.to_array(t) for t in onnx.load(str(p)).graph.initializer if t.data_type == 6}
             for p in (out["auto"], best)]
     assert ints[0].keys() == ints[1].keys() and all(np.array_equal(ints[0][k], ints[1][k]) for k in ints[0])
-    assert resolve_plan("npu-pow2", recover=True).bias_correction_error == "auto"
-    assert resolve_plan("ort-cpu", recover=True).bias_correction_error == "weights"
+    assert resolve_plan("npu-pow2", recover=True).bias_correction_error == "weights"  # "auto" is opt-in
+    assert resolve_plan("npu-pow2", recover=True, bias_correction_error="auto").bias_correction_error == "auto"
 
 
 def test_explicit_weight_scales_are_used(env, tmp_path):

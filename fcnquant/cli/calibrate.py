@@ -236,7 +236,7 @@ def _run_flow(args: argparse.Namespace, dataset, ids: list[str], params: dict, p
         quantize_output=args.quantize_output, exclude_nodes=names, exclude_ops=args.exclude_op,
         exclude_regex=patterns or None, recover=args.recover, equalize=args.equalize,
         bias_correction=args.bias_correction, adaround=args.adaround, pow2_rounding=args.pow2_rounding,
-        scale_search=args.scale_search,
+        scale_search=args.scale_search, bias_correction_error=args.bias_correction_error,
         adaround_iterations=args.adaround_iterations, dataset=dataset)
 
 
