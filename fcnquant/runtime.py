@@ -23,13 +23,16 @@ def make_session(
     optimization: str = "all",
     mem_arena: bool = True,
     disabled_optimizers: Sequence[str] = DISABLED_OPTIMIZERS,
+    spinning: bool = True,
 ):
     """Returns an ``onnxruntime.InferenceSession`` on the CPU for a model path or serialized bytes.
 
     ``optimization`` is one of ``"all"`` (ORT_ENABLE_ALL), ``"extended"``, ``"basic"``, ``"none"``.
     ``threads=0`` lets onnxruntime choose the intra-op thread count. ``mem_arena=False`` turns off onnxruntime's
     CPU memory arena (lower peak memory when many intermediate tensors are fetched, e.g. in compare).
-    ``disabled_optimizers``: onnxruntime transformers left out (see ``DISABLED_OPTIMIZERS``).
+    ``disabled_optimizers``: onnxruntime transformers left out (see ``DISABLED_OPTIMIZERS``). ``spinning=False``
+    stops the intra-op threads from spin-waiting after each run: for sessions that take turns (compare runs two or
+    three per image), where one's spinning threads take the cores the next one needs.
     """
     import onnxruntime as ort
 
@@ -44,6 +47,8 @@ def make_session(
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
     opts.enable_cpu_mem_arena = mem_arena
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not isinstance(model, bytes):
         p = Path(model)
         if not p.is_file():

@@ -212,7 +212,8 @@ class _Tapped:
         self.names = list(dict.fromkeys(names))
         self.taps = plan_taps(model, self.names) if integer_taps else IntegerTaps(tuple(self.names))
         self.exposed = self.taps.exposed
-        self.session = make_session(with_outputs(model, self.exposed).SerializeToString(), threads=threads)
+        self.session = make_session(with_outputs(model, self.exposed).SerializeToString(), threads=threads,
+                                    spinning=False)  # three sessions take turns on every image
         self.input_name, shape = input_spec(self.session)
         self.batch_dim = shape[0]
         self.dtype = np.dtype(input_dtype(self.session))
@@ -237,7 +238,7 @@ def _isolated_session(plan, taps, threads: int):
     from fcnquant.runtime import make_session
 
     model = with_exposed_outputs(plan.model, taps) if taps.dequant else plan.model
-    return make_session(model.SerializeToString(), threads=threads)
+    return make_session(model.SerializeToString(), threads=threads, spinning=False)
 
 
 def _input_of(model) -> tuple[str, np.dtype]:
