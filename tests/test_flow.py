@@ -113,7 +113,7 @@ def test_scale_search_in_the_flow_emits_its_table(env, tmp_path):
     out = tmp_path / "s.int8.onnx"
     res = calibrate(fpath, tmp / "voc", num_images=4, size=32, preset="awesome", target="npu-pow2", out=out,
                     per_channel=False, recover=True, equalize=False, bias_correction=False, progress=False,
-                    scale_search_options={"images": 2})
+                    scale_search=True, scale_search_options={"images": 2})
     assert res.plan.names() == ["pow2-by-error", "pow2-by-output"]
     rec = read_recovery(onnx.load(str(out)))["scale_search"]
     assert rec["images"] == 2 and rec["groups"] >= 3
