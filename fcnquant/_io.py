@@ -74,3 +74,12 @@ def load_onnx(path: str | os.PathLike[str]):
     if not model.graph.node:
         raise ModelError(f"{p} is not a readable ONNX model: the graph has no nodes")
     return model
+
+
+def as_model(model):
+    """Returns ``model`` as an ``onnx.ModelProto``: loaded from a path, or as it is when it is one already."""
+    if isinstance(model, (str, os.PathLike)):
+        return load_onnx(Path(model))
+    if not hasattr(model, "graph"):
+        raise ModelError(f"expected a model path or an onnx.ModelProto, got {type(model).__name__}")
+    return model

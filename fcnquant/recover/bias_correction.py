@@ -43,13 +43,12 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from fcnquant._io import load_onnx
-from fcnquant.errors import FcnquantError, ModelError
+from fcnquant._io import as_model
+from fcnquant.errors import FcnquantError
 from fcnquant.recover.channel_means import ChannelMeans, WindowMeans, corrected_int32_bias, weight_shift_means
 
 log = logging.getLogger(__name__)
@@ -270,8 +269,8 @@ def correct_biases(
         raise FcnquantError("bias correction needs at least one calibration image")
     t0 = time.perf_counter()
     qm = onnx.ModelProto()
-    qm.CopyFrom(_as_model(qmodel))
-    fm = _as_model(float_model)
+    qm.CopyFrom(as_model(qmodel))
+    fm = as_model(float_model)
     targets, skipped = find_targets(qm, fm, skip_logits=skip_logits)
     for node, reason in skipped:
         log.info("bias correction skips %s: %s", node, reason)
@@ -433,14 +432,6 @@ def _apply(init, scale: np.ndarray, err: np.ndarray) -> int:
     if changed:
         init.CopyFrom(numpy_helper.from_array(new, init.name))
     return changed
-
-
-def _as_model(model):
-    if isinstance(model, (str, os.PathLike)):
-        return load_onnx(Path(model))
-    if not hasattr(model, "graph"):
-        raise ModelError(f"expected a model path or an onnx.ModelProto, got {type(model).__name__}")
-    return model
 
 
 class _PassRunner:

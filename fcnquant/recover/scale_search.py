@@ -24,12 +24,11 @@ import math
 import os
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from fcnquant._io import load_onnx
+from fcnquant._io import as_model
 from fcnquant.calibrate.qparams import get_target, pow2_ceil
 from fcnquant.errors import FcnquantError, ModelError
 from fcnquant.recover.exponent_search import SearchResult, coordinate_descent
@@ -199,8 +198,8 @@ def search_activation_scales(
     if metric not in METRICS:
         raise FcnquantError(f"unknown scale-search metric {metric!r}; choose from {', '.join(METRICS)}")
     t0 = time.perf_counter()
-    qm = _as_model(qmodel)
-    fm = _as_model(float_model)
+    qm = as_model(qmodel)
+    fm = as_model(float_model)
     from fcnquant.calibrate.tensors import inherited_scales
 
     groups = scale_groups(qm, table, inherited_scales(fm), extra)
@@ -270,7 +269,7 @@ def output_error(
 ) -> list[float]:
     """Returns, per model of ``qmodels``, the mean squared difference of its outputs from ``float_model``'s over
     ``images`` of ``ids`` (spread evenly; None: all): the error :func:`search_activation_scales` minimises."""
-    fm = _as_model(float_model)
+    fm = as_model(float_model)
     batches = _load_images(fm, dataset, _spread(list(ids), images), preset, dict(size=size, mean=mean, std=std))
     if not batches:
         raise FcnquantError("the output error needs at least one image")
@@ -280,7 +279,7 @@ def output_error(
     ref = [fsess.run(outputs, {name: x}) for x in batches]
     out = []
     for qmodel in qmodels:
-        qsess = _session(_as_model(qmodel))
+        qsess = _session(as_model(qmodel))
         total = 0.0
         for x, want in zip(batches, ref):
             got = qsess.run(outputs, {qsess.get_inputs()[0].name: x})
@@ -307,14 +306,6 @@ def _spread(ids: list[str], n: int | None) -> list[str]:
         return []
     picks = np.linspace(0, len(ids) - 1, n).round().astype(int)
     return [ids[i] for i in dict.fromkeys(picks.tolist())]
-
-
-def _as_model(model):
-    if isinstance(model, (str, os.PathLike)):
-        return load_onnx(Path(model))
-    if not hasattr(model, "graph"):
-        raise ModelError(f"expected a model path or an onnx.ModelProto, got {type(model).__name__}")
-    return model
 
 
 def _session(model):
