@@ -338,12 +338,13 @@ def _find_layers(model, scales: Mapping, excluded: set[str]) -> tuple[list[_Laye
 def _nearest_int8(model, table, tmp: Path, target: str, per_channel: bool, scales: Mapping, excluded: set[str]):
     """Returns the int8 QDQ ModelProto of ``model`` with round-to-nearest weights (the inputs' source)."""
     from fcnquant._io import load_onnx
-    from fcnquant.quantize import quantize_model
+    from fcnquant.quantize import QuantConfig, quantize_model
 
     src = tmp / "float.onnx"
     _save(model, src)
     # the same model the caller checked the table against, serialized again here
-    quantize_model(src, table, tmp / "int8.onnx", target=target, per_channel=per_channel, exclude_nodes=excluded,
+    quantize_model(src, table, tmp / "int8.onnx",
+                   QuantConfig(target=target, per_channel=per_channel, exclude_nodes=tuple(excluded)),
                    weight_scales=scales, verify_table=False)
     return load_onnx(tmp / "int8.onnx")
 

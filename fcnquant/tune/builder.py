@@ -50,12 +50,13 @@ class QuantizeBuilder:
 
     def build(self, excluded: frozenset[str], out: Path) -> Path:
         """Returns ``out`` after writing the int8 model with ``excluded`` in float (or fp16) there."""
-        from fcnquant.quantize import quantize_model
+        from fcnquant.quantize import QuantConfig, quantize_model
 
         nodes = sorted(excluded)
         with _quiet("fcnquant.quantize"):
-            self.last = quantize_model(self.model, self.table, out, target=self.target, per_channel=self.per_channel,
-                                       exclude_nodes=nodes)
+            self.last = quantize_model(self.model, self.table, out,
+                                       QuantConfig(target=self.target, per_channel=self.per_channel,
+                                                   exclude_nodes=tuple(nodes)))
         if self.fallback == "fp16" and nodes:
             to_fp16_islands(out, nodes, out)
         return Path(out)
@@ -200,15 +201,17 @@ class RecoveryBuilder(QuantizeBuilder):
         import onnx
 
         from fcnquant._io import atomic_path
-        from fcnquant.quantize import quantize_model
+        from fcnquant.quantize import QuantConfig, quantize_model
         from fcnquant.quantize.name_map import set_metadata
         from fcnquant.recover.bias_correction import correct_biases
         from fcnquant.recover.plan import RECOVERY_METADATA_KEY
 
         nodes = sorted(excluded)
         with _quiet("fcnquant.quantize"), _quiet("fcnquant.recover"):
-            self.last = quantize_model(self.model, self.table, out, target=self.target, per_channel=self.per_channel,
-                                       exclude_nodes=nodes, pow2_rounding=self.plan.pow2_rounding)
+            self.last = quantize_model(self.model, self.table, out,
+                                       QuantConfig(target=self.target, per_channel=self.per_channel,
+                                                   exclude_nodes=tuple(nodes),
+                                                   pow2_rounding=self.plan.pow2_rounding))
             record = {"passes": [p for p in self.plan.names() if p != "equalize"]}
             if self.plan.pow2_rounding != "up":
                 record["pow2_rounding"] = self.plan.pow2_rounding
