@@ -26,7 +26,7 @@ def _drift_images(text: str) -> int | str:
 def register(sub) -> None:
     """Adds the ``compare`` subcommand to ``sub``."""
     from fcnquant.cli._distributed import add_ray_options
-    from fcnquant.cli.eval import add_data_options
+    from fcnquant.cli._options import add_data_options
     from fcnquant.compare.gallery import GALLERY_IMAGES
 
     p = sub.add_parser(

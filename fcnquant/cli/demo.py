@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fcnquant.demo_models import DEMO_MODELS, demo_model_path
-    from fcnquant.pipeline import run_pipeline
+    from fcnquant.workflows.demo import run_pipeline
 
     model = args.model
     if model is None or (model in DEMO_MODELS and not Path(model).exists()):

@@ -22,7 +22,7 @@ int32 bias lowered by ``round(e_c / s_b)`` (``fcnquant.recover.channel_means``).
   grids a residual stream's step can exceed what a branch adds to some channels, whose rounding then has a
   systematic sign (measured on fcn_r50_d8 at npu-pow2: per-channel mean rounding errors up to the error's RMS).
   Measured on fcn_r50_d8 (npu-pow2, per-tensor, tuning split): no gain over ``"weights"`` (output SNR 19.60 vs
-  19.62 dB), so the flow does not use it; ``"accumulated"`` gained 0.8 dB there (``fcnquant.flow``, ``"auto"``).
+  19.62 dB), so the flow does not use it; ``"accumulated"`` gained 0.8 dB there (``fcnquant.workflows.int8``, ``"auto"``).
 
 Layers are corrected in dependency order: a layer's measurement waits until every quantized Conv it depends on
 (through any path) is corrected. Layers that do not depend on each other (parallel branches: a ResNet's

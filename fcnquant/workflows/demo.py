@@ -45,7 +45,7 @@ class PipelineResult:
     tensorrt_cache: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     per_channel: bool = True
-    recovery: dict[str, Any] = field(default_factory=dict)  # what fcnquant.flow ran (empty: plain emission)
+    recovery: dict[str, Any] = field(default_factory=dict)  # what the int8 workflow ran (empty: plain emission)
 
     def rows(self) -> list[dict[str, Any]]:
         """Returns one summary row per model (fp32, fp16, int8): mIoU, delta, changed pixels, worst SNR, size."""
@@ -119,16 +119,17 @@ def run_pipeline(
     unless ``eval_images`` is given. Files go to ``out_dir`` (created): ``<stem>.calib.json``, ``<stem>.stats.npz``,
     ``<stem>.int8.onnx`` (+ ``.cache`` for tensorrt), ``<stem>.fp16.onnx``, ``<stem>.int8.html``,
     ``<stem>.fp16.html`` and ``<stem>.summary.json``. ``per_channel=False`` gives one weight scale per tensor;
-    ``recover=True`` runs the recovery passes that help on the target (``fcnquant.flow``); with equalization the
+    ``recover=True`` runs the recovery passes that help on the target (``fcnquant.workflows.int8``); with equalization the
     equalized float model (``<stem>.int8.equalized.onnx``) is the reference of the int8 comparison's per-layer
     drift (its logits equal the original's within 1e-4).
     """
     from fcnquant._io import atomic_write_text
-    from fcnquant.calibrate.api import open_calibration_data
     from fcnquant.compare import GALLERY_IMAGES, compare_models
-    from fcnquant.data import resolve_data
-    from fcnquant.flow import calibrate
-    from fcnquant.quantize import convert_fp16
+    from fcnquant.data import DataConfig, resolve_data
+    from fcnquant.execute import RunConfig
+    from fcnquant.quantize import QuantConfig, convert_fp16
+    from fcnquant.recover.plan import resolve_plan
+    from fcnquant.workflows.int8 import Outputs, calibrate
 
     if model is None:
         from fcnquant.demo_models import demo_model_path
@@ -156,12 +157,10 @@ def run_pipeline(
         seconds[name] = round(time.perf_counter() - seconds[name], 2)
 
     step("calibrate + quantize")
-    dataset = open_calibration_data(data, calib_split, progress=progress, model=model, ann_dir=ann_dir)
-    flow = calibrate(model, method=method, num_images=num_images, seed=seed, target=target, params=params,
-                     progress=progress, out=paths["int8"], per_channel=per_channel, recover=recover,
-                     dataset=dataset)
-    flow.stats.save(paths["stats"])
-    flow.table.save(paths["table"])
+    quant = QuantConfig(method=method, target=target, params=dict(params or {}), per_channel=per_channel)
+    flow = calibrate(model, DataConfig(data, calib_split, ann_dir, num_images=num_images, seed=seed), quant,
+                     RunConfig(progress=progress), resolve_plan(target, per_channel, recover),
+                     outputs=Outputs(model=paths["int8"], table=paths["table"], stats=paths["stats"]))
     stats, q, reference = flow.stats, flow.quantize, flow.float_model
     done("calibrate + quantize")
     step("fp16")
