@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 
 from fcnquant.calibrate.collect import collect_stats
+from fcnquant.execute import RunConfig
 from fcnquant.data import get_preset, iter_batches, open_dataset, write_synthetic_voc
 from fcnquant.errors import ModelError
 from fcnquant.runtime import outputs_patch, with_outputs
@@ -45,8 +46,8 @@ def test_external_data_model_collects_the_same_statistics(tmp_path, voc):
               location="weights.bin", size_threshold=0)
     assert (ext.parent / "weights.bin").is_file()
     ds = open_dataset(voc, "train")
-    a = collect_stats(path, ds, None, progress=False)
-    b = collect_stats(ext, ds, None, progress=False)
+    a = collect_stats(path, ds, RunConfig(progress=False))
+    b = collect_stats(ext, ds, RunConfig(progress=False))
     assert list(a.tensors) == list(b.tensors) == OBSERVED
     for name in OBSERVED:
         np.testing.assert_array_equal(a.tensors[name].hist.counts, b.tensors[name].hist.counts)

@@ -10,6 +10,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from fcnquant.quantize import QuantConfig
 from fcnquant.calibrate.api import choose_ids
 from fcnquant.data import open_dataset, write_synthetic_voc
 from fcnquant.errors import FcnquantError
@@ -55,7 +56,7 @@ def test_recovery_is_recorded_and_biases_change(env, tmp_path):
     assert rec["pow2_rounding"] == "error" and res.table.pow2_rounding == "error"
     plain = tmp_path / "plain.onnx"
     table = res.table
-    quantize_model(fpath, table, plain, target="npu-pow2", per_channel=False, pow2_rounding="error")
+    quantize_model(fpath, table, plain, QuantConfig(target="npu-pow2", per_channel=False, pow2_rounding="error"))
     p = onnx.load(str(plain))
     assert RECOVERY_METADATA_KEY not in {m.key for m in p.metadata_props}
     b_plain = {t.name: numpy_helper.to_array(t) for t in p.graph.initializer if t.name.endswith("_quantized")}
@@ -158,7 +159,7 @@ def test_explicit_weight_scales_are_used(env, tmp_path):
     w1 = numpy_helper.to_array(next(t for t in onnx.load(str(fpath)).graph.initializer if t.name == "w1"))
     scales = np.abs(w1).reshape(6, -1).max(axis=1) / 100.0  # larger than max/127: every weight fits
     out = tmp_path / "q.onnx"
-    quantize_model(fpath, res.table, out, target="tensorrt", weight_scales={"w1": (scales, 0)})
+    quantize_model(fpath, res.table, out, QuantConfig(target="tensorrt"), weight_scales={"w1": (scales, 0)})
     q = onnx.load(str(out))
     inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
     dq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "w1_quantized")

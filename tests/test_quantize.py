@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
+from fcnquant.quantize import QuantConfig
 from fcnquant.quantize import quantize_model
 from fcnquant.quantize.name_map import TABLE_SHA_KEY, TENSOR_MAP_KEY, read_tensor_map
 from fcnquant.runtime import make_session
@@ -31,7 +32,7 @@ def emit(tmp_path, target="ort-cpu", model=None, **kwargs):
     src = save_model(model or tiny_fcn(), tmp_path / "fcn.onnx")
     table = make_table(src, images(X_SHAPE), target)
     out = tmp_path / f"fcn.{target}.onnx"
-    res = quantize_model(src, table, out, target=target, **kwargs)
+    res = quantize_model(src, table, out, QuantConfig(target=target, **kwargs))
     return src, table, out, res, onnx.load(str(out))
 
 
@@ -278,7 +279,7 @@ def test_relu_writing_the_float_output_still_applies(tmp_path, target):
     src = save_model(model, tmp_path / "m.onnx")
     xs = images((1, 3, 8, 8))
     out = tmp_path / "m.int8.onnx"
-    quantize_model(src, make_table(src, xs, target), out, target=target)
+    quantize_model(src, make_table(src, xs, target), out, QuantConfig(target=target))
     q = onnx.load(str(out))
     assert producer(q, "y").op_type == "Relu"
     got, want = run(out, xs[0]), run(src, xs[0])

@@ -5,6 +5,7 @@ import numpy as np
 import onnx
 import pytest
 
+from fcnquant.quantize import QuantConfig
 from fcnquant.quantize import quantize_model
 from test_quantize_util import images, make_table, run
 
@@ -28,7 +29,7 @@ def fcn8s(tmp_path_factory):
 def test_fcn8s_fully_int8(fcn8s, tmp_path, target):
     xs = images((1, 3, SIZE, SIZE), n=3)
     out = tmp_path / f"fcn8s.{target}.onnx"
-    res = quantize_model(fcn8s, make_table(fcn8s, xs, target), out, target=target)
+    res = quantize_model(fcn8s, make_table(fcn8s, xs, target), out, QuantConfig(target=target))
     q = onnx.load(str(out))
     made_by = {o: n.op_type for n in q.graph.node for o in n.output}
     ops = {"Conv": 0, "Add": 0, "Resize": 0, "MaxPool": 0}

@@ -5,6 +5,7 @@ import numpy as np
 import onnx
 import pytest
 
+from fcnquant.quantize import QuantConfig
 from fcnquant.quantize import quantize_model
 from test_quantize_util import dq_params, images, initializer, make_table, node, run, save_model, tiny_convnet
 
@@ -59,7 +60,7 @@ def test_output_matches_numpy_fake_quant(tmp_path, quantize_output):
     xs = images((1, 2, 6, 6), n=4)
     table = make_table(src, xs, "ort-cpu")
     out = tmp_path / "net.int8.onnx"
-    quantize_model(src, table, out, quantize_output=quantize_output)
+    quantize_model(src, table, out, QuantConfig(quantize_output=quantize_output))
     model = onnx.load(str(src))
     for x in xs[:2] + images((1, 2, 6, 6), n=2, seed=7):
         ref, step = reference(model, table, x, quantize_output)
@@ -104,7 +105,7 @@ def test_per_tensor_weights(tmp_path):
     src = save_model(tiny_convnet(), tmp_path / "net.onnx")
     table = make_table(src, images((1, 2, 6, 6)), "ort-cpu")
     out = tmp_path / "net.int8.onnx"
-    quantize_model(src, table, out, per_channel=False)
+    quantize_model(src, table, out, QuantConfig(per_channel=False))
     q = onnx.load(str(out))
     model = onnx.load(str(src))
     ws, wz, axis, wq = dq_params(q, node(q, "conv1").input[1])
