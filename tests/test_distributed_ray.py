@@ -11,18 +11,21 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from fcnquant.calibrate.api import calibrate  # noqa: E402
 from fcnquant.calibrate.collect import collect_stats  # noqa: E402
 from fcnquant.calibrate.stats import CalibrationStats  # noqa: E402
 from fcnquant.cli import main  # noqa: E402
-from fcnquant.data import builtin_dataset, open_dataset, write_synthetic_voc  # noqa: E402
-from fcnquant.distributed import collect as collect_on_ray  # noqa: E402
+from fcnquant.data import DataConfig, builtin_dataset, open_dataset, write_synthetic_voc  # noqa: E402
+from fcnquant.distributed import RayExecutor  # noqa: E402
 from fcnquant.distributed.ray_backend import PROGRESS_ACTOR_PREFIX  # noqa: E402
 from fcnquant.errors import DataError  # noqa: E402
 from fcnquant.evaluate import evaluate  # noqa: E402
+from fcnquant.execute import RunConfig  # noqa: E402
+from fcnquant.workflows import Outputs  # noqa: E402
+from fcnquant.workflows import calibrate as flow  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "fcnquant" / "assets" / "demo"
 MODEL = str(DEMO / "fcn8s.onnx")
+QUIET = RunConfig(progress=False)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,9 +50,10 @@ def table_json(path) -> dict:
 
 
 def test_calibrate_api_on_ray_equals_one_process():
-    local_table, local_stats = calibrate(MODEL, method="kl", num_images=12, return_stats=True, progress=False)
-    ray_table, ray_stats = calibrate(MODEL, method="kl", num_images=12, return_stats=True, progress=False,
-                                     ray_address="local", shards=3)
+    data = DataConfig(split="train", num_images=12)
+    local = flow(MODEL, data, run=QUIET)
+    on_ray = flow(MODEL, data, run=RayExecutor(shards=3, progress=False))
+    (local_table, local_stats), (ray_table, ray_stats) = (local.table, local.stats), (on_ray.table, on_ray.stats)
     assert_same_stats(local_stats, ray_stats)
     a, b = local_table.to_dict(), ray_table.to_dict()
     a.pop("created"), b.pop("created")
@@ -76,8 +80,8 @@ def test_cli_calibrate_and_eval_on_ray_equal_one_process(tmp_path, capsys):
 
 def test_eval_api_on_ray_equals_one_process():
     val = open_dataset(builtin_dataset(), "val")
-    one = evaluate(MODEL, val, num_images=9, progress=False)
-    many = evaluate(MODEL, val, num_images=9, progress=False, ray_address="local", shards=4)
+    one = evaluate(MODEL, DataConfig(val, num_images=9), QUIET)
+    many = evaluate(MODEL, DataConfig(val, num_images=9), RayExecutor(shards=4, progress=False))
     np.testing.assert_array_equal(one.confusion, many.confusion)
     assert (one.miou, one.pixel_acc, list(one.per_class_iou)) == (many.miou, many.pixel_acc, list(many.per_class_iou))
     np.testing.assert_array_equal(list(one.per_class_iou.values()), list(many.per_class_iou.values()))  # NaN = NaN
@@ -89,7 +93,7 @@ def test_a_file_a_worker_cannot_read_names_node_and_path(tmp_path):
     gone = ds.images[ds.ids[4]]
     gone.unlink()  # the driver listed it; no worker can read it
     with pytest.raises(DataError) as err:
-        collect_on_ray(MODEL, ds, ds.ids, shards=2, progress=False)
+        collect_stats(MODEL, ds, RayExecutor(shards=2, progress=False))
     msg = str(err.value)
     assert str(gone) in msg and "shard 2/2" in msg
     assert f"node {ray.util.get_node_ip_address()}" in msg
@@ -137,10 +141,9 @@ def test_ctrl_c_cancels_the_shards_and_writes_nothing(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def int8(tmp_path_factory):
     """The demo fcn8s emitted in int8 from 4 calibration images, and its calibration table."""
-    from fcnquant.flow import calibrate as flow
-
     folder = tmp_path_factory.mktemp("int8")
-    r = flow(MODEL, num_images=4, out=folder / "fcn8s.int8.onnx", progress=False)
+    r = flow(MODEL, DataConfig(split="train", num_images=4), run=QUIET,
+             outputs=Outputs(model=folder / "fcn8s.int8.onnx"))
     return folder / "fcn8s.int8.onnx", r.table.save(folder / "fcn8s.json")
 
 
@@ -165,7 +168,7 @@ def test_compare_on_ray_equals_one_process_bit_for_bit(int8):
     assert [g.panels for g in many.gallery] == [g.panels for g in one.gallery]
     # the final mIoU is the one fcnquant eval computes
     val = open_dataset(builtin_dataset(), "val")
-    assert many.final.miou_quant == evaluate(str(quant), val, num_images=11, progress=False).miou
+    assert many.final.miou_quant == evaluate(str(quant), DataConfig(val, num_images=11), QUIET).miou
 
 
 def test_cli_compare_on_ray_writes_the_same_json(int8, tmp_path, capsys):

@@ -76,6 +76,10 @@ class RecoverOptions:
     adaround_iterations: int | None = None
     scale_search: tuple[tuple[str, Any], ...] = ()
 
+    def __post_init__(self) -> None:
+        if isinstance(self.scale_search, dict):
+            object.__setattr__(self, "scale_search", tuple(sorted(self.scale_search.items())))
+
 
 @dataclass(frozen=True)
 class FlowResult:
