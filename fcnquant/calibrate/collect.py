@@ -20,7 +20,7 @@ plain inference over the same images:
 * Session threads do not spin (``session.intra_op.allow_spinning=0``). Spinning threads keep burning a core
   after ``run`` returns, exactly when numpy needs it: 1.44x plain with spinning, 1.24x without.
 * Graph optimisation ``all``: with ``extended`` the whole calibration took 1.23-1.71x plain inference, with
-  ``all`` 1.03-1.22x, on these AVX-512 machines (REFERENCE.md saw the opposite on an AVX2-only machine).
+  ``all`` 1.03-1.22x, on these AVX-512 machines (on an AVX2-only machine the order was measured the other way).
 * Outputs go into reused buffers (io binding): fresh 120 MB outputs per image fragmented the heap and the
   process grew ~12 MB per image; with reuse the peak is flat (and equal to plain inference's).
 * Observers run in a worker thread (``overlap=True``, default) on batch k while onnxruntime runs batch k+1:
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 # Graph optimisation for the session with exposed tensors. Measured on fcn8s 320x320, onnxruntime 1.32, on the
 # project's AVX-512 machines: "all" ran the augmented model at ~1.06x the plain model, "extended" at ~1.3x
-# (REFERENCE.md reports the opposite order on an AVX2-only machine: 1.33x vs 1.06x). Override per call.
+# (on an AVX2-only machine the order was the opposite: 1.33x vs 1.06x). Override per call.
 DEFAULT_OPTIMIZATION = "all"
 
 

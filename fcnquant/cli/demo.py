@@ -21,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--calib-split", default="train", help="split to calibrate on (default train)")
     p.add_argument("--eval-split", default="val", help="held-out split to compare on (default val)")
     p.add_argument("--num-images", type=int, default=50, metavar="N",
-                   help="calibration images (default 50, like the seed's vendor toolchain)")
+                   help="calibration images (default 50: vendor toolchains calibrate on a small subset)")
     p.add_argument("--eval-images", type=int, default=None, metavar="N", help="compare on the first N images only")
     p.add_argument("--method", default="kl", choices=["kl", "minmax", "percentile", "mse"],
                    help="range method (default kl)")
