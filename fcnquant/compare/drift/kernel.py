@@ -5,7 +5,7 @@ exactly in float64 for float32 inputs, summed in float64 (the order of the addit
 the sums agree with numpy's to rounding, ~1e-15 relative, not bit for bit). Any NaN/Inf input makes
 ``sum e^2`` non-finite; the caller then uses the numpy path, which drops such pairs and counts them.
 ``CODES_KERNEL(ref, codes, zero_point, scale)`` takes the test side as a DequantizeLinear's integer input and
-dequantizes each value on the fly (``fcnquant.compare.integer_taps``): one pass instead of four over the
+dequantizes each value on the fly (``fcnquant.compare.tensors.integer_taps``): one pass instead of four over the
 activation. Disabled, like the observer kernels, when numba is missing or ``FCNQUANT_NO_NUMBA=1``.
 """
 from __future__ import annotations

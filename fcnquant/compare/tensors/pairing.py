@@ -29,7 +29,7 @@ import json
 import logging
 from dataclasses import dataclass
 
-from fcnquant.compare.graph import LOW_PRECISION_FLOATS, GraphIndex, index_graph
+from fcnquant.compare.tensors.graph import LOW_PRECISION_FLOATS, GraphIndex, index_graph
 from fcnquant.errors import ModelError
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Streaming drift metrics between a reference tensor and its quantized counterpart.
+"""Streaming drift metrics between a reference tensor and its quantized counterpart, and a layer's record of them.
 
 For a reference ``r`` (the float model's tensor) and a test ``q`` (the quantized model's tensor), accumulated over
 every value of every image seen, with ``e = q - r``::
@@ -13,10 +13,11 @@ The accumulator holds five sums and a max, so memory does not grow with the numb
 partial sums are added *exactly* (:class:`ExactSum`, Shewchuk's non-overlapping partials, a handful of floats): the
 result is the correctly rounded total of the updates' sums whatever order they arrive in, so accumulators filled in
 any order or merged from shards (``merge``) give the same bits, given the same per-update inputs (one image per
-update, as ``fcnquant.compare.drift_pass`` does). The error is formed per element in float64, exactly for float32/float16 inputs (never as ``sum(q^2) - 2 sum(rq) + sum(r^2)``,
-which cancels catastrophically when the error is small), in chunks that stay in cache. Pairs where either value
+update, as :mod:`fcnquant.compare.drift.measure` does). The error is formed per element in float64, exactly for
+float32/float16 inputs (never as ``sum(q^2) - 2 sum(rq) + sum(r^2)``, which cancels catastrophically when the
+error is small), in chunks that stay in cache. Pairs where either value
 is NaN or infinite are left out of the sums and counted in ``nonfinite``. float32 pairs go through the compiled
-one-pass kernel of :mod:`fcnquant.compare.drift_kernel` when numba is available (~5x faster; the same sums to
+one-pass kernel of :mod:`fcnquant.compare.drift.kernel` when numba is available (~5x faster; the same sums to
 rounding), the numpy code here otherwise and for other dtypes.
 """
 from __future__ import annotations
@@ -30,12 +31,12 @@ _CHUNK = 1 << 16  # values per inner step: two float64 chunks plus the error fit
 
 
 def _kernels():
-    from fcnquant.compare.drift_kernel import CODES_KERNEL, KERNEL
+    from fcnquant.compare.drift.kernel import CODES_KERNEL, KERNEL
 
     return KERNEL, CODES_KERNEL
 
 
-# the compiled one-pass sums for float32 pairs and for float32 against integer codes (fcnquant.compare.drift_kernel)
+# the compiled one-pass sums for float32 pairs and for float32 against integer codes (fcnquant.compare.drift.kernel)
 _KERNEL, _CODES_KERNEL = _kernels()
 
 
@@ -86,6 +87,47 @@ class DriftMetrics:
         return cls(count=int(d["count"]), cosine=num("cosine", math.nan), snr_db=num("snr_db", math.inf),
                    mse=num("mse", math.nan), max_abs=num("max_abs", math.nan), rel_l2=num("rel_l2", math.nan),
                    nonfinite=int(d.get("nonfinite", 0)))
+
+
+@dataclass(frozen=True)
+class LayerDrift:
+    """Drift of one quantized activation, accumulated (whole quantized model) and isolated (its own quantization)."""
+
+    float_name: str
+    quant_name: str
+    op_type: str
+    order: int  # depth: position among the quantized activations, in the float model's topological order
+    source: str  # how it was paired: "tensor_map" or "structure"
+    accumulated: DriftMetrics
+    isolated: DriftMetrics | None = None
+    clip: tuple[float, float] | None = None  # calibration range (lo, hi) when a table was given
+
+    @property
+    def inherited_db(self) -> float:
+        """Returns isolated SNR minus accumulated SNR: how much of this layer's drift comes from upstream."""
+        if self.isolated is None:
+            return math.nan
+        a, i = self.accumulated.snr_db, self.isolated.snr_db
+        return i - a if math.isfinite(a) and math.isfinite(i) else math.nan
+
+    def to_dict(self) -> dict:
+        """Returns a JSON-ready dict."""
+        return {
+            "float_name": self.float_name, "quant_name": self.quant_name, "op_type": self.op_type,
+            "order": self.order, "source": self.source, "accumulated": self.accumulated.to_dict(),
+            "isolated": self.isolated.to_dict() if self.isolated is not None else None,
+            "clip": list(self.clip) if self.clip is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LayerDrift":
+        """Returns the LayerDrift stored by ``to_dict``."""
+        return cls(
+            float_name=d["float_name"], quant_name=d["quant_name"], op_type=d["op_type"], order=int(d["order"]),
+            source=d["source"], accumulated=DriftMetrics.from_dict(d["accumulated"]),
+            isolated=DriftMetrics.from_dict(d["isolated"]) if d.get("isolated") else None,
+            clip=tuple(d["clip"]) if d.get("clip") else None,
+        )
 
 
 class ExactSum:

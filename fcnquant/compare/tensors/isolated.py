@@ -23,8 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
-from fcnquant.compare.graph import index_graph
-from fcnquant.compare.pairing import TensorPair
+from fcnquant.compare.tensors.graph import index_graph
+from fcnquant.compare.tensors.pairing import TensorPair
 from fcnquant.errors import ModelError
 
 _NUMPY_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}

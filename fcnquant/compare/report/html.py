@@ -11,8 +11,11 @@ import html
 import math
 from typing import Sequence
 
+from fcnquant.compare.drift.metrics import LayerDrift
 from fcnquant.compare.gallery import BROKEN, FIXED, OTHER, GalleryImage
-from fcnquant.compare.report import ActivationHistogram, CompareReport, LayerDrift, fmt
+from fcnquant.compare.histograms import ActivationHistogram
+from fcnquant.compare.report.compare_report import CompareReport
+from fcnquant.compare.report.table import fmt
 from fcnquant.recover.plan import format_recovery
 
 _ACC = "#d1495b"  # accumulated drift

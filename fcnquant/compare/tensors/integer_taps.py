@@ -6,7 +6,7 @@ DequantizeLinear outputs; exposing one keeps onnxruntime from fusing ``DQ -> Con
 its 27 DQ outputs exposed against 166 ms plain. Exposing the QuantizeLinear outputs that feed those DQs instead
 (the fused kernels' own outputs) ran in 246 ms. :func:`plan_taps` finds, for each wanted DQ output, the integer
 tensor it reads and its constant scale and zero point; :meth:`IntegerTaps.values` hands per-tensor ones on as
-:class:`~fcnquant.compare.drift.QuantizedValues`, which the drift sums dequantize on the fly in their one pass
+:class:`~fcnquant.compare.drift.metrics.QuantizedValues`, which the drift sums dequantize on the fly in their one pass
 (dequantizing in numpy first took four passes: 0.37 s per full-size fcn8s image, more than the integer kernels
 saved), exactly as the DequantizeLinear does (``float32(int32(q) - int32(zp)) * scale``: the integer difference
 and its conversion are exact, and the one float32 product is correctly rounded whatever the implementation), so the
@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fcnquant.compare.drift import QuantizedValues
+from fcnquant.compare.drift.metrics import QuantizedValues
 
 _INTEGER_TYPES = frozenset({"int8", "uint8", "int16", "uint16"})
 
