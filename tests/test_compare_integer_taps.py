@@ -6,20 +6,22 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fcnquant.compare.drift_pass import drift_sums
-from fcnquant.compare.integer_taps import plan_taps
-from fcnquant.compare.pairing import pair_tensors
-from fcnquant.data import builtin_dataset, open_dataset, preset_for_session
+from fcnquant.compare.drift.measure import DriftSpec, drift_sums
+from fcnquant.compare.tensors.integer_taps import plan_taps
+from fcnquant.compare.tensors.pairing import pair_tensors
+from fcnquant.data import DataConfig, builtin_dataset, open_dataset, preset_for_session
+from fcnquant.execute import RunConfig
 from fcnquant.demo_models import demo_model_path
 from fcnquant.runtime import make_session, with_outputs
 
 
 @pytest.fixture(scope="module")
 def int8(tmp_path_factory):
-    from fcnquant.flow import calibrate
+    from fcnquant.workflows import Outputs, calibrate
 
     out = tmp_path_factory.mktemp("q") / "fcn8s.int8.onnx"
-    calibrate(demo_model_path("fcn8s"), num_images=4, out=out, progress=False)
+    calibrate(demo_model_path("fcn8s"), DataConfig(split="train", num_images=4), run=RunConfig(progress=False),
+              outputs=Outputs(model=out))
     return out
 
 
@@ -47,8 +49,8 @@ def test_drift_with_integer_taps_is_the_same(int8):
     ds = open_dataset(builtin_dataset(progress=False), "val")
     pre = preset_for_session(make_session(f), None)
     kw = dict(progress=False, threads=1)
-    a = drift_sums(f, int8, ds, pre, ds.ids[:3], integer_taps=True, **kw).result()
-    b = drift_sums(f, int8, ds, pre, ds.ids[:3], integer_taps=False, **kw).result()
+    a = drift_sums(f, int8, ds, pre, ds.ids[:3], DriftSpec(integer_taps=True), **kw).result()
+    b = drift_sums(f, int8, ds, pre, ds.ids[:3], DriftSpec(integer_taps=False), **kw).result()
     assert len(a.accumulated) > 10 and len(a.isolated) == len(a.accumulated)
     for side in ("accumulated", "isolated"):
         for name, m in getattr(a, side).items():

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fcnquant.compare.pairing import TENSOR_MAP_KEY, pair_tensors
+from fcnquant.compare.tensors.pairing import TENSOR_MAP_KEY, pair_tensors
 from fcnquant.errors import ModelError
 
 
@@ -159,12 +159,15 @@ def test_duplicate_names_do_not_fool_structure():
 def test_shape_inference_on_the_skeleton_equals_the_whole_model(tmp_path):
     import onnx
 
-    from fcnquant.compare.graph import _value_infos, skeleton
+    from fcnquant.compare.tensors.graph import _value_infos, skeleton
     from fcnquant.demo_models import demo_model_path
-    from fcnquant.flow import calibrate
+    from fcnquant.data import DataConfig
+    from fcnquant.execute import RunConfig
+    from fcnquant.workflows import Outputs, calibrate
 
     quant = tmp_path / "q.onnx"
-    calibrate(demo_model_path("fcn8s"), num_images=2, out=quant, progress=False)
+    calibrate(demo_model_path("fcn8s"), DataConfig(split="train", num_images=2), run=RunConfig(progress=False),
+              outputs=Outputs(model=quant))
     for path in (demo_model_path("fcn8s"), demo_model_path("fcn_r50_d8"), quant):
         m = onnx.load(str(path))
         bare, lifted = skeleton(m)

@@ -118,17 +118,19 @@ def test_eval_with_a_killed_worker_equals_one_process(cluster):
 
 
 def test_compare_with_a_killed_worker_equals_one_process(cluster, tmp_path):
-    from fcnquant.compare import compare_models
+    from fcnquant.compare import CompareOptions, compare_models
+    from fcnquant.execute import LocalExecutor
     from fcnquant.workflows import Outputs, calibrate
 
     quant = tmp_path / "fcn8s.int8.onnx"
     calibrate(MODEL, DataConfig(split="train", num_images=4), run=QUIET, outputs=Outputs(model=quant))
-    kw = dict(num_images=64, drift_images=8, gallery=4, progress=False, threads=1)  # the workers' thread count
-    one = compare_models(MODEL, quant, **kw)
+    data, options = DataConfig(num_images=64), CompareOptions(drift_images=8, gallery=4)
+    one = compare_models(MODEL, quant, data, LocalExecutor(1, progress=False), options)  # the workers' threads
     killer = Killer()
     killer.start()
     try:
-        many = compare_models(MODEL, quant, ray_address="auto", shards=4, **kw)
+        with RayExecutor("auto", shards=4, threads=1, progress=False) as ex:
+            many = compare_models(MODEL, quant, data, ex, options)
     finally:
         killer.stop.set()
         killer.join()

@@ -154,15 +154,19 @@ def report_dict(report) -> dict:
 
 
 def test_compare_on_ray_equals_one_process_bit_for_bit(int8):
-    from fcnquant.compare import compare_models
+    from fcnquant.compare import CompareOptions, compare_models
+    from fcnquant.execute import LocalExecutor
 
     quant, table = int8
     # one onnxruntime thread on both sides (a worker runs as many as its task has CPUs): some float kernels
     # round differently with another thread count
-    kw = dict(num_images=11, drift_images=5, table=table, gallery=3, progress=False, threads=1)
-    one = compare_models(MODEL, quant, **kw)
-    many = compare_models(MODEL, quant, ray_address="local", shards=3, **kw)
-    batched = compare_models(MODEL, quant, batch_size=2, **kw)  # exact sums per image: batching changes no bit
+    data, options = DataConfig(num_images=11), CompareOptions(drift_images=5, gallery=3)
+    one = compare_models(MODEL, quant, data, LocalExecutor(1, progress=False), options, table=table)
+    with RayExecutor(shards=3, threads=1, progress=False) as ex:
+        many = compare_models(MODEL, quant, data, ex, options, table=table)
+        assert [r.images for r in ex.reports] == [1, 2, 2]  # the last pass (drift): 5 images in 3 shards
+    batched = compare_models(MODEL, quant, data, RunConfig(LocalExecutor(1, progress=False), batch_size=2),
+                             options, table=table)  # exact sums per image: batching changes no bit
     assert report_dict(many) == report_dict(one) == report_dict(batched)  # final, drift, histograms, gallery
     assert one.final.labelled and one.images == 11 and len(one.histograms) > 0 and len(one.gallery) == 3
     assert [g.panels for g in many.gallery] == [g.panels for g in one.gallery]

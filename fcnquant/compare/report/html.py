@@ -350,8 +350,9 @@ def render_html(report: CompareReport, top: int = 10) -> str:
         "<h2>SNR along the network depth</h2>",
         f"<figure>{snr_plot(report.layers)}<figcaption>Signal-to-noise ratio 10·log10(Σref²/Σ(q−ref)²) of each "
         f"quantized activation over the {report.drift_count} drift images. Accumulated: the whole quantized "
-        "model; isolated: that layer's own quantization, fed the float model's inputs. A layer with low isolated SNR causes drift; one whose "
-        "accumulated SNR is far below its isolated SNR inherits it. Hover a point for details.</figcaption></figure>",
+        "model; isolated: that layer's own quantization, fed the float model's inputs. A layer with low isolated "
+        "SNR causes drift; one whose accumulated SNR is far below its isolated SNR inherits it. Hover a point for "
+        "details.</figcaption></figure>",
     ]
     if f.labelled:
         parts += ["<h2>Per-class IoU change</h2>",
