@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from fcnquant.compare._json import nan_if_none, num
 from fcnquant.compare.gallery import GalleryCollector
-from fcnquant.data import DataConfig
+from fcnquant.data import DataConfig, Preset
 from fcnquant.errors import ModelError
 from fcnquant.execute import LocalExecutor, ShardContext, image_batches, resolve_batch
 from fcnquant.metrics import ConfusionMatrix
@@ -215,10 +215,10 @@ class FinalShard:
 
     counts: FinalAccumulator
     gallery: GalleryCollector
-    preset: object  # fcnquant.data.Preset
+    preset: Preset
 
 
-def final_shard(ctx: ShardContext, preset, batch_size: int, boundary_radius: int, gallery: int,
+def final_shard(ctx: ShardContext, preset: Preset | DataConfig, batch_size: int, boundary_radius: int, gallery: int,
                 names: tuple[str, str] = ("the float model", "the quantized model"),
                 on_batch: BatchHook | None = None) -> FinalShard:
     """Returns the final pass of the models ``"float"`` and ``"quant"`` over the shard's images (a shard function).
@@ -272,7 +272,7 @@ def merge_final(parts: Sequence[FinalShard]) -> FinalShard:
     return FinalShard(counts, keep, first.preset)
 
 
-def final_metrics(float_model, quant_model, dataset, preset, ids: Sequence[str], *, batch_size: int = 1,
+def final_metrics(float_model, quant_model, dataset, preset: Preset, ids: Sequence[str], *, batch_size: int = 1,
                   boundary_radius: int = DEFAULT_BOUNDARY_RADIUS, progress: bool = True,
                   on_batch: BatchHook | None = None) -> FinalMetrics:
     """Returns the FinalMetrics (mIoU, per-class IoU, changed pixels) of two models over ``ids`` of ``dataset``.

@@ -266,7 +266,7 @@ def tune(
                 shutil.copyfile(final_tmp, tmp_out)
         if report is not None:
             from fcnquant._io import atomic_write_text
-            from fcnquant.compare.html import render_html
+            from fcnquant.compare.report.html import render_html
 
             page = render_html(rep)
             page = page.replace("<main>", "<main>" + result.html_section(), 1)

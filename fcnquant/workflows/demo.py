@@ -124,7 +124,7 @@ def run_pipeline(
     drift (its logits equal the original's within 1e-4).
     """
     from fcnquant._io import atomic_write_text
-    from fcnquant.compare import GALLERY_IMAGES, compare_models
+    from fcnquant.compare import GALLERY_IMAGES, CompareOptions, compare_models
     from fcnquant.data import DataConfig, resolve_data
     from fcnquant.execute import RunConfig
     from fcnquant.quantize import QuantConfig, convert_fp16
@@ -168,13 +168,14 @@ def run_pipeline(
     done("fp16")
 
     step("compare int8")
-    int8_report = compare_models(reference, paths["int8"], data, eval_split, eval_images, table=paths["table"],
-                                 stats=paths["stats"], progress=progress, ann_dir=ann_dir, gallery=gallery)
+    eval_data = DataConfig(data, eval_split, ann_dir, num_images=eval_images)
+    run, options = RunConfig(progress=progress), CompareOptions(gallery=gallery)
+    int8_report = compare_models(reference, paths["int8"], eval_data, run, options, table=paths["table"],
+                                 stats=paths["stats"])
     int8_report.to_html(paths["int8_html"])
     done("compare int8")
     step("compare fp16")
-    fp16_report = compare_models(model, paths["fp16"], data, eval_split, eval_images, progress=progress,
-                                 ann_dir=ann_dir, gallery=gallery)
+    fp16_report = compare_models(model, paths["fp16"], eval_data, run, options)
     fp16_report.to_html(paths["fp16_html"])
     done("compare fp16")
 

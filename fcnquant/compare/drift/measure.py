@@ -27,6 +27,7 @@ import numpy as np
 
 from fcnquant.compare.drift.metrics import DriftAccumulator, DriftMetrics
 from fcnquant.compare.tensors.pairing import TensorPair
+from fcnquant.data import Preset
 from fcnquant.errors import DataError, ModelError
 from fcnquant.execute import LocalExecutor, ShardContext, image_batches, resolve_batch
 
@@ -129,7 +130,7 @@ class DriftShard:
     histograms: dict = field(default_factory=dict)  # float tensor -> fcnquant.compare.histograms.FixedHistogram
 
 
-def drift_shard(ctx: ShardContext, preset, spec: DriftSpec, histograms: dict | None = None) -> DriftShard:
+def drift_shard(ctx: ShardContext, preset: Preset, spec: DriftSpec, histograms: dict | None = None) -> DriftShard:
     """Returns the drift of the model ``"quant"`` against ``"float"`` over the shard's images (a shard function).
 
     The models are ONNX paths, bytes or ModelProtos. ``preset``: the float model's Preset. ``histograms``: empty
@@ -165,7 +166,7 @@ def merge_drift(parts: Sequence[DriftShard]) -> DriftShard:
     return DriftShard(sums, hists)
 
 
-def drift_sums(float_model, quant_model, dataset, preset, ids: Sequence[str], spec: DriftSpec | None = None, *,
+def drift_sums(float_model, quant_model, dataset, preset: Preset, ids: Sequence[str], spec: DriftSpec | None = None, *,
                threads: int = 0, progress: bool = True) -> DriftSums:
     """Returns the DriftSums of ``quant_model`` against ``float_model`` (ONNX paths or ModelProtos) over the images
     ``ids`` of ``dataset``, in this process (:func:`drift_shard` is the pass on any executor).
@@ -180,7 +181,7 @@ def drift_sums(float_model, quant_model, dataset, preset, ids: Sequence[str], sp
     return merge_drift(parts).sums
 
 
-def layer_drift(float_model, quant_model, dataset, preset, ids: Sequence[str], spec: DriftSpec | None = None, *,
+def layer_drift(float_model, quant_model, dataset, preset: Preset, ids: Sequence[str], spec: DriftSpec | None = None, *,
                 threads: int = 0, progress: bool = True) -> DriftResult:
     """Returns the DriftResult of ``quant_model`` against ``float_model`` over the images ``ids`` of ``dataset``:
     the metrics of :func:`drift_sums` (the same arguments)."""

@@ -134,7 +134,7 @@ def snr_plot(layers: Sequence[LayerDrift], width: int = 1040, height: int = 340)
     p.ranges((-0.5, len(layers) - 0.5), (lo - pad, cap))
     p.y_axis(_nice_ticks(p.yr[0], hi), "SNR (dB), higher is better")
     step = max(1, math.ceil(len(layers) / 40))
-    for k, layer in enumerate(layers):
+    for k in range(len(layers)):
         if k % step == 0:
             x = p.px(k)
             p.add(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{p.y0}" y2="{p.y0 + 4}" stroke="#999"/>')
