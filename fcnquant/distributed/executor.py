@@ -40,6 +40,7 @@ class RayExecutor:
         self.reports: tuple = ()  # the last map's ShardReports
         self.seconds = 0.0
         self._stack: contextlib.ExitStack | None = None
+        self._depth = 0  # nested `with` blocks: the connection closes when the outermost one ends
         self._ray = None
         self._puts: dict[str, list] = {}  # sha256 -> [object ref] of model bytes put during this connection
 
@@ -47,11 +48,17 @@ class RayExecutor:
         return f"Ray ({self.address or LOCAL})"
 
     def __enter__(self) -> "RayExecutor":
-        self._stack = contextlib.ExitStack()
-        self._ray = self._stack.enter_context(ray_session(self.address))
+        if self._depth == 0:
+            stack = contextlib.ExitStack()
+            self._ray = stack.enter_context(ray_session(self.address))
+            self._stack = stack
+        self._depth += 1
         return self
 
     def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if self._depth > 0:
+            return
         stack, self._stack, self._ray = self._stack, None, None
         self._puts.clear()
         if stack is not None:
