@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from fcnquant.cli import main
-from fcnquant.data import write_synthetic_voc
+from fcnquant.data import DataConfig, write_synthetic_voc
 from fcnquant.evaluate import evaluate
 from fcnquant.execute import RunConfig
 
@@ -28,7 +28,7 @@ def test_pipeline_writes_every_artifact_and_scores_match_eval(tiny):
     from fcnquant.workflows import run_pipeline
 
     root, model, d = tiny
-    res = run_pipeline(model, d / "out", data=root, num_images=4, progress=False)
+    res = run_pipeline(model, d / "out", DataConfig(root, "train", num_images=4), run=RunConfig(progress=False))
     for p in (res.table, res.stats, res.int8_model, res.fp16_model, res.int8_html, res.fp16_html, res.json):
         assert p.is_file(), p
     q = onnx.load(str(res.int8_model))

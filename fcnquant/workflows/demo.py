@@ -3,7 +3,8 @@
 This is what ``fcnquant demo`` runs (on the shipped demo model and the built-in synthetic VOC by default), and
 what a pipeline calls to go from a float ONNX model to deployable artifacts plus an accuracy verdict::
 
-    result = run_pipeline("fcn8s.onnx", "out/", data="VOCdevkit", method="kl", target="ort-cpu")
+    result = run_pipeline("fcn8s.onnx", "out/", DataConfig("VOCdevkit", "train", num_images=50),
+                          QuantConfig(method="kl", target="ort-cpu"))
     print(result.format_summary())
 
 Every step is the public API of its own package (``fcnquant.calibrate``, ``fcnquant.quantize``,
@@ -16,9 +17,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+from fcnquant.data import DataConfig, Dataset
 from fcnquant.errors import FcnquantError
+from fcnquant.execute import Executor, RunConfig
+from fcnquant.quantize.config import QuantConfig
 from fcnquant.recover.plan import format_recovery
 
 log = logging.getLogger(__name__)
@@ -93,41 +97,33 @@ class PipelineResult:
 def run_pipeline(
     model: str | os.PathLike[str] | None = None,
     out_dir: str | os.PathLike[str] = "fcnquant-demo-out",
+    data: DataConfig | str | os.PathLike[str] | None = None,
+    quant: QuantConfig | None = None,
+    run: RunConfig | Executor | None = None,
     *,
-    data: str | os.PathLike[str] | None = None,
-    calib_split: str = "train",
     eval_split: str = "val",
-    method: str = "kl",
-    target: str = "ort-cpu",
-    num_images: int = 50,
     eval_images: int | None = None,
-    params: Mapping[str, Any] | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    ann_dir: str | None = None,
     gallery: int | None = None,
-    per_channel: bool = True,
     recover: bool = False,
 ) -> PipelineResult:
     """Returns the PipelineResult of calibrating, quantizing (int8 + fp16) and comparing ``model``.
 
-    ``model`` defaults to the shipped demo fcn8s; ``data`` to ``fcnquant.data.resolve_data(None, model)`` (the
-    built-in synthetic VOC for a demo model, else a VOC found on the machine, else the synthetic set with a
-    warning); ``ann_dir`` picks its annotation folder. ``gallery``: images shown in each HTML report's gallery of
-    the most changed images (default ``fcnquant.compare.GALLERY_IMAGES``, 0 for none). Calibration draws
-    ``num_images`` images from ``calib_split``; the comparisons run on ``eval_split`` (held-out images), all of it
-    unless ``eval_images`` is given. Files go to ``out_dir`` (created): ``<stem>.calib.json``, ``<stem>.stats.npz``,
+    ``model`` defaults to the shipped demo fcn8s. ``data``: the calibration images (a
+    :class:`~fcnquant.data.DataConfig`; default split ``train``, 50 images; its root defaults to
+    ``fcnquant.data.resolve_data(None, model)``: the built-in synthetic VOC for a demo model, else a VOC found on
+    the machine, else the synthetic set with a warning). The comparisons run on ``eval_split`` of the same root
+    (held-out images), all of it unless ``eval_images`` is given. ``quant``: method, target, weight
+    granularity (default kl, ort-cpu, per channel). ``gallery``: images shown in each HTML report's gallery of the
+    most changed images (default ``fcnquant.compare.GALLERY_IMAGES``, 0 for none). Files go to ``out_dir`` (created): ``<stem>.calib.json``, ``<stem>.stats.npz``,
     ``<stem>.int8.onnx`` (+ ``.cache`` for tensorrt), ``<stem>.fp16.onnx``, ``<stem>.int8.html``,
-    ``<stem>.fp16.html`` and ``<stem>.summary.json``. ``per_channel=False`` gives one weight scale per tensor;
-    ``recover=True`` runs the recovery passes that help on the target (``fcnquant.workflows.int8``); with equalization the
+    ``<stem>.fp16.html`` and ``<stem>.summary.json``. ``recover=True`` runs the recovery passes that help on the target (``fcnquant.workflows.int8``); with equalization the
     equalized float model (``<stem>.int8.equalized.onnx``) is the reference of the int8 comparison's per-layer
     drift (its logits equal the original's within 1e-4).
     """
     from fcnquant._io import atomic_write_text
     from fcnquant.compare import GALLERY_IMAGES, CompareOptions, compare_models
-    from fcnquant.data import DataConfig, resolve_data
-    from fcnquant.execute import RunConfig
-    from fcnquant.quantize import QuantConfig, convert_fp16
+    from fcnquant.data import resolve_data
+    from fcnquant.quantize import convert_fp16
     from fcnquant.recover.plan import resolve_plan
     from fcnquant.workflows.int8 import Outputs, calibrate
 
@@ -146,7 +142,11 @@ def run_pipeline(
         ("table", "calib.json"), ("stats", "stats.npz"), ("int8", "int8.onnx"), ("fp16", "fp16.onnx"),
         ("int8_html", "int8.html"), ("fp16_html", "fp16.html"), ("json", "summary.json"))}
     seconds: dict[str, float] = {}
-    data = resolve_data(data, model, progress=progress).root  # once, so a warning is printed once
+    data = DataConfig.of(data, split="train", num_images=50)
+    quant, run = quant or QuantConfig(), RunConfig.of(run)
+    progress = run.resolved().progress
+    if not isinstance(data.root, Dataset):  # resolved once, so a warning is printed once
+        data = data.with_(root=resolve_data(data.root, model, progress=progress).root)
     gallery = GALLERY_IMAGES if gallery is None else gallery
 
     def step(name: str):
@@ -157,10 +157,7 @@ def run_pipeline(
         seconds[name] = round(time.perf_counter() - seconds[name], 2)
 
     step("calibrate + quantize")
-    quant = QuantConfig(method=method, target=target, params=dict(params or {}), per_channel=per_channel)
-    flow = calibrate(model, DataConfig(data, calib_split, ann_dir, num_images=num_images, seed=seed), quant,
-                     RunConfig(progress=progress), resolve_plan(target, per_channel, recover),
-                     outputs=Outputs(model=paths["int8"], table=paths["table"], stats=paths["stats"]))
+    flow = calibrate(model, data, quant, run, resolve_plan(quant.target, quant.per_channel, recover), outputs=Outputs(model=paths["int8"], table=paths["table"], stats=paths["stats"]))
     stats, q, reference = flow.stats, flow.quantize, flow.float_model
     done("calibrate + quantize")
     step("fp16")
@@ -168,8 +165,9 @@ def run_pipeline(
     done("fp16")
 
     step("compare int8")
-    eval_data = DataConfig(data, eval_split, ann_dir, num_images=eval_images)
-    run, options = RunConfig(progress=progress), CompareOptions(gallery=gallery)
+    eval_data = DataConfig(data.root, eval_split, data.ann_dir, data.preset, data.size, data.mean, data.std,
+                           num_images=eval_images)
+    options = CompareOptions(gallery=gallery)
     int8_report = compare_models(reference, paths["int8"], eval_data, run, options, table=paths["table"],
                                  stats=paths["stats"])
     int8_report.to_html(paths["int8_html"])
@@ -180,11 +178,11 @@ def run_pipeline(
     done("compare fp16")
 
     result = PipelineResult(
-        model=model, out_dir=out, method=method, target=target, calibration_images=len(stats.image_ids),
+        model=model, out_dir=out, method=quant.method, target=quant.target, calibration_images=len(stats.image_ids),
         table=paths["table"], stats=paths["stats"], int8_model=paths["int8"], fp16_model=paths["fp16"],
         int8_report=int8_report, fp16_report=fp16_report, int8_html=paths["int8_html"],
         fp16_html=paths["fp16_html"], json=paths["json"], tensorrt_cache=getattr(q, "tensorrt_cache", None),
-        seconds=seconds, per_channel=per_channel, recovery=flow.recovery if flow.plan.any else {},
+        seconds=seconds, per_channel=quant.per_channel, recovery=flow.recovery if flow.plan.any else {},
     )
     import json
 
