@@ -14,7 +14,7 @@ measurable mIoU gain (1000 held-out images) at 3-4x the calibration time (BENCHM
   model's output error (``fcnquant.recover.scale_search``);
 * ``bias_correction_error="auto"``: both bias-correction variants, the layer's own weight rounding and the whole
   accumulated mean error, the one whose int8 outputs are closer to the float model's on the calibration images
-  kept (``fcnquant.flow``). On the tuning split (seed 2) "accumulated" raised fcn_r50_d8's output SNR by 0.8 dB
+  kept (``fcnquant.workflows.int8``). On the tuning split (seed 2) "accumulated" raised fcn_r50_d8's output SNR by 0.8 dB
   and lowered fcn16s' / fcn32s' by 3.5 / 9 dB: neither is right for every model.
 
 AdaRound costs a minute or more of optimisation per model, so it runs only when asked for (``adaround=True``),
