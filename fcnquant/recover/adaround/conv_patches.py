@@ -252,7 +252,8 @@ class GramStats:
 
     def quadratic(self, w_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Returns (A, B, c) of the reconstruction loss of the float weight rows ``w_rows`` [G, C, D]
-        (``fcnquant.recover.adaround.layer_rounding``): A = E[x_q x_q^T], B = W E[x_f x_q^T], c = tr(W E[x_f x_f^T] W^T)."""
+        (``fcnquant.recover.adaround.layer_rounding``): A = E[x_q x_q^T], B = W E[x_f x_q^T],
+        c = tr(W E[x_f x_f^T] W^T)."""
         if self.count == 0:
             raise ModelError("no calibration positions were accumulated for this layer")
         n = float(self.count)

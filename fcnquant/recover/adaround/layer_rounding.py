@@ -1,7 +1,7 @@
 """AdaRound for one layer on its second-moment statistics: Adam on the rounding variables, numpy only.
 
-A Conv output channel is ``y = w . x`` over the layer's input patches ``x`` (``fcnquant.recover.adaround.conv_patches``).
-AdaRound minimises, over the calibration inputs, the mean over output positions of the squared error summed over
+A Conv output channel is ``y = w . x`` over the layer's input patches ``x``
+(``fcnquant.recover.adaround.conv_patches``). AdaRound minimises, over the calibration inputs, the mean over output positions of the squared error summed over
 channels (AIMET's reconstruction loss), between the float layer fed float inputs ``x_f`` and the quantized layer
 fed the quantized model's inputs ``x_q``::
 

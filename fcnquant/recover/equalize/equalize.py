@@ -1,14 +1,16 @@
 """Cross-layer equalization of a float ONNX model: find the scalable pairs, equalize them, absorb high biases, record.
 
-Steps (numerics in :mod:`fcnquant.recover.equalize.cle`, graph rules in :mod:`fcnquant.recover.equalize.scalable`):
+Steps (numerics in :mod:`fcnquant.recover.equalize.cle`, graph rules in
+:mod:`fcnquant.recover.equalize.scalable`, image passes in ``bounds`` and ``check``):
 
-1. :func:`~fcnquant.recover.equalize.scalable.find_pairs` lists every Conv whose output channels can be rescaled with all
-   its consumers compensating, and every Conv that cannot, with the reason.
-2. :func:`~fcnquant.recover.equalize.cle.equalize_chains` equalizes the pairs chain by chain until the scales converge;
-   the new weights and biases replace the initializers in place (same names, same dtype).
-3. With ``absorb=True``, one inference pass over calibration images measures each eligible producer's per-channel
-   pre-activation minimum (on the equalized model), and c = max(0, bound) moves from its bias into the consumers'
-   biases (:func:`~fcnquant.recover.equalize.cle.absorb_high_bias`). Missing biases are created (zeros + the shift).
+1. :func:`~fcnquant.recover.equalize.scalable.find_pairs` lists every Conv whose output channels can be rescaled
+   with all its consumers compensating, and every Conv that cannot, with the reason.
+2. :func:`~fcnquant.recover.equalize.cle.equalize_chains` equalizes the pairs chain by chain until the scales
+   converge; the new weights and biases replace the initializers in place (same names, same dtype).
+3. With ``EqualizeOptions(absorb=True)``, one inference pass over calibration images (on the executor given)
+   measures each eligible producer's per-channel pre-activation minimum (on the equalized model), and
+   c = max(0, bound) moves from its bias into the consumers' biases
+   (:func:`~fcnquant.recover.equalize.cle.absorb_high_bias`). Missing biases are created (zeros + the shift).
 4. The model keeps every ``metadata_props`` entry and gains ``fcnquant.equalized`` (a JSON summary); with ``out`` it
    is checked and written atomically.
 
