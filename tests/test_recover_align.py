@@ -1,4 +1,5 @@
-"""Power-of-two alignment (fcnquant.recover.equalize.pow2_grid, align): grid arithmetic by brute force, exact rescaling."""
+"""Power-of-two alignment (fcnquant.recover.equalize: pow2_grid, align): grid arithmetic by brute force, exact
+rescaling."""
 from __future__ import annotations
 
 import math

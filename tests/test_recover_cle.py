@@ -1,4 +1,5 @@
-"""Cross-layer equalization numerics (fcnquant.recover.equalize.cle, channel_stats): hand-worked cases and brute force."""
+"""Cross-layer equalization numerics (fcnquant.recover.equalize: cle, channel_stats): hand-worked cases and brute
+force."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
-"""Cross-layer equalization of ONNX graphs (fcnquant.recover.equalize: equalize, scalable): hand-built models in onnxruntime."""
+"""Cross-layer equalization of ONNX graphs (fcnquant.recover.equalize: equalize, scalable): hand-built models in
+onnxruntime."""
 from __future__ import annotations
 
 import json

@@ -1,9 +1,9 @@
 """AdaRound for one layer on its second-moment statistics: Adam on the rounding variables, numpy only.
 
 A Conv output channel is ``y = w . x`` over the layer's input patches ``x``
-(``fcnquant.recover.adaround.conv_patches``). AdaRound minimises, over the calibration inputs, the mean over output positions of the squared error summed over
-channels (AIMET's reconstruction loss), between the float layer fed float inputs ``x_f`` and the quantized layer
-fed the quantized model's inputs ``x_q``::
+(``fcnquant.recover.adaround.conv_patches``). AdaRound minimises, over the calibration inputs, the mean over output
+positions of the squared error summed over channels (AIMET's reconstruction loss), between the float layer fed
+float inputs ``x_f`` and the quantized layer fed the quantized model's inputs ``x_q``::
 
     L(W_q) = mean_p sum_c (W_q x_q - W x_f)^2 = tr(W_q A W_q^T) - 2 <W_q, B> + c
     A = E[x_q x_q^T],   B = W E[x_f x_q^T],   c = tr(W E[x_f x_f^T] W^T)
