@@ -1,4 +1,5 @@
-"""Power-of-two alignment (fcnquant.recover.pow2_grid, align): grid arithmetic by brute force, exact rescaling."""
+"""Power-of-two alignment (fcnquant.recover.equalize: pow2_grid, align): grid arithmetic by brute force, exact
+rescaling."""
 from __future__ import annotations
 
 import math
@@ -10,7 +11,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import helper  # noqa: E402
 
 from fcnquant.recover import align_pow2  # noqa: E402
-from fcnquant.recover.pow2_grid import best_alignment, waste  # noqa: E402
+from fcnquant.recover.equalize.pow2_grid import best_alignment, waste  # noqa: E402
 from fcnquant.runtime import make_session, with_outputs  # noqa: E402
 from test_recover_equalize import RNG, conv, init, make_model, rel_diff, run, spread  # noqa: E402
 

@@ -201,6 +201,8 @@ class RecoveryBuilder(QuantizeBuilder):
         import onnx
 
         from fcnquant._io import atomic_path
+        from fcnquant.data import DataConfig
+        from fcnquant.execute import RunConfig
         from fcnquant.quantize import QuantConfig, quantize_model
         from fcnquant.quantize.name_map import set_metadata
         from fcnquant.recover.bias_correction import correct_biases
@@ -217,7 +219,8 @@ class RecoveryBuilder(QuantizeBuilder):
                 record["pow2_rounding"] = self.plan.pow2_rounding
             qmodel = onnx.load(str(out))
             if self.plan.bias_correction:
-                bc = correct_biases(qmodel, self.model, self.dataset, self.ids, progress=False)
+                bc = correct_biases(qmodel, self.model, DataConfig(root=self.dataset, ids=tuple(self.ids)),
+                                    RunConfig(progress=False))
                 qmodel = bc.model
                 record["bias_correction"] = {**{k: v for k, v in bc.to_dict().items() if k != "layers"},
                                              "layers": len(bc.layers)}

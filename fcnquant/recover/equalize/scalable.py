@@ -17,7 +17,7 @@ Only the top-level graph is analysed. Rules, for every ``Conv`` / ``ConvTranspos
    use (``Mul``, ``Sigmoid``, a graph output, a second MaxPool output, a Conv's weight input, an Add with a
    graph input or a non-Conv tensor, an Add behind a Concat, ...) makes P unscalable and P is skipped with that
    use named: e.g. FCN's score convs, whose skip ``Add`` meets the upsampled logits of a graph output.
-4. Grouped and depthwise weights are handled exactly on either side (see :mod:`fcnquant.recover.cle`); a
+4. Grouped and depthwise weights are handled exactly on either side (see :mod:`fcnquant.recover.equalize.cle`); a
    missing bias is fine (nothing to scale there).
 5. High-bias absorption additionally needs: a single producer without residual Adds; P's output feeds exactly
    one node, a ``Relu``; every op after that

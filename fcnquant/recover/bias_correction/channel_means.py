@@ -2,7 +2,8 @@
 
 A Conv output ``y`` of shape (N, C, H, W) contributes ``sum over n, h, w`` per channel to a float64 sum and
 ``N * H * W`` to the count, so the mean over any number of batches is exact up to float64 summation order and
-needs memory for ``C`` numbers only.
+needs memory for ``C`` numbers only. Accumulators of shards merge bit for bit (:mod:`fcnquant.recover.ordered_sum`:
+a shard after the first records its batch sums, ``record=True``, and :meth:`ChannelMeans.merge` replays them).
 
 Bias update (QDQ graphs store a quantized Conv's bias as int32 ``b_q`` with scale ``s_b = s_x * s_w``): a mean
 output error ``e_c`` (quantized minus float) in channel ``c`` is cancelled by ``b_q[c] -= round(e_c / s_b[c])``,
@@ -13,15 +14,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from fcnquant.recover.ordered_sum import OrderedSum
+
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 
 
 class ChannelMeans:
-    """Running per-channel (axis 1) means of NC... tensors in float64."""
+    """Running per-channel (axis 1) means of NC... tensors in float64; ``record``: see the module docstring."""
 
-    def __init__(self) -> None:
-        self.sum: np.ndarray | None = None
+    def __init__(self, *, record: bool = False) -> None:
+        self._sum = OrderedSum(record=record)
         self.count = 0
+
+    @property
+    def sum(self) -> np.ndarray | None:
+        """The per-channel sums (None before any update)."""
+        return self._sum.total
 
     def update(self, x: np.ndarray) -> None:
         """Adds every value of ``x`` (shape (N, C, ...)) to its channel's sum."""
@@ -29,9 +37,13 @@ class ChannelMeans:
         if x.ndim < 2:
             raise ValueError(f"expected an (N, C, ...) tensor, got shape {x.shape}")
         axes = (0,) + tuple(range(2, x.ndim))
-        s = x.sum(axis=axes, dtype=np.float64)
-        self.sum = s if self.sum is None else self.sum + s
+        self._sum.add(x.sum(axis=axes, dtype=np.float64))
         self.count += x.size // x.shape[1]
+
+    def merge(self, other: "ChannelMeans") -> None:
+        """Adds the values ``other`` observed (on the images after these)."""
+        self._sum.merge(other._sum)
+        self.count += other.count
 
     @property
     def mean(self) -> np.ndarray:
@@ -59,10 +71,16 @@ class WindowMeans:
     """
 
     def __init__(self, kernel: tuple[int, int], pads: tuple[int, int, int, int] = (0, 0, 0, 0),
-                 strides: tuple[int, int] = (1, 1), dilations: tuple[int, int] = (1, 1)) -> None:
+                 strides: tuple[int, int] = (1, 1), dilations: tuple[int, int] = (1, 1), *,
+                 record: bool = False) -> None:
         self.kernel, self.pads, self.strides, self.dilations = kernel, pads, strides, dilations
-        self.sum: np.ndarray | None = None
+        self._sum = OrderedSum(record=record)
         self.count = 0
+
+    @property
+    def sum(self) -> np.ndarray | None:
+        """The sums ``(C, KH, KW)`` (None before any update)."""
+        return self._sum.total
 
     def update(self, x: np.ndarray) -> None:
         """Adds the windows of every image of ``x`` (N, C, H, W)."""
@@ -79,8 +97,13 @@ class WindowMeans:
                 r0, c0 = kh * dh, kw * dw
                 win = xp[:, :, r0:r0 + sh * (oh - 1) + 1:sh, c0:c0 + sw * (ow - 1) + 1:sw]
                 s[:, kh, kw] = win.sum(axis=(0, 2, 3), dtype=np.float64)
-        self.sum = s if self.sum is None else self.sum + s
+        self._sum.add(s)
         self.count += x.shape[0] * oh * ow
+
+    def merge(self, other: "WindowMeans") -> None:
+        """Adds the windows ``other`` observed (on the images after these)."""
+        self._sum.merge(other._sum)
+        self.count += other.count
 
     @property
     def mean(self) -> np.ndarray:

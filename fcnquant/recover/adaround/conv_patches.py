@@ -13,8 +13,8 @@ amounts crop), with the kernel flipped and the in/out axes swapped: its rows are
 
 :class:`GramStats` accumulates ``E[x_f x_f^T]``, ``E[x_f x_q^T]``, ``E[x_q x_q^T]`` over every output position
 of every image, for the float input ``x_f`` and the quantized model's input ``x_q`` of the same layer (float32
-products of one chunk, summed in float64),
-``rows_per_chunk`` output rows at a time (memory: ``D^2`` per statistic plus one chunk of patches).
+products of one chunk, summed in float64), ``rows_per_chunk`` output rows at a time (memory: ``D^2`` per statistic
+plus one chunk of patches).
 """
 from __future__ import annotations
 
@@ -236,9 +236,24 @@ class GramStats:
                 self.qq += np.matmul(pq.transpose(0, 2, 1), pq)
             self.count += pf.shape[1]
 
+    def merge(self, other: "GramStats") -> None:
+        """Adds the moments ``other`` accumulated on other images (new arrays: a shard's may be read-only).
+
+        The float64 sums of two shards added equal one pass over all the images up to the rounding of float64
+        additions (the products are added in another order).
+        """
+        self.ff = self.ff + other.ff
+        if self.same_inputs:
+            self.fq = self.qq = self.ff
+        else:
+            self.fq = self.fq + other.fq
+            self.qq = self.qq + other.qq
+        self.count += other.count
+
     def quadratic(self, w_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Returns (A, B, c) of the reconstruction loss of the float weight rows ``w_rows`` [G, C, D]
-        (``fcnquant.recover.layer_rounding``): A = E[x_q x_q^T], B = W E[x_f x_q^T], c = tr(W E[x_f x_f^T] W^T)."""
+        (``fcnquant.recover.adaround.layer_rounding``): A = E[x_q x_q^T], B = W E[x_f x_q^T],
+        c = tr(W E[x_f x_f^T] W^T)."""
         if self.count == 0:
             raise ModelError("no calibration positions were accumulated for this layer")
         n = float(self.count)

@@ -2,14 +2,14 @@
 
 On a power-of-two target an activation with calibrated threshold T gets ``scale = 2**ceil(log2(T / 127))``, so up
 to half of its int8 grid goes unused (1 bit; ~0.5 on average). Every channel space that cross-layer equalization
-can rescale (:func:`~fcnquant.recover.scalable.find_pairs`) can also be divided by one scalar a > 0 with the same
-exact compensation in its consumers; its activations' thresholds then become T / a. :func:`align_pow2` picks a
-per space (:func:`~fcnquant.recover.pow2_grid.best_alignment`) so that the space's activations sit just below a
-grid edge, and returns the model with the thresholds to use for the rescaled tensors (T / a: the model computes
-exactly the old tensor divided by a, so no new calibration pass is needed).
+can rescale (:func:`~fcnquant.recover.equalize.scalable.find_pairs`) can also be divided by one scalar a > 0 with
+the same exact compensation in its consumers; its activations' thresholds then become T / a. :func:`align_pow2`
+picks a per space (:func:`~fcnquant.recover.equalize.pow2_grid.best_alignment`) so that the space's activations
+sit just below a grid edge, and returns the model with the thresholds to use for the rescaled tensors (T / a: the
+model computes exactly the old tensor divided by a, so no new calibration pass is needed).
 
 Spaces whose channels also reach a calibrated tensor behind a Concat are left alone (that tensor would be rescaled
-only in part), and named. Run it after :func:`~fcnquant.recover.equalize` and calibration, before emission.
+only in part), and named. Run it after :func:`~fcnquant.recover.equalize.equalize` and calibration, before emission.
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ import numpy as np
 
 from fcnquant import __version__
 from fcnquant.errors import ModelError
-from fcnquant.recover import cle
-from fcnquant.recover.pow2_grid import DEFAULT_MARGIN, best_alignment
-from fcnquant.recover.scalable import Skip, find_pairs
+from fcnquant.recover.equalize import cle
+from fcnquant.recover.equalize.pow2_grid import DEFAULT_MARGIN, best_alignment
+from fcnquant.recover.equalize.scalable import Skip, find_pairs
 
 log = logging.getLogger(__name__)
 

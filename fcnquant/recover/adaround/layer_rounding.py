@@ -1,9 +1,9 @@
 """AdaRound for one layer on its second-moment statistics: Adam on the rounding variables, numpy only.
 
-A Conv output channel is ``y = w . x`` over the layer's input patches ``x`` (``fcnquant.recover.conv_patches``).
-AdaRound minimises, over the calibration inputs, the mean over output positions of the squared error summed over
-channels (AIMET's reconstruction loss), between the float layer fed float inputs ``x_f`` and the quantized layer
-fed the quantized model's inputs ``x_q``::
+A Conv output channel is ``y = w . x`` over the layer's input patches ``x``
+(``fcnquant.recover.adaround.conv_patches``). AdaRound minimises, over the calibration inputs, the mean over output
+positions of the squared error summed over channels (AIMET's reconstruction loss), between the float layer fed
+float inputs ``x_f`` and the quantized layer fed the quantized model's inputs ``x_q``::
 
     L(W_q) = mean_p sum_c (W_q x_q - W x_f)^2 = tr(W_q A W_q^T) - 2 <W_q, B> + c
     A = E[x_q x_q^T],   B = W E[x_f x_q^T],   c = tr(W E[x_f x_f^T] W^T)
@@ -13,7 +13,7 @@ number of images and positions: the statistics are exact over every position of 
 memory that does not grow with the image size. The gradient is ``dL/dW_q = 2 (W_q A - B)``, chained through
 ``W_q = s * clip(floor(W / s) + h(V), QMIN, QMAX)`` and the rectified sigmoid, plus ``reg`` times the
 regulariser's gradient. It is computed as ``2 ((W_q - W) A + R)`` with ``R = W A - B``, so float32 steps do not
-lose the small difference ``W_q - W`` against the large ``W A`` (arithmetic: ``fcnquant.recover.rounding``).
+lose the small difference ``W_q - W`` against the large ``W A`` (arithmetic: ``fcnquant.recover.adaround.rounding``).
 Everything is batched over the groups of a grouped conv.
 
 The loop: ``V`` starts where ``h(V)`` equals the fractional part of ``W / s``; Adam (AIMET's optimiser) at
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fcnquant.recover import rounding as rnd
+from fcnquant.recover.adaround import rounding as rnd
 
 _V_OFF = -20.0  # h(_V_OFF) = 0 with a zero gradient: a weight held at floor (its nearest integer)
 

@@ -1,28 +1,39 @@
 """Per-channel statistics of an NCHW activation (min, max, mean, std), streaming and mergeable: numpy only."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from fcnquant.recover.ordered_sum import OrderedSum
 
-@dataclass
+
 class ChannelStats:
     """Running per-channel min / max / count / sum / sum of squares (float64) over axes other than 1.
 
-    Starts at the identity (min +inf, max -inf, zero sums), so ``merge`` of two equals observing both inputs.
+    Starts at the identity (min +inf, max -inf, zero sums), so ``merge`` of two equals observing both inputs. The
+    statistics of a shard after the first are made with ``record=True`` (:meth:`empty`): its sums then merge bit
+    for bit, as if one pass had observed both shards' batches in turn (:mod:`fcnquant.recover.ordered_sum`).
     """
 
-    minimum: np.ndarray
-    maximum: np.ndarray
-    count: int
-    total: np.ndarray
-    total_sq: np.ndarray
+    def __init__(self, minimum: np.ndarray, maximum: np.ndarray, count: int, total: OrderedSum,
+                 total_sq: OrderedSum) -> None:
+        self.minimum, self.maximum, self.count = minimum, maximum, count
+        self._total, self._total_sq = total, total_sq
 
     @classmethod
-    def empty(cls, channels: int) -> ChannelStats:
+    def empty(cls, channels: int, *, record: bool = False) -> ChannelStats:
         """Returns the identity element for ``channels`` channels."""
-        return cls(np.full(channels, np.inf), np.full(channels, -np.inf), 0, np.zeros(channels), np.zeros(channels))
+        return cls(np.full(channels, np.inf), np.full(channels, -np.inf), 0,
+                   OrderedSum(np.zeros(channels), record=record), OrderedSum(np.zeros(channels), record=record))
+
+    @property
+    def total(self) -> np.ndarray:
+        """The per-channel sums."""
+        return self._total.total
+
+    @property
+    def total_sq(self) -> np.ndarray:
+        """The per-channel sums of squares."""
+        return self._total_sq.total
 
     def update(self, x: np.ndarray) -> None:
         """Adds a batch (N, C, ...) to the statistics; raises ValueError on a channel mismatch or NaN/Inf."""
@@ -37,14 +48,20 @@ class ChannelStats:
         self.minimum = np.minimum(self.minimum, flat.min(axis=1))
         self.maximum = np.maximum(self.maximum, flat.max(axis=1))
         f64 = flat.astype(np.float64)
-        self.total = self.total + f64.sum(axis=1)
-        self.total_sq = self.total_sq + np.einsum("ij,ij->i", f64, f64)
+        self._total.add(f64.sum(axis=1))
+        self._total_sq.add(np.einsum("ij,ij->i", f64, f64))
         self.count += flat.shape[1]
 
     def merge(self, other: ChannelStats) -> ChannelStats:
-        """Returns the statistics of both inputs together."""
+        """Returns the statistics of both inputs together (``other``: the images after these)."""
+        total = OrderedSum(self.total, record=self._total.recording)
+        total_sq = OrderedSum(self.total_sq, record=self._total_sq.recording)
+        for mine, theirs, merged in ((self._total, other._total, total), (self._total_sq, other._total_sq, total_sq)):
+            for s in mine.terms or ():
+                merged.add(s)
+            merged.merge(theirs)
         return ChannelStats(np.minimum(self.minimum, other.minimum), np.maximum(self.maximum, other.maximum),
-                            self.count + other.count, self.total + other.total, self.total_sq + other.total_sq)
+                            self.count + other.count, total, total_sq)
 
     def mean(self) -> np.ndarray:
         """Returns the per-channel mean (NaN before any update)."""

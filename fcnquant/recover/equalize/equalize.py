@@ -1,14 +1,16 @@
 """Cross-layer equalization of a float ONNX model: find the scalable pairs, equalize them, absorb high biases, record.
 
-Steps (numerics in :mod:`fcnquant.recover.cle`, graph rules in :mod:`fcnquant.recover.scalable`):
+Steps (numerics in :mod:`fcnquant.recover.equalize.cle`, graph rules in
+:mod:`fcnquant.recover.equalize.scalable`, image passes in ``bounds`` and ``check``):
 
-1. :func:`~fcnquant.recover.scalable.find_pairs` lists every Conv whose output channels can be rescaled with all
-   its consumers compensating, and every Conv that cannot, with the reason.
-2. :func:`~fcnquant.recover.cle.equalize_chains` equalizes the pairs chain by chain until the scales converge;
-   the new weights and biases replace the initializers in place (same names, same dtype).
-3. With ``absorb=True``, one inference pass over calibration images measures each eligible producer's per-channel
-   pre-activation minimum (on the equalized model), and c = max(0, bound) moves from its bias into the consumers'
-   biases (:func:`~fcnquant.recover.cle.absorb_high_bias`). Missing biases are created (zeros + the shift).
+1. :func:`~fcnquant.recover.equalize.scalable.find_pairs` lists every Conv whose output channels can be rescaled
+   with all its consumers compensating, and every Conv that cannot, with the reason.
+2. :func:`~fcnquant.recover.equalize.cle.equalize_chains` equalizes the pairs chain by chain until the scales
+   converge; the new weights and biases replace the initializers in place (same names, same dtype).
+3. With ``EqualizeOptions(absorb=True)``, one inference pass over calibration images (on the executor given)
+   measures each eligible producer's per-channel pre-activation minimum (on the equalized model), and
+   c = max(0, bound) moves from its bias into the consumers' biases
+   (:func:`~fcnquant.recover.equalize.cle.absorb_high_bias`). Missing biases are created (zeros + the shift).
 4. The model keeps every ``metadata_props`` entry and gains ``fcnquant.equalized`` (a JSON summary); with ``out`` it
    is checked and written atomically.
 
@@ -23,15 +25,19 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from fcnquant import __version__
+from fcnquant.data import DataConfig, Dataset
 from fcnquant.errors import FcnquantError, ModelError
+from fcnquant.execute import Executor, RunConfig
 from fcnquant.quantize.name_map import set_metadata
-from fcnquant.recover import cle
-from fcnquant.recover.scalable import ScalablePair, Skip, find_pairs, nodes_by_name
+from fcnquant.recover.equalize import cle
+from fcnquant.recover.equalize.bounds import absorb_data, channel_stats, choose_images
+from fcnquant.recover.equalize.check import first_images_rel_diff, random_rel_diff
+from fcnquant.recover.equalize.scalable import ScalablePair, Skip, find_pairs, nodes_by_name
 
 log = logging.getLogger(__name__)
 
@@ -126,42 +132,48 @@ class EqualizeResult:
         }
 
 
+@dataclass(frozen=True)
+class EqualizeOptions:
+    """``absorb`` turns on high-bias absorption, with per-channel lower bounds (``bound``: ``"min"`` the observed
+    minimum, ``"3sigma"`` mean - 3 std); ``absorb_padded`` also absorbs into consumers that zero-pad (not exact at
+    the borders). ``tol`` / ``max_sweeps``: when a chain's iteration stops (:func:`cle.equalize_chains`).
+    ``verify`` runs the original and the result on two random inputs (the first bound images when absorbing) and
+    reports max |diff| / max |logits|."""
+
+    absorb: bool = False
+    bound: str = "min"
+    absorb_padded: bool = False
+    tol: float = cle.DEFAULT_TOL
+    max_sweeps: int = cle.DEFAULT_MAX_SWEEPS
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        if self.bound not in BOUND_RULES:
+            raise FcnquantError(f"unknown bound rule '{self.bound}'; choose one of {', '.join(BOUND_RULES)}")
+        if self.tol <= 0 or self.max_sweeps < 1:
+            raise FcnquantError("tol must be positive and max_sweeps at least 1")
+
+
 def equalize(
     model,
     out: str | os.PathLike[str] | None = None,
-    *,
-    absorb: bool = False,
-    data: str | os.PathLike[str] | None = None,
-    split: str | None = "train",
-    num_images: int | None = 50,
-    seed: int = 0,
-    ids: Sequence[str] | None = None,
-    preset=None,
-    bound: str = "min",
-    absorb_padded: bool = False,
-    tol: float = cle.DEFAULT_TOL,
-    max_sweeps: int = cle.DEFAULT_MAX_SWEEPS,
-    verify: bool = True,
-    progress: bool = True,
+    data: DataConfig | Dataset | str | os.PathLike[str] | None = None,
+    run: RunConfig | Executor | None = None,
+    options: EqualizeOptions | None = None,
 ) -> EqualizeResult:
     """Returns the EqualizeResult of cross-layer equalization of ``model`` (a path or an ``onnx.ModelProto``).
 
-    ``absorb`` turns on high-bias absorption, with per-channel lower bounds (``bound``: ``"min"`` the observed
-    minimum, ``"3sigma"`` mean - 3 std) measured on ``num_images`` images of ``data``/``split`` (default: the
-    built-in synthetic VOC's train split), or exactly ``ids``. ``absorb_padded`` also absorbs into consumers that
-    zero-pad (not exact at the borders). ``verify`` runs the original and the result on two random inputs (the
-    first bound images when absorbing) and reports max |diff| / max |logits|. With ``out`` the model is
-    written there atomically; the input file is never modified.
+    ``options``: :class:`EqualizeOptions`. ``data``: the images absorption measures its bounds on (a
+    :class:`~fcnquant.data.DataConfig`: its ``ids``, else ``num_images`` seeded ids; default 50 images of the
+    built-in synthetic VOC's train split; a root alone: its train split, 50 images); only read with
+    ``options.absorb``. ``run``: the executor those image passes run on. With ``out`` the model is written there
+    atomically; the input file is never modified.
     """
     import onnx
-    from onnx import numpy_helper
 
     from fcnquant._io import load_onnx
 
-    if bound not in BOUND_RULES:
-        raise FcnquantError(f"unknown bound rule '{bound}'; choose one of {', '.join(BOUND_RULES)}")
-    if tol <= 0 or max_sweeps < 1:
-        raise FcnquantError("tol must be positive and max_sweeps at least 1")
+    options = options or EqualizeOptions()
     if isinstance(model, (str, os.PathLike)):
         source = load_onnx(model)
     elif isinstance(model, onnx.ModelProto):
@@ -170,6 +182,29 @@ def equalize(
         raise ModelError(f"expected a model path or onnx.ModelProto, got {type(model).__name__}")
     work = onnx.ModelProto()
     work.CopyFrom(source)
+    pairs, records, chain_dicts, skipped, weights = _equalize_pairs(work, options)
+    absorb_info, rel = None, None
+    if options.absorb:
+        executor = RunConfig.of(run).resolved()
+        cfg = absorb_data(data)
+        dataset, chosen = choose_images(cfg, progress=executor.progress)
+        absorb_info, records = _absorb(work, pairs, records, options, executor, dataset, chosen, cfg)
+        if options.verify:
+            rel = first_images_rel_diff(executor, source, work, dataset, chosen[:2], cfg)
+    elif options.verify:
+        rel = random_rel_diff(source, work)
+    result = EqualizeResult(model=work, pairs=tuple(records), chains=tuple(chain_dicts), skipped=tuple(skipped),
+                            weights=tuple(weights), absorb=absorb_info, max_rel_diff=rel)
+    set_metadata(work, {METADATA_KEY: json.dumps(_summary(result), sort_keys=True)})
+    if out is not None:
+        path = _write(work, out)
+        result = replace(result, path=path)
+    return result
+
+
+def _equalize_pairs(work, options: EqualizeOptions):
+    """Equalizes the scalable pairs of ``work`` in place; returns (pairs, records, chains, skipped, weight ranges)."""
+    from onnx import numpy_helper
 
     found, skipped = find_pairs(work)
     inits = {t.name: t for t in work.graph.initializer}
@@ -180,7 +215,7 @@ def equalize(
     for s in skipped:
         log.info("not equalized: %s: %s", s.node, s.reason)
     specs = [_spec(p) for p in pairs]
-    new, chain_results = cle.equalize_chains(arrays, specs, tol=tol, max_sweeps=max_sweeps)
+    new, chain_results = cle.equalize_chains(arrays, specs, tol=options.tol, max_sweeps=options.max_sweeps)
     for name, arr in new.items():
         inits[name].CopyFrom(numpy_helper.from_array(arr, name))
     records, chain_dicts = _records(pairs, chain_results, arrays, {**arrays, **new})
@@ -190,21 +225,7 @@ def equalize(
                         c["sweeps"], c["last_max_log_scale"])
     weights = _weight_ranges(pairs, arrays, new)
     log.info("equalized %d pair(s) in %d chain(s); skipped %d Conv(s)", len(pairs), len(chain_dicts), len(skipped))
-
-    absorb_info = None
-    verify_images = None
-    if absorb:
-        absorb_info, records, verify_images = _absorb(
-            work, pairs, records, bound=bound, absorb_padded=absorb_padded, data=data, split=split,
-            num_images=num_images, seed=seed, ids=ids, preset=preset, progress=progress)
-    rel = _max_rel_diff(source, work, verify_images) if verify else None
-    result = EqualizeResult(model=work, pairs=tuple(records), chains=tuple(chain_dicts), skipped=tuple(skipped),
-                            weights=tuple(weights), absorb=absorb_info, max_rel_diff=rel)
-    set_metadata(work, {METADATA_KEY: json.dumps(_summary(result), sort_keys=True)})
-    if out is not None:
-        path = _write(work, out)
-        result = replace(result, path=path)
-    return result
+    return pairs, records, chain_dicts, skipped, weights
 
 
 def _drop_nonfinite(pairs: list[ScalablePair], arrays: dict[str, np.ndarray], skipped: list[Skip]):
@@ -275,21 +296,17 @@ def _weight_ranges(pairs: list[ScalablePair], before: dict[str, np.ndarray], aft
     return out
 
 
-def _absorb(work, pairs, records, *, bound, absorb_padded, data, split, num_images, seed, ids, preset, progress):
-    from onnx import numpy_helper
-
-    from fcnquant.recover.bounds import channel_stats, choose_images
-
-    eligible = [p for p in pairs if p.absorb_blocker is None or (absorb_padded and p.padded_only)]
-    dataset, chosen = choose_images(data, split, num_images, seed, ids, progress=progress)
-    info: dict[str, Any] = {"bound": bound, "images": len(chosen), "split": split, "absorb_padded": absorb_padded,
-                            "pairs": 0, "channels": 0}
-    verify_images = _first_images(work, dataset, chosen, preset, 2)
+def _absorb(work, pairs: list[ScalablePair], records: list[PairRecord], options: EqualizeOptions,
+            executor: Executor, dataset, chosen: list[str], data: DataConfig):
+    """Moves each eligible producer's always-positive part into its consumers' biases (in place); returns
+    (the absorption summary, the records)."""
+    eligible = [p for p in pairs if p.absorb_blocker is None or (options.absorb_padded and p.padded_only)]
+    info: dict[str, Any] = {"bound": options.bound, "images": len(chosen), "split": data.split,
+                            "absorb_padded": options.absorb_padded, "pairs": 0, "channels": 0}
     if not eligible:
         log.info("high-bias absorption: no pair qualifies")
-        return info, records, verify_images
-    stats = channel_stats(work, {p.output: p.channels for p in eligible}, dataset, chosen, preset=preset,
-                          progress=progress)
+        return info, records
+    stats = channel_stats(executor, work, {p.output: p.channels for p in eligible}, dataset, chosen, data)
     inits = {t.name: t for t in work.graph.initializer}
     nodes = nodes_by_name(work)
     taken = {t.name for t in work.graph.initializer}
@@ -297,30 +314,39 @@ def _absorb(work, pairs, records, *, bound, absorb_padded, data, split, num_imag
     by_name = {r.producer: r for r in records}
     for p in eligible:
         st = stats[p.output]
-        lower = st.lower_bound(bound)
-        c = np.where(np.isfinite(lower), np.maximum(lower, 0.0), 0.0)
-        if not (c > 0).any():
+        c = _absorb_pair(work, p, st.lower_bound(options.bound), inits, nodes, taken)
+        if c is None:
             by_name[p.producer] = replace(by_name[p.producer], absorb_note="no channel has a positive lower bound")
             continue
-        b1 = _bias(work, inits, nodes[p.producer], p.channels, taken)
-        new_b1, _, c = cle.absorb_high_bias(numpy_helper.to_array(b1), lower, [])
-        b1.CopyFrom(numpy_helper.from_array(new_b1, b1.name))
-        for site in p.consumers:
-            w2 = numpy_helper.to_array(inits[site.weight])
-            b2 = _bias(work, inits, nodes[site.node], int(w2.shape[0]), taken)
-            _, (new_b2,), _ = cle.absorb_high_bias(np.zeros_like(new_b1), lower,
-                                                   [(w2, numpy_helper.to_array(b2), site.group, site.offset)])
-            b2.CopyFrom(numpy_helper.from_array(new_b2, b2.name))
-        act_before = float(st.maximum.max())
-        act_after = float((st.maximum - c).max())
         note = None if p.absorb_blocker is None else f"absorbed despite: {p.absorb_blocker}"
         by_name[p.producer] = replace(by_name[p.producer], absorbed_channels=int((c > 0).sum()),
-                                    absorbed_max=float(c.max()), absorb_note=note)
+                                      absorbed_max=float(c.max()), absorb_note=note)
         info["pairs"] += 1
         info["channels"] += int((c > 0).sum())
-        info.setdefault("activation_max", {})[p.producer] = {"before": act_before, "after": act_after}
+        info.setdefault("activation_max", {})[p.producer] = {"before": float(st.maximum.max()),
+                                                             "after": float((st.maximum - c).max())}
     log.info("high-bias absorption: %d channel(s) in %d pair(s)", info["channels"], info["pairs"])
-    return info, [by_name[r.producer] for r in records], verify_images
+    return info, [by_name[r.producer] for r in records]
+
+
+def _absorb_pair(work, p: ScalablePair, lower: np.ndarray, inits: dict, nodes: dict, taken: set[str]):
+    """Moves ``max(0, lower)`` of producer ``p`` into its consumers' biases; returns the constants moved (None
+    when no channel has a positive bound)."""
+    from onnx import numpy_helper
+
+    c = np.where(np.isfinite(lower), np.maximum(lower, 0.0), 0.0)
+    if not (c > 0).any():
+        return None
+    b1 = _bias(work, inits, nodes[p.producer], p.channels, taken)
+    new_b1, _, c = cle.absorb_high_bias(numpy_helper.to_array(b1), lower, [])
+    b1.CopyFrom(numpy_helper.from_array(new_b1, b1.name))
+    for site in p.consumers:
+        w2 = numpy_helper.to_array(inits[site.weight])
+        b2 = _bias(work, inits, nodes[site.node], int(w2.shape[0]), taken)
+        _, (new_b2,), _ = cle.absorb_high_bias(np.zeros_like(new_b1), lower,
+                                               [(w2, numpy_helper.to_array(b2), site.group, site.offset)])
+        b2.CopyFrom(numpy_helper.from_array(new_b2, b2.name))
+    return c
 
 
 def _bias(model, inits: dict, node, channels: int, taken: set[str]):
@@ -345,35 +371,6 @@ def _bias(model, inits: dict, node, channels: int, taken: set[str]):
         node.input[2] = name
     inits[name] = t
     return t
-
-
-def _first_images(model, dataset, ids, preset, k: int) -> list[np.ndarray]:
-    from fcnquant.data import iter_batches, preset_for_session
-    from fcnquant.runtime import make_session
-
-    session = make_session(model.SerializeToString())
-    p = preset_for_session(session, preset)
-    return [b.images.astype(np.float32) for b in iter_batches(dataset, p, list(ids)[:k], 1, with_masks=False)]
-
-
-def _max_rel_diff(original, equalized, images: list[np.ndarray] | None) -> float:
-    """Returns max over inputs of max |out_eq - out| / max |out| (first output)."""
-    from fcnquant.runtime import input_spec, make_session
-
-    s0 = make_session(original.SerializeToString())
-    s1 = make_session(equalized.SerializeToString())
-    name, shape = input_spec(s0)
-    if images is None:
-        rng = np.random.default_rng(0)
-        dims = tuple(d if d is not None else (1 if i == 0 else 128) for i, d in enumerate(shape))
-        images = [rng.standard_normal(dims).astype(np.float32) for _ in range(2)]
-    worst = 0.0
-    for x in images:
-        a = s0.run(None, {name: x})[0].astype(np.float64)
-        b = s1.run(None, {name: x})[0].astype(np.float64)
-        scale = float(np.abs(a).max()) or 1.0
-        worst = max(worst, float(np.abs(a - b).max()) / scale)
-    return worst
 
 
 def _summary(result: EqualizeResult) -> dict[str, Any]:
