@@ -15,6 +15,7 @@ from fcnquant.data import DataConfig, open_dataset, write_synthetic_voc
 from fcnquant.errors import FcnquantError
 from fcnquant.execute import RunConfig
 from fcnquant.quantize import quantize_model
+from fcnquant.recover.scale_search import ScaleSearchOptions
 from fcnquant.workflows import Outputs, RecoverOptions
 from fcnquant.workflows import calibrate as run_workflow
 from fcnquant.recover.plan import RECOVERY_METADATA_KEY, read_recovery, resolve_plan
@@ -24,10 +25,11 @@ from test_recover_bias import branching_model
 def calibrate(model, root, *, num_images, size=None, preset=None, target="ort-cpu", out=None, per_channel=True,
               recover=False, scale_search_options=None, progress=False, **switches):
     """The int8 workflow with the plan resolved from ``recover`` and single-pass ``switches``, as the CLI does."""
-    plan = resolve_plan(target, per_channel, recover, **switches)
+    plan = resolve_plan(target, per_channel, recover, emits=out is not None, **switches)
     return run_workflow(model, DataConfig(root, "train", preset=preset, size=size, num_images=num_images),
                         QuantConfig(target=target, per_channel=per_channel), RunConfig(progress=progress), plan,
-                        outputs=Outputs(model=out), recover=RecoverOptions(scale_search=scale_search_options or {}))
+                        outputs=Outputs(model=out),
+                        recover=RecoverOptions(scale_search=ScaleSearchOptions(**(scale_search_options or {}))))
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +154,8 @@ def test_auto_bias_correction_keeps_the_variant_with_the_smaller_output_error(en
     rec = read_recovery(onnx.load(str(out["auto"])))["bias_correction"]
     ds = open_dataset(tmp / "voc", "train")
     ids = DataConfig(ds, num_images=4).choose(ds, progress=False)
-    errs = output_error([out["weights"], out["accumulated"]], fpath, ds, ids, "awesome", images=None, size=32)
+    errs = output_error([out["weights"], out["accumulated"]], fpath,
+                        DataConfig(ds, ids=ids, preset="awesome", size=32), RunConfig(progress=False), images=None)
     assert rec["output_mse"] == pytest.approx({"weights": errs[0], "accumulated": errs[1]}, rel=1e-6)
     assert rec["error"] == ("weights" if errs[0] <= errs[1] else "accumulated")
     best = out[rec["error"]]

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from fcnquant.cli._distributed import executor_from_args
     from fcnquant.cli._options import data_config, run_config
     from fcnquant.recover.plan import resolve_plan
-    from fcnquant.workflows.int8 import Outputs, RecoverOptions, calibrate
+    from fcnquant.workflows.int8 import Outputs, calibrate
 
     params = method_params(args)
     if args.model is None and args.from_stats is None:
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     plan = resolve_plan(args.target, not args.per_tensor, args.recover, equalize=args.equalize,
                         bias_correction=args.bias_correction, adaround=args.adaround,
                         pow2_rounding=args.pow2_rounding, scale_search=args.scale_search,
-                        bias_correction_error=args.bias_correction_error)
+                        bias_correction_error=args.bias_correction_error, emits=bool(args.out))
     outputs = Outputs(model=args.out, table=out_table, stats=args.save_stats, ids=args.save_ids,
                       trt_cache=args.trt_cache)
     data = data_config(args, ids=load_ids(args.ids_file) if args.ids_file else None, seed=args.seed,
@@ -138,10 +138,21 @@ def run(args: argparse.Namespace) -> int:
     with executor_from_args(args, progress=not args.no_progress) as executor:
         flow = calibrate(args.model, data, quant, run_config(args, executor), plan, outputs=outputs, stats=stats,
                          shard=args.shard, collect=CollectOptions(skip_nonfinite=args.skip_nonfinite),
-                         recover=RecoverOptions(adaround_iterations=args.adaround_iterations))
+                         recover=_recover_options(args))
     elapsed = time.perf_counter() - t0
     _print_summary(args, flow, elapsed)
     return 0
+
+
+def _recover_options(args: argparse.Namespace):
+    from fcnquant.recover.adaround import AdaRoundOptions
+    from fcnquant.workflows.int8 import RecoverOptions
+
+    if args.adaround_iterations is None:
+        return RecoverOptions()
+    if args.adaround_iterations < 1:
+        raise FcnquantError(f"--adaround-iterations must be at least 1, got {args.adaround_iterations}")
+    return RecoverOptions(adaround=AdaRoundOptions(iterations=args.adaround_iterations))
 
 
 def _print_summary(args: argparse.Namespace, flow, elapsed: float) -> None:

@@ -76,13 +76,25 @@ def resolve_plan(
     pow2_rounding: str | None = None,
     scale_search: bool | None = None,
     bias_correction_error: str | None = None,
+    emits: bool = True,
 ) -> RecoveryPlan:
-    """Returns the RecoveryPlan for ``target``: explicit switches (not None) as given, the rest from ``recover``."""
+    """Returns the RecoveryPlan for ``target``: explicit switches (not None) as given, the rest from ``recover``.
+
+    ``emits=False`` (no int8 model is written): only the table's power-of-two rounding applies; an explicit
+    switch of a pass that makes a new model is an error.
+    """
     from fcnquant.calibrate.qparams import get_target
+    from fcnquant.errors import FcnquantError
 
     pow2 = get_target(target).pow2
     if pow2_rounding is None:
         pow2_rounding = "error" if recover and pow2 else "up"
+    if not emits:
+        if equalize or adaround or bias_correction or scale_search:
+            raise FcnquantError("equalization, AdaRound, the scale search and bias correction make a new model: "
+                                "give `out` to emit the int8 model (or run `fcnquant equalize` first and "
+                                "calibrate its output)")
+        return RecoveryPlan(pow2_rounding=pow2_rounding)
     return RecoveryPlan(
         equalize=bool(recover and not per_channel) if equalize is None else bool(equalize),
         adaround=bool(adaround),

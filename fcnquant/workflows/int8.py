@@ -41,7 +41,9 @@ from fcnquant.data import DataConfig
 from fcnquant.errors import FcnquantError
 from fcnquant.execute import Executor, RunConfig, Shard
 from fcnquant.quantize.config import QuantConfig
+from fcnquant.recover.adaround import AdaRoundOptions
 from fcnquant.recover.plan import RECOVERY_METADATA_KEY, RecoveryPlan
+from fcnquant.recover.scale_search import ScaleSearchOptions
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +72,10 @@ class Outputs:
 
 @dataclass(frozen=True)
 class RecoverOptions:
-    """Settings of single recovery passes: AdaRound's steps per layer (None: its default) and the scale
-    search's options (``fcnquant.recover.scale_search``)."""
+    """Settings of single recovery passes (None: each pass's defaults)."""
 
-    adaround_iterations: int | None = None
-    scale_search: tuple[tuple[str, Any], ...] = ()
-
-    def __post_init__(self) -> None:
-        if isinstance(self.scale_search, dict):
-            object.__setattr__(self, "scale_search", tuple(sorted(self.scale_search.items())))
+    adaround: AdaRoundOptions | None = None
+    scale_search: ScaleSearchOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -148,7 +145,7 @@ def calibrate(
             t0 = time.perf_counter()
             from fcnquant.recover.equalize import equalize as run_equalize
 
-            eq = run_equalize(float_path, tmp / "equalized.onnx")
+            eq = run_equalize(float_path, tmp / "equalized.onnx", run=run)
             float_path = tmp / "equalized.onnx"
             recovery["equalize"] = _summary(eq)
             seconds["equalize"] = time.perf_counter() - t0
@@ -185,13 +182,10 @@ def _checked_plan(plan: RecoveryPlan, quant: QuantConfig, outputs: Outputs, stat
     if plan.scale_search and not get_target(quant.target).pow2:
         raise FcnquantError(f"the power-of-two scale search needs a power-of-two target, not {quant.target}")
     makes_model = plan.equalize or plan.adaround or plan.bias_correction or plan.scale_search
-    if outputs.model is None:
-        if makes_model:
-            raise FcnquantError("equalization, AdaRound, the scale search and bias correction make a new model: "
-                                "give `out` to emit the int8 model (or run `fcnquant equalize` first and "
-                                "calibrate its output)")
-        plan = replace(plan, equalize=False, adaround=False, bias_correction=False, scale_search=False)
-    elif shard is not None:
+    if outputs.model is None and makes_model:
+        raise FcnquantError("equalization, AdaRound, the scale search and bias correction make a new model: "
+                            "give `out` to emit the int8 model (or resolve the plan with emits=False)")
+    if outputs.model is not None and shard is not None:
         raise FcnquantError("emitting the int8 model needs the full statistics, not one shard")
     if stats is not None and makes_model:
         raise FcnquantError("recovery passes need the calibration images: collect instead of using saved "
@@ -215,24 +209,14 @@ def _emit(float_path: Path, table, quant: QuantConfig, plan: RecoveryPlan, data:
     """Runs AdaRound, emission, the scale search and bias correction into ``tmp``; returns (table, result)."""
     from fcnquant.quantize import quantize_model
 
-    dataset, chosen = data.root, list(data.ids or ())
-    preset, size, mean, std = data.preset, data.size, data.mean, data.std
-    progress = run.resolved().progress
     emit_from, weight_scales = float_path, None
     if plan.adaround:
         t0 = time.perf_counter()
-        from fcnquant.quantize.exclude import name_unnamed_nodes, resolve_exclusions
-        from fcnquant.recover.adaround import adaround as run_adaround
-
-        kwargs = {} if recover.adaround_iterations is None else {"iterations": recover.adaround_iterations}
-        named = load_onnx(float_path)
-        name_unnamed_nodes(named)  # the names emission gives unnamed nodes, so exclusions resolve alike
-        floated = resolve_exclusions(named, quant.exclude_nodes, quant.exclude_ops, list(quant.exclude_regex) or None)
-        ada = run_adaround(float_path, table, quant.target, per_channel=quant.per_channel, dataset=dataset,
-                           ids=chosen, preset=preset, progress=progress, exclude_nodes=floated,
-                           pow2_rounding=plan.pow2_rounding, **kwargs)
         import onnx
 
+        from fcnquant.recover.adaround import adaround as run_adaround
+
+        ada = run_adaround(float_path, table, data, quant, run, recover.adaround)
         emit_from = tmp / "adarounded.onnx"
         onnx.save_model(ada.model, str(emit_from))
         weight_scales = ada.weight_scales
@@ -251,8 +235,7 @@ def _emit(float_path: Path, table, quant: QuantConfig, plan: RecoveryPlan, data:
         t0 = time.perf_counter()
         from fcnquant.recover.scale_search import search_activation_scales
 
-        ss = search_activation_scales(staged, emit_from, table, dataset, chosen, preset, size=size, mean=mean,
-                                      std=std, **dict(recover.scale_search))
+        ss = search_activation_scales(staged, emit_from, table, data, run, recover.scale_search)
         recovery["scale_search"] = ss.to_dict()
         if ss.changes:
             table = ss.table
@@ -262,9 +245,7 @@ def _emit(float_path: Path, table, quant: QuantConfig, plan: RecoveryPlan, data:
 
     if plan.bias_correction:
         t0 = time.perf_counter()
-        bc, chosen_error, scores = _corrected(staged, float_path, dataset, chosen, preset, plan.bias_correction_error,
-                                              dict(batch_size=run.batch_size, size=size, mean=mean, std=std,
-                                                   progress=progress))
+        bc, chosen_error, scores = _corrected(staged, float_path, data, run, plan.bias_correction_error)
         recovery["bias_correction"] = {k: v for k, v in bc.to_dict().items() if k != "layers"}
         recovery["bias_correction"]["layers"] = len(bc.layers)
         recovery["bias_correction"]["error"] = chosen_error
@@ -310,22 +291,21 @@ def _write(outputs: Outputs, stats: CalibrationStats, table, result, tmp: Path, 
     return written
 
 
-def _corrected(staged: Path, float_path: Path, dataset, ids, preset, error: str, kwargs: dict):
+def _corrected(staged: Path, float_path: Path, data: DataConfig, run: RunConfig, error: str):
     """Returns (BiasCorrectionResult, the error mode used, {mode: output MSE} when ``error`` is ``"auto"``).
 
     ``"auto"``: both ``"weights"`` and ``"accumulated"`` corrections, the one whose int8 model's outputs are
     closer to the float model's on the calibration images (``fcnquant.recover.scale_search.output_error``) kept.
     """
-    from fcnquant.recover.bias_correction import correct_biases
+    from fcnquant.recover.bias_correction import BiasCorrectionOptions, correct_biases
 
     if error != "auto":
-        return correct_biases(staged, float_path, dataset, ids, preset, error=error, **kwargs), error, {}
+        return correct_biases(staged, float_path, data, run, BiasCorrectionOptions(error=error)), error, {}
     from fcnquant.recover.scale_search import output_error
 
     modes = AUTO_BIAS_ERRORS
-    results = [correct_biases(staged, float_path, dataset, ids, preset, error=m, **kwargs) for m in modes]
-    errs = output_error([r.model for r in results], float_path, dataset, ids, preset, images=None,
-                        size=kwargs.get("size"), mean=kwargs.get("mean"), std=kwargs.get("std"))
+    results = [correct_biases(staged, float_path, data, run, BiasCorrectionOptions(error=m)) for m in modes]
+    errs = output_error([r.model for r in results], float_path, data, run, images=None)
     best = int(np.argmin(errs))
     log.info("bias correction: output MSE %s; keeping %s", ", ".join(f"{m} {e:.4g}" for m, e in zip(modes, errs)),
              modes[best])
