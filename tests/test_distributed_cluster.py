@@ -139,3 +139,37 @@ def test_compare_with_a_killed_worker_equals_one_process(cluster, tmp_path):
     assert a == b  # final metrics, gallery and drift, bit for bit
     assert one.images == 64 and one.final.labelled
     assert killer.killed is not None, "no shard was seen running"
+
+
+def test_calibrate_with_recovery_and_a_killed_worker_equals_one_process(cluster, tmp_path):
+    import onnx
+
+    from fcnquant.quantize import QuantConfig
+    from fcnquant.recover.plan import resolve_plan
+    from fcnquant.workflows import Outputs, calibrate
+
+    # one onnxruntime thread on both sides: the workers' thread count (float kernels round by thread count)
+    quant = QuantConfig(target="npu-pow2", per_channel=False)
+    plan = resolve_plan("npu-pow2", per_channel=False, recover=True)
+    assert plan.names() == ["equalize", "pow2-by-error", "bias-correction"]
+    data = DataConfig(split="train", num_images=16)
+    runs = {}
+    for tag, run in (("one", RunConfig(threads=1, progress=False)), ("ray", RayExecutor(shards=4, threads=1,
+                                                                                        progress=False))):
+        killer = Killer() if tag == "ray" else None
+        if killer:
+            killer.start()
+        try:
+            runs[tag] = calibrate(MODEL, data, quant, run, plan, outputs=Outputs(model=tmp_path / f"{tag}.onnx"))
+        finally:
+            if killer:
+                killer.stop.set()
+                killer.join()
+    one, many = (onnx.load(str(tmp_path / f"{t}.onnx")) for t in ("one", "ray"))
+    assert one.graph == many.graph  # every initializer (corrected biases, scales) and node, bit for bit
+    def timeless(d):
+        return {k: timeless(v) for k, v in d.items() if k != "seconds"} if isinstance(d, dict) else d
+
+    a, b = timeless(runs["one"].recovery), timeless(runs["ray"].recovery)
+    assert a == b and a["bias_correction"]["layers"] > 0
+    assert runs["one"].table.to_dict()["tensors"] == runs["ray"].table.to_dict()["tensors"]

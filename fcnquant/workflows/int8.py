@@ -313,8 +313,9 @@ def _corrected(staged: Path, float_path: Path, data: DataConfig, run: RunConfig,
 
 
 def _summary(result) -> dict:
+    """Returns a pass's record without its model and without where the workflow staged files."""
     d = result.to_dict() if hasattr(result, "to_dict") else {}
-    return {k: v for k, v in d.items() if k != "model"}
+    return {k: v for k, v in d.items() if k not in ("model", "path")}
 
 
 def _keep_equalized(float_path: Path, out) -> Path:
