@@ -53,7 +53,7 @@ from fcnquant.errors import CalibrationError, DataError, ModelError
 from fcnquant.execute import Executor, LocalExecutor, RunConfig, Shard, ShardContext, image_batches
 from fcnquant.observers import DEFAULT_MANTISSA_BITS, NonFiniteError
 from fcnquant.observers.kernel import warm_up
-from fcnquant.runtime import input_spec, outputs_patch, with_outputs
+from fcnquant.runtime import input_spec, make_session, outputs_patch, with_outputs
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +140,15 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
     inits = {t.name for t in model.graph.initializer}
     graph_inputs = [i.name for i in model.graph.input if i.name not in inits]
     fetch = [n for n in names if n not in graph_inputs]  # the input is observed from the batch itself
+    # The session's threads do not spin (see the module docstring) and no onnxruntime transformer is turned off.
     if raw is not None:  # the file's bytes + a patch adding the outputs: no copy or re-serialization of the model
         model_sha256 = hashlib.sha256(raw).hexdigest()
-        session = make_collect_session(raw + outputs_patch(model, fetch), options.optimization)
+        session = make_session(raw + outputs_patch(model, fetch), optimization=options.optimization,
+                               disabled_optimizers=(), spinning=False)
     else:  # weights in external files: the loaded model carries them
         model_sha256 = file_sha256(model_path)
-        session = make_collect_session(with_outputs(model, fetch).SerializeToString(), options.optimization)
+        session = make_session(with_outputs(model, fetch).SerializeToString(), optimization=options.optimization,
+                               disabled_optimizers=(), spinning=False)
     del model, raw  # the protobuf and the bytes (as large as the weights) are not needed during the loop
     input_name, input_shape = input_spec(session)
     preset = data.preset_for(session)
@@ -183,33 +186,6 @@ def _read_model(path: Path):
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         return None, load_onnx(path)
     return raw, model
-
-
-def make_collect_session(model: bytes | str | os.PathLike[str], optimization: str = DEFAULT_OPTIMIZATION):
-    """Returns a CPU onnxruntime session for collection: ``optimization`` level, intra-op threads not spinning.
-
-    Idle intra-op threads that spin would compete with the observers for the machine's cores.
-    """
-    import onnxruntime as ort
-
-    levels = {
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    }
-    if optimization not in levels:
-        raise ModelError(f"unknown optimization level '{optimization}'; choose one of {', '.join(levels)}")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = levels[optimization]
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if not isinstance(model, bytes):
-        model = str(model)
-    try:
-        return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelError(f"onnxruntime cannot load the model with exposed activations: {exc}") from exc
 
 
 def _batching(input_shape: tuple[int | None, ...], batch_size: int) -> tuple[int, int | None]:

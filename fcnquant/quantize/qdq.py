@@ -31,11 +31,11 @@ from fcnquant import __version__
 from fcnquant._io import atomic_path, file_sha256, load_onnx
 from fcnquant.calibrate.tensors import analyse
 from fcnquant.errors import CalibrationError, FcnquantError
+from fcnquant.graph import sort_topologically
 from fcnquant.quantize import exclude as excl
 from fcnquant.quantize.config import QuantConfig
 from fcnquant.quantize.float_outputs import float_outputs
 from fcnquant.quantize.fuse_relu import fuse_relu_qdq
-from fcnquant.quantize.graph import sort_topologically
 from fcnquant.quantize.name_map import TABLE_SHA_KEY, TENSOR_MAP_KEY, build_tensor_map, set_metadata
 from fcnquant.quantize.ort_backend import OrtJob, run_quantize_static
 from fcnquant.quantize.profiles import Profile, get_profile

@@ -81,8 +81,8 @@ def to_fp16_islands(model_path: Path, nodes, out: Path) -> None:
 
     from fcnquant._io import atomic_path, load_onnx
     from fcnquant.errors import ModelError
+    from fcnquant.graph import sort_topologically
     from fcnquant.quantize.fp16 import clamp_to_fp16_range
-    from fcnquant.quantize.graph import sort_topologically
 
     model = load_onnx(model_path)
     wanted = set(nodes)
