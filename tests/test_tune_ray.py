@@ -10,9 +10,11 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from fcnquant.cli import main  # noqa: E402
-from fcnquant.tune import tune  # noqa: E402
+from fcnquant.distributed import RayExecutor  # noqa: E402
+from fcnquant.execute import LocalExecutor, RunConfig  # noqa: E402
+from fcnquant.tune import TuneOptions, tune  # noqa: E402
 from fcnquant.tune.ranking import prediction_distance  # noqa: E402
-from test_tune import FAST, PLANTED, _plant, voc  # noqa: E402,F401  (voc: the module's fixture)
+from test_tune import FAST, PER_TENSOR, PLANTED, _plant, voc  # noqa: E402,F401  (voc: the module's fixture)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -38,9 +40,10 @@ def _same(a, b) -> None:
 @pytest.mark.parametrize("rank", ["sensitivity", "isolated"])
 def test_tune_on_ray_equals_one_process(voc, planted, tmp_path, rank):  # noqa: F811
     # one onnxruntime thread on both sides: float kernels may round differently with another thread count
-    kw = dict(data=voc, target="ort-cpu", per_channel=False, rank=rank, threads=1, **FAST)
-    one = tune(planted, 1.0, tmp_path / "one.onnx", **kw)
-    many = tune(planted, 1.0, tmp_path / "ray.onnx", ray_address="local", shards=2, **kw)
+    options = TuneOptions(1.0, rank=rank, **FAST)
+    one = tune(planted, tmp_path / "one.onnx", options, voc, LocalExecutor(1, progress=False), PER_TENSOR)
+    with RayExecutor("local", shards=2, threads=1, progress=False) as ray_executor:
+        many = tune(planted, tmp_path / "ray.onnx", options, voc, RunConfig(ray_executor), PER_TENSOR)
     _same(one, many)
     a, b = onnx.load(str(tmp_path / "one.onnx")), onnx.load(str(tmp_path / "ray.onnx"))
     meta_a, meta_b = ({p.key: p.value for p in m.metadata_props} for m in (a, b))
