@@ -65,11 +65,11 @@ def rank_isolated(float_model, int8_model, layers: Sequence[Layer], data: DataCo
                   run: RunConfig | Executor | None = None) -> Ranking:
     """Returns the Ranking of ``layers`` by the isolated drift of ``int8_model``: one compare pass over the images
     of ``data`` (its root, split and ``ids``), on the executor of ``run``."""
-    from fcnquant.tune.comparison import compare_pair
+    from fcnquant.compare import CompareOptions, compare_models
 
     start = time.perf_counter()
-    report = compare_pair(float_model, int8_model, data, run, isolated=True, progress=False, histogram_layers=0,
-                          drift_images="all")
+    report = compare_models(float_model, int8_model, data, run,
+                            CompareOptions(isolated=True, histogram_layers=0, drift_images="all"))
     by_tensor = {d.float_name: d for d in report.layers}
     scores: dict[str, float] = {}
     for layer in layers:

@@ -300,11 +300,11 @@ def _final_model(found: _Found, setup: _Setup, options: TuneOptions, path: Path)
 
 def _report_pass(model: Path, final: Path, setup: _Setup, run: RunConfig, options: TuneOptions):
     """Returns the compare report of the chosen model on the reporting images (the verdict)."""
-    from fcnquant.tune.comparison import compare_pair
+    from fcnquant.compare import CompareOptions, compare_models
 
     reporting = setup.images.reporting
     data = DataConfig(setup.report_root, split=reporting.split, ids=reporting.ids, preset=setup.preset)
-    return compare_pair(model, final, data, run, isolated=options.report_isolated)
+    return compare_models(model, final, data, run, CompareOptions(isolated=options.report_isolated))
 
 
 def _write_reports(result: TuneResult, rep, report, json_path) -> None:
