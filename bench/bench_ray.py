@@ -114,15 +114,23 @@ def bench_model(name: str, model: str, train, val, images: int, reps: int, shard
 def bench_tune(work: Path, shards: int) -> dict:
     """Times tune of the demo fcn8s in one process and on the Ray instance that is up; checks the same result."""
     from fcnquant.demo_models import demo_model_path
-    from fcnquant.tune import tune
+    from fcnquant.distributed import RayExecutor
+    from fcnquant.execute import LocalExecutor
+    from fcnquant.quantize import QuantConfig
+    from fcnquant.tune import ImageChoice, TuneOptions, tune
 
-    kw = dict(target="npu-pow2", per_channel=False, num_calib=50, num_tune=64, rank_images=16, progress=False,
-              threads=1, report_isolated=False, num_report=64)
+    options = TuneOptions(0.05, rank_images=16, report_isolated=False,
+                          images=ImageChoice(num_calib=50, num_tune=64, num_report=64))
+    quant = QuantConfig(target="npu-pow2", per_channel=False)
     out: dict = {"model": "fcn8s (demo)", "ray_cpus": shards}
     runs = {}
-    for tag, extra in (("one", {}), ("ray", {"ray_address": "local", "shards": shards})):
+    executors = (("one", LocalExecutor(1, progress=False)),
+                 ("ray", RayExecutor("local", shards=shards, threads=1, progress=False)))
+    for tag, executor in executors:
         t0 = time.perf_counter()
-        runs[tag] = tune(demo_model_path("fcn8s"), 0.05, work / f"bench-ray-tune-{tag}.onnx", **kw, **extra)
+        with executor:
+            runs[tag] = tune(demo_model_path("fcn8s"), work / f"bench-ray-tune-{tag}.onnx", options, None, executor,
+                             quant)
         out[f"tune_{tag}_s"] = round(time.perf_counter() - t0, 2)
         out[f"tune_{tag}_parts_s"] = runs[tag].seconds
     a, b = runs["one"], runs["ray"]
