@@ -19,6 +19,7 @@ half-written or stale-but-new.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -78,7 +79,7 @@ def tune(
     built-in synthetic VOC), the preprocessing (``preset``, ``size``, ``mean``, ``std``; default the model's) and
     the ``seed`` of the image selections; which images serve which purpose is ``options.images``. ``run``: the
     executor and batch size (a RayExecutor runs the inference on a cluster, with the same result as one process:
-    every count is exact; enter it, ``with RayExecutor(...) as ex``, to keep one connection for the whole run).
+    every count is exact; the run holds one connection from start to end).
     ``quant``: method, target, weight granularity and nodes kept in float in every candidate. ``recover``: True
     (the target's recovery passes, :class:`~fcnquant.tune.builder.RecoveryBuilder`) or a RecoveryPlan;
     ``builder`` replaces the candidate builder. Every result carries the chosen model's tuning drop with its
@@ -98,22 +99,23 @@ def tune(
     cfg = _tune_data(DataConfig.of(data))
     run = RunConfig.of(run)
     run = run.with_(executor=run.resolved())
-    setup = _prepare(model, cfg, run, quant, options, recover, builder)
-    with tempfile.TemporaryDirectory(prefix="fcnquant-tune-") as tmp_name:
+    executor = run.resolved()
+    held = executor if hasattr(executor, "__enter__") else contextlib.nullcontext()
+    with held, tempfile.TemporaryDirectory(prefix="fcnquant-tune-") as tmp_name:  # one cluster connection
+        setup = _prepare(model, cfg, run, quant, options, recover, builder)
         found = _search(model, float_proto, setup, run, options, Path(tmp_name))
         final_tmp, interval, tune_drop = _final_model(found, setup, options, Path(tmp_name) / "final.onnx")
         t = time.perf_counter()
         rep = _report_pass(model, final_tmp, setup, run, options)
         setup.seconds["report"] = round(time.perf_counter() - t, 2)
-        over = not found.outcome.met
-        written = over_budget_path(out) if over else out
+        written = over_budget_path(out) if not found.outcome.met else out
         setup.seconds["total"] = round(time.perf_counter() - t_start, 2)
         result = TuneResult(
-            model=str(model), out=str(written), over_budget=over, max_drop=options.max_drop, target=quant.target,
-            method=quant.method, per_channel=quant.per_channel, fallback=options.fallback, recover=bool(recover),
-            layers=len(found.layers), float_layers=found.float_layers, tune_drop=tune_drop, tune_interval=interval,
-            confidence=options.confidence, report_drop=rep.miou_drop if rep.final.labelled else None,
-            miou_float_tune=setup.float_score.miou,
+            model=str(model), out=str(written), over_budget=not found.outcome.met, max_drop=options.max_drop,
+            target=quant.target, method=quant.method, per_channel=quant.per_channel, fallback=options.fallback,
+            recover=bool(recover), layers=len(found.layers), float_layers=found.float_layers, tune_drop=tune_drop,
+            tune_interval=interval, confidence=options.confidence,
+            report_drop=rep.miou_drop if rep.final.labelled else None, miou_float_tune=setup.float_score.miou,
             miou_float_report=rep.final.miou_float if rep.final.labelled else None,
             miou_quant_report=rep.final.miou_quant if rep.final.labelled else None,
             evaluations=found.outcome.evaluations, complete=found.outcome.complete, ranking=found.ranking,
