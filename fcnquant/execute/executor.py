@@ -15,7 +15,6 @@ merges are exact, so any number of shards equals one.
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, TypeVar
