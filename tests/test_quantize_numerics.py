@@ -7,6 +7,7 @@ import pytest
 
 from fcnquant.quantize import QuantConfig
 from fcnquant.quantize import quantize_model
+from fcnquant.runtime import PRECISE_INT8_ENTRY, int8_kernels_saturate, make_session
 from test_quantize_util import dq_params, images, initializer, make_table, node, run, save_model, tiny_convnet
 
 
@@ -68,7 +69,9 @@ def test_output_matches_numpy_fake_quant(tmp_path, quantize_output):
             got = run(out, x, optimization=level)
             diff = np.abs(got - ref)
             # identical arithmetic except float summation order / integer requantisation: an r1 element may land
-            # one rounding step away; the output may then move by at most one step of r1 through conv2
+            # one rounding step away; the output may then move by at most one step of r1 through conv2. At "all"
+            # conv1 runs as a QLinearConv whose u8 x s8 pair sums here reach 40510: on a CPU whose kernels saturate
+            # them to int16 this holds only through runtime.PRECISE_INT8_ENTRY (without it: 1.18 off, r1 59 steps)
             tol = step + (e_out_step(table) if quantize_output else 0.0) + 1e-5
             assert diff.max() <= tol, (level, diff.max(), tol)
             assert np.mean(diff <= 1e-5) > 0.99, level
@@ -113,3 +116,30 @@ def test_per_tensor_weights(tmp_path):
     np.testing.assert_allclose(ws, np.abs(initializer(model, "w1")).max() / 127.0, rtol=1e-6)
     b_scale, _, _, _ = dq_params(q, node(q, "conv1").input[2])
     np.testing.assert_allclose(b_scale, np.float32(table.tensors["x"].scale) * ws, rtol=1e-6)
+
+
+_AVX512_CORE = {"avx2", "avx512f", "avx512bw", "avx512dq", "avx512vl"}
+
+
+@pytest.mark.parametrize("flags, saturate", [
+    ({"avx", "avx2", "fma"}, True),  # Haswell to Comet Lake, AMD Zen 1 to 3: VPMADDUBSW
+    ({"avx2", "avx_vnni"}, False),  # Alder Lake and later client CPUs: VPDPBUSD
+    (_AVX512_CORE, True),  # Skylake-SP: VPMADDUBSW on 512 bits
+    (_AVX512_CORE | {"avx_vnni"}, True),  # MLAS's AVX-512 core kernels replace the AVX-VNNI ones
+    (_AVX512_CORE | {"avx512_vnni"}, False),  # Cascade Lake and later Xeons, AMD Zen 4 and later: VPDPBUSDS
+    (_AVX512_CORE | {"avx512_vnni", "avx_vnni", "amx_int8"}, False),  # Sapphire Rapids: AMX tiles
+    (set(), True),  # no AVX2 or not x86: the entry costs nothing there
+])
+def test_int8_kernel_saturation_by_cpu_flags(flags, saturate):
+    assert int8_kernels_saturate(set(flags)) is saturate
+
+
+def test_sessions_ask_for_exact_int8_kernels_where_they_saturate(tmp_path):
+    src = save_model(tiny_convnet(), tmp_path / "net.onnx")
+    key, value = PRECISE_INT8_ENTRY
+    opts = make_session(str(src)).get_session_options()
+    if int8_kernels_saturate():
+        assert opts.get_session_config_entry(key) == value
+    else:  # a VNNI CPU: its exact kernels are kept (the entry would trade them for slower U8U8 ones)
+        with pytest.raises(RuntimeError):
+            opts.get_session_config_entry(key)
