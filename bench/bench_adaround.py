@@ -34,41 +34,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-fp32", action="store_true", help="skip scoring the float model")
     args = ap.parse_args(argv)
 
-    from fcnquant.calibrate.api import calibrate, choose_ids, open_calibration_data
-    from fcnquant.evaluate import evaluate
-    from fcnquant.quantize import quantize_model
+    from fcnquant.calibrate import build_table, collect_stats
     from fcnquant.data import DataConfig
+    from fcnquant.evaluate import evaluate
     from fcnquant.execute import RunConfig
-    from fcnquant.quantize import QuantConfig
+    from fcnquant.quantize import QuantConfig, quantize_model
     from fcnquant.recover import AdaRoundOptions, adaround
 
-    ds = open_calibration_data(None, "train", progress=False)
-    ids = choose_ids(ds, args.num_images, progress=False)
+    quiet = RunConfig(progress=False)
+    ds = DataConfig(split="train").open(progress=False)
+    ids = DataConfig(num_images=args.num_images).choose(ds, progress=False)
+    calib = DataConfig(root=ds, ids=tuple(ids))
+    val = DataConfig(args.val, split="val")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-ada-") as tmp:
         tmp = Path(tmp)
         for name in args.models:
             model = REPO / "fcnquant" / "assets" / "demo" / f"{name}.onnx"
-            fp32 = None if args.no_fp32 else evaluate(model, args.val, "val", progress=False).miou
+            fp32 = None if args.no_fp32 else evaluate(model, val, quiet).miou
             for setup in args.setups:
                 target, per_channel = SETUPS[setup]
-                table = calibrate(model, method="kl", target=target, ids=ids, progress=False)
+                quant = QuantConfig(target=target, per_channel=per_channel)
+                table = build_table(collect_stats(model, calib, quiet), "kl", target)
                 near = tmp / f"{name}.{setup}.near.onnx"
-                quantize_model(model, table, near, target=target, per_channel=per_channel)
-                miou_near = evaluate(near, args.val, "val", progress=False).miou
+                quantize_model(model, table, near, quant)
+                miou_near = evaluate(near, val, quiet).miou
                 for iterations in args.iterations:
                     load = os.getloadavg()[0]
                     t0 = time.perf_counter()
-                    res = adaround(model, table, DataConfig(root=ds, ids=tuple(ids)),
-                                   QuantConfig(target=target, per_channel=per_channel), RunConfig(progress=False),
+                    res = adaround(model, table, calib, quant, quiet,
                                    AdaRoundOptions(iterations=iterations, inputs=args.inputs))
                     seconds = time.perf_counter() - t0
                     load = (load + os.getloadavg()[0]) / 2
                     snapped = res.save_model(tmp / f"{name}.{setup}.ada.onnx")
                     ada = tmp / f"{name}.{setup}.ada.int8.onnx"
-                    quantize_model(snapped, table, ada, target=target, per_channel=per_channel,
-                                   weight_scales=res.weight_scales, verify_table=False)
-                    miou_ada = evaluate(ada, args.val, "val", progress=False).miou
+                    quantize_model(snapped, table, ada, quant, weight_scales=res.weight_scales, verify_table=False)
+                    miou_ada = evaluate(ada, val, quiet).miou
                     row = {"model": name, "setup": setup, "iterations": iterations, "inputs": args.inputs,
                            "fp32": fp32, "nearest": miou_near, "adaround": miou_ada, "seconds": round(seconds, 1),
                            "load": round(load, 1), "layers": len(res.layers),
@@ -81,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| model | setup | fp32 | nearest | AdaRound | AdaRound time (load) | layer loss removed |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        d = (lambda v: f"{v - r['fp32']:+.2f}" if r["fp32"] is not None else f"{v:.2f}")
+        def d(v: float, r: dict = r) -> str:  # the delta to fp32, or the mIoU itself without fp32
+            return f"{v - r['fp32']:+.2f}" if r["fp32"] is not None else f"{v:.2f}"
+
         print(f"| {r['model']} | {r['setup']} | {r['fp32'] or float('nan'):.2f} | {d(r['nearest'])} | "
               f"{d(r['adaround'])} | {r['seconds']:.0f} s ({r['load']}) | {100 * r['mean_gain']:.0f}% |")
     return 0

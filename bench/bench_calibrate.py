@@ -55,13 +55,15 @@ def run_plain(model: Path, data: Path, n: int) -> dict:
 def run_calibrate(model: Path, data: Path, n: int, *, overlap: bool = True, optimization: str = "all",
                   stats_out: str | None = None) -> dict:
     """Our calibration: collection over the first n train images, then the KL table."""
-    from fcnquant.calibrate.collect import collect_stats
+    from fcnquant.calibrate.collect import CollectOptions, collect_stats
     from fcnquant.calibrate.table import build_table
-    from fcnquant.data import open_dataset
+    from fcnquant.data import DataConfig, open_dataset
+    from fcnquant.execute import RunConfig
 
     t0, c0 = time.perf_counter(), cpu_seconds()
     ds = open_dataset(data, "train")
-    stats = collect_stats(model, ds, ds.ids[:n], None, progress=False, overlap=overlap, optimization=optimization)
+    stats = collect_stats(model, DataConfig(ds, ids=tuple(ds.ids[:n])), RunConfig(progress=False),
+                          CollectOptions(overlap=overlap, optimization=optimization))
     t1 = time.perf_counter()
     build_table(stats, "kl", "ort-cpu")
     res = {"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, "table_s": time.perf_counter() - t1}
@@ -111,7 +113,8 @@ def minmax_matches_numpy(model: Path, data: Path, n: int = 2) -> bool:
 
     from fcnquant.calibrate.collect import collect_stats
     from fcnquant.calibrate.tensors import activation_tensors
-    from fcnquant.data import get_preset, open_dataset
+    from fcnquant.data import DataConfig, get_preset, open_dataset
+    from fcnquant.execute import RunConfig
 
     m = onnx.load(str(model))
     names = activation_tensors(m)
@@ -129,7 +132,7 @@ def minmax_matches_numpy(model: Path, data: Path, n: int = 2) -> bool:
         outs[names[0]] = x
         for k in names:
             lo[k], hi[k] = min(lo[k], float(np.min(outs[k]))), max(hi[k], float(np.max(outs[k])))
-    stats = collect_stats(model, ds, ds.ids[:n], None, progress=False)
+    stats = collect_stats(model, DataConfig(ds, ids=tuple(ds.ids[:n])), RunConfig(progress=False))
     return all((stats.tensors[k].min, stats.tensors[k].max) == (lo[k], hi[k]) for k in names)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -40,11 +39,21 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from fcnquant.calibrate import calibrate
+    from fcnquant.calibrate import build_table, collect_stats
+    from fcnquant.data import DataConfig
     from fcnquant.evaluate import evaluate
-    from fcnquant.quantize import quantize_model
     from fcnquant.execute import RunConfig
+    from fcnquant.quantize import QuantConfig, quantize_model
     from fcnquant.recover import equalize
+
+    quiet = RunConfig(progress=False)
+    val = DataConfig(args.val, split="val")
+    # calibration images: a seeded selection from the train split of each model's default data
+    # (fcnquant.data.resolve_data: the built-in synthetic VOC unless a VOC is found on the machine)
+    calib = DataConfig(split="train", num_images=args.num_images)
+
+    def calibrate(model: str):
+        return build_table(collect_stats(model, calib, quiet), args.method, args.target)
 
     if not Path(args.val).exists():
         print(f"missing {args.val}: run `fcnquant synth-voc {args.val} --train 0 --val 1000 --seed 1`", file=sys.stderr)
@@ -57,31 +66,29 @@ def main() -> int:
             src = REPO / "fcnquant" / "assets" / "demo" / f"{name}.onnx"
             eq_path = Path(tmp) / f"{name}.eq.onnx"
             t0 = time.perf_counter()
-            res = equalize(src, eq_path, run=RunConfig(progress=False))
+            res = equalize(src, eq_path, run=quiet)
             eq_s = time.perf_counter() - t0
             row = {"model": name, "pairs": len(res.pairs), "skipped": len(res.skipped),
                    "sweeps_max": max((c["sweeps"] for c in res.chains), default=0),
                    "max_rel_diff": res.max_rel_diff, "precision": res.median_precision(), "equalize_s": eq_s,
-                   "fp32": evaluate(str(src), args.val, "val", progress=False).miou}
+                   "fp32": evaluate(str(src), val, quiet).miou}
             if args.fp32_eq:
-                row["fp32_eq"] = evaluate(str(eq_path), args.val, "val", progress=False).miou
+                row["fp32_eq"] = evaluate(str(eq_path), val, quiet).miou
             tables = {}
             for label in args.variants:
                 path = {"base": src, "cle": eq_path, "cle+align": Path(tmp) / f"{name}.aligned.onnx"}[label]
                 if label == "cle+align":
                     if "cle" not in tables:
-                        tables["cle"] = calibrate(str(eq_path), method=args.method, target=args.target,
-                                                  num_images=args.num_images, progress=False)
+                        tables["cle"] = calibrate(str(eq_path))
                     table, info = aligned(eq_path, tables["cle"], path, args.target)
                     row["align"] = info
                 else:
-                    table = calibrate(str(path), method=args.method, target=args.target,
-                                      num_images=args.num_images, progress=False)
+                    table = calibrate(str(path))
                     tables[label] = table
                 for mode, per_channel in modes:
                     q = Path(tmp) / f"{name}.{label}.{mode}.onnx"
-                    quantize_model(path, table, q, target=args.target, per_channel=per_channel)
-                    row[f"{label}_{mode}"] = evaluate(str(q), args.val, "val", progress=False).miou
+                    quantize_model(path, table, q, QuantConfig(target=args.target, per_channel=per_channel))
+                    row[f"{label}_{mode}"] = evaluate(str(q), val, quiet).miou
                     print(f"{name} {label} {mode}: {row[f'{label}_{mode}']:.2f}", file=sys.stderr, flush=True)
             rows.append(row)
     print(f"\n{args.target}, {args.method}, {args.num_images} calibration images (built-in train), mIoU on "

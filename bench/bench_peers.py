@@ -1,13 +1,13 @@
 """Benchmark: the peers' post-training quantization (onnxruntime, NNCF, AIMET-ONNX) on fcnquant's demo models.
 
 For every demo model (``fcnquant.demo_models``) the 50 calibration images fcnquant's ``calibrate --num-images 50``
-uses (``choose_ids(train split of builtin_dataset(), 50, seed=0)``), preprocessed with the model's preset exactly
-as fcnquant's collection does (``preset_for_session`` + ``iter_batches``), are saved as one ``.npy``; each peer
-setting quantizes the model from it in its own venv (``bench/peers/*_quantize.py``, one subprocess at a time,
-with a timeout; a failure is recorded and reported, never fatal), and every model it writes, and the fp32 model,
-is scored with ``fcnquant.evaluate.evaluate`` on a held-out val split generated with seed 1 (1000 images by
-default, ``fcnquant synth-voc DIR --train 0 --val 1000 --seed 1``; disjoint from the calibration images, which
-come from the seed-0 train split).
+uses (``DataConfig(num_images=50, seed=0).choose`` on the train split of ``builtin_dataset()``), preprocessed with
+the model's preset exactly as fcnquant's collection does (``preset_for_session`` + ``iter_batches``), are saved as
+one ``.npy``; each peer setting quantizes the model from it in its own venv (``bench/peers/*_quantize.py``, one
+subprocess at a time, with a timeout; a failure is recorded and reported, never fatal), and every model it writes,
+and the fp32 model, is scored with ``fcnquant.evaluate.evaluate`` on a held-out val split generated with seed 1
+(1000 images by default, ``fcnquant synth-voc DIR --train 0 --val 1000 --seed 1``; disjoint from the calibration
+images, which come from the seed-0 train split).
 
     .venv/bin/python bench/bench_peers.py [--models fcn8s ...] [--only aimet] [--work DIR] [--out peers.json]
 
@@ -154,16 +154,15 @@ def _read_json(path: Path) -> dict | None:
 def calibration_array(model: str, work: Path) -> tuple[Path, dict]:
     """Returns the ``.npy`` of ``model``'s 50 calibration inputs (made in ``work/calib``) and how it was made.
 
-    The ids are ``fcnquant calibrate --num-images 50``'s (``choose_ids`` on the built-in train split, seed 0);
+    The ids are ``fcnquant calibrate --num-images 50``'s (``DataConfig.choose`` on the built-in train split, seed 0);
     each image goes through the model's preset as ``fcnquant.calibrate.collect_stats`` feeds it.
     """
-    from fcnquant.calibrate.api import choose_ids
-    from fcnquant.data import builtin_dataset, iter_batches, open_dataset, preset_for_session
+    from fcnquant.data import DataConfig, builtin_dataset, iter_batches, open_dataset, preset_for_session
     from fcnquant.demo_models import demo_model_path
     from fcnquant.runtime import make_session
 
     dataset = open_dataset(builtin_dataset(progress=False), "train")
-    ids = choose_ids(dataset, NUM_CALIB, seed=CALIB_SEED, progress=False)
+    ids = DataConfig(num_images=NUM_CALIB, seed=CALIB_SEED).choose(dataset, progress=False)
     preset = preset_for_session(make_session(str(demo_model_path(model))), None)
     x = np.concatenate([b.images for b in iter_batches(dataset, preset, ids, 1, with_masks=False)])
     folder = work / "calib"
@@ -276,13 +275,15 @@ def run_setting(setting: PeerSetting, model: str, model_path: Path, calib: Path,
 
 def evaluate_cached(model_path: Path, val_root: Path, preset: str, cache: Path, fresh: bool = False) -> dict:
     """Returns fcnquant's evaluation of ``model_path`` on ``val_root``'s val split (kept in ``cache``, a JSON)."""
+    from fcnquant.data import DataConfig
     from fcnquant.evaluate import evaluate
+    from fcnquant.execute import RunConfig
 
     sha = _sha256(model_path)
     prev = _read_json(cache) if not fresh else None
     if prev and prev.get("model_sha256") == sha and Path(prev.get("val", "")).name == val_root.name:
         return prev
-    r = evaluate(str(model_path), data=val_root, split="val", preset=preset, progress=False)
+    r = evaluate(str(model_path), DataConfig(val_root, split="val", preset=preset), RunConfig(progress=False))
     res = {"model_sha256": sha, "val": str(val_root), "miou": r.miou, "pixel_acc": r.pixel_acc, "images": r.images,
            "eval_s": r.seconds, "images_per_s": r.images_per_s}
     cache.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Benchmark: the npu-pow2 recovery before / after the output-error passes (scale search, auto bias correction).
 
-For every demo model, fcnquant's one-shot flow (``fcnquant.flow.calibrate``) emits npu-pow2 per-tensor kl models
+For every demo model, fcnquant's one-shot flow (``fcnquant.workflows.calibrate``) emits npu-pow2 per-tensor kl models
 from the 50 calibration images ``calibrate --num-images 50`` picks on the built-in synthetic train split (seed 0),
 with ``recover=True`` as it was before (``scale_search=False``, ``bias_correction_error="weights"``) and as it is
 now (the plan's defaults: power-of-two scales by output error, bias correction "auto"); ``fcn_r50_d8`` also gets
@@ -22,12 +22,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_recover import NUM_CALIB, load_avg, val_split  # noqa: E402
+from bench_recover import calibration_images, evaluate_miou, flow, load_avg, val_split  # noqa: E402
 
 log = logging.getLogger("bench_pow2_search")
 
 BEFORE = {"scale_search": False, "bias_correction_error": "weights"}
-CONFIGS = (  # (name, target, per-channel, flow keyword arguments, models: None = all)
+CONFIGS = (  # (name, target, per-channel, plan switches beside recover, models: None = all)
     ("recover-before", "npu-pow2", False, BEFORE, None),
     ("recover", "npu-pow2", False, {"scale_search": True, "bias_correction_error": "auto"}, None),
     ("recover, scale search only", "npu-pow2", False, {"scale_search": True}, ("fcn_r50_d8",)),
@@ -37,10 +37,7 @@ CONFIGS = (  # (name, target, per-channel, flow keyword arguments, models: None 
 
 
 def run(models, work: Path, out: Path) -> list[dict]:
-    from fcnquant.calibrate.api import choose_ids, open_calibration_data
     from fcnquant.demo_models import demo_model_path
-    from fcnquant.evaluate import evaluate
-    from fcnquant.flow import calibrate
 
     rows = json.loads(out.read_text())["rows"] if out.is_file() else []
     done = {(r["model"], r["config"], r["target"]) for r in rows}
@@ -53,11 +50,10 @@ def run(models, work: Path, out: Path) -> list[dict]:
 
     for model in models:
         src = demo_model_path(model)
-        ds = open_calibration_data(None, "train", progress=False, model=src)
-        ids = choose_ids(ds, NUM_CALIB, seed=0, progress=False)
+        ds, ids = calibration_images(src)
         if (model, "fp32", "-") not in done:
             rows.append({"model": model, "config": "fp32", "target": "-",
-                         "miou": evaluate(src, val, "val", progress=False).miou})
+                         "miou": evaluate_miou(src, val)})
             save()
         fp = next(r["miou"] for r in rows if (r["model"], r["config"], r["target"]) == (model, "fp32", "-"))
         for name, target, per_channel, kwargs, only in CONFIGS:
@@ -66,10 +62,9 @@ def run(models, work: Path, out: Path) -> list[dict]:
             q = work / f"{model}.{target}.{name.replace(' ', '').replace(',', '_')}.onnx"
             load0 = load_avg()
             t0 = time.perf_counter()
-            res = calibrate(src, ids=ids, method="kl", target=target, out=q, dataset=ds, per_channel=per_channel,
-                            recover=True, progress=False, **kwargs)
+            res = flow(src, ds, ids, q, "kl", target, per_channel, True, **kwargs)
             seconds = time.perf_counter() - t0
-            miou = evaluate(q, val, "val", progress=False).miou
+            miou = evaluate_miou(q, val)
             rows.append({"model": model, "config": name, "target": target,
                          "weights": "per-channel" if per_channel else "per-tensor", "method": "kl",
                          "miou": miou, "delta": miou - fp, "seconds": seconds, "passes": res.plan.names(),

@@ -58,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from fcnquant.calibrate.collect import collect_stats
     from fcnquant.calibrate.table import build_table
-    from fcnquant.data import builtin_dataset, get_preset, open_dataset, select_calibration_ids
+    from fcnquant.data import DataConfig, builtin_dataset, get_preset, open_dataset, select_calibration_ids
+    from fcnquant.execute import RunConfig
     from fcnquant.metrics import ConfusionMatrix
-    from fcnquant.quantize import convert_fp16, quantize_model
+    from fcnquant.quantize import QuantConfig, convert_fp16, quantize_model
 
     tmp = None
     if args.workdir:
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # --- calibration + emission ---------------------------------------------------------------------------
         t0 = time.perf_counter()
-        stats = collect_stats(fp32, train, calib_ids, preset, progress=False)
+        stats = collect_stats(fp32, DataConfig(train, ids=tuple(calib_ids), preset=preset), RunConfig(progress=False))
         t1 = time.perf_counter()
         ours: dict[str, Path] = {}
         results["time_s"] = {"ours_collect": t1 - t0}
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             build_table(stats, method, "ort-cpu").save(table_path)
             t3 = time.perf_counter()
             ours[method] = work / f"ours.{method}.int8.onnx"
-            res = quantize_model(fp32, table_path, ours[method], target="ort-cpu", per_channel=True)
+            res = quantize_model(fp32, table_path, ours[method], QuantConfig(target="ort-cpu", per_channel=True))
             t4 = time.perf_counter()
             results["time_s"][f"ours_table_{method}"] = t3 - t2
             results["time_s"][f"ours_quantize_{method}"] = t4 - t3

@@ -4,16 +4,16 @@ On one machine Ray cannot be faster than one process that already uses every cor
 threads); what this measures is the cost of distributing: the model put in the object store, scheduling, the
 progress actor, per-shard sessions and the merge. The per-shard times are what a larger cluster runs in parallel.
 
-For each model (the demo fcn_r50_d8 at 160 px, and optionally the full-size VGG16 fcn8s at 320 px with seeded
-random weights), alternated ``--reps`` times: single-process ``collect_stats`` / ``evaluate`` over the images
-(calibrate: statistics and the kl table, both sides) against ``fcnquant.distributed.collect`` / ``evaluate`` on a
-local Ray instance started once (``num_cpus`` =
-this machine's CPUs, shards = that count). ``compare`` runs both of its passes (final metrics on the 64 images,
-drift on the default 16) on the int8 model emitted from 8 images. ``--tune`` adds ``fcnquant tune`` of the demo
-fcn8s (npu-pow2 per-tensor, 64 tuning images, 16 ranking images, budget 0.05) in one process and on Ray. Reported:
-best wall time of each, their ratio (target <= 1.3x), the first, cold Ray run (worker processes still to start),
-``ray.init`` itself, per-shard seconds, and the load average before and after. Results equal the single-process run
-exactly (checked here too; compare and tune with one onnxruntime thread on both sides, as the workers run).
+For each model (the demo fcn_r50_d8 at 160 px, and optionally the full-size VGG16 fcn8s at 320 px with seeded random
+weights), alternated ``--reps`` times: single-process ``collect_stats`` / ``evaluate`` over the images (calibrate:
+statistics and the kl table, both sides) against the same calls on a ``RayExecutor`` joined to a local Ray instance
+started once (``num_cpus`` = this machine's CPUs, shards = that count). ``compare`` runs both of its passes (final
+metrics on the 64 images, drift on the default 16) on the int8 model emitted from 8 images. ``--tune`` adds
+``fcnquant tune`` of the demo fcn8s (npu-pow2 per-tensor, 64 tuning images, 16 ranking images, budget 0.05) in one
+process and on Ray. Reported: best wall time of each, their ratio (target <= 1.3x), the first, cold Ray run (worker
+processes still to start), ``ray.init`` itself, per-shard seconds, and the load average before and after. Results
+equal the single-process run exactly (checked here too; compare and tune with one onnxruntime thread on both sides,
+as the workers run).
 
     python bench/bench_ray.py                  # demo fcn_r50_d8 + full-size fcn8s at 320 (~10 min on 2 cores)
     python bench/bench_ray.py --models demo    # the demo model only (~2 min)
@@ -48,23 +48,25 @@ def _same_report(a, b) -> bool:
 
 
 def bench_model(name: str, model: str, train, val, images: int, reps: int, shards: int, work: Path) -> dict:
-    from fcnquant.calibrate.api import compute_table
-    from fcnquant.calibrate.collect import collect_stats
+    from fcnquant.calibrate import build_table, collect_stats
     from fcnquant.compare import compare_models
     from fcnquant.data import DataConfig
     from fcnquant.distributed import RayExecutor
-    from fcnquant.execute import LocalExecutor
-    from fcnquant.distributed import collect, evaluate as evaluate_on_ray
     from fcnquant.evaluate import evaluate
-    from fcnquant.flow import calibrate
+    from fcnquant.execute import LocalExecutor, RunConfig
+    from fcnquant.workflows import Outputs, calibrate
 
+    quiet = RunConfig(progress=False)
     quant = work / f"bench-ray-{name}.int8.onnx"
-    calibrate(model, dataset=train, num_images=8, out=quant, progress=False)
+    calibrate(model, DataConfig(train, num_images=8), run=quiet, outputs=Outputs(model=quant))
 
     out: dict = {"model": name, "images": images, "shards": shards}
     cal_ids, val_ids = train.ids[:images], val.ids[:images]
+    cal_data, val_data = DataConfig(train, ids=tuple(cal_ids)), DataConfig(val, ids=tuple(val_ids))
+    # joins the Ray instance main() started; reports holds the per-shard seconds of its last pass
+    ray = RayExecutor("local", shards=shards, progress=False)
     t0 = time.perf_counter()
-    cold = collect(model, train, cal_ids, shards=shards, progress=False)
+    cold = collect_stats(model, cal_data, ray)
     out["calibrate_cold_ray_s"] = time.perf_counter() - t0
     times = {"calibrate_one": [], "calibrate_ray": [], "eval_one": [], "eval_ray": [], "compare_one": [],
              "compare_ray": []}
@@ -72,25 +74,25 @@ def bench_model(name: str, model: str, train, val, images: int, reps: int, shard
     cmp_data = DataConfig(val.root, ids=tuple(val_ids))
     for _ in range(reps):
         t0 = time.perf_counter()  # statistics and the kl table: what `fcnquant calibrate --out-table` gives
-        one = collect_stats(model, train, cal_ids, progress=False)
-        table_one = compute_table(one, "kl")
+        one = collect_stats(model, cal_data, quiet)
+        table_one = build_table(one, "kl")
         times["calibrate_one"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        run = collect(model, train, cal_ids, shards=shards, progress=False)
-        table_ray = compute_table(run.result, "kl")
+        on_ray = collect_stats(model, cal_data, ray)
+        table_ray = build_table(on_ray, "kl")
         times["calibrate_ray"].append(time.perf_counter() - t0)
         assert table_one.tensors == table_ray.tensors, "tables differ"
-        shard_s["calibrate"].append([round(s.seconds, 2) for s in run.shards])
-        assert all(np.array_equal(one.tensors[n].state()[k], run.result.tensors[n].state()[k])
+        shard_s["calibrate"].append([round(s.seconds, 2) for s in ray.reports])
+        assert all(np.array_equal(one.tensors[n].state()[k], on_ray.tensors[n].state()[k])
                    for n in one.tensors for k in ("range", "count", "index", "hist")), "statistics differ"
         t0 = time.perf_counter()
-        e1 = evaluate(model, val, ids=val_ids, progress=False)
+        e1 = evaluate(model, val_data, quiet)
         times["eval_one"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        er = evaluate_on_ray(model, val, val_ids, shards=shards, progress=False)
+        er = evaluate(model, val_data, ray)
         times["eval_ray"].append(time.perf_counter() - t0)
-        shard_s["eval"].append([round(s.seconds, 2) for s in er.shards])
-        assert np.array_equal(e1.confusion, er.result.confusion), "confusion matrices differ"
+        shard_s["eval"].append([round(s.seconds, 2) for s in ray.reports])
+        assert np.array_equal(e1.confusion, er.confusion), "confusion matrices differ"
         t0 = time.perf_counter()
         c1 = compare_models(model, quant, cmp_data, LocalExecutor(1, progress=False))
         times["compare_one"].append(time.perf_counter() - t0)

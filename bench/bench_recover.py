@@ -1,7 +1,7 @@
 """Benchmark: accuracy recovery (fcnquant --recover) beside plain emission and the peers, on every demo model.
 
 For every demo model, targets ``ort-cpu`` (per-channel weights) and ``npu-pow2`` with per-tensor weights, and every
-method (kl, minmax, percentile, mse), fcnquant's one-shot flow (``fcnquant.flow.calibrate``, what
+method (kl, minmax, percentile, mse), fcnquant's one-shot flow (``fcnquant.workflows.calibrate``, what
 ``fcnquant calibrate --out`` runs) emits the int8 model without and with ``recover=True`` from the 50 calibration
 images ``calibrate --num-images 50`` picks on the built-in synthetic train split (seed 0); every model, and fp32, is
 scored with ``fcnquant.evaluate`` on 1000 held-out images (a val split generated with seed 1; disjoint from the
@@ -49,15 +49,46 @@ def val_split(work: Path) -> Path:
     return root
 
 
+def calibration_images(src: Path):
+    """Returns (the dataset, the ids) ``fcnquant calibrate --num-images 50`` calibrates the demo model ``src`` on:
+    its default data's train split (the built-in synthetic VOC), a seed-0 selection."""
+    from fcnquant.data import DataConfig
+
+    cfg = DataConfig(split="train", num_images=NUM_CALIB, seed=0)
+    ds = cfg.open(src, progress=False)
+    return ds, cfg.choose(ds, progress=False)
+
+
+def flow(src: Path, ds, ids, out: Path, method: str, target: str, per_channel: bool, recover: bool, **switches):
+    """Returns the FlowResult of fcnquant's one-shot flow (what ``fcnquant calibrate --out`` runs) emitting ``out``
+    from the images ``ids`` of ``ds``; ``recover`` and the single-pass ``switches`` decide the plan as the CLI's
+    ``--recover``/``--equalize``/... do (``fcnquant.recover.resolve_plan``)."""
+    from fcnquant.data import DataConfig
+    from fcnquant.execute import RunConfig
+    from fcnquant.quantize import QuantConfig
+    from fcnquant.recover import resolve_plan
+    from fcnquant.workflows import Outputs, calibrate
+
+    plan = resolve_plan(target, per_channel, recover, **switches)
+    return calibrate(src, DataConfig(ds, ids=tuple(ids)), QuantConfig(method=method, target=target,
+                     per_channel=per_channel), RunConfig(progress=False), plan, outputs=Outputs(model=out))
+
+
+def evaluate_miou(model: Path, val: Path) -> float:
+    """Returns the mIoU of ``model`` on the val split of ``val``."""
+    from fcnquant.data import DataConfig
+    from fcnquant.evaluate import evaluate
+    from fcnquant.execute import RunConfig
+
+    return evaluate(model, DataConfig(val, split="val"), RunConfig(progress=False)).miou
+
+
 def key(row: dict) -> str:
     return "|".join(str(row[k]) for k in ("model", "tool", "target", "weights", "method", "recovery"))
 
 
 def run(models, methods, work: Path, out: Path, adaround: bool, peers: bool) -> list[dict]:
-    from fcnquant.calibrate.api import choose_ids, open_calibration_data
     from fcnquant.demo_models import demo_model_path
-    from fcnquant.evaluate import evaluate
-    from fcnquant.flow import calibrate
 
     rows = json.loads(out.read_text())["rows"] if out.is_file() else []
     done = {key(r) for r in rows}
@@ -71,11 +102,10 @@ def run(models, methods, work: Path, out: Path, adaround: bool, peers: bool) -> 
     calib, fp = {}, {}
     for model in models:
         src = demo_model_path(model)
-        ds = open_calibration_data(None, "train", progress=False, model=src)
-        calib[model] = (src, ds, choose_ids(ds, NUM_CALIB, seed=0, progress=False))
+        calib[model] = (src, *calibration_images(src))
         fp_row = {"model": model, "tool": "fp32", "target": "-", "weights": "-", "method": "-", "recovery": "-"}
         if key(fp_row) not in done:
-            fp_row["miou"] = evaluate(src, val, "val", progress=False).miou
+            fp_row["miou"] = evaluate_miou(src, val)
             rows.append(fp_row)
             done.add(key(fp_row))
             save()
@@ -98,9 +128,9 @@ def run(models, methods, work: Path, out: Path, adaround: bool, peers: bool) -> 
             load0 = load_avg()
             t0 = time.perf_counter()
             try:
-                res = calibrate(src, data=None, ids=ids, method=method, target=target, out=q, dataset=ds,
-                                per_channel=per_channel, recover=recover, adaround=(variant == "adaround") or None,
-                                equalize=False if variant == "no-equalize" else None, progress=False)
+                res = flow(src, ds, ids, q, method, target, per_channel, recover,
+                           adaround=(variant == "adaround") or None,
+                           equalize=False if variant == "no-equalize" else None)
             except Exception as exc:  # a failing configuration is reported, not fatal
                 log.exception("%s failed", key(row))
                 row.update(error=f"{type(exc).__name__}: {exc}")
@@ -108,7 +138,7 @@ def run(models, methods, work: Path, out: Path, adaround: bool, peers: bool) -> 
                 save()
                 continue
             seconds = time.perf_counter() - t0
-            miou = evaluate(q, val, "val", progress=False).miou
+            miou = evaluate_miou(q, val)
             row.update(miou=miou, delta=miou - fp[model], seconds=seconds, passes=res.plan.names(),
                        recovery_detail=res.recovery, load=f"{load0} -> {load_avg()}")
             rows.append(row)
@@ -140,7 +170,7 @@ def markdown(rows: list[dict], models) -> str:
         for target, pc in SETUPS:
             weights = "per-channel" if pc else "per-tensor"
 
-            def cell(method, recovery):
+            def cell(method, recovery, model=model, target=target, weights=weights):
                 r = next((r for r in rows if r["model"] == model and r["tool"] == "fcnquant" and r["target"] == target
                           and r["weights"] == weights and r["method"] == method and r["recovery"] == recovery), None)
                 if r is None:

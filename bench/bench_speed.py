@@ -57,13 +57,14 @@ def work_calibrate(model: str, data: str, n: int, batch: int) -> dict:
     t_import = time.perf_counter()
     from fcnquant.calibrate.collect import collect_stats  # imports numba and the observer kernels
     from fcnquant.calibrate.table import build_table
-    from fcnquant.data import open_dataset
+    from fcnquant.data import DataConfig, open_dataset
+    from fcnquant.execute import RunConfig
     from fcnquant.observers import fused
 
     import_s = time.perf_counter() - t_import
     t0, c0 = time.perf_counter(), cpu_seconds()
     ds = open_dataset(data, "train")
-    stats = collect_stats(model, ds, ds.ids[:n], None, batch_size=batch, progress=False)
+    stats = collect_stats(model, DataConfig(ds, ids=tuple(ds.ids[:n])), RunConfig(batch_size=batch, progress=False))
     build_table(stats, "kl", "ort-cpu")
     return {"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, "import_s": import_s,
             "compiled_kernel": fused.compiled()}
@@ -71,12 +72,15 @@ def work_calibrate(model: str, data: str, n: int, batch: int) -> dict:
 
 def work_evals(fmodel: str, qmodel: str, data: str, n: int, batch: int) -> dict:
     """``evaluate`` of the fp32 model, then of the int8 model, on the first n val images."""
+    from fcnquant.data import DataConfig
     from fcnquant.evaluate import evaluate
+    from fcnquant.execute import RunConfig
 
+    val, run = DataConfig(data, split="val", num_images=n), RunConfig(batch_size=batch, progress=False)
     t0, c0 = time.perf_counter(), cpu_seconds()
-    ef = evaluate(fmodel, data, "val", num_images=n, batch_size=batch, progress=False)
+    ef = evaluate(fmodel, val, run)
     t1 = time.perf_counter()
-    eq = evaluate(qmodel, data, "val", num_images=n, batch_size=batch, progress=False)
+    eq = evaluate(qmodel, val, run)
     return {"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, "fp32_s": t1 - t0,
             "int8_s": time.perf_counter() - t1, "miou": [ef.miou, eq.miou]}
 
@@ -156,9 +160,13 @@ def make_int8(model: Path, data: Path, workdir: Path) -> Path:
     """Returns the int8 QDQ model (fcnquant kl, ort-cpu) calibrated on 32 train images (made once, not timed)."""
     out = workdir / "fcn8s_kl.int8.onnx"
     if not out.is_file():
-        from fcnquant.flow import calibrate
+        from fcnquant.data import DataConfig
+        from fcnquant.execute import RunConfig
+        from fcnquant.quantize import QuantConfig
+        from fcnquant.workflows import Outputs, calibrate
 
-        calibrate(model, data, "train", method="kl", num_images=32, target="ort-cpu", progress=False, out=out)
+        calibrate(model, DataConfig(data, split="train", num_images=32), QuantConfig(method="kl", target="ort-cpu"),
+                  RunConfig(progress=False), outputs=Outputs(model=out))
     return out
 
 

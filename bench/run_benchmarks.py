@@ -30,7 +30,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (GB, MB, ORT_METHOD_FOR, REPO, cosine, cpu_seconds, ensure_data, ensure_model,  # noqa: E402
+from _common import (GB, MB, REPO, cosine, cpu_seconds, ensure_data, ensure_model,  # noqa: E402
                      interleaved_latency, iter_images, load_average, load_images, machine_facts, max_rss_bytes,
                      md_table, mem_available_bytes, ort_quantize_static, run_watched)
 
@@ -110,13 +109,17 @@ def child_plain(spec: dict) -> dict:
 
 
 def child_ours(spec: dict) -> dict:
-    """fcnquant: a standalone ``calibrate(method=kl)`` run, then the other methods' tables from its statistics."""
-    from fcnquant.calibrate import build_table, calibrate
-    from fcnquant.quantize import quantize_model
+    """fcnquant: a standalone kl calibration (``collect_stats`` + ``build_table``), then the other methods' tables
+    from its statistics."""
+    from fcnquant.calibrate import build_table, collect_stats
+    from fcnquant.data import DataConfig
+    from fcnquant.execute import RunConfig
+    from fcnquant.quantize import QuantConfig, quantize_model
 
     t0, c0 = time.perf_counter(), cpu_seconds()
-    table, stats = calibrate(spec["model"], data=spec["data"], split=spec["split"], method="kl", ids=spec["ids"],
-                             progress=False, return_stats=True)
+    stats = collect_stats(spec["model"], DataConfig(spec["data"], split=spec["split"], ids=tuple(spec["ids"])),
+                          RunConfig(progress=False))
+    table = build_table(stats, "kl", "ort-cpu")
     res = {"wall_s": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0, "images": len(spec["ids"]),
            "max_rss_calibrate": max_rss_bytes(), "table_s": {}, "emit_s": {}}
     tables = {"kl": table}
@@ -128,7 +131,7 @@ def child_ours(spec: dict) -> dict:
         stats.save(spec["stats_out"])
     for method, out in spec.get("emit", {}).items():
         t = time.perf_counter()
-        quantize_model(spec["model"], tables[method], out, target="ort-cpu", per_channel=True)
+        quantize_model(spec["model"], tables[method], out, QuantConfig(target="ort-cpu", per_channel=True))
         res["emit_s"][method] = time.perf_counter() - t
     return res
 
@@ -373,7 +376,7 @@ def render_calibration(res: dict) -> str:
         "start of the measured call to its end (model load and image decoding included for every tool), "
         "peak RSS = the process's `ru_maxrss` (for a killed run, the largest RSS the parent saw). "
         f"A run is killed above {res['cap_gb']:.1f} GB.\n",
-        "- **fcnquant kl** is a standalone `fcnquant.calibrate.calibrate(method='kl')` run (one inference pass "
+        "- **fcnquant kl** is a standalone `collect_stats` + `build_table(method='kl')` run (one inference pass "
         "collecting histograms, then the KL table); **minmax** and **percentile** are that run's collection time "
         "plus their own table time (`build_table` from the same statistics) - one collection serves every method.",
         "- **onnxruntime** rows time `quantize_static` (per-channel QDQ, uint8/int8, its default method "
@@ -395,8 +398,9 @@ def render_calibration(res: dict) -> str:
 # =================================================================================================================
 def section_latency(cfg: Config) -> dict:
     from fcnquant.calibrate import CalibrationStats, build_table, collect_stats
-    from fcnquant.data import open_dataset, preset_for_session
-    from fcnquant.quantize import convert_fp16, quantize_model
+    from fcnquant.data import DataConfig, open_dataset, preset_for_session
+    from fcnquant.execute import RunConfig
+    from fcnquant.quantize import QuantConfig, convert_fp16, quantize_model
     from fcnquant.runtime import make_session
 
     fp32 = cfg.artifacts["fcn8s"]
@@ -410,12 +414,13 @@ def section_latency(cfg: Config) -> dict:
     if "stats" in cfg.artifacts:
         stats = CalibrationStats.load(cfg.artifacts["stats"])
     else:
-        stats = collect_stats(fp32, train, calib_ids, preset, progress=False)
+        stats = collect_stats(fp32, DataConfig(train, ids=tuple(calib_ids), preset=preset), RunConfig(progress=False))
     models: dict[str, Path] = {"fp32": fp32}
     for m in ("kl", "minmax"):
         path = cfg.artifacts.get(f"ours_{m}") or cfg.work / f"lat.ours.{m}.int8.onnx"
         if not Path(path).is_file():
-            quantize_model(fp32, build_table(stats, m, "ort-cpu"), path, target="ort-cpu", per_channel=True)
+            quantize_model(fp32, build_table(stats, m, "ort-cpu"), path,
+                           QuantConfig(target="ort-cpu", per_channel=True))
         models[f"fcnquant int8 {m}"] = Path(path)
     ort_path = cfg.artifacts.get("ort_minmax")
     if ort_path is None:
@@ -550,20 +555,22 @@ def miou_one(cfg: Config, name: str, path: Path, note: str, train, val, root: Pa
     """Returns the mIoU record of one model: fp32, fp16, fcnquant int8 per method, onnxruntime per method."""
     from fcnquant._io import file_sha256
     from fcnquant.calibrate import build_table, collect_stats
-    from fcnquant.data import preset_for_session
+    from fcnquant.data import DataConfig, preset_for_session
     from fcnquant.evaluate import evaluate
-    from fcnquant.quantize import convert_fp16, quantize_model
+    from fcnquant.execute import RunConfig
+    from fcnquant.quantize import QuantConfig, convert_fp16, quantize_model
     from fcnquant.runtime import make_session
 
     work = cfg.work / f"miou-{name}"
     work.mkdir(exist_ok=True)
     preset = preset_for_session(make_session(str(path)))
+    quiet = RunConfig(progress=False)
     scores: dict[str, dict] = {}
     times: dict[str, float] = {}
     clipped = None
 
     def score(key: str, model: Path) -> None:
-        r = evaluate(str(model), val, preset=preset, ids=val_ids, progress=False)
+        r = evaluate(str(model), DataConfig(val, preset=preset, ids=tuple(val_ids)), quiet)
         scores[key] = {"miou": r.miou, "miou_awesome": r.miou_awesome, "pixel_acc": r.pixel_acc}
         say(f"  {name} {key}: mIoU {r.miou:.2f}")
 
@@ -571,7 +578,7 @@ def miou_one(cfg: Config, name: str, path: Path, note: str, train, val, root: Pa
     convert_fp16(path, work / "fp16.onnx", keep_io_fp32=True)
     score("fp16", work / "fp16.onnx")
     t = time.perf_counter()
-    stats = collect_stats(path, train, calib_ids, preset, progress=False)
+    stats = collect_stats(path, DataConfig(train, ids=tuple(calib_ids), preset=preset), quiet)
     times["fcnquant collect"] = time.perf_counter() - t
     for m in OUR_METHODS:
         try:
@@ -581,7 +588,7 @@ def miou_one(cfg: Config, name: str, path: Path, note: str, train, val, root: Pa
             if m == "kl":
                 clipped = kl_clipping(table)
             out = work / f"ours.{m}.int8.onnx"
-            quantize_model(path, table, out, target="ort-cpu", per_channel=True)
+            quantize_model(path, table, out, QuantConfig(target="ort-cpu", per_channel=True))
             score(f"fcnquant {m}", out)
         except Exception as exc:  # noqa: BLE001 - reported in the table
             scores[f"fcnquant {m}"] = {"error": f"{type(exc).__name__}: {exc}"}
