@@ -130,7 +130,7 @@ def test_multi_consumer_range_is_the_max_over_consumers():
 
 def test_pairs_sharing_no_weight_are_separate_chains():
     rng = np.random.default_rng(8)
-    ws = {k: rng.normal(size=(3, 3, 1, 1)) for k in "abcd"}
+    _ws = {k: rng.normal(size=(3, 3, 1, 1)) for k in "abcd"}  # draws as the other tests do
     pairs = [cle.Pair("ab", (cle.Producer("a"),), (cle.Consumer("b"),)),
              cle.Pair("cd", (cle.Producer("c", None, cle.Layout()),), (cle.Consumer("d"),)),
              cle.Pair("bc", (cle.Producer("b", None, cle.Layout()),), (cle.Consumer("c"),))]
