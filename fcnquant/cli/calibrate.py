@@ -171,12 +171,14 @@ def _print_summary(args: argparse.Namespace, flow, elapsed: float) -> None:
         print("  " + summarize_clipping(flow.table))
     weights = "per-tensor" if args.per_tensor else "per-channel"
     labels = {"int8 model": f"int8 model ({args.target}, {weights} weights)", "TensorRT calibration cache":
-              "TensorRT cache",
-              "equalized float model": "equalized float model (the table's model)"}
-    for what, path in flow.written:
-        print(f"  wrote {labels.get(what, what)}: {path}")
+              "TensorRT cache", "equalized float model": "equalized float model (the table's model)"}
+    order = ["statistics", "image ids", "table", "TensorRT calibration cache", "int8 model", "TensorRT cache",
+             "recovery", "equalized float model"]
+    lines = list(flow.written)
     if flow.plan.any and flow.quantize is not None:
-        print("  recovery: " + format_recovery(flow.recovery))
+        lines.append(("recovery", format_recovery(flow.recovery)))
+    for what, value in sorted(lines, key=lambda item: order.index(item[0])):
+        print(f"  wrote {labels.get(what, what)}: {value}")
 
 
 def summarize_clipping(table) -> str:
