@@ -168,7 +168,7 @@ def quantize_model(
 
             with atomic_path(cache) as tmp_cache:
                 write_tensorrt_cache(_with_inherited(table, plan), tmp_cache)
-    log.info("wrote %s (%s, %d int8 nodes, %d float)", out, profile.name, quantized, len(float_nodes))
+    log.debug("wrote %s (%s, %d int8 nodes, %d float)", out, profile.name, quantized, len(float_nodes))
     return QuantizeResult(
         path=out, target=profile.name, per_channel=per_channel, quantize_output=quantize_output,
         table_sha256=table_sha, model_sha256=model_sha, tensor_map=tensor_map, excluded_nodes=tuple(excluded),
