@@ -16,7 +16,7 @@ from fcnquant.errors import FcnquantError
 from fcnquant.flow import calibrate
 from fcnquant.quantize import quantize_model
 from fcnquant.recover.plan import RECOVERY_METADATA_KEY, read_recovery, resolve_plan
-from test_recover_bias import branching_model
+from tests.recover.test_bias_correction import branching_model
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from fcnquant.quantize import quantize_model
 from fcnquant.quantize.name_map import TABLE_SHA_KEY, TENSOR_MAP_KEY, read_tensor_map
 from fcnquant.runtime import make_session
-from test_quantize_util import (
+from tests.quantize.helpers import (
     dq_params,
     images,
     initializer,
@@ -263,7 +263,7 @@ def test_tensorrt_writes_calibration_cache_beside(tmp_path):
 def test_relu_writing_the_float_output_still_applies(tmp_path, target):
     from onnx import TensorProto, helper
 
-    from test_quantize_util import init
+    from tests.quantize.helpers import init
 
     rng = np.random.default_rng(0)
     graph = helper.make_graph(

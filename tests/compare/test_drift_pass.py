@@ -13,7 +13,7 @@ from fcnquant.data import get_preset, iter_batches, open_dataset, write_syntheti
 from fcnquant.errors import DataError
 from fcnquant.evaluate import evaluate
 from fcnquant.runtime import make_session
-from test_compare_api import HW, _params, _write_models
+from tests.compare.test_api import HW, _params, _write_models
 
 N_VAL = 5
 

@@ -10,7 +10,7 @@ from fcnquant.calibrate.collect import collect_stats
 from fcnquant.data import get_preset, iter_batches, open_dataset, write_synthetic_voc
 from fcnquant.errors import ModelError
 from fcnquant.runtime import outputs_patch, with_outputs
-from test_collect import OBSERVED, tiny_fcn
+from tests.calibrate.test_collect import OBSERVED, tiny_fcn
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from fcnquant.quantize import convert_fp16
-from test_quantize_util import images, initializer, run, save_model, tiny_fcn
+from tests.quantize.helpers import images, initializer, run, save_model, tiny_fcn
 
 X_SHAPE = (1, 3, 16, 16)
 

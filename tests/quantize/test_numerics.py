@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 from fcnquant.quantize import quantize_model
-from test_quantize_util import dq_params, images, initializer, make_table, node, run, save_model, tiny_convnet
+from tests.quantize.helpers import dq_params, images, initializer, make_table, node, run, save_model, tiny_convnet
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 
 from fcnquant.errors import CalibrationError
 from fcnquant.quantize import quantize_model
-from test_quantize_util import images, initializer, make_table, ref_qparams, save_model, tiny_fcn, with_entry
+from tests.quantize.helpers import images, initializer, make_table, ref_qparams, save_model, tiny_fcn, with_entry
 
 X_SHAPE = (1, 3, 16, 16)
 

@@ -17,7 +17,7 @@ from fcnquant.recover.exponent_search import coordinate_descent
 from fcnquant.recover.scale_search import kl_divergence, scale_groups, search_activation_scales
 from fcnquant.runtime import make_session
 
-from test_recover_bias import branching_model
+from tests.recover.test_bias_correction import branching_model
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -114,7 +114,7 @@ def test_cli_refuses_ray_with_a_single_shard_or_recovery(tmp_path, capsys):
 
     from fcnquant.cli import main
 
-    model = str(Path(__file__).resolve().parents[1] / "fcnquant" / "assets" / "demo" / "fcn8s.onnx")
+    model = str(Path(__file__).resolve().parents[2] / "fcnquant" / "assets" / "demo" / "fcn8s.onnx")
     stats = str(tmp_path / "s.npz")
     assert main(["calibrate", model, "--ray", "--shard", "1/2", "--save-stats", stats]) == 2
     assert main(["calibrate", model, "--ray", "--recover", "--out", str(tmp_path / "m.onnx")]) == 2

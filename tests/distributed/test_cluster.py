@@ -22,7 +22,7 @@ from fcnquant.distributed import evaluate as evaluate_on_ray  # noqa: E402
 from fcnquant.distributed.ray_backend import PROGRESS_ACTOR_PREFIX  # noqa: E402
 from fcnquant.evaluate import evaluate  # noqa: E402
 
-DEMO = Path(__file__).resolve().parents[1] / "fcnquant" / "assets" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "fcnquant" / "assets" / "demo"
 MODEL = str(DEMO / "fcn8s.onnx")
 STORE = 150 * 2**20
 

@@ -12,7 +12,7 @@ ray = pytest.importorskip("ray")
 from fcnquant.cli import main  # noqa: E402
 from fcnquant.tune import tune  # noqa: E402
 from fcnquant.tune.ranking import prediction_distance  # noqa: E402
-from test_tune import FAST, PLANTED, _plant, voc  # noqa: E402,F401  (voc: the module's fixture)
+from tests.tune.test_api import FAST, PLANTED, _plant, voc  # noqa: E402,F401  (voc: the module's fixture)
 
 
 @pytest.fixture(scope="module", autouse=True)

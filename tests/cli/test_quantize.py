@@ -4,7 +4,7 @@ from __future__ import annotations
 import onnx
 
 from fcnquant.cli import main
-from test_quantize_util import images, make_table, save_model, tiny_fcn
+from tests.quantize.helpers import images, make_table, save_model, tiny_fcn
 
 X_SHAPE = (1, 3, 16, 16)
 

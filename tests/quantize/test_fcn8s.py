@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 from fcnquant.quantize import quantize_model
-from test_quantize_util import images, make_table, run
+from tests.quantize.helpers import images, make_table, run
 
 pytest.importorskip("torch")
 
