@@ -24,14 +24,13 @@ def manifest():
 
 
 @pytest.fixture(scope="module")
-def builtin_val(tmp_path_factory, manifest):
+def builtin_val(synthetic_voc, manifest):
     """The built-in synthetic VOC's val split, regenerated in a temporary folder with the recorded parameters.
 
     A scene depends only on (seed, split, index), so a set without train images has the built-in val images.
     """
     params = manifest["dataset"]
-    return write_synthetic_voc(tmp_path_factory.mktemp("synth"), train=0, val=params["val"], size=params["size"],
-                               seed=params["seed"], progress=False)
+    return synthetic_voc(train=0, val=params["val"], size=params["size"], seed=params["seed"])
 
 
 def test_manifest_lists_exactly_the_shipped_files_with_their_hashes(manifest):
@@ -101,12 +100,11 @@ def test_demo_model_reproduces_recorded_miou(name, builtin_val):
 
 
 @pytest.fixture(scope="module")
-def other_seed_val(tmp_path_factory, manifest):
+def other_seed_val(synthetic_voc, manifest):
     """A val split like the built-in one generated with the seed the manifest's ``other_seed`` scores used."""
     params, seeds = manifest["dataset"], {e["other_seed"]["seed"] for e in manifest["models"].values()}
     assert len(seeds) == 1 and seeds != {params["seed"]}
-    return write_synthetic_voc(tmp_path_factory.mktemp("synth-other"), train=0, val=params["val"],
-                               size=params["size"], seed=seeds.pop(), progress=False)
+    return synthetic_voc(train=0, val=params["val"], size=params["size"], seed=seeds.pop())
 
 
 @pytest.mark.parametrize("name", demo_models.DEMO_MODELS)
@@ -153,8 +151,8 @@ torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
-def tiny_voc(tmp_path_factory):
-    return write_synthetic_voc(tmp_path_factory.mktemp("voc"), train=4, val=2, size=48, seed=5, progress=False)
+def tiny_voc(synthetic_voc):
+    return synthetic_voc(train=4, val=2, size=48, seed=5)
 
 
 def test_train_one_epoch_exports_a_model_matching_its_checkpoint(tiny_voc, tmp_path):

@@ -11,21 +11,19 @@ import pytest
 from onnx import numpy_helper
 
 from fcnquant.calibrate.api import choose_ids
-from fcnquant.data import open_dataset, write_synthetic_voc
+from fcnquant.data import open_dataset
 from fcnquant.errors import FcnquantError
 from fcnquant.flow import calibrate
 from fcnquant.quantize import quantize_model
 from fcnquant.recover.plan import RECOVERY_METADATA_KEY, read_recovery, resolve_plan
-from tests.recover.test_bias_correction import branching_model
+from tests.recover.helpers import branching_model
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("flow")
-    write_synthetic_voc(tmp / "voc", train=6, val=2, size=32, seed=5, progress=False)
-    fpath = tmp / "float.onnx"
+def env(tmp_path_factory, synthetic_voc):
+    fpath = tmp_path_factory.mktemp("flow") / "float.onnx"
     onnx.save(branching_model(), str(fpath))
-    return tmp, fpath
+    return synthetic_voc(train=6, val=2, size=32, seed=5), fpath
 
 
 def test_plan_per_target():
@@ -42,9 +40,9 @@ def test_plan_per_target():
 
 
 def test_recovery_is_recorded_and_biases_change(env, tmp_path):
-    tmp, fpath = env
+    voc, fpath = env
     out = tmp_path / "m.int8.onnx"
-    res = calibrate(fpath, tmp / "voc", num_images=6, size=32, preset="awesome", target="npu-pow2", out=out,
+    res = calibrate(fpath, voc, num_images=6, size=32, preset="awesome", target="npu-pow2", out=out,
                     per_channel=False, recover=True, equalize=False, scale_search=False, progress=False,
                     bias_correction_error="weights")
     assert res.plan.names() == ["pow2-by-error", "bias-correction"]
@@ -68,7 +66,7 @@ def test_recovery_is_recorded_and_biases_change(env, tmp_path):
 
 
 def test_a_failing_step_leaves_nothing(env, tmp_path, monkeypatch):
-    tmp, fpath = env
+    voc, fpath = env
     import fcnquant.recover.bias_correction as bc
 
     def boom(*a, **k):
@@ -77,23 +75,23 @@ def test_a_failing_step_leaves_nothing(env, tmp_path, monkeypatch):
     monkeypatch.setattr(bc, "correct_biases", boom)
     out = tmp_path / "m.int8.onnx"
     with pytest.raises(FcnquantError, match="planted"):
-        calibrate(fpath, tmp / "voc", num_images=4, size=32, preset="awesome", target="tensorrt", out=out,
+        calibrate(fpath, voc, num_images=4, size=32, preset="awesome", target="tensorrt", out=out,
                   bias_correction=True, progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_passes_that_make_a_model_need_out(env):
-    tmp, fpath = env
+    voc, fpath = env
     with pytest.raises(FcnquantError, match="give `out`"):
-        calibrate(fpath, tmp / "voc", num_images=2, size=32, bias_correction=True, progress=False)
-    res = calibrate(fpath, tmp / "voc", num_images=2, size=32, target="npu-pow2", recover=True, progress=False)
+        calibrate(fpath, voc, num_images=2, size=32, bias_correction=True, progress=False)
+    res = calibrate(fpath, voc, num_images=2, size=32, target="npu-pow2", recover=True, progress=False)
     assert res.quantize is None and res.table.pow2_rounding == "error"
 
 
 def test_cli_calibrate_out_with_emission_options(env, tmp_path):
-    tmp, fpath = env
+    voc, fpath = env
     out = tmp_path / "m.int8.onnx"
-    cmd = [sys.executable, "-m", "fcnquant", "calibrate", str(fpath), "--data", str(tmp / "voc"), "--size", "32",
+    cmd = [sys.executable, "-m", "fcnquant", "calibrate", str(fpath), "--data", str(voc), "--size", "32",
            "--num-images", "4", "--target", "npu-pow2", "--per-tensor", "--recover", "--no-equalize",
            "--scale-search", "--exclude", "conv3", "--out", str(out), "--out-table", str(tmp_path / "t.json"), "--no-progress"]
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -109,9 +107,9 @@ def test_cli_calibrate_out_with_emission_options(env, tmp_path):
 
 
 def test_scale_search_in_the_flow_emits_its_table(env, tmp_path):
-    tmp, fpath = env
+    voc, fpath = env
     out = tmp_path / "s.int8.onnx"
-    res = calibrate(fpath, tmp / "voc", num_images=4, size=32, preset="awesome", target="npu-pow2", out=out,
+    res = calibrate(fpath, voc, num_images=4, size=32, preset="awesome", target="npu-pow2", out=out,
                     per_channel=False, recover=True, equalize=False, bias_correction=False, progress=False,
                     scale_search=True, scale_search_options={"images": 2})
     assert res.plan.names() == ["pow2-by-error", "pow2-by-output"]
@@ -123,23 +121,23 @@ def test_scale_search_in_the_flow_emits_its_table(env, tmp_path):
     for c in rec["changes"]:
         assert scales[c["init"]] == c["new"] == res.table.tensors[c["entries"][0]].scale
     with pytest.raises(FcnquantError, match="power-of-two target"):
-        calibrate(fpath, tmp / "voc", num_images=2, size=32, target="ort-cpu", out=tmp_path / "x.onnx",
+        calibrate(fpath, voc, num_images=2, size=32, target="ort-cpu", out=tmp_path / "x.onnx",
                   scale_search=True, progress=False)
 
 
 def test_auto_bias_correction_keeps_the_variant_with_the_smaller_output_error(env, tmp_path):
     from fcnquant.recover.scale_search import output_error
 
-    tmp, fpath = env
+    voc, fpath = env
     out = {}
     for mode in ("auto", "weights", "accumulated"):
         out[mode] = tmp_path / f"{mode}.onnx"
-        res = calibrate(fpath, tmp / "voc", num_images=4, size=32, preset="awesome", target="npu-pow2",
+        res = calibrate(fpath, voc, num_images=4, size=32, preset="awesome", target="npu-pow2",
                         out=out[mode], per_channel=False, recover=True, equalize=False, scale_search=False,
                         bias_correction_error=mode, progress=False)
         assert res.plan.bias_correction_error == mode
     rec = read_recovery(onnx.load(str(out["auto"])))["bias_correction"]
-    ds = open_dataset(tmp / "voc", "train")
+    ds = open_dataset(voc, "train")
     ids = choose_ids(ds, 4, seed=0, progress=False)
     errs = output_error([out["weights"], out["accumulated"]], fpath, ds, ids, "awesome", images=None, size=32)
     assert rec["output_mse"] == pytest.approx({"weights": errs[0], "accumulated": errs[1]}, rel=1e-6)
@@ -153,8 +151,8 @@ def test_auto_bias_correction_keeps_the_variant_with_the_smaller_output_error(en
 
 
 def test_explicit_weight_scales_are_used(env, tmp_path):
-    tmp, fpath = env
-    res = calibrate(fpath, tmp / "voc", num_images=2, size=32, target="tensorrt", progress=False)
+    voc, fpath = env
+    res = calibrate(fpath, voc, num_images=2, size=32, target="tensorrt", progress=False)
     w1 = numpy_helper.to_array(next(t for t in onnx.load(str(fpath)).graph.initializer if t.name == "w1"))
     scales = np.abs(w1).reshape(6, -1).max(axis=1) / 100.0  # larger than max/127: every weight fits
     out = tmp_path / "q.onnx"

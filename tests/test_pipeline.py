@@ -8,17 +8,16 @@ import onnx
 import pytest
 
 from fcnquant.cli import main
-from fcnquant.data import write_synthetic_voc
 from fcnquant.evaluate import evaluate
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, synthetic_voc):
     pytest.importorskip("torch")
     from fcnquant.models.export import export_onnx
 
     d = tmp_path_factory.mktemp("pipe")
-    root = write_synthetic_voc(d / "voc", train=6, val=4, size=64, seed=3)
+    root = synthetic_voc(train=6, val=4, size=64, seed=3)
     model = export_onnx("fcn16s", d / "tiny16.onnx", size=64, width=1 / 16, seed=1)
     return root, model, d
 

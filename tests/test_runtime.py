@@ -7,16 +7,15 @@ import onnxruntime as ort
 import pytest
 
 from fcnquant.calibrate.collect import collect_stats
-from fcnquant.data import get_preset, iter_batches, open_dataset, write_synthetic_voc
+from fcnquant.data import get_preset, iter_batches, open_dataset
 from fcnquant.errors import ModelError
 from fcnquant.runtime import outputs_patch, with_outputs
-from tests.calibrate.test_collect import OBSERVED, tiny_fcn
+from tests.calibrate.helpers import OBSERVED, tiny_fcn
 
 
 @pytest.fixture(scope="module")
-def voc(tmp_path_factory):
-    return write_synthetic_voc(tmp_path_factory.mktemp("voc") / "voc", train=3, val=0, size=40, seed=5,
-                               progress=False)
+def voc(synthetic_voc):
+    return synthetic_voc(train=3, val=0, size=40, seed=5)
 
 
 def test_patched_bytes_are_the_model_with_outputs(tmp_path):

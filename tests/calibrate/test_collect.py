@@ -12,55 +12,9 @@ from PIL import Image
 from fcnquant.calibrate.collect import Shard, collect_stats
 from fcnquant.calibrate.stats import merge_stats
 from fcnquant.calibrate.table import build_table
-from fcnquant.data import get_preset, open_dataset, write_synthetic_voc
+from fcnquant.data import get_preset, open_dataset
 from fcnquant.errors import CalibrationError, DataError
-
-TINY_FCN = """
-<ir_version: 8, opset_import: ["" : 17]>
-tiny (float[N,3,32,32] input) => (float[N,3,32,32] output) {
-    c1 = Conv <pads = [1,1,1,1]> (input, w1, b1)
-    r1 = Relu (c1)
-    p1 = MaxPool <kernel_shape = [2,2], strides = [2,2]> (r1)
-    c2 = Conv <pads = [1,1,1,1]> (p1, w2, b2)
-    r2 = Relu (c2)
-    p2 = MaxPool <kernel_shape = [2,2], strides = [2,2]> (r2)
-    s2 = Conv (p2, ws2, bs2)
-    s1 = Conv (p1, ws1, bs1)
-    u2 = Resize <mode = "linear", coordinate_transformation_mode = "align_corners"> (s2, , sc)
-    a = Add (u2, s1)
-    output = Resize <mode = "linear", coordinate_transformation_mode = "align_corners"> (a, , sc)
-}
-"""
-OBSERVED = ["input", "r1", "r2", "s2", "s1", "a", "output"]
-
-
-def tiny_fcn(path, batch: str = "N"):
-    """Writes the tiny FCN (dynamic batch, or a fixed one) to ``path`` and returns the path."""
-    rng = np.random.default_rng(1)
-    model = onnx.parser.parse_model(TINY_FCN.replace("[N,", f"[{batch},"))
-
-    def w(name, *shape):
-        return numpy_helper.from_array((rng.standard_normal(shape) * 0.4).astype(np.float32), name)
-
-    model.graph.initializer.extend([
-        w("w1", 6, 3, 3, 3), w("b1", 6), w("w2", 6, 6, 3, 3), w("b2", 6), w("ws2", 3, 6, 1, 1), w("bs2", 3),
-        w("ws1", 3, 6, 1, 1), w("bs1", 3), numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "sc"),
-    ])
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def voc(tmp_path_factory):
-    root = tmp_path_factory.mktemp("voc") / "voc"
-    write_synthetic_voc(root, train=7, val=1, size=40, seed=3, progress=False)
-    return open_dataset(root, "train")
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_fcn(tmp_path_factory.mktemp("model") / "tiny.onnx")
+from tests.calibrate.helpers import OBSERVED, tiny_fcn
 
 
 def reference_activations(model_path, dataset, ids):

@@ -12,7 +12,6 @@ from onnx import numpy_helper
 from fcnquant.calibrate.stats import CalibrationStats
 from fcnquant.calibrate.table import CalibrationTable
 from fcnquant.cli import main
-from fcnquant.data import write_synthetic_voc
 
 TINY = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -27,7 +26,7 @@ tiny (float[1,3,32,32] input) => (float[1,3,32,32] output) {
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, synthetic_voc):
     base = tmp_path_factory.mktemp("cli")
     rng = np.random.default_rng(5)
     m = onnx.parser.parse_model(TINY)
@@ -38,8 +37,7 @@ def setup(tmp_path_factory):
     m.graph.initializer.extend([w("w1", 4, 3, 3, 3), w("b1", 4), w("ws1", 3, 4, 1, 1), w("bs1", 3),
                                 numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "sc")])
     onnx.save(m, str(base / "tiny.onnx"))
-    write_synthetic_voc(base / "voc", train=6, val=1, size=40, seed=1, progress=False)
-    return base / "tiny.onnx", base / "voc"
+    return base / "tiny.onnx", synthetic_voc(train=6, val=1, size=40, seed=1)
 
 
 def run(*args) -> int:

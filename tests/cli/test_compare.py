@@ -10,7 +10,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fcnquant.cli import main
 from fcnquant.compare.pairing import TENSOR_MAP_KEY
-from fcnquant.data import write_synthetic_voc
 from fcnquant.evaluate import evaluate
 
 HW = 32
@@ -43,9 +42,9 @@ def _write(path, flip: bool) -> None:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, synthetic_voc):
     d = tmp_path_factory.mktemp("cli")
-    voc = write_synthetic_voc(d / "voc", train=0, val=2, size=40, seed=1, progress=False)
+    voc = synthetic_voc(train=0, val=2, size=40, seed=1)
     _write(d / "f.onnx", flip=False)
     _write(d / "q.onnx", flip=True)
     drop = evaluate(d / "f.onnx", data=voc, progress=False).miou - evaluate(d / "q.onnx", data=voc,

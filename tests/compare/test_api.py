@@ -8,66 +8,17 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from fcnquant.compare import CompareReport, compare_models
-from fcnquant.compare.pairing import TENSOR_MAP_KEY
-from fcnquant.data import get_preset, iter_batches, open_dataset, write_synthetic_voc
+from fcnquant.data import get_preset, iter_batches, open_dataset
 from fcnquant.evaluate import evaluate
 from fcnquant.runtime import make_session
-
-HW = 32
-PLANTED_STD = 0.35  # std of the fixed noise tensor added to layer a
-
-
-def _params():
-    rng = np.random.default_rng(0)
-    w1 = rng.standard_normal((8, 3)).astype(np.float32)
-    b1 = rng.standard_normal(8).astype(np.float32) * 0.1
-    w2 = rng.standard_normal((21, 8)).astype(np.float32) * 0.3
-    b2 = np.linspace(3.0, -3.0, 21).astype(np.float32)  # a large bias keeps the logits' SNR above a's
-    noise = (rng.standard_normal((1, 8, HW, HW)) * PLANTED_STD).astype(np.float32)
-    return w1, b1, w2, b2, noise
-
-
-def _write_models(folder, batch=1):
-    """x -> Conv1 (1x1) -> a -> Conv2 (1x1) -> output (21 logits); the "quantized" copy adds a fixed noise to a.
-
-    The copy carries fcnquant's tensor map, so its noisy tensor stands for a.
-    """
-    w1, b1, w2, b2, noise = _params()
-    paths = []
-    for noisy in (False, True):
-        inits = [numpy_helper.from_array(w1[:, :, None, None], "w1"), numpy_helper.from_array(b1, "b1"),
-                 numpy_helper.from_array(w2[:, :, None, None], "w2"), numpy_helper.from_array(b2, "b2")]
-        nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a_raw" if noisy else "a"], name="conv1")]
-        if noisy:
-            inits.append(numpy_helper.from_array(noise, "noise"))
-            nodes.append(helper.make_node("Add", ["a_raw", "noise"], ["a_q"], name="plant"))
-        nodes.append(helper.make_node("Conv", ["a_q" if noisy else "a", "w2", "b2"], ["output"], name="conv2"))
-        graph = helper.make_graph(
-            nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, HW, HW])],
-            [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 21, HW, HW])], inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        model.ir_version = 8
-        if noisy:
-            entry = model.metadata_props.add()
-            entry.key, entry.value = TENSOR_MAP_KEY, json.dumps({"a": "a_q", "output": "output"})
-        path = folder / ("noisy.onnx" if noisy else "float.onnx")
-        onnx.save(model, str(path))
-        paths.append(path)
-    return paths
+from tests.compare.helpers import HW, boundary_band_brute_force, planted_params, write_planted_models
 
 
 @pytest.fixture(scope="module")
-def voc(tmp_path_factory):
-    return write_synthetic_voc(tmp_path_factory.mktemp("voc") / "voc", train=0, val=3, size=40, seed=3,
-                               progress=False)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return _write_models(tmp_path_factory.mktemp("models"))
+def voc(synthetic_voc):
+    return synthetic_voc(train=0, val=3, size=40, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -81,16 +32,8 @@ def _images_and_masks(voc):
     return np.concatenate([b.images for b in batches]), np.concatenate([b.masks for b in batches])
 
 
-def _band_brute_force(labels: np.ndarray, r: int) -> np.ndarray:
-    out = np.zeros(labels.shape, dtype=bool)
-    for y in range(labels.shape[0]):
-        for x in range(labels.shape[1]):
-            out[y, x] = bool((labels[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1] != labels[y, x]).any())
-    return out
-
-
 def test_planted_layer_ranks_worst_with_its_planted_snr(report, voc):
-    w1, b1, w2, b2, noise = _params()
+    w1, b1, w2, b2, noise = planted_params()
     images, _ = _images_and_masks(voc)
     a = np.einsum("oc,nchw->nohw", w1.astype(np.float64), images.astype(np.float64)) + b1[None, :, None, None]
     planted = 10 * math.log10(np.sum(a**2) / (images.shape[0] * np.sum(noise.astype(np.float64) ** 2)))
@@ -106,7 +49,7 @@ def test_planted_layer_ranks_worst_with_its_planted_snr(report, voc):
 
 def test_isolated_removes_inherited_error(report, voc):
     """The error planted in layer a reaches layer 2's accumulated drift but not its isolated drift."""
-    w1, b1, w2, b2, noise = _params()
+    w1, b1, w2, b2, noise = planted_params()
     images, _ = _images_and_masks(voc)
     out = report.layers[1]
     assert out.float_name == "output"
@@ -135,7 +78,7 @@ def test_final_metrics_equal_evaluate_and_numpy(report, voc, models):
         s = make_session(path)
         preds.append(np.concatenate([s.run(None, {"x": images[k:k + 1]})[0].argmax(1) for k in range(len(images))]))
     changed = preds[0] != preds[1]
-    band = np.stack([_band_brute_force(m, 3) for m in masks])
+    band = np.stack([boundary_band_brute_force(m, 3) for m in masks])
     assert f.pixels == changed.size and f.changed == int(changed.sum()) and f.changed > 0
     assert f.boundary_pixels == int(band.sum()) and f.boundary_changed == int((changed & band).sum())
     assert f.changed_share == pytest.approx(changed.mean())
@@ -179,7 +122,7 @@ def test_table_and_stats_add_clip_ranges_and_histograms(voc, models, tmp_path):
     from fcnquant.calibrate.stats import CalibrationStats
     from fcnquant.calibrate.table import CalibrationTable, TensorEntry
 
-    w1, b1, *_ = _params()
+    w1, b1, *_ = planted_params()
     images, _ = _images_and_masks(voc)
     a = (np.einsum("oc,nchw->nohw", w1, images) + b1[None, :, None, None]).astype(np.float32)
     sha = file_sha256(models[0])
@@ -224,7 +167,7 @@ def test_unlabelled_images_give_drift_and_changed_share_only(voc, models, tmp_pa
 
 
 def test_batches_and_fixed_batch_padding_give_the_same_report(voc, tmp_path):
-    dyn = _write_models(tmp_path, batch="N")
+    dyn = write_planted_models(tmp_path, batch="N")
     one = compare_models(dyn[0], dyn[1], data=voc, batch_size=1, progress=False)
     two = compare_models(dyn[0], dyn[1], data=voc, batch_size=2, progress=False)  # batches of 2 and 1
     assert one.final.to_dict() == two.final.to_dict()

@@ -8,6 +8,7 @@ import pytest
 
 from fcnquant.compare.drift import DriftAccumulator, cosine, snr_db
 from fcnquant.compare.final import FinalAccumulator, boundary_band
+from tests.compare.helpers import boundary_band_brute_force
 
 
 def _reference(ref: np.ndarray, test: np.ndarray) -> dict:
@@ -121,16 +122,6 @@ def test_edge_cases():
     assert d["snr_db"] is None  # +inf is not valid JSON
 
 
-def _band_brute_force(labels: np.ndarray, r: int) -> np.ndarray:
-    h, w = labels.shape
-    out = np.zeros((h, w), dtype=bool)
-    for y in range(h):
-        for x in range(w):
-            win = labels[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1]
-            out[y, x] = bool((win != labels[y, x]).any())
-    return out
-
-
 @pytest.mark.parametrize("radius", [0, 1, 3])
 def test_boundary_band_matches_brute_force(radius):
     rng = np.random.default_rng(4)
@@ -138,10 +129,10 @@ def test_boundary_band_matches_brute_force(radius):
     labels[5:15, 4:12] = 7
     labels[10:20, 18:29] = 255
     labels[rng.random(labels.shape) < 0.01] = 3
-    assert np.array_equal(boundary_band(labels, radius), _band_brute_force(labels, radius))
+    assert np.array_equal(boundary_band(labels, radius), boundary_band_brute_force(labels, radius))
     batch = np.stack([labels, labels[::-1]])
     got = boundary_band(batch, radius)
-    assert np.array_equal(got[1], _band_brute_force(labels[::-1], radius))
+    assert np.array_equal(got[1], boundary_band_brute_force(labels[::-1], radius))
 
 
 def test_final_accumulator_counts_changed_pixels_overall_and_near_boundaries():
@@ -153,7 +144,7 @@ def test_final_accumulator_counts_changed_pixels_overall_and_near_boundaries():
     pred_q[0, 3, 5] = 0  # on the object's edge
     acc = FinalAccumulator(21, boundary_radius=1)
     acc.update(pred_f, pred_q, labels)
-    band = _band_brute_force(labels[0], 1)
+    band = boundary_band_brute_force(labels[0], 1)
     assert acc.pixels == 144 and acc.changed == 2
     assert acc.boundary_pixels == int(band.sum()) and acc.boundary_changed == 1
     assert acc.changed_share == pytest.approx(2 / 144)

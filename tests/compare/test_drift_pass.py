@@ -9,24 +9,18 @@ import pytest
 
 from fcnquant.cli import main
 from fcnquant.compare import CompareReport, compare_models, drift_ids, final_metrics, layer_drift
-from fcnquant.data import get_preset, iter_batches, open_dataset, write_synthetic_voc
+from fcnquant.data import get_preset, iter_batches, open_dataset
 from fcnquant.errors import DataError
 from fcnquant.evaluate import evaluate
 from fcnquant.runtime import make_session
-from tests.compare.test_api import HW, _params, _write_models
+from tests.compare.helpers import HW, planted_params
 
 N_VAL = 5
 
 
 @pytest.fixture(scope="module")
-def voc(tmp_path_factory):
-    return write_synthetic_voc(tmp_path_factory.mktemp("voc") / "voc", train=0, val=N_VAL, size=40, seed=4,
-                               progress=False)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return _write_models(tmp_path_factory.mktemp("models"))
+def voc(synthetic_voc):
+    return synthetic_voc(train=0, val=N_VAL, size=40, seed=4)
 
 
 def _images(voc, ids):
@@ -36,7 +30,7 @@ def _images(voc, ids):
 
 
 def _planted_snr(images: np.ndarray) -> float:
-    w1, b1, _, _, noise = _params()
+    w1, b1, _, _, noise = planted_params()
     a = np.einsum("oc,nchw->nohw", w1.astype(np.float64), images.astype(np.float64)) + b1[None, :, None, None]
     return 10 * math.log10(np.sum(a**2) / (images.shape[0] * np.sum(noise.astype(np.float64) ** 2)))
 

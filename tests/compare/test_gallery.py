@@ -14,7 +14,7 @@ from PIL import Image
 from fcnquant.compare import CompareReport, compare_models
 from fcnquant.compare.gallery import BROKEN, FIXED, OTHER, GalleryCollector, changed_map, render_gallery
 from fcnquant.compare.pairing import TENSOR_MAP_KEY
-from fcnquant.data import get_preset, iter_batches, open_dataset, voc_palette, write_synthetic_voc
+from fcnquant.data import get_preset, iter_batches, open_dataset, voc_palette
 from fcnquant.errors import DataError
 from fcnquant.runtime import make_session
 
@@ -52,10 +52,9 @@ def _write_pair(folder):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    base = tmp_path_factory.mktemp("gallery")
-    voc = write_synthetic_voc(base / "voc", train=0, val=7, size=40, seed=4, progress=False)
-    return voc, _write_pair(base)
+def setup(tmp_path_factory, synthetic_voc):
+    voc = synthetic_voc(train=0, val=7, size=40, seed=4)
+    return voc, _write_pair(tmp_path_factory.mktemp("gallery"))
 
 
 @pytest.fixture(scope="module")

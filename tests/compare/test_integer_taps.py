@@ -14,17 +14,8 @@ from fcnquant.demo_models import demo_model_path
 from fcnquant.runtime import make_session, with_outputs
 
 
-@pytest.fixture(scope="module")
-def int8(tmp_path_factory):
-    from fcnquant.flow import calibrate
-
-    out = tmp_path_factory.mktemp("q") / "fcn8s.int8.onnx"
-    calibrate(demo_model_path("fcn8s"), num_images=4, out=out, progress=False)
-    return out
-
-
-def test_taps_equal_the_dequantize_outputs_of_onnxruntime(int8):
-    fm, qm = onnx.load(str(demo_model_path("fcn8s"))), onnx.load(str(int8))
+def test_taps_equal_the_dequantize_outputs_of_onnxruntime(demo_int8):
+    fm, qm = onnx.load(str(demo_model_path("fcn8s"))), onnx.load(str(demo_int8.model))
     names = [p.quant_name for p in pair_tensors(fm, qm).measured]
     taps = plan_taps(qm, names)
     assert len(taps.dequant) == len(names) > 10  # every paired activation of this model ends in a DQ
@@ -38,7 +29,7 @@ def test_taps_equal_the_dequantize_outputs_of_onnxruntime(int8):
         assert value.dtype == np.float32 and np.array_equal(value, want[n]), n
 
 
-def test_drift_with_integer_taps_is_the_same(int8):
+def test_drift_with_integer_taps_is_the_same(demo_int8):
     """Accumulated (the quantized model) and isolated (the rewrite, outputs retargeted to the integer tensors).
 
     The values are the same bits (test above); the sums come from another compiled loop (integer codes in), whose
@@ -47,8 +38,8 @@ def test_drift_with_integer_taps_is_the_same(int8):
     ds = open_dataset(builtin_dataset(progress=False), "val")
     pre = preset_for_session(make_session(f), None)
     kw = dict(progress=False, threads=1)
-    a = drift_sums(f, int8, ds, pre, ds.ids[:3], integer_taps=True, **kw).result()
-    b = drift_sums(f, int8, ds, pre, ds.ids[:3], integer_taps=False, **kw).result()
+    a = drift_sums(f, demo_int8.model, ds, pre, ds.ids[:3], integer_taps=True, **kw).result()
+    b = drift_sums(f, demo_int8.model, ds, pre, ds.ids[:3], integer_taps=False, **kw).result()
     assert len(a.accumulated) > 10 and len(a.isolated) == len(a.accumulated)
     for side in ("accumulated", "isolated"):
         for name, m in getattr(a, side).items():

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import fcnquant.data
-from fcnquant.data import resolve_data, write_synthetic_voc
+from fcnquant.data import resolve_data
 from fcnquant.demo_models import demo_model_info, demo_model_path, is_demo_model
 from fcnquant.errors import DataError
 
@@ -31,8 +31,8 @@ def _model(path, metadata=None):
 
 
 @pytest.fixture(scope="module")
-def tiny_voc(tmp_path_factory):
-    return write_synthetic_voc(tmp_path_factory.mktemp("v") / "voc", train=3, val=2, size=40, seed=1, progress=False)
+def tiny_voc(synthetic_voc):
+    return synthetic_voc(train=3, val=2, size=40, seed=1)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from fcnquant.cli import main
-from fcnquant.data import open_dataset, read_mask, write_synthetic_voc
+from fcnquant.data import open_dataset, read_mask
 from fcnquant.errors import DataError
 from fcnquant.evaluate import evaluate
 
@@ -31,10 +31,10 @@ def _model(path):
 
 
 @pytest.fixture(scope="module")
-def layouts(tmp_path_factory):
+def layouts(tmp_path_factory, synthetic_voc):
     """The same tiny synthetic set twice: VOC2012 palette masks (val.txt) and voc12aug L-mode masks (aug.txt)."""
     base = tmp_path_factory.mktemp("aug")
-    voc = write_synthetic_voc(base / "voc", train=0, val=6, size=48, seed=7, progress=False) / "VOC2012"
+    voc = synthetic_voc(train=0, val=6, size=48, seed=7) / "VOC2012"
     aug = base / "data" / "VOCdevkit" / "VOC2012"  # mmsegmentation's data_root
     (aug / "ImageSets" / "Segmentation").mkdir(parents=True)
     shutil.copytree(voc / "JPEGImages", aug / "JPEGImages")

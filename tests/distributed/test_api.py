@@ -16,20 +16,15 @@ from fcnquant.calibrate.collect import collect_stats  # noqa: E402
 from fcnquant.calibrate.stats import CalibrationStats  # noqa: E402
 from fcnquant.cli import main  # noqa: E402
 from fcnquant.data import builtin_dataset, open_dataset, write_synthetic_voc  # noqa: E402
+from fcnquant.demo_models import demo_model_path  # noqa: E402
 from fcnquant.distributed import collect as collect_on_ray  # noqa: E402
 from fcnquant.distributed.ray_backend import PROGRESS_ACTOR_PREFIX  # noqa: E402
 from fcnquant.errors import DataError  # noqa: E402
 from fcnquant.evaluate import evaluate  # noqa: E402
 
-DEMO = Path(__file__).resolve().parents[2] / "fcnquant" / "assets" / "demo"
-MODEL = str(DEMO / "fcn8s.onnx")
+MODEL = str(demo_model_path("fcn8s"))
 
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def assert_same_stats(a: CalibrationStats, b: CalibrationStats) -> None:
@@ -134,26 +129,16 @@ def test_ctrl_c_cancels_the_shards_and_writes_nothing(tmp_path, capsys):
     assert ray.available_resources().get("CPU", 0) == 2
 
 
-@pytest.fixture(scope="module")
-def int8(tmp_path_factory):
-    """The demo fcn8s emitted in int8 from 4 calibration images, and its calibration table."""
-    from fcnquant.flow import calibrate as flow
-
-    folder = tmp_path_factory.mktemp("int8")
-    r = flow(MODEL, num_images=4, out=folder / "fcn8s.int8.onnx", progress=False)
-    return folder / "fcn8s.int8.onnx", r.table.save(folder / "fcn8s.json")
-
-
 def report_dict(report) -> dict:
     d = report.to_dict()
     d.pop("seconds")
     return d
 
 
-def test_compare_on_ray_equals_one_process_bit_for_bit(int8):
+def test_compare_on_ray_equals_one_process_bit_for_bit(demo_int8):
     from fcnquant.compare import compare_models
 
-    quant, table = int8
+    quant, table = demo_int8
     # one onnxruntime thread on both sides (a worker runs as many as its task has CPUs): some float kernels
     # round differently with another thread count
     kw = dict(num_images=11, drift_images=5, table=table, gallery=3, progress=False, threads=1)
@@ -168,8 +153,8 @@ def test_compare_on_ray_equals_one_process_bit_for_bit(int8):
     assert many.final.miou_quant == evaluate(str(quant), val, num_images=11, progress=False).miou
 
 
-def test_cli_compare_on_ray_writes_the_same_json(int8, tmp_path, capsys):
-    quant, _ = int8
+def test_cli_compare_on_ray_writes_the_same_json(demo_int8, tmp_path, capsys):
+    quant, _ = demo_int8
     for tag, extra in (("one", []), ("ray", ["--ray", "--shards", "2"])):
         assert main(["compare", MODEL, str(quant), "--num-images", "6", "--drift-images", "3", "--no-progress",
                      "--threads", "1", "--json", str(tmp_path / f"{tag}.json")] + extra) == 0
@@ -180,10 +165,10 @@ def test_cli_compare_on_ray_writes_the_same_json(int8, tmp_path, capsys):
     assert "--shards sets the number of shards of a --ray run" in capsys.readouterr().err
 
 
-def test_ctrl_c_in_compare_on_ray_writes_no_report(int8, tmp_path, capsys):
+def test_ctrl_c_in_compare_on_ray_writes_no_report(demo_int8, tmp_path, capsys):
     from fcnquant.distributed.ray_backend import progress_actor
 
-    quant, _ = int8
+    quant, _ = demo_int8
     progress_actor()  # reset: progress seen from now on is this run's
     stop = threading.Event()
     t = threading.Thread(target=_interrupt_once_running, args=(stop,), daemon=True)

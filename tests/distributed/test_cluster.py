@@ -6,7 +6,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,13 +16,13 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from fcnquant.calibrate.api import compute_table  # noqa: E402
 from fcnquant.calibrate.collect import collect_stats  # noqa: E402
 from fcnquant.data import builtin_dataset, open_dataset  # noqa: E402
+from fcnquant.demo_models import demo_model_path  # noqa: E402
 from fcnquant.distributed import collect as collect_on_ray  # noqa: E402
 from fcnquant.distributed import evaluate as evaluate_on_ray  # noqa: E402
 from fcnquant.distributed.ray_backend import PROGRESS_ACTOR_PREFIX  # noqa: E402
 from fcnquant.evaluate import evaluate  # noqa: E402
 
-DEMO = Path(__file__).resolve().parents[2] / "fcnquant" / "assets" / "demo"
-MODEL = str(DEMO / "fcn8s.onnx")
+MODEL = str(demo_model_path("fcn8s"))
 STORE = 150 * 2**20
 
 
@@ -115,12 +114,10 @@ def test_eval_with_a_killed_worker_equals_one_process(cluster):
         assert run.shards[shard - 1].attempts == 2
 
 
-def test_compare_with_a_killed_worker_equals_one_process(cluster, tmp_path):
+def test_compare_with_a_killed_worker_equals_one_process(cluster, demo_int8):
     from fcnquant.compare import compare_models
-    from fcnquant.flow import calibrate
 
-    quant = tmp_path / "fcn8s.int8.onnx"
-    calibrate(MODEL, num_images=4, out=quant, progress=False)
+    quant = demo_int8.model
     kw = dict(num_images=64, drift_images=8, gallery=4, progress=False, threads=1)  # the workers' thread count
     one = compare_models(MODEL, quant, **kw)
     killer = Killer()

@@ -12,19 +12,9 @@ ray = pytest.importorskip("ray")
 from fcnquant.cli import main  # noqa: E402
 from fcnquant.tune import tune  # noqa: E402
 from fcnquant.tune.ranking import prediction_distance  # noqa: E402
-from tests.tune.test_api import FAST, PLANTED, _plant, voc  # noqa: E402,F401  (voc: the module's fixture)
+from tests.tune.helpers import FAST, PLANTED  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    return _plant(tmp_path_factory.mktemp("m") / "planted.onnx")
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def _same(a, b) -> None:
@@ -36,11 +26,11 @@ def _same(a, b) -> None:
 
 
 @pytest.mark.parametrize("rank", ["sensitivity", "isolated"])
-def test_tune_on_ray_equals_one_process(voc, planted, tmp_path, rank):  # noqa: F811
+def test_tune_on_ray_equals_one_process(tune_voc, planted_fcn8s, tmp_path, rank):
     # one onnxruntime thread on both sides: float kernels may round differently with another thread count
-    kw = dict(data=voc, target="ort-cpu", per_channel=False, rank=rank, threads=1, **FAST)
-    one = tune(planted, 1.0, tmp_path / "one.onnx", **kw)
-    many = tune(planted, 1.0, tmp_path / "ray.onnx", ray_address="local", shards=2, **kw)
+    kw = dict(data=tune_voc, target="ort-cpu", per_channel=False, rank=rank, threads=1, **FAST)
+    one = tune(planted_fcn8s, 1.0, tmp_path / "one.onnx", **kw)
+    many = tune(planted_fcn8s, 1.0, tmp_path / "ray.onnx", ray_address="local", shards=2, **kw)
     _same(one, many)
     a, b = onnx.load(str(tmp_path / "one.onnx")), onnx.load(str(tmp_path / "ray.onnx"))
     meta_a, meta_b = ({p.key: p.value for p in m.metadata_props} for m in (a, b))
@@ -51,8 +41,8 @@ def test_tune_on_ray_equals_one_process(voc, planted, tmp_path, rank):  # noqa: 
     assert a.SerializeToString() == b.SerializeToString()  # the same weights and scales, byte for byte
 
 
-def test_cli_tune_on_ray(voc, planted, tmp_path, capsys):  # noqa: F811
-    args = ["tune", str(planted), "--max-drop", "1", "--data", str(voc), "--per-tensor", "--num-calib", "8",
+def test_cli_tune_on_ray(tune_voc, planted_fcn8s, tmp_path, capsys):
+    args = ["tune", str(planted_fcn8s), "--max-drop", "1", "--data", str(tune_voc), "--per-tensor", "--num-calib", "8",
             "--num-tune", "16", "--rank-images", "4", "--no-progress"]
     assert main(args + ["--out", str(tmp_path / "a.onnx"), "--json", str(tmp_path / "a.json")]) == 0
     assert main(args + ["--out", str(tmp_path / "b.onnx"), "--json", str(tmp_path / "b.json"), "--ray",

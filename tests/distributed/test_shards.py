@@ -110,11 +110,10 @@ def test_shard_dataset_has_absolute_paths(tmp_path, monkeypatch):
 
 
 def test_cli_refuses_ray_with_a_single_shard_or_recovery(tmp_path, capsys):
-    from pathlib import Path
-
     from fcnquant.cli import main
+    from fcnquant.demo_models import demo_model_path
 
-    model = str(Path(__file__).resolve().parents[2] / "fcnquant" / "assets" / "demo" / "fcn8s.onnx")
+    model = str(demo_model_path("fcn8s"))
     stats = str(tmp_path / "s.npz")
     assert main(["calibrate", model, "--ray", "--shard", "1/2", "--save-stats", stats]) == 2
     assert main(["calibrate", model, "--ray", "--recover", "--out", str(tmp_path / "m.onnx")]) == 2

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fcnquant.calibrate.collect import collect_stats
 from fcnquant.calibrate.table import build_table
-from fcnquant.data import get_preset, iter_batches, open_dataset, write_synthetic_voc
+from fcnquant.data import get_preset, iter_batches, open_dataset
 from fcnquant.errors import CalibrationError, ModelError
 from fcnquant.quantize import quantize_model
 from fcnquant.quantize.weights import symmetric_scales
@@ -215,7 +215,7 @@ tiny (float[1,3,32,32] input) => (float[1,3,32,32] output) {
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, synthetic_voc):
     base = tmp_path_factory.mktemp("ada")
     rng = np.random.default_rng(1)
     model = onnx.parser.parse_model(TINY)
@@ -229,8 +229,7 @@ def setup(tmp_path_factory):
     ])
     path = base / "tiny.onnx"
     onnx.save(model, str(path))
-    write_synthetic_voc(base / "voc", train=6, val=1, size=40, seed=2, progress=False)
-    dataset = open_dataset(base / "voc", "train")
+    dataset = open_dataset(synthetic_voc(train=6, val=1, size=40, seed=2), "train")
     return base, path, dataset
 
 

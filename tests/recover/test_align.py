@@ -12,7 +12,7 @@ from onnx import helper  # noqa: E402
 from fcnquant.recover import align_pow2  # noqa: E402
 from fcnquant.recover.pow2_grid import best_alignment, waste  # noqa: E402
 from fcnquant.runtime import make_session, with_outputs  # noqa: E402
-from tests.recover.test_equalize import RNG, conv, init, make_model, rel_diff, run, spread  # noqa: E402
+from tests.recover.helpers import RNG, conv, init, make_model, rel_diff, run, spread  # noqa: E402
 
 
 def test_waste_is_the_unused_part_of_the_pow2_grid():

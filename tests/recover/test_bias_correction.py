@@ -4,48 +4,22 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
 from fcnquant.calibrate import collect_stats, compute_table
-from fcnquant.data import get_preset, iter_batches, open_dataset, write_synthetic_voc
+from fcnquant.data import get_preset, iter_batches, open_dataset
 from fcnquant.quantize import quantize_model
 from fcnquant.recover import correct_biases
 from fcnquant.recover.bias_correction import dependency_levels, find_targets
 from fcnquant.recover.channel_means import ChannelMeans, corrected_int32_bias
 from fcnquant.runtime import make_session, with_outputs
-
-
-def branching_model(seed: int = 0) -> onnx.ModelProto:
-    """input -> conv1 -> relu -> {conv2 (1x1), conv3 (3x3)} -> add -> relu -> conv4 (no bias) -> output."""
-    rng = np.random.default_rng(seed)
-
-    def init(name, *shape, s=0.4):
-        return numpy_helper.from_array((rng.standard_normal(shape) * s).astype(np.float32), name)
-
-    inits = [init("w1", 6, 3, 3, 3), init("b1", 6, s=0.1), init("w2", 5, 6, 1, 1), init("b2", 5, s=0.1),
-             init("w3", 5, 6, 3, 3), init("b3", 5, s=0.1), init("w4", 4, 5, 1, 1)]
-    nodes = [
-        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2"),
-        helper.make_node("Conv", ["r1", "w3", "b3"], ["c3"], name="conv3", pads=[1, 1, 1, 1]),
-        helper.make_node("Add", ["c2", "c3"], ["a"], name="add"),
-        helper.make_node("Relu", ["a"], ["r2"], name="relu2"),
-        helper.make_node("Conv", ["r2", "w4"], ["output"], name="conv4"),
-    ]
-    graph = helper.make_graph(nodes, "branching",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 4, "H", "W"])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+from tests.recover.helpers import branching_model
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, synthetic_voc):
     tmp = tmp_path_factory.mktemp("bc")
-    write_synthetic_voc(tmp / "voc", train=6, val=1, size=32, seed=5, progress=False)
-    ds = open_dataset(tmp / "voc", "train")
+    ds = open_dataset(synthetic_voc(train=6, val=1, size=32, seed=5), "train")
     fpath = tmp / "float.onnx"
     onnx.save(branching_model(), str(fpath))
     ids = list(ds.ids)

@@ -14,48 +14,7 @@ from fcnquant.errors import FcnquantError, ModelError  # noqa: E402
 from fcnquant.recover import equalize, find_pairs  # noqa: E402
 from fcnquant.recover.equalize import METADATA_KEY  # noqa: E402
 from fcnquant.runtime import make_session  # noqa: E402
-
-RNG = np.random.default_rng(0)
-
-
-def conv(name, x, w, b=None, out=None, **attrs):
-    inputs = [x, w] + ([b] if b else [])
-    return helper.make_node("Conv", inputs, [out or name], name=name, **attrs)
-
-
-def make_model(nodes, inits, in_shape, outputs=("y",), metadata=None):
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
-        [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["n", "c", "h", "w"]) for o in outputs],
-        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    for k, v in (metadata or {}).items():
-        p = model.metadata_props.add()
-        p.key, p.value = k, v
-    onnx.checker.check_model(model)
-    return model
-
-
-def run(model, x):
-    return make_session(model.SerializeToString()).run(None, {"x": x})[0]
-
-
-def rel_diff(a, b):
-    return float(np.abs(a - b).max() / np.abs(a).max())
-
-
-def spread(shape, axis):
-    """Random weights whose channels along ``axis`` have very different magnitudes."""
-    w = RNG.normal(size=shape)
-    scale_shape = [1] * len(shape)
-    scale_shape[axis] = shape[axis]
-    return w * RNG.uniform(0.05, 5.0, size=scale_shape)
-
-
-def init(model, name):
-    return next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name)
+from tests.recover.helpers import RNG, conv, init, make_model, rel_diff, run, spread  # noqa: E402
 
 
 def two_conv_model(bias2=True):
@@ -357,12 +316,10 @@ def _expose(model, name):
 
 
 @pytest.fixture(scope="module")
-def real_dataset(tmp_path_factory):
-    from fcnquant.data import open_dataset, write_synthetic_voc
+def real_dataset(synthetic_voc):
+    from fcnquant.data import open_dataset
 
-    voc = write_synthetic_voc(tmp_path_factory.mktemp("voc") / "voc", train=0, val=1, size=96, seed=5,
-                              progress=False)
-    return open_dataset(voc, "val")
+    return open_dataset(synthetic_voc(train=0, val=1, size=96, seed=5), "val")
 
 
 @pytest.mark.parametrize("name", demo_models.DEMO_MODELS)

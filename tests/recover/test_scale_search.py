@@ -11,13 +11,13 @@ import pytest
 from onnx import numpy_helper
 
 from fcnquant.calibrate import collect_stats, compute_table
-from fcnquant.data import get_preset, iter_batches, open_dataset, write_synthetic_voc
+from fcnquant.data import get_preset, iter_batches, open_dataset
 from fcnquant.quantize import quantize_model
 from fcnquant.recover.exponent_search import coordinate_descent
 from fcnquant.recover.scale_search import kl_divergence, scale_groups, search_activation_scales
 from fcnquant.runtime import make_session
 
-from tests.recover.test_bias_correction import branching_model
+from tests.recover.helpers import branching_model
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -62,10 +62,9 @@ def test_tolerance_keeps_the_current_choice_for_a_tiny_gain():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, synthetic_voc):
     tmp = tmp_path_factory.mktemp("ss")
-    write_synthetic_voc(tmp / "voc", train=6, val=1, size=32, seed=5, progress=False)
-    ds = open_dataset(tmp / "voc", "train")
+    ds = open_dataset(synthetic_voc(train=6, val=1, size=32, seed=5), "train")
     fpath = tmp / "float.onnx"
     onnx.save(branching_model(3), str(fpath))
     ids = list(ds.ids)

@@ -10,51 +10,9 @@ from onnx import numpy_helper
 
 from fcnquant.cli import main
 from fcnquant.demo_models import demo_model_path
-from fcnquant.data import write_synthetic_voc
 from fcnquant.evaluate import evaluate
 from fcnquant.tune import FLOAT_LAYERS_KEY, over_budget_path, tune
-
-PLANTED = "/pool5/pretrained.24/Conv"
-CONSUMER = "/pool5/pretrained.26/Conv"
-FAST = dict(num_calib=8, num_tune=16, rank_images=4, report_isolated=False, progress=False)
-
-
-def _plant(path):
-    """Writes the demo fcn8s with one extra, always-dead output channel in PLANTED: weights -50 and bias -1 on a
-    ReLU input (>= 0), so its pre-activation is <= -1 and its ReLU output 0; CONSUMER reads it with zero weights.
-
-    The float model computes exactly what the demo model does, but per-tensor weight scales of PLANTED are set by
-    the -50 weights (scale >= 50/127), which rounds the layer's real weights (|w| << 0.2) to zero.
-    """
-    model = onnx.load(str(demo_model_path("fcn8s")))
-    inits = {t.name: t for t in model.graph.initializer}
-    nodes = {n.name: n for n in model.graph.node}
-    w_name, b_name = nodes[PLANTED].input[1], nodes[PLANTED].input[2]
-    w = numpy_helper.to_array(inits[w_name])
-    b = numpy_helper.to_array(inits[b_name])
-    assert np.abs(w).max() < 1.0
-    w2 = np.concatenate([w, np.full((1,) + w.shape[1:], -50.0, w.dtype)])
-    b2 = np.concatenate([b, np.array([-1.0], b.dtype)])
-    c_name = nodes[CONSUMER].input[1]
-    c = numpy_helper.to_array(inits[c_name])
-    c2 = np.concatenate([c, np.zeros((c.shape[0], 1) + c.shape[2:], c.dtype)], axis=1)
-    for name, arr in ((w_name, w2), (b_name, b2), (c_name, c2)):
-        inits[name].CopyFrom(numpy_helper.from_array(arr, name))
-    del model.graph.value_info[:]
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def voc(tmp_path_factory):
-    return write_synthetic_voc(tmp_path_factory.mktemp("voc") / "voc", train=32, val=6, size=64, seed=5,
-                               progress=False)
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    return _plant(tmp_path_factory.mktemp("m") / "planted.onnx")
+from tests.tune.helpers import FAST, PLANTED
 
 
 def _tuning_drop(model, out, voc, result):
@@ -64,15 +22,15 @@ def _tuning_drop(model, out, voc, result):
     return f - q
 
 
-def test_planted_layer_found_in_at_most_three_evaluations(voc, planted, tmp_path):
+def test_planted_layer_found_in_at_most_three_evaluations(tune_voc, planted_fcn8s, tmp_path):
     out = tmp_path / "p.int8.onnx"
-    res = tune(planted, 1.0, out, data=voc, target="ort-cpu", per_channel=False, json_path=tmp_path / "t.json",
-               report=tmp_path / "t.html", **FAST)
+    res = tune(planted_fcn8s, 1.0, out, data=tune_voc, target="ort-cpu", per_channel=False,
+               json_path=tmp_path / "t.json", report=tmp_path / "t.html", **FAST)
     assert [f.name for f in res.float_layers] == [PLANTED]
     assert len(res.evaluations) <= 3 and not res.over_budget
     assert res.evaluations[0].drop > 1.0  # everything int8 misses the budget because of the planted layer
     # the drops the tuner reports are what fcnquant.evaluate measures on the tuning images
-    assert res.tune_drop == pytest.approx(_tuning_drop(planted, out, voc, res), abs=1e-9)
+    assert res.tune_drop == pytest.approx(_tuning_drop(planted_fcn8s, out, tune_voc, res), abs=1e-9)
     q = onnx.load(str(out))
     meta = {p.key: p.value for p in q.metadata_props}
     assert json.loads(meta[FLOAT_LAYERS_KEY]) == [PLANTED]
@@ -90,17 +48,18 @@ def test_planted_layer_found_in_at_most_three_evaluations(voc, planted, tmp_path
     assert "fcnquant tune" in page and PLANTED in page
 
 
-def test_budget_already_met_needs_one_evaluation(voc, tmp_path):
+def test_budget_already_met_needs_one_evaluation(tune_voc, tmp_path):
     out = tmp_path / "m.int8.onnx"
-    res = tune(demo_model_path("fcn8s"), 5.0, out, data=voc, target="ort-cpu", **FAST)
+    res = tune(demo_model_path("fcn8s"), 5.0, out, data=tune_voc, target="ort-cpu", **FAST)
     assert res.float_layers == () and len(res.evaluations) == 1 and res.ranking is None
-    assert res.tune_drop == pytest.approx(_tuning_drop(demo_model_path("fcn8s"), out, voc, res), abs=1e-9)
+    assert res.tune_drop == pytest.approx(_tuning_drop(demo_model_path("fcn8s"), out, tune_voc, res), abs=1e-9)
     assert res.tune_drop <= 5.0 and out.is_file()
 
 
-def test_impossible_budget_exits_3_and_writes_the_best_model_as_over_budget(voc, planted, tmp_path, capsys):
+def test_impossible_budget_exits_3_and_writes_the_best_model_as_over_budget(tune_voc, planted_fcn8s, tmp_path,
+                                                                             capsys):
     out = tmp_path / "x.int8.onnx"
-    rc = main(["tune", str(planted), "--max-drop", "-50", "--data", str(voc), "--target", "ort-cpu",
+    rc = main(["tune", str(planted_fcn8s), "--max-drop", "-50", "--data", str(tune_voc), "--target", "ort-cpu",
                "--per-tensor", "--out", str(out), "--json", str(tmp_path / "x.json"), "--num-calib", "8",
                "--num-tune", "16", "--rank", "isolated", "--rank-images", "4", "--no-progress"])
     assert rc == 3
@@ -115,11 +74,11 @@ def test_impossible_budget_exits_3_and_writes_the_best_model_as_over_budget(voc,
     assert data["tune_drop"] == pytest.approx(min(drops), abs=1e-4)
 
 
-def test_recover_emits_recovered_candidates(voc, planted, tmp_path):
+def test_recover_emits_recovered_candidates(tune_voc, planted_fcn8s, tmp_path):
     out = tmp_path / "r.int8.onnx"
-    res = tune(planted, 1.0, out, data=voc, target="npu-pow2", per_channel=False, recover=True, **FAST)
+    res = tune(planted_fcn8s, 1.0, out, data=tune_voc, target="npu-pow2", per_channel=False, recover=True, **FAST)
     assert [f.name for f in res.float_layers] == [PLANTED] and not res.over_budget
-    assert res.tune_drop == pytest.approx(_tuning_drop(planted, out, voc, res), abs=1e-9)
+    assert res.tune_drop == pytest.approx(_tuning_drop(planted_fcn8s, out, tune_voc, res), abs=1e-9)
     q = onnx.load(str(out))
     meta = {p.key: p.value for p in q.metadata_props}
     rec = json.loads(meta["fcnquant.recovery"])
@@ -127,9 +86,9 @@ def test_recover_emits_recovered_candidates(voc, planted, tmp_path):
     assert json.loads(meta[FLOAT_LAYERS_KEY]) == [PLANTED]
 
 
-def test_fp16_fallback_makes_only_the_float_layer_an_fp16_island(voc, planted, tmp_path):
+def test_fp16_fallback_makes_only_the_float_layer_an_fp16_island(tune_voc, planted_fcn8s, tmp_path):
     out = tmp_path / "h.int8.onnx"
-    res = tune(planted, 1.0, out, data=voc, target="ort-cpu", per_channel=False, fallback="fp16", **FAST)
+    res = tune(planted_fcn8s, 1.0, out, data=tune_voc, target="ort-cpu", per_channel=False, fallback="fp16", **FAST)
     assert [f.name for f in res.float_layers] == [PLANTED] and len(res.evaluations) <= 3
     q = onnx.load(str(out))
     onnx.checker.check_model(q, full_check=True)
@@ -162,47 +121,47 @@ def test_find_layers_fuses_relu_and_skips_scale_preserving_ops():
     assert [x.name for x in find_layers(helper.make_model(g), float_nodes=["conv2"])] == ["conv", "add"]
 
 
-def test_image_sets_are_disjoint_and_overlap_is_refused(voc):
+def test_image_sets_are_disjoint_and_overlap_is_refused(tune_voc):
     from fcnquant.data import open_dataset, select_calibration_ids
     from fcnquant.errors import DataError
     from fcnquant.tune import choose_images
 
-    sets = choose_images(voc, num_calib=8, num_tune=10)
+    sets = choose_images(tune_voc, num_calib=8, num_tune=10)
     calib, tuning, report = (set(s.ids) for s in (sets.calibration, sets.tuning, sets.reporting))
     assert len(calib) == 8 and len(tuning) == 10 and len(report) == 6
     assert not calib & tuning and not (calib | tuning) & report
-    train = open_dataset(voc, "train")
+    train = open_dataset(tune_voc, "train")
     assert sets.calibration.ids == tuple(select_calibration_ids(train, 8, seed=0))  # as `fcnquant calibrate` picks
     assert tuning <= set(train.ids)
     with pytest.raises(DataError, match="reporting image"):
-        choose_images(voc, num_calib=8, num_tune=4, tune_split="val", report_split="val")
+        choose_images(tune_voc, num_calib=8, num_tune=4, tune_split="val", report_split="val")
     with pytest.raises(DataError, match="only 24"):
-        choose_images(voc, num_calib=8, num_tune=25)
+        choose_images(tune_voc, num_calib=8, num_tune=25)
 
 
-def test_the_tuning_drop_comes_with_its_bootstrap_interval(voc, planted, tmp_path):
+def test_the_tuning_drop_comes_with_its_bootstrap_interval(tune_voc, planted_fcn8s, tmp_path):
     from fcnquant.tune.confidence import bootstrap_drop, upper_bound
 
     out = tmp_path / "ci.int8.onnx"
-    res = tune(planted, 1.0, out, data=voc, target="ort-cpu", per_channel=False, json_path=tmp_path / "ci.json",
-               **FAST)
+    res = tune(planted_fcn8s, 1.0, out, data=tune_voc, target="ort-cpu", per_channel=False,
+               json_path=tmp_path / "ci.json", **FAST)
     ids = res.images.tuning.to_dict()["ids"]
     # per-image confusion matrices from fcnquant.evaluate, one image at a time: an independent computation
-    per_image = {m: np.stack([evaluate(m, voc, "train", ids=[i], progress=False).confusion for i in ids])
-                 for m in (planted, out)}
-    want = bootstrap_drop(per_image[planted], per_image[out])
+    per_image = {m: np.stack([evaluate(m, tune_voc, "train", ids=[i], progress=False).confusion for i in ids])
+                 for m in (planted_fcn8s, out)}
+    want = bootstrap_drop(per_image[planted_fcn8s], per_image[out])
     assert res.tune_interval == want and want.lo <= res.tune_drop <= want.hi
     assert res.tune_drop == pytest.approx(want.drop, abs=1e-9)
     data = json.loads((tmp_path / "ci.json").read_text())
     assert data["tune_interval"]["lo"] == pytest.approx(want.lo, abs=1e-4) and data["confidence"] is None
     assert "interval" in res.format_table()
     # with a confidence, the search holds the upper bound to the budget: the chosen model's bound is within it
-    sure = tune(planted, 1.0, tmp_path / "sure.onnx", data=voc, target="ort-cpu", per_channel=False,
+    sure = tune(planted_fcn8s, 1.0, tmp_path / "sure.onnx", data=tune_voc, target="ort-cpu", per_channel=False,
                 confidence=0.9, **FAST)
     assert not sure.over_budget and sure.confidence == 0.9
     chosen = [e for e in sure.evaluations if e.float_layers and set(e.float_layers) == {f.name for f in
                                                                                          sure.float_layers}]
     assert chosen and all(e.drop <= 1.0 for e in chosen)
-    per = {m: np.stack([evaluate(m, voc, "train", ids=[i], progress=False).confusion for i in ids])
-           for m in (planted, tmp_path / "sure.onnx")}
-    assert upper_bound(per[planted], per[tmp_path / "sure.onnx"], 0.9) == pytest.approx(chosen[-1].drop, abs=1e-9)
+    per = {m: np.stack([evaluate(m, tune_voc, "train", ids=[i], progress=False).confusion for i in ids])
+           for m in (planted_fcn8s, tmp_path / "sure.onnx")}
+    assert upper_bound(per[planted_fcn8s], per[tmp_path / "sure.onnx"], 0.9) == pytest.approx(chosen[-1].drop, abs=1e-9)
