@@ -6,6 +6,8 @@ import onnx
 import onnx.parser
 from onnx import numpy_helper
 
+from fcnquant.calibrate.stats import CalibrationStats, TensorStats
+
 TINY_FCN = """
 <ir_version: 8, opset_import: ["" : 17]>
 tiny (float[N,3,32,32] input) => (float[N,3,32,32] output) {
@@ -22,6 +24,7 @@ tiny (float[N,3,32,32] input) => (float[N,3,32,32] output) {
     output = Resize <mode = "linear", coordinate_transformation_mode = "align_corners"> (a, , sc)
 }
 """
+SAMPLE_SHA256 = "0f" * 32  # the model hash sample_stats records
 OBSERVED = ["input", "r1", "r2", "s2", "s1", "a", "output"]  # the tensors calibration observes, in graph order
 
 
@@ -41,3 +44,20 @@ def tiny_fcn(path, batch: str = "N"):
     onnx.save(model, str(path))
     return path
 
+
+def tensor_stats(x: np.ndarray, m: int = 10) -> TensorStats:
+    """The statistics of one tensor holding the values ``x`` (histogram with ``m`` mantissa bits)."""
+    ts = TensorStats.new(m)
+    ts.update(np.asarray(x, np.float32))
+    return ts
+
+
+def sample_stats() -> CalibrationStats:
+    """Statistics of three tensors with names unsafe as file names: ReLU-like, Laplace and shifted Gaussian values."""
+    rng = np.random.default_rng(0)
+    st = CalibrationStats.new(["relu1", "add: out", "logits"], model_sha256=SAMPLE_SHA256, preset={"name": "awesome"},
+                              image_ids=["a", "b"], model_name="fcn.onnx")
+    st.tensors["relu1"].update(np.maximum(rng.standard_normal(20_000), 0).astype(np.float32) * 3)
+    st.tensors["add: out"].update(rng.laplace(size=20_000).astype(np.float32))
+    st.tensors["logits"].update(rng.standard_normal(5_000).astype(np.float32) * 8 - 2)
+    return st

@@ -1,4 +1,5 @@
-"""The collection loop on a tiny FCN and tiny synthetic images, checked against numpy over the activations."""
+"""The collection loop on a tiny FCN and tiny synthetic images, checked against numpy over the activations;
+models whose weights are external data collect the same statistics."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,9 @@ from PIL import Image
 from fcnquant.calibrate.collect import Shard, collect_stats
 from fcnquant.calibrate.stats import merge_stats
 from fcnquant.calibrate.table import build_table
-from fcnquant.data import get_preset, open_dataset
+from fcnquant.data import get_preset, iter_batches, open_dataset
 from fcnquant.errors import CalibrationError, DataError
+from fcnquant.runtime import with_outputs
 from tests.calibrate.helpers import OBSERVED, tiny_fcn
 
 
@@ -180,27 +182,24 @@ def test_tensor_override_and_unknown_tensor(model, voc):
         collect_stats(model, voc, voc.ids[:1], None, progress=False, tensors=["ghost"])
 
 
-def test_calibrate_api_returns_table_and_stats(model, voc):
-    from fcnquant.calibrate import calibrate, compute_table
-
-    table, stats = calibrate(model, voc.root, method="percentile", num_images=3, params={"percentile": 99.0},
-                             progress=False, return_stats=True)
-    assert len(table.image_ids) == 3 and table.method == "percentile" and table.params["percentile"] == 99.0
-    assert table.to_dict()["tensors"] == compute_table(stats, "percentile", percentile=99.0).to_dict()["tensors"]
-    with pytest.raises(CalibrationError, match="bogus"):  # refused before any inference
-        calibrate(model, voc.root, params={"bogus": 1}, progress=False)
-
-
-def test_calibrate_api_out_emits_the_int8_model(model, voc, tmp_path):
-    import onnx
-
-    from fcnquant.flow import calibrate
-
-    table = calibrate(model, voc.root, method="minmax", num_images=2, target="tensorrt", progress=False,
-                      out=tmp_path / "m.int8.onnx").table
-    q = onnx.load(str(tmp_path / "m.int8.onnx"))
-    zero_points = [i for i in q.graph.initializer if i.name.endswith("zero_point")]
-    assert zero_points and all(not onnx.numpy_helper.to_array(z).any() for z in zero_points)  # tensorrt: zp 0
-    scales = {onnx.numpy_helper.to_array(i).item() for i in q.graph.initializer
-              if i.name.endswith("_scale") and onnx.numpy_helper.to_array(i).size == 1}
-    assert any(abs(s - e.scale) <= 1e-7 * e.scale for e in table.tensors.values() for s in scales)
+def test_external_data_model_collects_the_same_statistics(tmp_path, synthetic_voc):
+    voc = synthetic_voc(train=3, val=0, size=40, seed=5)
+    path = tiny_fcn(tmp_path / "m.onnx")
+    ext = tmp_path / "ext" / "m.onnx"
+    ext.parent.mkdir()
+    onnx.save(onnx.load(str(path)), str(ext), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    assert (ext.parent / "weights.bin").is_file()
+    ds = open_dataset(voc, "train")
+    a = collect_stats(path, ds, None, progress=False)
+    b = collect_stats(ext, ds, None, progress=False)
+    assert list(a.tensors) == list(b.tensors) == OBSERVED
+    for name in OBSERVED:
+        np.testing.assert_array_equal(a.tensors[name].hist.counts, b.tensors[name].hist.counts)
+        assert (a.tensors[name].min, a.tensors[name].max) == (b.tensors[name].min, b.tensors[name].max)
+    # and the values are the model's: min/max of r1 from an independent session
+    sess = ort.InferenceSession(with_outputs(onnx.load(str(path)), ["r1"]).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    pre = get_preset("awesome", model_hw=(32, 32))
+    r1 = np.concatenate([sess.run(["r1"], {"input": bt.images})[0] for bt in iter_batches(ds, pre, batch_size=1)])
+    assert (b.tensors["r1"].min, b.tensors["r1"].max) == (float(r1.min()), float(r1.max()))

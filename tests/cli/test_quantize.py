@@ -1,4 +1,4 @@
-"""``fcnquant quantize`` and ``fcnquant fp16`` from the command line."""
+"""``fcnquant quantize`` from the command line."""
 from __future__ import annotations
 
 import onnx
@@ -35,12 +35,3 @@ def test_quantize_cli_bad_table(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "fcnquant quantize: error:" in err and "another model" in err
     assert not out.exists()
-
-
-def test_fp16_cli(tmp_path, capsys):
-    src = save_model(tiny_fcn(), tmp_path / "fcn.onnx")
-    out = tmp_path / "fcn.fp16.onnx"
-    assert main(["fp16", str(src), "--out", str(out), "--keep-io-fp32", "--block-op", "Resize"]) == 0
-    assert "wrote" in capsys.readouterr().out
-    m = onnx.load(str(out))
-    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT

@@ -1,12 +1,18 @@
-"""VOC reader: root forms, plain image folders, image mode conversions and every bad-input case."""
+"""VOC reader: root forms, plain image folders, every bad-input case, and mmsegmentation's voc12aug layout."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from fcnquant.data import open_dataset, read_rgb, voc_palette
+from fcnquant.cli import main
+from fcnquant.data import open_dataset, read_mask, voc_palette
 from fcnquant.errors import DataError
+from fcnquant.evaluate import evaluate
 
 
 def save_mask(path, values):
@@ -147,62 +153,84 @@ def test_missing_root_empty_folder_and_unknown_id(tmp_path):
         ds.check_ids(["a", "zzz"])
 
 
-def test_image_modes_converted_to_rgb_uint8(tmp_path):
-    gray = np.array([[0, 50], [200, 255]], np.uint8)
-    Image.fromarray(gray).save(tmp_path / "l.png")
-    np.testing.assert_array_equal(read_rgb(tmp_path / "l.png"), np.repeat(gray[..., None], 3, 2))
-
-    rgba = np.zeros((2, 2, 4), np.uint8)
-    rgba[..., 0], rgba[..., 1], rgba[..., 2], rgba[..., 3] = 10, 20, 30, 0  # fully transparent: colour kept
-    Image.fromarray(rgba).save(tmp_path / "rgba.png")
-    out = read_rgb(tmp_path / "rgba.png")
-    assert out.shape == (2, 2, 3) and (out == [10, 20, 30]).all()
-
-    Image.fromarray(gray).convert("LA").save(tmp_path / "la.png")
-    np.testing.assert_array_equal(read_rgb(tmp_path / "la.png")[..., 1], gray)
-
-    pal = Image.frombytes("P", (2, 1), bytes([0, 1]))
-    pal.putpalette([0, 0, 0, 128, 0, 0])
-    pal.save(tmp_path / "p.png")
-    np.testing.assert_array_equal(read_rgb(tmp_path / "p.png"), [[[0, 0, 0], [128, 0, 0]]])
-
-    cmyk = Image.new("CMYK", (2, 1))
-    cmyk.putpixel((0, 0), (0, 0, 0, 0))
-    cmyk.putpixel((1, 0), (255, 0, 0, 0))
-    cmyk.save(tmp_path / "cmyk.tif")
-    np.testing.assert_array_equal(read_rgb(tmp_path / "cmyk.tif"), [[[255, 255, 255], [0, 255, 255]]])
-
-    sixteen = np.array([[0, 257 * 100], [65535, 257 * 3]], np.uint16)
-    Image.fromarray(sixteen).save(tmp_path / "i16.png")
-    out = read_rgb(tmp_path / "i16.png")
-    assert out.dtype == np.uint8 and out.shape == (2, 2, 3)
-    np.testing.assert_array_equal(out[..., 0], [[0, 100], [255, 3]])
-
-    flt = np.array([[0.0, 0.5], [1.0, 0.25]], np.float32)
-    Image.fromarray(flt).save(tmp_path / "f.tif")
-    np.testing.assert_array_equal(read_rgb(tmp_path / "f.tif")[..., 2], [[0, 128], [255, 64]])
+# --- mmsegmentation's voc12aug layout: SegmentationClassAug/ plain 8-bit index masks, aug.txt, --ann-dir -------
+HW = 32
 
 
-def test_cmyk_jpeg_and_grayscale_jpeg(tmp_path):
-    Image.new("CMYK", (4, 3), (0, 0, 0, 0)).save(tmp_path / "c.jpg")
-    Image.new("L", (4, 3), 77).save(tmp_path / "g.jpg")
-    c, g = read_rgb(tmp_path / "c.jpg"), read_rgb(tmp_path / "g.jpg")
-    assert c.shape == (3, 4, 3) and abs(int(c.min()) - 255) <= 2
-    assert g.shape == (3, 4, 3) and np.abs(g.astype(int) - 77).max() <= 2
+def _model(path):
+    rng = np.random.default_rng(2)
+    w = numpy_helper.from_array(rng.standard_normal((21, 3, 1, 1)).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.linspace(2.0, -2.0, 21).astype(np.float32), "b")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w", "b"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, HW, HW])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 21, HW, HW])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
 
 
-def test_16_bit_rgb_png(tmp_path):
-    import struct
-    import zlib
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory, synthetic_voc):
+    """The same tiny synthetic set twice: VOC2012 palette masks (val.txt) and voc12aug L-mode masks (aug.txt)."""
+    base = tmp_path_factory.mktemp("aug")
+    voc = synthetic_voc(train=0, val=6, size=48, seed=7) / "VOC2012"
+    aug = base / "data" / "VOCdevkit" / "VOC2012"  # mmsegmentation's data_root
+    (aug / "ImageSets" / "Segmentation").mkdir(parents=True)
+    shutil.copytree(voc / "JPEGImages", aug / "JPEGImages")
+    (aug / "SegmentationClassAug").mkdir()
+    ids = (voc / "ImageSets/Segmentation/val.txt").read_text().split()
+    for i in ids:
+        index = np.asarray(Image.open(voc / "SegmentationClass" / f"{i}.png"))  # palette indices = classes
+        Image.fromarray(index.astype(np.uint8), mode="L").save(aug / "SegmentationClassAug" / f"{i}.png")
+    (aug / "ImageSets/Segmentation/aug.txt").write_text("".join(f"{i}\n" for i in ids))
+    return voc, aug, ids, _model(base / "m.onnx")
 
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    pixels = np.array([[[0, 257 * 100, 65535], [257 * 3, 0, 65535]]], np.uint16)  # 1x2, 16 bits per channel
-    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
-    header = struct.pack(">IIBBBBB", 2, 1, 16, 2, 0, 0, 0)  # width, height, depth 16, colour type 2 (RGB)
-    (tmp_path / "rgb48.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                                         + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-    out = read_rgb(tmp_path / "rgb48.png")
-    assert out.dtype == np.uint8
-    np.testing.assert_array_equal(out, [[[0, 100, 255], [3, 0, 255]]])
+def test_aug_masks_are_plain_8bit_and_read_like_palette_masks(layouts):
+    voc, aug, ids, _ = layouts
+    img = Image.open(aug / "SegmentationClassAug" / f"{ids[0]}.png")
+    assert img.mode == "L" and Image.open(voc / "SegmentationClass" / f"{ids[0]}.png").mode == "P"
+    for i in ids:
+        a = read_mask(aug / "SegmentationClassAug" / f"{i}.png")
+        np.testing.assert_array_equal(a, read_mask(voc / "SegmentationClass" / f"{i}.png"))
+    assert 255 in np.unique(a) and len(np.unique(a)) > 2
+
+
+def test_voc12aug_layout_evaluates_to_the_palette_layouts_miou(layouts):
+    voc, aug, ids, model = layouts
+    ds = open_dataset(aug.parent.parent, "aug")  # data/ -> data/VOCdevkit/VOC2012 is found
+    assert ds.ids == ids and all(p.parent.name == "SegmentationClassAug" for p in ds.masks.values())
+    ref = evaluate(model, data=voc, split="val", progress=False)
+    got = evaluate(model, data=aug.parent, split="aug", progress=False)
+    assert 0 < ref.miou < 100 and got.miou == ref.miou and got.miou_awesome == ref.miou_awesome
+    np.testing.assert_array_equal(got.confusion, ref.confusion)
+    explicit = evaluate(model, data=aug, split="aug", progress=False, ann_dir="SegmentationClassAug")
+    assert explicit.miou == ref.miou
+
+
+def test_ids_missing_from_segmentationclass_fall_back_to_aug(layouts, tmp_path):
+    voc, aug, ids, _ = layouts
+    mixed = tmp_path / "VOC2012"
+    shutil.copytree(aug, mixed)
+    (mixed / "SegmentationClass").mkdir()
+    for i in ids[:2]:  # VOC's own masks for two ids (as for train.txt), SBD's for the rest
+        shutil.copy(voc / "SegmentationClass" / f"{i}.png", mixed / "SegmentationClass" / f"{i}.png")
+    ds = open_dataset(mixed, "aug")
+    assert [ds.masks[i].parent.name for i in ids] == ["SegmentationClass"] * 2 + ["SegmentationClassAug"] * 4
+    only = open_dataset(mixed, "aug", ann_dir="SegmentationClassAug")
+    assert {p.parent.name for p in only.masks.values()} == {"SegmentationClassAug"}
+    with pytest.raises(DataError, match=r"4 id\(s\) of .*aug.txt have no mask .*SegmentationClass/<id>.png"):
+        open_dataset(mixed, "aug", ann_dir="SegmentationClass")
+    with pytest.raises(DataError, match="annotation folder not found: .*Nope"):
+        open_dataset(mixed, "aug", ann_dir="Nope")
+
+
+def test_cli_ann_dir(layouts, capsys):
+    voc, aug, ids, model = layouts
+    assert main(["eval", str(model), "--data", str(aug), "--split", "aug", "--ann-dir", "SegmentationClassAug",
+                 "--no-progress"]) == 0
+    assert "mIoU" in capsys.readouterr().out
+    assert main(["eval", str(model), "--data", str(aug), "--split", "aug", "--ann-dir", "Missing",
+                 "--no-progress"]) == 2
+    assert "annotation folder not found" in capsys.readouterr().err

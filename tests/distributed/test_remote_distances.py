@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import onnx
 import pytest
 
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
 
 from fcnquant.cli import main  # noqa: E402
 from fcnquant.tune import tune  # noqa: E402
-from fcnquant.tune.ranking import prediction_distance  # noqa: E402
 from tests.tune.helpers import FAST, PLANTED  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("local_ray")
@@ -51,9 +49,3 @@ def test_cli_tune_on_ray(tune_voc, planted_fcn8s, tmp_path, capsys):
     assert a["float_layers"] == b["float_layers"] == [PLANTED] and a["tune_drop"] == b["tune_drop"]
     assert main(args + ["--out", str(tmp_path / "c.onnx"), "--shards", "2"]) == 2
     assert "--shards sets the number of shards of a --ray run" in capsys.readouterr().err
-
-
-def test_prediction_distance_by_hand():
-    ref = [np.array([[[[2.0, 0.0]], [[1.0, 3.0]]]])]  # (1, 2, 1, 2): classes 0 and 1
-    out = [np.array([[[[2.0, 4.0]], [[1.0, 3.0]]]])]  # second pixel flips to class 0; error 4 at one value
-    assert prediction_distance(ref, out) == (1, 16.0)

@@ -1,9 +1,5 @@
-"""ONNX export: graph contract (opset, names, folded BN, no dropout), onnxruntime parity, checkpoints, CLI."""
+"""ONNX export: graph contract (opset, names, folded BN, no dropout), onnxruntime parity, checkpoints."""
 from __future__ import annotations
-
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -12,10 +8,9 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from fcnquant.cli import main  # noqa: E402
-from fcnquant.cli.export import MODEL_CHOICES  # noqa: E402
 from fcnquant.errors import ModelError  # noqa: E402
 from fcnquant.models import MODEL_NAMES, build_model, export_module, export_onnx, init_random_weights  # noqa: E402
+from tests.helpers import dims  # noqa: E402
 
 TINY = 1 / 16
 HW = (48, 64)
@@ -28,10 +23,6 @@ def _ort(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _dims(value_info):
-    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
-
-
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_export_contract_and_onnxruntime_parity(name, tmp_path):
     model = init_random_weights(build_model(name, width=TINY), seed=2)
@@ -41,7 +32,7 @@ def test_export_contract_and_onnxruntime_parity(name, tmp_path):
     assert {o.domain: o.version for o in proto.opset_import}[""] == 17
     assert [i.name for i in proto.graph.input] == ["input"] and [o.name for o in proto.graph.output] == ["output"]
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert _dims(proto.graph.input[0]) == [1, 3, *HW] and _dims(proto.graph.output[0]) == [1, 21, *HW]
+    assert dims(proto.graph.input[0]) == [1, 3, *HW] and dims(proto.graph.output[0]) == [1, 21, *HW]
     ops = [n.op_type for n in proto.graph.node]
     # BN folded, dropout gone, Resize sizes folded to constants: only the network's own ops remain
     assert set(ops) <= {"Conv", "Relu", "MaxPool", "Add", "Concat", "Resize"}
@@ -62,7 +53,7 @@ def test_dynamic_batch(tmp_path):
     model = init_random_weights(build_model("fcn8s", width=TINY), seed=1)
     out = export_module(model, tmp_path / "dyn.onnx", 32, dynamic_batch=True)
     proto = onnx.load(str(out))
-    assert _dims(proto.graph.input[0]) == ["N", 3, 32, 32] and _dims(proto.graph.output[0]) == ["N", 21, 32, 32]
+    assert dims(proto.graph.input[0]) == ["N", 3, 32, 32] and dims(proto.graph.output[0]) == ["N", 21, 32, 32]
     sess = _ort(out)
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -148,7 +139,7 @@ def test_export_module_unwraps_tuples_and_restores_training_mode(tmp_path):
     assert {name: m.training for name, m in model.named_modules()} == before
     assert model.training and not model.net.head.block[1].training
     proto = onnx.load(str(out))
-    assert [o.name for o in proto.graph.output] == ["output"] and _dims(proto.graph.output[0]) == [1, 4, 32, 48]
+    assert [o.name for o in proto.graph.output] == ["output"] and dims(proto.graph.output[0]) == [1, 4, 32, 48]
     assert {p.key: p.value for p in proto.metadata_props} == {"origin": "test"}
     x = torch.randn(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
     model.eval()
@@ -163,39 +154,3 @@ def test_bad_sizes_and_outputs(tmp_path):
     with pytest.raises(ModelError, match="logits"):
         export_module(torch.nn.Conv2d(3, 2, 3, stride=2), tmp_path / "c.onnx", 32)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_cli_export(tmp_path, capsys):
-    out = tmp_path / "m.onnx"
-    rc = main(["export", "fcn8s", "--out", str(out), "--size", "32", "48", "--width", "0.0625", "--num-classes", "5",
-               "--dynamic-batch", "--seed", "3"])
-    assert rc == 0 and f"wrote {out}" in capsys.readouterr().out
-    proto = onnx.load(str(out))
-    assert _dims(proto.graph.input[0]) == ["N", 3, 32, 48] and _dims(proto.graph.output[0]) == ["N", 5, 32, 48]
-    ckpt = tmp_path / "bad.pth"
-    torch.save({"state_dict": {"pretrained.0.weight": torch.zeros(1)}}, ckpt)
-    rc = main(["export", "fcn8s", "--out", str(tmp_path / "x.onnx"), "--checkpoint", str(ckpt), "--width", "0.0625"])
-    err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("fcnquant export: error: ") and "'pretrained.0.weight'" in err
-
-
-def test_cli_model_choices_match_the_zoo():
-    assert tuple(MODEL_CHOICES) == tuple(MODEL_NAMES)
-
-
-def test_cli_export_without_torch_says_how_to_install(tmp_path):
-    code = textwrap.dedent(
-        f"""
-        import sys, importlib.abc
-        class _NoTorch(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ModuleNotFoundError("No module named 'torch'", name=name)
-        sys.meta_path.insert(0, _NoTorch())
-        from fcnquant.cli import main
-        sys.exit(main(["export", "fcn8s", "--out", {str(tmp_path / 'm.onnx')!r}]))
-        """
-    )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2
-    assert "pip install 'fcnquant[torch]'" in res.stderr and "torch==2.13.0" in res.stderr

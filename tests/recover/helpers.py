@@ -1,8 +1,9 @@
-"""Graph builders for the recovery tests: the branching model and the hand-built graphs of the equalization tests."""
+"""Graph builders for the recovery tests: the branching model, one-layer sessions and the equalization graphs."""
 from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from fcnquant.runtime import make_session
@@ -80,3 +81,30 @@ def spread(shape, axis):
 def init(model, name):
     """The initializer ``name`` of ``model`` as a numpy array."""
     return next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name)
+
+
+def ort_layer(op, wshape, attrs, xshape, w):
+    """An onnxruntime session of one Conv or ConvTranspose (``attrs``) with the constant weight ``w``, input x."""
+    node = helper.make_node(op, ["x", "w"], ["y"], **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, xshape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def brute_conv_mean(x, w, pads, strides, dilations):
+    """Independent: the convolution computed output position by output position, then its mean per channel."""
+    n, c, h, wd = x.shape
+    co, ci, kh, kw = w.shape
+    xp = np.zeros((n, c, h + pads[0] + pads[2], wd + pads[1] + pads[3]))
+    xp[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + wd] = x
+    oh = (xp.shape[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (xp.shape[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    out = np.zeros((n, co, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            patch = xp[:, :, i * strides[0]:i * strides[0] + dilations[0] * (kh - 1) + 1:dilations[0],
+                       j * strides[1]:j * strides[1] + dilations[1] * (kw - 1) + 1:dilations[1]]
+            out[:, :, i, j] = np.einsum("ncij,ocij->no", patch, w)
+    return out.mean(axis=(0, 2, 3))

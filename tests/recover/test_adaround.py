@@ -1,17 +1,14 @@
-"""AdaRound: the rounding arithmetic by hand, conv patches against onnxruntime, the optimiser against brute force
-over every rounding of a tiny layer, and the ONNX flow (grid, emission, output error) on a tiny FCN."""
+"""AdaRound on ONNX models (fcnquant.recover.adaround): the grid, emission and output error on a tiny FCN."""
 from __future__ import annotations
 
 import copy
-import itertools
-import math
 
 import numpy as np
 import onnx
 import onnx.parser
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from fcnquant.calibrate.collect import collect_stats
 from fcnquant.calibrate.table import build_table
@@ -20,184 +17,9 @@ from fcnquant.errors import CalibrationError, ModelError
 from fcnquant.quantize import quantize_model
 from fcnquant.quantize.weights import symmetric_scales
 from fcnquant.recover import adaround
-from fcnquant.recover import rounding as rnd
-from fcnquant.recover.conv_patches import (GramStats, output_hw, patches, rows_to_weight, spec_from_attributes,
-                                           weight_rows)
-from fcnquant.recover.layer_rounding import optimize_rounding, quadratic_loss
+from tests.recover.helpers import ort_layer
 
 
-# --- the arithmetic, hand-worked ---------------------------------------------------------------------------------
-def test_rectified_sigmoid_hand_values():
-    # sigmoid(0) = 1/2 -> 0.5 * 1.2 - 0.1 = 0.5; sigmoid(log 11) = 11/12 -> 1.0; sigmoid(-log 11) = 1/12 -> 0.0
-    h = rnd.rectified_sigmoid(np.array([0.0, math.log(11), -math.log(11), 50.0, -50.0]))
-    np.testing.assert_allclose(h, [0.5, 1.0, 0.0, 1.0, 0.0], rtol=0, atol=1e-12)
-    # sigmoid(log 3) = 3/4 -> 0.75 * 1.2 - 0.1 = 0.8
-    assert rnd.rectified_sigmoid(np.array(math.log(3)))[()] == pytest.approx(0.8, abs=1e-12)
-
-
-def test_initial_v_inverts_h_on_the_fraction():
-    frac = np.array([0.0, 0.1, 0.3, 0.5, 0.9, 0.999])
-    np.testing.assert_allclose(rnd.rectified_sigmoid(rnd.initial_v(frac)), frac, rtol=0, atol=1e-12)
-    # frac 0.5: (0.5 + 0.1) / 1.2 = 0.5 = sigmoid(0)
-    assert rnd.initial_v(np.array(0.5))[()] == pytest.approx(0.0, abs=1e-12)
-
-
-def test_regularizer_hand_values_and_gradient():
-    h = np.array([0.5, 0.0, 1.0, 0.75])
-    # beta 2: 1 - 0 + 1 - 1 + 1 - 1 + 1 - 0.5^2 = 1.75
-    assert rnd.regularizer(h, 2.0) == pytest.approx(1.75, abs=1e-12)
-    # d/dh (1 - (2h - 1)^2) = -4 (2h - 1): at h = 0.75 -> -2
-    assert rnd.regularizer_grad(np.array([0.75]), 2.0)[0] == pytest.approx(-2.0, abs=1e-12)
-    x = np.array([0.2, 0.4, 0.65, 0.9])
-    eps = 1e-6
-    for beta in (2.0, 7.5, 20.0):
-        numeric = [(rnd.regularizer(x + eps * e, beta) - rnd.regularizer(x - eps * e, beta)) / (2 * eps)
-                   for e in np.eye(4)]
-        np.testing.assert_allclose(rnd.regularizer_grad(x, beta), numeric, rtol=1e-5, atol=1e-8)
-
-
-def test_sigmoid_gradient_matches_finite_differences():
-    v = np.array([-3.0, -0.7, 0.0, 0.4, 2.2])
-    eps = 1e-6
-    numeric = (rnd.rectified_sigmoid(v + eps) - rnd.rectified_sigmoid(v - eps)) / (2 * eps)
-    np.testing.assert_allclose(rnd.rectified_sigmoid_grad(v), numeric, rtol=1e-6, atol=1e-9)
-    assert rnd.rectified_sigmoid_grad(np.array([5.0]))[0] == 0.0  # h clipped at 1: no gradient
-
-
-def test_beta_schedule():
-    # 1000 steps, warm start 20%: no regulariser for steps 0..199, then 20 -> 2 along a half cosine
-    assert rnd.beta_at(0, 1000) is None and rnd.beta_at(199, 1000) is None
-    assert rnd.beta_at(200, 1000) == pytest.approx(20.0)
-    assert rnd.beta_at(600, 1000) == pytest.approx(11.0)  # half way: 2 + 18 * (1 + cos(pi/2)) / 2
-    assert rnd.beta_at(1000, 1000) == pytest.approx(2.0)
-
-
-def test_hard_round_and_nearest():
-    floor = np.array([3.0, 3.0, -127.0, 126.0, 127.0])
-    v = np.array([-0.01, 0.0, -5.0, 5.0, 5.0])  # h < 0.5, h = 0.5, h = 0, h = 1, h = 1 (clipped at 127)
-    np.testing.assert_array_equal(rnd.hard_round(floor, v), [3, 4, -127, 127, 127])
-    np.testing.assert_array_equal(rnd.nearest_int(np.array([2.5, 3.5, -0.5, 127.4, -130.0])), [2, 4, -0, 127, -127])
-
-
-# --- the optimiser against brute force --------------------------------------------------------------------------
-def brute_force_best(w, s, a, b, c):
-    """Every floor/ceil choice of every weight of one channel: the lowest quadratic loss."""
-    floor = np.floor(w / s)
-    best = math.inf
-    for bits in itertools.product((0.0, 1.0), repeat=w.size):
-        wq = s * (floor + np.array(bits).reshape(w.shape))
-        best = min(best, quadratic_loss(wq, a, b, c))
-    return best
-
-
-def planted_layer(seed: int = 0, d: int = 10):
-    """A channel whose inputs are nearly equal (one common factor): the output depends on the sum of the weights,
-    so rounding every weight to nearest adds up the errors, while rounding some up and some down cancels them."""
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal((4000, 1))
-    x = z + 0.05 * rng.standard_normal((4000, d))  # patches [P, D]
-    s = 0.01
-    w = (np.arange(d) % 3 + rng.uniform(0.3, 0.45, d)) * s  # fractions 0.30-0.45: nearest always rounds down
-    a = (x.T @ x / len(x))[None]
-    rows = w.reshape(1, 1, d)
-    b = np.matmul(rows, a)
-    c = float(np.sum(np.matmul(rows, a) * rows))
-    return rows, np.full((1, 1, 1), s), a, b, c
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_adaround_reaches_the_brute_force_optimum(seed):
-    w, s, a, b, c = planted_layer(seed)
-    best = brute_force_best(w, s, a, b, c)
-    res = optimize_rounding(w, s, a, b, c, iterations=1000)
-    nearest = quadratic_loss(s * np.rint(w / s), a, b, c)
-    assert nearest > 5 * best  # planted: nearest is far from the best rounding
-    assert res.loss_nearest == pytest.approx(nearest, rel=1e-9)
-    assert res.loss_adaround == pytest.approx(quadratic_loss(s * res.w_int, a, b, c), rel=1e-6, abs=1e-15)
-    assert res.loss_adaround <= best * 1.05 + 1e-12
-    assert not res.kept_nearest and res.changed > 0
-    assert set(np.unique(res.w_int - np.floor(w / s))) <= {0.0, 1.0}  # only floor or ceil
-
-
-def test_zero_iterations_is_nearest_and_extremes_stay():
-    w, s, a, b, c = planted_layer(0)
-    res = optimize_rounding(w, s, a, b, c, iterations=0)
-    np.testing.assert_array_equal(res.w_int, np.rint(w / s))
-    # a weight at the channel's max |w| (|w / s| = 127 exactly) keeps its integer whatever the loss prefers
-    w2 = w.copy()
-    w2[0, 0, 0] = -127 * s[0, 0, 0]
-    b2 = np.matmul(w2, a)
-    res = optimize_rounding(w2, s, a, b2, float(np.sum(b2 * w2)), iterations=300)
-    assert res.w_int[0, 0, 0] == -127
-
-
-# --- conv patches against onnxruntime --------------------------------------------------------------------------
-CASES = [
-    ("Conv", (6, 3, 3, 3), dict(pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2]), (2, 3, 9, 11)),
-    ("Conv", (6, 2, 3, 2), dict(auto_pad="SAME_UPPER", strides=[2, 3], group=2), (1, 4, 10, 11)),
-    ("Conv", (6, 2, 3, 2), dict(auto_pad="SAME_LOWER", strides=[2, 3], group=2), (1, 4, 10, 11)),
-    ("Conv", (4, 1, 3, 3), dict(auto_pad="VALID", group=4, dilations=[2, 2]), (1, 4, 10, 11)),
-    ("ConvTranspose", (4, 3, 3, 3), dict(strides=[2, 2], pads=[1, 0, 0, 1], output_padding=[1, 0]), (2, 4, 5, 6)),
-    ("ConvTranspose", (4, 2, 4, 3), dict(strides=[3, 2], pads=[1, 2, 0, 1], dilations=[1, 2], group=2), (1, 4, 5, 6)),
-    ("ConvTranspose", (4, 2, 2, 2), dict(pads=[1, 1, 1, 1]), (1, 4, 5, 6)),
-]
-
-
-def ort_layer(op, wshape, attrs, xshape, w):
-    node = helper.make_node(op, ["x", "w"], ["y"], **attrs)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, xshape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-
-
-@pytest.mark.parametrize("op,wshape,attrs,xshape", CASES)
-def test_patches_reproduce_onnxruntime(op, wshape, attrs, xshape):
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(xshape).astype(np.float32)
-    w = rng.standard_normal(wshape).astype(np.float32)
-    y = ort_layer(op, wshape, attrs, xshape, w).run(None, {"x": x})[0]
-    spec = spec_from_attributes(op, wshape, attrs)
-    rows = weight_rows(w.astype(np.float64), spec)
-    np.testing.assert_array_equal(rows_to_weight(rows, spec), w)
-    g, cpg, _ = rows.shape
-    ours = np.matmul(rows, patches(x.astype(np.float64), spec).transpose(0, 2, 1))  # [G, C/g, P]
-    ho, wo = output_hw(xshape, spec)
-    ours = ours.reshape(g * cpg, xshape[0], ho, wo).transpose(1, 0, 2, 3)
-    assert ours.shape == y.shape
-    np.testing.assert_allclose(ours, y, rtol=0, atol=1e-5)
-
-
-def test_moments_give_the_output_error_of_onnxruntime():
-    """The quadratic loss from the moments equals the mean squared output error measured with onnxruntime."""
-    op, wshape, attrs, xshape = CASES[1]
-    rng = np.random.default_rng(3)
-    w = rng.standard_normal(wshape).astype(np.float32)
-    wq = (w + 0.05 * rng.standard_normal(wshape)).astype(np.float32)
-    spec = spec_from_attributes(op, wshape, attrs)
-    gram = GramStats(spec, rows_per_chunk=2)  # several chunks per image
-    err = []
-    for _ in range(3):
-        xf = rng.standard_normal(xshape).astype(np.float32)
-        xq = (xf + 0.1 * rng.standard_normal(xshape)).astype(np.float32)
-        gram.update(xf, xq)
-        yf = ort_layer(op, wshape, attrs, xshape, w).run(None, {"x": xf})[0]
-        yq = ort_layer(op, wshape, attrs, xshape, wq).run(None, {"x": xq})[0]
-        err.append(((yq - yf).astype(np.float64) ** 2).sum(axis=1).ravel())  # summed over channels
-    a, b, c = gram.quadratic(weight_rows(w.astype(np.float64), spec))
-    loss = quadratic_loss(weight_rows(wq.astype(np.float64), spec), a, b, c)
-    assert loss == pytest.approx(np.concatenate(err).mean(), rel=1e-5)
-
-
-def test_unsupported_layers_are_refused_by_name():
-    with pytest.raises(ModelError, match="auto_pad or output_shape"):
-        spec_from_attributes("ConvTranspose", (2, 2, 3, 3), {"auto_pad": b"SAME_UPPER"})
-    with pytest.raises(ModelError, match="2-D"):
-        spec_from_attributes("Conv", (2, 2, 3), {})
-
-
-# --- the ONNX flow on a tiny FCN -------------------------------------------------------------------------------
 TINY = """
 <ir_version: 8, opset_import: ["" : 17]>
 tiny (float[1,3,32,32] input) => (float[1,3,32,32] output) {

@@ -11,9 +11,8 @@ from fcnquant.data import get_preset, iter_batches, open_dataset
 from fcnquant.quantize import quantize_model
 from fcnquant.recover import correct_biases
 from fcnquant.recover.bias_correction import dependency_levels, find_targets
-from fcnquant.recover.channel_means import ChannelMeans, corrected_int32_bias
 from fcnquant.runtime import make_session, with_outputs
-from tests.recover.helpers import branching_model
+from tests.recover.helpers import branching_model, brute_conv_mean
 
 
 @pytest.fixture(scope="module")
@@ -107,17 +106,6 @@ def test_dependency_levels_follow_every_path():
     assert dependency_levels(m, ["c2", "c3"]) == {"c2": 1, "c3": 1}
 
 
-def test_channel_means_and_bias_update_by_hand():
-    acc = ChannelMeans()
-    acc.update(np.array([[[[1.0, 3.0]], [[0.0, 0.0]]]]))  # (1, 2, 1, 2)
-    acc.update(np.array([[[[5.0, 7.0]], [[4.0, 8.0]]]]))
-    assert acc.count == 4 and list(acc.mean) == [4.0, 3.0]
-    # the module's worked example: s_b = 0.001, b = 500, mean error +0.0123 -> 488
-    assert corrected_int32_bias(np.array([500], np.int32), np.array([0.001]), np.array([0.0123]))[0] == 488
-    big = corrected_int32_bias(np.array([2 ** 31 - 5], np.int32), np.array([1.0]), np.array([-100.0]))
-    assert big[0] == 2 ** 31 - 1 and big.dtype == np.int32
-
-
 def test_bad_schedule_and_no_images(setup):
     from fcnquant.errors import FcnquantError
 
@@ -126,38 +114,6 @@ def test_bad_schedule_and_no_images(setup):
         correct_biases(qpath, fpath, ds, ids, schedule="fast")
     with pytest.raises(FcnquantError, match="at least one"):
         correct_biases(qpath, fpath, ds, [])
-
-
-def brute_conv_mean(x, w, pads, strides, dilations):
-    """Independent: the convolution computed output position by output position, then its mean per channel."""
-    n, c, h, wd = x.shape
-    co, ci, kh, kw = w.shape
-    xp = np.zeros((n, c, h + pads[0] + pads[2], wd + pads[1] + pads[3]))
-    xp[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + wd] = x
-    oh = (xp.shape[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
-    ow = (xp.shape[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
-    out = np.zeros((n, co, oh, ow))
-    for i in range(oh):
-        for j in range(ow):
-            patch = xp[:, :, i * strides[0]:i * strides[0] + dilations[0] * (kh - 1) + 1:dilations[0],
-                       j * strides[1]:j * strides[1] + dilations[1] * (kw - 1) + 1:dilations[1]]
-            out[:, :, i, j] = np.einsum("ncij,ocij->no", patch, w)
-    return out.mean(axis=(0, 2, 3))
-
-
-@pytest.mark.parametrize("pads,strides,dilations", [((1, 1, 1, 1), (1, 1), (1, 1)), ((0, 2, 1, 0), (2, 1), (1, 2)),
-                                                    ((0, 0, 0, 0), (2, 2), (2, 1))])
-def test_window_means_give_the_exact_mean_of_a_convolution(pads, strides, dilations):
-    from fcnquant.recover.channel_means import WindowMeans, weight_shift_means
-
-    rng = np.random.default_rng(4)
-    w = rng.standard_normal((5, 3, 3, 2))
-    xs = [np.maximum(rng.standard_normal((2, 3, 9, 11)), 0) for _ in range(3)]
-    acc = WindowMeans((3, 2), pads, strides, dilations)
-    for x in xs:
-        acc.update(x)
-    ref = brute_conv_mean(np.concatenate(xs), w, pads, strides, dilations)
-    np.testing.assert_allclose(weight_shift_means(w, acc.mean), ref, rtol=1e-12, atol=1e-12)
 
 
 def test_weight_error_mode_cancels_the_rounding_shift_of_the_first_layer(setup):

@@ -1,11 +1,10 @@
-"""Cross-layer equalization numerics (fcnquant.recover.cle, channel_stats): hand-worked cases and brute force."""
+"""Cross-layer equalization numerics (fcnquant.recover.cle): hand-worked cases and brute force."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from fcnquant.recover import cle
-from fcnquant.recover.channel_stats import ChannelStats
 
 
 def dense(w: np.ndarray, group: int) -> np.ndarray:
@@ -164,27 +163,6 @@ def test_range_metrics():
     assert cle.weight_range_ratio(w) == 4.0
     assert cle.mean_channel_precision(w) == pytest.approx((1 + 0.5 + 0.25) / 3)
     assert cle.weight_range_ratio(np.zeros((2, 1, 1, 1))) == 1.0
-
-
-def test_channel_stats_match_numpy_and_merge_exactly():
-    rng = np.random.default_rng(9)
-    a = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
-    b = rng.normal(size=(1, 3, 4, 5)).astype(np.float32) + 2
-    s1, s2 = ChannelStats.empty(3), ChannelStats.empty(3)
-    s1.update(a)
-    s2.update(b)
-    both = np.concatenate([a, b]).astype(np.float64)
-    m = s1.merge(s2)
-    np.testing.assert_array_equal(m.minimum, both.min(axis=(0, 2, 3)))
-    np.testing.assert_array_equal(m.maximum, both.max(axis=(0, 2, 3)))
-    np.testing.assert_allclose(m.mean(), both.mean(axis=(0, 2, 3)), rtol=1e-12)
-    np.testing.assert_allclose(m.std(), both.std(axis=(0, 2, 3)), rtol=1e-9)
-    np.testing.assert_allclose(m.lower_bound("3sigma"), both.mean(axis=(0, 2, 3)) - 3 * both.std(axis=(0, 2, 3)),
-                               rtol=1e-9)
-    with pytest.raises(ValueError):
-        s1.update(np.full((1, 3, 1, 1), np.nan))
-    with pytest.raises(ValueError):
-        s1.update(np.zeros((1, 2, 1, 1)))
 
 
 def test_producers_joined_by_an_add_share_one_scale():

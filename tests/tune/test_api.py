@@ -6,7 +6,6 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
 
 from fcnquant.cli import main
 from fcnquant.demo_models import demo_model_path
@@ -99,44 +98,6 @@ def test_fp16_fallback_makes_only_the_float_layer_an_fp16_island(tune_voc, plant
     assert fp16_inits == {conv.input[1], conv.input[2]}  # nothing else turned float16
     casts = [n for n in q.graph.node if n.op_type == "Cast"]
     assert len(casts) == 2  # into and out of the island: no float16 round trips elsewhere
-
-
-def test_find_layers_fuses_relu_and_skips_scale_preserving_ops():
-    from onnx import TensorProto, helper
-
-    from fcnquant.tune import find_layers
-
-    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
-    w2 = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w2")
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
-             helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[1, 1], name="pool"),
-             helper.make_node("Conv", ["p", "w2"], ["d"], name="conv2"),
-             helper.make_node("Add", ["d", "p"], ["y"], name="add")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])], [w, w2])
-    layers = find_layers(helper.make_model(g))
-    assert [(x.name, x.nodes, x.output) for x in layers] == [
-        ("conv", ("conv", "relu"), "r"), ("conv2", ("conv2",), "d"), ("add", ("add",), "y")]
-    assert [x.name for x in find_layers(helper.make_model(g), float_nodes=["conv2"])] == ["conv", "add"]
-
-
-def test_image_sets_are_disjoint_and_overlap_is_refused(tune_voc):
-    from fcnquant.data import open_dataset, select_calibration_ids
-    from fcnquant.errors import DataError
-    from fcnquant.tune import choose_images
-
-    sets = choose_images(tune_voc, num_calib=8, num_tune=10)
-    calib, tuning, report = (set(s.ids) for s in (sets.calibration, sets.tuning, sets.reporting))
-    assert len(calib) == 8 and len(tuning) == 10 and len(report) == 6
-    assert not calib & tuning and not (calib | tuning) & report
-    train = open_dataset(tune_voc, "train")
-    assert sets.calibration.ids == tuple(select_calibration_ids(train, 8, seed=0))  # as `fcnquant calibrate` picks
-    assert tuning <= set(train.ids)
-    with pytest.raises(DataError, match="reporting image"):
-        choose_images(tune_voc, num_calib=8, num_tune=4, tune_split="val", report_split="val")
-    with pytest.raises(DataError, match="only 24"):
-        choose_images(tune_voc, num_calib=8, num_tune=25)
 
 
 def test_the_tuning_drop_comes_with_its_bootstrap_interval(tune_voc, planted_fcn8s, tmp_path):
