@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     from fcnquant.calibrate.api import calibrate, choose_ids, open_calibration_data
     from fcnquant.evaluate import evaluate
     from fcnquant.quantize import quantize_model
-    from fcnquant.recover import adaround
+    from fcnquant.data import DataConfig
+    from fcnquant.execute import RunConfig
+    from fcnquant.quantize import QuantConfig
+    from fcnquant.recover import AdaRoundOptions, adaround
 
     ds = open_calibration_data(None, "train", progress=False)
     ids = choose_ids(ds, args.num_images, progress=False)
@@ -56,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                 for iterations in args.iterations:
                     load = os.getloadavg()[0]
                     t0 = time.perf_counter()
-                    res = adaround(model, table, target, per_channel=per_channel, dataset=ds, ids=ids,
-                                   iterations=iterations, inputs=args.inputs, progress=False)
+                    res = adaround(model, table, DataConfig(root=ds, ids=tuple(ids)),
+                                   QuantConfig(target=target, per_channel=per_channel), RunConfig(progress=False),
+                                   AdaRoundOptions(iterations=iterations, inputs=args.inputs))
                     seconds = time.perf_counter() - t0
                     load = (load + os.getloadavg()[0]) / 2
                     snapped = res.save_model(tmp / f"{name}.{setup}.ada.onnx")

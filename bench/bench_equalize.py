@@ -43,6 +43,7 @@ def main() -> int:
     from fcnquant.calibrate import calibrate
     from fcnquant.evaluate import evaluate
     from fcnquant.quantize import quantize_model
+    from fcnquant.execute import RunConfig
     from fcnquant.recover import equalize
 
     if not Path(args.val).exists():
@@ -56,7 +57,7 @@ def main() -> int:
             src = REPO / "fcnquant" / "assets" / "demo" / f"{name}.onnx"
             eq_path = Path(tmp) / f"{name}.eq.onnx"
             t0 = time.perf_counter()
-            res = equalize(src, eq_path, progress=False)
+            res = equalize(src, eq_path, run=RunConfig(progress=False))
             eq_s = time.perf_counter() - t0
             row = {"model": name, "pairs": len(res.pairs), "skipped": len(res.skipped),
                    "sweeps_max": max((c["sweeps"] for c in res.chains), default=0),

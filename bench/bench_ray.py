@@ -51,6 +51,9 @@ def bench_model(name: str, model: str, train, val, images: int, reps: int, shard
     from fcnquant.calibrate.api import compute_table
     from fcnquant.calibrate.collect import collect_stats
     from fcnquant.compare import compare_models
+    from fcnquant.data import DataConfig
+    from fcnquant.distributed import RayExecutor
+    from fcnquant.execute import LocalExecutor
     from fcnquant.distributed import collect, evaluate as evaluate_on_ray
     from fcnquant.evaluate import evaluate
     from fcnquant.flow import calibrate
@@ -66,7 +69,7 @@ def bench_model(name: str, model: str, train, val, images: int, reps: int, shard
     times = {"calibrate_one": [], "calibrate_ray": [], "eval_one": [], "eval_ray": [], "compare_one": [],
              "compare_ray": []}
     shard_s = {"calibrate": [], "eval": []}
-    cmp_kw = dict(data=val.root, split="val", ids=val_ids, progress=False, threads=1)
+    cmp_data = DataConfig(val.root, ids=tuple(val_ids))
     for _ in range(reps):
         t0 = time.perf_counter()  # statistics and the kl table: what `fcnquant calibrate --out-table` gives
         one = collect_stats(model, train, cal_ids, progress=False)
@@ -89,10 +92,11 @@ def bench_model(name: str, model: str, train, val, images: int, reps: int, shard
         shard_s["eval"].append([round(s.seconds, 2) for s in er.shards])
         assert np.array_equal(e1.confusion, er.result.confusion), "confusion matrices differ"
         t0 = time.perf_counter()
-        c1 = compare_models(model, quant, **cmp_kw)
+        c1 = compare_models(model, quant, cmp_data, LocalExecutor(1, progress=False))
         times["compare_one"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        cr = compare_models(model, quant, ray_address="local", shards=shards, **cmp_kw)
+        with RayExecutor("local", shards=shards, threads=1, progress=False) as ex:
+            cr = compare_models(model, quant, cmp_data, ex)
         times["compare_ray"].append(time.perf_counter() - t0)
         assert _same_report(c1, cr), "compare reports differ"
     del cold
@@ -110,15 +114,23 @@ def bench_model(name: str, model: str, train, val, images: int, reps: int, shard
 def bench_tune(work: Path, shards: int) -> dict:
     """Times tune of the demo fcn8s in one process and on the Ray instance that is up; checks the same result."""
     from fcnquant.demo_models import demo_model_path
-    from fcnquant.tune import tune
+    from fcnquant.distributed import RayExecutor
+    from fcnquant.execute import LocalExecutor
+    from fcnquant.quantize import QuantConfig
+    from fcnquant.tune import ImageChoice, TuneOptions, tune
 
-    kw = dict(target="npu-pow2", per_channel=False, num_calib=50, num_tune=64, rank_images=16, progress=False,
-              threads=1, report_isolated=False, num_report=64)
+    options = TuneOptions(0.05, rank_images=16, report_isolated=False,
+                          images=ImageChoice(num_calib=50, num_tune=64, num_report=64))
+    quant = QuantConfig(target="npu-pow2", per_channel=False)
     out: dict = {"model": "fcn8s (demo)", "ray_cpus": shards}
     runs = {}
-    for tag, extra in (("one", {}), ("ray", {"ray_address": "local", "shards": shards})):
+    executors = (("one", LocalExecutor(1, progress=False)),
+                 ("ray", RayExecutor("local", shards=shards, threads=1, progress=False)))
+    for tag, executor in executors:
         t0 = time.perf_counter()
-        runs[tag] = tune(demo_model_path("fcn8s"), 0.05, work / f"bench-ray-tune-{tag}.onnx", **kw, **extra)
+        with executor:
+            runs[tag] = tune(demo_model_path("fcn8s"), work / f"bench-ray-tune-{tag}.onnx", options, None, executor,
+                             quant)
         out[f"tune_{tag}_s"] = round(time.perf_counter() - t0, 2)
         out[f"tune_{tag}_parts_s"] = runs[tag].seconds
     a, b = runs["one"], runs["ray"]

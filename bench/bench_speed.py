@@ -84,9 +84,11 @@ def work_evals(fmodel: str, qmodel: str, data: str, n: int, batch: int) -> dict:
 def work_compare(fmodel: str, qmodel: str, data: str, n: int, batch: int) -> dict:
     """``compare_models`` int8 vs fp32 on the first n val images (default drift subsample, isolated pass on)."""
     from fcnquant.compare import compare_models
+    from fcnquant.data import DataConfig
+    from fcnquant.execute import RunConfig
 
     t0, c0 = time.perf_counter(), cpu_seconds()
-    r = compare_models(fmodel, qmodel, data, "val", num_images=n, batch_size=batch, progress=False)
+    r = compare_models(fmodel, qmodel, DataConfig(data, num_images=n), RunConfig(batch_size=batch, progress=False))
     return {"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, "drift_images": r.drift_count,
             "miou": [r.final.miou_float, r.final.miou_quant]}
 
@@ -164,7 +166,7 @@ def warm_kernels() -> None:
     """Compiles (or loads) every numba kernel in a throwaway process, filling numba's on-disk cache."""
     code = ("import numpy as np\n"
             "from fcnquant.observers import kernel\n"
-            "from fcnquant.compare.drift_kernel import KERNEL\n"
+            "from fcnquant.compare.drift.kernel import KERNEL\n"
             "kernel.warm_up()\n"
             "x = np.zeros(4, np.float32)\n"
             "KERNEL is None or KERNEL(x, x)\n")

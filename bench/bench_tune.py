@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
 import tempfile
 import time
@@ -35,11 +33,13 @@ def loadavg() -> str:
 
 def run_one(name: str, heldout: Path, out_dir: Path, rank: str, greedy_ref: bool, num_tune: int = 200,
             max_evaluations: int | None = None, recover: bool = False) -> dict:
-    from fcnquant.calibrate import collect, compute_table
-    from fcnquant.data import builtin_dataset, open_dataset, preset_for_session
+    from fcnquant.calibrate import build_table, collect_stats
+    from fcnquant.data import DataConfig, builtin_dataset, open_dataset, preset_for_session
     from fcnquant.demo_models import demo_model_path
+    from fcnquant.execute import RunConfig
+    from fcnquant.quantize import QuantConfig
     from fcnquant.runtime import make_session
-    from fcnquant.tune import QuantizeBuilder, choose_images, find_layers, greedy, tune
+    from fcnquant.tune import ImageChoice, QuantizeBuilder, TuneOptions, choose_images, find_layers, greedy, tune
     from fcnquant.tune.builder import RecoveryBuilder
     from fcnquant.tune.layers import excluded_nodes
     from fcnquant.tune.tuning_set import TuningSet
@@ -49,9 +49,11 @@ def run_one(name: str, heldout: Path, out_dir: Path, rank: str, greedy_ref: bool
     row: dict = {"model": name, "rank": rank, "num_tune": num_tune, "recover": recover, "load_start": loadavg()}
     t0 = time.perf_counter()
     tag = f"{name}.{rank}.{num_tune}" + (".recover" if recover else "")
-    res = tune(model, MAX_DROP, out_dir / f"{tag}.int8.onnx", target=TARGET, per_channel=False, rank=rank,
-               recover=recover,
-               num_tune=num_tune, max_evaluations=max_evaluations, json_path=out_dir / f"{tag}.tune.json", report_isolated=False, progress=False)
+    quant = QuantConfig(target=TARGET, per_channel=False)
+    options = TuneOptions(MAX_DROP, rank=rank, max_evaluations=max_evaluations, report_isolated=False,
+                          images=ImageChoice(num_tune=num_tune))
+    res = tune(model, out_dir / f"{tag}.int8.onnx", options, None, RunConfig(progress=False), quant, recover=recover,
+               json_path=out_dir / f"{tag}.tune.json")
     row.update(complete=res.complete, max_evaluations=max_evaluations, wall_s=round(time.perf_counter() - t0, 1), layers=res.layers, limit=res.evaluation_limit,
                evaluations=len(res.evaluations), float_layers=[f.name for f in res.float_layers],
                gains=[f.gain for f in res.float_layers], tune_drop=res.tune_drop, report_drop_val100=res.report_drop,
@@ -63,10 +65,10 @@ def run_one(name: str, heldout: Path, out_dir: Path, rank: str, greedy_ref: bool
     root = builtin_dataset(progress=False)
     images = choose_images(root, num_tune=num_tune)
     preset = preset_for_session(make_session(model), None)
-    stats = collect(model, root, "train", ids=list(images.calibration.ids), progress=False)
-    table = compute_table(stats, "kl", TARGET)
-    builder = (RecoveryBuilder(model, stats, table, open_dataset(root, "train"), target=TARGET, per_channel=False)
-               if recover else QuantizeBuilder(model, table, target=TARGET, per_channel=False))
+    stats = collect_stats(model, DataConfig(root, split="train", ids=images.calibration.ids), RunConfig(progress=False))
+    table = build_table(stats, "kl", TARGET)
+    builder = (RecoveryBuilder(model, stats, table, open_dataset(root, "train"), quant) if recover
+               else QuantizeBuilder(model, table, quant))
     val = open_dataset(heldout, "val")
     held = TuningSet(val, val.ids, preset, cache_bytes=0)
     held.set_float(model)

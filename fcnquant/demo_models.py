@@ -1,7 +1,7 @@
 """The trained demo models shipped with fcnquant (small FCNs trained on the built-in synthetic VOC).
 
 - ``fcn8s``, ``fcn16s``: VGG16 FCNs (awesome layout) at width 0.1875, preset ``awesome``, 1x3x160x160 input;
-- ``fcn32s``: the same at 1x3x320x320 (the seed's input size; at 160 its stride-32 output is only 5x5);
+- ``fcn32s``: the same at 1x3x320x320 (a common deployment input size; at 160 its stride-32 output is only 5x5);
 - ``fcn_r50_d8``: ResNetV1c-50-D8 FCN (mmseg layout) at width 0.125, preset ``mmseg`` (fixed), 1x3x160x160.
 
 The ONNX files live in ``fcnquant/assets/demo/``; ``demo_models.json`` beside them records, per model, the file

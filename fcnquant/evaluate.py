@@ -7,14 +7,14 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
 from fcnquant._io import atomic_write_text
-from fcnquant.data import (VOC_CLASSES, Dataset, Preset, iter_batches, open_dataset, preset_for_session,
-                           resize_bilinear, resolve_data, take_ids)
+from fcnquant.data import VOC_CLASSES, Dataset, resize_bilinear
+from fcnquant.data.config import DataConfig
 from fcnquant.errors import DataError, ModelError
+from fcnquant.execute import Executor, RunConfig, ShardContext, image_batches, is_session, resolve_batch
 from fcnquant.metrics import ConfusionMatrix
 
 log = logging.getLogger(__name__)
@@ -103,85 +103,55 @@ def output_to_classes(out: np.ndarray, hw: tuple[int, int], num_classes: int = 2
 
 
 
-def evaluate(
-    model,
-    data: str | os.PathLike[str] | Dataset | None = None,
-    split: str | None = "val",
-    preset: str | Preset | None = None,
-    num_images: int | None = None,
-    batch_size: int = 1,
-    progress: bool = True,
-    *,
-    ids: Sequence[str] | None = None,
-    size: int | Sequence[int] | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    threads: int = 0,
-    ann_dir: str | None = None,
-    on_images: Callable[[int], None] | None = None,
-    ray_address: str | None = None,
-    shards: int | None = None,
-) -> EvalResult:
+def evaluate(model, data: DataConfig | str | os.PathLike[str] | Dataset | None = None,
+             run: RunConfig | Executor | None = None) -> EvalResult:
     """Returns the ``EvalResult`` of ``model`` (ONNX path, bytes, or an onnxruntime session) on a labelled split.
 
-    ``data``: a dataset root (or an open ``Dataset``); default: ``fcnquant.data.resolve_data`` (the built-in
-    synthetic VOC for a shipped demo model, else a VOC found on the machine, else the synthetic set with a
-    warning). ``ann_dir`` picks the annotation folder (``fcnquant.data.open_dataset``). ``preset`` defaults to the
-    model's ``fcnquant.preset`` metadata or ``awesome``; its size follows a fixed model input. ``ids`` (or the
-    first ``num_images`` of the split) restrict the images. Logits whose size differs from the labels are resized
-    bilinearly (align_corners=False) before the argmax. A model with a fixed batch of 1 runs image by image; a
-    fixed batch k > 1 gets padded batches of k. ``on_images(n)`` is called after each batch of n images.
-    ``ray_address`` ("local": a local Ray instance, "auto" or "HOST:PORT": a running cluster) runs ``shards``
-    (default: the cluster's CPUs) as Ray tasks and sums their confusion matrices: the same result, exactly
-    (:mod:`fcnquant.distributed`); ``model`` is then a path or bytes.
+    ``data``: a :class:`~fcnquant.data.DataConfig` (or a dataset root / open ``Dataset``; split ``val``) with the
+    images (``ids``, or the first ``num_images``) and the preprocessing (the model's ``fcnquant.preset``
+    metadata or ``awesome`` by default; its size follows a fixed model input). Logits whose size differs from the
+    labels are resized bilinearly (align_corners=False) before the argmax. A model with a fixed batch of 1 runs
+    image by image; a fixed batch k > 1 gets padded batches of k. ``run``: the executor and batch size
+    (:class:`~fcnquant.execute.RunConfig`); on a Ray executor the shards' confusion matrices are summed, exactly
+    the one-process result (``model`` is then a path or bytes).
     """
-    from tqdm import tqdm
-
-    from fcnquant.runtime import input_spec, make_session, run_logits
-
-    if isinstance(data, Dataset):
-        dataset = data
-    else:
-        dataset = open_dataset(resolve_data(data, model, progress=progress).root, split, ann_dir)
+    cfg, run = DataConfig.of(data), RunConfig.of(run)
+    executor = run.resolved()
+    dataset = cfg.open(model, progress=executor.progress)
     if not dataset.has_labels:
         raise DataError(f"evaluation needs segmentation masks; dataset {dataset.describe()} has none")
-    chosen = take_ids(dataset, ids, num_images)
-    if batch_size < 1:
-        raise DataError(f"batch size must be at least 1, got {batch_size}")
-    if ray_address is not None:  # shards on a Ray cluster, confusion matrices summed exactly
-        from fcnquant.distributed import evaluate as evaluate_on_ray
-
-        return evaluate_on_ray(model, dataset, chosen, preset, batch_size, address=ray_address, shards=shards,
-                               size=size, mean=mean, std=std, threads=threads, progress=progress).result
-    if hasattr(model, "run") and hasattr(model, "get_inputs"):
-        session, model_name = model, "<session>"
+    chosen = cfg.take(dataset)
+    if is_session(model):
+        model_name = "<session>"
     else:
-        session = make_session(model, threads=threads)
         model_name = "<bytes>" if isinstance(model, bytes) else str(model)
-    _, shape = input_spec(session)
-    pre = preset_for_session(session, preset, size=size, mean=mean, std=std)
-    fixed_batch = shape[0]
-    if fixed_batch is not None and fixed_batch != batch_size:
-        log.info("model has a fixed batch of %d; running %s", fixed_batch,
-                 "image by image" if fixed_batch == 1 else f"padded batches of {fixed_batch}")
-        batch_size = fixed_batch
-    log.info("evaluating %s on %s with preset %s", model_name, dataset.describe(), pre.describe())
-    cm = ConfusionMatrix(len(VOC_CLASSES))
+    log.info("evaluating %s on %s", model_name, dataset.describe())
     start = time.perf_counter()
-    with tqdm(total=len(chosen), desc="eval", unit="img", disable=not progress) as bar:
-        for batch in iter_batches(dataset, pre, chosen, batch_size):
-            images = batch.images
-            n = images.shape[0]
-            if fixed_batch is not None and n < fixed_batch:
-                images = np.concatenate([images, np.repeat(images[-1:], fixed_batch - n, axis=0)])
-            out = np.asarray(run_logits(session, images)[0])[:n]
-            cm.update(output_to_classes(out, batch.masks.shape[1:], len(VOC_CLASSES)), batch.masks)
-            bar.update(n)
-            if on_images is not None:
-                on_images(n)
+    parts = executor.map(eval_shard, dataset, chosen, args=(cfg, run.batch_size, len(VOC_CLASSES)),
+                         models={"model": model}, desc="eval")
     seconds = time.perf_counter() - start
+    cm = ConfusionMatrix(len(VOC_CLASSES))
+    for confusion, _ in parts:
+        cm.matrix += confusion
     return result_from_confusion(cm, len(chosen), seconds, model=model_name, data=str(dataset.root),
-                                 split=dataset.split, preset=pre.to_dict())
+                                 split=dataset.split, preset=parts[0][1])
+
+
+def eval_shard(ctx: ShardContext, data: DataConfig, batch_size: int, num_classes: int) -> tuple[np.ndarray, dict]:
+    """Returns (confusion matrix, preset dict) of the model ``"model"`` on the shard's images (a shard function)."""
+    from fcnquant.runtime import input_spec, run_logits
+
+    session = ctx.session("model")
+    _, shape = input_spec(session)
+    pre = data.preset_for(session)
+    batch_size, fixed_batch = resolve_batch(batch_size, shape[0])
+    log.info("preset %s, batch %d", pre.describe(), batch_size)
+    cm = ConfusionMatrix(num_classes)
+    for mb in image_batches(ctx.dataset, pre, ctx.ids, batch_size, fixed_batch):
+        out = np.asarray(run_logits(session, mb.feed)[0])[:mb.n]
+        cm.update(output_to_classes(out, mb.masks.shape[1:], num_classes), mb.masks)
+        ctx.advance(mb.n)
+    return cm.matrix, pre.to_dict()
 
 
 def result_from_confusion(cm: ConfusionMatrix, images: int, seconds: float, *, model: str = "", data: str = "",

@@ -27,12 +27,14 @@ def make_session(
 ):
     """Returns an ``onnxruntime.InferenceSession`` on the CPU for a model path or serialized bytes.
 
-    ``optimization`` is one of ``"all"`` (ORT_ENABLE_ALL), ``"extended"``, ``"basic"``, ``"none"``.
-    ``threads=0`` lets onnxruntime choose the intra-op thread count. ``mem_arena=False`` turns off onnxruntime's
-    CPU memory arena (lower peak memory when many intermediate tensors are fetched, e.g. in compare).
-    ``disabled_optimizers``: onnxruntime transformers left out (see ``DISABLED_OPTIMIZERS``). ``spinning=False``
-    stops the intra-op threads from spin-waiting after each run: for sessions that take turns (compare runs two or
-    three per image), where one's spinning threads take the cores the next one needs.
+    ``optimization`` is one of ``"all"`` (ORT_ENABLE_ALL), ``"extended"``, ``"basic"``, ``"none"``; another name
+    raises ModelError. ``threads=0`` lets onnxruntime choose the intra-op thread count (its default).
+    ``mem_arena=False`` turns off onnxruntime's CPU memory arena (lower peak memory when many intermediate tensors
+    are fetched, e.g. in compare). ``disabled_optimizers``: onnxruntime transformers left out (see
+    ``DISABLED_OPTIMIZERS``; empty: none). ``spinning=False`` stops the intra-op threads from spin-waiting after
+    each run: for sessions that take turns (compare runs two or three per image), and for sessions whose runs
+    alternate with numpy work on the same cores (calibration's observers), where spinning threads take the cores
+    the other work needs.
     """
     import onnxruntime as ort
 
@@ -42,6 +44,8 @@ def make_session(
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     }
+    if optimization not in levels:
+        raise ModelError(f"unknown optimization level '{optimization}'; choose one of {', '.join(levels)}")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = levels[optimization]
     opts.intra_op_num_threads = threads

@@ -36,7 +36,7 @@ OTHER_SEED = 1
 #: ``{work}`` is the work folder (each model's checkpoint is kept there as ``<name>.pth``). As in the FCN paper's
 #: staged training, FCN-16s and FCN-32s start from the trained FCN-8s (same VGG backbone and head): build fcn8s
 #: first. (FCN-32s trained from scratch at 320 reached only 18.6 mIoU in 9 epochs.)
-#: FCN-32s takes 320x320 inputs (the seed's size): at 160 its stride-32 output is a 5x5 grid, and even the
+#: FCN-32s takes 320x320 inputs (a common deployment size): at 160 its stride-32 output is a 5x5 grid, and even the
 #: ground truth averaged over 32x32 blocks and upsampled like its logits scores only 54.7 mIoU on the val split
 #: (77.2 at 320; FCN-16s at 160: 77.6).
 _COMMON = ["--crop", "128", "--batch-size", "8", "--threads", "1", "--seed", "0"]

@@ -39,11 +39,14 @@ class Int8Model(NamedTuple):
 @pytest.fixture(scope="session")
 def demo_int8(tmp_path_factory) -> Int8Model:
     """The demo fcn8s emitted in int8 (ort-cpu) from 4 calibration images of the built-in set, and its table."""
+    from fcnquant.data import DataConfig
     from fcnquant.demo_models import demo_model_path
-    from fcnquant.flow import calibrate
+    from fcnquant.execute import RunConfig
+    from fcnquant.workflows import Outputs, calibrate
 
     folder = tmp_path_factory.mktemp("int8")
-    result = calibrate(demo_model_path("fcn8s"), num_images=4, out=folder / "fcn8s.int8.onnx", progress=False)
+    result = calibrate(demo_model_path("fcn8s"), DataConfig(split="train", num_images=4), run=RunConfig(progress=False),
+                       outputs=Outputs(model=folder / "fcn8s.int8.onnx"))
     return Int8Model(folder / "fcn8s.int8.onnx", result.table.save(folder / "fcn8s.json"))
 
 

@@ -13,7 +13,11 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from fcnquant.data import get_preset, open_dataset  # noqa: E402
 from fcnquant.errors import DataError, ModelError  # noqa: E402
+from fcnquant.data import DataConfig  # noqa: E402
 from fcnquant.evaluate import evaluate  # noqa: E402
+from fcnquant.execute import LocalExecutor, RunConfig  # noqa: E402
+
+QUIET = RunConfig(progress=False)
 
 RNG = np.random.default_rng(0)
 W = RNG.normal(0, 1, (21, 3, 1, 1)).astype(np.float32)
@@ -93,7 +97,7 @@ def check(result, ref):
 @pytest.mark.parametrize("batch_size", [1, 2, 5])
 def test_dynamic_model_matches_reference(tmp_path, data, batch_size):
     model = conv_model(tmp_path / "m.onnx")
-    result = evaluate(model, data, preset="awesome", size=24, batch_size=batch_size, progress=False)
+    result = evaluate(model, DataConfig(data, preset="awesome", size=24), QUIET.with_(batch_size=batch_size))
     check(result, reference_scores(data, get_preset("awesome", size=24)))
     assert result.images == 5 and result.images_per_s > 0
     assert result.preset["size"] == [24, 24] and result.preset["name"] == "awesome"
@@ -101,22 +105,31 @@ def test_dynamic_model_matches_reference(tmp_path, data, batch_size):
     assert result.confusion.sum() == sum(int((pre.transform(*ds.load_pair(i))[1] != 255).sum()) for i in ds.ids)
 
 
+def test_shards_merge_to_the_one_process_result(tmp_path, data):
+    model = conv_model(tmp_path / "m.onnx")
+    cfg = DataConfig(data, preset="mmseg", size=24)
+    one = evaluate(model, cfg, QUIET.with_(batch_size=2))
+    three = evaluate(model, cfg, RunConfig(LocalExecutor(shards=3, progress=False), batch_size=2))
+    np.testing.assert_array_equal(one.confusion, three.confusion)
+    check(three, reference_scores(data, get_preset("mmseg", size=24)))
+
+
 def test_fixed_shape_model_sets_preset_size_and_batch_fallback(tmp_path, data):
     model = conv_model(tmp_path / "fixed.onnx", shape=(1, 3, 16, 16))
-    result = evaluate(model, data, batch_size=4, progress=False)  # fixed batch 1: runs per image
+    result = evaluate(model, data, QUIET.with_(batch_size=4))  # fixed batch 1: runs per image
     assert result.preset["size"] == [16, 16]
     check(result, reference_scores(data, get_preset("awesome", size=16)))
 
 
 def test_fixed_batch_larger_than_one_is_padded(tmp_path, data):
     model = conv_model(tmp_path / "b2.onnx", shape=(2, 3, "h", "w"))
-    result = evaluate(model, data, preset="mmseg", size=20, progress=False)
+    result = evaluate(model, DataConfig(data, preset="mmseg", size=20), QUIET)
     check(result, reference_scores(data, get_preset("mmseg", size=20)))
 
 
 def test_low_resolution_logits_are_resized(tmp_path, data):
     model = conv_model(tmp_path / "s2.onnx", stride=2)
-    result = evaluate(model, data, preset="mmseg", size=24, num_images=3, progress=False)
+    result = evaluate(model, DataConfig(data, preset="mmseg", size=24, num_images=3), QUIET)
     ids = open_dataset(data, "val").ids[:3]
     check(result, reference_scores(data, get_preset("mmseg", size=24), ids=ids, stride=2))
 
@@ -124,7 +137,7 @@ def test_low_resolution_logits_are_resized(tmp_path, data):
 def test_keep_ratio_scores_at_original_label_size(tmp_path, data):
     model = conv_model(tmp_path / "m.onnx")
     preset = get_preset("mmseg-keep-ratio", size=(24, 96))  # 32x32 -> 24x24 input, scored at 32x32
-    result = evaluate(model, data, preset=preset, batch_size=3, progress=False)
+    result = evaluate(model, DataConfig(data, preset=preset), QUIET.with_(batch_size=3))
     check(result, reference_scores(data, preset))
     assert result.confusion.sum() == sum(
         int((open_dataset(data, "val").load_mask(i) != 255).sum()) for i in open_dataset(data, "val").ids)
@@ -133,7 +146,7 @@ def test_keep_ratio_scores_at_original_label_size(tmp_path, data):
 def test_ids_json_and_table(tmp_path, data):
     model = conv_model(tmp_path / "m.onnx")
     ids = ["val_000003", "val_000001"]
-    result = evaluate(model, open_dataset(data, "val"), preset="awesome", size=32, ids=ids, progress=False)
+    result = evaluate(model, DataConfig(open_dataset(data, "val"), preset="awesome", size=32, ids=ids), QUIET)
     check(result, reference_scores(data, get_preset("awesome", size=32), ids=ids))
     result.to_json(tmp_path / "r.json")
     d = json.loads((tmp_path / "r.json").read_text())
@@ -147,17 +160,17 @@ def test_ids_json_and_table(tmp_path, data):
 
 def test_errors(tmp_path, data):
     with pytest.raises(ModelError, match="logits"):
-        evaluate(conv_model(tmp_path / "c5.onnx", channels=5), data, size=16, progress=False)
+        evaluate(conv_model(tmp_path / "c5.onnx", channels=5), DataConfig(data, size=16), QUIET)
     with pytest.raises(ModelError, match="not found"):
-        evaluate(tmp_path / "none.onnx", data, progress=False)
+        evaluate(tmp_path / "none.onnx", data, QUIET)
     from PIL import Image
 
     (tmp_path / "imgs").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "imgs" / "a.png")
     with pytest.raises(DataError, match="needs segmentation masks"):
-        evaluate(conv_model(tmp_path / "m.onnx"), tmp_path / "imgs", progress=False)
+        evaluate(conv_model(tmp_path / "m.onnx"), tmp_path / "imgs", QUIET)
     with pytest.raises(DataError, match="not in dataset"):
-        evaluate(tmp_path / "m.onnx", data, ids=["nope"], progress=False)
+        evaluate(tmp_path / "m.onnx", DataConfig(data, ids=["nope"]), QUIET)
 
 
 def test_cli(tmp_path, data, capsys):

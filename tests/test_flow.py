@@ -10,13 +10,26 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from fcnquant.calibrate.api import choose_ids
-from fcnquant.data import open_dataset
+from fcnquant.quantize import QuantConfig
+from fcnquant.data import DataConfig, open_dataset
 from fcnquant.errors import FcnquantError
-from fcnquant.flow import calibrate
+from fcnquant.execute import RunConfig
 from fcnquant.quantize import quantize_model
+from fcnquant.recover.scale_search import ScaleSearchOptions
+from fcnquant.workflows import Outputs, RecoverOptions
+from fcnquant.workflows import calibrate as run_workflow
 from fcnquant.recover.plan import RECOVERY_METADATA_KEY, read_recovery, resolve_plan
 from tests.recover.helpers import branching_model
+
+
+def calibrate(model, root, *, num_images, size=None, preset=None, target="ort-cpu", out=None, per_channel=True,
+              recover=False, scale_search_options=None, progress=False, **switches):
+    """The int8 workflow with the plan resolved from ``recover`` and single-pass ``switches``, as the CLI does."""
+    plan = resolve_plan(target, per_channel, recover, emits=out is not None, **switches)
+    return run_workflow(model, DataConfig(root, "train", preset=preset, size=size, num_images=num_images),
+                        QuantConfig(target=target, per_channel=per_channel), RunConfig(progress=progress), plan,
+                        outputs=Outputs(model=out),
+                        recover=RecoverOptions(scale_search=ScaleSearchOptions(**(scale_search_options or {}))))
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +53,7 @@ def test_recovery_is_recorded_and_biases_change(env, tmp_path):
     assert rec["pow2_rounding"] == "error" and res.table.pow2_rounding == "error"
     plain = tmp_path / "plain.onnx"
     table = res.table
-    quantize_model(fpath, table, plain, target="npu-pow2", per_channel=False, pow2_rounding="error")
+    quantize_model(fpath, table, plain, QuantConfig(target="npu-pow2", per_channel=False, pow2_rounding="error"))
     p = onnx.load(str(plain))
     assert RECOVERY_METADATA_KEY not in {m.key for m in p.metadata_props}
     b_plain = {t.name: numpy_helper.to_array(t) for t in p.graph.initializer if t.name.endswith("_quantized")}
@@ -125,8 +138,9 @@ def test_auto_bias_correction_keeps_the_variant_with_the_smaller_output_error(en
         assert res.plan.bias_correction_error == mode
     rec = read_recovery(onnx.load(str(out["auto"])))["bias_correction"]
     ds = open_dataset(voc, "train")
-    ids = choose_ids(ds, 4, seed=0, progress=False)
-    errs = output_error([out["weights"], out["accumulated"]], fpath, ds, ids, "awesome", images=None, size=32)
+    ids = DataConfig(ds, num_images=4).choose(ds, progress=False)
+    errs = output_error([out["weights"], out["accumulated"]], fpath,
+                        DataConfig(ds, ids=ids, preset="awesome", size=32), RunConfig(progress=False), images=None)
     assert rec["output_mse"] == pytest.approx({"weights": errs[0], "accumulated": errs[1]}, rel=1e-6)
     assert rec["error"] == ("weights" if errs[0] <= errs[1] else "accumulated")
     best = out[rec["error"]]
@@ -143,7 +157,7 @@ def test_explicit_weight_scales_are_used(env, tmp_path):
     w1 = numpy_helper.to_array(next(t for t in onnx.load(str(fpath)).graph.initializer if t.name == "w1"))
     scales = np.abs(w1).reshape(6, -1).max(axis=1) / 100.0  # larger than max/127: every weight fits
     out = tmp_path / "q.onnx"
-    quantize_model(fpath, res.table, out, target="tensorrt", weight_scales={"w1": (scales, 0)})
+    quantize_model(fpath, res.table, out, QuantConfig(target="tensorrt"), weight_scales={"w1": (scales, 0)})
     q = onnx.load(str(out))
     inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
     dq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "w1_quantized")

@@ -8,7 +8,8 @@ import textwrap
 CORE_MODULES = [
     "fcnquant", "fcnquant.cli", "fcnquant.errors", "fcnquant._io", "fcnquant.runtime",
     "fcnquant.data", "fcnquant.metrics", "fcnquant.evaluate",
-    "fcnquant.observers", "fcnquant.calibrate", "fcnquant.quantize", "fcnquant.compare",
+    "fcnquant.observers", "fcnquant.execute", "fcnquant.calibrate", "fcnquant.quantize", "fcnquant.compare",
+    "fcnquant.workflows",
 ]
 
 
@@ -51,7 +52,7 @@ def test_core_runs_without_ray():
     code = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in CORE_MODULES)
     code += textwrap.dedent(
         """
-        import os, fcnquant.distributed, fcnquant.distributed.shards
+        import os, fcnquant.distributed, fcnquant.distributed.executor
         from fcnquant.cli import main
         m = os.path.join(os.path.dirname(fcnquant.__file__), "assets", "demo", "fcn8s.onnx")
         assert main(["eval", m, "--num-images", "2", "--no-progress"]) == 0

@@ -8,7 +8,9 @@ import onnx
 import pytest
 
 from fcnquant.cli import main
+from fcnquant.data import DataConfig
 from fcnquant.evaluate import evaluate
+from fcnquant.execute import RunConfig
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +25,10 @@ def tiny(tmp_path_factory, synthetic_voc):
 
 
 def test_pipeline_writes_every_artifact_and_scores_match_eval(tiny):
-    from fcnquant.pipeline import run_pipeline
+    from fcnquant.workflows import run_pipeline
 
     root, model, d = tiny
-    res = run_pipeline(model, d / "out", data=root, num_images=4, progress=False)
+    res = run_pipeline(model, d / "out", DataConfig(root, "train", num_images=4), run=RunConfig(progress=False))
     for p in (res.table, res.stats, res.int8_model, res.fp16_model, res.int8_html, res.fp16_html, res.json):
         assert p.is_file(), p
     q = onnx.load(str(res.int8_model))
@@ -37,7 +39,7 @@ def test_pipeline_writes_every_artifact_and_scores_match_eval(tiny):
     # the mIoU the summary reports for each model equals an independent evaluation of that model file
     rows = {r["model"]: r for r in res.rows()}
     for name, path in (("fp32", model), ("fp16", res.fp16_model), ("int8 kl", res.int8_model)):
-        ev = evaluate(path, root, "val", progress=False)
+        ev = evaluate(path, root, RunConfig(progress=False))
         assert rows[name]["miou"] == pytest.approx(ev.miou, abs=1e-9, nan_ok=True)
     summary = json.loads(res.json.read_text())
     assert summary["calibration_images"] == 4 and len(summary["summary"]) == 3

@@ -20,7 +20,7 @@ plain inference over the same images:
 * Session threads do not spin (``session.intra_op.allow_spinning=0``). Spinning threads keep burning a core
   after ``run`` returns, exactly when numpy needs it: 1.44x plain with spinning, 1.24x without.
 * Graph optimisation ``all``: with ``extended`` the whole calibration took 1.23-1.71x plain inference, with
-  ``all`` 1.03-1.22x, on these AVX-512 machines (REFERENCE.md saw the opposite on an AVX2-only machine).
+  ``all`` 1.03-1.22x, on these AVX-512 machines (on an AVX2-only machine the order was measured the other way).
 * Outputs go into reused buffers (io binding): fresh 120 MB outputs per image fragmented the heap and the
   process grew ~12 MB per image; with reuse the peak is flat (and equal to plain inference's).
 * Observers run in a worker thread (``overlap=True``, default) on batch k while onnxruntime runs batch k+1:
@@ -42,135 +42,128 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from fcnquant._io import file_sha256, load_onnx
 from fcnquant.calibrate.stats import CalibrationStats
 from fcnquant.calibrate.tensors import activation_tensors
+from fcnquant.data import DataConfig, Dataset
 from fcnquant.errors import CalibrationError, DataError, ModelError
+from fcnquant.execute import Executor, LocalExecutor, RunConfig, Shard, ShardContext, image_batches
 from fcnquant.observers import DEFAULT_MANTISSA_BITS, NonFiniteError
 from fcnquant.observers.kernel import warm_up
-from fcnquant.runtime import input_spec, outputs_patch, with_outputs
+from fcnquant.runtime import input_spec, make_session, outputs_patch, with_outputs
 
 log = logging.getLogger(__name__)
 
 # Graph optimisation for the session with exposed tensors. Measured on fcn8s 320x320, onnxruntime 1.32, on the
 # project's AVX-512 machines: "all" ran the augmented model at ~1.06x the plain model, "extended" at ~1.3x
-# (REFERENCE.md reports the opposite order on an AVX2-only machine: 1.33x vs 1.06x). Override per call.
+# (on an AVX2-only machine the order was the opposite: 1.33x vs 1.06x). Override per call.
 DEFAULT_OPTIMIZATION = "all"
 
 
 @dataclass(frozen=True)
-class Shard:
-    """Slice ``index`` (1-based) of ``count`` equal contiguous slices of an id list."""
+class CollectOptions:
+    """How statistics are collected.
 
-    index: int
-    count: int
+    ``tensors`` overrides which tensors to observe (default :func:`activation_tensors`). ``skip_nonfinite``: leave
+    NaN/Inf values out (counted per tensor and reported in a warning) instead of failing. ``optimization``: the
+    session's graph optimisation level. ``overlap``: observe batch k in a worker thread while batch k+1 runs (same
+    result; see the module docstring for when it helps). ``mantissa_bits``: the histogram's resolution.
+    """
+
+    tensors: tuple[str, ...] | None = None
+    skip_nonfinite: bool = False
+    optimization: str = DEFAULT_OPTIMIZATION
+    overlap: bool = True
+    mantissa_bits: int = DEFAULT_MANTISSA_BITS
 
     def __post_init__(self) -> None:
-        if self.count < 1 or not 1 <= self.index <= self.count:
-            raise DataError(f"bad shard {self.index}/{self.count}: shards are numbered 1..n, e.g. 1/4 ... 4/4")
-
-    @classmethod
-    def parse(cls, spec: str | Shard | tuple[int, int]) -> Shard:
-        """Returns the shard of ``"i/n"`` (1 <= i <= n) or an ``(i, n)`` tuple."""
-        if isinstance(spec, Shard):
-            return spec
-        if isinstance(spec, tuple):
-            return cls(int(spec[0]), int(spec[1]))
-        try:
-            i, n = str(spec).split("/")
-            return cls(int(i), int(n))
-        except ValueError:
-            raise DataError(f"bad shard '{spec}'; expected i/n with 1 <= i <= n, e.g. 2/4") from None
-
-    def select(self, ids: Sequence[str]) -> list[str]:
-        """Returns this shard's slice: ``ids[(i-1)*L//n : i*L//n]``; the n slices concatenate back to ``ids``."""
-        n_ids = len(ids)
-        return list(ids[(self.index - 1) * n_ids // self.count: self.index * n_ids // self.count])
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
+        if self.tensors is not None and not isinstance(self.tensors, tuple):
+            object.__setattr__(self, "tensors", tuple(self.tensors))
 
 
 def collect_stats(
     model_path: str | os.PathLike[str],
-    dataset,
-    ids: Sequence[str] | None,
-    preset=None,
-    batch_size: int = 1,
+    data: DataConfig | Dataset | str | os.PathLike[str] | None = None,
+    run: RunConfig | Executor | None = None,
+    options: CollectOptions | None = None,
     *,
-    size: int | Sequence[int] | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    skip_nonfinite: bool = False,
     shard: str | Shard | tuple[int, int] | None = None,
-    progress: bool = True,
-    tensors: Sequence[str] | None = None,
-    optimization: str = DEFAULT_OPTIMIZATION,
-    overlap: bool = True,
-    mantissa_bits: int = DEFAULT_MANTISSA_BITS,
-    on_images: Callable[[int], None] | None = None,
 ) -> CalibrationStats:
-    """Returns the statistics of the model's activations over the images ``ids`` of ``dataset``.
+    """Returns the statistics of the model's activations over the calibration images of ``data``.
 
-    ``ids=None`` takes every image of the dataset; ``shard`` ("i/n") then keeps slice i of n (see :class:`Shard`).
-    ``preset``: a :class:`~fcnquant.data.Preset`, a preset name, or None for the model's own (metadata
-    ``fcnquant.preset``, else ``awesome``); its size follows a fixed model input, else ``size``; ``mean``/``std``
-    override the normalisation.
-    ``tensors`` overrides which tensors to observe (default :func:`activation_tensors`). ``optimization`` is the
-    session's graph optimisation level; ``overlap`` observes batch k in a worker thread while batch k+1 runs
-    (same result; see the module docstring for when it helps).
-    Each image is run once; batches of ``batch_size`` when the model's batch dimension is dynamic.
-    A NaN/Inf activation raises CalibrationError naming the tensor and image(s); with ``skip_nonfinite`` such
-    values are left out, counted per tensor in the statistics and reported in a warning.
-    ``on_images(n)`` is called as each batch of n images is observed (e.g. a cluster's progress report).
+    ``data``: a :class:`~fcnquant.data.DataConfig` (or a dataset root or open ``Dataset``, all of its images);
+    its ``ids``, else a seeded selection of ``num_images`` (all images when None); its preset, else the model's
+    own (metadata ``fcnquant.preset``, else ``awesome``), the size following a fixed model input. ``shard``
+    ("i/n") keeps slice i of n of those images (see :class:`~fcnquant.execute.Shard`). ``run``: executor and
+    batch size; on a Ray executor the shards' statistics merge exactly (bit for bit the one-process result).
+    Each image is run once. A NaN/Inf activation raises CalibrationError naming the tensor and image(s) unless
+    ``options.skip_nonfinite``.
     """
-    from fcnquant.data import preset_for_session
-
-    all_ids = list(dataset.ids if ids is None else ids)
+    cfg, run = DataConfig.of(data, split=None), RunConfig.of(run)
+    options = options or CollectOptions()
+    executor = run.resolved()
+    model_path = Path(model_path)
+    dataset = cfg.open(model_path, progress=executor.progress)
+    all_ids = cfg.choose(dataset, progress=executor.progress)
     shard = Shard.parse(shard) if shard is not None else None
     run_ids = shard.select(all_ids) if shard else all_ids
     if not run_ids:
         where = f"shard {shard} of {len(all_ids)} image(s)" if shard else "the image list"
         raise DataError(f"no calibration images: {where} is empty")
-    known = set(dataset.ids)
-    unknown = [i for i in run_ids if i not in known]
-    if unknown:
-        raise DataError(f"{len(unknown)} image id(s) are not in dataset {dataset.describe()}: {_show(unknown)}")
+    if shard is not None and not isinstance(executor, LocalExecutor):
+        raise DataError("--shard collects one slice in this process; --ray runs every shard on the cluster: "
+                        "give one of them")
+    if not model_path.is_file():
+        raise ModelError(f"model file not found: {model_path}")
+    parts = executor.map(collect_shard, dataset, run_ids,
+                         args=(cfg, run.batch_size, options, model_path.name, str(shard) if shard else None),
+                         models={"model": model_path}, desc="calibrating")
+    if len(parts) == 1:
+        return parts[0]
+    from fcnquant.calibrate.stats_wire import merge_wire, stats_to_wire
 
-    model_path = Path(model_path)
+    return merge_wire([stats_to_wire(p) for p in parts], model_path.name)
+
+
+def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options: CollectOptions, model_name: str,
+                  shard: str | None) -> CalibrationStats:
+    """Returns the statistics of the model ``"model"`` over the shard's images (a shard function)."""
+    model_path = ctx.model_path("model")
+    run_ids = ctx.ids
     raw, model = _read_model(model_path)
-    names = list(activation_tensors(model) if tensors is None else tensors)
+    names = list(activation_tensors(model) if options.tensors is None else options.tensors)
     if not names:
-        raise ModelError(f"{model_path}: no float activation depends on the model input; nothing to calibrate")
+        raise ModelError(f"{model_name}: no float activation depends on the model input; nothing to calibrate")
     inits = {t.name for t in model.graph.initializer}
     graph_inputs = [i.name for i in model.graph.input if i.name not in inits]
     fetch = [n for n in names if n not in graph_inputs]  # the input is observed from the batch itself
+    # The session's threads do not spin (see the module docstring) and no onnxruntime transformer is turned off.
     if raw is not None:  # the file's bytes + a patch adding the outputs: no copy or re-serialization of the model
         model_sha256 = hashlib.sha256(raw).hexdigest()
-        session = make_collect_session(raw + outputs_patch(model, fetch), optimization)
+        session = make_session(raw + outputs_patch(model, fetch), optimization=options.optimization,
+                               disabled_optimizers=(), spinning=False)
     else:  # weights in external files: the loaded model carries them
         model_sha256 = file_sha256(model_path)
-        session = make_collect_session(with_outputs(model, fetch).SerializeToString(), optimization)
+        session = make_session(with_outputs(model, fetch).SerializeToString(), optimization=options.optimization,
+                               disabled_optimizers=(), spinning=False)
     del model, raw  # the protobuf and the bytes (as large as the weights) are not needed during the loop
     input_name, input_shape = input_spec(session)
-    preset = preset_for_session(session, preset, size=size, mean=mean, std=std)
+    preset = data.preset_for(session)
 
     batch_size, fixed_batch = _batching(input_shape, batch_size)
     stats = CalibrationStats.new(
         names, model_sha256=model_sha256, preset=preset.to_dict(), image_ids=run_ids,
-        model_name=model_path.name, shard=str(shard) if shard else None, mantissa_bits=mantissa_bits,
-        skip_nonfinite=skip_nonfinite,
+        model_name=model_name, shard=shard, mantissa_bits=options.mantissa_bits,
+        skip_nonfinite=options.skip_nonfinite,
     )
     observer = _Observer(stats, names, input_name)
-    log.info("calibrating %s: %d tensors, %d image(s)%s, preset %s, batch %d", model_path.name, len(names),
+    log.info("calibrating %s: %d tensors, %d image(s)%s, preset %s, batch %d", model_name, len(names),
              len(run_ids), f" (shard {shard})" if shard else "", preset.describe(), batch_size)
     t0 = time.perf_counter()
-    _run(session, input_name, fetch, dataset, preset, run_ids, batch_size, fixed_batch, observer, progress, overlap,
-         on_images)
+    _run(session, input_name, fetch, ctx, preset, batch_size, fixed_batch, observer, options.overlap)
     seconds = time.perf_counter() - t0
     log.info("observed %d image(s) in %.1f s (%.2f images/s)", len(run_ids), seconds, len(run_ids) / seconds)
     observer.report_skipped()
@@ -193,33 +186,6 @@ def _read_model(path: Path):
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         return None, load_onnx(path)
     return raw, model
-
-
-def make_collect_session(model: bytes | str | os.PathLike[str], optimization: str = DEFAULT_OPTIMIZATION):
-    """Returns a CPU onnxruntime session for collection: ``optimization`` level, intra-op threads not spinning.
-
-    Idle intra-op threads that spin would compete with the observers for the machine's cores.
-    """
-    import onnxruntime as ort
-
-    levels = {
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    }
-    if optimization not in levels:
-        raise ModelError(f"unknown optimization level '{optimization}'; choose one of {', '.join(levels)}")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = levels[optimization]
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if not isinstance(model, bytes):
-        model = str(model)
-    try:
-        return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelError(f"onnxruntime cannot load the model with exposed activations: {exc}") from exc
 
 
 def _batching(input_shape: tuple[int | None, ...], batch_size: int) -> tuple[int, int | None]:
@@ -276,15 +242,7 @@ def _show(items: list[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + (f" ... ({len(items) - n} more)" if len(items) > n else "")
 
 
-def _run(session, input_name, fetch, dataset, preset, ids, batch_size, fixed_batch, observer, progress, overlap,
-         on_images=None):
-    from tqdm import tqdm
-
-    from fcnquant.data import iter_batches
-
-    bar = tqdm(total=len(ids), desc="calibrating", unit="img", disable=None if progress else True, leave=False)
-    if on_images is not None:
-        bar = _Reporting(bar, on_images)
+def _run(session, input_name, fetch, ctx: ShardContext, preset, batch_size, fixed_batch, observer, overlap):
     pending: Future | None = None
     pending_n = 0
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcnquant-observe") if overlap else None
@@ -294,42 +252,23 @@ def _run(session, input_name, fetch, dataset, preset, ids, batch_size, fixed_bat
     else:
         warm_up()
     try:
-        for batch in iter_batches(dataset, preset, ids, batch_size, with_masks=False):
-            images = batch.images
-            if fixed_batch is not None and images.shape[0] < fixed_batch:
-                pad = np.repeat(images[-1:], fixed_batch - images.shape[0], axis=0)
-                images = np.concatenate([images, pad])
-            fetched = runner.run(images)
+        for mb in image_batches(ctx.dataset, preset, ctx.ids, batch_size, fixed_batch, with_masks=False):
+            fetched = runner.run(mb.feed)
             if pool is None:
-                observer.observe(batch.ids, batch.images, fetched)
-                bar.update(len(batch.ids))
+                observer.observe(mb.ids, mb.images, fetched)
+                ctx.advance(mb.n)
                 continue
             if pending is not None:
                 pending.result()
-                bar.update(pending_n)
-            pending = pool.submit(observer.observe, batch.ids, batch.images, fetched)
-            pending_n = len(batch.ids)
+                ctx.advance(pending_n)
+            pending = pool.submit(observer.observe, mb.ids, mb.images, fetched)
+            pending_n = mb.n
         if pending is not None:
             pending.result()
-            bar.update(pending_n)
+            ctx.advance(pending_n)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
-
-
-class _Reporting:
-    """A progress bar that also tells ``on_images`` how many images each update adds."""
-
-    def __init__(self, bar, on_images: Callable[[int], None]) -> None:
-        self.bar, self.on_images = bar, on_images
-
-    def update(self, n: int) -> None:
-        self.bar.update(n)
-        self.on_images(n)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 class _Runner:

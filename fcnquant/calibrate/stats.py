@@ -25,8 +25,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from fcnquant import __version__
-from fcnquant._io import atomic_path
-from fcnquant.errors import CalibrationError
+from fcnquant._io import atomic_path, file_sha256
+from fcnquant.errors import CalibrationError, ModelError
 from fcnquant.observers import DEFAULT_MANTISSA_BITS, HistogramObserver, MinMaxObserver
 from fcnquant.observers.fused import new_histogram, update_stats
 
@@ -160,6 +160,12 @@ class CalibrationStats:
     def __post_init__(self) -> None:
         self.preset = _plain(self.preset or {})
         self.image_ids = [str(i) for i in self.image_ids]
+
+    def __reduce__(self):
+        # pickled (e.g. a shard's result sent back by a worker) as the sparse arrays, not 2^19-bin histograms
+        from fcnquant.calibrate.stats_wire import stats_from_wire, stats_to_wire
+
+        return stats_from_wire, (stats_to_wire(self),)
 
     @classmethod
     def new(
@@ -295,3 +301,19 @@ def merge_stats(parts: Sequence[CalibrationStats]) -> CalibrationStats:
         for p in parts:
             ts.merge(p.tensors[name])
     return out
+
+
+def load_stats(path: str | os.PathLike[str], model: str | os.PathLike[str] | None = None) -> CalibrationStats:
+    """Returns the statistics saved at ``path``; with ``model``, checks they were collected on that model file."""
+    stats = CalibrationStats.load(path)
+    if model is not None:
+        sha = file_sha256(model) if Path(model).is_file() else None
+        if sha is None:
+            raise ModelError(f"model file not found: {model}")
+        if sha != stats.model_sha256:
+            raise CalibrationError(
+                f"{path} was collected on a different model (sha256 {stats.model_sha256[:12]}) than {model} "
+                f"(sha256 {sha[:12]})")
+    if stats.shard is not None:
+        log.warning("%s holds shard %s only; merge all shards with `fcnquant merge-stats` first", path, stats.shard)
+    return stats

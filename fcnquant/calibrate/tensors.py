@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fcnquant.errors import ModelError
+from fcnquant.graph import consumers, inferred_value_infos, topological_order
 
 FUSABLE_PRODUCERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"})
 SCALE_PRESERVING = frozenset(
@@ -64,17 +65,13 @@ def inherited_scales(model) -> dict[str, str]:
 def analyse(model) -> ActivationPlan:
     """Returns the ActivationPlan of an ``onnx.ModelProto`` (see the module docstring for the rules)."""
     graph = model.graph
-    nodes = _topological(graph)
+    # Depth-first order: it decides the order of the observed tensors (and so of the statistics and the table).
+    nodes = topological_order(graph, depth_first=True)
     inits = {t.name for t in graph.initializer}
     inputs = [i.name for i in graph.input if i.name not in inits]
     outputs = {o.name for o in graph.output}
-    types = _elem_types(model)
-
-    consumers: dict[str, list] = {}
-    for node in nodes:
-        for name in node.input:
-            if name:
-                consumers.setdefault(name, []).append(node)
+    _, types = inferred_value_infos(model)
+    readers = consumers(graph)
 
     def is_float(name: str) -> bool:
         # Unknown type (shape inference gave up): treat as float; non-float data is rare in FCNs.
@@ -104,7 +101,7 @@ def analyse(model) -> ActivationPlan:
                 source[node.input[0]] = relu_out
             continue
         for out in acts:
-            users = consumers.get(out, [])
+            users = readers.get(out, [])
             if out in outputs:
                 observed.append(out)
                 source[out] = out
@@ -131,72 +128,3 @@ def _preserves_scale(node) -> bool:
             if attr.name == "mode" and attr.s.decode() not in ("nearest", "linear", "bilinear"):
                 return False
     return True
-
-
-def _elem_types(model) -> dict[str, int]:
-    """Returns {tensor name: onnx elem_type} from the model and onnx shape inference (best effort)."""
-    import onnx
-
-    # Inference runs on a skeleton without weight data (initializers become typed inputs): serialising a
-    # 60 MB model into onnx's C++ inference and back cost ~0.6 s; the skeleton takes milliseconds.
-    skeleton = onnx.ModelProto()
-    skeleton.ir_version = model.ir_version
-    skeleton.opset_import.extend(model.opset_import)
-    skeleton.functions.extend(model.functions)
-    g = skeleton.graph
-    g.node.extend(model.graph.node)
-    g.output.extend(model.graph.output)
-    g.value_info.extend(model.graph.value_info)
-    inits = {t.name for t in model.graph.initializer}
-    g.input.extend(i for i in model.graph.input if i.name not in inits)
-    for init in model.graph.initializer:
-        g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-    try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False).graph
-    except Exception:  # inference failing on an exotic op must not stop the analysis
-        inferred = g
-    types: dict[str, int] = {}
-    for vi in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
-        t = vi.type.tensor_type.elem_type
-        if t:
-            types[vi.name] = t
-    for init in model.graph.initializer:
-        types[init.name] = init.data_type
-    return types
-
-
-def _topological(graph) -> list:
-    """Returns the graph's nodes in a topological order (stable: keeps file order where it is valid)."""
-    produced_by = {}
-    for node in graph.node:
-        for out in node.output:
-            if out:
-                produced_by[out] = node
-    order: list = []
-    state: dict[int, int] = {}  # id(node) -> 1 visiting, 2 done
-
-    def visit(start) -> None:
-        stack = [(start, iter(start.input))]
-        state[id(start)] = 1
-        while stack:
-            node, it = stack[-1]
-            advanced = False
-            for name in it:
-                dep = produced_by.get(name)
-                if dep is None or state.get(id(dep)) == 2:
-                    continue
-                if state.get(id(dep)) == 1:
-                    raise ModelError(f"graph has a cycle through tensor '{name}'")
-                state[id(dep)] = 1
-                stack.append((dep, iter(dep.input)))
-                advanced = True
-                break
-            if not advanced:
-                stack.pop()
-                state[id(node)] = 2
-                order.append(node)
-
-    for node in graph.node:
-        if state.get(id(node)) != 2:
-            visit(node)
-    return order

@@ -1,4 +1,5 @@
-"""The ``--ray [ADDRESS]`` and ``--shards N`` options shared by calibrate, eval, compare and tune."""
+"""The ``--ray [ADDRESS]``, ``--shards N`` and ``--threads N`` options, and the one place that turns them into an
+executor."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,7 @@ from fcnquant.errors import FcnquantError
 def add_ray_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """Adds --ray [ADDRESS] and --shards N."""
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="run the images as shards on Ray (pip install \"fcnquant[ray]\"): --ray alone starts a "
+                   help="run the images as shards on Ray (pip install ray): --ray alone starts a "
                         "local Ray instance for this run; --ray auto joins the cluster `ray start` runs on this "
                         "machine; --ray HOST:PORT (or ray://HOST:10001) joins that cluster. The data must be on "
                         "storage every node reads at the same path; results equal a single-process run exactly")
@@ -17,10 +18,25 @@ def add_ray_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> Non
                    help="number of shards with --ray (default: the cluster's CPU count)")
 
 
-def ray_options(args: argparse.Namespace) -> dict:
-    """Returns ``{"ray_address": ..., "shards": ...}`` for the library call (empty without --ray)."""
-    if args.shards is not None and args.ray is None:
+def executor_from_args(args: argparse.Namespace, *, progress: bool = True):
+    """Returns the executor the command runs on: a ``RayExecutor`` with ``--ray``, else a ``LocalExecutor``.
+
+    ``--threads`` (when the command has it) sets onnxruntime's intra-op threads. Use it as a context manager: a
+    Ray connection lasts for the whole command and is closed (a local Ray instance stopped) at its end.
+    """
+    ray = getattr(args, "ray", None)
+    shards = getattr(args, "shards", None)
+    threads = getattr(args, "threads", 0) or 0
+    if shards is not None and ray is None:
         raise FcnquantError("--shards sets the number of shards of a --ray run: add --ray")
-    if args.shards is not None and args.shards < 1:
-        raise FcnquantError(f"--shards must be at least 1, got {args.shards}")
-    return {} if args.ray is None else {"ray_address": args.ray, "shards": args.shards}
+    if shards is not None and shards < 1:
+        raise FcnquantError(f"--shards must be at least 1, got {shards}")
+    if threads < 0:
+        raise FcnquantError(f"--threads must be 0 (onnxruntime decides) or more, got {threads}")
+    if ray is None:
+        from fcnquant.execute import LocalExecutor
+
+        return LocalExecutor(threads, progress=progress)
+    from fcnquant.distributed import RayExecutor
+
+    return RayExecutor(ray, shards=shards, threads=threads, progress=progress)

@@ -57,3 +57,17 @@ def exclusions(args: argparse.Namespace, model_path) -> tuple[list[str], list[st
     model = load_onnx(model_path)
     name_unnamed_nodes(model)
     return split_names_and_patterns(args.exclude, model)
+
+
+def quant_config(args: argparse.Namespace, model_path, **changes):
+    """Returns the QuantConfig of the parsed emission options (--exclude resolved against ``model_path``)."""
+    from fcnquant.quantize import QuantConfig
+
+    names, patterns = exclusions(args, model_path) if model_path else ([], [])
+    values = dict(target=args.target, per_channel=not args.per_tensor, quantize_output=args.quantize_output,
+                  exclude_nodes=names, exclude_ops=args.exclude_op, exclude_regex=patterns,
+                  pow2_rounding=args.pow2_rounding or "up")
+    if hasattr(args, "method"):
+        values["method"] = args.method
+    values.update(changes)
+    return QuantConfig(**values)

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
-from fcnquant.cli._distributed import add_ray_options, ray_options
-from fcnquant.cli._emission import add_emission_options, add_recovery_options, exclusions
+from fcnquant.calibrate.collect import CollectOptions
+from fcnquant.cli._distributed import add_ray_options
+from fcnquant.cli._emission import add_emission_options, add_recovery_options, quant_config
 from fcnquant.recover.plan import format_recovery
+from fcnquant.data import load_ids
 from fcnquant.errors import FcnquantError
 
 METHOD_CHOICES = ("kl", "minmax", "percentile", "mse")
@@ -17,7 +18,7 @@ TARGET_CHOICES = ("ort-cpu", "tensorrt", "npu-pow2")
 
 def register(sub) -> None:
     """Adds the ``calibrate`` subcommand to ``sub``."""
-    from fcnquant.cli.eval import ANN_DIR_HELP, DATA_HELP, parse_size, parse_triple
+    from fcnquant.cli._options import ANN_DIR_HELP, DATA_HELP, parse_size, parse_triple
     from fcnquant.data import PRESETS
 
     p = sub.add_parser(
@@ -90,154 +91,91 @@ def method_params(args: argparse.Namespace) -> dict[str, str | float]:
     return params
 
 
-def _check_writable(path: str | None, option: str) -> None:
-    """Fails before any work when an output could not be written (nothing is left behind either way)."""
-    if path is None:
-        return
-    target = Path(path)
-    parent = target.parent if str(target.parent) else Path(".")
-    if target.is_dir():
-        raise FcnquantError(f"{option} {path} is a folder")
-    if not parent.is_dir():
-        raise FcnquantError(f"{option}: output folder does not exist: {parent}")
-    if not os.access(parent, os.W_OK):
-        raise FcnquantError(f"{option}: cannot write to {parent}")
-
-
 def run(args: argparse.Namespace) -> int:
     """Runs ``fcnquant calibrate``; returns the exit status."""
-    from fcnquant.calibrate.api import choose_ids, compute_table, load_stats, open_calibration_data
-    from fcnquant.calibrate.collect import Shard, collect_stats
-    from fcnquant.calibrate.methods import resolve_params
-    from fcnquant.calibrate.qparams import get_target
-    from fcnquant.data import load_ids, save_ids
+    from fcnquant.calibrate.stats import load_stats
+    from fcnquant.cli._distributed import executor_from_args
+    from fcnquant.cli._options import data_config, run_config
+    from fcnquant.recover.plan import resolve_plan
+    from fcnquant.workflows.int8 import Outputs, calibrate
 
     params = method_params(args)
-    resolve_params(args.method, **params)  # bad parameters fail before any inference
-    get_target(args.target)
     if args.model is None and args.from_stats is None:
         raise FcnquantError("give a MODEL (or --from-stats F)")
     if args.from_stats and (args.data or args.ann_dir or args.shard or args.save_ids or args.ids_file
                             or args.skip_nonfinite):
         raise FcnquantError("--from-stats computes from saved statistics; --data, --ann-dir, --shard, --ids-file, "
                             "--save-ids and --skip-nonfinite apply to collection only")
-    shard = Shard.parse(args.shard) if args.shard else None
-    if args.out and (shard or not args.model):
+    if args.out and (args.shard or not args.model):
         raise FcnquantError("--out emits the int8 model: it needs MODEL and the full statistics (no --shard)")
     recovery = args.recover or args.equalize or args.bias_correction or args.adaround or args.scale_search
     if recovery and not args.out:
         raise FcnquantError("--recover, --equalize, --bias-correction and --adaround make the int8 model: give --out")
     if recovery and args.from_stats:
         raise FcnquantError("recovery passes need the calibration images: drop --from-stats")
-    on_ray = ray_options(args)
-    if on_ray and (shard or args.from_stats or recovery or args.pow2_rounding not in (None, "up")):
+    if args.ray is not None and (args.shard or args.from_stats):
         raise FcnquantError("--ray runs every shard of the collection on the cluster: it does not combine with "
-                            "--shard, --from-stats or the recovery passes and --pow2-rounding (run those without "
-                            "--ray, e.g. --from-stats on the statistics a --ray run saved)")
-    if shard and not args.save_stats:
+                            "--shard or --from-stats")
+    if args.shard and not args.save_stats:
         raise FcnquantError("a --shard run collects part of the statistics: give --save-stats F to keep them")
     if args.num_images is not None and args.num_images < 1:
         raise FcnquantError(f"--num-images must be at least 1, got {args.num_images}")
     out_table = args.out_table
-    if out_table is None and shard is None:
+    if out_table is None and args.shard is None:
         stem = Path(args.model).stem if args.model else Path(args.from_stats).stem
         out_table = f"{stem}.calib.json"
-    for path, option in ((out_table, "--out-table"), (args.save_stats, "--save-stats"),
-                         (args.save_ids, "--save-ids"), (args.trt_cache, "--trt-cache"), (args.out, "--out")):
-        _check_writable(path, option)
-    progress = not args.no_progress
-
+    quant = quant_config(args, args.model, params=params)
+    plan = resolve_plan(args.target, not args.per_tensor, args.recover, equalize=args.equalize,
+                        bias_correction=args.bias_correction, adaround=args.adaround,
+                        pow2_rounding=args.pow2_rounding, scale_search=args.scale_search,
+                        bias_correction_error=args.bias_correction_error, emits=bool(args.out))
+    outputs = Outputs(model=args.out, table=out_table, stats=args.save_stats, ids=args.save_ids,
+                      trt_cache=args.trt_cache)
+    data = data_config(args, ids=load_ids(args.ids_file) if args.ids_file else None, seed=args.seed,
+                       balanced=args.balanced)
+    stats = load_stats(args.from_stats, args.model) if args.from_stats else None
     t0 = time.perf_counter()
-    flow = None
+    with executor_from_args(args, progress=not args.no_progress) as executor:
+        flow = calibrate(args.model, data, quant, run_config(args, executor), plan, outputs=outputs, stats=stats,
+                         shard=args.shard, collect=CollectOptions(skip_nonfinite=args.skip_nonfinite),
+                         recover=_recover_options(args))
+    elapsed = time.perf_counter() - t0
+    _print_summary(args, flow, elapsed)
+    return 0
+
+
+def _recover_options(args: argparse.Namespace):
+    from fcnquant.recover.adaround import AdaRoundOptions
+    from fcnquant.workflows.int8 import RecoverOptions
+
+    if args.adaround_iterations is None:
+        return RecoverOptions()
+    if args.adaround_iterations < 1:
+        raise FcnquantError(f"--adaround-iterations must be at least 1, got {args.adaround_iterations}")
+    return RecoverOptions(adaround=AdaRoundOptions(iterations=args.adaround_iterations))
+
+
+def _print_summary(args: argparse.Namespace, flow, elapsed: float) -> None:
+    stats = flow.stats
     if args.from_stats:
-        stats = load_stats(args.from_stats, args.model)
         source = f"statistics {args.from_stats}"
     else:
-        dataset = open_calibration_data(args.data, args.split, progress=progress, model=args.model,
-                                        ann_dir=args.ann_dir)
-        ids = load_ids(args.ids_file) if args.ids_file else None
-        chosen = choose_ids(dataset, args.num_images, args.seed, args.balanced, ids, progress=progress)
-        if args.save_ids:
-            save_ids(args.save_ids, chosen)
-        if args.out and not on_ray:
-            flow = _run_flow(args, dataset, chosen, params, progress)
-            stats = flow.stats
-        elif on_ray:  # then --out (without recovery passes) emits from the merged statistics below
-            from fcnquant.distributed import collect as collect_on_ray
-
-            stats = collect_on_ray(args.model, dataset, chosen, args.preset, args.batch_size,
-                                   address=on_ray["ray_address"], shards=on_ray["shards"], size=args.size,
-                                   mean=args.mean, std=args.std, skip_nonfinite=args.skip_nonfinite,
-                                   progress=progress).result
-        else:
-            stats = collect_stats(args.model, dataset, chosen, args.preset, args.batch_size, size=args.size,
-                                  mean=args.mean, std=args.std, skip_nonfinite=args.skip_nonfinite, shard=shard,
-                                  progress=progress)
-        source = f"{len(stats.image_ids)} image(s) of {dataset.describe()}" + (f", shard {shard}" if shard else "")
-    elapsed = time.perf_counter() - t0
-    written: list[str] = []
-    if args.save_stats:
-        stats.save(args.save_stats)
-        written.append(f"statistics: {args.save_stats}")
-    if args.save_ids:
-        written.append(f"image ids: {args.save_ids}")
-
-    table = flow.table if flow is not None else None
-    if table is None and (out_table is not None or args.trt_cache or args.out):
-        table = compute_table(stats, args.method, args.target, pow2_rounding=args.pow2_rounding or "up", **params)
-    if table is not None:
-        if out_table is not None:
-            table.save(out_table)
-            written.append(f"table: {out_table}")
-        if args.trt_cache:
-            table.write_tensorrt_cache(args.trt_cache)
-            written.append(f"TensorRT cache: {args.trt_cache}")
-    result = flow.quantize if flow is not None else None
-    if args.out and result is None:
-        from fcnquant.quantize import quantize_model
-
-        names, patterns = exclusions(args, args.model)
-        result = quantize_model(args.model, table, args.out, target=args.target, per_channel=not args.per_tensor,
-                                quantize_output=args.quantize_output, exclude_nodes=names,
-                                exclude_ops=args.exclude_op, exclude_regex=patterns or None,
-                                pow2_rounding=args.pow2_rounding or "up")
-    if result is not None:
-        weights = "per-tensor" if args.per_tensor else "per-channel"
-        written.append(f"int8 model ({args.target}, {weights} weights): {args.out}")
-        if result.tensorrt_cache:
-            written.append(f"TensorRT cache: {result.tensorrt_cache}")
-    if flow is not None and flow.plan.any:
-        written.append("recovery: " + format_recovery(flow.recovery))
-        if flow.plan.equalize:
-            written.append(f"equalized float model (the table's model): {flow.float_model}")
-
+        source = f"{len(stats.image_ids)} image(s)" + (f", shard {args.shard}" if args.shard else "")
     print(f"calibrated {stats.model_name or args.model} from {source} in {elapsed:.1f} s")
     print(f"  {len(stats.tensors)} activation tensors observed")
     nonfinite = {n: ts.nonfinite for n, ts in stats.tensors.items() if ts.nonfinite}
     if nonfinite:
         print(f"  skipped NaN/Inf values in {len(nonfinite)} tensor(s): "
               + ", ".join(f"{n} ({c})" for n, c in list(nonfinite.items())[:5]))
-    if table is not None:
-        print("  " + summarize_clipping(table))
-    for line in written:
-        print(f"  wrote {line}")
-    return 0
-
-
-def _run_flow(args: argparse.Namespace, dataset, ids: list[str], params: dict, progress: bool):
-    """Collection, recovery and emission in one go (``fcnquant.flow.calibrate``)."""
-    from fcnquant.flow import calibrate
-
-    names, patterns = exclusions(args, args.model)
-    return calibrate(
-        args.model, args.data, args.split, args.method, None, preset=args.preset, target=args.target,
-        batch_size=args.batch_size, params=params, ids=ids, progress=progress, size=args.size, mean=args.mean,
-        std=args.std, skip_nonfinite=args.skip_nonfinite, out=args.out, per_channel=not args.per_tensor,
-        quantize_output=args.quantize_output, exclude_nodes=names, exclude_ops=args.exclude_op,
-        exclude_regex=patterns or None, recover=args.recover, equalize=args.equalize,
-        bias_correction=args.bias_correction, adaround=args.adaround, pow2_rounding=args.pow2_rounding,
-        scale_search=args.scale_search, bias_correction_error=args.bias_correction_error,
-        adaround_iterations=args.adaround_iterations, dataset=dataset)
+    if flow.table is not None:
+        print("  " + summarize_clipping(flow.table))
+    weights = "per-tensor" if args.per_tensor else "per-channel"
+    labels = {"int8 model": f"int8 model ({args.target}, {weights} weights)",
+              "equalized float model": "equalized float model (the table's model)"}
+    for what, path in flow.written:
+        print(f"  wrote {labels.get(what, what)}: {path}")
+    if flow.plan.any and flow.quantize is not None:
+        print("  recovery: " + format_recovery(flow.recovery))
 
 
 def summarize_clipping(table) -> str:

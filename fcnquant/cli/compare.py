@@ -26,7 +26,7 @@ def _drift_images(text: str) -> int | str:
 def register(sub) -> None:
     """Adds the ``compare`` subcommand to ``sub``."""
     from fcnquant.cli._distributed import add_ray_options
-    from fcnquant.cli.eval import add_data_options
+    from fcnquant.cli._options import add_data_options
     from fcnquant.compare.gallery import GALLERY_IMAGES
 
     p = sub.add_parser(
@@ -70,12 +70,10 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compares, prints the table, writes the requested files; returns 3 when --fail-on-drop is exceeded."""
-    from fcnquant.cli._distributed import ray_options
-    from fcnquant.compare import compare_models
+    from fcnquant.cli._distributed import executor_from_args
+    from fcnquant.cli._options import data_config, run_config
+    from fcnquant.compare import CompareOptions, compare_models
 
-    ray = ray_options(args)
-    if args.batch_size < 1:
-        raise FcnquantError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.top < 0:
         raise FcnquantError(f"--top must be >= 0, got {args.top}")
     if args.gallery < 0:
@@ -84,13 +82,13 @@ def run(args: argparse.Namespace) -> int:
         raise FcnquantError(f"--boundary must be >= 0, got {args.boundary}")
     if args.fail_on_drop is not None and not math.isfinite(args.fail_on_drop):
         raise FcnquantError(f"--fail-on-drop must be a finite number, got {args.fail_on_drop}")
-    report = compare_models(
-        args.float_model, args.quant_model, data=args.data, split=args.split, num_images=args.num_images,
-        preset=args.preset, table=args.table, stats=args.stats, isolated=not args.no_isolated,
-        progress=not args.no_progress, batch_size=args.batch_size, size=args.size, mean=args.mean, std=args.std,
-        boundary_radius=args.boundary, threads=args.threads, ann_dir=args.ann_dir, gallery=args.gallery,
-        drift_images=args.drift_images, **ray,
-    )
+    options = CompareOptions(drift_images=args.drift_images, isolated=not args.no_isolated,
+                             boundary_radius=args.boundary, gallery=args.gallery)
+    executor = executor_from_args(args, progress=not args.no_progress)
+    data, run = data_config(args), run_config(args, executor)
+    with executor:
+        report = compare_models(args.float_model, args.quant_model, data, run, options, table=args.table,
+                                stats=args.stats)
     print(report.format_table(top=args.top, by=args.sort if not args.no_isolated else "accumulated"))
     if args.json:
         report.to_json(args.json)

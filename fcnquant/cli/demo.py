@@ -21,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--calib-split", default="train", help="split to calibrate on (default train)")
     p.add_argument("--eval-split", default="val", help="held-out split to compare on (default val)")
     p.add_argument("--num-images", type=int, default=50, metavar="N",
-                   help="calibration images (default 50, like the seed's vendor toolchain)")
+                   help="calibration images (default 50: vendor toolchains calibrate on a small subset)")
     p.add_argument("--eval-images", type=int, default=None, metavar="N", help="compare on the first N images only")
     p.add_argument("--method", default="kl", choices=["kl", "minmax", "percentile", "mse"],
                    help="range method (default kl)")
@@ -41,16 +41,20 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from fcnquant.data import DataConfig
     from fcnquant.demo_models import DEMO_MODELS, demo_model_path
-    from fcnquant.pipeline import run_pipeline
+    from fcnquant.execute import RunConfig
+    from fcnquant.quantize import QuantConfig
+    from fcnquant.workflows.demo import run_pipeline
 
     model = args.model
     if model is None or (model in DEMO_MODELS and not Path(model).exists()):
         model = demo_model_path(model or "fcn8s")
-    result = run_pipeline(model, args.out, data=args.data, calib_split=args.calib_split, eval_split=args.eval_split,
-                          method=args.method, target=args.target, num_images=args.num_images,
-                          eval_images=args.eval_images, progress=not args.no_progress, ann_dir=args.ann_dir,
-                          gallery=args.gallery, per_channel=not args.per_tensor, recover=args.recover)
+    data = DataConfig(args.data, args.calib_split, args.ann_dir, num_images=args.num_images)
+    quant = QuantConfig(method=args.method, target=args.target, per_channel=not args.per_tensor)
+    result = run_pipeline(model, args.out, data, quant, RunConfig(progress=not args.no_progress),
+                          eval_split=args.eval_split, eval_images=args.eval_images, gallery=args.gallery,
+                          recover=args.recover)
     print()
     print(f"fcnquant demo: {Path(model).name}, {args.method} on {result.calibration_images} calibration images, "
           f"target {args.target}, compared on '{args.eval_split}' ({result.int8_report.images} images)")

@@ -46,16 +46,18 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     """Runs ``fcnquant equalize``; returns the exit status."""
     from fcnquant._io import atomic_write_text
+    from fcnquant.data import DataConfig
     from fcnquant.errors import FcnquantError
-    from fcnquant.recover import equalize
+    from fcnquant.execute import RunConfig
+    from fcnquant.recover import EqualizeOptions, equalize
 
     if (args.absorb_padded or args.data) and not args.absorb:
         raise FcnquantError("--absorb-padded and --data only apply with --absorb")
-    res = equalize(
-        args.model, args.out, absorb=args.absorb, data=args.data, split=args.split, num_images=args.num_images,
-        seed=args.seed, preset=args.preset, bound=args.bound, absorb_padded=args.absorb_padded, tol=args.tol,
-        max_sweeps=args.max_sweeps, progress=not args.no_progress,
-    )
+    data = DataConfig(root=args.data, split=args.split, num_images=args.num_images, seed=args.seed,
+                      preset=args.preset)
+    options = EqualizeOptions(absorb=args.absorb, bound=args.bound, absorb_padded=args.absorb_padded, tol=args.tol,
+                              max_sweeps=args.max_sweeps)
+    res = equalize(args.model, args.out, data, RunConfig(progress=not args.no_progress), options)
     sweeps = [c["sweeps"] for c in res.chains]
     unconverged = sum(not c["converged"] for c in res.chains)
     before, after = res.median_precision()

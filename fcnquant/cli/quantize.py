@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from fcnquant.cli._emission import TARGET_HELP, add_emission_options, exclusions
+from fcnquant.cli._emission import TARGET_HELP, add_emission_options
 
 
 def register(sub) -> None:
@@ -26,14 +26,10 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``fcnquant quantize``; returns the exit status."""
+    from fcnquant.cli._emission import quant_config
     from fcnquant.quantize import quantize_model
 
-    names, patterns = exclusions(args, args.model)
-    res = quantize_model(
-        args.model, args.table, args.out, target=args.target, per_channel=not args.per_tensor,
-        quantize_output=args.quantize_output, exclude_nodes=names, exclude_ops=args.exclude_op,
-        exclude_regex=patterns or None, pow2_rounding=args.pow2_rounding or "up",
-    )
+    res = quantize_model(args.model, args.table, args.out, quant_config(args, args.model))
     print(f"wrote {res.path} ({res.target}, {'per-tensor' if args.per_tensor else 'per-channel'} weights, "
           f"{res.quantized_nodes} int8 nodes, {res.size_bytes / 1e6:.2f} MB)")
     if res.float_nodes:

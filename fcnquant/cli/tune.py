@@ -72,20 +72,25 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Tunes, prints the evaluations and verdict; returns 3 when the budget cannot be met."""
-    from fcnquant.cli._distributed import ray_options
-    from fcnquant.tune import tune
+    from fcnquant.cli._distributed import executor_from_args
+    from fcnquant.data import DataConfig
+    from fcnquant.execute import RunConfig
+    from fcnquant.quantize import QuantConfig
+    from fcnquant.tune import ImageChoice, TuneOptions, tune
 
     if not math.isfinite(args.max_drop):
         raise FcnquantError(f"--max-drop must be a finite number, got {args.max_drop}")
-    result = tune(
-        args.model, args.max_drop, args.out, data=args.data, target=args.target, method=args.method,
-        per_channel=not args.per_tensor, recover=args.recover, fallback=args.fallback, json_path=args.json,
-        report=args.report, calib_split=args.calib_split, num_calib=args.num_calib, tune_split=args.tune_split,
-        num_tune=args.num_tune, report_split=args.report_split, num_report=args.num_report, report_data=args.report_data,
-        seed=args.seed,
-        rank=args.rank, rank_images=args.rank_images, max_evaluations=args.max_evaluations,
-        progress=not args.no_progress, threads=args.threads, confidence=args.confidence, **ray_options(args),
-    )
+    images = ImageChoice(calib_split=args.calib_split, num_calib=args.num_calib, tune_split=args.tune_split,
+                         num_tune=args.num_tune, report_split=args.report_split, num_report=args.num_report,
+                         report_root=args.report_data)
+    options = TuneOptions(max_drop=args.max_drop, fallback=args.fallback, confidence=args.confidence,
+                          rank=args.rank, rank_images=args.rank_images, max_evaluations=args.max_evaluations,
+                          images=images)
+    quant = QuantConfig(method=args.method, target=args.target, per_channel=not args.per_tensor)
+    with executor_from_args(args, progress=not args.no_progress) as executor:
+        result = tune(args.model, args.out, options, DataConfig(args.data, seed=args.seed),
+                      RunConfig(executor=executor), quant, recover=args.recover, json_path=args.json,
+                      report=args.report)
     print(result.format_table())
     print(f"wrote {result.out}")
     for path in (args.report, args.json):

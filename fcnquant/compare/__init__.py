@@ -1,16 +1,22 @@
-"""fcnquant.compare: per-layer drift and final-metric deltas between a float model and its quantized version."""
+"""fcnquant.compare: per-layer drift and final-metric deltas between a float model and its quantized version.
+
+:func:`compare_models` runs two passes (:mod:`.final`: both models' final metrics and the gallery's images;
+:mod:`.drift`: per-layer drift and the activation histograms) over the tensors :mod:`.tensors` pairs, and returns
+the :class:`CompareReport` (:mod:`.report`: JSON, terminal table, HTML page).
+"""
 from __future__ import annotations
 
-from fcnquant.compare.api import compare_models
-from fcnquant.compare.drift import DriftAccumulator, DriftMetrics
-from fcnquant.compare.drift_pass import DEFAULT_DRIFT_IMAGES, DriftResult, drift_ids, layer_drift
-from fcnquant.compare.final_pass import final_metrics
+from fcnquant.compare.api import CompareOptions, compare_models
+from fcnquant.compare.drift import (DEFAULT_DRIFT_IMAGES, DriftAccumulator, DriftMetrics, DriftResult, DriftSpec,
+                                    LayerDrift, drift_ids, layer_drift)
+from fcnquant.compare.final import FinalMetrics, final_metrics
 from fcnquant.compare.gallery import GALLERY_IMAGES, GalleryImage
-from fcnquant.compare.pairing import Pairing, TensorPair, pair_tensors
-from fcnquant.compare.report import ActivationHistogram, CompareReport, FinalMetrics, LayerDrift
+from fcnquant.compare.histograms import ActivationHistogram
+from fcnquant.compare.report import CompareReport
+from fcnquant.compare.tensors.pairing import Pairing, TensorPair, pair_tensors
 
 __all__ = [
-    "compare_models", "CompareReport", "LayerDrift", "FinalMetrics", "ActivationHistogram", "DriftAccumulator",
-    "DriftMetrics", "Pairing", "TensorPair", "pair_tensors", "GalleryImage", "GALLERY_IMAGES", "final_metrics",
-    "layer_drift", "drift_ids", "DriftResult", "DEFAULT_DRIFT_IMAGES",
+    "compare_models", "CompareOptions", "CompareReport", "LayerDrift", "FinalMetrics", "ActivationHistogram",
+    "DriftAccumulator", "DriftMetrics", "Pairing", "TensorPair", "pair_tensors", "GalleryImage", "GALLERY_IMAGES",
+    "final_metrics", "layer_drift", "drift_ids", "DriftResult", "DriftSpec", "DEFAULT_DRIFT_IMAGES",
 ]

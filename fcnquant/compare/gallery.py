@@ -1,7 +1,7 @@
 """The compare report's gallery: the images whose predicted class changed on the most pixels, drawn as inline PNGs.
 
-While ``compare_models`` streams the images, :class:`GalleryCollector` keeps only the ``k`` images with the most
-changed pixels (a min-heap of ``k`` entries holding both models' predicted class maps), so memory does not grow
+During the final pass (:mod:`fcnquant.compare.final`), :class:`GalleryCollector` keeps only the ``k`` images with
+the most changed pixels (a min-heap of ``k`` entries holding both models' predicted class maps), so memory does not grow
 with the number of images. Afterwards :func:`render_gallery` re-reads those images (and masks) from the dataset,
 applies the preset's resize/crop so they line up with the predictions, and draws five panels per image: the input,
 the ground truth, the float and the quantized prediction in the VOC palette, and a map of the changed pixels.

@@ -1,6 +1,7 @@
 """fcnquant.data: VOC reading, preprocessing presets, calibration subsets and the synthetic VOC generator."""
 from __future__ import annotations
 
+from fcnquant.data.config import DataConfig
 from fcnquant.data.discover import DataChoice, resolve_data
 from fcnquant.data.imageio import read_mask, read_rgb
 from fcnquant.data.loader import Batch, iter_batches
@@ -16,5 +17,5 @@ __all__ = [
     "Preset", "PRESETS", "get_preset", "preset_for_session", "resize_bilinear",
     "Dataset", "open_dataset", "Batch", "iter_batches",
     "select_calibration_ids", "save_ids", "load_ids", "take_ids",
-    "builtin_dataset", "write_synthetic_voc", "resolve_data", "DataChoice",
+    "builtin_dataset", "write_synthetic_voc", "resolve_data", "DataChoice", "DataConfig",
 ]

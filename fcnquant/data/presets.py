@@ -8,7 +8,7 @@ Built-in presets (``PRESETS``):
     RGB / 255, then ImageNet mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225). The mask is resized with
     nearest neighbour and cropped identically. This is awesome's ``_val_sync_transform`` + ``ToTensor`` +
     ``Normalize``.
-``mmseg`` (mmsegmentation fcn_r50/r101-d8), mode ``fixed``, size 512x512 (the seed's fixed input shape):
+``mmseg`` (mmsegmentation fcn_r50/r101-d8), mode ``fixed``, size 512x512 (mmsegmentation's deployment input shape):
     resize image (bilinear) and mask (nearest) to exactly 512x512; RGB on 0..255 minus mean
     (123.675, 116.28, 103.53), divided by std (58.395, 57.12, 57.375).
 ``mmseg-keep-ratio`` (mmsegmentation's own test protocol), mode ``keep-ratio``, size (512, 2048):

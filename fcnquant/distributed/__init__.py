@@ -1,17 +1,13 @@
-"""Running calibration and evaluation as shards on a Ray cluster, with exact merges.
+"""Running passes as shards on a Ray cluster, with exact merges: :class:`RayExecutor`.
 
-``ray`` is an optional extra (``pip install "fcnquant[ray]"``); importing this package does not import it.
-:mod:`~fcnquant.distributed.shards` (splitting and merging, numpy only), :mod:`~fcnquant.distributed.cluster`
-(connecting), :mod:`~fcnquant.distributed.ray_backend` (tasks, progress, driver loop),
-:mod:`~fcnquant.distributed.remote_distances` (one task per candidate model, the tuner's ranking),
-:mod:`~fcnquant.distributed.api` (collect, evaluate, compare's passes).
+``ray`` is an optional extra (``pip install "ray>=2.9"``); importing this package does not import it.
+:mod:`~fcnquant.distributed.cluster` (connecting), :mod:`~fcnquant.distributed.ray_backend` (the generic shard
+task, progress, driver loop), :mod:`~fcnquant.distributed.executor` (the executor the passes are given).
+This package sits above the execution layer and below nothing: no pass imports it, it imports no pass.
 """
 from __future__ import annotations
 
-from fcnquant.distributed.api import ComparePasses, Distributed, collect, compare_passes, evaluate, image_confusions
 from fcnquant.distributed.cluster import ray_session
-from fcnquant.distributed.remote_distances import RemoteDistances
-from fcnquant.distributed.shards import ShardPlan, plan_shards
+from fcnquant.distributed.executor import RayExecutor
 
-__all__ = ["ComparePasses", "Distributed", "RemoteDistances", "ShardPlan", "collect", "compare_passes", "evaluate",
-           "image_confusions", "plan_shards", "ray_session"]
+__all__ = ["RayExecutor", "ray_session"]

@@ -1,6 +1,7 @@
-"""The Ray side: the shard tasks, the progress actor and the driver loop that runs shards and gathers them.
+"""The Ray side: the generic shard task, the progress actor and the driver loop that runs shards and gathers them.
 
-Each shard is one Ray task (``num_cpus=1``, ``max_retries=3``: a worker process that dies mid-shard, e.g. killed
+Every pass runs through one task, :func:`shard_task`, which calls the pass's shard function with a
+:class:`RayShardContext` (the items of the tuner's ranking run through :func:`pool_task`). Each shard is one Ray task (``num_cpus=1``, ``max_retries=3``: a worker process that dies mid-shard, e.g. killed
 or out of memory, is rerun from the start of its shard; the driver keeps one result per shard). The model's bytes
 are put in Ray's object store once by the driver; a worker process fetches them the first time it needs that model
 and keeps them (a local file for collection, an onnxruntime session for evaluation), so only the
@@ -10,8 +11,8 @@ of its shard and fails naming the node and the path.
 Workers report ``start`` (node, pid) and every observed batch to one :class:`Progress` actor (``num_cpus=0``);
 the driver polls it for the single progress bar. The actor is created once per connection and reset for every run:
 an actor is a worker process of its own, and starting one per run (a Python process importing Ray) took as much CPU
-as the shards of a small model on this 2-core machine (3.5 s instead of 0.9 s for 32 demo images). A retried shard reports ``start`` again and its count restarts
-from 0, so the bar never counts an image twice. On Ctrl-C (or a failed shard) the driver cancels every unfinished
+as the shards of a small model on a 2-core machine (3.5 s instead of 0.9 s for 32 demo images). A retried shard
+reports ``start`` again and its count restarts from 0, so the bar never counts an image twice. On Ctrl-C (or a failed shard) the driver cancels every unfinished
 task (``ray.cancel(force=True)``) before raising, and nothing has been written: artifacts are written by the
 caller, after the merge.
 """
@@ -26,11 +27,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import ray
 
-from fcnquant.distributed.shards import ShardPlan, ShardResults
+from fcnquant.execute import Progress as ProgressDisplay
+from fcnquant.execute import ShardContext, ShardPlan, ShardResults
 from fcnquant.errors import DataError, FcnquantError
 
 log = logging.getLogger(__name__)
@@ -117,16 +119,17 @@ def model_file(sha256: str, model_ref: list) -> Path:
     return path
 
 
-def session(sha256: str, model_ref: list, threads: int = 0):
-    """Returns this worker process's onnxruntime session of the model (created once)."""
+def session(sha256: str, model_ref: list, **options):
+    """Returns this worker process's onnxruntime session of the model with ``make_session`` ``options`` (created
+    once)."""
     from fcnquant.runtime import make_session
 
-    key = (sha256, threads)
+    key = (sha256, tuple(sorted(options.items())))
     sess = _SESSIONS.pop(key, None)
     if sess is None:
         while len(_SESSIONS) >= MAX_SESSIONS:
             del _SESSIONS[next(iter(_SESSIONS))]  # the least recently used
-        sess = make_session(model_bytes(sha256, model_ref), threads=threads)
+        sess = make_session(model_bytes(sha256, model_ref), **options)
     _SESSIONS[key] = sess  # re-inserted: most recently used last
     return sess
 
@@ -150,126 +153,61 @@ def check_readable(dataset, ids: Sequence[str], shard: str) -> None:
                                 "on storage every node of the cluster reads at the same path")
 
 
-def begin(plan: ShardPlan, dataset, progress) -> tuple[Callable[[int], None], str, int]:
-    """Reports the start of a shard attempt, checks its files; returns (progress callback, node, pid)."""
+class RayShardContext(ShardContext):
+    """A shard's context on a worker: models and shared values fetched from the object store once per process."""
+
+    def __init__(self, plan: ShardPlan, dataset, *, threads: int, models: dict, shared: dict, advance) -> None:
+        super().__init__(plan, dataset, threads=threads, advance=advance)
+        self._model_refs = models  # key -> (sha256, [ref])
+        self._shared_refs = shared  # key -> [ref]
+
+    def value(self, key: str):
+        return ray.get(self._shared_refs[key][0])
+
+    def model(self, key: str):
+        return self.model_bytes(key)
+
+    def model_bytes(self, key: str) -> bytes:
+        sha, ref = self._model_refs[key]
+        return model_bytes(sha, ref)
+
+    def model_path(self, key: str) -> Path:
+        sha, ref = self._model_refs[key]
+        return model_file(sha, ref)
+
+    def session(self, key: str, **options):
+        sha, ref = self._model_refs[key]
+        options.setdefault("threads", self.threads)
+        return session(sha, ref, **options)
+
+
+@ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
+def shard_task(fn, plan: ShardPlan, dataset, args: tuple, models: dict, shared: dict, threads: int,
+               progress) -> dict:
+    """Runs one shard of a pass: ``fn(ctx, *args)`` on this worker; returns its result and how it ran."""
     node, pid = node_name(), os.getpid()
     progress.start.remote(plan.index, node, pid)
-    check_readable(dataset, plan.ids, plan.label)
-    return (lambda n: progress.add.remote(plan.index, n)), node, pid
-
-
-@ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
-def collect_task(plan: ShardPlan, dataset, sha256: str, model_ref: list, options: dict, progress) -> dict:
-    """Returns the statistics of one shard (as :func:`stats_to_wire` data) and how it ran."""
-    from fcnquant.calibrate.collect import collect_stats
-    from fcnquant.distributed.shards import stats_to_wire
-
-    on_images, node, pid = begin(plan, dataset, progress)
+    if dataset is not None:
+        check_readable(dataset, plan.ids, plan.label)
+    ctx = RayShardContext(plan, dataset, threads=threads or task_cpus(), models=models, shared=shared,
+                          advance=lambda n: progress.add.remote(plan.index, n))
     t0 = time.perf_counter()
-    stats = collect_stats(model_file(sha256, model_ref), dataset, list(plan.ids), progress=False,
-                          on_images=on_images, **options)
-    return {"result": stats_to_wire(stats), "seconds": time.perf_counter() - t0, "node": node, "pid": pid}
+    try:
+        result = fn(ctx, *args)
+    finally:
+        ctx.close()
+    return {"result": result, "seconds": time.perf_counter() - t0, "node": node, "pid": pid}
 
 
 @ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
-def evaluate_task(plan: ShardPlan, dataset, sha256: str, model_ref: list, options: dict, progress) -> dict:
-    """Returns one shard's confusion matrix and preset, and how it ran."""
-    from fcnquant.evaluate import evaluate
-
-    on_images, node, pid = begin(plan, dataset, progress)
-    options = dict(options)
-    threads = options.pop("threads", 0) or task_cpus()  # a task that holds k CPUs runs k threads, no more
-    sess = session(sha256, model_ref, threads)
-    t0 = time.perf_counter()
-    r = evaluate(sess, data=dataset, ids=list(plan.ids), progress=False, on_images=on_images, **options)
-    return {"result": {"confusion": r.confusion, "preset": r.preset}, "seconds": time.perf_counter() - t0,
-            "node": node, "pid": pid}
-
-
-@ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
-def confusions_task(plan: ShardPlan, dataset, sha256: str, model_ref: list, options: dict, progress) -> dict:
-    """Returns one shard's per-image (n, C, C) confusion matrices (the tuner's evaluations), and how it ran."""
-    from fcnquant.data import iter_batches
-    from fcnquant.tune.tuning_set import image_confusions
-
-    on_images, node, pid = begin(plan, dataset, progress)
-    options = dict(options)
-    sess = session(sha256, model_ref, options.pop("threads", 0) or task_cpus())
-
-    def batches():
-        for batch in iter_batches(dataset, options["preset"], list(plan.ids), options["batch_size"]):
-            yield batch
-            on_images(batch.images.shape[0])
-
-    t0 = time.perf_counter()
-    cms = image_confusions(sess, batches(), options["num_classes"])
-    return {"result": cms, "seconds": time.perf_counter() - t0, "node": node, "pid": pid}
-
-
-@ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
-def final_task(plan: ShardPlan, dataset, models: tuple, options: dict, start: int, progress) -> dict:
-    """Returns one shard of compare's final pass: its FinalAccumulator and GalleryCollector, and how it ran.
-
-    ``models``: ((sha256, [ref]) of the float model, (sha256, [ref]) of the quantized one); ``start``: how many
-    images of the whole list come before this shard (for the gallery's tie order).
-    """
-    from fcnquant.compare.final_pass import final_counts
-    from fcnquant.compare.gallery import GalleryCollector
-
-    on_images, node, pid = begin(plan, dataset, progress)
-    options = dict(options)
-    threads = options.pop("threads", 0) or task_cpus()
-    keep = GalleryCollector(options.pop("gallery"), start=start)
-    (f_sha, f_ref), (q_sha, q_ref) = models
-    f_sess, q_sess = session(f_sha, f_ref, threads), session(q_sha, q_ref, threads)
-    preset = options.pop("preset")
-
-    def hook(batch, pred_f, pred_q) -> None:
-        keep.update(batch.ids, pred_f, pred_q)
-        on_images(len(batch.ids))
-
-    t0 = time.perf_counter()
-    acc = final_counts(f_sess, q_sess, dataset, preset, list(plan.ids), progress=False, on_batch=hook, **options)
-    return {"result": {"final": acc, "gallery": keep}, "seconds": time.perf_counter() - t0, "node": node,
-            "pid": pid}
-
-
-@ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
-def drift_task(plan: ShardPlan, dataset, models: tuple, options: dict, histograms: dict, progress) -> dict:
-    """Returns one shard of compare's drift pass: its DriftSums and filled ``histograms``, and how it ran."""
-    import copy
-
-    import onnx
-
-    from fcnquant.compare.drift_pass import drift_sums
-    from fcnquant.compare.histogram import observe_images
-
-    on_images, node, pid = begin(plan, dataset, progress)
-    options = dict(options)
-    threads = options.pop("threads", 0) or task_cpus()
-    (f_sha, f_ref), (q_sha, q_ref) = models
-    fm = onnx.load_from_string(model_bytes(f_sha, f_ref))
-    qm = onnx.load_from_string(model_bytes(q_sha, q_ref))
-    preset = options.pop("preset")
-    histograms = copy.deepcopy(histograms)  # arguments arrive read-only (zero-copy from the object store)
-    t0 = time.perf_counter()
-    sums = drift_sums(fm, qm, dataset, preset, list(plan.ids), threads=threads, progress=False, on_images=on_images,
-                      on_float=(lambda values, n: observe_images(histograms, values, n)) if histograms else None,
-                      **options)
-    return {"result": {"drift": sums, "histograms": histograms}, "seconds": time.perf_counter() - t0,
-            "node": node, "pid": pid}
-
-
-@ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
-def distance_task(raw: bytes, images: list, logits: list, threads: int = 0) -> tuple[int, float]:
-    """Returns ``prediction_distance`` of the model ``raw`` on ``images`` against the float ``logits``."""
-    import numpy as np
-
-    from fcnquant.runtime import make_session, run_logits
-    from fcnquant.tune.ranking import prediction_distance
-
-    sess = make_session(raw, threads=threads or task_cpus())
-    return prediction_distance(logits, [np.asarray(run_logits(sess, x)[0]) for x in images])
+def pool_task(fn, args: tuple, shared: dict, threads: int):
+    """Runs one item's task ``fn(ctx, *args)`` (e.g. one candidate model of the tuner's ranking)."""
+    ctx = RayShardContext(ShardPlan(1, 1, ()), None, threads=threads or task_cpus(), models={}, shared=shared,
+                          advance=None)
+    try:
+        return fn(ctx, *args)
+    finally:
+        ctx.close()
 
 
 # ----------------------------------------------------------------------------------------------- driver side
@@ -290,30 +228,27 @@ def put_model(model: str | os.PathLike[str] | bytes) -> tuple[str, list, str]:
 
 def run_shards(task, jobs: Sequence[tuple[ShardPlan, tuple]], *, desc: str, progress: bool = True
                ) -> tuple[list[Any], list[ShardReport]]:
-    """Runs ``task(plan, *args, progress_actor)`` for every ``(plan, args)``; returns (results in shard order,
+    """Runs ``task(*args, progress_actor)`` for every shard's ``(plan, args)``; returns (results in shard order,
     reports).
 
     One progress bar over all images. A failed shard (after Ray's retries of dead workers) or Ctrl-C cancels every
     unfinished shard and raises: the shard's own FcnquantError (e.g. the DataError naming node and path) or the
     KeyboardInterrupt.
     """
-    from tqdm import tqdm
-
     actor = progress_actor()
     plans = [plan for plan, _ in jobs]
-    refs = {task.remote(plan, *args, actor): plan for plan, args in jobs}
+    refs = {task.remote(*args, actor): plan for plan, args in jobs}
     results: ShardResults[dict] = ShardResults(len(plans))
     total = sum(len(p.ids) for p in plans)
     pending = list(refs)
-    bar = tqdm(total=total, desc=desc, unit="img", disable=None if progress else True, leave=False)
+    bar = ProgressDisplay(total, desc, enabled=progress)
     try:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=_POLL_S)
             for ref in ready:
                 results.add(refs[ref].index, get_result(ref))
             if progress:
-                bar.n = min(total, _snapshot(actor)[0])
-                bar.refresh()
+                bar.set(_snapshot(actor)[0])
         _, _, starts = _snapshot(actor)
     except BaseException:
         for ref in pending:

@@ -11,7 +11,7 @@ import re
 from typing import Iterable
 
 from fcnquant.errors import FcnquantError
-from fcnquant.quantize.graph import unique_name
+from fcnquant.graph import unique_name
 
 
 def name_unnamed_nodes(model) -> list[str]:

@@ -11,7 +11,7 @@ each graph output ``T`` made by that pattern (``X`` read only by the QuantizeLin
 """
 from __future__ import annotations
 
-from fcnquant.quantize.graph import (
+from fcnquant.graph import (
     consumers,
     graph_outputs,
     producers,

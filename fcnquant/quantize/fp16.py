@@ -17,7 +17,7 @@ import numpy as np
 
 from fcnquant._io import atomic_path, load_onnx
 from fcnquant.errors import ModelError
-from fcnquant.quantize.graph import sort_topologically
+from fcnquant.graph import sort_topologically
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ the same grid give the same result as one rounding after the Relu.
 """
 from __future__ import annotations
 
-from fcnquant.quantize.graph import consumers, graph_outputs, producers, prune_initializers, remove_nodes
+from fcnquant.graph import consumers, graph_outputs, producers, prune_initializers, remove_nodes
 
 FUSABLE_PRODUCERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"})
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from fcnquant.quantize.graph import consumers
+from fcnquant.graph import consumers
 
 TENSOR_MAP_KEY = "fcnquant.tensor_map"
 TABLE_SHA_KEY = "fcnquant.table_sha256"

@@ -23,7 +23,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -31,10 +31,11 @@ from fcnquant import __version__
 from fcnquant._io import atomic_path, file_sha256, load_onnx
 from fcnquant.calibrate.tensors import analyse
 from fcnquant.errors import CalibrationError, FcnquantError
+from fcnquant.graph import sort_topologically
 from fcnquant.quantize import exclude as excl
+from fcnquant.quantize.config import QuantConfig
 from fcnquant.quantize.float_outputs import float_outputs
 from fcnquant.quantize.fuse_relu import fuse_relu_qdq
-from fcnquant.quantize.graph import sort_topologically
 from fcnquant.quantize.name_map import TABLE_SHA_KEY, TENSOR_MAP_KEY, build_tensor_map, set_metadata
 from fcnquant.quantize.ort_backend import OrtJob, run_quantize_static
 from fcnquant.quantize.profiles import Profile, get_profile
@@ -87,29 +88,26 @@ def quantize_model(
     model_path: str | os.PathLike[str],
     table,
     out: str | os.PathLike[str],
-    target: str = "ort-cpu",
-    per_channel: bool = True,
-    quantize_output: bool = False,
-    exclude_nodes: Iterable[str] = (),
-    exclude_ops: Iterable[str] = (),
-    exclude_regex: str | Iterable[str] | None = None,
+    config: QuantConfig | None = None,
     *,
     weight_scales: Mapping[str, tuple[np.ndarray, int | None]] | None = None,
-    pow2_rounding: str = "up",
     verify_table: bool = True,
     metadata: Mapping[str, str] | None = None,
 ) -> QuantizeResult:
     """Returns the QuantizeResult of writing the int8 QDQ model of ``model_path`` to ``out``.
 
-    ``table`` is a ``CalibrationTable`` or the path of its JSON file. ``exclude_nodes`` (exact node names),
-    ``exclude_ops`` (op types) and ``exclude_regex`` (pattern(s) matched against whole node names) keep nodes in
-    float. ``weight_scales`` ({initializer: (scales, axis)}, e.g. from AdaRound) fixes those weights' int8 scales;
-    ``pow2_rounding="error"`` picks each power-of-two weight scale of ``npu-pow2`` by squared error instead of
-    rounding up (``fcnquant.quantize.weights``). ``verify_table=False`` skips the table's model-sha256 check, for
-    a model derived from the calibrated one by a function-preserving or weight-only rewrite (recovery passes);
-    ``metadata`` is added to the model's ``metadata_props``. Raises CalibrationError for a table that does not
-    fit the model (nothing is written then).
+    ``table`` is a ``CalibrationTable`` or the path of its JSON file. ``config``
+    (:class:`~fcnquant.quantize.QuantConfig`): the target, weight granularity, nodes kept in float and the
+    power-of-two weight-scale rounding (``"error"``: each power-of-two weight scale of ``npu-pow2`` picked by
+    squared error instead of rounding up, ``fcnquant.quantize.weights``). ``weight_scales`` ({initializer:
+    (scales, axis)}, e.g. from AdaRound) fixes those weights' int8 scales. ``verify_table=False`` skips the
+    table's model-sha256 check, for a model derived from the calibrated one by a function-preserving or
+    weight-only rewrite (recovery passes); ``metadata`` is added to the model's ``metadata_props``. Raises
+    CalibrationError for a table that does not fit the model (nothing is written then).
     """
+    config = config or QuantConfig()
+    target, per_channel, quantize_output = config.target, config.per_channel, config.quantize_output
+    pow2_rounding = config.pow2_rounding
     profile = get_profile(target)
     model_path = Path(model_path)
     out = Path(out)
@@ -122,7 +120,8 @@ def quantize_model(
         check_model_hash(table, model_sha, str(model_path), table_label)
 
     excl.name_unnamed_nodes(model)
-    excluded = excl.resolve_exclusions(model, exclude_nodes, exclude_ops, exclude_regex)
+    excluded = excl.resolve_exclusions(model, config.exclude_nodes, config.exclude_ops,
+                                      list(config.exclude_regex) or None)
     plan = analyse(model)  # which activations need a scale, which reuse another's (fcnquant.calibrate.tensors)
     activations = _activation_params(model, plan, table, table_label, profile, quantize_output)
     table_sha = table_sha or _table_sha256(table)  # after validation: saving checks the table too

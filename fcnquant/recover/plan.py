@@ -14,7 +14,7 @@ measurable mIoU gain (1000 held-out images) at 3-4x the calibration time (BENCHM
   model's output error (``fcnquant.recover.scale_search``);
 * ``bias_correction_error="auto"``: both bias-correction variants, the layer's own weight rounding and the whole
   accumulated mean error, the one whose int8 outputs are closer to the float model's on the calibration images
-  kept (``fcnquant.flow``). On the tuning split (seed 2) "accumulated" raised fcn_r50_d8's output SNR by 0.8 dB
+  kept (``fcnquant.workflows.int8``). On the tuning split (seed 2) "accumulated" raised fcn_r50_d8's output SNR by 0.8 dB
   and lowered fcn16s' / fcn32s' by 3.5 / 9 dB: neither is right for every model.
 
 AdaRound costs a minute or more of optimisation per model, so it runs only when asked for (``adaround=True``),
@@ -76,13 +76,25 @@ def resolve_plan(
     pow2_rounding: str | None = None,
     scale_search: bool | None = None,
     bias_correction_error: str | None = None,
+    emits: bool = True,
 ) -> RecoveryPlan:
-    """Returns the RecoveryPlan for ``target``: explicit switches (not None) as given, the rest from ``recover``."""
+    """Returns the RecoveryPlan for ``target``: explicit switches (not None) as given, the rest from ``recover``.
+
+    ``emits=False`` (no int8 model is written): only the table's power-of-two rounding applies; an explicit
+    switch of a pass that makes a new model is an error.
+    """
     from fcnquant.calibrate.qparams import get_target
+    from fcnquant.errors import FcnquantError
 
     pow2 = get_target(target).pow2
     if pow2_rounding is None:
         pow2_rounding = "error" if recover and pow2 else "up"
+    if not emits:
+        if equalize or adaround or bias_correction or scale_search:
+            raise FcnquantError("equalization, AdaRound, the scale search and bias correction make a new model: "
+                                "give `out` to emit the int8 model (or run `fcnquant equalize` first and "
+                                "calibrate its output)")
+        return RecoveryPlan(pow2_rounding=pow2_rounding)
     return RecoveryPlan(
         equalize=bool(recover and not per_channel) if equalize is None else bool(equalize),
         adaround=bool(adaround),

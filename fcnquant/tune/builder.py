@@ -2,7 +2,7 @@
 
 A :class:`Builder` turns a set of node names into a model file. The search never calibrates: the default
 :class:`QuantizeBuilder` holds one calibration table (statistics collected once, before the search) and calls
-``fcnquant.quantize.quantize_model(..., exclude_nodes=...)`` per evaluation. Recovery (``fcnquant.recover``:
+``fcnquant.quantize.quantize_model`` per evaluation, the candidate's nodes excluded. Recovery (``fcnquant.recover``:
 power-of-two scales by error, bias correction) is another Builder, :class:`RecoveryBuilder`.
 
 ``fallback="fp16"`` turns the excluded nodes into float16 islands: onnxruntime's float16 converter with every
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Iterator, Protocol, runtime_checkable
 
 from fcnquant.errors import FcnquantError
+from fcnquant.quantize import QuantConfig
+from fcnquant.recover.plan import RecoveryPlan
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +37,25 @@ class Builder(Protocol):
 
 
 class QuantizeBuilder:
-    """The default Builder: ``quantize_model`` with one precomputed table, then the fallback for the excluded."""
+    """The default Builder: ``quantize_model`` with one precomputed table, then the fallback for the excluded.
 
-    def __init__(self, model: str | os.PathLike[str], table, target: str = "ort-cpu", per_channel: bool = True,
+    ``quant``: target, weight granularity and the nodes kept in float in every candidate (the candidate's own
+    nodes are added to ``quant.exclude_nodes``).
+    """
+
+    def __init__(self, model: str | os.PathLike[str], table, quant: QuantConfig | None = None,
                  fallback: str = "float") -> None:
         if fallback not in FALLBACKS:
             raise FcnquantError(f"unknown fallback '{fallback}' (choose from {', '.join(FALLBACKS)})")
         self.model = Path(model)
         self.table = table
-        self.target = target
-        self.per_channel = per_channel
+        self.quant = quant if quant is not None else QuantConfig()
         self.fallback = fallback
         self.last = None  # the QuantizeResult of the latest build
+
+    def config(self, nodes: list[str]) -> QuantConfig:
+        """Returns the QuantConfig of a candidate with ``nodes`` kept out of int8."""
+        return self.quant.with_(exclude_nodes=tuple(sorted(set(self.quant.exclude_nodes) | set(nodes))))
 
     def build(self, excluded: frozenset[str], out: Path) -> Path:
         """Returns ``out`` after writing the int8 model with ``excluded`` in float (or fp16) there."""
@@ -54,8 +63,7 @@ class QuantizeBuilder:
 
         nodes = sorted(excluded)
         with _quiet("fcnquant.quantize"):
-            self.last = quantize_model(self.model, self.table, out, target=self.target, per_channel=self.per_channel,
-                                       exclude_nodes=nodes)
+            self.last = quantize_model(self.model, self.table, out, self.config(nodes))
         if self.fallback == "fp16" and nodes:
             to_fp16_islands(out, nodes, out)
         return Path(out)
@@ -80,8 +88,8 @@ def to_fp16_islands(model_path: Path, nodes, out: Path) -> None:
 
     from fcnquant._io import atomic_path, load_onnx
     from fcnquant.errors import ModelError
+    from fcnquant.graph import sort_topologically
     from fcnquant.quantize.fp16 import clamp_to_fp16_range
-    from fcnquant.quantize.graph import sort_topologically
 
     model = load_onnx(model_path)
     wanted = set(nodes)
@@ -171,24 +179,33 @@ def _drop_cast_pairs(model) -> int:
 
 
 class RecoveryBuilder(QuantizeBuilder):
-    """The Builder of ``--recover``: ``fcnquant.recover``'s passes for the target, on every candidate model.
+    """The Builder of recovery: ``fcnquant.recover``'s passes for the target, on every candidate model.
 
-    What ``fcnquant.recover.resolve_plan(target, per_channel, recover=True)`` turns on, except the scale search by
-    output error (a minute of inference per candidate) and cross-layer equalization: the search ranks and compares layers against the float model's own activations, which
-    equalization rescales channel by channel. So: power-of-two scales by expected error (a second table from the
-    same statistics, no inference), then per candidate the emission and the layer-wise bias correction of its
-    int8 layers on the calibration images (``D`` passes, the depth of the Conv dependency graph).
+    The default ``plan`` is what ``fcnquant.recover.resolve_plan(target, per_channel, recover=True)`` turns on,
+    except the scale search by output error (a minute of inference per candidate) and cross-layer equalization: the
+    search ranks and compares layers against the float model's own activations, which equalization rescales
+    channel by channel. So: power-of-two scales by expected error (a second table from the same statistics, no
+    inference), then per candidate the emission and the layer-wise bias correction of its int8 layers on the
+    calibration images (``D`` passes, the depth of the Conv dependency graph), run in this process with
+    onnxruntime's own thread count. A given ``plan`` may choose the
+    power-of-two rounding and bias correction (one error, not ``auto``); the other passes change the float
+    model or cost inference per candidate, and are refused.
     """
 
-    def __init__(self, model, stats, table, dataset, target: str = "ort-cpu", per_channel: bool = True,
-                 fallback: str = "float") -> None:
-        from fcnquant.calibrate.api import compute_table
+    def __init__(self, model, stats, table, dataset, quant: QuantConfig | None = None, fallback: str = "float",
+                 plan: RecoveryPlan | None = None) -> None:
+        from fcnquant.calibrate import build_table
         from fcnquant.recover.plan import resolve_plan
 
-        self.plan = resolve_plan(target, per_channel, recover=True, equalize=False, scale_search=False)
+        quant = quant if quant is not None else QuantConfig()
+        if plan is None:
+            plan = resolve_plan(quant.target, quant.per_channel, recover=True, equalize=False, scale_search=False)
+        check_plan(plan)
+        self.plan = plan
         if self.plan.pow2_rounding != getattr(table, "pow2_rounding", "up"):
-            table = compute_table(stats, table.method, target, pow2_rounding=self.plan.pow2_rounding, **table.params)
-        super().__init__(model, table, target=target, per_channel=per_channel, fallback=fallback)
+            table = build_table(stats, table.method, quant.target, pow2_rounding=self.plan.pow2_rounding,
+                                **table.params)
+        super().__init__(model, table, quant.with_(pow2_rounding=self.plan.pow2_rounding), fallback=fallback)
         self.dataset = dataset
         self.ids = list(stats.image_ids)
         self.last_recovery: dict = {}
@@ -200,21 +217,24 @@ class RecoveryBuilder(QuantizeBuilder):
         import onnx
 
         from fcnquant._io import atomic_path
+        from fcnquant.data import DataConfig
+        from fcnquant.execute import RunConfig
         from fcnquant.quantize import quantize_model
         from fcnquant.quantize.name_map import set_metadata
-        from fcnquant.recover.bias_correction import correct_biases
+        from fcnquant.recover.bias_correction import BiasCorrectionOptions, correct_biases
         from fcnquant.recover.plan import RECOVERY_METADATA_KEY
 
         nodes = sorted(excluded)
         with _quiet("fcnquant.quantize"), _quiet("fcnquant.recover"):
-            self.last = quantize_model(self.model, self.table, out, target=self.target, per_channel=self.per_channel,
-                                       exclude_nodes=nodes, pow2_rounding=self.plan.pow2_rounding)
+            self.last = quantize_model(self.model, self.table, out, self.config(nodes))
             record = {"passes": [p for p in self.plan.names() if p != "equalize"]}
             if self.plan.pow2_rounding != "up":
                 record["pow2_rounding"] = self.plan.pow2_rounding
             qmodel = onnx.load(str(out))
             if self.plan.bias_correction:
-                bc = correct_biases(qmodel, self.model, self.dataset, self.ids, progress=False)
+                bc = correct_biases(qmodel, self.model, DataConfig(root=self.dataset, ids=tuple(self.ids)),
+                                    RunConfig(progress=False),
+                                    BiasCorrectionOptions(error=self.plan.bias_correction_error))
                 qmodel = bc.model
                 record["bias_correction"] = {**{k: v for k, v in bc.to_dict().items() if k != "layers"},
                                              "layers": len(bc.layers)}
@@ -225,3 +245,16 @@ class RecoveryBuilder(QuantizeBuilder):
         if self.fallback == "fp16" and nodes:
             to_fp16_islands(out, nodes, out)
         return Path(out)
+
+
+def check_plan(plan: RecoveryPlan) -> None:
+    """Raises FcnquantError for a recovery pass the tuner cannot run per candidate."""
+    refused = [name for name, on in (("equalize", plan.equalize), ("adaround", plan.adaround),
+                                     ("scale search", plan.scale_search)) if on]
+    if refused:
+        raise FcnquantError(f"tune cannot run {', '.join(refused)} on its candidates: equalization rescales the "
+                            "float model the search compares against; AdaRound and the scale search cost minutes "
+                            "of inference per candidate")
+    if plan.bias_correction and plan.bias_correction_error == "auto":
+        raise FcnquantError("tune's bias correction needs one error ('weights' or 'accumulated'), not 'auto': "
+                            "choosing by output error costs inference per candidate")

@@ -10,11 +10,32 @@ The verdict is never measured on an image the search looked at: any overlap betw
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from fcnquant.errors import DataError
+
+
+@dataclass(frozen=True)
+class ImageChoice:
+    """Where each purpose's images come from and how many (rules in the module docstring); the seed is the data's
+    (``DataConfig.seed``). ``report_root``: another VOC root for the reporting images (e.g. a held-out set)."""
+
+    calib_split: str = "train"
+    num_calib: int = 50
+    tune_split: str | None = None
+    num_tune: int = 200
+    report_split: str = "val"
+    num_report: int | None = None
+    report_root: str | os.PathLike[str] | None = None
+
+    def choose(self, root, seed: int = 0) -> "ImageSets":
+        """Returns the three ImageSets of the VOC root ``root`` (see :func:`choose_images`)."""
+        return choose_images(root, calib_split=self.calib_split, num_calib=self.num_calib,
+                             tune_split=self.tune_split, num_tune=self.num_tune, report_split=self.report_split,
+                             num_report=self.num_report, seed=seed, report_root=self.report_root)
 
 
 @dataclass(frozen=True)

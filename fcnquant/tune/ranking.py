@@ -15,7 +15,6 @@ The score's sign: higher = more worth keeping in float.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import tempfile
@@ -26,6 +25,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from fcnquant.data.config import DataConfig
+from fcnquant.execute import Executor, RunConfig, ShardContext
 from fcnquant.tune.layers import Layer
 
 log = logging.getLogger(__name__)
@@ -60,17 +61,15 @@ def _order(layers: Sequence[Layer], scores: dict[str, float]) -> tuple[str, ...]
     return tuple(layer.name for layer in sorted(layers, key=key))
 
 
-def rank_isolated(float_model, int8_model, layers: Sequence[Layer], data, split, rank_ids: Sequence[str], *,
-                  preset=None, threads: int = 0, ray_address: str | None = None,
-                  shards: int | None = None) -> Ranking:
-    """Returns the Ranking of ``layers`` by the isolated drift of ``int8_model`` (one compare pass; on a Ray
-    cluster with ``ray_address``, the same drift bit for bit)."""
-    from fcnquant.compare import compare_models
+def rank_isolated(float_model, int8_model, layers: Sequence[Layer], data: DataConfig,
+                  run: RunConfig | Executor | None = None) -> Ranking:
+    """Returns the Ranking of ``layers`` by the isolated drift of ``int8_model``: one compare pass over the images
+    of ``data`` (its root, split and ``ids``), on the executor of ``run``."""
+    from fcnquant.compare import CompareOptions, compare_models
 
     start = time.perf_counter()
-    report = compare_models(float_model, int8_model, data=data, split=split, ids=list(rank_ids), preset=preset,
-                            isolated=True, progress=False, threads=threads, histogram_layers=0,
-                            drift_images="all", ray_address=ray_address, shards=shards)
+    report = compare_models(float_model, int8_model, data, run,
+                            CompareOptions(isolated=True, histogram_layers=0, drift_images="all"))
     by_tensor = {d.float_name: d for d in report.layers}
     scores: dict[str, float] = {}
     for layer in layers:
@@ -79,21 +78,7 @@ def rank_isolated(float_model, int8_model, layers: Sequence[Layer], data, split,
             scores[layer.name] = math.nan
             continue
         scores[layer.name] = 10.0 ** (-drift.isolated.snr_db / 10.0) if math.isfinite(drift.isolated.snr_db) else 0.0
-    return Ranking("isolated", _order(layers, scores), scores, len(rank_ids), 0, time.perf_counter() - start)
-
-
-class _Predictions:
-    """Logits and class ids of the float model on the ranking images, to score other models against."""
-
-    def __init__(self, images: list[np.ndarray], run: Callable[[bytes | Path, np.ndarray], np.ndarray],
-                 float_model: Path) -> None:
-        self.images = images
-        self.run = run
-        self.logits = [run(float_model, x) for x in images]
-
-    def distance(self, model: Path) -> tuple[int, float]:
-        """Returns (pixels whose class differs from the float model's, summed squared logit error)."""
-        return prediction_distance(self.logits, [self.run(model, x) for x in self.images])
+    return Ranking("isolated", _order(layers, scores), scores, len(data.ids or ()), 0, time.perf_counter() - start)
 
 
 def prediction_distance(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> tuple[int, float]:
@@ -106,49 +91,46 @@ def prediction_distance(reference: Sequence[np.ndarray], outputs: Sequence[np.nd
     return changed, sq
 
 
+def distance_task(ctx: ShardContext, model: bytes) -> tuple[int, float]:
+    """Returns :func:`prediction_distance` of the candidate ``model`` (serialized) on the shared ranking
+    ``"images"`` against the shared float ``"logits"`` (a task function, one per candidate)."""
+    from fcnquant.runtime import make_session, run_logits
+
+    session = make_session(model, threads=ctx.threads)
+    return prediction_distance(ctx.value("logits"),
+                               [np.asarray(run_logits(session, x)[0]) for x in ctx.value("images")])
+
+
+def float_logits(float_model, images: Sequence[np.ndarray], threads: int = 0) -> list[np.ndarray]:
+    """Returns the float model's logits of every batch of ``images``."""
+    from fcnquant.runtime import make_session, run_logits
+
+    session = make_session(Path(float_model), threads=threads)
+    return [np.asarray(run_logits(session, x)[0]) for x in images]
+
+
 def rank_sensitivity(float_model, layers: Sequence[Layer], build: Callable[[frozenset[str], Path], Path],
-                     images: list[np.ndarray], *, threads: int = 0,
-                     progress: Callable[[str], None] | None = None, ray_address: str | None = None) -> Ranking:
+                     images: list[np.ndarray], run: RunConfig | Executor | None = None, *,
+                     on_layer: Callable[[str], None] | None = None) -> Ranking:
     """Returns the Ranking of ``layers`` by the prediction pixels each one alone in float gives back.
 
     ``build(excluded, out)`` writes the int8 model with the nodes ``excluded`` in float; ``images`` are
-    preprocessed NCHW batches of the ranking images. With ``ray_address`` every candidate runs as its own Ray task
-    (:class:`fcnquant.distributed.RemoteDistances`) while the next one is built here: the same scores.
+    preprocessed NCHW batches of the ranking images. Every candidate is one task of the executor's pool
+    (:func:`distance_task`, the candidate's bytes read as soon as it is built): in this process a task runs when
+    it is submitted; on a cluster the next candidate is built here while the previous ones run.
+    ``on_layer(name)`` is called after each layer's candidate is submitted.
     """
-    from fcnquant.runtime import make_session, run_logits
-
+    executor = RunConfig.of(run).resolved()
     start = time.perf_counter()
-    cache: dict[str, object] = {}
-
-    def run(model: Path, x: np.ndarray) -> np.ndarray:
-        key = str(model)
-        sess = cache.get(key)
-        if sess is None:
-            cache.clear()
-            sess = cache[key] = make_session(Path(model), threads=threads)
-        return np.asarray(run_logits(sess, x)[0])
-
-    preds = _Predictions(images, run, Path(float_model))
-    with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="fcnquant-rank-"))
-        if ray_address is not None:
-            from fcnquant.distributed import RemoteDistances
-
-            remote = stack.enter_context(RemoteDistances(images, preds.logits, address=ray_address,
-                                                         threads=threads))
-            measure = remote.submit
-        else:
-            measured: dict[str, tuple[int, float]] = {}
-
-            def measure(key: str, path: Path) -> None:
-                measured[key] = preds.distance(path)
-
-        measure("", build(frozenset(), Path(tmp) / "all-int8.onnx"))
+    logits = float_logits(float_model, images, getattr(executor, "threads", 0))
+    with tempfile.TemporaryDirectory(prefix="fcnquant-rank-") as tmp, \
+            executor.pool(distance_task, shared={"images": list(images), "logits": logits}) as pool:
+        pool.submit("", build(frozenset(), Path(tmp) / "all-int8.onnx").read_bytes())
         for k, layer in enumerate(layers):
-            measure(layer.name, build(frozenset(layer.nodes), Path(tmp) / f"layer{k}.onnx"))
-            if progress is not None:
-                progress(layer.name)
-        distances = remote.results() if ray_address is not None else measured
+            pool.submit(layer.name, build(frozenset(layer.nodes), Path(tmp) / f"layer{k}.onnx").read_bytes())
+            if on_layer is not None:
+                on_layer(layer.name)
+        distances = pool.results()
     base = distances[""]
     scores = {layer.name: float(base[0] - distances[layer.name][0]) for layer in layers}
     ties = {layer.name: base[1] - distances[layer.name][1] for layer in layers}

@@ -2,10 +2,11 @@
 
 Every evaluation of the search runs a model as is (a plain onnxruntime session, no exposed tensors) over the same
 images and scores it exactly as ``fcnquant.evaluate`` does (``output_to_classes``, ``ConfusionMatrix``); the float
-model's confusion matrix is computed once. Preprocessed images and masks are kept in memory when they fit in
-``cache_bytes`` (200 images of 160x160 take 61 MB), else re-read for each evaluation. With ``ray_address`` each
-evaluation runs as ``shards`` Ray tasks (``fcnquant.distributed.image_confusions``, the candidate's bytes through the
-object store): the same per-image confusion matrices, so the same Score exactly. Every Score keeps its per-image
+model's confusion matrices are computed once. An evaluation is :func:`confusions_shard` run by the executor over
+the tuning images: per-image (n, C, C) confusion matrices, concatenated in shard order, so any number of shards
+gives the same Score exactly. Preprocessed images and masks are kept in memory when they fit in ``cache_bytes``
+(200 images of 160x160 take 61 MB) and handed to shards that run in this process; shards elsewhere (a Ray
+worker) and evaluations of a set too large to keep read the images again. Every Score keeps its per-image
 matrices, for the drop's bootstrap interval (``fcnquant.tune.confidence``).
 """
 from __future__ import annotations
@@ -14,15 +15,17 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from fcnquant.errors import DataError
+from fcnquant.execute import Executor, LocalExecutor, RunConfig, ShardContext, image_batches, model_batches
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 2 << 30
+CACHE_KEY = "tuning_batches"
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,19 @@ class Score:
                    confusions=confusions)
 
 
-def image_confusions(session, batches, num_classes: int) -> np.ndarray:
+def _within_fixed_batch(batches: Iterable, fixed: int | None) -> Iterator:
+    """Yields ``batches``; DataError for a batch larger than the model's fixed batch dimension."""
+    for batch in batches:
+        if fixed is not None and len(batch.ids) > fixed:
+            raise DataError(f"the model takes batches of {fixed}; tune with batch size {fixed}")
+        yield batch
+
+
+def image_confusions(session, batches: Iterable, num_classes: int,
+                     advance: Callable[[int], None] | None = None) -> np.ndarray:
     """Returns the (N, C, C) confusion matrix of every image of ``batches`` (loader Batches with masks) under the
-    onnxruntime ``session``, scored exactly as ``fcnquant.evaluate`` does; a fixed batch dimension is padded."""
+    onnxruntime ``session``, scored exactly as ``fcnquant.evaluate`` does; short batches are padded to a fixed
+    batch dimension, longer ones are a DataError. ``advance(n)`` is called after each batch."""
     from fcnquant.evaluate import output_to_classes
     from fcnquant.metrics import ConfusionMatrix
     from fcnquant.runtime import input_spec, run_logits
@@ -55,27 +68,51 @@ def image_confusions(session, batches, num_classes: int) -> np.ndarray:
     _, shape = input_spec(session)
     fixed = shape[0]
     out: list[np.ndarray] = []
-    for batch in batches:
-        images, n = batch.images, batch.images.shape[0]
-        if fixed is not None and n != fixed:
-            if n > fixed:
-                raise DataError(f"the model takes batches of {fixed}; tune with batch size {fixed}")
-            images = np.concatenate([images, np.repeat(images[-1:], fixed - n, axis=0)])
-        logits = np.asarray(run_logits(session, images)[0])[:n]
-        pred = output_to_classes(logits, batch.masks.shape[1:], num_classes)
-        for i in range(n):
+    for mb in model_batches(_within_fixed_batch(batches, fixed), fixed):
+        logits = np.asarray(run_logits(session, mb.feed)[0])[:mb.n]
+        pred = output_to_classes(logits, mb.masks.shape[1:], num_classes)
+        for i in range(mb.n):
             cm = ConfusionMatrix(num_classes)
-            cm.update(pred[i:i + 1], batch.masks[i:i + 1])
+            cm.update(pred[i:i + 1], mb.masks[i:i + 1])
             out.append(cm.matrix)
+        if advance is not None:
+            advance(mb.n)
     return np.stack(out) if out else np.zeros((0, num_classes, num_classes), np.int64)
 
 
-class TuningSet:
-    """Images of one split that every evaluation runs on, with the float model's scores computed once."""
+def cached_slice(cache: Sequence, start: int, ids: Sequence[str]) -> list | None:
+    """Returns the batches of ``cache`` (batches of the whole id list, in order) that hold exactly ``ids``, the
+    images from position ``start`` on; None when a batch straddles the slice's ends."""
+    picked, position = [], 0
+    for batch in cache:
+        n = len(batch.ids)
+        if position >= start and position + n <= start + len(ids):
+            picked.append(batch)
+        elif position < start + len(ids) and position + n > start:
+            return None
+        position += n
+    return picked if [i for b in picked for i in b.ids] == list(ids) else None
 
-    def __init__(self, dataset, ids: Sequence[str], preset, batch_size: int = 1, *, threads: int = 0,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, ray_address: str | None = None,
-                 shards: int | None = None) -> None:
+
+def confusions_shard(ctx: ShardContext, preset, batch_size: int, num_classes: int,
+                     cached: bool) -> np.ndarray:
+    """Returns the per-image (n, C, C) confusion matrices of the model ``"model"`` on the shard's images (a shard
+    function); with ``cached``, the decoded batches come from the shared value ``"tuning_batches"``."""
+    session = ctx.session("model")
+    batches = cached_slice(ctx.value(CACHE_KEY), ctx.start, ctx.ids) if cached else None
+    if batches is None:
+        batches = (mb.batch for mb in image_batches(ctx.dataset, preset, ctx.ids, batch_size, None))
+    return image_confusions(session, batches, num_classes, ctx.advance)
+
+
+class TuningSet:
+    """Images of one split that every evaluation runs on, with the float model's scores computed once.
+
+    ``run``: the executor every evaluation runs on and the batch size (:class:`~fcnquant.execute.RunConfig`).
+    """
+
+    def __init__(self, dataset, ids: Sequence[str], preset, run: RunConfig | Executor | None = None, *,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         from fcnquant.data import iter_batches
 
         if not dataset.has_labels:
@@ -85,16 +122,15 @@ class TuningSet:
         if not self.ids:
             raise DataError("the tuning set is empty")
         dataset.check_ids(self.ids)
+        run = RunConfig.of(run)
+        self.executor = run.resolved()
         self.preset = preset
-        self.batch_size = batch_size
-        self.threads = threads
-        self.ray_address = ray_address
-        self.shards = shards
+        self.batch_size = run.batch_size
         self._cache: list | None = None
         first = next(iter_batches(dataset, preset, self.ids[:1], 1))
         per_image = first.images.nbytes + (first.masks.nbytes if first.masks is not None else 0)
         if per_image * len(self.ids) <= cache_bytes:
-            self._cache = list(iter_batches(dataset, preset, self.ids, batch_size))
+            self._cache = list(iter_batches(dataset, preset, self.ids, self.batch_size))
         else:
             log.info("tuning images take %.0f MB: re-read for every evaluation", per_image * len(self.ids) / 1e6)
         self.float_score: Score | None = None
@@ -111,16 +147,14 @@ class TuningSet:
     def score(self, model: str | os.PathLike[str] | bytes) -> Score:
         """Returns the Score of ``model`` (ONNX path or bytes) on the tuning set: one plain inference pass."""
         from fcnquant.data import VOC_CLASSES
-        from fcnquant.runtime import make_session
 
-        if self.ray_address is not None:
-            from fcnquant.distributed import image_confusions as on_ray
-
-            return Score.of(on_ray(model if isinstance(model, bytes) else Path(model), self.dataset, self.ids,
-                                   self.preset, self.batch_size, address=self.ray_address, shards=self.shards,
-                                   threads=self.threads, progress=False))
-        session = make_session(model if isinstance(model, bytes) else Path(model), threads=self.threads)
-        return Score.of(image_confusions(session, self.batches(), len(VOC_CLASSES)))
+        # the decoded images help only shards that run in this process
+        cached = self._cache is not None and isinstance(self.executor, LocalExecutor)
+        parts = self.executor.map(
+            confusions_shard, self.dataset, self.ids, args=(self.preset, self.batch_size, len(VOC_CLASSES), cached),
+            models={"model": model if isinstance(model, bytes) else Path(model)},
+            shared={CACHE_KEY: self._cache} if cached else None, desc="tune: evaluation")
+        return Score.of(np.concatenate([np.asarray(p, dtype=np.int64) for p in parts]))
 
     def set_float(self, model: str | os.PathLike[str]) -> Score:
         """Scores the float model once and returns its Score (the reference of every drop)."""

@@ -10,13 +10,22 @@ import pytest
 from onnx import numpy_helper
 from PIL import Image
 
-from fcnquant.calibrate.collect import Shard, collect_stats
+from fcnquant.calibrate.collect import CollectOptions, collect_stats
+from fcnquant.data import DataConfig
+from fcnquant.execute import LocalExecutor, RunConfig, Shard
 from fcnquant.calibrate.stats import merge_stats
 from fcnquant.calibrate.table import build_table
 from fcnquant.data import get_preset, iter_batches, open_dataset
 from fcnquant.errors import CalibrationError, DataError
 from fcnquant.runtime import with_outputs
 from tests.calibrate.helpers import OBSERVED, tiny_fcn
+
+
+def collect(model, ds, ids, preset=None, batch=1, *, shard=None, executor=None, **options):
+    """collect_stats over exactly ``ids`` of ``ds`` (all of them for None), quietly."""
+    data = DataConfig(ds, ids=ids, preset=preset)
+    return collect_stats(model, data, RunConfig(executor, batch_size=batch, progress=False),
+                         CollectOptions(**options), shard=shard)
 
 
 def reference_activations(model_path, dataset, ids):
@@ -38,7 +47,7 @@ def reference_activations(model_path, dataset, ids):
 
 def test_minmax_and_histograms_equal_numpy_over_all_activations(model, voc):
     ids = voc.ids[:5]
-    stats = collect_stats(model, voc, ids, None, progress=False)
+    stats = collect(model, voc, ids, None)
     ref = reference_activations(model, voc, ids)
     assert list(stats.tensors) == OBSERVED
     assert stats.image_ids == ids
@@ -65,15 +74,15 @@ def _assert_same(a, b):
 
 def test_batch_size_and_overlap_do_not_change_the_statistics(model, voc):
     ids = voc.ids[:5]
-    one = collect_stats(model, voc, ids, None, 1, progress=False, overlap=False)
-    _assert_same(one, collect_stats(model, voc, ids, None, 2, progress=False, overlap=True))
-    _assert_same(one, collect_stats(model, voc, ids, None, 3, progress=False, overlap=False))
+    one = collect(model, voc, ids, None, 1, overlap=False)
+    _assert_same(one, collect(model, voc, ids, None, 2, overlap=True))
+    _assert_same(one, collect(model, voc, ids, None, 3, overlap=False))
 
 
 def test_fixed_batch_model_pads_the_last_batch_without_counting_it(tmp_path, voc):
     ids = voc.ids[:3]
-    fixed = collect_stats(tiny_fcn(tmp_path / "b2.onnx", batch="2"), voc, ids, None, progress=False)
-    dynamic = collect_stats(tiny_fcn(tmp_path / "dyn.onnx"), voc, ids, None, progress=False)
+    fixed = collect(tiny_fcn(tmp_path / "b2.onnx", batch="2"), voc, ids, None)
+    dynamic = collect(tiny_fcn(tmp_path / "dyn.onnx"), voc, ids, None)
     for name in OBSERVED:  # same weights (same seed): identical statistics, 3 images counted, not 4
         np.testing.assert_array_equal(fixed.tensors[name].hist.counts, dynamic.tensors[name].hist.counts)
         a, b = fixed.tensors[name], dynamic.tensors[name]
@@ -83,8 +92,9 @@ def test_fixed_batch_model_pads_the_last_batch_without_counting_it(tmp_path, voc
 
 def test_merged_shards_equal_the_single_run_bit_for_bit(model, voc):
     ids = voc.ids
-    full = collect_stats(model, voc, ids, None, progress=False)
-    parts = [collect_stats(model, voc, ids, None, progress=False, shard=f"{i}/3") for i in (3, 1, 2)]
+    full = collect(model, voc, ids, None)
+    _assert_same(full, collect(model, voc, ids, None, executor=LocalExecutor(shards=3, progress=False)))
+    parts = [collect(model, voc, ids, None, shard=f"{i}/3") for i in (3, 1, 2)]
     assert [p.shard for p in parts] == ["3/3", "1/3", "2/3"]
     assert sorted(i for p in parts for i in p.image_ids) == sorted(ids)
     merged = merge_stats(parts)
@@ -105,9 +115,9 @@ def test_shard_slices():
 
 def test_zero_images_is_a_clear_error(model, voc):
     with pytest.raises(DataError, match="no calibration images"):
-        collect_stats(model, voc, [], None, progress=False)
+        collect(model, voc, [], None)
     with pytest.raises(DataError, match="shard 1/3 of 2 image"):  # slices of 2 ids: [], [id0], [id1]
-        collect_stats(model, voc, voc.ids[:2], None, progress=False, shard="1/3")
+        collect(model, voc, voc.ids[:2], None, shard="1/3")
 
 
 NAN_MODEL = """
@@ -150,12 +160,12 @@ def test_nan_activation_error_names_tensor_and_image(nan_case):
     bad = int((~np.isfinite(_log_reference(ds, path))).sum())  # the R and G channels of the 4x4 black patch
     assert bad == 32
     with pytest.raises(CalibrationError, match=rf"tensor 'y' has {bad} NaN/Inf value\(s\) on image\(s\) dark;"):
-        collect_stats(path, ds, ["gray", "dark"], None, progress=False)
+        collect(path, ds, ["gray", "dark"], None)
 
 
 def test_skip_nonfinite_counts_and_keeps_the_finite_values(nan_case, caplog):
     path, ds = nan_case
-    stats = collect_stats(path, ds, ["gray", "dark"], None, progress=False, skip_nonfinite=True)
+    stats = collect(path, ds, ["gray", "dark"], None, skip_nonfinite=True)
     y = _log_reference(ds, path)
     finite = y[np.isfinite(y)]
     bad = y.size - finite.size
@@ -168,18 +178,18 @@ def test_skip_nonfinite_counts_and_keeps_the_finite_values(nan_case, caplog):
 
 def test_unknown_image_id_fails_before_inference(model, voc):
     with pytest.raises(DataError, match="not in dataset.*nope"):
-        collect_stats(model, voc, [voc.ids[0], "nope"], None, progress=False)
+        collect(model, voc, [voc.ids[0], "nope"], None)
 
 
 def test_tensor_override_and_unknown_tensor(model, voc):
-    stats = collect_stats(model, voc, voc.ids[:1], None, progress=False, tensors=["p1", "output"])
+    stats = collect(model, voc, voc.ids[:1], None, tensors=["p1", "output"])
     assert list(stats.tensors) == ["p1", "output"]
     ref = reference_activations(model, voc, voc.ids[:1])
     assert stats.tensors["output"].max == ref["output"].max()
     from fcnquant.errors import ModelError
 
     with pytest.raises(ModelError, match="'ghost'"):
-        collect_stats(model, voc, voc.ids[:1], None, progress=False, tensors=["ghost"])
+        collect(model, voc, voc.ids[:1], None, tensors=["ghost"])
 
 
 def test_external_data_model_collects_the_same_statistics(tmp_path, synthetic_voc):
@@ -191,8 +201,8 @@ def test_external_data_model_collects_the_same_statistics(tmp_path, synthetic_vo
               location="weights.bin", size_threshold=0)
     assert (ext.parent / "weights.bin").is_file()
     ds = open_dataset(voc, "train")
-    a = collect_stats(path, ds, None, progress=False)
-    b = collect_stats(ext, ds, None, progress=False)
+    a = collect_stats(path, ds, RunConfig(progress=False))
+    b = collect_stats(ext, ds, RunConfig(progress=False))
     assert list(a.tensors) == list(b.tensors) == OBSERVED
     for name in OBSERVED:
         np.testing.assert_array_equal(a.tensors[name].hist.counts, b.tensors[name].hist.counts)
@@ -203,3 +213,34 @@ def test_external_data_model_collects_the_same_statistics(tmp_path, synthetic_vo
     pre = get_preset("awesome", model_hw=(32, 32))
     r1 = np.concatenate([sess.run(["r1"], {"input": bt.images})[0] for bt in iter_batches(ds, pre, batch_size=1)])
     assert (b.tensors["r1"].min, b.tensors["r1"].max) == (float(r1.min()), float(r1.max()))
+
+
+def test_calibrate_workflow_returns_table_and_stats(model, voc):
+    from fcnquant.quantize import QuantConfig
+    from fcnquant.workflows import calibrate
+
+    quiet = RunConfig(progress=False)
+    flow = calibrate(model, DataConfig(voc.root, "train", num_images=3),
+                     QuantConfig(method="percentile", params={"percentile": 99.0}), quiet)
+    table, stats = flow.table, flow.stats
+    assert len(table.image_ids) == 3 and table.method == "percentile" and table.params["percentile"] == 99.0
+    assert table.to_dict()["tensors"] == build_table(stats, "percentile", percentile=99.0).to_dict()["tensors"]
+    with pytest.raises(CalibrationError, match="bogus"):  # refused before any inference
+        calibrate(model, DataConfig(voc.root, "train"), QuantConfig(params={"bogus": 1}), quiet)
+
+
+def test_calibrate_workflow_out_emits_the_int8_model(model, voc, tmp_path):
+    import onnx
+
+    from fcnquant.quantize import QuantConfig
+    from fcnquant.workflows import Outputs, calibrate
+
+    table = calibrate(model, DataConfig(voc.root, "train", num_images=2),
+                      QuantConfig(method="minmax", target="tensorrt"), RunConfig(progress=False),
+                      outputs=Outputs(model=tmp_path / "m.int8.onnx")).table
+    q = onnx.load(str(tmp_path / "m.int8.onnx"))
+    zero_points = [i for i in q.graph.initializer if i.name.endswith("zero_point")]
+    assert zero_points and all(not onnx.numpy_helper.to_array(z).any() for z in zero_points)  # tensorrt: zp 0
+    scales = {onnx.numpy_helper.to_array(i).item() for i in q.graph.initializer
+              if i.name.endswith("_scale") and onnx.numpy_helper.to_array(i).size == 1}
+    assert any(abs(s - e.scale) <= 1e-7 * e.scale for e in table.tensors.values() for s in scales)

@@ -9,8 +9,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fcnquant.cli import main
-from fcnquant.compare.pairing import TENSOR_MAP_KEY
+from fcnquant.compare.tensors.pairing import TENSOR_MAP_KEY
 from fcnquant.evaluate import evaluate
+from fcnquant.execute import RunConfig
 
 HW = 32
 
@@ -47,8 +48,8 @@ def setup(tmp_path_factory, synthetic_voc):
     voc = synthetic_voc(train=0, val=2, size=40, seed=1)
     _write(d / "f.onnx", flip=False)
     _write(d / "q.onnx", flip=True)
-    drop = evaluate(d / "f.onnx", data=voc, progress=False).miou - evaluate(d / "q.onnx", data=voc,
-                                                                               progress=False).miou
+    quiet = RunConfig(progress=False)
+    drop = evaluate(d / "f.onnx", voc, quiet).miou - evaluate(d / "q.onnx", voc, quiet).miou
     return d, voc, drop
 
 

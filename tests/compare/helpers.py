@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from fcnquant.compare.pairing import TENSOR_MAP_KEY
+from fcnquant.compare.tensors.pairing import TENSOR_MAP_KEY
 
 HW = 32
 PLANTED_STD = 0.35  # std of the fixed noise tensor added to layer a

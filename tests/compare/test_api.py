@@ -9,11 +9,14 @@ import numpy as np
 import onnx
 import pytest
 
-from fcnquant.compare import CompareReport, compare_models
-from fcnquant.data import get_preset, iter_batches, open_dataset
+from fcnquant.compare import CompareOptions, CompareReport, compare_models
+from fcnquant.data import DataConfig, get_preset, iter_batches, open_dataset
 from fcnquant.evaluate import evaluate
+from fcnquant.execute import RunConfig
 from fcnquant.runtime import make_session
 from tests.compare.helpers import HW, boundary_band_brute_force, planted_params, write_planted_models
+
+QUIET = RunConfig(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +26,7 @@ def voc(synthetic_voc):
 
 @pytest.fixture(scope="module")
 def report(voc, models):
-    return compare_models(models[0], models[1], data=voc, progress=False)
+    return compare_models(models[0], models[1], voc, QUIET)
 
 
 def _images_and_masks(voc):
@@ -62,8 +65,8 @@ def test_isolated_removes_inherited_error(report, voc):
 
 
 def test_final_metrics_equal_evaluate_and_numpy(report, voc, models):
-    ev_f = evaluate(models[0], data=voc, progress=False)
-    ev_q = evaluate(models[1], data=voc, progress=False)
+    ev_f = evaluate(models[0], voc, QUIET)
+    ev_q = evaluate(models[1], voc, QUIET)
     f = report.final
     assert f.labelled and f.miou_float > 0 and f.miou_quant != f.miou_float  # a non-trivial comparison
     assert f.miou_float == ev_f.miou and f.miou_quant == ev_q.miou
@@ -133,8 +136,8 @@ def test_table_and_stats_add_clip_ranges_and_histograms(voc, models, tmp_path):
     stats.tensors["a"].update(a)
     stats.save(tmp_path / "s.npz")
 
-    with_table = compare_models(models[0], models[1], data=voc, table=tmp_path / "t.json", isolated=False,
-                                progress=False)
+    with_table = compare_models(models[0], models[1], voc, QUIET, CompareOptions(isolated=False),
+                                table=tmp_path / "t.json")
     layer = with_table.layers[0]
     assert layer.clip == (-2.0, 2.0) and with_table.layers[1].clip is None
     assert layer.isolated is None and not with_table.isolated
@@ -143,8 +146,8 @@ def test_table_and_stats_add_clip_ranges_and_histograms(voc, models, tmp_path):
     assert h.min == pytest.approx(float(a.min())) and h.max == pytest.approx(float(a.max()))
     assert sum(h.counts) == a.size  # small tensors are binned in full
 
-    with_stats = compare_models(models[0], models[1], data=voc, table=tmp_path / "t.json",
-                                stats=tmp_path / "s.npz", progress=False)
+    with_stats = compare_models(models[0], models[1], voc, QUIET, table=tmp_path / "t.json",
+                                stats=tmp_path / "s.npz")
     (h,) = with_stats.histograms
     assert h.source == "stats" and sum(h.counts) == a.size and (h.lo, h.hi) == (-2.0, 2.0)
     counts, _ = np.histogram(a.astype(np.float64), bins=np.array(h.edges))
@@ -154,12 +157,30 @@ def test_table_and_stats_add_clip_ranges_and_histograms(voc, models, tmp_path):
     assert 'aria-label="histogram of a"' in html.read_text()
 
 
+def test_three_shards_give_the_report_of_one(voc, models, tmp_path):
+    """Final counters, gallery (ties by position in the whole list), drift sums and histograms merge exactly."""
+    from fcnquant._io import file_sha256
+    from fcnquant.calibrate.table import CalibrationTable, TensorEntry
+    from fcnquant.execute import LocalExecutor
+
+    CalibrationTable(model_sha256=file_sha256(models[0]), method="minmax", target="ort-cpu", tensors={
+        "a": TensorEntry(-3.0, 3.0, -2.0, 2.0, 2.0 / 127, 0)}).save(tmp_path / "t.json")
+    options = CompareOptions(gallery=2)
+    reports = [compare_models(models[0], models[1], voc, LocalExecutor(shards=n, progress=False), options,
+                              table=tmp_path / "t.json") for n in (1, 3)]
+    one, three = (r.to_dict() for r in reports)
+    one.pop("seconds"), three.pop("seconds")
+    assert one == three
+    assert one["images"] == 3 and one["drift_images"] == 3 and len(one["gallery"]) == 2 and one["histograms"]
+    assert [g.panels for g in reports[0].gallery] == [g.panels for g in reports[1].gallery]
+
+
 def test_unlabelled_images_give_drift_and_changed_share_only(voc, models, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     for jpg in sorted((voc / "VOC2012" / "JPEGImages").glob("*.jpg")):
         shutil.copy(jpg, folder / jpg.name)
-    r = compare_models(models[0], models[1], data=folder, split=None, progress=False)
+    r = compare_models(models[0], models[1], DataConfig(folder, split=None), QUIET)
     assert not r.final.labelled and math.isnan(r.final.miou_float) and math.isnan(r.miou_drop)
     assert r.final.pixels == 3 * HW * HW and 0 < r.final.changed_share < 1
     assert r.layers[0].accumulated.count > 0
@@ -168,8 +189,8 @@ def test_unlabelled_images_give_drift_and_changed_share_only(voc, models, tmp_pa
 
 def test_batches_and_fixed_batch_padding_give_the_same_report(voc, tmp_path):
     dyn = write_planted_models(tmp_path, batch="N")
-    one = compare_models(dyn[0], dyn[1], data=voc, batch_size=1, progress=False)
-    two = compare_models(dyn[0], dyn[1], data=voc, batch_size=2, progress=False)  # batches of 2 and 1
+    one = compare_models(dyn[0], dyn[1], voc, RunConfig(batch_size=1, progress=False))
+    two = compare_models(dyn[0], dyn[1], voc, RunConfig(batch_size=2, progress=False))  # batches of 2 and 1
     assert one.final.to_dict() == two.final.to_dict()
     for x, y in zip(one.layers, two.layers):
         assert x.accumulated.count == y.accumulated.count
@@ -181,7 +202,7 @@ def test_fp16_model_with_fp16_io(voc, models, tmp_path):
 
     path = tmp_path / "h.onnx"
     onnx.save(float16.convert_float_to_float16(onnx.load(str(models[0])), keep_io_types=False), str(path))
-    r = compare_models(models[0], path, data=voc, progress=False)
+    r = compare_models(models[0], path, voc, QUIET)
     assert [layer.float_name for layer in r.layers] == ["x", "a", "output"]
     images, _ = _images_and_masks(voc)
     x64 = images.astype(np.float64)

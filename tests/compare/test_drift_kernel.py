@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from fcnquant.compare import drift
-from fcnquant.compare.drift_kernel import KERNEL, drift_sums
+from fcnquant.compare.drift import metrics as drift
+from fcnquant.compare.drift.kernel import KERNEL, drift_sums
 
 needs_kernel = pytest.mark.skipif(KERNEL is None, reason="numba not installed or disabled")
 

@@ -8,14 +8,17 @@ import numpy as np
 import pytest
 
 from fcnquant.cli import main
-from fcnquant.compare import CompareReport, compare_models, drift_ids, final_metrics, layer_drift
+from fcnquant.compare import (CompareOptions, CompareReport, DriftSpec, compare_models, drift_ids, final_metrics,
+                              layer_drift)
 from fcnquant.data import get_preset, iter_batches, open_dataset
 from fcnquant.errors import DataError
 from fcnquant.evaluate import evaluate
+from fcnquant.execute import RunConfig
 from fcnquant.runtime import make_session
 from tests.compare.helpers import HW, planted_params
 
 N_VAL = 5
+QUIET = RunConfig(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +54,7 @@ def test_drift_ids_spread_evenly_and_deterministic():
 
 
 def test_drift_on_the_subsample_and_final_metrics_on_every_image(voc, models):
-    report = compare_models(models[0], models[1], data=voc, drift_images=2, progress=False)
+    report = compare_models(models[0], models[1], voc, QUIET, CompareOptions(drift_images=2))
     ds = open_dataset(voc, "val")
     chosen = drift_ids(list(ds.ids), 2)
     assert len(chosen) == 2 and report.drift_ids == tuple(chosen) and report.drift_images == 2
@@ -63,7 +66,7 @@ def test_drift_on_the_subsample_and_final_metrics_on_every_image(voc, models):
     assert a.accumulated.snr_db == pytest.approx(_planted_snr(sub), abs=1e-3)
     assert a.isolated.snr_db == pytest.approx(_planted_snr(sub), abs=1e-3)
     # the final metrics are those of fcnquant eval of each model over all N_VAL images
-    ev_f, ev_q = evaluate(models[0], data=voc, progress=False), evaluate(models[1], data=voc, progress=False)
+    ev_f, ev_q = evaluate(models[0], voc, QUIET), evaluate(models[1], voc, QUIET)
     assert report.final.miou_float == ev_f.miou and report.final.miou_quant == ev_q.miou
     assert report.final.pixels == N_VAL * HW * HW
     # the subsample size is in the text, JSON and HTML report
@@ -74,7 +77,7 @@ def test_drift_on_the_subsample_and_final_metrics_on_every_image(voc, models):
 
 
 def test_all_drift_images_equal_the_whole_split(voc, models, tmp_path):
-    report = compare_models(models[0], models[1], data=voc, drift_images="all", progress=False)
+    report = compare_models(models[0], models[1], voc, QUIET, CompareOptions(drift_images="all"))
     assert report.drift_images == N_VAL
     assert report.layers[0].accumulated.snr_db == pytest.approx(_planted_snr(_images(voc, None)), abs=1e-3)
     path = tmp_path / "r.html"
@@ -83,7 +86,7 @@ def test_all_drift_images_equal_the_whole_split(voc, models, tmp_path):
 
 
 def test_old_report_without_drift_fields_reads_as_drift_on_all_images(voc, models):
-    d = compare_models(models[0], models[1], data=voc, drift_images=1, progress=False).to_dict()
+    d = compare_models(models[0], models[1], voc, QUIET, CompareOptions(drift_images=1)).to_dict()
     del d["drift_images"], d["drift_ids"]
     back = CompareReport.from_dict(d)
     assert back.drift_count == back.images == N_VAL
@@ -93,7 +96,7 @@ def test_layer_drift_isolated_only_and_final_metrics_hook(voc, models):
     ds = open_dataset(voc, "val")
     pre = get_preset("awesome", model_hw=(HW, HW))
     ids = list(ds.ids)[:3]
-    r = layer_drift(models[0], models[1], ds, pre, ids, accumulated=False, progress=False)
+    r = layer_drift(models[0], models[1], ds, pre, ids, DriftSpec(accumulated=False), progress=False)
     assert r.accumulated is None and set(r.isolated) == {"a", "output"}
     assert r.isolated["a"].snr_db == pytest.approx(_planted_snr(_images(voc, ids)), abs=1e-3)
     assert r.isolated["output"].snr_db == math.inf  # its inputs are the float model's: no own error
@@ -103,7 +106,7 @@ def test_layer_drift_isolated_only_and_final_metrics_hook(voc, models):
                        progress=False)
     assert [i for ids_, _, _ in seen for i in ids_] == list(ds.ids)
     assert all(pf == pq == (1, HW, HW) for _, pf, pq in seen)
-    assert fm.miou_float == evaluate(models[0], data=voc, progress=False).miou
+    assert fm.miou_float == evaluate(models[0], voc, QUIET).miou
 
 
 def test_cli_drift_images(voc, models, tmp_path, capsys):

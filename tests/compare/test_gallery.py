@@ -11,11 +11,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from fcnquant.compare import CompareReport, compare_models
+from fcnquant.compare import CompareOptions, CompareReport, compare_models
 from fcnquant.compare.gallery import BROKEN, FIXED, OTHER, GalleryCollector, changed_map, render_gallery
-from fcnquant.compare.pairing import TENSOR_MAP_KEY
-from fcnquant.data import get_preset, iter_batches, open_dataset, voc_palette
+from fcnquant.compare.tensors.pairing import TENSOR_MAP_KEY
+from fcnquant.data import DataConfig, get_preset, iter_batches, open_dataset, voc_palette
 from fcnquant.errors import DataError
+from fcnquant.execute import RunConfig
 from fcnquant.runtime import make_session
 
 HW = 32
@@ -60,7 +61,7 @@ def setup(tmp_path_factory, synthetic_voc):
 @pytest.fixture(scope="module")
 def report(setup):
     voc, (f, q) = setup
-    return compare_models(f, q, data=voc, progress=False, gallery=3, isolated=False)
+    return compare_models(f, q, voc, RunConfig(progress=False), CompareOptions(gallery=3, isolated=False))
 
 
 def _reference(voc, models):
@@ -163,14 +164,15 @@ def test_report_stays_one_file_and_json_omits_pictures(report, setup, tmp_path):
 
 def test_gallery_zero_turns_it_off(setup):
     voc, (f, q) = setup
-    rep = compare_models(f, q, data=voc, progress=False, gallery=0, isolated=False, num_images=2)
+    rep = compare_models(f, q, DataConfig(voc, num_images=2), RunConfig(progress=False),
+                         CompareOptions(gallery=0, isolated=False))
     assert rep.gallery == () and "most changed pixels" not in _html(rep)
     with pytest.raises(DataError, match="gallery"):
-        compare_models(f, q, data=voc, progress=False, gallery=-1)
+        compare_models(f, q, voc, RunConfig(progress=False), CompareOptions(gallery=-1))
 
 
 def _html(rep) -> str:
-    from fcnquant.compare.html import render_html
+    from fcnquant.compare.report.html import render_html
 
     return render_html(rep)
 
@@ -214,7 +216,7 @@ def test_unlabelled_images_get_a_placeholder_ground_truth(tmp_path):
     assert dict(item.panels)["ground truth"] == "" and item.acc_float is None and item.changed == 6
     cmap = np.asarray(_decode(dict(item.panels)["changed pixels"]).convert("RGB"))
     assert (cmap[:2, :3] == OTHER).all()
-    from fcnquant.compare.html import gallery_section
+    from fcnquant.compare.report.html import gallery_section
 
     html = gallery_section([item], [f"c{k}" for k in range(21)], 1)
     assert html.count("no labels") == 1 and html.count("data:image/png;base64,") == 4

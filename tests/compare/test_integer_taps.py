@@ -6,9 +6,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fcnquant.compare.drift_pass import drift_sums
-from fcnquant.compare.integer_taps import plan_taps
-from fcnquant.compare.pairing import pair_tensors
+from fcnquant.compare.drift.measure import DriftSpec, drift_sums
+from fcnquant.compare.tensors.integer_taps import plan_taps
+from fcnquant.compare.tensors.pairing import pair_tensors
 from fcnquant.data import builtin_dataset, open_dataset, preset_for_session
 from fcnquant.demo_models import demo_model_path
 from fcnquant.runtime import make_session, with_outputs
@@ -38,8 +38,8 @@ def test_drift_with_integer_taps_is_the_same(demo_int8):
     ds = open_dataset(builtin_dataset(progress=False), "val")
     pre = preset_for_session(make_session(f), None)
     kw = dict(progress=False, threads=1)
-    a = drift_sums(f, demo_int8.model, ds, pre, ds.ids[:3], integer_taps=True, **kw).result()
-    b = drift_sums(f, demo_int8.model, ds, pre, ds.ids[:3], integer_taps=False, **kw).result()
+    a = drift_sums(f, demo_int8.model, ds, pre, ds.ids[:3], DriftSpec(integer_taps=True), **kw).result()
+    b = drift_sums(f, demo_int8.model, ds, pre, ds.ids[:3], DriftSpec(integer_taps=False), **kw).result()
     assert len(a.accumulated) > 10 and len(a.isolated) == len(a.accumulated)
     for side in ("accumulated", "isolated"):
         for name, m in getattr(a, side).items():

@@ -6,8 +6,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fcnquant.compare.isolated import build_isolated
-from fcnquant.compare.pairing import pair_tensors
+from fcnquant.compare.tensors.isolated import build_isolated
+from fcnquant.compare.tensors.pairing import pair_tensors
 from fcnquant.runtime import make_session, with_outputs
 
 S0, S1, S2 = 0.02, 0.0517, 0.0433  # activation scales (int8, zero point 0); no rounding ties in this data

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fcnquant.compare.pairing import TENSOR_MAP_KEY, pair_tensors
+from fcnquant.compare.tensors.pairing import TENSOR_MAP_KEY, pair_tensors
 from fcnquant.errors import ModelError
 
 

@@ -11,18 +11,20 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from fcnquant.calibrate.api import calibrate  # noqa: E402
 from fcnquant.calibrate.collect import collect_stats  # noqa: E402
 from fcnquant.calibrate.stats import CalibrationStats  # noqa: E402
 from fcnquant.cli import main  # noqa: E402
-from fcnquant.data import builtin_dataset, open_dataset, write_synthetic_voc  # noqa: E402
+from fcnquant.data import DataConfig, builtin_dataset, open_dataset, write_synthetic_voc  # noqa: E402
 from fcnquant.demo_models import demo_model_path  # noqa: E402
-from fcnquant.distributed import collect as collect_on_ray  # noqa: E402
+from fcnquant.distributed import RayExecutor  # noqa: E402
 from fcnquant.distributed.ray_backend import PROGRESS_ACTOR_PREFIX  # noqa: E402
 from fcnquant.errors import DataError  # noqa: E402
 from fcnquant.evaluate import evaluate  # noqa: E402
+from fcnquant.execute import RunConfig  # noqa: E402
+from fcnquant.workflows import calibrate as flow  # noqa: E402
 
 MODEL = str(demo_model_path("fcn8s"))
+QUIET = RunConfig(progress=False)
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 
@@ -42,9 +44,10 @@ def table_json(path) -> dict:
 
 
 def test_calibrate_api_on_ray_equals_one_process():
-    local_table, local_stats = calibrate(MODEL, method="kl", num_images=12, return_stats=True, progress=False)
-    ray_table, ray_stats = calibrate(MODEL, method="kl", num_images=12, return_stats=True, progress=False,
-                                     ray_address="local", shards=3)
+    data = DataConfig(split="train", num_images=12)
+    local = flow(MODEL, data, run=QUIET)
+    on_ray = flow(MODEL, data, run=RayExecutor(shards=3, progress=False))
+    (local_table, local_stats), (ray_table, ray_stats) = (local.table, local.stats), (on_ray.table, on_ray.stats)
     assert_same_stats(local_stats, ray_stats)
     a, b = local_table.to_dict(), ray_table.to_dict()
     a.pop("created"), b.pop("created")
@@ -71,8 +74,8 @@ def test_cli_calibrate_and_eval_on_ray_equal_one_process(tmp_path, capsys):
 
 def test_eval_api_on_ray_equals_one_process():
     val = open_dataset(builtin_dataset(), "val")
-    one = evaluate(MODEL, val, num_images=9, progress=False)
-    many = evaluate(MODEL, val, num_images=9, progress=False, ray_address="local", shards=4)
+    one = evaluate(MODEL, DataConfig(val, num_images=9), QUIET)
+    many = evaluate(MODEL, DataConfig(val, num_images=9), RayExecutor(shards=4, progress=False))
     np.testing.assert_array_equal(one.confusion, many.confusion)
     assert (one.miou, one.pixel_acc, list(one.per_class_iou)) == (many.miou, many.pixel_acc, list(many.per_class_iou))
     np.testing.assert_array_equal(list(one.per_class_iou.values()), list(many.per_class_iou.values()))  # NaN = NaN
@@ -84,7 +87,7 @@ def test_a_file_a_worker_cannot_read_names_node_and_path(tmp_path):
     gone = ds.images[ds.ids[4]]
     gone.unlink()  # the driver listed it; no worker can read it
     with pytest.raises(DataError) as err:
-        collect_on_ray(MODEL, ds, ds.ids, shards=2, progress=False)
+        collect_stats(MODEL, ds, RayExecutor(shards=2, progress=False))
     msg = str(err.value)
     assert str(gone) in msg and "shard 2/2" in msg
     assert f"node {ray.util.get_node_ip_address()}" in msg
@@ -136,21 +139,25 @@ def report_dict(report) -> dict:
 
 
 def test_compare_on_ray_equals_one_process_bit_for_bit(demo_int8):
-    from fcnquant.compare import compare_models
+    from fcnquant.compare import CompareOptions, compare_models
+    from fcnquant.execute import LocalExecutor
 
     quant, table = demo_int8
     # one onnxruntime thread on both sides (a worker runs as many as its task has CPUs): some float kernels
     # round differently with another thread count
-    kw = dict(num_images=11, drift_images=5, table=table, gallery=3, progress=False, threads=1)
-    one = compare_models(MODEL, quant, **kw)
-    many = compare_models(MODEL, quant, ray_address="local", shards=3, **kw)
-    batched = compare_models(MODEL, quant, batch_size=2, **kw)  # exact sums per image: batching changes no bit
+    data, options = DataConfig(num_images=11), CompareOptions(drift_images=5, gallery=3)
+    one = compare_models(MODEL, quant, data, LocalExecutor(1, progress=False), options, table=table)
+    with RayExecutor(shards=3, threads=1, progress=False) as ex:
+        many = compare_models(MODEL, quant, data, ex, options, table=table)
+        assert [r.images for r in ex.reports] == [1, 2, 2]  # the last pass (drift): 5 images in 3 shards
+    batched = compare_models(MODEL, quant, data, RunConfig(LocalExecutor(1, progress=False), batch_size=2),
+                             options, table=table)  # exact sums per image: batching changes no bit
     assert report_dict(many) == report_dict(one) == report_dict(batched)  # final, drift, histograms, gallery
     assert one.final.labelled and one.images == 11 and len(one.histograms) > 0 and len(one.gallery) == 3
     assert [g.panels for g in many.gallery] == [g.panels for g in one.gallery]
     # the final mIoU is the one fcnquant eval computes
     val = open_dataset(builtin_dataset(), "val")
-    assert many.final.miou_quant == evaluate(str(quant), val, num_images=11, progress=False).miou
+    assert many.final.miou_quant == evaluate(str(quant), DataConfig(val, num_images=11), QUIET).miou
 
 
 def test_cli_compare_on_ray_writes_the_same_json(demo_int8, tmp_path, capsys):

@@ -9,8 +9,10 @@ import pytest
 pytest.importorskip("ray")
 
 from fcnquant.cli import main  # noqa: E402
-from fcnquant.tune import tune  # noqa: E402
-from tests.tune.helpers import FAST, PLANTED  # noqa: E402
+from fcnquant.distributed import RayExecutor  # noqa: E402
+from fcnquant.execute import LocalExecutor, RunConfig  # noqa: E402
+from fcnquant.tune import TuneOptions, tune  # noqa: E402
+from tests.tune.helpers import FAST, PER_TENSOR, PLANTED  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 
@@ -26,9 +28,10 @@ def _same(a, b) -> None:
 @pytest.mark.parametrize("rank", ["sensitivity", "isolated"])
 def test_tune_on_ray_equals_one_process(tune_voc, planted_fcn8s, tmp_path, rank):
     # one onnxruntime thread on both sides: float kernels may round differently with another thread count
-    kw = dict(data=tune_voc, target="ort-cpu", per_channel=False, rank=rank, threads=1, **FAST)
-    one = tune(planted_fcn8s, 1.0, tmp_path / "one.onnx", **kw)
-    many = tune(planted_fcn8s, 1.0, tmp_path / "ray.onnx", ray_address="local", shards=2, **kw)
+    options = TuneOptions(1.0, rank=rank, **FAST)
+    one = tune(planted_fcn8s, tmp_path / "one.onnx", options, tune_voc, LocalExecutor(1, progress=False), PER_TENSOR)
+    with RayExecutor("local", shards=2, threads=1, progress=False) as ray_executor:
+        many = tune(planted_fcn8s, tmp_path / "ray.onnx", options, tune_voc, RunConfig(ray_executor), PER_TENSOR)
     _same(one, many)
     a, b = onnx.load(str(tmp_path / "one.onnx")), onnx.load(str(tmp_path / "ray.onnx"))
     meta_a, meta_b = ({p.key: p.value for p in m.metadata_props} for m in (a, b))

@@ -1,15 +1,14 @@
-"""Shard plans and exact merges of fcnquant.distributed.shards (numpy only; no Ray needed)."""
+"""Shard plans (fcnquant.execute.shards) and the exact sparse merge of statistics (fcnquant.calibrate.stats_wire);
+numpy only, no Ray needed."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fcnquant.calibrate.collect import Shard
-from fcnquant.calibrate.stats import CalibrationStats
+from fcnquant.calibrate.stats import CalibrationStats, merge_stats
+from fcnquant.calibrate.stats_wire import merge_wire, stats_from_wire, stats_to_wire
 from fcnquant.data import Dataset
-from fcnquant.calibrate.stats import merge_stats
-from fcnquant.distributed.shards import (ShardResults, merge_wire, plan_shards, shard_dataset, stats_from_wire,
-                                         stats_to_wire, sum_confusions)
+from fcnquant.execute import Shard, ShardResults, plan_shards, shard_dataset
 from fcnquant.errors import CalibrationError, DataError, FcnquantError
 
 
@@ -93,10 +92,16 @@ def test_sparse_merge_refuses_overlap_and_other_models():
         merge_wire([stats_to_wire(_stats([x], ["a"])), stats_to_wire(_stats([x], ["b"], sha="cd" * 32))], "m")
 
 
-def test_confusions_add_as_integers():
-    a = np.arange(9, dtype=np.int64).reshape(3, 3)
-    b = np.full((3, 3), 2**40, dtype=np.int64)
-    np.testing.assert_array_equal(sum_confusions([a, b]), a + b)
+def test_stats_pickle_as_their_sparse_arrays():
+    import pickle
+
+    x = np.linspace(-3, 5, 1000, dtype=np.float32).reshape(1, 1, 10, 100)
+    st = _stats([x], ["a"])
+    back = pickle.loads(pickle.dumps(st))
+    assert back.meta() == st.meta()
+    for key, value in st.tensors["x"].state().items():
+        np.testing.assert_array_equal(back.tensors["x"].state()[key], value)
+    assert len(pickle.dumps(st)) < 100_000  # not the dense 2^19-bin histogram
 
 
 def test_shard_dataset_has_absolute_paths(tmp_path, monkeypatch):
@@ -109,14 +114,14 @@ def test_shard_dataset_has_absolute_paths(tmp_path, monkeypatch):
         shard_dataset(ds, ["zz"])
 
 
-def test_cli_refuses_ray_with_a_single_shard_or_recovery(tmp_path, capsys):
+def test_cli_refuses_ray_with_a_single_shard(tmp_path, capsys):
     from fcnquant.cli import main
     from fcnquant.demo_models import demo_model_path
 
     model = str(demo_model_path("fcn8s"))
     stats = str(tmp_path / "s.npz")
     assert main(["calibrate", model, "--ray", "--shard", "1/2", "--save-stats", stats]) == 2
-    assert main(["calibrate", model, "--ray", "--recover", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert main(["calibrate", model, "--ray", "--from-stats", stats]) == 2
     assert main(["calibrate", model, "--shards", "4"]) == 2
     err = capsys.readouterr().err
     assert err.count("--ray runs every shard of the collection on the cluster") == 2

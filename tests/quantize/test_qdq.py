@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
+from fcnquant.quantize import QuantConfig
 from fcnquant.quantize import quantize_model
 from fcnquant.quantize.name_map import TABLE_SHA_KEY, TENSOR_MAP_KEY, read_tensor_map
 from fcnquant.runtime import make_session
@@ -33,7 +34,7 @@ def emit(tmp_path, target="ort-cpu", model=None, **kwargs):
     src = save_model(model or tiny_fcn(), tmp_path / "fcn.onnx")
     table = make_table(src, images(X_SHAPE), target)
     out = tmp_path / f"fcn.{target}.onnx"
-    res = quantize_model(src, table, out, target=target, **kwargs)
+    res = quantize_model(src, table, out, QuantConfig(target=target, **kwargs))
     return src, table, out, res, onnx.load(str(out))
 
 
@@ -280,7 +281,7 @@ def test_relu_writing_the_float_output_still_applies(tmp_path, target):
     src = save_model(model, tmp_path / "m.onnx")
     xs = images((1, 3, 8, 8))
     out = tmp_path / "m.int8.onnx"
-    quantize_model(src, make_table(src, xs, target), out, target=target)
+    quantize_model(src, make_table(src, xs, target), out, QuantConfig(target=target))
     q = onnx.load(str(out))
     assert producer(q, "y").op_type == "Relu"
     got, want = run(out, xs[0]), run(src, xs[0])
@@ -355,7 +356,7 @@ def test_output_matches_numpy_fake_quant(tmp_path, quantize_output):
     xs = images((1, 2, 6, 6), n=4)
     table = make_table(src, xs, "ort-cpu")
     out = tmp_path / "net.int8.onnx"
-    quantize_model(src, table, out, quantize_output=quantize_output)
+    quantize_model(src, table, out, QuantConfig(quantize_output=quantize_output))
     model = onnx.load(str(src))
     for x in xs[:2] + images((1, 2, 6, 6), n=2, seed=7):
         ref, step = reference(model, table, x, quantize_output)
@@ -400,7 +401,7 @@ def test_per_tensor_weights(tmp_path):
     src = save_model(tiny_convnet(), tmp_path / "net.onnx")
     table = make_table(src, images((1, 2, 6, 6)), "ort-cpu")
     out = tmp_path / "net.int8.onnx"
-    quantize_model(src, table, out, per_channel=False)
+    quantize_model(src, table, out, QuantConfig(per_channel=False))
     q = onnx.load(str(out))
     model = onnx.load(str(src))
     ws, wz, axis, wq = dq_params(q, node(q, "conv1").input[1])
@@ -430,7 +431,7 @@ def fcn8s(tmp_path_factory):
 def test_fcn8s_fully_int8(fcn8s, tmp_path, target):
     xs = images((1, 3, FCN8S_SIZE, FCN8S_SIZE), n=3)
     out = tmp_path / f"fcn8s.{target}.onnx"
-    res = quantize_model(fcn8s, make_table(fcn8s, xs, target), out, target=target)
+    res = quantize_model(fcn8s, make_table(fcn8s, xs, target), out, QuantConfig(target=target))
     q = onnx.load(str(out))
     made_by = {o: n.op_type for n in q.graph.node for o in n.output}
     ops = {"Conv": 0, "Add": 0, "Resize": 0, "MaxPool": 0}

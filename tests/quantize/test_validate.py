@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
+from fcnquant.quantize import QuantConfig
 from fcnquant.errors import CalibrationError
 from fcnquant.quantize import quantize_model
 from tests.quantize.helpers import images, initializer, make_table, ref_qparams, save_model, tiny_fcn, with_entry
@@ -26,7 +27,7 @@ def setup(tmp_path):
 def refused(src, table, out_dir, match: str, **kwargs) -> None:
     out = out_dir / "fcn.int8.onnx"
     with pytest.raises(CalibrationError, match=match):
-        quantize_model(src, table, out, **kwargs)
+        quantize_model(src, table, out, QuantConfig(**kwargs))
     assert list(out_dir.iterdir()) == []  # no model, no temp file, no cache
 
 
@@ -91,7 +92,7 @@ def test_table_for_another_target_is_rederived(setup):
     """A table calibrated for ort-cpu quantized for npu-pow2: scales come from its ranges by the pow2 rule."""
     src, table, out_dir = setup
     out = out_dir / "fcn.pow2.onnx"
-    quantize_model(src, table, out, target="npu-pow2")
+    quantize_model(src, table, out, QuantConfig(target="npu-pow2"))
     q = onnx.load(str(out))
     for name in ("x", "r1", "skip", "fuse"):
         (qn,) = [n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == name]

@@ -12,13 +12,15 @@ from onnx import helper, numpy_helper
 
 from fcnquant.calibrate.collect import collect_stats
 from fcnquant.calibrate.table import build_table
-from fcnquant.data import get_preset, iter_batches, open_dataset
+from fcnquant.data import DataConfig, get_preset, iter_batches, open_dataset
 from fcnquant.errors import CalibrationError, ModelError
-from fcnquant.quantize import quantize_model
+from fcnquant.execute import LocalExecutor, RunConfig
+from fcnquant.quantize import QuantConfig, quantize_model
 from fcnquant.quantize.weights import symmetric_scales
-from fcnquant.recover import adaround
+from fcnquant.recover import AdaRoundOptions, adaround
 from tests.recover.helpers import ort_layer
 
+QUIET = RunConfig(progress=False)
 
 TINY = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -56,7 +58,11 @@ def setup(tmp_path_factory, synthetic_voc):
 
 
 def table_for(path, dataset, target):
-    return build_table(collect_stats(path, dataset, None, progress=False), "minmax", target)
+    return build_table(collect_stats(path, dataset, QUIET), "minmax", target)
+
+
+def images(dataset, ids=None) -> DataConfig:
+    return DataConfig(root=dataset, ids=tuple(ids if ids is not None else dataset.ids))
 
 
 def layer_mse(path, dataset, node_input, node_output, weights):
@@ -84,16 +90,16 @@ def layer_mse(path, dataset, node_input, node_output, weights):
 def test_adaround_model_is_on_the_grid_and_emits_its_integers(setup, target, per_channel, tmp_path):
     base, path, dataset = setup
     table = table_for(path, dataset, target)
-    res = adaround(path, table, target, per_channel=per_channel, dataset=dataset, ids=dataset.ids,
-                   iterations=300, progress=False)
+    res = adaround(path, table, images(dataset), QuantConfig(target=target, per_channel=per_channel), QUIET,
+                   AdaRoundOptions(iterations=300))
     assert [s.node for s in res.layers] and not res.skipped
     assert len(res.layers) == 4
     orig = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
     snapped = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}
     out = res.save_model(tmp_path / "ada.onnx")
     qpath = tmp_path / "ada.int8.onnx"
-    quantize_model(out, table, qpath, target=target, per_channel=per_channel, weight_scales=res.weight_scales,
-                   verify_table=False)
+    quantize_model(out, table, qpath, QuantConfig(target=target, per_channel=per_channel),
+                   weight_scales=res.weight_scales, verify_table=False)
     q = onnx.load(str(qpath))
     qinits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
     made_by = {o: n for n in q.graph.node for o in n.output}
@@ -119,8 +125,8 @@ def test_adaround_model_is_on_the_grid_and_emits_its_integers(setup, target, per
 
 def test_adaround_lowers_the_layer_output_error_measured_by_onnxruntime(setup):
     base, path, dataset = setup
-    res = adaround(path, None, "npu-pow2", per_channel=False, dataset=dataset, ids=dataset.ids, iterations=500,
-                   progress=False)
+    res = adaround(path, None, images(dataset), QuantConfig(target="npu-pow2", per_channel=False), QUIET,
+                   AdaRoundOptions(iterations=500))
     w_f = numpy_helper.to_array(next(t for t in onnx.load(str(path)).graph.initializer if t.name == "w2"))
     w_ada = numpy_helper.to_array(next(t for t in res.model.graph.initializer if t.name == "w2"))
     s = symmetric_scales(w_f, None, pow2=True)
@@ -135,18 +141,21 @@ def test_adaround_lowers_the_layer_output_error_measured_by_onnxruntime(setup):
 def test_sequential_inputs_and_errors(setup, tmp_path):
     base, path, dataset = setup
     table = table_for(path, dataset, "npu-pow2")
-    res = adaround(path, table, "npu-pow2", per_channel=False, dataset=dataset, ids=dataset.ids[:2],
-                   iterations=50, inputs="sequential", progress=False)
+    pow2 = QuantConfig(target="npu-pow2", per_channel=False)
+    res = adaround(path, table, images(dataset, dataset.ids[:2]), pow2, QUIET,
+                   AdaRoundOptions(iterations=50, inputs="sequential"))
     assert res.inputs == "sequential" and len(res.layers) == 4
     assert all(s.loss_adaround <= s.loss_nearest for s in res.layers)
     with pytest.raises(CalibrationError, match="needs the calibration table"):
-        adaround(path, None, "npu-pow2", dataset=dataset, ids=dataset.ids, inputs="nearest", progress=False)
+        adaround(path, None, images(dataset), QuantConfig(target="npu-pow2"), QUIET,
+                 AdaRoundOptions(inputs="nearest"))
     other = copy.copy(table)
     other.model_sha256 = "0" * 64
     with pytest.raises(CalibrationError, match="another model"):
-        adaround(path, other, "npu-pow2", dataset=dataset, ids=dataset.ids, inputs="nearest", progress=False)
+        adaround(path, other, images(dataset), QuantConfig(target="npu-pow2"), QUIET,
+                 AdaRoundOptions(inputs="nearest"))
     with pytest.raises(ModelError, match="unknown adaround inputs"):
-        adaround(path, None, dataset=dataset, ids=dataset.ids, inputs="bogus", progress=False)
+        adaround(path, None, images(dataset), None, QUIET, AdaRoundOptions(inputs="bogus"))
 
 
 def test_shared_weights_are_skipped_by_name(tmp_path, setup):
@@ -159,9 +168,32 @@ def test_shared_weights_are_skipped_by_name(tmp_path, setup):
                         ("ws2", (3, 8, 1, 1)), ("bs2", (3,)), ("ws1", (3, 6, 1, 1)), ("bs1", (3,))]:
         model.graph.initializer.append(numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name))
     model.graph.initializer.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "sc"))
-    res = adaround(model, None, "npu-pow2", per_channel=False, dataset=dataset, ids=dataset.ids[:2],
-                   iterations=20, progress=False)
+    res = adaround(model, None, images(dataset, dataset.ids[:2]),
+                   QuantConfig(target="npu-pow2", per_channel=False), QUIET, AdaRoundOptions(iterations=20))
     assert [s.weight for s in res.layers] == ["w1", "w2", "ws2"]
     assert len(res.skipped) == 2 and all("'ws1' is shared" in why for _, why in res.skipped)
     assert {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}["ws1"].tolist() == \
         numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "ws1")).tolist()
+
+
+def test_excluded_layers_keep_their_weights_and_shards_agree(setup):
+    """Nodes ``QuantConfig`` keeps in float are not rounded; the moments of three shards
+    (LocalExecutor(shards=3)) give the same layers as one pass."""
+    base, path, dataset = setup
+    # the parsed model's nodes are unnamed: named Conv_0, Conv_3, Conv_5 (s2), Conv_6 (s1) as emission names them
+    quant = QuantConfig(target="npu-pow2", per_channel=False, exclude_nodes=("Conv_5",), exclude_regex=("Conv_[6-9]",))
+    one = adaround(path, None, images(dataset), quant, QUIET, AdaRoundOptions(iterations=100))
+    assert [s.weight for s in one.layers] == ["w1", "w2"]
+    assert sorted(why for _, why in one.skipped) == ["excluded", "excluded"]
+    orig = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    got = {t.name: numpy_helper.to_array(t) for t in one.model.graph.initializer}
+    assert np.array_equal(got["ws1"], orig["ws1"]) and np.array_equal(got["ws2"], orig["ws2"])
+    three = adaround(path, None, images(dataset), quant, LocalExecutor(shards=3, progress=False),
+                     AdaRoundOptions(iterations=100))
+    for a, b in zip(one.layers, three.layers):
+        assert (a.node, a.positions, a.kept_nearest) == (b.node, b.positions, b.kept_nearest)
+        assert b.loss_nearest == pytest.approx(a.loss_nearest, rel=1e-12)
+        assert b.loss_adaround == pytest.approx(a.loss_adaround, rel=1e-9)
+    assert all(np.array_equal(got[w], numpy_helper.to_array(t)) for t in three.model.graph.initializer
+               for w in [t.name] if w in ("w1", "w2"))
+

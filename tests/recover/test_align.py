@@ -1,4 +1,4 @@
-"""Power-of-two alignment (fcnquant.recover.align): exact rescaling of a channel space, spaces left alone."""
+"""Power-of-two alignment (fcnquant.recover.equalize.align): exact rescaling of a channel space, spaces left alone."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import helper  # noqa: E402
 
 from fcnquant.recover import align_pow2  # noqa: E402
-from fcnquant.recover.pow2_grid import waste  # noqa: E402
+from fcnquant.recover.equalize.pow2_grid import waste  # noqa: E402
 from fcnquant.runtime import make_session, with_outputs  # noqa: E402
 from tests.recover.helpers import RNG, conv, init, make_model, rel_diff, run, spread  # noqa: E402
 

@@ -1,10 +1,10 @@
-"""Cross-layer equalization numerics (fcnquant.recover.cle): hand-worked cases and brute force."""
+"""Cross-layer equalization numerics (fcnquant.recover.equalize.cle): hand-worked cases and brute force."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fcnquant.recover import cle
+from fcnquant.recover.equalize import cle
 
 
 def dense(w: np.ndarray, group: int) -> np.ndarray:

@@ -1,13 +1,13 @@
-"""Convolution patches and moments (fcnquant.recover.conv_patches) against onnxruntime's Conv and ConvTranspose."""
+"""Convolution patches and moments (fcnquant.recover.adaround.conv_patches) against onnxruntime's Conv and ConvTranspose."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from fcnquant.errors import ModelError
-from fcnquant.recover.conv_patches import (GramStats, output_hw, patches, rows_to_weight, spec_from_attributes,
+from fcnquant.recover.adaround.conv_patches import (GramStats, output_hw, patches, rows_to_weight, spec_from_attributes,
                                            weight_rows)
-from fcnquant.recover.layer_rounding import quadratic_loss
+from fcnquant.recover.adaround.layer_rounding import quadratic_loss
 from tests.recover.helpers import ort_layer
 
 
@@ -65,3 +65,20 @@ def test_unsupported_layers_are_refused_by_name():
         spec_from_attributes("ConvTranspose", (2, 2, 3, 3), {"auto_pad": b"SAME_UPPER"})
     with pytest.raises(ModelError, match="2-D"):
         spec_from_attributes("Conv", (2, 2, 3), {})
+
+
+def test_gram_stats_of_shards_add_up():
+    spec = spec_from_attributes("Conv", (4, 3, 3, 3), {"pads": [1, 1, 1, 1]})
+    rng = np.random.default_rng(5)
+    xs = [(rng.standard_normal((1, 3, 6, 7)).astype(np.float32), rng.standard_normal((1, 3, 6, 7)).astype(np.float32))
+          for _ in range(5)]
+    whole, first, second = GramStats(spec), GramStats(spec), GramStats(spec)
+    for k, (xf, xq) in enumerate(xs):
+        whole.update(xf, xq)
+        (first if k < 2 else second).update(xf, xq)
+    for arr in (second.ff, second.fq, second.qq):
+        arr.flags.writeable = False  # a shard's arrays arrive read-only from a cluster
+    first.merge(second)
+    assert first.count == whole.count
+    for got, want in ((first.ff, whole.ff), (first.fq, whole.fq), (first.qq, whole.qq)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)

@@ -1,4 +1,5 @@
-"""Cross-layer equalization of ONNX graphs (fcnquant.recover.equalize, scalable): hand-built models in onnxruntime."""
+"""Cross-layer equalization of ONNX graphs (fcnquant.recover.equalize: equalize, scalable): hand-built models in
+onnxruntime."""
 from __future__ import annotations
 
 import json
@@ -11,8 +12,12 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from fcnquant import demo_models  # noqa: E402
 from fcnquant.errors import FcnquantError, ModelError  # noqa: E402
-from fcnquant.recover import equalize, find_pairs  # noqa: E402
+from fcnquant.data import DataConfig  # noqa: E402
+from fcnquant.execute import LocalExecutor, RunConfig  # noqa: E402
+from fcnquant.recover import EqualizeOptions, equalize, find_pairs  # noqa: E402
 from fcnquant.recover.equalize import METADATA_KEY  # noqa: E402
+
+QUIET = RunConfig(progress=False)
 from fcnquant.runtime import make_session  # noqa: E402
 from tests.recover.helpers import RNG, conv, init, make_model, rel_diff, run, spread  # noqa: E402
 
@@ -86,7 +91,7 @@ def test_maxpool_chain_and_multi_consumer_converge_with_same_outputs():
         helper.make_node("Add", ["ca", "cb"], ["y"]),
     ]
     model = make_model(nodes, inits, (1, 3, 8, 8))
-    res = equalize(model, tol=1e-9)
+    res = equalize(model, options=EqualizeOptions(tol=1e-9))
     assert [(p.producer, p.consumers) for p in res.pairs] == [("c1", ("c2",)), ("c2", ("ca", "cb"))]
     assert len(res.chains) == 1 and res.chains[0]["converged"] and res.chains[0]["sweeps"] > 2
     eq = res.model
@@ -111,7 +116,7 @@ def test_concat_slice_is_compensated_in_the_consumer():
         conv("conv_cat", "cat", "wc", "bc", out="y", pads=[1, 1, 1, 1]),
     ]
     model = make_model(nodes, inits, (1, 3, 6, 6))
-    res = equalize(model, tol=1e-10)
+    res = equalize(model, options=EqualizeOptions(tol=1e-10))
     pairs = {p.producer: p for p in res.pairs}
     # feat feeds c1 and (through the Concat, channels 0..2) conv_cat: both Convs, so it is a pair too
     assert pairs["feat"].consumers == ("c1", "conv_cat") and pairs["c1"].consumers == ("conv_cat",)
@@ -138,7 +143,7 @@ def test_grouped_and_depthwise_consumers_are_handled_exactly(group):
         conv("c3", "r2", "w3", out="y"),
     ]
     model = make_model(nodes, inits, (1, 3, 8, 8))
-    res = equalize(model, tol=1e-9)
+    res = equalize(model, options=EqualizeOptions(tol=1e-9))
     assert [p.producer for p in res.pairs] == ["c1", "dw"]
     x = RNG.normal(size=(1, 3, 8, 8)).astype(np.float32)
     assert rel_diff(run(model, x), run(res.model, x)) < 1e-5
@@ -251,7 +256,7 @@ def test_absorption_moves_the_positive_part_into_the_next_bias(tmp_path):
     for k in range(3):
         Image.fromarray(RNG.integers(0, 256, size=(20, 20, 3), dtype=np.uint8)).save(images / f"im{k}.png")
     plain = equalize(model)
-    res = equalize(model, absorb=True, data=images, split=None, num_images=None, progress=False)
+    res = equalize(model, None, DataConfig(root=images, split=None), QUIET, EqualizeOptions(absorb=True))
     assert res.absorb["channels"] == 1 and res.pairs[0].absorbed_channels == 1
     # the bound, measured here independently: min over the images of the (equalized) c1 output, channel 0
     from fcnquant.data import get_preset, iter_batches, open_dataset
@@ -270,6 +275,13 @@ def test_absorption_moves_the_positive_part_into_the_next_bias(tmp_path):
     assert res.max_rel_diff < 1e-5
     act = res.absorb["activation_max"]["c1"]
     assert act["after"] < act["before"]
+    for bound in ("min", "3sigma"):  # the bounds of three shards (one image each) merge bit for bit
+        opts = EqualizeOptions(absorb=True, bound=bound)
+        one = equalize(model, None, DataConfig(root=images, split=None), QUIET, opts)
+        three = equalize(model, None, DataConfig(root=images, split=None), LocalExecutor(shards=3, progress=False),
+                         opts)
+        assert three.model.SerializeToString() == one.model.SerializeToString()
+        assert three.to_dict() == one.to_dict()
 
 
 def test_absorption_skips_padded_consumers_unless_asked(tmp_path):
@@ -285,10 +297,10 @@ def test_absorption_skips_padded_consumers_unless_asked(tmp_path):
     images = tmp_path / "imgs"
     images.mkdir()
     Image.fromarray(RNG.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)).save(images / "a.png")
-    res = equalize(model, absorb=True, data=images, split=None, num_images=None, progress=False)
+    res = equalize(model, None, DataConfig(root=images, split=None), QUIET, EqualizeOptions(absorb=True))
     assert res.absorb["channels"] == 0 and "pad with zeros" in res.pairs[0].absorb_note
-    forced = equalize(model, absorb=True, absorb_padded=True, data=images, split=None, num_images=None,
-                      progress=False)
+    forced = equalize(model, None, DataConfig(root=images, split=None), QUIET,
+                      EqualizeOptions(absorb=True, absorb_padded=True))
     assert forced.absorb["channels"] == 2 and "absorbed despite" in forced.pairs[0].absorb_note
     c = init(res.model, "b1").astype(np.float64) - init(forced.model, "b1")  # the absorbed constants
     assert (c > 3).all()
@@ -328,7 +340,7 @@ def test_demo_models_keep_their_function(name, tmp_path, real_dataset):
 
     path = demo_models.DEMO_DIR / f"{name}.onnx"
     original = onnx.load(str(path))
-    res = equalize(path, tmp_path / "eq.onnx", verify=False)
+    res = equalize(path, tmp_path / "eq.onnx", options=EqualizeOptions(verify=False))
     eq = onnx.load(str(tmp_path / "eq.onnx"))
     s0, s1 = make_session(str(path)), make_session(str(tmp_path / "eq.onnx"))
     inp = s0.get_inputs()[0]
@@ -354,7 +366,7 @@ def test_bad_input_is_refused_without_writing(tmp_path):
     with pytest.raises(ModelError, match="not found"):
         equalize(tmp_path / "nope.onnx", tmp_path / "eq.onnx")
     with pytest.raises(FcnquantError, match="bound rule"):
-        equalize(model, bound="median")
+        equalize(model, options=EqualizeOptions(bound="median"))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -384,7 +396,7 @@ def resnet_like(residual_input=None):
 def test_residual_stream_is_one_channel_space_with_several_producers():
     nodes, inits = resnet_like()
     model = make_model(nodes, inits, (1, 3, 6, 6))
-    res = equalize(model, tol=1e-9)
+    res = equalize(model, options=EqualizeOptions(tol=1e-9))
     pairs = {p.producer: p for p in res.pairs}
     stream = pairs["conv3"]  # first producer of the stream in graph order
     assert stream.producers == ("conv3", "down", "conv3b")

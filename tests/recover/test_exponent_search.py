@@ -1,4 +1,4 @@
-"""Coordinate descent over discrete choices (fcnquant.recover.exponent_search) against brute force."""
+"""Coordinate descent over discrete choices (fcnquant.recover.scale_search.exponent_search) against brute force."""
 from __future__ import annotations
 
 import itertools
@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from fcnquant.recover.exponent_search import coordinate_descent
+from fcnquant.recover.scale_search.exponent_search import coordinate_descent
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -1,4 +1,4 @@
-"""The rounding optimiser of one layer (fcnquant.recover.layer_rounding) against brute force over every rounding."""
+"""The rounding optimiser of one layer (fcnquant.recover.adaround.layer_rounding) against brute force over every rounding."""
 from __future__ import annotations
 
 import itertools
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fcnquant.recover.layer_rounding import optimize_rounding, quadratic_loss
+from fcnquant.recover.adaround.layer_rounding import optimize_rounding, quadratic_loss
 
 
 def brute_force_best(w, s, a, b, c):

@@ -1,4 +1,4 @@
-"""Power-of-two grid arithmetic (fcnquant.recover.pow2_grid): waste and the best alignment against brute force."""
+"""Power-of-two grid arithmetic (fcnquant.recover.equalize.pow2_grid): waste and the best alignment against brute force."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from fcnquant.recover.pow2_grid import best_alignment, waste
+from fcnquant.recover.equalize.pow2_grid import best_alignment, waste
 
 
 def test_waste_is_the_unused_part_of_the_pow2_grid():

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from fcnquant.recover import rounding as rnd
+from fcnquant.recover.adaround import rounding as rnd
 
 
 def test_rectified_sigmoid_hand_values():

@@ -10,12 +10,20 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from fcnquant.calibrate import collect_stats, compute_table
-from fcnquant.data import get_preset, iter_batches, open_dataset
-from fcnquant.quantize import quantize_model
-from fcnquant.recover.scale_search import kl_divergence, scale_groups, search_activation_scales
+from fcnquant.calibrate import build_table, collect_stats
+from fcnquant.data import DataConfig, get_preset, iter_batches, open_dataset
+from fcnquant.execute import LocalExecutor, RunConfig
+from fcnquant.quantize import QuantConfig, quantize_model
+from fcnquant.recover.scale_search import (ScaleSearchOptions, kl_divergence, output_error, scale_groups,
+                                           search_activation_scales)
 from fcnquant.runtime import make_session
 from tests.recover.helpers import branching_model
+
+QUIET = RunConfig(progress=False)
+
+
+def calib(ds, ids) -> DataConfig:
+    return DataConfig(root=ds, ids=tuple(ids), preset="awesome", size=32)
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +33,10 @@ def setup(tmp_path_factory, synthetic_voc):
     fpath = tmp / "float.onnx"
     onnx.save(branching_model(3), str(fpath))
     ids = list(ds.ids)
-    stats = collect_stats(fpath, ds, ids, "awesome", size=32, progress=False)
-    table = compute_table(stats, "kl", "npu-pow2", pow2_rounding="error")
+    stats = collect_stats(fpath, calib(ds, ids), QUIET)
+    table = build_table(stats, "kl", "npu-pow2", pow2_rounding="error")
     qpath = tmp / "q.onnx"
-    quantize_model(fpath, table, qpath, target="npu-pow2", per_channel=False, pow2_rounding="error")
+    quantize_model(fpath, table, qpath, QuantConfig(target="npu-pow2", per_channel=False, pow2_rounding="error"))
     return tmp, ds, ids, fpath, qpath, table
 
 
@@ -71,8 +79,8 @@ def test_groups_have_the_two_neighbouring_powers_of_two(setup):
 def test_search_errors_match_onnxruntime_and_the_brute_force_neighbourhood(setup):
     _, ds, ids, fpath, qpath, table = setup
     q = onnx.load(str(qpath))
-    res = search_activation_scales(qpath, fpath, table, ds, ids, "awesome", images=None, sweeps=5, tol=0.0,
-                                   size=32)
+    res = search_activation_scales(qpath, fpath, table, calib(ds, ids), QUIET,
+                                   ScaleSearchOptions(images=None, sweeps=5, tol=0.0))
     xs = images(ds, ids)
     assert res.error_before == pytest.approx(output_mse(q, fpath, xs), rel=1e-3)
     groups = scale_groups(q, table)
@@ -93,9 +101,10 @@ def test_search_errors_match_onnxruntime_and_the_brute_force_neighbourhood(setup
 
 def test_reemitted_model_carries_the_chosen_scales(setup, tmp_path):
     _, ds, ids, fpath, qpath, table = setup
-    res = search_activation_scales(qpath, fpath, table, ds, ids, "awesome", images=3, size=32, metric="kl")
+    res = search_activation_scales(qpath, fpath, table, calib(ds, ids), QUIET,
+                                   ScaleSearchOptions(images=3, metric="kl"))
     out = tmp_path / "q2.onnx"
-    quantize_model(fpath, res.table, out, target="npu-pow2", per_channel=False, pow2_rounding="error")
+    quantize_model(fpath, res.table, out, QuantConfig(target="npu-pow2", per_channel=False, pow2_rounding="error"))
     q2 = onnx.load(str(out))
     inits = {t.name: float(numpy_helper.to_array(t).reshape(-1)[0]) for t in q2.graph.initializer
              if t.name.endswith("_scale")}
@@ -114,9 +123,34 @@ def test_kl_divergence_by_hand():
 
 def test_non_pow2_tables_are_refused(setup, tmp_path):
     tmp, ds, ids, fpath, qpath, _ = setup
-    stats = collect_stats(fpath, ds, ids, "awesome", size=32, progress=False)
-    trt = compute_table(stats, "kl", "tensorrt")
+    stats = collect_stats(fpath, calib(ds, ids), QUIET)
+    trt = build_table(stats, "kl", "tensorrt")
     from fcnquant.errors import FcnquantError
 
     with pytest.raises(FcnquantError):
-        search_activation_scales(qpath, fpath, trt, ds, ids, "awesome", size=32)
+        search_activation_scales(qpath, fpath, trt, calib(ds, ids), QUIET)
+    with pytest.raises(FcnquantError, match="metric"):
+        ScaleSearchOptions(metric="l1")
+
+
+@pytest.mark.parametrize("metric", ["mse", "kl"])
+def test_three_shards_give_the_search_of_one_pass(setup, metric):
+    """Each evaluation runs as shards (LocalExecutor(shards=3)): the per-image errors are added in image order, so
+    the errors, the evaluations and the chosen scales equal those of one pass."""
+    _, ds, ids, fpath, qpath, table = setup
+    opts = ScaleSearchOptions(images=None, sweeps=2, tol=0.0, metric=metric)
+    one = search_activation_scales(qpath, fpath, table, calib(ds, ids), QUIET, opts)
+    three = search_activation_scales(qpath, fpath, table, calib(ds, ids), LocalExecutor(shards=3, progress=False),
+                                     opts)
+    assert (three.error_before, three.error_after, three.signal, three.evaluations) == \
+        (one.error_before, one.error_after, one.signal, one.evaluations)
+    assert three.changes == one.changes and three.table.tensors == one.table.tensors
+
+
+def test_output_error_matches_onnxruntime_on_any_number_of_shards(setup):
+    _, ds, ids, fpath, qpath, _ = setup
+    want = output_mse(onnx.load(str(qpath)), fpath, images(ds, ids))
+    one = output_error([qpath], fpath, calib(ds, ids), QUIET, images=None)
+    three = output_error([qpath], fpath, calib(ds, ids), LocalExecutor(shards=3, progress=False), images=None)
+    assert one == three
+    assert one[0] == pytest.approx(want, rel=1e-3)

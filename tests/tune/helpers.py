@@ -6,10 +6,13 @@ import onnx
 from onnx import numpy_helper
 
 from fcnquant.demo_models import demo_model_path
+from fcnquant.quantize import QuantConfig
+from fcnquant.tune import ImageChoice
 
 PLANTED = "/pool5/pretrained.24/Conv"
 CONSUMER = "/pool5/pretrained.26/Conv"
-FAST = dict(num_calib=8, num_tune=16, rank_images=4, report_isolated=False, progress=False)
+FAST = dict(rank_images=4, report_isolated=False, images=ImageChoice(num_calib=8, num_tune=16))
+PER_TENSOR = QuantConfig(target="ort-cpu", per_channel=False)
 TUNE_VOC = dict(train=32, val=6, size=64, seed=5)  # the synthetic set of the tune_voc fixture
 
 

@@ -8,23 +8,33 @@ import onnx
 import pytest
 
 from fcnquant.cli import main
+from fcnquant.data import DataConfig
 from fcnquant.demo_models import demo_model_path
 from fcnquant.evaluate import evaluate
-from fcnquant.tune import FLOAT_LAYERS_KEY, over_budget_path, tune
-from tests.tune.helpers import FAST, PLANTED
+from fcnquant.execute import RunConfig
+from fcnquant.quantize import QuantConfig
+from fcnquant.tune import FLOAT_LAYERS_KEY, TuneOptions, over_budget_path, tune
+from tests.tune.helpers import FAST, PER_TENSOR, PLANTED
+
+QUIET = RunConfig(progress=False)
 
 
 def _tuning_drop(model, out, voc, result):
-    ids = result.images.tuning.to_dict()["ids"]
-    f = evaluate(model, voc, "train", ids=ids, progress=False).miou
-    q = evaluate(out, voc, "train", ids=ids, progress=False).miou
+    data = DataConfig(voc, split="train", ids=result.images.tuning.to_dict()["ids"])
+    f = evaluate(model, data, QUIET).miou
+    q = evaluate(out, data, QUIET).miou
     return f - q
+
+
+def _image_confusions(model, voc, ids):
+    """Per-image confusion matrices from fcnquant.evaluate, one image at a time: an independent computation."""
+    return np.stack([evaluate(model, DataConfig(voc, split="train", ids=[i]), QUIET).confusion for i in ids])
 
 
 def test_planted_layer_found_in_at_most_three_evaluations(tune_voc, planted_fcn8s, tmp_path):
     out = tmp_path / "p.int8.onnx"
-    res = tune(planted_fcn8s, 1.0, out, data=tune_voc, target="ort-cpu", per_channel=False,
-               json_path=tmp_path / "t.json", report=tmp_path / "t.html", **FAST)
+    res = tune(planted_fcn8s, out, TuneOptions(1.0, **FAST), tune_voc, QUIET, PER_TENSOR,
+               json_path=tmp_path / "t.json", report=tmp_path / "t.html")
     assert [f.name for f in res.float_layers] == [PLANTED]
     assert len(res.evaluations) <= 3 and not res.over_budget
     assert res.evaluations[0].drop > 1.0  # everything int8 misses the budget because of the planted layer
@@ -49,7 +59,8 @@ def test_planted_layer_found_in_at_most_three_evaluations(tune_voc, planted_fcn8
 
 def test_budget_already_met_needs_one_evaluation(tune_voc, tmp_path):
     out = tmp_path / "m.int8.onnx"
-    res = tune(demo_model_path("fcn8s"), 5.0, out, data=tune_voc, target="ort-cpu", **FAST)
+    res = tune(demo_model_path("fcn8s"), out, TuneOptions(5.0, **FAST), tune_voc, QUIET,
+               QuantConfig(target="ort-cpu"))
     assert res.float_layers == () and len(res.evaluations) == 1 and res.ranking is None
     assert res.tune_drop == pytest.approx(_tuning_drop(demo_model_path("fcn8s"), out, tune_voc, res), abs=1e-9)
     assert res.tune_drop <= 5.0 and out.is_file()
@@ -75,7 +86,9 @@ def test_impossible_budget_exits_3_and_writes_the_best_model_as_over_budget(tune
 
 def test_recover_emits_recovered_candidates(tune_voc, planted_fcn8s, tmp_path):
     out = tmp_path / "r.int8.onnx"
-    res = tune(planted_fcn8s, 1.0, out, data=tune_voc, target="npu-pow2", per_channel=False, recover=True, **FAST)
+    res = tune(planted_fcn8s, out, TuneOptions(1.0, **FAST), tune_voc, QUIET,
+               QuantConfig(target="npu-pow2", per_channel=False),
+               recover=True)
     assert [f.name for f in res.float_layers] == [PLANTED] and not res.over_budget
     assert res.tune_drop == pytest.approx(_tuning_drop(planted_fcn8s, out, tune_voc, res), abs=1e-9)
     q = onnx.load(str(out))
@@ -87,7 +100,7 @@ def test_recover_emits_recovered_candidates(tune_voc, planted_fcn8s, tmp_path):
 
 def test_fp16_fallback_makes_only_the_float_layer_an_fp16_island(tune_voc, planted_fcn8s, tmp_path):
     out = tmp_path / "h.int8.onnx"
-    res = tune(planted_fcn8s, 1.0, out, data=tune_voc, target="ort-cpu", per_channel=False, fallback="fp16", **FAST)
+    res = tune(planted_fcn8s, out, TuneOptions(1.0, fallback="fp16", **FAST), tune_voc, QUIET, PER_TENSOR)
     assert [f.name for f in res.float_layers] == [PLANTED] and len(res.evaluations) <= 3
     q = onnx.load(str(out))
     onnx.checker.check_model(q, full_check=True)
@@ -104,12 +117,11 @@ def test_the_tuning_drop_comes_with_its_bootstrap_interval(tune_voc, planted_fcn
     from fcnquant.tune.confidence import bootstrap_drop, upper_bound
 
     out = tmp_path / "ci.int8.onnx"
-    res = tune(planted_fcn8s, 1.0, out, data=tune_voc, target="ort-cpu", per_channel=False,
-               json_path=tmp_path / "ci.json", **FAST)
+    res = tune(planted_fcn8s, out, TuneOptions(1.0, **FAST), tune_voc, QUIET, PER_TENSOR,
+               json_path=tmp_path / "ci.json")
     ids = res.images.tuning.to_dict()["ids"]
     # per-image confusion matrices from fcnquant.evaluate, one image at a time: an independent computation
-    per_image = {m: np.stack([evaluate(m, tune_voc, "train", ids=[i], progress=False).confusion for i in ids])
-                 for m in (planted_fcn8s, out)}
+    per_image = {m: _image_confusions(m, tune_voc, ids) for m in (planted_fcn8s, out)}
     want = bootstrap_drop(per_image[planted_fcn8s], per_image[out])
     assert res.tune_interval == want and want.lo <= res.tune_drop <= want.hi
     assert res.tune_drop == pytest.approx(want.drop, abs=1e-9)
@@ -117,12 +129,12 @@ def test_the_tuning_drop_comes_with_its_bootstrap_interval(tune_voc, planted_fcn
     assert data["tune_interval"]["lo"] == pytest.approx(want.lo, abs=1e-4) and data["confidence"] is None
     assert "interval" in res.format_table()
     # with a confidence, the search holds the upper bound to the budget: the chosen model's bound is within it
-    sure = tune(planted_fcn8s, 1.0, tmp_path / "sure.onnx", data=tune_voc, target="ort-cpu", per_channel=False,
-                confidence=0.9, **FAST)
+    sure = tune(planted_fcn8s, tmp_path / "sure.onnx", TuneOptions(1.0, confidence=0.9, **FAST), tune_voc, QUIET,
+                PER_TENSOR)
     assert not sure.over_budget and sure.confidence == 0.9
     chosen = [e for e in sure.evaluations if e.float_layers and set(e.float_layers) == {f.name for f in
                                                                                          sure.float_layers}]
     assert chosen and all(e.drop <= 1.0 for e in chosen)
-    per = {m: np.stack([evaluate(m, tune_voc, "train", ids=[i], progress=False).confusion for i in ids])
-           for m in (planted_fcn8s, tmp_path / "sure.onnx")}
-    assert upper_bound(per[planted_fcn8s], per[tmp_path / "sure.onnx"], 0.9) == pytest.approx(chosen[-1].drop, abs=1e-9)
+    per = {m: _image_confusions(m, tune_voc, ids) for m in (planted_fcn8s, tmp_path / "sure.onnx")}
+    assert upper_bound(per[planted_fcn8s], per[tmp_path / "sure.onnx"], 0.9) == \
+        pytest.approx(chosen[-1].drop, abs=1e-9)

@@ -1,0 +1,224 @@
+"""Numerics-free helpers over an ONNX graph: node order, who produces and who reads each tensor, small graph edits,
+and shape inference on a copy of the model without its weights.
+
+Only the top-level graph is handled: If/Loop bodies are opaque nodes. A tensor that no node of the graph produces
+(a graph input, an initializer, a name from an outer scope) counts as available from the start.
+"""
+from __future__ import annotations
+
+import heapq
+
+from fcnquant.errors import ModelError
+
+#: Initializers with more elements than this are left out of the shape-inference skeleton (see ``skeleton``).
+SKELETON_ELEMENTS = 4096
+
+
+def producers(graph) -> dict[str, object]:
+    """Returns {tensor name: node producing it}; a name written by several nodes maps to the last in file order."""
+    return {out: node for node in graph.node for out in node.output if out}
+
+
+def consumers(graph) -> dict[str, list]:
+    """Returns {tensor name: nodes reading it, in file order}; a node reading a tensor twice is listed twice."""
+    users: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            if name:
+                users.setdefault(name, []).append(node)
+    return users
+
+
+def graph_outputs(graph) -> set[str]:
+    """Returns the names of the graph outputs."""
+    return {o.name for o in graph.output}
+
+
+def topological_order(graph, *, depth_first: bool = False) -> list:
+    """Returns the graph's nodes (the NodeProto objects) in a topological order; the file order when it is one.
+
+    A node waits for the producer (see ``producers``) of each tensor it reads. Nodes whose inputs are all
+    available are placed by one of two rules, which give different orders for a graph whose file order is not
+    topological:
+
+    * ``depth_first=False``: the ready node earliest in the file goes next (the smallest order of file positions).
+    * ``depth_first=True``: nodes are taken in file order, each preceded by the producers it still waits for,
+      visited depth first in the order of its inputs.
+
+    Raises ModelError when nodes wait on each other in a cycle (a node reading its own output included).
+    """
+    nodes = list(graph.node)
+    made_at: dict[str, int] = {}
+    for pos, node in enumerate(nodes):
+        for out in node.output:
+            if out:
+                made_at[out] = pos
+    order = _depth_first(nodes, made_at) if depth_first else _earliest_first(nodes, made_at)
+    return [nodes[pos] for pos in order]
+
+
+def sort_topologically(graph) -> None:
+    """Reorders the graph's nodes in place into ``topological_order(graph)``; a topological file order is kept."""
+    order = topological_order(graph)
+    del graph.node[:]
+    graph.node.extend(order)
+
+
+def _earliest_first(nodes: list, made_at: dict[str, int]) -> list[int]:
+    """Kahn's algorithm with the ready nodes in a heap of file positions."""
+    waiting = [0] * len(nodes)
+    readers: list[list[int]] = [[] for _ in nodes]
+    for pos, node in enumerate(nodes):
+        deps = {made_at[name] for name in node.input if name in made_at}
+        waiting[pos] = len(deps)
+        for dep in deps:
+            readers[dep].append(pos)
+    ready = [pos for pos, k in enumerate(waiting) if k == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        pos = heapq.heappop(ready)
+        order.append(pos)
+        for user in readers[pos]:
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                heapq.heappush(ready, user)
+    if len(order) != len(nodes):
+        _raise_cycle(nodes, [pos for pos, k in enumerate(waiting) if k > 0])
+    return order
+
+
+def _depth_first(nodes: list, made_at: dict[str, int]) -> list[int]:
+    """Post-order of a depth-first walk over the producers, started from each node in file order."""
+    state = [0] * len(nodes)  # 0 unvisited, 1 on the walk's stack, 2 placed
+    order: list[int] = []
+    for start in range(len(nodes)):
+        if state[start]:
+            continue
+        state[start] = 1
+        stack = [(start, iter(nodes[start].input))]
+        while stack:
+            pos, inputs = stack[-1]
+            for name in inputs:
+                dep = made_at.get(name)
+                if dep is None or state[dep] == 2:
+                    continue
+                if state[dep] == 1:  # dep is on the stack: the nodes from it to the top form the cycle
+                    path = [p for p, _ in stack]
+                    _raise_cycle(nodes, path[path.index(dep):])
+                state[dep] = 1
+                stack.append((dep, iter(nodes[dep].input)))
+                break
+            else:
+                stack.pop()
+                state[pos] = 2
+                order.append(pos)
+    return order
+
+
+def _raise_cycle(nodes: list, stuck: list[int]) -> None:
+    names = [nodes[pos].name or nodes[pos].op_type for pos in stuck[:5]]
+    raise ModelError(f"the graph has a cycle: nodes {names} never get all their inputs")
+
+
+def remove_nodes(graph, doomed: list) -> None:
+    """Removes the given nodes (by identity) from the graph, keeping the order of the rest."""
+    ids = {id(n) for n in doomed}
+    keep = [n for n in graph.node if id(n) not in ids]
+    del graph.node[:]
+    graph.node.extend(keep)
+
+
+def prune_initializers(graph) -> int:
+    """Removes initializers that no node reads and that are not graph outputs; returns how many were removed."""
+    used = {name for node in graph.node for name in node.input} | graph_outputs(graph)
+    keep = [t for t in graph.initializer if t.name in used]
+    removed = len(graph.initializer) - len(keep)
+    if removed:
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+    return removed
+
+
+def rename_input(graph, old: str, new: str) -> None:
+    """Makes every node that reads ``old`` read ``new`` instead."""
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+
+
+def unique_name(taken: set[str], base: str) -> str:
+    """Returns ``base`` or ``base_<k>`` for the first k that is not in ``taken``, and adds it to ``taken``."""
+    name, k = base, 1
+    while name in taken:
+        name = f"{base}_{k}"
+        k += 1
+    taken.add(name)
+    return name
+
+
+def skeleton(model) -> tuple[object, set[str]]:
+    """Returns (a copy of ``model`` whose large initializers are graph inputs of their type and shape, their names).
+
+    Shape inference needs the values of small constants (Reshape shapes, Slice bounds) but only the types and
+    shapes of weights, while onnx's ``infer_shapes`` serializes the whole model first (0.2 s a pass for the
+    full-size fcn8s and its 134 MB of weights); the skeleton is a few kB. Nodes, outputs, value infos, opsets and
+    functions are the model's, and the inferred value infos are the same as for the whole model.
+    Initializers above ``SKELETON_ELEMENTS`` elements are lifted; one that is also a declared graph input keeps
+    that declaration and is not lifted.
+    """
+    import onnx
+    from onnx import helper
+
+    g = model.graph
+    declared = {i.name for i in g.input}
+    small, lifted, inputs = [], set(), list(g.input)
+    for init in g.initializer:
+        n = 1
+        for d in init.dims:
+            n *= d
+        if n <= SKELETON_ELEMENTS:
+            small.append(init)
+        elif init.name not in declared:
+            inputs.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+            lifted.add(init.name)
+    graph = helper.make_graph(list(g.node), g.name, inputs, list(g.output), small, value_info=list(g.value_info))
+    out = onnx.ModelProto(ir_version=model.ir_version, opset_import=list(model.opset_import), graph=graph)
+    out.functions.extend(model.functions)
+    return out, lifted
+
+
+def inferred_value_infos(model) -> tuple[dict, dict[str, int]]:
+    """Returns ({tensor: ValueInfoProto}, {tensor: onnx elem_type}) from declarations and shape inference.
+
+    Inference runs on the ``skeleton`` (not strict). Value infos cover graph inputs, intermediate tensors and
+    outputs whose type is known; types also cover every initializer and ``Constant`` output. Best effort: when
+    inference fails (an op onnx cannot type, a model over 2 GB) the model's declared value infos are used.
+    """
+    import onnx
+
+    lifted: set[str] = set()
+    try:
+        bare, lifted = skeleton(model)
+        inferred = onnx.shape_inference.infer_shapes(bare, strict_mode=False)
+    except Exception:  # inference failing on an exotic op must not stop the caller's analysis
+        inferred, lifted = model, set()
+    infos: dict = {}
+    types: dict[str, int] = {}
+    g = inferred.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        t = vi.type.tensor_type.elem_type
+        if t:
+            infos[vi.name] = vi
+            types[vi.name] = t
+    for init in model.graph.initializer:
+        types[init.name] = init.data_type
+        if init.name in lifted:
+            infos.pop(init.name, None)  # an input of the skeleton only, not of the model
+    for node in g.node:  # inference does not always type Constant outputs
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.t.data_type:
+                    types[node.output[0]] = a.t.data_type
+    return infos, types

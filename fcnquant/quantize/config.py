@@ -1,0 +1,60 @@
+"""What decides the int8 model besides the scales: target, weight granularity, what stays in float."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Mapping
+
+
+def _strings(values: Iterable[str] | str | None) -> tuple[str, ...]:
+    if values is None:
+        return ()
+    if isinstance(values, str):
+        return (values,)
+    return tuple(str(v) for v in values)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How to quantize: the scale ``method`` (with its ``params``, e.g. ``{"percentile": 99.9}``), the deployment
+    ``target`` (``ort-cpu``, ``tensorrt``, ``npu-pow2``), ``per_channel`` weights, ``quantize_output`` (the final
+    logits too), nodes kept in float (``exclude_nodes``: exact names, ``exclude_ops``: op types,
+    ``exclude_regex``: patterns matched against whole node names) and ``pow2_rounding`` (``"up"`` or ``"error"``:
+    how a power-of-two weight scale is picked)."""
+
+    method: str = "kl"
+    target: str = "ort-cpu"
+    params: tuple[tuple[str, Any], ...] = ()
+    per_channel: bool = True
+    quantize_output: bool = False
+    exclude_nodes: tuple[str, ...] = ()
+    exclude_ops: tuple[str, ...] = ()
+    exclude_regex: tuple[str, ...] = ()
+    pow2_rounding: str = "up"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.params, Mapping):
+            object.__setattr__(self, "params", tuple(sorted(self.params.items())))
+        for name in ("exclude_nodes", "exclude_ops", "exclude_regex"):
+            object.__setattr__(self, name, _strings(getattr(self, name)))
+
+    @property
+    def method_params(self) -> dict[str, Any]:
+        """The method's parameters as a dict."""
+        return dict(self.params)
+
+    @property
+    def excludes(self) -> bool:
+        """True when some node is kept in float."""
+        return bool(self.exclude_nodes or self.exclude_ops or self.exclude_regex)
+
+    def with_(self, **changes) -> "QuantConfig":
+        """Returns a copy with ``changes``."""
+        return replace(self, **changes)
+
+    def check(self) -> None:
+        """Raises on an unknown method, method parameter or target: before minutes of inference."""
+        from fcnquant.calibrate.methods import resolve_params
+        from fcnquant.calibrate.qparams import get_target
+
+        resolve_params(self.method, **self.method_params)
+        get_target(self.target)

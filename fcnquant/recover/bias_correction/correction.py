@@ -1,0 +1,286 @@
+"""Empirical bias correction of an int8 QDQ model: each quantized Conv's mean output shift per channel, cancelled.
+
+Quantizing a Conv's weights shifts the mean of its output: ``E[W_q x] - E[W x] = (W_q - W) E[x]`` (Nagel et al.
+2019). For every quantized Conv / ConvTranspose of the QDQ model (weights from an int8 DequantizeLinear, bias from
+an int32 DequantizeLinear), over the calibration images, per output channel ``c``, ``e_c`` is measured and the
+int32 bias lowered by ``round(e_c / s_b)`` (:mod:`fcnquant.recover.bias_correction.channel_means`). Two errors can
+be cancelled:
+
+* ``error="weights"`` (default): the shift the layer's own weight rounding causes on the inputs it actually gets
+  in the int8 model, ``e_c = mean over images and positions of conv(W_q - W, x_q)[c] + (b_q s_b - b)[c]``,
+  computed exactly from the mean of every kernel window of ``x_q`` (``WindowMeans``; borders and padding
+  included) and the bias's own rounding. The inputs ``x_q`` are the quantized model's own, with every earlier
+  layer already corrected.
+* ``error="accumulated"``: the whole mean error of the layer's output against the float model's
+  (``mean(Conv_q(x_q)) - mean(Conv(x))``), which also absorbs the mean error accumulated before the layer.
+  Measured on the demo models at npu-pow2 with per-tensor weights, it *lost* accuracy where the accumulated error
+  is dominated by clipped activations (KL thresholds): a clipped tail lowers the mean at a few positions and the
+  correction raises every position, turning zeros after the next ReLU into positives (fcn16s -0.69, fcn32s -2.2
+  mIoU vs no correction); the weight-rounding shift is the part a bias can cancel without that side effect.
+* ``error="weights+rounding"``: the ``"weights"`` shift plus the mean rounding error of the layer's int8 input
+  passed through its float weights, ``conv(W, r)`` with ``r = DQ(Q(x)) - x`` where ``x`` is inside the grid and
+  0 where it is clipped (clipping is left alone, as above), from the window means of ``r``. On power-of-two
+  grids a residual stream's step can exceed what a branch adds to some channels, whose rounding then has a
+  systematic sign (measured on fcn_r50_d8 at npu-pow2: per-channel mean rounding errors up to the error's RMS).
+  Measured on fcn_r50_d8 (npu-pow2, per-tensor, tuning split): no gain over ``"weights"`` (output SNR 19.60 vs
+  19.62 dB), so the int8 workflow does not use it; ``"accumulated"`` gained 0.8 dB there
+  (``fcnquant.workflows.int8``, ``"auto"``).
+
+Layers are corrected in dependency order: a layer's measurement waits until every quantized Conv it depends on
+(through any path) is corrected. Layers that do not depend on each other (parallel branches: a ResNet's
+downsample Conv beside its bottleneck, FCN's score Convs beside the deeper backbone) are measured and corrected
+in the same pass, with the same result as one at a time, since neither's bias reaches the other's input.
+
+Cost, in inference passes over the calibration images: ``D`` quantized passes (plus ``1`` float pass for the
+``accumulated`` error, all layers' float means at once), ``D`` = the depth of the Conv dependency graph
+(``schedule="levels"``, default; ``L`` passes, one per layer, with ``schedule="sequential"``, the reference). Each
+quantized pass runs only the part of the graph its layers need (the model is cut at their outputs), so a pass over
+the first layers costs a fraction of an inference: in total about ``D / 2`` full inferences per image.
+
+Every pass is one :meth:`~fcnquant.execute.Executor.map` of :func:`means_shard` over the images; the shards'
+means merge bit for bit (a shard after the first records its batch sums, :mod:`fcnquant.recover.ordered_sum`), so
+any number of shards, local or on a cluster, gives the model of one pass (with the same batches: always with
+batches of one image, the default). Memory is constant in the number of images: per layer, a sum per channel
+(float64) and a count (plus, in a shard after the first, one such sum per batch).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from fcnquant._io import as_model
+from fcnquant.data import DataConfig, Dataset
+from fcnquant.errors import FcnquantError
+from fcnquant.execute import Executor, RunConfig, ShardContext, image_batches, resolve_batch
+from fcnquant.recover.bias_correction.channel_means import ChannelMeans, WindowMeans, weight_shift_means
+from fcnquant.recover.bias_correction.targets import (Target, apply_correction, cut_at, dependency_levels,
+                                                      find_targets, rounding_error_tensor)
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = ("levels", "sequential")
+ERRORS = ("weights", "accumulated", "weights+rounding")
+
+#: a pass's accumulators: {key: (tensor, kernel geometry of a WindowMeans, or None for a ChannelMeans)}
+Specs = Mapping[Any, tuple[str, "tuple | None"]]
+
+
+@dataclass(frozen=True)
+class BiasCorrectionOptions:
+    """``error``: which mean error to cancel (:data:`ERRORS`, module docstring). ``schedule``: ``"levels"``
+    (independent layers share a pass) or ``"sequential"`` (one pass per layer); both give the same biases.
+    ``skip_logits`` (default) leaves the class-scoring Convs as emitted: their mean error over all pixels is
+    dominated by confidently classified ones, and shifting a class's logits everywhere to cancel it moved the
+    contested pixels the wrong way (measured on the demo fcn16s at npu-pow2: -0.69 mIoU with its score Convs
+    corrected, -0.20 without)."""
+
+    error: str = "weights"
+    schedule: str = "levels"
+    skip_logits: bool = True
+
+    def __post_init__(self) -> None:
+        if self.error not in ERRORS:
+            raise FcnquantError(f"unknown bias-correction error {self.error!r}; choose from {', '.join(ERRORS)}")
+        if self.schedule not in SCHEDULES:
+            raise FcnquantError(f"unknown bias-correction schedule {self.schedule!r}; choose from "
+                                f"{', '.join(SCHEDULES)}")
+
+
+@dataclass(frozen=True)
+class LayerCorrection:
+    """One corrected layer: the Conv node, its output tensor, and the size of the mean error it cancelled."""
+
+    node: str
+    output: str
+    channels: int
+    mean_abs_error: float  # mean over channels of |e_c| before correction (in the output's units)
+    max_abs_error: float
+    level: int  # the pass (1-based) that corrected it
+
+    def to_dict(self) -> dict:
+        """Returns a JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BiasCorrectionResult:
+    """The corrected QDQ model and what was done."""
+
+    model: object  # onnx.ModelProto
+    layers: tuple[LayerCorrection, ...]
+    skipped: tuple[tuple[str, str], ...]  # (node, reason)
+    schedule: str
+    passes: int  # inference passes over the calibration images (float + quantized)
+    images: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        """Returns a JSON-ready dict (without the model)."""
+        return {
+            "schedule": self.schedule, "passes": self.passes, "images": self.images,
+            "seconds": round(self.seconds, 3), "layers": [layer.to_dict() for layer in self.layers],
+            "skipped": [{"node": n, "reason": r} for n, r in self.skipped],
+        }
+
+
+def correct_biases(
+    qmodel: str | os.PathLike[str] | object,
+    float_model: str | os.PathLike[str] | object,
+    data: DataConfig | Dataset | str | os.PathLike[str] | None = None,
+    run: RunConfig | Executor | None = None,
+    options: BiasCorrectionOptions | None = None,
+) -> BiasCorrectionResult:
+    """Returns the BiasCorrectionResult: a copy of the QDQ model ``qmodel`` whose int32 Conv biases cancel each
+    layer's mean output error against ``float_model`` over the calibration images of ``data``.
+
+    ``qmodel`` / ``float_model`` are paths or ModelProtos (the QDQ model must come from the float model: same
+    Conv output names, as ``fcnquant.quantize.quantize_model`` keeps them). ``data``: a
+    :class:`~fcnquant.data.DataConfig` (or a dataset root / open ``Dataset``, all of its images) with the
+    calibration ``ids`` (else a seeded selection of ``num_images``) and the preprocessing (``preset``, ``size``,
+    ``mean``, ``std``; default the model's own). ``run``: the executor and batch size; the result does not depend
+    on the number of shards. ``options``: :class:`BiasCorrectionOptions`.
+    """
+    options = options or BiasCorrectionOptions()
+    cfg, run = DataConfig.of(data, split=None), RunConfig.of(run)
+    executor = run.resolved()
+    dataset = cfg.open(float_model if isinstance(float_model, (str, os.PathLike)) else None,
+                       progress=executor.progress)
+    ids = cfg.choose(dataset, progress=executor.progress)
+    if not ids:
+        raise FcnquantError("bias correction needs at least one calibration image")
+    t0 = time.perf_counter()
+    qm = _copy(as_model(qmodel))
+    fm = as_model(float_model)
+    targets, skipped = find_targets(qm, fm, skip_logits=options.skip_logits)
+    for node, reason in skipped:
+        log.info("bias correction skips %s: %s", node, reason)
+    if not targets:
+        log.warning("bias correction: no quantized Conv with an int32 bias in the model; nothing corrected")
+        return BiasCorrectionResult(qm, (), tuple(skipped), options.schedule, 0, len(ids), time.perf_counter() - t0)
+    passes = _MeansPass(executor, dataset, ids, cfg, run.batch_size)
+    by_weights = options.error in ("weights", "weights+rounding")
+    if by_weights:
+        plain = [t.node for t in targets if t.delta_w is None]
+        if plain:
+            log.info("bias correction: %d layer(s) without a plain 2-D Conv geometry use their accumulated "
+                     "error: %s", len(plain), ", ".join(plain[:5]))
+    needs_float = [t.float_output for t in targets if not (by_weights and t.delta_w is not None)]
+    float_means = {}
+    if needs_float:
+        accs = passes.run(fm, {n: (n, None) for n in needs_float}, "bias correction: float")
+        float_means = {n: acc.mean for n, acc in accs.items()}
+    groups = _groups(qm, targets, options.schedule)
+    layers: list[LayerCorrection] = []
+    for k, group in enumerate(groups):
+        layers += _correct_group(passes, qm, group, options.error, float_means, k, len(groups))
+    count = len(groups) + (1 if needs_float else 0)
+    seconds = time.perf_counter() - t0
+    log.info("bias correction (%s): %d layers, %d passes over %d images in %.1f s", options.schedule, len(layers),
+             count, len(ids), seconds)
+    return BiasCorrectionResult(qm, tuple(layers), tuple(skipped), options.schedule, count, len(ids), seconds)
+
+
+def _copy(model):
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _groups(qm, targets: list[Target], schedule: str) -> list[list[Target]]:
+    """Returns the layers of each pass: by dependency level, or one layer per pass (``"sequential"``)."""
+    if schedule == "sequential":
+        return [[t] for t in targets]
+    levels = dependency_levels(qm, [t.output for t in targets])
+    return [[t for t in targets if levels[t.output] == lv] for lv in sorted(set(levels.values()))]
+
+
+def _correct_group(passes: "_MeansPass", qm, group: list[Target], error: str, float_means: dict, k: int,
+                   count: int) -> list[LayerCorrection]:
+    """Measures the layers of one pass on ``qm`` and corrects their biases in ``qm``; returns what was done."""
+    from onnx import numpy_helper
+
+    by_weights = error in ("weights", "weights+rounding")
+    specs: dict[tuple[str, str], tuple[str, tuple | None]] = {}
+    for t in group:
+        if by_weights and t.delta_w is not None:
+            specs[(t.node, "in")] = (t.input, t.geometry)
+        else:
+            specs[(t.node, "out")] = (t.output, None)
+    cut_model = qm
+    if error == "weights+rounding":
+        cut_model = _copy(qm)
+        for t in group:
+            if (t.node, "in") in specs:
+                r = rounding_error_tensor(cut_model, t.input)
+                if r is not None:
+                    specs[(t.node, "r")] = (r, t.geometry)
+    tensors = list(dict.fromkeys(name for name, _ in specs.values()))
+    accs = passes.run(cut_at(cut_model, tensors), specs, f"bias correction: pass {k + 1}/{count}")
+    inits = {t.name: t for t in qm.graph.initializer}
+    layers = []
+    for t in group:
+        if (t.node, "in") in accs:  # weight rounding on the int8 inputs, plus the bias's own rounding
+            b_now = numpy_helper.to_array(inits[t.bias_init]).astype(np.float64) * t.bias_scale
+            err = weight_shift_means(t.delta_w, accs[(t.node, "in")].mean) + b_now - t.float_bias
+            if (t.node, "r") in accs:  # the mean rounding error of the layer's int8 input, through W:
+                # E[W_q x_q] - E[W x] = E[(W_q - W) x_q] + E[W (x_q - x)]
+                err = err + weight_shift_means(t.float_weight, accs[(t.node, "r")].mean)
+        else:
+            err = accs[(t.node, "out")].mean - float_means[t.float_output]
+        apply_correction(inits[t.bias_init], t.bias_scale, err)
+        layers.append(LayerCorrection(t.node, t.output, int(err.size), float(np.abs(err).mean()),
+                                      float(np.abs(err).max()), k + 1))
+    return layers
+
+
+class _MeansPass:
+    """Runs a model over the calibration images on the executor, merging the shards' per-channel means."""
+
+    def __init__(self, executor: Executor, dataset, ids: list[str], data: DataConfig, batch_size: int) -> None:
+        self.executor, self.dataset, self.ids, self.data, self.batch_size = executor, dataset, ids, data, batch_size
+
+    def run(self, model, specs: Specs, desc: str) -> dict:
+        """Returns {key: ChannelMeans or WindowMeans} of ``specs``' tensors of ``model`` over the images."""
+        from fcnquant.runtime import with_outputs
+
+        names = list(dict.fromkeys(t for t, _ in specs.values()))
+        raw = with_outputs(model, names).SerializeToString()
+        parts = self.executor.map(means_shard, self.dataset, self.ids, args=(self.data, self.batch_size, dict(specs)),
+                                  models={"model": raw}, desc=desc)
+        merged = parts[0]
+        for part in parts[1:]:
+            for key, acc in part.items():
+                merged[key].merge(acc)
+        return merged
+
+
+def means_shard(ctx: ShardContext, data: DataConfig, batch_size: int, specs: Specs) -> dict:
+    """Returns {key: ChannelMeans or WindowMeans} of the tensors ``specs`` of the model ``"model"`` over the shard's
+    images (a shard function; a shard after the first records its batch sums, so the merge is bit for bit)."""
+    from fcnquant.runtime import input_spec
+
+    # graph optimisation "all", intra-op threads not spinning: the collection session's settings
+    session = ctx.session("model", optimization="all", spinning=False, disabled_optimizers=())
+    record = ctx.start > 0
+    accs = {key: (tensor, WindowMeans(*geometry, record=record) if geometry is not None else
+                  ChannelMeans(record=record)) for key, (tensor, geometry) in specs.items()}
+    input_name, shape = input_spec(session)
+    names = list(dict.fromkeys(t for t, _ in accs.values()))
+    fetch = [n for n in names if n != input_name]
+    preset = data.preset_for(session)
+    batch, fixed = resolve_batch(batch_size, shape[0])
+    for mb in image_batches(ctx.dataset, preset, ctx.ids, batch, fixed, with_masks=False):
+        images = np.ascontiguousarray(mb.feed, np.float32)
+        values = dict(zip(fetch, session.run(fetch, {input_name: images}))) if fetch else {}
+        values[input_name] = images
+        for tensor, acc in accs.values():
+            acc.update(values[tensor][:mb.n])
+        ctx.advance(mb.n)
+    return {key: acc for key, (_, acc) in accs.items()}
