@@ -213,34 +213,3 @@ def test_external_data_model_collects_the_same_statistics(tmp_path, synthetic_vo
     pre = get_preset("awesome", model_hw=(32, 32))
     r1 = np.concatenate([sess.run(["r1"], {"input": bt.images})[0] for bt in iter_batches(ds, pre, batch_size=1)])
     assert (b.tensors["r1"].min, b.tensors["r1"].max) == (float(r1.min()), float(r1.max()))
-
-
-def test_calibrate_workflow_returns_table_and_stats(model, voc):
-    from fcnquant.quantize import QuantConfig
-    from fcnquant.workflows import calibrate
-
-    quiet = RunConfig(progress=False)
-    flow = calibrate(model, DataConfig(voc.root, "train", num_images=3),
-                     QuantConfig(method="percentile", params={"percentile": 99.0}), quiet)
-    table, stats = flow.table, flow.stats
-    assert len(table.image_ids) == 3 and table.method == "percentile" and table.params["percentile"] == 99.0
-    assert table.to_dict()["tensors"] == build_table(stats, "percentile", percentile=99.0).to_dict()["tensors"]
-    with pytest.raises(CalibrationError, match="bogus"):  # refused before any inference
-        calibrate(model, DataConfig(voc.root, "train"), QuantConfig(params={"bogus": 1}), quiet)
-
-
-def test_calibrate_workflow_out_emits_the_int8_model(model, voc, tmp_path):
-    import onnx
-
-    from fcnquant.quantize import QuantConfig
-    from fcnquant.workflows import Outputs, calibrate
-
-    table = calibrate(model, DataConfig(voc.root, "train", num_images=2),
-                      QuantConfig(method="minmax", target="tensorrt"), RunConfig(progress=False),
-                      outputs=Outputs(model=tmp_path / "m.int8.onnx")).table
-    q = onnx.load(str(tmp_path / "m.int8.onnx"))
-    zero_points = [i for i in q.graph.initializer if i.name.endswith("zero_point")]
-    assert zero_points and all(not onnx.numpy_helper.to_array(z).any() for z in zero_points)  # tensorrt: zp 0
-    scales = {onnx.numpy_helper.to_array(i).item() for i in q.graph.initializer
-              if i.name.endswith("_scale") and onnx.numpy_helper.to_array(i).size == 1}
-    assert any(abs(s - e.scale) <= 1e-7 * e.scale for e in table.tensors.values() for s in scales)

@@ -165,3 +165,18 @@ def test_out_needs_the_full_statistics(setup, tmp_path, capsys):
     assert run(model, "--data", voc, "--shard", "1/2", "--save-stats", tmp_path / "s.npz",
                "--out", tmp_path / "x.onnx") == 2
     assert "--out" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_refuses_ray_with_a_single_shard(tmp_path, capsys):
+    from fcnquant.cli import main
+    from fcnquant.demo_models import demo_model_path
+
+    model = str(demo_model_path("fcn8s"))
+    stats = str(tmp_path / "s.npz")
+    assert main(["calibrate", model, "--ray", "--shard", "1/2", "--save-stats", stats]) == 2
+    assert main(["calibrate", model, "--ray", "--from-stats", stats]) == 2
+    assert main(["calibrate", model, "--shards", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("--ray runs every shard of the collection on the cluster") == 2
+    assert "--shards sets the number of shards of a --ray run: add --ray" in err
+    assert list(tmp_path.iterdir()) == []

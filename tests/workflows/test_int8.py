@@ -10,15 +10,17 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from fcnquant.calibrate.table import build_table
 from fcnquant.quantize import QuantConfig
 from fcnquant.data import DataConfig, open_dataset
-from fcnquant.errors import FcnquantError
+from fcnquant.errors import CalibrationError, FcnquantError
 from fcnquant.execute import RunConfig
 from fcnquant.quantize import quantize_model
 from fcnquant.recover.scale_search import ScaleSearchOptions
 from fcnquant.workflows import Outputs, RecoverOptions
 from fcnquant.workflows import calibrate as run_workflow
 from fcnquant.recover.plan import RECOVERY_METADATA_KEY, read_recovery, resolve_plan
+from tests.calibrate.helpers import tiny_fcn
 from tests.recover.helpers import branching_model
 
 
@@ -164,3 +166,46 @@ def test_explicit_weight_scales_are_used(env, tmp_path):
     np.testing.assert_array_equal(inits[dq.input[1]], scales.astype(np.float32))
     np.testing.assert_array_equal(inits["w1_quantized"],
                                   np.clip(np.round(w1 / scales.astype(np.float32)[:, None, None, None]), -127, 127))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """The tiny FCN of the collection tests (:func:`tests.calibrate.helpers.tiny_fcn`)."""
+    return tiny_fcn(tmp_path_factory.mktemp("model") / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def voc(synthetic_voc):
+    """The train split (7 images) of the collection tests' synthetic VOC set."""
+    return open_dataset(synthetic_voc(train=7, val=1, size=40, seed=3), "train")
+
+
+def test_calibrate_workflow_returns_table_and_stats(model, voc):
+    from fcnquant.quantize import QuantConfig
+    from fcnquant.workflows import calibrate
+
+    quiet = RunConfig(progress=False)
+    flow = calibrate(model, DataConfig(voc.root, "train", num_images=3),
+                     QuantConfig(method="percentile", params={"percentile": 99.0}), quiet)
+    table, stats = flow.table, flow.stats
+    assert len(table.image_ids) == 3 and table.method == "percentile" and table.params["percentile"] == 99.0
+    assert table.to_dict()["tensors"] == build_table(stats, "percentile", percentile=99.0).to_dict()["tensors"]
+    with pytest.raises(CalibrationError, match="bogus"):  # refused before any inference
+        calibrate(model, DataConfig(voc.root, "train"), QuantConfig(params={"bogus": 1}), quiet)
+
+
+def test_calibrate_workflow_out_emits_the_int8_model(model, voc, tmp_path):
+    import onnx
+
+    from fcnquant.quantize import QuantConfig
+    from fcnquant.workflows import Outputs, calibrate
+
+    table = calibrate(model, DataConfig(voc.root, "train", num_images=2),
+                      QuantConfig(method="minmax", target="tensorrt"), RunConfig(progress=False),
+                      outputs=Outputs(model=tmp_path / "m.int8.onnx")).table
+    q = onnx.load(str(tmp_path / "m.int8.onnx"))
+    zero_points = [i for i in q.graph.initializer if i.name.endswith("zero_point")]
+    assert zero_points and all(not onnx.numpy_helper.to_array(z).any() for z in zero_points)  # tensorrt: zp 0
+    scales = {onnx.numpy_helper.to_array(i).item() for i in q.graph.initializer
+              if i.name.endswith("_scale") and onnx.numpy_helper.to_array(i).size == 1}
+    assert any(abs(s - e.scale) <= 1e-7 * e.scale for e in table.tensors.values() for s in scales)

@@ -1,4 +1,4 @@
-"""AdaRound's rounding arithmetic (fcnquant.recover.rounding) worked by hand and against finite differences."""
+"""AdaRound's rounding arithmetic (fcnquant.recover.adaround.rounding) worked by hand and against finite differences."""
 from __future__ import annotations
 
 import math
