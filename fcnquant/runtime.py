@@ -1,6 +1,7 @@
 """onnxruntime session helpers: one place that opens models on the CPU with clear errors."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Sequence
@@ -14,6 +15,46 @@ from fcnquant.errors import ModelError
 #: ``--exclude`` or by ``fcnquant tune``) per-tensor int8 weights at load time: the CPU would then measure a model
 #: other than the one written (and the one an accelerator runs). fcnquant measures the graph as written.
 DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
+
+#: A session config entry fcnquant sets where onnxruntime's int8 kernels saturate. On x86 CPUs without VNNI (AVX2, or
+#: AVX-512 without AVX512_VNNI: Haswell to Comet Lake, Skylake-SP, AMD Zen 1 to 3) MLAS multiplies u8 activations by s8
+#: weights with VPMADDUBSW, which adds each pair of products into an int16 with saturation (2 x 255 x 127 = 64770 >
+#: 32767): the QLinearConv onnxruntime fuses from a QDQ Conv (optimization "extended" and up) then computes a model
+#: other than the one written. Measured with onnxruntime 1.32.0 on an AMD EPYC with AVX2 and no VNNI, in the tiny net
+#: of tests/test_quantize_numerics.py: pair sums reach 40510, r1 codes come out up to 59 steps low and the output up to
+#: 1.18 off, where one r1 step moves it by 0.038; with the entry it is within 2.4e-7 of the numpy reference (1 and 2
+#: threads alike). The entry makes the int8 weights u8 at load time (w + 128, zero point + 128: the same products) for
+#: the exact U8U8 kernels. Since onnxruntime 1.25 it does so on VNNI CPUs too, whose kernels are exact and faster, so
+#: it is set only where the kernels saturate or that cannot be told.
+PRECISE_INT8_ENTRY = ("session.x64quantprecision", "1")
+
+
+def int8_kernels_saturate(flags: set[str] | None = None) -> bool:
+    """Whether onnxruntime's x86 u8 x s8 kernels saturate on this CPU (True where that cannot be told).
+
+    ``flags``: CPU flags as Linux's /proc/cpuinfo names them (read from it when None). MLAS's choice, in its order:
+    AVX2 kernels, replaced by AVX-VNNI ones, both replaced by AVX-512 core (F, BW, DQ, VL) ones, replaced in turn by
+    AVX512_VNNI ones (or AMX); only the VNNI ones sum into int32 without an int16 step.
+    """
+    if flags is None:
+        flags = _cpu_flags()
+        if flags is None:
+            return True
+    if "avx2" not in flags:
+        return True  # SSE kernels, or not x86 (there onnxruntime compiles the entry out): setting it costs nothing
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+        return "avx512_vnni" not in flags
+    return "avx_vnni" not in flags
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str] | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), None)
+    return frozenset(line.partition(":")[2].split()) if line is not None else None
 
 
 def make_session(
@@ -53,6 +94,8 @@ def make_session(
     opts.enable_cpu_mem_arena = mem_arena
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if int8_kernels_saturate():
+        opts.add_session_config_entry(*PRECISE_INT8_ENTRY)
     if not isinstance(model, bytes):
         p = Path(model)
         if not p.is_file():

@@ -100,6 +100,7 @@ def record(names, trained: dict[str, dict], val_data: Path, other_val: Path) -> 
     import onnx
 
     from fcnquant.evaluate import evaluate
+    from fcnquant.execute import RunConfig
 
     manifest = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
     models = manifest.get("models", {})
@@ -112,8 +113,8 @@ def record(names, trained: dict[str, dict], val_data: Path, other_val: Path) -> 
 
         width = float(meta["fcnquant.width"])
         log.info("scoring %s", path)
-        fp32 = evaluate(path, data=val_data, progress=False)
-        other = evaluate(path, data=other_val, progress=False)
+        fp32 = evaluate(path, val_data, RunConfig(progress=False))
+        other = evaluate(path, other_val, RunConfig(progress=False))
         old = models.get(name, {})
         models[name] = {
             "file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size,

@@ -378,8 +378,9 @@ def _train(config: TrainConfig, data, out: Path, checkpoint_out, dynamic_batch: 
            progress: bool) -> TrainResult:
     from tqdm import tqdm
 
-    from fcnquant.data import get_preset
+    from fcnquant.data import DataConfig, get_preset
     from fcnquant.evaluate import evaluate
+    from fcnquant.execute import RunConfig
 
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -451,7 +452,7 @@ def _train(config: TrainConfig, data, out: Path, checkpoint_out, dynamic_batch: 
         with atomic_path(checkpoint_out) as tmp:
             torch.save({"state_dict": model.state_dict(), "meta": {k: v for k, v in meta.items()}}, str(tmp))
     export_module(model, out, config.size, dynamic_batch=dynamic_batch, metadata=meta)
-    result = evaluate(out, data=val_root, split=config.val_split, progress=progress, threads=config.threads)
+    result = evaluate(out, DataConfig(val_root, config.val_split), RunConfig(threads=config.threads, progress=progress))
     log.info("%s: val mIoU %.2f (awesome %.2f), pixel acc %.2f", out, result.miou, result.miou_awesome,
              result.pixel_acc)
     return TrainResult(

@@ -13,7 +13,10 @@ from fcnquant import demo_models  # noqa: E402
 from fcnquant.data import builtin_dataset, get_preset, open_dataset, write_synthetic_voc  # noqa: E402
 from fcnquant.errors import ModelError  # noqa: E402
 from fcnquant.evaluate import evaluate  # noqa: E402
+from fcnquant.execute import RunConfig  # noqa: E402
 from fcnquant.runtime import make_session  # noqa: E402
+
+QUIET = RunConfig(progress=False)
 
 MAX_TOTAL_BYTES = 10 * 1024 * 1024
 
@@ -91,7 +94,7 @@ def test_demo_model_graph_and_metadata(name):
 @pytest.mark.parametrize("name", demo_models.DEMO_MODELS)
 def test_demo_model_reproduces_recorded_miou(name, builtin_val):
     info = demo_models.demo_model_info(name)
-    result = evaluate(info.path, data=builtin_val, progress=False)  # no preset: read from the model metadata
+    result = evaluate(info.path, builtin_val, QUIET)  # no preset: read from the model metadata
     assert result.preset["name"] == info.preset and tuple(result.preset["size"]) == info.input_size
     assert result.images == info.record["fp32"]["images"]
     assert result.miou == pytest.approx(info.miou, abs=0.01)
@@ -113,7 +116,7 @@ def test_demo_model_lands_in_the_target_band_on_both_splits(name, other_seed_val
     figure, reproduced by the test above) and on a val split generated with another seed (evaluated here)."""
     info = demo_models.demo_model_info(name)
     assert 60.0 <= info.miou <= 90.0
-    result = evaluate(info.path, data=other_seed_val, progress=False)
+    result = evaluate(info.path, other_seed_val, QUIET)
     assert result.miou == pytest.approx(info.record["other_seed"]["miou"], abs=0.01)
     assert 60.0 <= result.miou <= 90.0
 

@@ -1,4 +1,5 @@
-"""Model bytes with extra graph outputs (fcnquant.runtime.outputs_patch) equal the model rebuilt with them."""
+"""fcnquant.runtime: model bytes with extra graph outputs (outputs_patch) equal the model rebuilt with them;
+sessions ask for exact int8 kernels on CPUs whose kernels saturate."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,9 @@ import onnxruntime as ort
 import pytest
 
 from fcnquant.errors import ModelError
-from fcnquant.runtime import outputs_patch, with_outputs
+from fcnquant.runtime import PRECISE_INT8_ENTRY, int8_kernels_saturate, make_session, outputs_patch, with_outputs
 from tests.calibrate.helpers import tiny_fcn
+from tests.quantize.helpers import save_model, tiny_convnet
 
 
 def test_patched_bytes_are_the_model_with_outputs(tmp_path):
@@ -27,3 +29,30 @@ def test_patched_bytes_are_the_model_with_outputs(tmp_path):
         np.testing.assert_array_equal(u, v)
     with pytest.raises(ModelError, match="nope"):
         outputs_patch(model, ["nope"])
+
+
+_AVX512_CORE = {"avx2", "avx512f", "avx512bw", "avx512dq", "avx512vl"}
+
+
+@pytest.mark.parametrize("flags, saturate", [
+    ({"avx", "avx2", "fma"}, True),  # Haswell to Comet Lake, AMD Zen 1 to 3: VPMADDUBSW
+    ({"avx2", "avx_vnni"}, False),  # Alder Lake and later client CPUs: VPDPBUSD
+    (_AVX512_CORE, True),  # Skylake-SP: VPMADDUBSW on 512 bits
+    (_AVX512_CORE | {"avx_vnni"}, True),  # MLAS's AVX-512 core kernels replace the AVX-VNNI ones
+    (_AVX512_CORE | {"avx512_vnni"}, False),  # Cascade Lake and later Xeons, AMD Zen 4 and later: VPDPBUSDS
+    (_AVX512_CORE | {"avx512_vnni", "avx_vnni", "amx_int8"}, False),  # Sapphire Rapids: AMX tiles
+    (set(), True),  # no AVX2 or not x86: the entry costs nothing there
+])
+def test_int8_kernel_saturation_by_cpu_flags(flags, saturate):
+    assert int8_kernels_saturate(set(flags)) is saturate
+
+
+def test_sessions_ask_for_exact_int8_kernels_where_they_saturate(tmp_path):
+    src = save_model(tiny_convnet(), tmp_path / "net.onnx")
+    key, value = PRECISE_INT8_ENTRY
+    opts = make_session(str(src)).get_session_options()
+    if int8_kernels_saturate():
+        assert opts.get_session_config_entry(key) == value
+    else:  # a VNNI CPU: its exact kernels are kept (the entry would trade them for slower U8U8 ones)
+        with pytest.raises(RuntimeError):
+            opts.get_session_config_entry(key)

@@ -160,7 +160,7 @@ def _print_summary(args: argparse.Namespace, flow, elapsed: float) -> None:
     if args.from_stats:
         source = f"statistics {args.from_stats}"
     else:
-        source = f"{len(stats.image_ids)} image(s)" + (f", shard {args.shard}" if args.shard else "")
+        source = f"{len(stats.image_ids)} image(s) of {flow.source}" + (f", shard {args.shard}" if args.shard else "")
     print(f"calibrated {stats.model_name or args.model} from {source} in {elapsed:.1f} s")
     print(f"  {len(stats.tensors)} activation tensors observed")
     nonfinite = {n: ts.nonfinite for n, ts in stats.tensors.items() if ts.nonfinite}
@@ -170,7 +170,8 @@ def _print_summary(args: argparse.Namespace, flow, elapsed: float) -> None:
     if flow.table is not None:
         print("  " + summarize_clipping(flow.table))
     weights = "per-tensor" if args.per_tensor else "per-channel"
-    labels = {"int8 model": f"int8 model ({args.target}, {weights} weights)",
+    labels = {"int8 model": f"int8 model ({args.target}, {weights} weights)", "TensorRT calibration cache":
+              "TensorRT cache",
               "equalized float model": "equalized float model (the table's model)"}
     for what, path in flow.written:
         print(f"  wrote {labels.get(what, what)}: {path}")

@@ -90,6 +90,7 @@ class FlowResult:
     float_model: Path | None = None  # the float model the table belongs to (the equalized one, if written)
     seconds: dict = field(default_factory=dict)
     written: tuple[tuple[str, Path], ...] = ()  # (what, path) of every artifact written
+    source: str = ""  # the dataset the statistics were collected on (empty for saved statistics)
 
     def to_dict(self) -> dict:
         """Returns a JSON-ready summary."""
@@ -149,13 +150,14 @@ def calibrate(
             float_path = tmp / "equalized.onnx"
             recovery["equalize"] = _summary(eq)
             seconds["equalize"] = time.perf_counter() - t0
-        dataset, chosen = None, None
+        source = ""
         if stats is None:
             t0 = time.perf_counter()
             executor = run.resolved()
             dataset = data.open(model, progress=executor.progress)
             chosen = data.choose(dataset, progress=executor.progress)
             data = data.with_(root=dataset, ids=tuple(chosen))
+            source = dataset.describe()
             stats = collect_stats(float_path, data, run, collect, shard=shard)
             seconds["collect"] = time.perf_counter() - t0
         table = None
@@ -171,7 +173,7 @@ def calibrate(
         result = replace(result, path=outputs.model, tensorrt_cache=dict(written).get("TensorRT cache"),
                          size_bytes=outputs.model.stat().st_size)
     reference = dict(written).get("equalized float model", Path(model) if model is not None else None)
-    return FlowResult(table, stats, plan, result, recovery, reference, seconds, tuple(written))
+    return FlowResult(table, stats, plan, result, recovery, reference, seconds, tuple(written), source)
 
 
 def _checked_plan(plan: RecoveryPlan, quant: QuantConfig, outputs: Outputs, stats, shard) -> RecoveryPlan:

@@ -10,9 +10,10 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from fcnquant.cli import main
-from fcnquant.data import open_dataset, read_mask, voc_palette
+from fcnquant.data import DataConfig, open_dataset, read_mask, voc_palette
 from fcnquant.errors import DataError
 from fcnquant.evaluate import evaluate
+from fcnquant.execute import RunConfig
 
 
 def save_mask(path, values):
@@ -201,11 +202,12 @@ def test_voc12aug_layout_evaluates_to_the_palette_layouts_miou(layouts):
     voc, aug, ids, model = layouts
     ds = open_dataset(aug.parent.parent, "aug")  # data/ -> data/VOCdevkit/VOC2012 is found
     assert ds.ids == ids and all(p.parent.name == "SegmentationClassAug" for p in ds.masks.values())
-    ref = evaluate(model, data=voc, split="val", progress=False)
-    got = evaluate(model, data=aug.parent, split="aug", progress=False)
+    quiet = RunConfig(progress=False)
+    ref = evaluate(model, DataConfig(voc, "val"), quiet)
+    got = evaluate(model, DataConfig(aug.parent, "aug"), quiet)
     assert 0 < ref.miou < 100 and got.miou == ref.miou and got.miou_awesome == ref.miou_awesome
     np.testing.assert_array_equal(got.confusion, ref.confusion)
-    explicit = evaluate(model, data=aug, split="aug", progress=False, ann_dir="SegmentationClassAug")
+    explicit = evaluate(model, DataConfig(aug, "aug", "SegmentationClassAug"), quiet)
     assert explicit.miou == ref.miou
 
 

@@ -13,7 +13,10 @@ onnx = pytest.importorskip("onnx")
 from fcnquant.data import get_preset  # noqa: E402
 from fcnquant.errors import ModelError  # noqa: E402
 from fcnquant.evaluate import evaluate  # noqa: E402
+from fcnquant.execute import RunConfig  # noqa: E402
 from fcnquant.runtime import make_session  # noqa: E402
+
+QUIET = RunConfig(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +48,7 @@ def test_train_one_epoch_exports_a_model_matching_its_checkpoint(tiny_voc, tmp_p
     got = make_session(out).run(None, {"input": x})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     # the recorded score is the exported model's own score on val
-    assert report["miou"] == pytest.approx(evaluate(out, data=tiny_voc, progress=False).miou, abs=1e-9)
+    assert report["miou"] == pytest.approx(evaluate(out, tiny_voc, QUIET).miou, abs=1e-9)
 
 
 def test_train_is_deterministic_for_a_seed(tiny_voc, tmp_path):

@@ -364,7 +364,9 @@ def test_output_matches_numpy_fake_quant(tmp_path, quantize_output):
             got = run(out, x, optimization=level)
             diff = np.abs(got - ref)
             # identical arithmetic except float summation order / integer requantisation: an r1 element may land
-            # one rounding step away; the output may then move by at most one step of r1 through conv2
+            # one rounding step away; the output may then move by at most one step of r1 through conv2. At "all"
+            # conv1 runs as a QLinearConv whose u8 x s8 pair sums here reach 40510: on a CPU whose kernels saturate
+            # them to int16 this holds only through runtime.PRECISE_INT8_ENTRY (without it: 1.18 off, r1 59 steps)
             tol = step + (e_out_step(table) if quantize_output else 0.0) + 1e-5
             assert diff.max() <= tol, (level, diff.max(), tol)
             assert np.mean(diff <= 1e-5) > 0.99, level
