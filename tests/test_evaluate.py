@@ -11,7 +11,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from fcnquant.data import get_preset, open_dataset, write_synthetic_voc  # noqa: E402
+from fcnquant.data import get_preset, open_dataset  # noqa: E402
 from fcnquant.errors import DataError, ModelError  # noqa: E402
 from fcnquant.data import DataConfig  # noqa: E402
 from fcnquant.evaluate import evaluate  # noqa: E402
@@ -80,8 +80,8 @@ def bilinear_loops(x, hw):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_synthetic_voc(tmp_path_factory.mktemp("synth"), train=1, val=5, size=32, seed=11, progress=False)
+def data(synthetic_voc):
+    return synthetic_voc(train=1, val=5, size=32, seed=11)
 
 
 def check(result, ref):

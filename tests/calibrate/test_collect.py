@@ -1,0 +1,215 @@
+"""The collection loop on a tiny FCN and tiny synthetic images, checked against numpy over the activations;
+models whose weights are external data collect the same statistics."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.parser
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+from PIL import Image
+
+from fcnquant.calibrate.collect import CollectOptions, collect_stats
+from fcnquant.data import DataConfig
+from fcnquant.execute import LocalExecutor, RunConfig, Shard
+from fcnquant.calibrate.stats import merge_stats
+from fcnquant.calibrate.table import build_table
+from fcnquant.data import get_preset, iter_batches, open_dataset
+from fcnquant.errors import CalibrationError, DataError
+from fcnquant.runtime import with_outputs
+from tests.calibrate.helpers import OBSERVED, tiny_fcn
+
+
+def collect(model, ds, ids, preset=None, batch=1, *, shard=None, executor=None, **options):
+    """collect_stats over exactly ``ids`` of ``ds`` (all of them for None), quietly."""
+    data = DataConfig(ds, ids=ids, preset=preset)
+    return collect_stats(model, data, RunConfig(executor, batch_size=batch, progress=False),
+                         CollectOptions(**options), shard=shard)
+
+
+def reference_activations(model_path, dataset, ids):
+    """Independent: numpy preprocessing per image, onnxruntime with every observed tensor as a graph output."""
+    m = onnx.load(str(model_path))
+    for name in OBSERVED[1:-1]:
+        m.graph.output.append(onnx.ValueInfoProto(name=name))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    preset = get_preset("awesome", model_hw=(32, 32))
+    acts = {n: [] for n in OBSERVED}
+    for i in ids:
+        x = preset.transform(dataset.load_image(i))[0][None]
+        outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x})))
+        outs["input"] = x
+        for n in OBSERVED:
+            acts[n].append(outs[n].ravel())
+    return {n: np.concatenate(v) for n, v in acts.items()}
+
+
+def test_minmax_and_histograms_equal_numpy_over_all_activations(model, voc):
+    ids = voc.ids[:5]
+    stats = collect(model, voc, ids, None)
+    ref = reference_activations(model, voc, ids)
+    assert list(stats.tensors) == OBSERVED
+    assert stats.image_ids == ids
+    table = build_table(stats, "minmax", "ort-cpu")
+    for name, values in ref.items():
+        ts = stats.tensors[name]
+        assert ts.min == np.min(values) and ts.max == np.max(values), name
+        assert ts.count == values.size
+        e = table.tensors[name]
+        assert (e.min, e.max, e.lo, e.hi) == (np.min(values), np.max(values), np.min(values), np.max(values))
+        # every value went into the histogram exactly once: bincount of the float32 bit pattern
+        expected = np.bincount(values.view(np.uint32) >> ts.hist.shift, minlength=ts.hist.num_bins)
+        np.testing.assert_array_equal(ts.hist.counts, expected)
+
+
+def _assert_same(a, b):
+    assert list(a.tensors) == list(b.tensors)
+    for name in a.tensors:
+        sa, sb = a.tensors[name].state(), b.tensors[name].state()
+        for key in sa:
+            np.testing.assert_array_equal(sa[key], sb[key], err_msg=f"{name}.{key}")
+            assert sa[key].dtype == sb[key].dtype
+
+
+def test_batch_size_and_overlap_do_not_change_the_statistics(model, voc):
+    ids = voc.ids[:5]
+    one = collect(model, voc, ids, None, 1, overlap=False)
+    _assert_same(one, collect(model, voc, ids, None, 2, overlap=True))
+    _assert_same(one, collect(model, voc, ids, None, 3, overlap=False))
+
+
+def test_fixed_batch_model_pads_the_last_batch_without_counting_it(tmp_path, voc):
+    ids = voc.ids[:3]
+    fixed = collect(tiny_fcn(tmp_path / "b2.onnx", batch="2"), voc, ids, None)
+    dynamic = collect(tiny_fcn(tmp_path / "dyn.onnx"), voc, ids, None)
+    for name in OBSERVED:  # same weights (same seed): identical statistics, 3 images counted, not 4
+        np.testing.assert_array_equal(fixed.tensors[name].hist.counts, dynamic.tensors[name].hist.counts)
+        a, b = fixed.tensors[name], dynamic.tensors[name]
+        assert (a.min, a.max, a.count) == (b.min, b.max, b.count)
+    assert fixed.tensors["input"].count == 3 * 3 * 32 * 32
+
+
+def test_merged_shards_equal_the_single_run_bit_for_bit(model, voc):
+    ids = voc.ids
+    full = collect(model, voc, ids, None)
+    _assert_same(full, collect(model, voc, ids, None, executor=LocalExecutor(shards=3, progress=False)))
+    parts = [collect(model, voc, ids, None, shard=f"{i}/3") for i in (3, 1, 2)]
+    assert [p.shard for p in parts] == ["3/3", "1/3", "2/3"]
+    assert sorted(i for p in parts for i in p.image_ids) == sorted(ids)
+    merged = merge_stats(parts)
+    _assert_same(full, merged)
+    assert merged.image_ids == full.image_ids and merged.shard is None
+    assert build_table(merged, "kl", created="x").to_dict() == build_table(full, "kl", created="x").to_dict()
+
+
+def test_shard_slices():
+    ids = [str(i) for i in range(10)]
+    slices = [Shard(i, 4).select(ids) for i in range(1, 5)]
+    assert slices == [["0", "1"], ["2", "3", "4"], ["5", "6"], ["7", "8", "9"]]
+    assert Shard.parse("2/4") == Shard(2, 4)
+    for bad in ("0/4", "5/4", "1/0", "a/b", "3"):
+        with pytest.raises(DataError):
+            Shard.parse(bad)
+
+
+def test_zero_images_is_a_clear_error(model, voc):
+    with pytest.raises(DataError, match="no calibration images"):
+        collect(model, voc, [], None)
+    with pytest.raises(DataError, match="shard 1/3 of 2 image"):  # slices of 2 ids: [], [id0], [id1]
+        collect(model, voc, voc.ids[:2], None, shard="1/3")
+
+
+NAN_MODEL = """
+<ir_version: 8, opset_import: ["" : 17]>
+nan (float[1,3,32,32] input) => (float[1,3,32,32] output) {
+    t = Add (input, two)
+    y = Log (t)
+    output = Relu (y)
+}
+"""
+
+
+@pytest.fixture()
+def nan_case(tmp_path):
+    """Two plain images: 'gray' is fine, 'dark' has black pixels, whose Log(x + 2) is NaN after normalisation."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(folder / "gray.png")
+    dark = np.full((32, 32, 3), 128, np.uint8)
+    dark[:4, :4] = 0
+    Image.fromarray(dark).save(folder / "dark.png")
+    m = onnx.parser.parse_model(NAN_MODEL)
+    m.graph.initializer.append(numpy_helper.from_array(np.array(2.0, np.float32), "two"))
+    onnx.save(m, str(tmp_path / "nan.onnx"))
+    return tmp_path / "nan.onnx", open_dataset(folder)
+
+
+def _log_reference(ds, path):
+    """The Log output 'y' for both images, computed by onnxruntime (numpy's log differs in the last ulp)."""
+    m = onnx.load(str(path))
+    m.graph.output.append(onnx.ValueInfoProto(name="y"))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    preset = get_preset("awesome", model_hw=(32, 32))
+    return np.stack([sess.run(["y"], {"input": preset.transform(ds.load_image(i))[0][None]})[0]
+                     for i in ("gray", "dark")])
+
+
+def test_nan_activation_error_names_tensor_and_image(nan_case):
+    path, ds = nan_case
+    bad = int((~np.isfinite(_log_reference(ds, path))).sum())  # the R and G channels of the 4x4 black patch
+    assert bad == 32
+    with pytest.raises(CalibrationError, match=rf"tensor 'y' has {bad} NaN/Inf value\(s\) on image\(s\) dark;"):
+        collect(path, ds, ["gray", "dark"], None)
+
+
+def test_skip_nonfinite_counts_and_keeps_the_finite_values(nan_case, caplog):
+    path, ds = nan_case
+    stats = collect(path, ds, ["gray", "dark"], None, skip_nonfinite=True)
+    y = _log_reference(ds, path)
+    finite = y[np.isfinite(y)]
+    bad = y.size - finite.size
+    ts = stats.tensors["y"]
+    assert ts.nonfinite == bad and ts.count == finite.size
+    assert (ts.min, ts.max) == (finite.min(), finite.max())
+    assert stats.tensors["output"].nonfinite == bad and stats.tensors["input"].nonfinite == 0
+    assert "dark" in caplog.text and "'y'" in caplog.text
+
+
+def test_unknown_image_id_fails_before_inference(model, voc):
+    with pytest.raises(DataError, match="not in dataset.*nope"):
+        collect(model, voc, [voc.ids[0], "nope"], None)
+
+
+def test_tensor_override_and_unknown_tensor(model, voc):
+    stats = collect(model, voc, voc.ids[:1], None, tensors=["p1", "output"])
+    assert list(stats.tensors) == ["p1", "output"]
+    ref = reference_activations(model, voc, voc.ids[:1])
+    assert stats.tensors["output"].max == ref["output"].max()
+    from fcnquant.errors import ModelError
+
+    with pytest.raises(ModelError, match="'ghost'"):
+        collect(model, voc, voc.ids[:1], None, tensors=["ghost"])
+
+
+def test_external_data_model_collects_the_same_statistics(tmp_path, synthetic_voc):
+    voc = synthetic_voc(train=3, val=0, size=40, seed=5)
+    path = tiny_fcn(tmp_path / "m.onnx")
+    ext = tmp_path / "ext" / "m.onnx"
+    ext.parent.mkdir()
+    onnx.save(onnx.load(str(path)), str(ext), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    assert (ext.parent / "weights.bin").is_file()
+    ds = open_dataset(voc, "train")
+    a = collect_stats(path, ds, RunConfig(progress=False))
+    b = collect_stats(ext, ds, RunConfig(progress=False))
+    assert list(a.tensors) == list(b.tensors) == OBSERVED
+    for name in OBSERVED:
+        np.testing.assert_array_equal(a.tensors[name].hist.counts, b.tensors[name].hist.counts)
+        assert (a.tensors[name].min, a.tensors[name].max) == (b.tensors[name].min, b.tensors[name].max)
+    # and the values are the model's: min/max of r1 from an independent session
+    sess = ort.InferenceSession(with_outputs(onnx.load(str(path)), ["r1"]).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    pre = get_preset("awesome", model_hw=(32, 32))
+    r1 = np.concatenate([sess.run(["r1"], {"input": bt.images})[0] for bt in iter_batches(ds, pre, batch_size=1)])
+    assert (b.tensors["r1"].min, b.tensors["r1"].max) == (float(r1.min()), float(r1.max()))

@@ -1,0 +1,100 @@
+"""The compare subcommand: outputs, --fail-on-drop exit status, errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from fcnquant.cli import main
+from fcnquant.compare.tensors.pairing import TENSOR_MAP_KEY
+from fcnquant.evaluate import evaluate
+from fcnquant.execute import RunConfig
+
+HW = 32
+
+
+def _write(path, flip: bool) -> None:
+    """Logits from one 1x1 conv whose bias makes background win everywhere; ``flip`` adds +10 to class 1.
+
+    The flipped copy carries a tensor map, so compare measures it; its mIoU is lower (no background at all).
+    """
+    w = np.zeros((21, 3, 1, 1), np.float32)
+    w[0, 0] = 0.1
+    b = np.zeros(21, np.float32)
+    b[0] = 5.0
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["raw" if flip else "output"])]
+    if flip:
+        shift = np.zeros((1, 21, 1, 1), np.float32)
+        shift[0, 1] = 10.0
+        inits.append(numpy_helper.from_array(shift, "shift"))
+        nodes.append(helper.make_node("Add", ["raw", "shift"], ["output"]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, HW, HW])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 21, HW, HW])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if flip:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = TENSOR_MAP_KEY, json.dumps({"output": "output"})
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, synthetic_voc):
+    d = tmp_path_factory.mktemp("cli")
+    voc = synthetic_voc(train=0, val=2, size=40, seed=1)
+    _write(d / "f.onnx", flip=False)
+    _write(d / "q.onnx", flip=True)
+    quiet = RunConfig(progress=False)
+    drop = evaluate(d / "f.onnx", voc, quiet).miou - evaluate(d / "q.onnx", voc, quiet).miou
+    return d, voc, drop
+
+
+def _args(d, voc, *extra):
+    return ["compare", str(d / "f.onnx"), str(d / "q.onnx"), "--data", str(voc), "--no-progress", *map(str, extra)]
+
+
+def test_fail_on_drop_exit_status(setup, capsys):
+    d, voc, drop = setup
+    assert drop > 1.0  # the flipped model loses the background class
+    assert main(_args(d, voc, "--fail-on-drop", drop - 0.5)) == 3
+    err = capsys.readouterr().err
+    assert "exceeds --fail-on-drop" in err and f"{drop:.3f}" in err
+    assert main(_args(d, voc, "--fail-on-drop", drop + 0.5)) == 0
+
+
+def test_writes_json_and_html(setup, tmp_path, capsys):
+    d, voc, drop = setup
+    out_json, out_html = tmp_path / "r.json", tmp_path / "r.html"
+    assert main(_args(d, voc, "--json", out_json, "--report", out_html, "--top", 3, "--no-isolated")) == 0
+    text = capsys.readouterr().out
+    assert "worst 1 of 1 layers" in text and "mIoU float" in text
+    report = json.loads(out_json.read_text())
+    assert report["final"]["miou_drop"] == pytest.approx(drop, abs=1e-4)
+    assert report["isolated"] is False and report["layers"][0]["float_name"] == "output"
+    assert "<svg" in out_html.read_text()
+
+
+def test_errors_exit_2(setup, tmp_path, capsys):
+    d, voc, _ = setup
+    assert main(["compare", str(tmp_path / "missing.onnx"), str(d / "q.onnx"), "--data", str(voc)]) == 2
+    assert "fcnquant compare: error:" in capsys.readouterr().err
+    # the float model compared with itself has no quantized tensor to measure
+    assert main(["compare", str(d / "f.onnx"), str(d / "f.onnx"), "--data", str(voc), "--no-progress"]) == 2
+    assert "no quantized activation" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_fail_on_drop_needs_labels(setup, tmp_path, capsys):
+    d, voc, _ = setup
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for jpg in (voc / "VOC2012" / "JPEGImages").glob("*.jpg"):
+        (folder / jpg.name).write_bytes(jpg.read_bytes())
+    args = ["compare", str(d / "f.onnx"), str(d / "q.onnx"), "--data", str(folder), "--no-progress"]
+    assert main(args) == 0
+    assert main([*args, "--fail-on-drop", "0.5"]) == 2
+    assert "needs labelled data" in capsys.readouterr().err

@@ -1,0 +1,58 @@
+"""fcnquant.runtime: model bytes with extra graph outputs (outputs_patch) equal the model rebuilt with them;
+sessions ask for exact int8 kernels on CPUs whose kernels saturate."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from fcnquant.errors import ModelError
+from fcnquant.runtime import PRECISE_INT8_ENTRY, int8_kernels_saturate, make_session, outputs_patch, with_outputs
+from tests.calibrate.helpers import tiny_fcn
+from tests.quantize.helpers import save_model, tiny_convnet
+
+
+def test_patched_bytes_are_the_model_with_outputs(tmp_path):
+    path = tiny_fcn(tmp_path / "m.onnx")
+    raw = path.read_bytes()
+    model = onnx.load_from_string(raw)
+    names = ["r1", "s1", "a", "output"]  # "output" is already a graph output: not repeated
+    patched = onnx.load_from_string(raw + outputs_patch(model, names))
+    want = with_outputs(model, names)
+    assert [o.name for o in patched.graph.output] == [o.name for o in want.graph.output] == ["output", "r1", "s1", "a"]
+    assert patched.graph.node == want.graph.node and patched.graph.initializer == want.graph.initializer
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    a = ort.InferenceSession(raw + outputs_patch(model, names), providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(want.SerializeToString(), providers=["CPUExecutionProvider"])
+    for u, v in zip(a.run(None, {"input": x}), b.run(None, {"input": x})):
+        np.testing.assert_array_equal(u, v)
+    with pytest.raises(ModelError, match="nope"):
+        outputs_patch(model, ["nope"])
+
+
+_AVX512_CORE = {"avx2", "avx512f", "avx512bw", "avx512dq", "avx512vl"}
+
+
+@pytest.mark.parametrize("flags, saturate", [
+    ({"avx", "avx2", "fma"}, True),  # Haswell to Comet Lake, AMD Zen 1 to 3: VPMADDUBSW
+    ({"avx2", "avx_vnni"}, False),  # Alder Lake and later client CPUs: VPDPBUSD
+    (_AVX512_CORE, True),  # Skylake-SP: VPMADDUBSW on 512 bits
+    (_AVX512_CORE | {"avx_vnni"}, True),  # MLAS's AVX-512 core kernels replace the AVX-VNNI ones
+    (_AVX512_CORE | {"avx512_vnni"}, False),  # Cascade Lake and later Xeons, AMD Zen 4 and later: VPDPBUSDS
+    (_AVX512_CORE | {"avx512_vnni", "avx_vnni", "amx_int8"}, False),  # Sapphire Rapids: AMX tiles
+    (set(), True),  # no AVX2 or not x86: the entry costs nothing there
+])
+def test_int8_kernel_saturation_by_cpu_flags(flags, saturate):
+    assert int8_kernels_saturate(set(flags)) is saturate
+
+
+def test_sessions_ask_for_exact_int8_kernels_where_they_saturate(tmp_path):
+    src = save_model(tiny_convnet(), tmp_path / "net.onnx")
+    key, value = PRECISE_INT8_ENTRY
+    opts = make_session(str(src)).get_session_options()
+    if int8_kernels_saturate():
+        assert opts.get_session_config_entry(key) == value
+    else:  # a VNNI CPU: its exact kernels are kept (the entry would trade them for slower U8U8 ones)
+        with pytest.raises(RuntimeError):
+            opts.get_session_config_entry(key)

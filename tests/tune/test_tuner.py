@@ -1,0 +1,140 @@
+"""fcnquant tune end to end on the demo fcn8s with one planted noisy layer, against fcnquant.evaluate."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from fcnquant.cli import main
+from fcnquant.data import DataConfig
+from fcnquant.demo_models import demo_model_path
+from fcnquant.evaluate import evaluate
+from fcnquant.execute import RunConfig
+from fcnquant.quantize import QuantConfig
+from fcnquant.tune import FLOAT_LAYERS_KEY, TuneOptions, over_budget_path, tune
+from tests.tune.helpers import FAST, PER_TENSOR, PLANTED
+
+QUIET = RunConfig(progress=False)
+
+
+def _tuning_drop(model, out, voc, result):
+    data = DataConfig(voc, split="train", ids=result.images.tuning.to_dict()["ids"])
+    f = evaluate(model, data, QUIET).miou
+    q = evaluate(out, data, QUIET).miou
+    return f - q
+
+
+def _image_confusions(model, voc, ids):
+    """Per-image confusion matrices from fcnquant.evaluate, one image at a time: an independent computation."""
+    return np.stack([evaluate(model, DataConfig(voc, split="train", ids=[i]), QUIET).confusion for i in ids])
+
+
+def test_planted_layer_found_in_at_most_three_evaluations(tune_voc, planted_fcn8s, tmp_path):
+    out = tmp_path / "p.int8.onnx"
+    res = tune(planted_fcn8s, out, TuneOptions(1.0, **FAST), tune_voc, QUIET, PER_TENSOR,
+               json_path=tmp_path / "t.json", report=tmp_path / "t.html")
+    assert [f.name for f in res.float_layers] == [PLANTED]
+    assert len(res.evaluations) <= 3 and not res.over_budget
+    assert res.evaluations[0].drop > 1.0  # everything int8 misses the budget because of the planted layer
+    # the drops the tuner reports are what fcnquant.evaluate measures on the tuning images
+    assert res.tune_drop == pytest.approx(_tuning_drop(planted_fcn8s, out, tune_voc, res), abs=1e-9)
+    q = onnx.load(str(out))
+    meta = {p.key: p.value for p in q.metadata_props}
+    assert json.loads(meta[FLOAT_LAYERS_KEY]) == [PLANTED]
+    conv = next(n for n in q.graph.node if n.name == PLANTED)
+    assert conv.input[1] in {t.name for t in q.graph.initializer}  # float weights, no DequantizeLinear
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["evaluations"] == len(res.evaluations) and data["float_layers"] == [PLANTED]
+    assert data["tune_drop"] == pytest.approx(res.tune_drop, abs=1e-4)
+    assert data["report_drop"] is not None
+    im = data["images"]
+    sets = [set(im[k]["ids"]) for k in ("calibration", "tuning")]
+    assert im["calibration"]["count"] == 8 and im["tuning"]["count"] == 16 and not sets[0] & sets[1]
+    assert im["reporting"]["split"] == "val" and im["reporting"]["count"] == 6
+    page = (tmp_path / "t.html").read_text()
+    assert "fcnquant tune" in page and PLANTED in page
+
+
+def test_budget_already_met_needs_one_evaluation(tune_voc, tmp_path):
+    out = tmp_path / "m.int8.onnx"
+    res = tune(demo_model_path("fcn8s"), out, TuneOptions(5.0, **FAST), tune_voc, QUIET,
+               QuantConfig(target="ort-cpu"))
+    assert res.float_layers == () and len(res.evaluations) == 1 and res.ranking is None
+    assert res.tune_drop == pytest.approx(_tuning_drop(demo_model_path("fcn8s"), out, tune_voc, res), abs=1e-9)
+    assert res.tune_drop <= 5.0 and out.is_file()
+
+
+def test_impossible_budget_exits_3_and_writes_the_best_model_as_over_budget(tune_voc, planted_fcn8s, tmp_path,
+                                                                             capsys):
+    out = tmp_path / "x.int8.onnx"
+    rc = main(["tune", str(planted_fcn8s), "--max-drop", "-50", "--data", str(tune_voc), "--target", "ort-cpu",
+               "--per-tensor", "--out", str(out), "--json", str(tmp_path / "x.json"), "--num-calib", "8",
+               "--num-tune", "16", "--rank", "isolated", "--rank-images", "4", "--no-progress"])
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert "cannot be met" in err and "over budget" in err
+    assert not out.exists()
+    best = over_budget_path(out)
+    assert best.is_file() and best.name == "x.int8.over-budget.onnx"
+    data = json.loads((tmp_path / "x.json").read_text())
+    assert data["over_budget"] is True and data["out"] == str(best)
+    drops = [e["drop"] for e in data["evaluation_log"]]
+    assert data["tune_drop"] == pytest.approx(min(drops), abs=1e-4)
+
+
+def test_recover_emits_recovered_candidates(tune_voc, planted_fcn8s, tmp_path):
+    out = tmp_path / "r.int8.onnx"
+    res = tune(planted_fcn8s, out, TuneOptions(1.0, **FAST), tune_voc, QUIET,
+               QuantConfig(target="npu-pow2", per_channel=False),
+               recover=True)
+    assert [f.name for f in res.float_layers] == [PLANTED] and not res.over_budget
+    assert res.tune_drop == pytest.approx(_tuning_drop(planted_fcn8s, out, tune_voc, res), abs=1e-9)
+    q = onnx.load(str(out))
+    meta = {p.key: p.value for p in q.metadata_props}
+    rec = json.loads(meta["fcnquant.recovery"])
+    assert rec["passes"] == ["pow2-by-error", "bias-correction"] and rec["bias_correction"]["layers"] >= 1
+    assert json.loads(meta[FLOAT_LAYERS_KEY]) == [PLANTED]
+
+
+def test_fp16_fallback_makes_only_the_float_layer_an_fp16_island(tune_voc, planted_fcn8s, tmp_path):
+    out = tmp_path / "h.int8.onnx"
+    res = tune(planted_fcn8s, out, TuneOptions(1.0, fallback="fp16", **FAST), tune_voc, QUIET, PER_TENSOR)
+    assert [f.name for f in res.float_layers] == [PLANTED] and len(res.evaluations) <= 3
+    q = onnx.load(str(out))
+    onnx.checker.check_model(q, full_check=True)
+    inits = {t.name: t.data_type for t in q.graph.initializer}
+    conv = next(n for n in q.graph.node if n.name == PLANTED)
+    assert inits[conv.input[1]] == onnx.TensorProto.FLOAT16
+    fp16_inits = {n for n, t in inits.items() if t == onnx.TensorProto.FLOAT16}
+    assert fp16_inits == {conv.input[1], conv.input[2]}  # nothing else turned float16
+    casts = [n for n in q.graph.node if n.op_type == "Cast"]
+    assert len(casts) == 2  # into and out of the island: no float16 round trips elsewhere
+
+
+def test_the_tuning_drop_comes_with_its_bootstrap_interval(tune_voc, planted_fcn8s, tmp_path):
+    from fcnquant.tune.confidence import bootstrap_drop, upper_bound
+
+    out = tmp_path / "ci.int8.onnx"
+    res = tune(planted_fcn8s, out, TuneOptions(1.0, **FAST), tune_voc, QUIET, PER_TENSOR,
+               json_path=tmp_path / "ci.json")
+    ids = res.images.tuning.to_dict()["ids"]
+    # per-image confusion matrices from fcnquant.evaluate, one image at a time: an independent computation
+    per_image = {m: _image_confusions(m, tune_voc, ids) for m in (planted_fcn8s, out)}
+    want = bootstrap_drop(per_image[planted_fcn8s], per_image[out])
+    assert res.tune_interval == want and want.lo <= res.tune_drop <= want.hi
+    assert res.tune_drop == pytest.approx(want.drop, abs=1e-9)
+    data = json.loads((tmp_path / "ci.json").read_text())
+    assert data["tune_interval"]["lo"] == pytest.approx(want.lo, abs=1e-4) and data["confidence"] is None
+    assert "interval" in res.format_table()
+    # with a confidence, the search holds the upper bound to the budget: the chosen model's bound is within it
+    sure = tune(planted_fcn8s, tmp_path / "sure.onnx", TuneOptions(1.0, confidence=0.9, **FAST), tune_voc, QUIET,
+                PER_TENSOR)
+    assert not sure.over_budget and sure.confidence == 0.9
+    chosen = [e for e in sure.evaluations if e.float_layers and set(e.float_layers) == {f.name for f in
+                                                                                         sure.float_layers}]
+    assert chosen and all(e.drop <= 1.0 for e in chosen)
+    per = {m: _image_confusions(m, tune_voc, ids) for m in (planted_fcn8s, tmp_path / "sure.onnx")}
+    assert upper_bound(per[planted_fcn8s], per[tmp_path / "sure.onnx"], 0.9) == \
+        pytest.approx(chosen[-1].drop, abs=1e-9)
