@@ -26,6 +26,8 @@ SUBCOMMANDS = [
     "fp16",
     "compare",
     "tune",
+    "info",
+    "table",
 ]
 
 

@@ -12,11 +12,12 @@ from fcnquant.compare.drift import (DEFAULT_DRIFT_IMAGES, DriftAccumulator, Drif
 from fcnquant.compare.final import FinalMetrics, final_metrics
 from fcnquant.compare.gallery import GALLERY_IMAGES, GalleryImage
 from fcnquant.compare.histograms import ActivationHistogram
-from fcnquant.compare.report import CompareReport
+from fcnquant.compare.report import CardRow, CompareReport, card_rows, card_table, format_card
 from fcnquant.compare.tensors.pairing import Pairing, TensorPair, pair_tensors
 
 __all__ = [
     "compare_models", "CompareOptions", "CompareReport", "LayerDrift", "FinalMetrics", "ActivationHistogram",
     "DriftAccumulator", "DriftMetrics", "Pairing", "TensorPair", "pair_tensors", "GalleryImage", "GALLERY_IMAGES",
     "final_metrics", "layer_drift", "drift_ids", "DriftResult", "DriftSpec", "DEFAULT_DRIFT_IMAGES",
+    "CardRow", "card_rows", "card_table", "format_card",
 ]

@@ -78,6 +78,12 @@ class PipelineResult:
         lines.append(f"int8: {self.target}, {weights} weights, recovery: {format_recovery(self.recovery)}")
         return "\n".join(lines)
 
+    def format_card(self) -> str:
+        """Returns the model-card table (Markdown) of the fp32, fp16 and int8 models: FLOPs, params, mIoU, shape."""
+        from fcnquant.compare.report.card import card_table
+
+        return card_table([self.json])
+
     def to_dict(self) -> dict[str, Any]:
         """Returns a JSON-ready dict: artifact paths, timings, summary rows and both full comparison reports."""
         rows = [{**r, "file": str(r["file"])} for r in self.rows()]
