@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from fcnquant.calibrate.collect import CollectOptions
-from fcnquant.cli._distributed import add_ray_options
+from fcnquant.cli._distributed import add_provider_option, add_ray_options
 from fcnquant.cli._emission import add_emission_options, add_recovery_options, quant_config
 from fcnquant.recover.plan import format_recovery
 from fcnquant.data import load_ids
@@ -50,6 +50,7 @@ def register(sub) -> None:
     g.add_argument("--shard", metavar="I/N", help="collect only slice I of N (1-based) of the image list; "
                    "needs --save-stats")
     add_ray_options(g)
+    add_provider_option(g)
     g.add_argument("--skip-nonfinite", action="store_true",
                    help="leave NaN/Inf activations out of the statistics (counted and reported) instead of failing")
     m = p.add_argument_group("method")

@@ -25,7 +25,7 @@ def _drift_images(text: str) -> int | str:
 
 def register(sub) -> None:
     """Adds the ``compare`` subcommand to ``sub``."""
-    from fcnquant.cli._distributed import add_ray_options
+    from fcnquant.cli._distributed import add_provider_option, add_ray_options
     from fcnquant.cli._options import add_data_options
     from fcnquant.compare.gallery import GALLERY_IMAGES
 
@@ -64,6 +64,7 @@ def register(sub) -> None:
                    "drop (float - quantized, in points) exceeds X; needs labelled data")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: its choice)")
     add_ray_options(p)
+    add_provider_option(p)
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     p.set_defaults(func=run)
 

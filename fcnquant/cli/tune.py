@@ -12,7 +12,7 @@ EXIT_OVER_BUDGET = 3
 
 def register(sub) -> None:
     """Adds the ``tune`` subcommand to ``sub``."""
-    from fcnquant.cli._distributed import add_ray_options
+    from fcnquant.cli._distributed import add_provider_option, add_ray_options
     from fcnquant.cli.calibrate import METHOD_CHOICES, TARGET_CHOICES
     from fcnquant.tune.builder import FALLBACKS
     from fcnquant.tune.ranking import RANKINGS
@@ -66,6 +66,7 @@ def register(sub) -> None:
                    "the point estimate: more layers in float, a budget met with confidence P")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: its choice)")
     add_ray_options(p)
+    add_provider_option(p)
     p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     p.set_defaults(func=run)
 
