@@ -7,6 +7,11 @@ import sys
 
 from fcnquant.errors import FcnquantError
 
+#: fcnquant.tune's FALLBACKS and RANKINGS (a test checks they agree), here so that building the parser does not
+#: import fcnquant.tune.
+FALLBACKS = ("float", "fp16")
+RANKINGS = ("sensitivity", "isolated")
+
 EXIT_OVER_BUDGET = 3
 
 
@@ -14,8 +19,6 @@ def register(sub) -> None:
     """Adds the ``tune`` subcommand to ``sub``."""
     from fcnquant.cli._distributed import add_provider_option, add_ray_options
     from fcnquant.cli.calibrate import METHOD_CHOICES, TARGET_CHOICES
-    from fcnquant.tune.builder import FALLBACKS
-    from fcnquant.tune.ranking import RANKINGS
 
     p = sub.add_parser(
         "tune", help="meet an mIoU budget with the fewest layers left in float",
