@@ -16,3 +16,7 @@ class DataError(FcnquantError):
 
 class CalibrationError(FcnquantError):
     """Statistics or a calibration table are unusable (NaN/Inf activations, missing tensors, wrong model)."""
+
+
+class ProviderError(FcnquantError):
+    """An onnxruntime execution provider is unknown or not in the installed onnxruntime build."""

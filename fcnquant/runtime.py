@@ -1,4 +1,5 @@
-"""onnxruntime session helpers: one place that opens models on the CPU with clear errors."""
+"""onnxruntime session helpers: one place that opens models (on the CPU unless an execution provider is named) with
+clear errors."""
 from __future__ import annotations
 
 import functools
@@ -8,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fcnquant.errors import ModelError
+from fcnquant.errors import ModelError, ProviderError
 
 #: onnxruntime graph transformers fcnquant turns off in every session it opens. ``WeightBiasQuantization`` gives
 #: a Conv/ConvTranspose/Gemm that reads a DequantizeLinear but has float weights (a layer kept in float with
@@ -27,6 +28,81 @@ DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
 #: the exact U8U8 kernels. Since onnxruntime 1.25 it does so on VNNI CPUs too, whose kernels are exact and faster, so
 #: it is set only where the kernels saturate or that cannot be told.
 PRECISE_INT8_ENTRY = ("session.x64quantprecision", "1")
+
+
+#: The providers of every session by default: onnxruntime's CPU provider alone.
+CPU_PROVIDERS = ("CPUExecutionProvider",)
+
+#: Short provider names (``--provider cuda``) and the onnxruntime provider each stands for.
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "migraphx": "MIGraphXExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+    "dnnl": "DnnlExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+    "cann": "CANNExecutionProvider",
+    "vitisai": "VitisAIExecutionProvider",
+}
+
+#: The pip package that brings a provider (instead of the plain ``onnxruntime`` package).
+PROVIDER_PACKAGES = {
+    "CUDAExecutionProvider": "onnxruntime-gpu",
+    "TensorrtExecutionProvider": "onnxruntime-gpu (and TensorRT)",
+    "OpenVINOExecutionProvider": "onnxruntime-openvino",
+    "DmlExecutionProvider": "onnxruntime-directml",
+    "ROCMExecutionProvider": "onnxruntime-rocm",
+    "MIGraphXExecutionProvider": "onnxruntime-migraphx",
+    "QNNExecutionProvider": "onnxruntime-qnn",
+    "CoreMLExecutionProvider": "onnxruntime (the macOS wheel)",
+}
+
+
+def resolve_providers(provider: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Returns the onnxruntime providers list of a session for ``provider``, checked against the installed build.
+
+    ``provider``: None or ``"cpu"`` (the CPU alone, without importing onnxruntime), a short name of
+    :data:`PROVIDER_ALIASES`, a full onnxruntime name (``"CUDAExecutionProvider"``), or an already resolved
+    sequence. Any provider but the CPU is followed by the CPU, onnxruntime's fallback for the nodes it cannot run.
+    Raises ProviderError (one line) for a name onnxruntime does not know, listing the available ones, or for a
+    provider this onnxruntime build lacks, naming the package that brings it.
+    """
+    if provider is None:
+        return CPU_PROVIDERS
+    if not isinstance(provider, str):
+        names = tuple(provider)
+        for name in names:
+            resolve_providers(name)
+        return names
+    name = PROVIDER_ALIASES.get(provider.lower(), provider)
+    if name == CPU_PROVIDERS[0]:
+        return CPU_PROVIDERS
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if name not in available:
+        shown = ", ".join(_short(a) for a in available)
+        if name not in ort.get_all_providers() and name not in PROVIDER_PACKAGES:
+            raise ProviderError(f"unknown execution provider '{provider}'; available in this onnxruntime build: "
+                                f"{shown}")
+        package = PROVIDER_PACKAGES.get(name, "an onnxruntime build with it")
+        raise ProviderError(f"execution provider '{provider}' ({name}) is not in the installed onnxruntime "
+                            f"{ort.__version__} (available: {shown}); it comes with {package}: "
+                            f"pip uninstall onnxruntime, then pip install {package.split()[0]}")
+    return (name, *CPU_PROVIDERS)
+
+
+def _short(name: str) -> str:
+    """Returns ``"cpu (CPUExecutionProvider)"`` for a provider with a short name, else the name."""
+    alias = next((a for a, full in PROVIDER_ALIASES.items() if full == name), None)
+    return f"{alias} ({name})" if alias else name
 
 
 def int8_kernels_saturate(flags: set[str] | None = None) -> bool:
@@ -65,8 +141,9 @@ def make_session(
     mem_arena: bool = True,
     disabled_optimizers: Sequence[str] = DISABLED_OPTIMIZERS,
     spinning: bool = True,
+    providers: Sequence[str] = CPU_PROVIDERS,
 ):
-    """Returns an ``onnxruntime.InferenceSession`` on the CPU for a model path or serialized bytes.
+    """Returns an ``onnxruntime.InferenceSession`` for a model path or serialized bytes (on the CPU by default).
 
     ``optimization`` is one of ``"all"`` (ORT_ENABLE_ALL), ``"extended"``, ``"basic"``, ``"none"``; another name
     raises ModelError. ``threads=0`` lets onnxruntime choose the intra-op thread count (its default).
@@ -75,7 +152,8 @@ def make_session(
     ``DISABLED_OPTIMIZERS``; empty: none). ``spinning=False`` stops the intra-op threads from spin-waiting after
     each run: for sessions that take turns (compare runs two or three per image), and for sessions whose runs
     alternate with numpy work on the same cores (calibration's observers), where spinning threads take the cores
-    the other work needs.
+    the other work needs. ``providers``: onnxruntime's providers list, in order of preference (see
+    :func:`resolve_providers`, which checks it against the installed build before any work).
     """
     import onnxruntime as ort
 
@@ -102,7 +180,7 @@ def make_session(
             raise ModelError(f"model file not found: {p}")
         model = str(p)
     try:
-        return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"],
+        return ort.InferenceSession(model, sess_options=opts, providers=list(providers),
                                     disabled_optimizers=list(disabled_optimizers) or None)
     except Exception as exc:
         name = "model" if isinstance(model, bytes) else model

@@ -56,3 +56,36 @@ def test_sessions_ask_for_exact_int8_kernels_where_they_saturate(tmp_path):
     else:  # a VNNI CPU: its exact kernels are kept (the entry would trade them for slower U8U8 ones)
         with pytest.raises(RuntimeError):
             opts.get_session_config_entry(key)
+
+
+def test_provider_names_resolve_with_the_cpu_as_fallback(monkeypatch):
+    from fcnquant.runtime import CPU_PROVIDERS, resolve_providers
+
+    assert resolve_providers(None) == resolve_providers("cpu") == resolve_providers("CPU") == CPU_PROVIDERS
+    assert resolve_providers("CPUExecutionProvider") == CPU_PROVIDERS
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert resolve_providers("cuda") == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert resolve_providers("TensorrtExecutionProvider") == ("TensorrtExecutionProvider", "CPUExecutionProvider")
+
+
+def test_a_provider_missing_from_the_build_names_its_package(monkeypatch):
+    from fcnquant.errors import ProviderError
+    from fcnquant.runtime import resolve_providers
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ProviderError, match=r"CUDAExecutionProvider.*onnxruntime-gpu") as exc:
+        resolve_providers("cuda")
+    assert "\n" not in str(exc.value) and "cpu (CPUExecutionProvider)" in str(exc.value)
+    with pytest.raises(ProviderError, match="onnxruntime-openvino"):
+        resolve_providers("openvino")
+    with pytest.raises(ProviderError, match=r"unknown execution provider 'warp'; available .*CPUExecutionProvider"):
+        resolve_providers("warp")
+
+
+def test_sessions_open_on_the_cpu_unless_told(tmp_path):
+    from fcnquant.runtime import CPU_PROVIDERS
+
+    path = save_model(tiny_convnet(), tmp_path / "m.onnx")
+    assert make_session(path).get_providers() == list(CPU_PROVIDERS)
+    assert make_session(path, providers=CPU_PROVIDERS).get_providers() == list(CPU_PROVIDERS)

@@ -144,11 +144,11 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
     if raw is not None:  # the file's bytes + a patch adding the outputs: no copy or re-serialization of the model
         model_sha256 = hashlib.sha256(raw).hexdigest()
         session = make_session(raw + outputs_patch(model, fetch), optimization=options.optimization,
-                               disabled_optimizers=(), spinning=False)
+                               disabled_optimizers=(), spinning=False, providers=ctx.providers)
     else:  # weights in external files: the loaded model carries them
         model_sha256 = file_sha256(model_path)
         session = make_session(with_outputs(model, fetch).SerializeToString(), optimization=options.optimization,
-                               disabled_optimizers=(), spinning=False)
+                               disabled_optimizers=(), spinning=False, providers=ctx.providers)
     del model, raw  # the protobuf and the bytes (as large as the weights) are not needed during the loop
     input_name, input_shape = input_spec(session)
     preset = data.preset_for(session)

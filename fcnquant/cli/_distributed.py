@@ -1,5 +1,5 @@
-"""The ``--ray [ADDRESS]``, ``--shards N`` and ``--threads N`` options, and the one place that turns them into an
-executor."""
+"""The ``--ray [ADDRESS]``, ``--shards N``, ``--threads N`` and ``--provider NAME`` options, and the one place that
+turns them into an executor."""
 from __future__ import annotations
 
 import argparse
@@ -18,15 +18,28 @@ def add_ray_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> Non
                    help="number of shards with --ray (default: the cluster's CPU count)")
 
 
+PROVIDER_HELP = ("onnxruntime execution provider of every session: cpu (default), cuda, tensorrt, openvino, directml, "
+                 "rocm, coreml, ... or a full name such as CUDAExecutionProvider; the CPU stays the fallback for "
+                 "nodes it cannot run. CUDA and TensorRT need the GPU build: pip install onnxruntime-gpu instead of "
+                 "onnxruntime")
+
+
+def add_provider_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Adds --provider NAME."""
+    p.add_argument("--provider", metavar="NAME", help=PROVIDER_HELP)
+
+
 def executor_from_args(args: argparse.Namespace, *, progress: bool = True):
     """Returns the executor the command runs on: a ``RayExecutor`` with ``--ray``, else a ``LocalExecutor``.
 
-    ``--threads`` (when the command has it) sets onnxruntime's intra-op threads. Use it as a context manager: a
+    ``--threads`` (when the command has it) sets onnxruntime's intra-op threads, ``--provider`` its execution
+    provider, checked here against the installed onnxruntime (ProviderError). Use it as a context manager: a
     Ray connection lasts for the whole command and is closed (a local Ray instance stopped) at its end.
     """
     ray = getattr(args, "ray", None)
     shards = getattr(args, "shards", None)
     threads = getattr(args, "threads", 0) or 0
+    provider = getattr(args, "provider", None)
     if shards is not None and ray is None:
         raise FcnquantError("--shards sets the number of shards of a --ray run: add --ray")
     if shards is not None and shards < 1:
@@ -36,7 +49,7 @@ def executor_from_args(args: argparse.Namespace, *, progress: bool = True):
     if ray is None:
         from fcnquant.execute import LocalExecutor
 
-        return LocalExecutor(threads, progress=progress)
+        return LocalExecutor(threads, progress=progress, provider=provider)
     from fcnquant.distributed import RayExecutor
 
-    return RayExecutor(ray, shards=shards, threads=threads, progress=progress)
+    return RayExecutor(ray, shards=shards, threads=threads, progress=progress, provider=provider)

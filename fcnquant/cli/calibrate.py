@@ -5,10 +5,8 @@ import argparse
 import time
 from pathlib import Path
 
-from fcnquant.calibrate.collect import CollectOptions
-from fcnquant.cli._distributed import add_ray_options
+from fcnquant.cli._distributed import add_provider_option, add_ray_options
 from fcnquant.cli._emission import add_emission_options, add_recovery_options, quant_config
-from fcnquant.recover.plan import format_recovery
 from fcnquant.data import load_ids
 from fcnquant.errors import FcnquantError
 
@@ -50,6 +48,7 @@ def register(sub) -> None:
     g.add_argument("--shard", metavar="I/N", help="collect only slice I of N (1-based) of the image list; "
                    "needs --save-stats")
     add_ray_options(g)
+    add_provider_option(g)
     g.add_argument("--skip-nonfinite", action="store_true",
                    help="leave NaN/Inf activations out of the statistics (counted and reported) instead of failing")
     m = p.add_argument_group("method")
@@ -93,6 +92,7 @@ def method_params(args: argparse.Namespace) -> dict[str, str | float]:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``fcnquant calibrate``; returns the exit status."""
+    from fcnquant.calibrate.collect import CollectOptions
     from fcnquant.calibrate.stats import load_stats
     from fcnquant.cli._distributed import executor_from_args
     from fcnquant.cli._options import data_config, run_config
@@ -156,6 +156,8 @@ def _recover_options(args: argparse.Namespace):
 
 
 def _print_summary(args: argparse.Namespace, flow, elapsed: float) -> None:
+    from fcnquant.recover.plan import format_recovery
+
     stats = flow.stats
     if args.from_stats:
         source = f"statistics {args.from_stats}"

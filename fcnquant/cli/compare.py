@@ -7,6 +7,10 @@ import sys
 
 from fcnquant.errors import FcnquantError
 
+#: fcnquant.compare.gallery.GALLERY_IMAGES (a test checks they agree): importing fcnquant.compare to read it
+#: would load scipy and numba for every command's parser.
+GALLERY_IMAGES = 6
+
 EXIT_DROP = 3  # --fail-on-drop exceeded
 DEFAULT_DRIFT = 16  # = fcnquant.compare.DEFAULT_DRIFT_IMAGES (not imported here: --help stays fast)
 
@@ -25,9 +29,8 @@ def _drift_images(text: str) -> int | str:
 
 def register(sub) -> None:
     """Adds the ``compare`` subcommand to ``sub``."""
-    from fcnquant.cli._distributed import add_ray_options
+    from fcnquant.cli._distributed import add_provider_option, add_ray_options
     from fcnquant.cli._options import add_data_options
-    from fcnquant.compare.gallery import GALLERY_IMAGES
 
     p = sub.add_parser(
         "compare", help="per-layer drift and mIoU change of a quantized (int8 QDQ or fp16) model",
@@ -64,6 +67,7 @@ def register(sub) -> None:
                    "drop (float - quantized, in points) exceeds X; needs labelled data")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: its choice)")
     add_ray_options(p)
+    add_provider_option(p)
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     p.set_defaults(func=run)
 

@@ -5,6 +5,8 @@ import argparse
 
 
 def register(sub) -> None:
+    from fcnquant.cli._distributed import add_provider_option
+
     p = sub.add_parser(
         "demo", help="calibrate, emit int8 + fp16, compare both with fp32, and report (built-in demo by default)",
         description="Runs the whole pipeline: calibrate MODEL (default: the shipped demo fcn8s) on the calibration "
@@ -34,6 +36,7 @@ def register(sub) -> None:
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (strict accelerators)")
     p.add_argument("--recover", action="store_true", help="run the accuracy-recovery passes that help on the target "
                    "(see `fcnquant calibrate --help`)")
+    add_provider_option(p)
     p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     p.set_defaults(func=run)
 
@@ -47,12 +50,13 @@ def run(args: argparse.Namespace) -> int:
     from fcnquant.quantize import QuantConfig
     from fcnquant.workflows.demo import run_pipeline
 
+    run = RunConfig(progress=not args.no_progress, provider=args.provider)  # checks the provider before any work
     model = args.model
     if model is None or (model in DEMO_MODELS and not Path(model).exists()):
         model = demo_model_path(model or "fcn8s")
     data = DataConfig(args.data, args.calib_split, args.ann_dir, num_images=args.num_images)
     quant = QuantConfig(method=args.method, target=args.target, per_channel=not args.per_tensor)
-    result = run_pipeline(model, args.out, data, quant, RunConfig(progress=not args.no_progress),
+    result = run_pipeline(model, args.out, data, quant, run,
                           eval_split=args.eval_split, eval_images=args.eval_images, gallery=args.gallery,
                           recover=args.recover)
     print()

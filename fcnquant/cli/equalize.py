@@ -7,6 +7,7 @@ import json
 
 def register(sub) -> None:
     """Adds the ``equalize`` subcommand."""
+    from fcnquant.cli._distributed import add_provider_option
     from fcnquant.data import PRESETS
 
     p = sub.add_parser(
@@ -40,6 +41,7 @@ def register(sub) -> None:
                    "%(default)s)")
     o.add_argument("--json", metavar="F", help="also write the full result (pairs, scales, skipped, ranges) as JSON")
     o.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    add_provider_option(g)
     p.set_defaults(func=run, absorb=False)
 
 
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                       preset=args.preset)
     options = EqualizeOptions(absorb=args.absorb, bound=args.bound, absorb_padded=args.absorb_padded, tol=args.tol,
                               max_sweeps=args.max_sweeps)
-    res = equalize(args.model, args.out, data, RunConfig(progress=not args.no_progress), options)
+    res = equalize(args.model, args.out, data, RunConfig(progress=not args.no_progress, provider=args.provider), options)
     sweeps = [c["sweeps"] for c in res.chains]
     unconverged = sum(not c["converged"] for c in res.chains)
     before, after = res.median_precision()

@@ -5,7 +5,7 @@ import argparse
 
 def register(sub) -> None:
     """Adds the ``eval`` subcommand to ``sub``."""
-    from fcnquant.cli._distributed import add_ray_options
+    from fcnquant.cli._distributed import add_provider_option, add_ray_options
     from fcnquant.cli._options import add_data_options
 
     p = sub.add_parser("eval", help="evaluate mIoU of an ONNX model on a VOC-style split",
@@ -18,6 +18,7 @@ def register(sub) -> None:
     p.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     add_ray_options(p)
+    add_provider_option(p)
     p.set_defaults(func=run)
 
 

@@ -7,15 +7,18 @@ import sys
 
 from fcnquant.errors import FcnquantError
 
+#: fcnquant.tune's FALLBACKS and RANKINGS (a test checks they agree), here so that building the parser does not
+#: import fcnquant.tune.
+FALLBACKS = ("float", "fp16")
+RANKINGS = ("sensitivity", "isolated")
+
 EXIT_OVER_BUDGET = 3
 
 
 def register(sub) -> None:
     """Adds the ``tune`` subcommand to ``sub``."""
-    from fcnquant.cli._distributed import add_ray_options
+    from fcnquant.cli._distributed import add_provider_option, add_ray_options
     from fcnquant.cli.calibrate import METHOD_CHOICES, TARGET_CHOICES
-    from fcnquant.tune.builder import FALLBACKS
-    from fcnquant.tune.ranking import RANKINGS
 
     p = sub.add_parser(
         "tune", help="meet an mIoU budget with the fewest layers left in float",
@@ -66,6 +69,7 @@ def register(sub) -> None:
                    "the point estimate: more layers in float, a budget met with confidence P")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: its choice)")
     add_ray_options(p)
+    add_provider_option(p)
     p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     p.set_defaults(func=run)
 

@@ -21,14 +21,17 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from fcnquant.distributed.cluster import LOCAL, cluster_cpus, ray_session
 from fcnquant.errors import FcnquantError, ModelError
 from fcnquant.execute import is_session, plan_shards, shard_dataset
+from fcnquant.runtime import resolve_providers
 
 
 class RayExecutor:
     """Runs shard functions as Ray tasks (see module). ``threads``: onnxruntime threads per task (0: the task's
-    CPUs); ``progress``: one bar (or log lines) over all shards."""
+    CPUs); ``progress``: one bar (or log lines) over all shards; ``provider``: onnxruntime's execution provider of
+    the workers' sessions (as ``LocalExecutor``'s; checked against this process's onnxruntime, so the workers need
+    the same build)."""
 
     def __init__(self, address: str | None = LOCAL, *, shards: int | None = None, threads: int = 0,
-                 progress: bool = True) -> None:
+                 progress: bool = True, provider: str | Sequence[str] | None = None) -> None:
         if shards is not None and shards < 1:
             raise FcnquantError(f"the number of shards must be at least 1, got {shards}")
         if threads < 0:
@@ -37,6 +40,7 @@ class RayExecutor:
         self.shards = shards
         self.threads = threads
         self.progress = progress
+        self.providers = resolve_providers(provider)
         self.reports: tuple = ()  # the last map's ShardReports
         self.seconds = 0.0
         self._stack: contextlib.ExitStack | None = None
@@ -100,7 +104,7 @@ class RayExecutor:
             model_refs = {k: self._put_model(m) for k, m in (models or {}).items()}
             shared_refs = {k: [ray.put(v)] for k, v in (shared or {}).items()}
             jobs = [(p, (fn, p, shard_dataset(dataset, p.ids) if dataset is not None else None, tuple(args),
-                         model_refs, shared_refs, self.threads)) for p in plans]
+                         model_refs, shared_refs, self.threads, self.providers)) for p in plans]
             outs, reports = rb.run_shards(rb.shard_task, jobs, desc=f"{desc} (ray)" if desc else "ray",
                                           progress=self.progress)
             self.reports, self.seconds = tuple(reports), time.perf_counter() - t0
@@ -113,7 +117,7 @@ class RayExecutor:
         flight, default twice the cluster's CPUs); unfinished tasks are cancelled on exit."""
         with self._connected() as ray:
             shared_refs = {k: [ray.put(v)] for k, v in (shared or {}).items()}
-            pool = _RayPool(ray, fn, shared_refs, self.threads, limit or 2 * cluster_cpus(ray))
+            pool = _RayPool(ray, fn, shared_refs, (self.threads, self.providers), limit or 2 * cluster_cpus(ray))
             try:
                 yield pool
             finally:
@@ -121,8 +125,9 @@ class RayExecutor:
 
 
 class _RayPool:
-    def __init__(self, ray, fn, shared_refs: dict, threads: int, limit: int) -> None:
-        self._ray, self._fn, self._shared, self._threads, self._limit = ray, fn, shared_refs, threads, limit
+    def __init__(self, ray, fn, shared_refs: dict, settings: tuple, limit: int) -> None:
+        self._ray, self._fn, self._shared, self._limit = ray, fn, shared_refs, limit
+        self._threads, self._providers = settings
         self._pending: dict = {}
         self._done: dict[str, Any] = {}
 
@@ -132,7 +137,7 @@ class _RayPool:
 
         while len(self._pending) >= self._limit:
             self._collect()
-        ref = pool_task.remote(self._fn, tuple(args), self._shared, self._threads)
+        ref = pool_task.remote(self._fn, tuple(args), self._shared, self._threads, self._providers)
         self._pending[ref] = key
 
     def results(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import ray
 from fcnquant.execute import Progress as ProgressDisplay
 from fcnquant.execute import ShardContext, ShardPlan, ShardResults
 from fcnquant.errors import DataError, FcnquantError
+from fcnquant.runtime import CPU_PROVIDERS
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class Progress:
 # ----------------------------------------------------------------------------------------------- worker side
 
 _MODEL_FILES: dict[str, Path] = {}   # sha256 -> this worker process's local copy of the model
-_SESSIONS: dict[tuple, Any] = {}     # (sha256, threads) -> onnxruntime session, the most recent MAX_SESSIONS
+_SESSIONS: dict[tuple, Any] = {}     # (sha256, options) -> onnxruntime session, the most recent MAX_SESSIONS
 MAX_SESSIONS = 2  # compare holds two models; tune evaluates a new candidate each time (older ones are dropped)
 
 
@@ -156,8 +157,9 @@ def check_readable(dataset, ids: Sequence[str], shard: str) -> None:
 class RayShardContext(ShardContext):
     """A shard's context on a worker: models and shared values fetched from the object store once per process."""
 
-    def __init__(self, plan: ShardPlan, dataset, *, threads: int, models: dict, shared: dict, advance) -> None:
-        super().__init__(plan, dataset, threads=threads, advance=advance)
+    def __init__(self, plan: ShardPlan, dataset, *, threads: int, models: dict, shared: dict, advance,
+                 providers: Sequence[str] = CPU_PROVIDERS) -> None:
+        super().__init__(plan, dataset, threads=threads, advance=advance, providers=providers)
         self._model_refs = models  # key -> (sha256, [ref])
         self._shared_refs = shared  # key -> [ref]
 
@@ -178,19 +180,20 @@ class RayShardContext(ShardContext):
     def session(self, key: str, **options):
         sha, ref = self._model_refs[key]
         options.setdefault("threads", self.threads)
+        options.setdefault("providers", self.providers)
         return session(sha, ref, **options)
 
 
 @ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
 def shard_task(fn, plan: ShardPlan, dataset, args: tuple, models: dict, shared: dict, threads: int,
-               progress) -> dict:
+               providers: tuple, progress) -> dict:
     """Runs one shard of a pass: ``fn(ctx, *args)`` on this worker; returns its result and how it ran."""
     node, pid = node_name(), os.getpid()
     progress.start.remote(plan.index, node, pid)
     if dataset is not None:
         check_readable(dataset, plan.ids, plan.label)
     ctx = RayShardContext(plan, dataset, threads=threads or task_cpus(), models=models, shared=shared,
-                          advance=lambda n: progress.add.remote(plan.index, n))
+                          advance=lambda n: progress.add.remote(plan.index, n), providers=providers)
     t0 = time.perf_counter()
     try:
         result = fn(ctx, *args)
@@ -200,10 +203,10 @@ def shard_task(fn, plan: ShardPlan, dataset, args: tuple, models: dict, shared: 
 
 
 @ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
-def pool_task(fn, args: tuple, shared: dict, threads: int):
+def pool_task(fn, args: tuple, shared: dict, threads: int, providers: tuple):
     """Runs one item's task ``fn(ctx, *args)`` (e.g. one candidate model of the tuner's ranking)."""
     ctx = RayShardContext(ShardPlan(1, 1, ()), None, threads=threads or task_cpus(), models={}, shared=shared,
-                          advance=None)
+                          advance=None, providers=providers)
     try:
         return fn(ctx, *args)
     finally:

@@ -7,8 +7,8 @@ merge the pass does on the results in shard order. The executor decides where sh
 * :class:`LocalExecutor` (the default): in this process, one shard over all the images unless asked otherwise;
 * ``fcnquant.distributed.RayExecutor``: one Ray task per shard, model bytes through the object store, retries.
 
-What a shard function may use is :class:`ShardContext`: the shard's ids and dataset, the thread count, the
-models and shared values by key (paths or bytes locally; fetched from the object store on a cluster), sessions,
+What a shard function may use is :class:`ShardContext`: the shard's ids and dataset, the thread count and
+onnxruntime providers of its sessions, the models and shared values by key (paths or bytes locally; fetched from the object store on a cluster), sessions,
 and ``advance(n)`` for progress. The same function therefore gives the same result wherever it runs; the
 merges are exact, so any number of shards equals one.
 """
@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, TypeVar
 
 from fcnquant.execute.progress import Progress
 from fcnquant.execute.shards import ShardPlan, plan_shards
+from fcnquant.runtime import CPU_PROVIDERS, resolve_providers
 
 R = TypeVar("R")
 
@@ -33,18 +34,20 @@ def is_session(obj: Any) -> bool:
 
 
 class ShardContext:
-    """What a shard function sees: its shard, dataset, threads, models, shared values, and progress.
+    """What a shard function sees: its shard, dataset, threads, providers, models, shared values, and progress.
 
-    ``models`` maps keys to a model path, its bytes, or an open session; ``shared`` to any value the shard reads
+    ``providers``: the onnxruntime providers list of every session the shard opens (:meth:`session`, or
+    ``make_session(..., providers=ctx.providers)`` for a model it builds). ``models`` maps keys to a model path, its bytes, or an open session; ``shared`` to any value the shard reads
     (images, logits). This base class serves them from this process; a cluster's context fetches them.
     """
 
     def __init__(self, plan: ShardPlan, dataset, *, threads: int = 0, models: Mapping[str, Any] | None = None,
                  shared: Mapping[str, Any] | None = None, advance: Callable[[int], None] | None = None,
-                 progress: bool = False) -> None:
+                 progress: bool = False, providers: Sequence[str] = CPU_PROVIDERS) -> None:
         self.plan = plan
         self.dataset = dataset
         self.threads = threads
+        self.providers = tuple(providers)
         self.progress = progress
         self._models = dict(models or {})
         self._shared = dict(shared or {})
@@ -93,13 +96,14 @@ class ShardContext:
 
     def session(self, key: str, **options):
         """Returns an onnxruntime session of the model ``key`` (``fcnquant.runtime.make_session`` options; threads
-        default to the context's); a session given as the model is returned as it is."""
+        and providers default to the context's); a session given as the model is returned as it is."""
         from fcnquant.runtime import make_session
 
         m = self._models[key]
         if is_session(m):
             return m
         options.setdefault("threads", self.threads)
+        options.setdefault("providers", self.providers)
         return make_session(m if isinstance(m, bytes) else Path(m), **options)
 
     def close(self) -> None:
@@ -119,9 +123,11 @@ class TaskPool(Protocol):
 
 
 class Executor(Protocol):
-    """Runs shard functions over image shards (:meth:`map`) and task functions over items (:meth:`pool`)."""
+    """Runs shard functions over image shards (:meth:`map`) and task functions over items (:meth:`pool`);
+    ``providers``: the onnxruntime providers list of the sessions its shards open."""
 
     progress: bool
+    providers: tuple[str, ...]
 
     def map(self, fn: Callable[..., R], dataset, ids: Sequence[str], *, args: tuple = (),
             models: Mapping[str, Any] | None = None, shared: Mapping[str, Any] | None = None, desc: str = "",
@@ -155,10 +161,13 @@ class LocalExecutor:
     ``threads``: onnxruntime intra-op threads of the sessions the passes open (0: onnxruntime decides).
     ``shards``: how many shards to cut an image list into (default 1: one pass over all the images, the fastest
     here; more give the same merged result and exist to test merges). ``progress``: a bar on a terminal, log
-    lines otherwise.
+    lines otherwise. ``provider``: the onnxruntime execution provider of those sessions (``"cpu"``, the default;
+    ``"cuda"``, ``"tensorrt"``, a full onnxruntime name; see ``fcnquant.runtime.resolve_providers``), checked
+    against the installed onnxruntime here, before any work (ProviderError).
     """
 
-    def __init__(self, threads: int = 0, *, shards: int = 1, progress: bool = True) -> None:
+    def __init__(self, threads: int = 0, *, shards: int = 1, progress: bool = True,
+                 provider: str | Sequence[str] | None = None) -> None:
         if threads < 0:
             from fcnquant.errors import FcnquantError
 
@@ -166,6 +175,7 @@ class LocalExecutor:
         self.threads = threads
         self.shards = shards
         self.progress = progress
+        self.providers = resolve_providers(provider)
 
     def __enter__(self) -> "LocalExecutor":
         return self
@@ -185,7 +195,7 @@ class LocalExecutor:
         with Progress(sum(len(p.ids) for p in plans), desc, enabled=self.progress) as bar:
             for plan in plans:
                 ctx = ShardContext(plan, dataset, threads=self.threads, models=models, shared=shared,
-                                   advance=bar.update, progress=self.progress)
+                                   advance=bar.update, progress=self.progress, providers=self.providers)
                 try:
                     out.append(fn(ctx, *args))
                 finally:
@@ -196,7 +206,8 @@ class LocalExecutor:
     def pool(self, fn: Callable[..., Any], *, shared: Mapping[str, Any] | None = None,
              limit: int | None = None) -> Iterator[_LocalPool]:
         """Yields a pool that runs each submitted task at once (see :class:`Executor`)."""
-        ctx = ShardContext(ShardPlan(1, 1, ()), None, threads=self.threads, shared=shared)
+        ctx = ShardContext(ShardPlan(1, 1, ()), None, threads=self.threads, shared=shared,
+                           providers=self.providers)
         try:
             yield _LocalPool(fn, ctx)
         finally:

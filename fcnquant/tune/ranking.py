@@ -27,6 +27,7 @@ import numpy as np
 
 from fcnquant.data.config import DataConfig
 from fcnquant.execute import Executor, RunConfig, ShardContext
+from fcnquant.runtime import CPU_PROVIDERS
 from fcnquant.tune.layers import Layer
 
 log = logging.getLogger(__name__)
@@ -96,16 +97,17 @@ def distance_task(ctx: ShardContext, model: bytes) -> tuple[int, float]:
     ``"images"`` against the shared float ``"logits"`` (a task function, one per candidate)."""
     from fcnquant.runtime import make_session, run_logits
 
-    session = make_session(model, threads=ctx.threads)
+    session = make_session(model, threads=ctx.threads, providers=ctx.providers)
     return prediction_distance(ctx.value("logits"),
                                [np.asarray(run_logits(session, x)[0]) for x in ctx.value("images")])
 
 
-def float_logits(float_model, images: Sequence[np.ndarray], threads: int = 0) -> list[np.ndarray]:
-    """Returns the float model's logits of every batch of ``images``."""
+def float_logits(float_model, images: Sequence[np.ndarray], threads: int = 0,
+                 providers: Sequence[str] = CPU_PROVIDERS) -> list[np.ndarray]:
+    """Returns the float model's logits of every batch of ``images`` (``providers``: onnxruntime's)."""
     from fcnquant.runtime import make_session, run_logits
 
-    session = make_session(Path(float_model), threads=threads)
+    session = make_session(Path(float_model), threads=threads, providers=providers)
     return [np.asarray(run_logits(session, x)[0]) for x in images]
 
 
@@ -122,7 +124,8 @@ def rank_sensitivity(float_model, layers: Sequence[Layer], build: Callable[[froz
     """
     executor = RunConfig.of(run).resolved()
     start = time.perf_counter()
-    logits = float_logits(float_model, images, getattr(executor, "threads", 0))
+    logits = float_logits(float_model, images, getattr(executor, "threads", 0),
+                          getattr(executor, "providers", CPU_PROVIDERS))
     with tempfile.TemporaryDirectory(prefix="fcnquant-rank-") as tmp, \
             executor.pool(distance_task, shared={"images": list(images), "logits": logits}) as pool:
         pool.submit("", build(frozenset(), Path(tmp) / "all-int8.onnx").read_bytes())

@@ -168,6 +168,7 @@ def _prepare(model: Path, cfg: DataConfig, run: RunConfig, quant: QuantConfig, o
     choice = options.images
     images = choice.choose(root, cfg.seed)
     report_root = Path(choice.report_root) if choice.report_root is not None else root
+    # A CPU session: it only reads the model's metadata and input shape (a GPU provider would cost its start-up).
     preset = cfg.preset_for(make_session(model, threads=getattr(executor, "threads", 0)))
 
     t = time.perf_counter()

@@ -180,3 +180,17 @@ def test_cli_refuses_ray_with_a_single_shard(tmp_path, capsys):
     assert err.count("--ray runs every shard of the collection on the cluster") == 2
     assert "--shards sets the number of shards of a --ray run: add --ray" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_provider_cpu_gives_the_same_table_and_cuda_stops_before_any_work(setup, tmp_path, capsys):
+    model, voc = setup
+    assert run(model, "--data", voc, "--num-images", 3, "--out-table", tmp_path / "a.json") == 0
+    assert run(model, "--data", voc, "--num-images", 3, "--out-table", tmp_path / "b.json", "--provider", "cpu") == 0
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    capsys.readouterr()
+    out = tmp_path / "gpu"
+    out.mkdir()
+    assert run(model, "--data", voc, "--num-images", 3, "--out-table", out / "t.json", "--save-stats", out / "s.npz",
+               "--provider", "cuda") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "onnxruntime-gpu" in err and list(out.iterdir()) == []

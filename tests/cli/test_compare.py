@@ -98,3 +98,14 @@ def test_fail_on_drop_needs_labels(setup, tmp_path, capsys):
     assert main(args) == 0
     assert main([*args, "--fail-on-drop", "0.5"]) == 2
     assert "needs labelled data" in capsys.readouterr().err
+
+
+def test_the_parser_constants_are_the_librarys():
+    from fcnquant.cli import compare as compare_cli
+    from fcnquant.cli import tune as tune_cli
+    from fcnquant.compare.gallery import GALLERY_IMAGES
+    from fcnquant.tune.builder import FALLBACKS
+    from fcnquant.tune.ranking import RANKINGS
+
+    assert compare_cli.GALLERY_IMAGES == GALLERY_IMAGES
+    assert (tune_cli.FALLBACKS, tune_cli.RANKINGS) == (FALLBACKS, RANKINGS)

@@ -30,6 +30,7 @@ from fcnquant.compare.tensors.pairing import TensorPair
 from fcnquant.data import Preset
 from fcnquant.errors import DataError, ModelError
 from fcnquant.execute import LocalExecutor, ShardContext, image_batches, resolve_batch
+from fcnquant.runtime import CPU_PROVIDERS
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,8 @@ def drift_shard(ctx: ShardContext, preset: Preset, spec: DriftSpec, histograms: 
 
     if not ctx.ids:
         raise DataError("no images to measure drift on")
-    runner = _DriftRunner(_model_proto(ctx, "float"), _model_proto(ctx, "quant"), spec, ctx.threads)
+    runner = _DriftRunner(_model_proto(ctx, "float"), _model_proto(ctx, "quant"), spec, ctx.threads,
+                          ctx.providers)
     hists = copy.deepcopy(histograms or {})  # each shard fills its own (arguments may also arrive read-only)
     q_dim = runner.q_run.batch_dim if runner.q_run is not None else None
     batch_size, fixed = resolve_batch(spec.batch_size, runner.f_run.batch_dim, q_dim)
@@ -203,7 +205,7 @@ class _DriftRunner:
     """The drift pass's sessions and sums: the float and quantized models exposing the paired activations, the
     isolated rewrite, and one DriftAccumulator per float tensor and side."""
 
-    def __init__(self, fm, qm, spec: DriftSpec, threads: int) -> None:
+    def __init__(self, fm, qm, spec: DriftSpec, threads: int, providers: Sequence[str] = CPU_PROVIDERS) -> None:
         from fcnquant.compare.tensors.isolated import build_isolated
         from fcnquant.compare.tensors.pairing import pair_tensors
 
@@ -214,13 +216,14 @@ class _DriftRunner:
         self.f_inputs, self.q_inputs = set(_graph_inputs(fm)), set(_graph_inputs(qm))
         f_names = list(dict.fromkeys(p.float_name for p in measured if p.float_name not in self.f_inputs))
         q_names = list(dict.fromkeys(p.quant_name for p in measured if p.quant_name not in self.q_inputs))
-        self.f_run = _Tapped(fm, f_names, threads)
-        self.q_run = _Tapped(qm, q_names, threads, integer_taps=spec.integer_taps) if spec.accumulated else None
+        self.f_run = _Tapped(fm, f_names, threads, providers)
+        self.q_run = (_Tapped(qm, q_names, threads, providers, integer_taps=spec.integer_taps) if spec.accumulated
+                      else None)
         self.plan = build_isolated(qm, measured) if spec.isolated else None
         if self.plan is not None:
             outs = list(dict.fromkeys(self.plan.outputs.values()))
             self.iso_taps = _isolated_taps(self.plan, outs, spec.integer_taps)
-            self.iso = _isolated_session(self.plan, self.iso_taps, threads)
+            self.iso = _isolated_session(self.plan, self.iso_taps, threads, providers)
             self.iso_inputs = {i.name for i in self.iso.get_inputs()}
         self.q_input, self.q_dtype = (self.q_run.input_name, self.q_run.dtype) if self.q_run else _input_of(qm)
         self.acc = {p.float_name: DriftAccumulator() for p in measured} if spec.accumulated else None
@@ -256,7 +259,8 @@ class _Tapped:
     """One model's session exposing ``names`` besides its outputs (DQ outputs at their integer inputs when
     ``integer_taps``)."""
 
-    def __init__(self, model, names: list[str], threads: int, *, integer_taps: bool = False) -> None:
+    def __init__(self, model, names: list[str], threads: int, providers: Sequence[str] = CPU_PROVIDERS, *,
+                 integer_taps: bool = False) -> None:
         from fcnquant.compare.tensors.integer_taps import IntegerTaps, plan_taps
         from fcnquant.runtime import input_dtype, input_spec, make_session, with_outputs
 
@@ -264,7 +268,7 @@ class _Tapped:
         self.taps = plan_taps(model, self.names) if integer_taps else IntegerTaps(tuple(self.names))
         self.exposed = self.taps.exposed
         self.session = make_session(with_outputs(model, self.exposed).SerializeToString(), threads=threads,
-                                    spinning=False)  # three sessions take turns on every image
+                                    spinning=False, providers=providers)  # three sessions take turns on every image
         self.input_name, shape = input_spec(self.session)
         self.batch_dim = shape[0]
         self.dtype = np.dtype(input_dtype(self.session))
@@ -283,13 +287,13 @@ def _isolated_taps(plan, outputs: list[str], integer_taps: bool):
     return plan_taps(plan.model, outputs) if integer_taps else IntegerTaps(tuple(outputs))
 
 
-def _isolated_session(plan, taps, threads: int):
+def _isolated_session(plan, taps, threads: int, providers: Sequence[str] = CPU_PROVIDERS):
     """Returns the isolated rewrite's session; its outputs are the taps' exposed tensors."""
     from fcnquant.compare.tensors.integer_taps import with_exposed_outputs
     from fcnquant.runtime import make_session
 
     model = with_exposed_outputs(plan.model, taps) if taps.dequant else plan.model
-    return make_session(model.SerializeToString(), threads=threads, spinning=False)
+    return make_session(model.SerializeToString(), threads=threads, spinning=False, providers=providers)
 
 
 def _input_of(model) -> tuple[str, np.dtype]:

@@ -9,6 +9,7 @@ import numpy as np
 
 from fcnquant.data import DataConfig
 from fcnquant.execute import Executor, ShardContext, image_batches
+from fcnquant.runtime import CPU_PROVIDERS
 
 
 def first_images_rel_diff(executor: Executor, original, equalized, dataset, ids: Sequence[str],
@@ -43,13 +44,13 @@ def rel_diff(s0, s1, name: str, x: np.ndarray) -> float:
     return float(np.abs(a - b).max()) / scale
 
 
-def random_rel_diff(original, equalized, count: int = 2) -> float:
+def random_rel_diff(original, equalized, count: int = 2, providers: Sequence[str] = CPU_PROVIDERS) -> float:
     """Returns max over ``count`` standard-normal inputs (seed 0; dynamic dims: batch 1, 128 pixels) of
-    max |out_eq - out| / max |out| of two ModelProtos."""
+    max |out_eq - out| / max |out| of two ModelProtos (``providers``: onnxruntime's)."""
     from fcnquant.runtime import input_spec, make_session
 
-    s0 = make_session(original.SerializeToString())
-    s1 = make_session(equalized.SerializeToString())
+    s0 = make_session(original.SerializeToString(), providers=providers)
+    s1 = make_session(equalized.SerializeToString(), providers=providers)
     name, shape = input_spec(s0)
     rng = np.random.default_rng(0)
     dims = tuple(d if d is not None else (1 if i == 0 else 128) for i, d in enumerate(shape))

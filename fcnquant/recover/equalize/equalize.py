@@ -192,7 +192,7 @@ def equalize(
         if options.verify:
             rel = first_images_rel_diff(executor, source, work, dataset, chosen[:2], cfg)
     elif options.verify:
-        rel = random_rel_diff(source, work)
+        rel = random_rel_diff(source, work, providers=RunConfig.of(run).resolved().providers)
     result = EqualizeResult(model=work, pairs=tuple(records), chains=tuple(chain_dicts), skipped=tuple(skipped),
                             weights=tuple(weights), absorb=absorb_info, max_rel_diff=rel)
     set_metadata(work, {METADATA_KEY: json.dumps(_summary(result), sort_keys=True)})

@@ -209,7 +209,7 @@ def _model_for(executor: Executor, raw: bytes):
     if isinstance(executor, LocalExecutor):
         from fcnquant.runtime import make_session
 
-        return make_session(raw, threads=executor.threads)
+        return make_session(raw, threads=executor.threads, providers=executor.providers)
     return raw
 
 

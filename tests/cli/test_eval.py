@@ -1,0 +1,43 @@
+"""`fcnquant eval --provider`: cpu is today's run bit for bit; a provider the build lacks fails before any work."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fcnquant.cli import main
+
+TIMINGS = ("seconds", "images_per_s")
+
+
+@pytest.fixture(scope="module")
+def model_and_data(tmp_path_factory, synthetic_voc):
+    from tests.test_evaluate import conv_model
+
+    base = tmp_path_factory.mktemp("eval-provider")
+    return conv_model(base / "m.onnx"), synthetic_voc(train=1, val=3, size=32, seed=2)
+
+
+def _eval(model, data, out, *extra) -> int:
+    return main(["eval", str(model), "--data", str(data), "--size", "24", "--json", str(out), "--no-progress",
+                 *extra])
+
+
+def test_provider_cpu_equals_no_provider(model_and_data, tmp_path):
+    model, data = model_and_data
+    assert _eval(model, data, tmp_path / "a.json") == 0
+    assert _eval(model, data, tmp_path / "b.json", "--provider", "cpu") == 0
+    a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    for d in (a, b):
+        for k in TIMINGS:
+            d.pop(k)
+    assert a == b
+
+
+@pytest.mark.parametrize("name, words", [("cuda", "onnxruntime-gpu"), ("bogus", "available in this onnxruntime")])
+def test_a_missing_or_unknown_provider_exits_2_with_one_line(model_and_data, tmp_path, capsys, name, words):
+    model, data = model_and_data
+    assert _eval(model, data, tmp_path / "o.json", "--provider", name) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fcnquant eval: error:") and words in err and "\n" not in err
+    assert "CPUExecutionProvider" in err and list(tmp_path.iterdir()) == []
