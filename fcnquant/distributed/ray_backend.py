@@ -215,20 +215,6 @@ def pool_task(fn, args: tuple, shared: dict, threads: int, providers: tuple):
 
 # ----------------------------------------------------------------------------------------------- driver side
 
-def put_model(model: str | os.PathLike[str] | bytes) -> tuple[str, list, str]:
-    """Returns (sha256, [object ref of the model's bytes], name) for a model file or bytes."""
-    from fcnquant.errors import ModelError
-
-    if isinstance(model, bytes):
-        raw, name = model, "<bytes>"
-    else:
-        p = Path(model)
-        if not p.is_file():
-            raise ModelError(f"model file not found: {p}")
-        raw, name = p.read_bytes(), str(model)
-    return hashlib.sha256(raw).hexdigest(), [ray.put(raw)], name
-
-
 def run_shards(task, jobs: Sequence[tuple[ShardPlan, tuple]], *, desc: str, progress: bool = True
                ) -> tuple[list[Any], list[ShardReport]]:
     """Runs ``task(*args, progress_actor)`` for every shard's ``(plan, args)``; returns (results in shard order,
