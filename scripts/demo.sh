@@ -3,5 +3,5 @@
 # calibrate the shipped fcn8s with KL on the synthetic VOC, emit int8 + fp16, compare both with fp32.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --core
 exec .venv/bin/fcnquant demo "$@"
