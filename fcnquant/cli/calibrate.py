@@ -12,6 +12,8 @@ from fcnquant.errors import FcnquantError
 
 METHOD_CHOICES = ("kl", "minmax", "percentile", "mse")
 TARGET_CHOICES = ("ort-cpu", "tensorrt", "npu-pow2")
+#: = fcnquant.workflows.int8.DEFAULT_CALIBRATION_IMAGES (a test checks they agree; not imported: --help stays fast)
+DEFAULT_IMAGES = 100
 
 
 def register(sub) -> None:
@@ -23,7 +25,12 @@ def register(sub) -> None:
         "calibrate", help="collect activation statistics and write a calibration table",
         description="Runs MODEL once per calibration image, streaming the activations an int8 model needs into "
                     "exact min/max and histogram observers, then computes each tensor's range, scale and zero "
-                    "point with --method for --target. --from-stats recomputes a table from saved statistics "
+                    "point with --method for --target. By default it writes, beside MODEL (or in --out-dir), the "
+                    "int8 model for --target (MODEL_STEM.int8.onnx), the table (MODEL_STEM.calib.json) and the "
+                    "statistics (MODEL_STEM.stats.npz), and prints the `fcnquant compare` command that checks the "
+                    "int8 model; --out, --out-table and --save-stats choose single paths, and given without "
+                    "--out-dir they write only what they name (the table in the current folder unless "
+                    "--out-table). --from-stats recomputes a table from saved statistics "
                     "without inference; --shard i/n collects one slice of the images (merge with "
                     "`fcnquant merge-stats`).")
     p.add_argument("model", metavar="MODEL", nargs="?", help="float ONNX model (optional with --from-stats: then "
@@ -32,8 +39,11 @@ def register(sub) -> None:
     g.add_argument("--data", metavar="DIR", help=DATA_HELP.replace("VOC root", "VOC root or a folder of images", 1))
     g.add_argument("--split", default="train", help="split list ImageSets/Segmentation/SPLIT.txt (default %(default)s)")
     g.add_argument("--ann-dir", metavar="NAME", help=ANN_DIR_HELP)
-    g.add_argument("--num-images", type=int, default=500, metavar="N",
-                   help="calibration images drawn from the split (default %(default)s; all if fewer)")
+    g.add_argument("--num-images", type=int, default=DEFAULT_IMAGES, metavar="N",
+                   help="calibration images drawn from the split (default %(default)s; all if fewer): every "
+                   "segmentation image gives each activation thousands of values, so 100 fill the histograms in a "
+                   "fifth of the time of the ~500 that vendor toolchains suggest for classifiers; give 500 for a "
+                   "final model")
     g.add_argument("--seed", type=int, default=0, help="seed of the image selection (default %(default)s)")
     g.add_argument("--balanced", action="store_true", help="choose images covering every class first (needs masks)")
     g.add_argument("--ids-file", metavar="F", help="use exactly the image ids listed in F (one per line)")
@@ -61,14 +71,19 @@ def register(sub) -> None:
                    help="ort-cpu: uint8 asymmetric; tensorrt: int8 symmetric; npu-pow2: int8 symmetric, "
                         "power-of-two scales (default %(default)s)")
     o = p.add_argument_group("outputs")
-    o.add_argument("--out-table", metavar="F", help="calibration table JSON (default: MODEL_STEM.calib.json in the "
-                   "current folder; not written for a --shard run unless given)")
-    o.add_argument("--save-stats", metavar="F", help="write the raw statistics (.npz) to F")
+    o.add_argument("--out-dir", metavar="DIR", help="write the default outputs (MODEL_STEM.int8.onnx, "
+                   "MODEL_STEM.calib.json, MODEL_STEM.stats.npz) to DIR, created if missing (default: MODEL's folder)")
+    o.add_argument("--table-only", action="store_true", help="write only the table (MODEL_STEM.calib.json in the "
+                   "current folder, or --out-table), no int8 model and no statistics")
+    o.add_argument("--out-table", metavar="F", help="calibration table JSON (default: MODEL_STEM.calib.json; not "
+                   "written for a --shard run unless given)")
+    o.add_argument("--save-stats", metavar="F", help="write the raw statistics (.npz) to F (needed by a --shard run)")
     o.add_argument("--from-stats", metavar="F", help="compute the table from statistics saved with --save-stats "
                    "(or merged with merge-stats) instead of running the model")
     o.add_argument("--trt-cache", metavar="F", help="also write a TensorRT calibration cache to F")
-    o.add_argument("--out", metavar="F", help="also emit the int8 QDQ model for --target to F (as `fcnquant "
-                   "quantize MODEL --table ... --out F` would, with the emission options below)")
+    o.add_argument("--out", metavar="F", help="emit the int8 QDQ model for --target to F (as `fcnquant "
+                   "quantize MODEL --table ... --out F` would, with the emission options below; default: "
+                   "MODEL_STEM.int8.onnx)")
     o.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     add_emission_options(p.add_argument_group("emission (with --out)"))
     add_recovery_options(p.add_argument_group("accuracy recovery (with --out)"))
@@ -97,19 +112,20 @@ def run(args: argparse.Namespace) -> int:
     from fcnquant.cli._distributed import executor_from_args
     from fcnquant.cli._options import data_config, run_config
     from fcnquant.recover.plan import resolve_plan
-    from fcnquant.workflows.int8 import Outputs, calibrate
+    from fcnquant.workflows.int8 import calibrate
 
     params = method_params(args)
     if args.model is None and args.from_stats is None:
         raise FcnquantError("give a MODEL (or --from-stats F)")
+    outputs = _outputs(args)
     if args.from_stats and (args.data or args.ann_dir or args.shard or args.save_ids or args.ids_file
                             or args.skip_nonfinite):
         raise FcnquantError("--from-stats computes from saved statistics; --data, --ann-dir, --shard, --ids-file, "
                             "--save-ids and --skip-nonfinite apply to collection only")
-    if args.out and (args.shard or not args.model):
+    if outputs.model and (args.shard or not args.model):
         raise FcnquantError("--out emits the int8 model: it needs MODEL and the full statistics (no --shard)")
     recovery = args.recover or args.equalize or args.bias_correction or args.adaround or args.scale_search
-    if recovery and not args.out:
+    if recovery and not outputs.model:
         raise FcnquantError("--recover, --equalize, --bias-correction and --adaround make the int8 model: give --out")
     if recovery and args.from_stats:
         raise FcnquantError("recovery passes need the calibration images: drop --from-stats")
@@ -120,17 +136,13 @@ def run(args: argparse.Namespace) -> int:
         raise FcnquantError("a --shard run collects part of the statistics: give --save-stats F to keep them")
     if args.num_images is not None and args.num_images < 1:
         raise FcnquantError(f"--num-images must be at least 1, got {args.num_images}")
-    out_table = args.out_table
-    if out_table is None and args.shard is None:
-        stem = Path(args.model).stem if args.model else Path(args.from_stats).stem
-        out_table = f"{stem}.calib.json"
+    if args.out_dir:
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     quant = quant_config(args, args.model, params=params)
     plan = resolve_plan(args.target, not args.per_tensor, args.recover, equalize=args.equalize,
                         bias_correction=args.bias_correction, adaround=args.adaround,
                         pow2_rounding=args.pow2_rounding, scale_search=args.scale_search,
-                        bias_correction_error=args.bias_correction_error, emits=bool(args.out))
-    outputs = Outputs(model=args.out, table=out_table, stats=args.save_stats, ids=args.save_ids,
-                      trt_cache=args.trt_cache)
+                        bias_correction_error=args.bias_correction_error, emits=outputs.model is not None)
     data = data_config(args, ids=load_ids(args.ids_file) if args.ids_file else None, seed=args.seed,
                        balanced=args.balanced)
     stats = load_stats(args.from_stats, args.model) if args.from_stats else None
@@ -141,7 +153,63 @@ def run(args: argparse.Namespace) -> int:
                          recover=_recover_options(args))
     elapsed = time.perf_counter() - t0
     _print_summary(args, flow, elapsed)
+    _print_next(args, flow)
     return 0
+
+
+def _defaults_apply(args: argparse.Namespace) -> bool:
+    """Whether the default outputs (int8 model, table, statistics) are written: not with --table-only, a --shard
+    run or --from-stats without MODEL; given --out/--out-table/--save-stats without --out-dir name the only
+    outputs, as they always did."""
+    if args.table_only or args.shard or not args.model:
+        return False
+    return bool(args.out_dir) or not (args.out or args.out_table or args.save_stats)
+
+
+def _outputs(args: argparse.Namespace):
+    """Returns the Outputs of the parsed flags: the defaults beside MODEL (or in --out-dir) where they apply,
+    each replaced by its explicit flag; FcnquantError for flags that contradict each other."""
+    from fcnquant.workflows.int8 import Outputs
+
+    if args.table_only and (args.out or args.out_dir):
+        raise FcnquantError("--table-only writes the table alone: it does not combine with --out or --out-dir")
+    if args.out_dir and (args.shard or not args.model):
+        raise FcnquantError("--out-dir holds the int8 model, table and statistics of MODEL: it needs MODEL and "
+                            "the full statistics (no --shard)")
+    explicit = dict(model=args.out, table=args.out_table, stats=args.save_stats, ids=args.save_ids,
+                    trt_cache=args.trt_cache)
+    if _defaults_apply(args):
+        defaults = Outputs.beside(args.model, args.out_dir)
+        stats = None if args.from_stats else defaults.stats  # saved statistics are not written again
+        base = dict(model=defaults.model, table=defaults.table, stats=stats)
+        return Outputs(**{k: v if v is not None else base.get(k) for k, v in explicit.items()})
+    if explicit["table"] is None and args.shard is None:  # the table in the current folder, as always
+        stem = Path(args.model).stem if args.model else Path(args.from_stats).stem
+        explicit["table"] = f"{stem}.calib.json"
+    return Outputs(**explicit)
+
+
+def _print_next(args: argparse.Namespace, flow) -> None:
+    """Prints the command that checks what was written: compare for an int8 model, quantize for a table alone."""
+    import shlex
+
+    written = dict(flow.written)
+    table, model = written.get("table"), written.get("int8 model")
+    if model is not None and args.model:
+        cmd = ["fcnquant", "compare", args.model, str(model)]
+        if args.data:
+            cmd += ["--data", args.data]
+        if table is not None:
+            cmd += ["--table", str(table)]
+        stats = written.get("statistics") or args.from_stats
+        if stats is not None:
+            cmd += ["--stats", str(stats)]
+    elif table is not None and args.model and not args.shard:
+        cmd = ["fcnquant", "quantize", args.model, "--table", str(table), "--target", args.target,
+               *(["--per-tensor"] if args.per_tensor else []), "--out", f"{Path(args.model).stem}.int8.onnx"]
+    else:
+        return
+    print("next: " + " ".join(shlex.quote(str(c)) for c in cmd))
 
 
 def _recover_options(args: argparse.Namespace):

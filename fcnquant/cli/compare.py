@@ -63,8 +63,9 @@ def register(sub) -> None:
                         "(default %(default)s; the final metrics always use every image)")
     p.add_argument("--boundary", type=int, default=3, metavar="PX", help="boundary band half-width in pixels for "
                    "the changed-pixel share (default %(default)s)")
-    p.add_argument("--fail-on-drop", type=float, metavar="X", help=f"exit with status {EXIT_DROP} when the mIoU "
-                   "drop (float - quantized, in points) exceeds X; needs labelled data")
+    p.add_argument("--fail-on-drop", type=float, metavar="X", help=f"exit with status {EXIT_DROP} when the model "
+                   "loses more than X mIoU points, i.e. the mIoU change (quantized - float) is below -X; needs "
+                   "labelled data")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: its choice)")
     add_ray_options(p)
     add_provider_option(p)
@@ -104,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
         if not report.final.labelled:
             raise FcnquantError("--fail-on-drop needs labelled data, but the images have no segmentation masks")
         if report.miou_drop > args.fail_on_drop:
-            print(f"fcnquant compare: mIoU drop {report.miou_drop:.3f} points exceeds --fail-on-drop "
-                  f"{args.fail_on_drop:g} (float {report.final.miou_float:.3f}, quantized "
+            print(f"fcnquant compare: mIoU change {report.miou_change:+.3f} points is below "
+                  f"{-args.fail_on_drop:+g} (--fail-on-drop {args.fail_on_drop:g}; float {report.final.miou_float:.3f}, quantized "
                   f"{report.final.miou_quant:.3f})", file=sys.stderr)
             return EXIT_DROP
     return 0

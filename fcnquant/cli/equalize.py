@@ -8,6 +8,7 @@ import json
 def register(sub) -> None:
     """Adds the ``equalize`` subcommand."""
     from fcnquant.cli._distributed import add_provider_option
+    from fcnquant.cli._options import DATA_HELP
     from fcnquant.data import PRESETS
 
     p = sub.add_parser(
@@ -29,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--absorb-padded", action="store_true", help="with --absorb, also absorb into zero-padding "
                    "consumers (changes the border outputs)")
     g = p.add_argument_group("images for --absorb")
-    g.add_argument("--data", metavar="DIR", help="VOC root or a folder of images (default: the built-in synthetic VOC)")
+    g.add_argument("--data", metavar="DIR", help=DATA_HELP.replace("VOC root", "VOC root or a folder of images", 1))
     g.add_argument("--split", default="train", help="split list (default %(default)s)")
     g.add_argument("--num-images", type=int, default=50, metavar="N", help="images (default %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="seed of the image selection (default %(default)s)")

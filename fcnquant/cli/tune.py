@@ -18,6 +18,7 @@ EXIT_OVER_BUDGET = 3
 def register(sub) -> None:
     """Adds the ``tune`` subcommand to ``sub``."""
     from fcnquant.cli._distributed import add_provider_option, add_ray_options
+    from fcnquant.cli._options import DATA_HELP
     from fcnquant.cli.calibrate import METHOD_CHOICES, TARGET_CHOICES
 
     p = sub.add_parser(
@@ -46,7 +47,7 @@ def register(sub) -> None:
     q.add_argument("--fallback", default="float", choices=FALLBACKS, help="what the chosen layers run in: float32, "
                    "or fp16 islands with Casts around them, for targets that run fp16 (default %(default)s)")
     g = p.add_argument_group("images")
-    g.add_argument("--data", metavar="DIR", help="VOC root (default: the built-in synthetic VOC)")
+    g.add_argument("--data", metavar="DIR", help=DATA_HELP)
     g.add_argument("--calib-split", default="train", help="split the calibration images come from (default "
                    "%(default)s)")
     g.add_argument("--num-calib", type=int, default=50, metavar="N", help="calibration images (default %(default)s)")

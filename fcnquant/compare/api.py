@@ -101,6 +101,9 @@ def compare_models(
     notes: list[str] = []
     recovery = read_recovery(qm)
     emitted_from = next((p.value for p in qm.metadata_props if p.key == "fcnquant.model_sha256"), None)
+    # how the int8 model was made, for the report's header (fcnquant.quantize's metadata)
+    quantization = {p.key.split(".", 1)[1]: p.value for p in qm.metadata_props
+                    if p.key in ("fcnquant.method", "fcnquant.target", "fcnquant.per_channel")}
     if emitted_from and emitted_from != shas[0]:
         notes.append(f"{qpath.name} was emitted from another float model (sha256 {emitted_from[:12]}...) than "
                      f"{fpath.name}: per-layer drift compares against tensors of a different model (after "
@@ -130,7 +133,7 @@ def compare_models(
         unquantized=pairing.unquantized, unpaired_float=pairing.unpaired_float,
         unpaired_quant=pairing.unpaired_quant, table=str(table) if table is not None else None,
         stats=str(stats) if stats is not None else None, seconds=time.perf_counter() - start,
-        gallery=render_gallery(final.gallery, dataset, final.preset), recovery=recovery,
+        gallery=render_gallery(final.gallery, dataset, final.preset), recovery=recovery, quantization=quantization,
         drift_images=len(drift_on), drift_ids=tuple(drift_on), layers=layers, histograms=histograms,
         notes=tuple(notes),
     )

@@ -78,6 +78,12 @@ class FinalMetrics:
         return self.miou_float - self.miou_quant
 
     @property
+    def miou_change(self) -> float:
+        """Returns mIoU(quantized) - mIoU(float) in points (negative = the quantized model is worse): the sign
+        every report prints."""
+        return self.miou_quant - self.miou_float
+
+    @property
     def iou_delta(self) -> tuple[float, ...]:
         """Returns per-class IoU(quantized) - IoU(float) in points (NaN where a class has no pixels)."""
         return tuple(q - f for f, q in zip(self.iou_float, self.iou_quant))
@@ -103,6 +109,7 @@ class FinalMetrics:
         return {
             "labelled": self.labelled,
             "miou_float": num(self.miou_float), "miou_quant": num(self.miou_quant), "miou_drop": num(self.miou_drop),
+            "miou_change": num(self.miou_change),
             "miou_awesome_float": num(self.miou_awesome_float), "miou_awesome_quant": num(self.miou_awesome_quant),
             "pixel_acc_float": num(self.pixel_acc_float), "pixel_acc_quant": num(self.pixel_acc_quant),
             "per_class": [

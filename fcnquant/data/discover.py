@@ -7,7 +7,7 @@ Order, for a model that is not a shipped demo model (``fcnquant.demo_models.is_d
 3. otherwise the built-in synthetic VOC, with a one-line warning that names it and how to pass real data.
 
 The shipped demo models were trained on the built-in synthetic VOC, so for them (and the int8/fp16 models made
-from them) it is used directly, without a search or a warning. Every command that reads a dataset (``calibrate``,
+from them) it is used directly, without a search or a warning. Every command that reads a dataset (``calibrate``, ``tune``, ``equalize --absorb``,
 ``eval``, ``compare``, ``demo``) and their library functions call :func:`resolve_data`.
 """
 from __future__ import annotations

@@ -153,6 +153,7 @@ def quantize_model(
         "fcnquant.model_sha256": model_sha,
         "fcnquant.target": profile.name,
         "fcnquant.per_channel": "true" if per_channel else "false",
+        "fcnquant.method": str(getattr(table, "method", "") or ""),  # shown by `fcnquant compare`
         "fcnquant.version": __version__,
         **dict(metadata or {}),
     })

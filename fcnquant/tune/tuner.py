@@ -76,7 +76,8 @@ def tune(
 
     ``out`` receives the int8 model when the budget is met (else ``over_budget_path(out)``); ``json_path`` and
     ``report`` (HTML, the compare report on the reporting images) are optional. ``data``: the VOC root (None: the
-    built-in synthetic VOC), the preprocessing (``preset``, ``size``, ``mean``, ``std``; default the model's) and
+    dataset :func:`fcnquant.data.resolve_data` finds: $FCNQUANT_DATA, ./data/VOCdevkit, ./VOCdevkit, else the
+    built-in synthetic VOC with a warning; the synthetic VOC directly for a shipped demo model), the preprocessing (``preset``, ``size``, ``mean``, ``std``; default the model's) and
     the ``seed`` of the image selections; which images serve which purpose is ``options.images``. ``run``: the
     executor and batch size (a RayExecutor runs the inference on a cluster, with the same result as one process:
     every count is exact; the run holds one connection from start to end).
@@ -159,12 +160,13 @@ def _prepare(model: Path, cfg: DataConfig, run: RunConfig, quant: QuantConfig, o
              recover: bool | RecoveryPlan, builder: Builder | None) -> _Setup:
     """Chooses the images, collects the statistics once, makes the builder and scores the float model."""
     from fcnquant.calibrate import build_table, collect_stats
-    from fcnquant.data import builtin_dataset, open_dataset
+    from fcnquant.data import open_dataset, resolve_data
     from fcnquant.runtime import make_session
 
     executor = run.resolved()
     seconds: dict[str, float] = {}
-    root = Path(cfg.root) if cfg.root is not None else builtin_dataset(progress=executor.progress)
+    # the same discovery as every command: given, $FCNQUANT_DATA, ./data/VOCdevkit, ./VOCdevkit, else synthetic
+    root = resolve_data(cfg.root, model, progress=executor.progress).root
     choice = options.images
     images = choice.choose(root, cfg.seed)
     report_root = Path(choice.report_root) if choice.report_root is not None else root

@@ -52,15 +52,17 @@ class PipelineResult:
     recovery: dict[str, Any] = field(default_factory=dict)  # what the int8 workflow ran (empty: plain emission)
 
     def rows(self) -> list[dict[str, Any]]:
-        """Returns one summary row per model (fp32, fp16, int8): mIoU, delta, changed pixels, worst SNR, size."""
+        """Returns one summary row per model (fp32, fp16, int8): mIoU, mIoU change (quantized - float), changed
+        pixels, worst SNR, size."""
         f_int8, f_fp16 = self.int8_report.final, self.fp16_report.final
-        rows = [{"model": "fp32", "file": self.model, "miou": f_int8.miou_float, "delta": 0.0, "changed": 0.0,
+        rows = [{"model": "fp32", "file": self.model, "miou": f_int8.miou_float, "miou_change": 0.0, "delta": 0.0, "changed": 0.0,
                  "worst_snr": None, "worst_layer": "", "mb": self.model.stat().st_size / 1e6}]
         for name, path, rep, fin in (("fp16", self.fp16_model, self.fp16_report, f_fp16),
                                       (f"int8 {self.method}", self.int8_model, self.int8_report, f_int8)):
             worst = rep.worst(1)
             rows.append({
-                "model": name, "file": path, "miou": fin.miou_quant, "delta": fin.miou_quant - fin.miou_float,
+                "model": name, "file": path, "miou": fin.miou_quant,
+                "miou_change": fin.miou_change, "delta": fin.miou_change,  # delta: the former key
                 "changed": fin.changed_share, "worst_snr": worst[0].accumulated.snr_db if worst else None,
                 "worst_layer": worst[0].float_name if worst else "", "mb": path.stat().st_size / 1e6,
             })
@@ -68,11 +70,11 @@ class PipelineResult:
 
     def format_summary(self) -> str:
         """Returns the summary table (one line per model) as text."""
-        head = f"{'model':<12} {'mIoU':>7} {'delta':>7} {'changed px':>10} {'worst SNR':>10} {'size MB':>8}  worst layer"
+        head = f"{'model':<12} {'mIoU':>7} {'mIoU change':>11} {'changed px':>10} {'worst SNR':>10} {'size MB':>8}  worst layer"
         lines = [head, "-" * len(head)]
         for r in self.rows():
             snr = "" if r["worst_snr"] is None else f"{r['worst_snr']:.1f} dB"
-            lines.append(f"{r['model']:<12} {r['miou']:7.2f} {r['delta']:+7.2f} {100 * r['changed']:9.2f}% "
+            lines.append(f"{r['model']:<12} {r['miou']:7.2f} {r['miou_change']:+11.2f} {100 * r['changed']:9.2f}% "
                          f"{snr:>10} {r['mb']:8.2f}  {r['worst_layer']}")
         weights = "per-channel" if self.per_channel else "per-tensor"
         lines.append(f"int8: {self.target}, {weights} weights, recovery: {format_recovery(self.recovery)}")

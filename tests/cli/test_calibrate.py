@@ -141,7 +141,7 @@ def test_default_data_is_the_builtin_synthetic_voc(setup, tmp_path, monkeypatch,
 
     monkeypatch.setattr(fcnquant.data, "builtin_dataset", lambda **kw: voc)
     monkeypatch.chdir(tmp_path)
-    assert run(model, "--num-images", 2) == 0
+    assert run(model, "--num-images", 2, "--table-only") == 0
     assert (tmp_path / "tiny.calib.json").is_file()
     assert "2 image(s)" in capsys.readouterr().out
 
@@ -194,3 +194,64 @@ def test_provider_cpu_gives_the_same_table_and_cuda_stops_before_any_work(setup,
                "--provider", "cuda") == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "onnxruntime-gpu" in err and list(out.iterdir()) == []
+
+
+def test_default_writes_int8_model_table_and_stats_beside_the_model_and_prints_compare(setup, tmp_path, capsys):
+    import shutil
+
+    import onnxruntime as ort
+
+    model, voc = setup
+    folder = tmp_path / "work"
+    folder.mkdir()
+    local = shutil.copy(model, folder / "tiny.onnx")
+    assert run(local, "--data", voc, "--num-images", 2) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["tiny.calib.json", "tiny.int8.onnx", "tiny.onnx",
+                                                        "tiny.stats.npz"]
+    ort.InferenceSession(str(folder / "tiny.int8.onnx"), providers=["CPUExecutionProvider"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == (f"next: fcnquant compare {local} {folder / 'tiny.int8.onnx'} --data {voc} "
+                    f"--table {folder / 'tiny.calib.json'} --stats {folder / 'tiny.stats.npz'}")
+    # the printed command parses as printed (the tiny model's 3 classes do not fit the VOC masks to run it)
+    from fcnquant.cli import build_parser
+
+    parsed = build_parser().parse_args(last.split()[2:])
+    assert parsed.table == str(folder / "tiny.calib.json") and parsed.stats == str(folder / "tiny.stats.npz")
+
+
+def test_out_dir_holds_the_defaults_and_explicit_flags_override_single_paths(setup, tmp_path, capsys):
+    model, voc = setup
+    out = tmp_path / "new" / "dir"
+    assert run(model, "--data", voc, "--num-images", 2, "--out-dir", out, "--out-table", tmp_path / "t.json") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["tiny.int8.onnx", "tiny.stats.npz"]
+    assert (tmp_path / "t.json").is_file()
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("next: fcnquant compare ")
+
+
+def test_table_only_writes_only_the_table_in_the_current_folder(setup, tmp_path, monkeypatch, capsys):
+    model, voc = setup
+    monkeypatch.chdir(tmp_path)
+    assert run(model, "--data", voc, "--num-images", 2, "--table-only") == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.calib.json"]
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"next: fcnquant quantize {model} --table tiny.calib.json --target ort-cpu --out tiny.int8.onnx")
+    assert run(model, "--data", voc, "--table-only", "--out", tmp_path / "x.onnx") == 2
+    assert "--table-only" in capsys.readouterr().err
+
+
+def test_from_stats_default_emits_without_writing_the_statistics_again(setup, tmp_path, capsys):
+    model, voc = setup
+    assert run(model, "--data", voc, "--num-images", 2, "--save-stats", tmp_path / "s.npz",
+               "--out-table", tmp_path / "t.json") == 0
+    assert not (tmp_path / "tiny.int8.onnx").exists()  # explicit flags alone: only what they name
+    out = tmp_path / "o"
+    assert run(model, "--from-stats", tmp_path / "s.npz", "--out-dir", out) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["tiny.calib.json", "tiny.int8.onnx"]
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith(f"--stats {tmp_path / 's.npz'}")
+
+
+def test_default_image_count_agrees_with_the_library():
+    from fcnquant.cli.calibrate import DEFAULT_IMAGES
+    from fcnquant.workflows import DEFAULT_CALIBRATION_IMAGES
+
+    assert DEFAULT_IMAGES == DEFAULT_CALIBRATION_IMAGES == 100

@@ -62,7 +62,7 @@ def test_fail_on_drop_exit_status(setup, capsys):
     assert drop > 1.0  # the flipped model loses the background class
     assert main(_args(d, voc, "--fail-on-drop", drop - 0.5)) == 3
     err = capsys.readouterr().err
-    assert "exceeds --fail-on-drop" in err and f"{drop:.3f}" in err
+    assert f"mIoU change {-drop:+.3f} points is below" in err and "--fail-on-drop" in err
     assert main(_args(d, voc, "--fail-on-drop", drop + 0.5)) == 0
 
 
@@ -72,10 +72,15 @@ def test_writes_json_and_html(setup, tmp_path, capsys):
     assert main(_args(d, voc, "--json", out_json, "--report", out_html, "--top", 3, "--no-isolated")) == 0
     text = capsys.readouterr().out
     assert "worst 1 of 1 layers" in text and "mIoU float" in text
+    # one sign everywhere: mIoU change = quantized - float, negative = worse
+    assert f"mIoU change {-drop:+.2f} (quantized - float)" in text and " drop " not in text
     report = json.loads(out_json.read_text())
-    assert report["final"]["miou_drop"] == pytest.approx(drop, abs=1e-4)
+    assert report["final"]["miou_drop"] == pytest.approx(drop, abs=1e-4)  # the former key, kept
+    assert report["final"]["miou_change"] == pytest.approx(-drop, abs=1e-4)
+    page = out_html.read_text()
+    assert "mIoU change (points, quantized - float)" in page and f"{-drop:+.2f}" in page
     assert report["isolated"] is False and report["layers"][0]["float_name"] == "output"
-    assert "<svg" in out_html.read_text()
+    assert "<svg" in page
 
 
 def test_errors_exit_2(setup, tmp_path, capsys):
@@ -109,3 +114,14 @@ def test_the_parser_constants_are_the_librarys():
 
     assert compare_cli.GALLERY_IMAGES == GALLERY_IMAGES
     assert (tune_cli.FALLBACKS, tune_cli.RANKINGS) == (FALLBACKS, RANKINGS)
+
+
+def test_html_header_names_how_the_int8_model_was_made(demo_int8, tmp_path, capsys):
+    from fcnquant.demo_models import demo_model_path
+
+    out_html = tmp_path / "r.html"
+    assert main(["compare", str(demo_model_path("fcn8s")), str(demo_int8.model), "--num-images", "2",
+                 "--drift-images", "1", "--no-isolated", "--gallery", "0", "--report", str(out_html),
+                 "--no-progress"]) == 0
+    page = out_html.read_text()
+    assert "int8 model: method kl, target ort-cpu, per-channel weights, recovery: none" in page

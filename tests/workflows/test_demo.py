@@ -41,6 +41,10 @@ def test_pipeline_writes_every_artifact_and_scores_match_eval(tiny):
     for name, path in (("fp32", model), ("fp16", res.fp16_model), ("int8 kl", res.int8_model)):
         ev = evaluate(path, root, RunConfig(progress=False))
         assert rows[name]["miou"] == pytest.approx(ev.miou, abs=1e-9, nan_ok=True)
+    # the summary's sign: mIoU change = quantized - float (negative = worse), as compare prints it
+    assert "mIoU change" in res.format_summary() and "delta" not in res.format_summary()
+    for name in ("fp16", "int8 kl"):
+        assert rows[name]["miou_change"] == pytest.approx(rows[name]["miou"] - rows["fp32"]["miou"], nan_ok=True)
     summary = json.loads(res.json.read_text())
     assert summary["calibration_images"] == 4 and len(summary["summary"]) == 3
     assert np.isfinite(summary["summary"][2]["worst_snr"])

@@ -45,6 +45,7 @@ class CompareReport:
     recovery: dict = field(default_factory=dict)  # the int8 model's recovery record (fcnquant.recovery metadata)
     drift_images: int | None = None  # images the per-layer drift was measured on (None: all ``images``)
     drift_ids: tuple[str, ...] = ()  # their ids (the deterministic subsample), when recorded
+    quantization: dict = field(default_factory=dict)  # the int8 model's method, target, per_channel (metadata)
 
     @property
     def drift_count(self) -> int:
@@ -55,6 +56,24 @@ class CompareReport:
     def miou_drop(self) -> float:
         """Returns mIoU(float) - mIoU(quantized) in points; NaN without labels."""
         return self.final.miou_drop
+
+    @property
+    def miou_change(self) -> float:
+        """Returns mIoU(quantized) - mIoU(float) in points (negative = worse); NaN without labels."""
+        return self.final.miou_change
+
+    @property
+    def int8_description(self) -> str:
+        """Returns how the quantized model was made, from its metadata: method, target, weight granularity and
+        recovery ("" for a model without fcnquant metadata)."""
+        q = self.quantization
+        if not q:
+            return ""
+        weights = {"true": "per-channel", "false": "per-tensor"}.get(q.get("per_channel", ""), "unknown")
+        from fcnquant.recover.plan import format_recovery
+
+        return (f"method {q.get('method') or 'unknown'}, target {q.get('target') or 'unknown'}, {weights} weights, "
+                f"recovery: {format_recovery(self.recovery) if self.recovery else 'none'}")
 
     def worst(self, top: int | None = None, by: str = "accumulated") -> list[LayerDrift]:
         """Returns the layers sorted by ascending SNR (``by`` "accumulated" or "isolated"), the first ``top``."""
@@ -86,7 +105,7 @@ class CompareReport:
             "histograms": [h.to_dict() for h in self.histograms],
             "notes": list(self.notes),
             "gallery": [g.to_dict() for g in self.gallery],
-            "recovery": self.recovery,
+            "recovery": self.recovery, "quantization": self.quantization,
         }
 
     @classmethod
@@ -107,7 +126,7 @@ class CompareReport:
             gallery=tuple(GalleryImage.from_dict(g) for g in d.get("gallery", ())),
             recovery=dict(d.get("recovery") or {}),
             drift_images=int(d["drift_images"]) if d.get("drift_images") is not None else None,
-            drift_ids=tuple(d.get("drift_ids", ())),
+            drift_ids=tuple(d.get("drift_ids", ())), quantization=dict(d.get("quantization") or {}),
         )
 
     def to_json(self, path: str | os.PathLike[str]) -> None:

@@ -317,9 +317,9 @@ def render_html(report: CompareReport, top: int = 10) -> str:
     f = report.final
     cards = []
     if f.labelled:
-        drop_cls = "bad" if f.miou_drop > 0 else "good"
+        drop_cls = "bad" if f.miou_change < 0 else "good"
         cards += [_card(fmt(f.miou_float), "mIoU float"), _card(fmt(f.miou_quant), "mIoU quantized"),
-                  _card(_signed(-f.miou_drop), "mIoU change (points)", drop_cls)]
+                  _card(_signed(f.miou_change), "mIoU change (points, quantized - float)", drop_cls)]
     cards += [_card(f"{fmt(100 * f.changed_share, '.3f')}%", "pixels with a changed class"),
               _card(f"{fmt(100 * f.boundary_changed_share, '.3f')}%",
                     f"… within {f.boundary_radius} px of boundaries"),
@@ -332,6 +332,7 @@ def render_html(report: CompareReport, top: int = 10) -> str:
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>fcnquant compare: {_e(report.quant_model)}</title><style>{_CSS}</style></head><body><main>",
         "<h1>Quantization drift report</h1>",
+        (f"<p class='meta'>int8 model: {_e(report.int8_description)}</p>" if report.int8_description else ""),
         f"<div class='meta'>float <code>{_e(report.float_model)}</code> (sha256 {_e(report.float_sha256[:12])}…) vs "
         f"quantized <code>{_e(report.quant_model)}</code> (sha256 {_e(report.quant_sha256[:12])}…)<br>"
         f"{report.images} images from <code>{_e(report.data)}</code>"

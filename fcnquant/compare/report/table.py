@@ -34,7 +34,8 @@ def format_table(report: CompareReport, top: int | None = 10, by: str = "accumul
     if report.recovery:
         lines.append(f"recovery applied to the int8 model: {format_recovery(report.recovery)}")
     if f.labelled:
-        lines.append(f"mIoU float {fmt(f.miou_float)}  quantized {fmt(f.miou_quant)}  drop {fmt(f.miou_drop, '+.2f')}"
+        lines.append(f"mIoU float {fmt(f.miou_float)}  quantized {fmt(f.miou_quant)}  mIoU change "
+                     f"{fmt(f.miou_change, '+.2f')} (quantized - float)"
                      f"  (awesome convention: {fmt(f.miou_awesome_float)} -> {fmt(f.miou_awesome_quant)})")
         deltas = [(d, c) for c, d in zip(f.class_names, f.iou_delta) if not math.isnan(d) and d < 0]
         if deltas:

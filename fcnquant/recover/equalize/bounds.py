@@ -20,8 +20,8 @@ from fcnquant.recover.equalize.channel_stats import ChannelStats
 
 log = logging.getLogger(__name__)
 
-#: the images absorption measures by default: 50 of the built-in synthetic VOC's train split (disjoint from
-#: every val split)
+#: the images absorption measures by default: 50 of the default dataset's train split (disjoint from every val
+#: split); the dataset is found as for every command (:func:`fcnquant.data.resolve_data`)
 DEFAULT_DATA = DataConfig(split="train", num_images=50)
 
 
@@ -32,16 +32,14 @@ def absorb_data(data: DataConfig | Dataset | str | os.PathLike[str] | None) -> D
     return DataConfig.of(data, split=DEFAULT_DATA.split, num_images=DEFAULT_DATA.num_images)
 
 
-def choose_images(data: DataConfig, *, progress: bool = True) -> tuple[Dataset, list[str]]:
+def choose_images(data: DataConfig, model=None, *, progress: bool = True) -> tuple[Dataset, list[str]]:
     """Returns (dataset, image ids) of ``data``: its ``ids`` if given, else ``num_images`` seeded ids.
 
-    A ``root`` of None is the built-in synthetic VOC.
+    A ``root`` of None is the default dataset for ``model`` (ONNX path or bytes;
+    :func:`fcnquant.data.resolve_data`: the built-in synthetic VOC for a shipped demo model, else $FCNQUANT_DATA,
+    ./data/VOCdevkit, ./VOCdevkit, else the synthetic set with a warning), as on every other command.
     """
-    if data.root is None:
-        from fcnquant.data import builtin_dataset
-
-        data = data.with_(root=builtin_dataset(progress=progress))
-    dataset = data.open(progress=progress)
+    dataset = data.open(model, progress=progress)
     return dataset, data.choose(dataset, progress=progress)
 
 

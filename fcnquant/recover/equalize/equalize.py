@@ -165,8 +165,8 @@ def equalize(
 
     ``options``: :class:`EqualizeOptions`. ``data``: the images absorption measures its bounds on (a
     :class:`~fcnquant.data.DataConfig`: its ``ids``, else ``num_images`` seeded ids; default 50 images of the
-    built-in synthetic VOC's train split; a root alone: its train split, 50 images); only read with
-    ``options.absorb``. ``run``: the executor those image passes run on. With ``out`` the model is written there
+    train split of the dataset :func:`fcnquant.data.resolve_data` finds, as on every command; a root alone: its
+    train split, 50 images); only read with ``options.absorb``. ``run``: the executor those image passes run on. With ``out`` the model is written there
     atomically; the input file is never modified.
     """
     import onnx
@@ -187,7 +187,7 @@ def equalize(
     if options.absorb:
         executor = RunConfig.of(run).resolved()
         cfg = absorb_data(data)
-        dataset, chosen = choose_images(cfg, progress=executor.progress)
+        dataset, chosen = choose_images(cfg, _data_key(model, source), progress=executor.progress)
         absorb_info, records = _absorb(work, pairs, records, options, executor, dataset, chosen, cfg)
         if options.verify:
             rel = first_images_rel_diff(executor, source, work, dataset, chosen[:2], cfg)
@@ -403,3 +403,9 @@ def _write(model, out: str | os.PathLike[str]) -> Path:
         onnx.save(model, str(tmp))
     log.info("wrote %s", path)
     return path
+
+
+def _data_key(model, source):
+    """Returns what tells :func:`fcnquant.data.resolve_data` whether the model is a shipped demo model: its path
+    (read only when small), else the serialized model."""
+    return model if isinstance(model, (str, os.PathLike)) else source.SerializeToString()
