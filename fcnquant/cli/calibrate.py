@@ -92,6 +92,7 @@ def method_params(args: argparse.Namespace) -> dict[str, str | float]:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``fcnquant calibrate``; returns the exit status."""
+    from fcnquant._io import check_outputs
     from fcnquant.calibrate.collect import CollectOptions
     from fcnquant.calibrate.stats import load_stats
     from fcnquant.cli._distributed import executor_from_args
@@ -131,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
                         bias_correction_error=args.bias_correction_error, emits=bool(args.out))
     outputs = Outputs(model=args.out, table=out_table, stats=args.save_stats, ids=args.save_ids,
                       trt_cache=args.trt_cache)
+    check_outputs({"--out": args.out, "--out-table": out_table, "--save-stats": args.save_stats,
+                   "--save-ids": args.save_ids, "--trt-cache": args.trt_cache},
+                  {"MODEL": args.model, "--from-stats": args.from_stats, "--ids-file": args.ids_file})
     data = data_config(args, ids=load_ids(args.ids_file) if args.ids_file else None, seed=args.seed,
                        balanced=args.balanced)
     stats = load_stats(args.from_stats, args.model) if args.from_stats else None
