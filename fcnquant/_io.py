@@ -2,20 +2,109 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import errno
 import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from fcnquant.errors import FcnquantError, ModelError
+
+
+#: inside :func:`all_or_nothing`: the (temporary, target) pairs waiting to be renamed together
+_PENDING: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar(
+    "fcnquant_pending_writes", default=None)
+
+PathLike = str | os.PathLike[str]
+
+
+def check_outputs(outputs: Mapping[str, PathLike | None], inputs: Mapping[str, PathLike | None] = {}) -> None:
+    """Raises FcnquantError, before any work, when an output cannot be written or would clobber another file.
+
+    ``outputs`` and ``inputs`` map a name for messages (e.g. ``"--out-table"``, ``"MODEL"``) to a path or None
+    (not given). An output may not be a folder, needs an existing writable folder, and may not resolve (symlinks
+    and relative paths followed, hard links compared by inode) to an input or to another output.
+    """
+    seen: dict[Path, str] = {}
+    ins = {name: Path(p) for name, p in inputs.items() if p is not None}
+    for name, path in outputs.items():
+        if path is None:
+            continue
+        target = Path(path)
+        parent = target.parent if str(target.parent) else Path(".")
+        if target.is_dir():
+            raise FcnquantError(f"{name} {target} is a folder, not a file")
+        if not parent.is_dir():
+            raise FcnquantError(f"{name} {target}: output folder does not exist: {parent}")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise FcnquantError(f"{name} {target}: cannot write to {parent}")
+        for in_name, src in ins.items():
+            if _same_file(target, src):
+                raise FcnquantError(f"{name} {target} would overwrite the input {in_name} {src}")
+        resolved = target.resolve()
+        for other_path, other in seen.items():
+            if resolved == other_path or _same_file(resolved, other_path):
+                raise FcnquantError(f"{name} and {other} name the same file {target}")
+        seen[resolved] = name
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are the same file: equal resolved paths, or the same existing inode."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def all_or_nothing() -> Iterator[None]:
+    """Writes every artifact of the block or none: :func:`atomic_path` inside it renames nothing until the block
+    ends; then all temporaries are renamed onto their targets, and on any error all are removed instead.
+
+    A nested block joins the outer one.
+    """
+    if _PENDING.get() is not None:
+        yield
+        return
+    pending: list[tuple[Path, Path]] = []
+    token = _PENDING.set(pending)
+    try:
+        yield
+        while pending:
+            tmp, target = pending[0]
+            _replace(tmp, target)
+            pending.pop(0)
+    finally:
+        _PENDING.reset(token)
+        for tmp, _ in pending:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    try:
+        os.replace(tmp, target)
+    except OSError as exc:
+        _raise_if_full(exc, target)
+        raise
+
+
+def _raise_if_full(exc: OSError, target: Path) -> None:
+    """Raises FcnquantError (one line for the user) when ``exc`` says the disk or the quota is full."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise FcnquantError(f"no space left on the device writing {target}") from exc
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yields a temporary path beside ``path``; on success it is renamed onto ``path``, on error removed.
 
-    Nothing is left behind when the body raises, and an existing ``path`` is untouched until the rename.
+    Nothing is left behind when the body raises, and an existing ``path`` is untouched until the rename. Inside
+    :func:`all_or_nothing` the rename waits for the end of that block. A full disk raises FcnquantError.
     """
     target = Path(path)
     parent = target.parent if str(target.parent) else Path(".")
@@ -31,9 +120,18 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp_path, 0o666 & ~umask)
+    pending = _PENDING.get()
     try:
         yield tmp_path
-        os.replace(tmp_path, target)
+        if pending is not None:
+            pending.append((tmp_path, target))
+        else:
+            _replace(tmp_path, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        _raise_if_full(exc, target)
+        raise
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()

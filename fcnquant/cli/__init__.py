@@ -6,6 +6,7 @@ the module adds its parser and sets ``func`` to a callable ``(args) -> int``.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -57,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except FcnquantError as exc:
         print(f"fcnquant {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # a full disk is the user's to fix, whichever writer hit it: one line, like any bad input
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"fcnquant {args.command}: error: no space left on the device ({exc.filename or exc})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

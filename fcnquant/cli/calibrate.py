@@ -107,6 +107,7 @@ def method_params(args: argparse.Namespace) -> dict[str, str | float]:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``fcnquant calibrate``; returns the exit status."""
+    from fcnquant._io import check_outputs
     from fcnquant.calibrate.collect import CollectOptions
     from fcnquant.calibrate.stats import load_stats
     from fcnquant.cli._distributed import executor_from_args
@@ -143,6 +144,9 @@ def run(args: argparse.Namespace) -> int:
                         bias_correction=args.bias_correction, adaround=args.adaround,
                         pow2_rounding=args.pow2_rounding, scale_search=args.scale_search,
                         bias_correction_error=args.bias_correction_error, emits=outputs.model is not None)
+    check_outputs({"--out": outputs.model, "--out-table": outputs.table, "--save-stats": outputs.stats,
+                   "--save-ids": outputs.ids, "--trt-cache": outputs.trt_cache},
+                  {"MODEL": args.model, "--from-stats": args.from_stats, "--ids-file": args.ids_file})
     data = data_config(args, ids=load_ids(args.ids_file) if args.ids_file else None, seed=args.seed,
                        balanced=args.balanced)
     stats = load_stats(args.from_stats, args.model) if args.from_stats else None

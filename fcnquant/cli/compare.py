@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     """Compares, prints the table, writes the requested files; returns 3 when --fail-on-drop is exceeded."""
     from fcnquant.cli._distributed import executor_from_args
     from fcnquant.cli._options import data_config, run_config
+    from fcnquant._io import all_or_nothing, check_outputs
     from fcnquant.compare import CompareOptions, compare_models
 
     if args.top < 0:
@@ -87,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
         raise FcnquantError(f"--boundary must be >= 0, got {args.boundary}")
     if args.fail_on_drop is not None and not math.isfinite(args.fail_on_drop):
         raise FcnquantError(f"--fail-on-drop must be a finite number, got {args.fail_on_drop}")
+    check_outputs({"--json": args.json, "--report": args.report},
+                  {"FLOAT": args.float_model, "QUANT": args.quant_model, "--table": args.table, "--stats": args.stats,
+                   "--ids": getattr(args, "ids", None)})
     options = CompareOptions(drift_images=args.drift_images, isolated=not args.no_isolated,
                              boundary_radius=args.boundary, gallery=args.gallery)
     executor = executor_from_args(args, progress=not args.no_progress)
@@ -95,12 +99,14 @@ def run(args: argparse.Namespace) -> int:
         report = compare_models(args.float_model, args.quant_model, data, run, options, table=args.table,
                                 stats=args.stats)
     print(report.format_table(top=args.top, by=args.sort if not args.no_isolated else "accumulated"))
-    if args.json:
-        report.to_json(args.json)
-        print(f"wrote {args.json}")
-    if args.report:
-        report.to_html(args.report, top=args.top)
-        print(f"wrote {args.report}")
+    with all_or_nothing():  # the JSON and the HTML report both, or neither
+        if args.json:
+            report.to_json(args.json)
+        if args.report:
+            report.to_html(args.report, top=args.top)
+    for path in (args.json, args.report):
+        if path:
+            print(f"wrote {path}")
     if args.fail_on_drop is not None:
         if not report.final.labelled:
             raise FcnquantError("--fail-on-drop needs labelled data, but the images have no segmentation masks")

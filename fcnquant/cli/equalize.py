@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 
 def register(sub) -> None:
@@ -48,12 +49,15 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``fcnquant equalize``; returns the exit status."""
-    from fcnquant._io import atomic_write_text
+    from fcnquant._io import atomic_write_text, check_outputs
     from fcnquant.data import DataConfig
     from fcnquant.errors import FcnquantError
     from fcnquant.execute import RunConfig
     from fcnquant.recover import EqualizeOptions, equalize
 
+    check_outputs({"--out": args.out, "--json": args.json}, {"MODEL": args.model})
+    if not math.isfinite(args.tol) or args.tol < 0:
+        raise FcnquantError(f"--tol must be a finite number >= 0, got {args.tol}")
     if (args.absorb_padded or args.data) and not args.absorb:
         raise FcnquantError("--absorb-padded and --data only apply with --absorb")
     data = DataConfig(root=args.data, split=args.split, num_images=args.num_images, seed=args.seed,

@@ -26,8 +26,10 @@ def run(args: argparse.Namespace) -> int:
     """Evaluates and prints the table."""
     from fcnquant.cli._distributed import executor_from_args
     from fcnquant.cli._options import data_config, run_config
+    from fcnquant._io import check_outputs
     from fcnquant.evaluate import evaluate
 
+    check_outputs({"--json": args.json}, {"MODEL": args.model, "--ids": args.ids})
     data = data_config(args)
     with executor_from_args(args, progress=not args.no_progress) as executor:
         result = evaluate(args.model, data, run_config(args, executor))

@@ -50,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
         if exc.name == "torch" or (exc.name or "").startswith("torch."):
             raise FcnquantError(TORCH_HINT) from exc
         raise
+    from fcnquant._io import check_outputs
+
+    check_outputs({"--out": args.out}, {"--checkpoint": args.checkpoint})
     size = None if args.size is None else (args.size[0] if len(args.size) == 1 else tuple(args.size))
     path = export_onnx(
         args.model, args.out, checkpoint=args.checkpoint, size=size, num_classes=args.num_classes,

@@ -21,8 +21,10 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``fcnquant fp16``; returns the exit status."""
+    from fcnquant._io import check_outputs
     from fcnquant.quantize import convert_fp16
 
+    check_outputs({"--out": args.out}, {"MODEL": args.model})
     res = convert_fp16(args.model, args.out, keep_io_fp32=args.keep_io_fp32, block_ops=args.block_op)
     for name, value in sorted(res.clamped.items()):
         print(f"clamped {name}: max |x| {value:.6g} -> 65504")

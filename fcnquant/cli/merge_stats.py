@@ -19,8 +19,10 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``fcnquant merge-stats``; returns the exit status."""
+    from fcnquant._io import check_outputs
     from fcnquant.calibrate.stats import CalibrationStats, merge_stats
 
+    check_outputs({"--out": args.out}, {f"STATS {i + 1}": path for i, path in enumerate(args.inputs)})
     parts = [CalibrationStats.load(path) for path in args.inputs]
     merged = merge_stats(parts)
     merged.save(args.out)

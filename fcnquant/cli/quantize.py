@@ -27,8 +27,11 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     """Runs ``fcnquant quantize``; returns the exit status."""
     from fcnquant.cli._emission import quant_config
-    from fcnquant.quantize import quantize_model
+    from fcnquant._io import check_outputs
+    from fcnquant.quantize import quantize_model, tensorrt_cache_path
 
+    check_outputs({"--out": args.out, "the TensorRT cache": tensorrt_cache_path(args.out) if args.target == "tensorrt"
+                   else None}, {"MODEL": args.model, "--table": args.table})
     res = quantize_model(args.model, args.table, args.out, quant_config(args, args.model))
     print(f"wrote {res.path} ({res.target}, {'per-tensor' if args.per_tensor else 'per-channel'} weights, "
           f"{res.quantized_nodes} int8 nodes, {res.size_bytes / 1e6:.2f} MB)")

@@ -77,12 +77,14 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Tunes, prints the evaluations and verdict; returns 3 when the budget cannot be met."""
+    from fcnquant._io import check_outputs
     from fcnquant.cli._distributed import executor_from_args
     from fcnquant.data import DataConfig
     from fcnquant.execute import RunConfig
     from fcnquant.quantize import QuantConfig
     from fcnquant.tune import ImageChoice, TuneOptions, tune
 
+    check_outputs({"--out": args.out, "--json": args.json, "--report": args.report}, {"MODEL": args.model})
     if not math.isfinite(args.max_drop):
         raise FcnquantError(f"--max-drop must be a finite number, got {args.max_drop}")
     images = ImageChoice(calib_split=args.calib_split, num_calib=args.num_calib, tune_split=args.tune_split,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 from fcnquant.data.discover import resolve_data
 from fcnquant.data.presets import Preset, preset_for_session
-from fcnquant.data.subset import select_calibration_ids, take_ids
+from fcnquant.data.subset import check_seed, select_calibration_ids, take_ids
 from fcnquant.data.voc import Dataset, open_dataset
 
 
@@ -48,6 +48,7 @@ class DataConfig:
             object.__setattr__(self, "size", tuple(int(x) for x in self.size))
         if self.ids is not None and not isinstance(self.ids, tuple):
             object.__setattr__(self, "ids", tuple(str(i) for i in self.ids))
+        check_seed(self.seed)
 
     @classmethod
     def of(cls, data: "DataConfig | str | os.PathLike[str] | Dataset | None", **defaults) -> "DataConfig":

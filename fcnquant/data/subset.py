@@ -91,6 +91,12 @@ def _greedy_cover(order: list[int], masks: list[int], budget: int) -> list[int]:
     return chosen
 
 
+def check_seed(seed) -> None:
+    """Raises DataError unless ``seed`` is an integer numpy's generators accept (0 or more)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f"the seed must be an integer >= 0, got {seed!r}")
+
+
 def save_ids(path: str | os.PathLike[str], ids: list[str]) -> None:
     """Writes ``ids`` to ``path`` atomically, one per line."""
     atomic_write_text(path, "".join(f"{i}\n" for i in ids))
@@ -100,10 +106,13 @@ def load_ids(path: str | os.PathLike[str]) -> list[str]:
     """Returns the ids listed in a text file (one per line; blank lines and lines starting with # skipped)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark some editors write is not part of an id
     except FileNotFoundError as exc:
         raise DataError(f"id list not found: {p}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise DataError(f"id list {p} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                        f"{exc.start})") from exc
+    except OSError as exc:
         raise DataError(f"cannot read id list {p}: {exc}") from exc
     ids = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
     if not ids:

@@ -282,6 +282,9 @@ def write_synthetic_voc(
         raise DataError(f"need a positive number of images, got train={train} val={val}")
     if size < 16:
         raise DataError(f"image size must be at least 16, got {size}")
+    from fcnquant.data.subset import check_seed
+
+    check_seed(seed)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     final = root / "VOC2012"

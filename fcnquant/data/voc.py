@@ -140,7 +140,10 @@ def find_voc_root(root: str | os.PathLike[str]) -> Path | None:
 
 def _read_split(path: Path) -> list[str]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark some editors write is not part of an id
+    except UnicodeDecodeError as exc:
+        raise DataError(f"split file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                        f"{exc.start})") from exc
     except OSError as exc:
         raise DataError(f"cannot read split file {path}: {exc.strerror or exc}") from exc
     ids: list[str] = []

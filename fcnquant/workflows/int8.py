@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from fcnquant._io import atomic_path, load_onnx
+from fcnquant._io import all_or_nothing, atomic_path, check_outputs, load_onnx
 from fcnquant.calibrate.collect import CollectOptions, collect_stats
 from fcnquant.calibrate.stats import CalibrationStats
 from fcnquant.calibrate.table import CalibrationTable, build_table
@@ -155,7 +155,9 @@ def calibrate(
     quant = quant.with_(pow2_rounding=plan.pow2_rounding)
     seconds: dict[str, float] = {}
     recovery: dict[str, Any] = {"passes": plan.names()}
-    with tempfile.TemporaryDirectory(prefix="fcnquant-flow-") as tmp:
+    # staged beside the int8 model, so the final rename stays on one file system and TMPDIR's size does not matter
+    stage_dir = outputs.model.parent if outputs.model is not None else None
+    with tempfile.TemporaryDirectory(prefix=".fcnquant-flow-", dir=stage_dir) as tmp:
         tmp = Path(tmp)
         float_path = Path(model) if model is not None else None
         if plan.equalize:
@@ -210,15 +212,8 @@ def _checked_plan(plan: RecoveryPlan, quant: QuantConfig, outputs: Outputs, stat
                             "statistics")
     if shard is not None and stats is not None:
         raise FcnquantError("a shard collects statistics: it does not combine with saved statistics")
-    for path in (outputs.model, outputs.table, outputs.stats, outputs.ids, outputs.trt_cache):
-        if path is not None:
-            parent = path.parent if str(path.parent) else Path(".")
-            if path.is_dir():
-                raise FcnquantError(f"output {path} is a folder")
-            if not parent.is_dir():
-                raise FcnquantError(f"output folder does not exist: {parent}")
-            if not os.access(parent, os.W_OK):
-                raise FcnquantError(f"cannot write to {parent}")
+    check_outputs({"model": outputs.model, "table": outputs.table, "stats": outputs.stats, "ids": outputs.ids,
+                   "trt_cache": outputs.trt_cache})
     return plan
 
 
@@ -278,7 +273,13 @@ def _emit(float_path: Path, table, quant: QuantConfig, plan: RecoveryPlan, data:
 
 def _write(outputs: Outputs, stats: CalibrationStats, table, result, tmp: Path, plan: RecoveryPlan,
            float_path: Path | None) -> list[tuple[str, Path]]:
-    """Writes every requested artifact (each atomically); returns (what, path) of each."""
+    """Writes every requested artifact, all of them or none; returns (what, path) of each."""
+    with all_or_nothing():
+        return _write_each(outputs, stats, table, result, tmp, plan, float_path)
+
+
+def _write_each(outputs: Outputs, stats: CalibrationStats, table, result, tmp: Path, plan: RecoveryPlan,
+                float_path: Path | None) -> list[tuple[str, Path]]:
     from fcnquant.data import save_ids
     from fcnquant.quantize import tensorrt_cache_path
 
