@@ -87,7 +87,9 @@ def tune(
     paired bootstrap interval (``fcnquant.tune.confidence``). Raises FcnquantError for bad input before any
     inference.
     """
-    from fcnquant._io import atomic_path, load_onnx
+    from fcnquant._io import load_onnx
+    from fcnquant.graph import require_float
+    from fcnquant.runtime import written_model
 
     t_start = time.perf_counter()
     model, out = Path(model), Path(out)
@@ -97,6 +99,7 @@ def tune(
             raise FcnquantError(f"output folder does not exist: {Path(path).parent}")
     quant.check()
     float_proto = load_onnx(model)
+    require_float(float_proto, str(model), "tune")
     cfg = _tune_data(DataConfig.of(data))
     run = RunConfig.of(run)
     run = run.with_(executor=run.resolved())
@@ -123,8 +126,8 @@ def tune(
             images=setup.images, report_html=str(report) if report is not None else None,
             json_path=str(json_path) if json_path is not None else None, seconds=setup.seconds,
         )
-        # the artifacts, each atomically, the model first
-        with atomic_path(written) as tmp_out:
+        # the artifacts, each atomically, the model first (once onnxruntime loads and runs it)
+        with written_model(written) as tmp_out:
             shutil.copyfile(final_tmp, tmp_out)
     _write_reports(result, rep, report, json_path)
     return result
