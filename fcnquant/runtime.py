@@ -244,9 +244,10 @@ def run_logits(session, batch: np.ndarray, output_names: Sequence[str] | None = 
     return session.run(list(output_names) if output_names else None, {name: feed})
 
 
-#: the height and width of the zero image :func:`check_model_runs` feeds where the model's are dynamic: a multiple of
-#: 32, so every stride of an FCN backbone divides it
-PROBE_SIZE = 64
+#: the heights and widths of the zero image :func:`check_model_runs` feeds where the model's are dynamic, in turn
+#: until one runs: multiples of 32, so every stride of an FCN backbone divides them; the larger one for models whose
+#: fixed-size pooling or crops need more than the smaller
+PROBE_SIZES = (64, 512)
 
 #: numpy types of the zero inputs :func:`check_model_runs` feeds, by onnxruntime's type string
 _PROBE_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -258,28 +259,36 @@ def check_model_runs(path: str | os.PathLike[str], label: str | os.PathLike[str]
     """Raises ModelError (one line) unless onnxruntime loads the model file ``path`` and runs it on zeros.
 
     The session opens the file itself, so weights in external data files beside it are found. Each input gets
-    zeros of its own type and shape: a dynamic batch is 1, a dynamic channel count 3, other dynamic sizes
-    :data:`PROBE_SIZE`. ``label`` names the model in the message (default: ``path``).
+    zeros of its own type and shape: a dynamic batch is 1, a dynamic channel count 3 (NCHW: the last dimension
+    is not a fixed 1 or 3), other dynamic sizes each of :data:`PROBE_SIZES` in turn until one runs. ``label`` names
+    the model in the message (default: ``path``).
     """
     name = label if label is not None else path
     try:
-        session = make_session(path, threads=1, spinning=False)
+        session = make_session(path, spinning=False)
     except ModelError as exc:
-        cause = str(exc.__cause__ or exc).replace("\n", " ").strip()
+        cause = " ".join(str(exc.__cause__ or exc).split())
         raise ModelError(f"the model written for {name} does not load in onnxruntime ({cause}); nothing was "
                          "written") from exc
-    feeds = {}
-    for i in session.get_inputs():
-        dims = [d if isinstance(d, int) and d > 0 else None for d in i.shape]
-        dims = [d if d is not None else (1 if k == 0 else 3 if k == 1 and len(dims) == 4 else PROBE_SIZE)
-                for k, d in enumerate(dims)]
-        feeds[i.name] = np.zeros(dims, _PROBE_TYPES.get(i.type, np.float32))
-    try:
-        session.run(None, feeds)
-    except Exception as exc:  # onnxruntime raises its own assorted error types
-        cause = str(exc).replace("\n", " ").strip()
-        raise ModelError(f"the model written for {name} loads but does not run in onnxruntime ({cause}); nothing "
-                         "was written") from exc
+    inputs = [(i.name, [d if isinstance(d, int) and d > 0 else None for d in i.shape], i.type)
+              for i in session.get_inputs()]
+    dynamic = any(None in dims for _, dims, _ in inputs)
+    for size in PROBE_SIZES if dynamic else PROBE_SIZES[:1]:
+        feeds = {name: np.zeros(_probe_dims(dims, size), _PROBE_TYPES.get(kind, np.float32))
+                 for name, dims, kind in inputs}
+        try:
+            session.run(None, feeds)
+            return
+        except Exception as exc:  # onnxruntime raises its own assorted error types
+            cause = " ".join(str(exc).split())
+    raise ModelError(f"the model written for {name} loads but does not run in onnxruntime ({cause}); nothing "
+                     "was written")
+
+
+def _probe_dims(dims: list[int | None], size: int) -> list[int]:
+    """Returns ``dims`` with each dynamic one filled: batch 1, NCHW channels 3, any other ``size``."""
+    nchw = len(dims) == 4 and dims[3] not in (1, 3)
+    return [d if d is not None else 1 if k == 0 else 3 if k == 1 and nchw else size for k, d in enumerate(dims)]
 
 
 @contextlib.contextmanager
