@@ -87,9 +87,8 @@ def tune(
     paired bootstrap interval (``fcnquant.tune.confidence``). Raises FcnquantError for bad input before any
     inference.
     """
-    from fcnquant._io import load_onnx
+    from fcnquant._io import atomic_path, load_onnx
     from fcnquant.graph import require_float
-    from fcnquant.runtime import written_model
 
     t_start = time.perf_counter()
     model, out = Path(model), Path(out)
@@ -126,8 +125,9 @@ def tune(
             images=setup.images, report_html=str(report) if report is not None else None,
             json_path=str(json_path) if json_path is not None else None, seconds=setup.seconds,
         )
-        # the artifacts, each atomically, the model first (once onnxruntime loads and runs it)
-        with written_model(written) as tmp_out:
+        # the artifacts, each atomically, the model first; no second load check: the report pass above ran
+        # this very file in onnxruntime
+        with atomic_path(written) as tmp_out:
             shutil.copyfile(final_tmp, tmp_out)
     _write_reports(result, rep, report, json_path)
     return result
