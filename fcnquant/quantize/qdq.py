@@ -41,6 +41,7 @@ from fcnquant.quantize.ort_backend import OrtJob, run_quantize_static
 from fcnquant.quantize.profiles import Profile, get_profile
 from fcnquant.quantize.validate import check_model_hash, resolve_qparams
 from fcnquant.quantize.weights import weight_scales_for
+from fcnquant.targets import target_metadata
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def quantize_model(
     target, per_channel, quantize_output = config.target, config.per_channel, config.quantize_output
     pow2_rounding = config.pow2_rounding
     profile = get_profile(target)
+    _check_target_support(profile.target, per_channel)
     model_path = Path(model_path)
     out = Path(out)
     if not (out.parent if str(out.parent) else Path(".")).is_dir():
@@ -152,6 +154,7 @@ def quantize_model(
         TABLE_SHA_KEY: table_sha,
         "fcnquant.model_sha256": model_sha,
         "fcnquant.target": profile.name,
+        **target_metadata(profile.target),
         "fcnquant.per_channel": "true" if per_channel else "false",
         "fcnquant.method": str(getattr(table, "method", "") or ""),  # shown by `fcnquant compare`
         "fcnquant.version": __version__,
@@ -176,6 +179,21 @@ def quantize_model(
         float_nodes=tuple(float_nodes), quantized_nodes=quantized, tensorrt_cache=cache,
         size_bytes=out.stat().st_size,
     )
+
+
+def _check_target_support(target, per_channel: bool) -> None:
+    """Raises FcnquantError for a target this emitter cannot serve, or a weight granularity it forbids."""
+    if target.weight_dtype != "int8" or not target.weight_symmetric:
+        raise FcnquantError(f"target {target.name}: only int8 symmetric weights are emitted (weight_dtype "
+                            f"{target.weight_dtype!r}, weight_symmetric {str(target.weight_symmetric).lower()})")
+    if target.activation_dtype == "int16":
+        raise FcnquantError(f"target {target.name}: int16 activations throughout are not emitted; declare int8 or "
+                            "uint8 activations with \"int16\" in fallbacks")
+    if per_channel and not target.per_channel_weights:
+        raise FcnquantError(f"target {target.name} takes one weight scale per tensor: quantize with per-tensor "
+                            "weights (--per-tensor)")
+    if not per_channel and not target.per_tensor_weights:
+        raise FcnquantError(f"target {target.name} takes one weight scale per output channel: drop --per-tensor")
 
 
 def _load_table(table) -> tuple[object, str, str | None]:
@@ -254,7 +272,7 @@ def _weight_overrides(model, profile: Profile, per_channel: bool, excluded: set[
     Power-of-two targets get every weight's scales; a grouped ConvTranspose gets one per-tensor scale (its
     axis 1 holds output channels of one group only, which a per-channel bias cannot follow).
     """
-    scales = weight_scales_for(model, profile.name, per_channel, pow2_rounding, skip_nodes=excluded)
+    scales = weight_scales_for(model, profile.target, per_channel, pow2_rounding, skip_nodes=excluded)
     if profile.pow2:
         return scales
     grouped = {n.input[1] for n in model.graph.node
