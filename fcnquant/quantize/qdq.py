@@ -49,6 +49,7 @@ from fcnquant.quantize.profiles import Profile, get_profile
 from fcnquant.quantize.validate import check_model_hash, resolve_qparams
 from fcnquant.quantize.weights import weight_scales_for
 from fcnquant.runtime import written_model
+from fcnquant.targets import target_metadata
 
 log = logging.getLogger(__name__)
 
@@ -120,19 +121,13 @@ def quantize_model(
     target, per_channel, quantize_output = config.target, config.per_channel, config.quantize_output
     pow2_rounding = config.pow2_rounding
     profile = get_profile(target)
+    _check_target_support(profile.target, per_channel)
     model_path = Path(model_path)
     out = Path(out)
     if not (out.parent if str(out.parent) else Path(".")).is_dir():
         raise FcnquantError(f"output folder does not exist: {out.parent}")
-    model = load_onnx(model_path)
-    check_emittable(model, str(model_path))
-    digests = model_digests(model_path)
-    model_sha = digests[0]
-    table, table_label, table_sha = _load_table(table)
-    if verify_table:
-        check_model_hash(table, digests, str(model_path), table_label)
-    if per_channel or any(v[1] is not None for v in (weight_scales or {}).values()):
-        model = _with_per_axis_opset(model, str(model_path))
+    model, model_sha, (table, table_label, table_sha) = _load_inputs(model_path, table, verify_table,
+                                                                      per_channel, weight_scales)
 
     excl.name_unnamed_nodes(model)
     excluded = excl.resolve_exclusions(model, config.exclude_nodes, config.exclude_ops,
@@ -167,6 +162,7 @@ def quantize_model(
         TABLE_SHA_KEY: table_sha,
         "fcnquant.model_sha256": model_sha,
         "fcnquant.target": profile.name,
+        **target_metadata(profile.target),
         "fcnquant.per_channel": "true" if per_channel else "false",
         "fcnquant.method": str(getattr(table, "method", "") or ""),  # shown by `fcnquant compare`
         "fcnquant.version": __version__,
@@ -191,6 +187,20 @@ def quantize_model(
         float_nodes=tuple(float_nodes), quantized_nodes=quantized, tensorrt_cache=cache,
         size_bytes=out.stat().st_size,
     )
+
+
+def _load_inputs(model_path: Path, table, verify_table: bool, per_channel: bool, weight_scales):
+    """Returns ``(model, model_sha256, (table, table_label, table_sha))``: the float model checked for emission (and
+    converted to the per-axis opset when per-channel weights need it), its identity, the table checked against it."""
+    model = load_onnx(model_path)
+    check_emittable(model, str(model_path))
+    digests = model_digests(model_path)
+    loaded = _load_table(table)
+    if verify_table:
+        check_model_hash(loaded[0], digests, str(model_path), loaded[1])
+    if per_channel or any(v[1] is not None for v in (weight_scales or {}).values()):
+        model = _with_per_axis_opset(model, str(model_path))
+    return model, digests[0], loaded
 
 
 def check_emittable(model, label: str, command: str = "quantize") -> None:
@@ -229,6 +239,21 @@ def _with_per_axis_opset(model, label: str):
     log.info("%s: opset %d converted to %d for per-channel weights (DequantizeLinear's axis)", label, opset,
              PER_AXIS_OPSET)
     return converted
+
+
+def _check_target_support(target, per_channel: bool) -> None:
+    """Raises FcnquantError for a target this emitter cannot serve, or a weight granularity it forbids."""
+    if target.weight_dtype != "int8" or not target.weight_symmetric:
+        raise FcnquantError(f"target {target.name}: only int8 symmetric weights are emitted (weight_dtype "
+                            f"{target.weight_dtype!r}, weight_symmetric {str(target.weight_symmetric).lower()})")
+    if target.activation_dtype == "int16":
+        raise FcnquantError(f"target {target.name}: int16 activations throughout are not emitted; declare int8 or "
+                            "uint8 activations with \"int16\" in fallbacks")
+    if per_channel and not target.per_channel_weights:
+        raise FcnquantError(f"target {target.name} takes one weight scale per tensor: quantize with per-tensor "
+                            "weights (--per-tensor)")
+    if not per_channel and not target.per_tensor_weights:
+        raise FcnquantError(f"target {target.name} takes one weight scale per output channel: drop --per-tensor")
 
 
 def _load_table(table) -> tuple[object, str, str | None]:
@@ -307,7 +332,7 @@ def _weight_overrides(model, profile: Profile, per_channel: bool, excluded: set[
     Power-of-two targets get every weight's scales; a grouped ConvTranspose gets one per-tensor scale (its
     axis 1 holds output channels of one group only, which a per-channel bias cannot follow).
     """
-    scales = weight_scales_for(model, profile.name, per_channel, pow2_rounding, skip_nodes=excluded)
+    scales = weight_scales_for(model, profile.target, per_channel, pow2_rounding, skip_nodes=excluded)
     if profile.pow2:
         return scales
     grouped = {n.input[1] for n in model.graph.node

@@ -115,7 +115,7 @@ def tune(
         setup.seconds["total"] = round(time.perf_counter() - t_start, 2)
         result = TuneResult(
             model=str(model), out=str(written), over_budget=not found.outcome.met, max_drop=options.max_drop,
-            target=quant.target, method=quant.method, per_channel=quant.per_channel, fallback=options.fallback,
+            target=str(quant.target), method=quant.method, per_channel=quant.per_channel, fallback=options.fallback,
             recover=bool(recover), layers=len(found.layers), float_layers=found.float_layers, tune_drop=tune_drop,
             tune_interval=interval, confidence=options.confidence,
             report_drop=rep.miou_drop if rep.final.labelled else None, miou_float_tune=setup.float_score.miou,
