@@ -260,6 +260,11 @@ def convert(name: str, res: Any) -> dict:
 
 
 # --- the headline -------------------------------------------------------------------------------------------------
+PEER_NAMES = {"aimet": "AIMET", "nncf": "NNCF", "onnxruntime": "onnxruntime"}
+PEER_SETTINGS = {"ada1k": "AdaRound", "ada10k": "AdaRound 10k", "tfe": "tf_enhanced", "cle": "CLE",
+                 "minmax": "minmax", "default": "default", "bc": "bias correction"}
+
+
 def legacy_headline(results: dict[str, Any]) -> dict | None:
     """Returns the mIoU headline table from the older recover.json (and peers.json), or None without them."""
     rec = results.get("recover")
@@ -279,7 +284,8 @@ def legacy_headline(results: dict[str, Any]) -> dict | None:
         if not cands:
             return "-"
         p = max(cands, key=lambda p: p["delta"])
-        return f"{p['delta']:+.2f} {p['tool']} {p['setting']}"
+        setting = p["setting"].rsplit("-", 1)[0]  # the weights are the column's
+        return f"{p['delta']:+.2f} {PEER_NAMES.get(p['tool'], p['tool'])} {PEER_SETTINGS.get(setting, setting)}"
 
     out = []
     for model in _rows_models(rows):
