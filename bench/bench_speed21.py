@@ -84,9 +84,10 @@ def timed(cmds: list[list[str]], env: dict) -> dict:
             "load": [round(load0, 2), round(os.getloadavg()[0], 2)]}
 
 
-def pair(a: list[list[str]], b: list[list[str]], reps: int, env: dict, label: str) -> dict:
-    """Returns A's and B's runs, alternated ``reps`` times after one warm-up of each (not counted)."""
-    timed(a, env), timed(b, env)
+def pair(a: list[list[str]], b: list[list[str]], reps: int, env: dict, label: str, warmup: int = 1) -> dict:
+    """Returns A's and B's runs, alternated ``reps`` times after ``warmup`` runs of each (not counted)."""
+    for _ in range(warmup):
+        timed(a, env), timed(b, env)
     runs: dict[str, list[dict]] = {"a": [], "b": []}
     for rep in range(reps):
         for key, cmds in (("a", a), ("b", b)):
@@ -158,6 +159,7 @@ def table(results: dict, whats: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=2, help="alternated repetitions after one warm-up (default 2)")
+    ap.add_argument("--warmup", type=int, default=1, help="uncounted runs of each command first (default 1)")
     ap.add_argument("--skip", default="", help="comma list of: recover, startup, calibrate, compare")
     ap.add_argument("--workdir", type=Path, default=None, help="model and data folder (default: temporary)")
     ap.add_argument("--model", help="fcn8s ONNX at 320x320 (default: exported with seeded random weights)")
@@ -183,17 +185,17 @@ def main(argv: list[str] | None = None) -> int:
                          "bench/bench_speed21.py", order=40)
     print(f"load average at start {res['load_start']}", flush=True)
     cmds = commands(py, model, quant, voc, work, plain)
-    data: dict = {"reps": args.reps, "ml_dtypes_import": import_time(py, env)}
+    data: dict = {"reps": args.reps, "warmup": args.warmup, "ml_dtypes_import": import_time(py, env)}
     for key, (a, b, _, _) in cmds.items():
         if key in skip:
             continue
         print(f"{key}:", flush=True)
-        data[key] = pair(a, b, args.reps, env, key)
+        data[key] = pair(a, b, args.reps, env, key, args.warmup)
         print(f"  best {data[key]['best_a']:.2f} s vs {data[key]['best_b']:.2f} s: {data[key]['ratio']:.3f}x "
               f"(CPU {data[key]['cpu_ratio']:.3f}x)", flush=True)
     imp = data["ml_dtypes_import"]
     res["summary"] = (f"Full fcn8s (VGG16, seeded random weights) at 320x320, synthetic VOC (360 px); every figure a "
-                      f"whole process, A and B alternated {args.reps} time(s) after a warm-up of each. "
+                      f"whole process, A and B alternated {args.reps} time(s) after {args.warmup} warm-up run(s) of each. "
                       f"`python -c \"import ml_dtypes\"` (ml_dtypes {imp['version']}, imported by onnx, paid by "
                       f"every command): median {imp['median_s']:.2f} s, min {imp['min_s']:.2f} s.")
     res["sections"] = [table(data, {k: (v[2], v[3]) for k, v in cmds.items()})]
