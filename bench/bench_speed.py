@@ -211,9 +211,7 @@ def markdown(results: dict) -> str:
     start = results["load_at_start"]
     idle = start[0] < 1.0
     lines = [MD_BEGIN, "## 4. Calibration and compare speed (issue 12)", "",
-             f"Written by `python bench/bench_speed.py --wait-idle --markdown BENCHMARKS.md` on {m['date_utc']} at "
-             f"commit {results['commit']} (this section only; `bench/run_benchmarks.py` writes the others). "
-             f"Full fcn8s (VGG16, seeded random weights) at 320x320, batch {results['batch']}, synthetic VOC; every "
+             f"Measured on {m['date_utc']} at commit {results['commit']}. Full fcn8s (VGG16, seeded random weights) at 320x320, batch {results['batch']}, synthetic VOC; every "
              f"measurement in a fresh process, alternated, best of {results['reps']}.", ""]
     if wait:
         lines += [f"Waited {wait['waited_s']} s for a 1-minute load average below 1.0: "
