@@ -107,7 +107,8 @@ def commands(py: str, model: Path, quant: Path, voc: Path, work: Path, plain: Pa
     """Returns {measurement: (A commands, B commands, what A is, what B is)}."""
     fq = [py, "-m", "fcnquant"]
     cal = [*fq, "calibrate", str(model), "--data", str(voc), "--method", "kl", "--no-progress"]
-    pow2 = [*cal, "--num-images", "32", "--target", "npu-pow2", "--per-tensor", "--out", str(work / "p.int8.onnx")]
+    pow2 = [*cal, "--num-images", "32", "--target", "npu-pow2", "--per-tensor", "--out", str(work / "p.int8.onnx"),
+            "--out-table", str(work / "p.calib.json")]
     val = ["--data", str(voc), "--num-images", "64", "--no-progress"]
     return {
         "recover": ([[*pow2, "--recover"]], [pow2], "`calibrate --method kl --target npu-pow2 --per-tensor --recover "
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     quant = work / "fcn8s_kl.int8.onnx"
     if not quant.is_file():
         subprocess.run([py, "-m", "fcnquant", "calibrate", str(model), "--data", str(voc), "--num-images", "32",
-                        "--method", "kl", "--out", str(quant), "--no-progress"], env=env, check=True,
+                        "--method", "kl", "--out", str(quant), "--out-table", str(work / "q.calib.json"),
+                        "--no-progress"], env=env, check=True,
                        capture_output=True)
     plain = work / "plain.py"
     plain.write_text(PLAIN)
