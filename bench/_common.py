@@ -369,3 +369,29 @@ def md_table(headers: Sequence[str], rows: Iterable[Sequence[object]], align: st
     lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(sep) + " |"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+RESULTS = REPO / "bench" / "results"
+
+
+def results_header(title: str, script: str, order: float = 100) -> dict:
+    """Returns the top-level keys of a results file (bench/README.md): title, order, script, date, commit, machine
+    and the load average now (``load_start``)."""
+    facts = machine_facts()
+    return {"format_version": 2, "title": title, "order": order, "script": script, "date_utc": facts["date_utc"],
+            "commit": os.environ.get("BENCH_COMMIT") or facts["commit"], "machine": facts,
+            "load_start": [round(v, 2) for v in load_average()], "complete": True, "sections": []}
+
+
+def write_results(name: str, results: dict, folder: Path | None = None) -> Path:
+    """Writes ``results`` to ``<folder>/<name>.json`` (default bench/results) atomically, with ``load_end`` set to
+    the load average now; returns the path."""
+    import json
+
+    from fcnquant._io import atomic_write_text
+
+    results["load_end"] = [round(v, 2) for v in load_average()]
+    path = Path(folder or RESULTS) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(results, indent=1) + "\n")
+    return path

@@ -15,7 +15,8 @@ The machine may be shared: ``--wait-idle`` polls /proc/loadavg every 30 s (up to
 1-minute load average below 1.0 before starting; the load average at the start and end of every timed run is
 printed and saved, and so is the load the whole run started at.
 
-    python bench/bench_speed.py --wait-idle --markdown BENCHMARKS.md --out speed.json   # everything (~12 min idle)
+    python bench/bench_speed.py --wait-idle     # everything (~12 min idle), writes bench/results/speed.json
+    python bench/report.py                      # then: BENCHMARKS.md from every results file
     python bench/bench_speed.py --quick                     # 4/8 images, compare on 8 (a smoke run)
 """
 from __future__ import annotations
@@ -210,9 +211,7 @@ def markdown(results: dict) -> str:
     start = results["load_at_start"]
     idle = start[0] < 1.0
     lines = [MD_BEGIN, "## 4. Calibration and compare speed (issue 12)", "",
-             f"Written by `python bench/bench_speed.py --wait-idle --markdown BENCHMARKS.md` on {m['date_utc']} at "
-             f"commit {results['commit']} (this section only; `bench/run_benchmarks.py` writes the others). "
-             f"Full fcn8s (VGG16, seeded random weights) at 320x320, batch {results['batch']}, synthetic VOC; every "
+             f"Measured on {m['date_utc']} at commit {results['commit']}. Full fcn8s (VGG16, seeded random weights) at 320x320, batch {results['batch']}, synthetic VOC; every "
              f"measurement in a fresh process, alternated, best of {results['reps']}.", ""]
     if wait:
         lines += [f"Waited {wait['waited_s']} s for a 1-minute load average below 1.0: "
@@ -303,9 +302,10 @@ def main() -> None:
     ap.add_argument("--wait-idle", action="store_true", help="wait for a 1-minute load average below 1.0 first")
     ap.add_argument("--wait-max", type=float, default=900, help="longest wait for an idle machine, s (900)")
     ap.add_argument("--workdir", default=None, help="folder for data and models (default: a temporary folder)")
-    ap.add_argument("--out", default=None, help="write the results as JSON here")
-    ap.add_argument("--markdown", default=None, help="write (or replace) the section in this Markdown file, e.g. "
-                    "BENCHMARKS.md")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "speed.json"),
+                    help="write the results as JSON here (default bench/results/speed.json; --quick: none)")
+    ap.add_argument("--markdown", default=None, help="write (or replace) the section in this Markdown file "
+                    "(BENCHMARKS.md itself is rebuilt whole by bench/report.py)")
     ap.add_argument("--from-json", default=None, help="only render --markdown from a results JSON of an earlier run")
     ap.add_argument("--child", choices=["plain", "calibrate", "evals", "compare"], help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -318,6 +318,8 @@ def main() -> None:
         write_markdown(Path(args.markdown), markdown(json.loads(Path(args.from_json).read_text())))
         return
 
+    if args.quick and args.out == ap.get_default("out"):
+        args.out = None  # a smoke run does not replace the recorded results
     counts = [4, 8] if args.quick else [int(v) for v in args.calib_images.split(",")]
     n_cmp = 8 if args.quick else args.compare_images
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}

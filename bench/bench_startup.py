@@ -9,7 +9,8 @@ Measures, for the shipped demo fcn8s and one image of the built-in synthetic VOC
 
 and prints each command's median and min, the eval / plain-script ratio and the machine's load (load averages before
 and after, CPU count): start-up times move with the load. Rounds alternate the commands so drift in the load hits
-every command alike. Usage: ``python bench/bench_startup.py [--rounds N]``. Writes nothing.
+every command alike. Usage: ``python bench/bench_startup.py [--rounds N]``. Writes bench/results/startup.json
+(``--out DIR`` elsewhere, ``--out none`` nothing); ``python bench/report.py`` then rebuilds BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -73,7 +74,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5, help="rounds of every command (default %(default)s)")
     ap.add_argument("--python", default=sys.executable, help="interpreter to time (default: this one)")
+    ap.add_argument("--out", default=None, help="results folder (default bench/results; 'none': write nothing)")
     args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import results_header, write_results
+
+    res = results_header("Start-up of a command", "python bench/bench_startup.py", order=45)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     with tempfile.TemporaryDirectory(prefix="fcnquant-startup-") as tmp:
         script = Path(tmp) / "plain.py"
@@ -98,6 +104,17 @@ def main() -> None:
     ev, plain = (statistics.median(times[k]) for k in ("fcnquant eval (1 image)", "plain onnxruntime (1 image)"))
     imp = statistics.median(times["import + build_parser"])
     print(f"eval / plain onnxruntime: {ev / plain:.2f}x; parser start-up / plain onnxruntime: {imp / plain:.2f}x")
+    res["summary"] = (f"Whole processes, spawn to exit, {args.rounds} rounds alternating the commands after a warm-up; "
+                      f"the shipped demo fcn8s and one image of the built-in synthetic VOC; ml_dtypes "
+                      f"{ml_dtypes.__version__}.")
+    res["sections"] = [{"columns": ["command", "median s", "min s"],
+                        "rows": [[f"`{name}`", statistics.median(ts), min(ts)] for name, ts in times.items()],
+                        "align": "lrr", "digits": 3,
+                        "notes": f"eval / plain onnxruntime: {ev / plain:.2f}x (+{ev - plain:.2f} s); parser "
+                                 f"start-up / plain onnxruntime: {imp / plain:.2f}x."}]
+    res["data"] = {"times": times, "load_before": load_before, "load_after": load_after}
+    if args.out != "none":
+        print(f"wrote {write_results('startup', res, Path(args.out) if args.out else None)}")
 
 
 if __name__ == "__main__":

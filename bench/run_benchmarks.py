@@ -1,4 +1,4 @@
-"""fcnquant vs onnxruntime's quantize_static, measured in one run; writes BENCHMARKS.md.
+"""fcnquant vs onnxruntime's quantize_static, measured in one run; writes bench/results/run_benchmarks.json.
 
 Sections (``--only`` picks some; all by default):
 
@@ -20,9 +20,10 @@ Sections (``--only`` picks some; all by default):
 
 Then a summary of the targets of issues 4 and 5, each met or not with its number, and the machine facts.
 
-    python bench/run_benchmarks.py                 # full run (~40 min on 2 cores), writes BENCHMARKS.md
+    python bench/run_benchmarks.py                 # full run (~40 min on 2 cores), writes bench/results/
     python bench/run_benchmarks.py --quick         # tiny models and counts, a few minutes; writes to the workdir
-    python bench/run_benchmarks.py --only latency --out /tmp/lat.md
+    python bench/run_benchmarks.py --only latency --out /tmp/lat.json
+    python bench/report.py                         # then: BENCHMARKS.md from every results file
 """
 from __future__ import annotations
 
@@ -754,35 +755,28 @@ def targets(results: dict) -> list[tuple[str, str, str, str]]:
 
 
 # =================================================================================================================
-def render(results: dict, cmdline: str) -> str:
+def to_results(results: dict, cmdline: str) -> dict:
+    """Returns the run as a results file (bench/README.md's schema, format_version 2) for bench/report.py."""
     f0, f1 = results["machine"], results["machine_end"]
-    la0, la1 = f0["load_average"], f1["load_average"]
-    parts = [
-        "# Benchmarks\n",
-        f"Written by `bench/run_benchmarks.py` (`{cmdline}`) on {f0['date_utc']}, in "
-        f"{results['elapsed_s'] / 60:.1f} min; every figure below comes from that one run. Rerun the script to "
-        "update this file; do not edit it by hand.\n",
-        "## Machine\n",
-        f"- CPU: {f0['cpu']} ({', '.join(f0['isa']) or 'no AVX2'}), {f0['logical_cpus']} logical CPUs "
-        f"({f0['usable_cpus']} usable), {f0['mem_total_gb']:.1f} GB memory ({f0['mem_available_gb']:.1f} GB "
-        "available at start)",
-        f"- Python {f0['python']}, numpy {f0['numpy']}, onnx {f0['onnx']}, onnxruntime {f0['onnxruntime']} "
-        f"(CPUExecutionProvider), fcnquant {f0['fcnquant']} at commit {f0['commit']}",
-        f"- Load average (1/5/15 min) at start {la0[0]:.2f} / {la0[1]:.2f} / {la0[2]:.2f}, at end "
-        f"{la1[0]:.2f} / {la1[1]:.2f} / {la1[2]:.2f}. The machine is shared: other jobs were running, so wall "
-        "times carry noise; each comparison is measured back to back (latency: interleaved), and CPU seconds "
-        "are given where they apply.\n",
-        "## Targets (issues 4 and 5)\n",
-        md_table(["issue", "target", "measured", "status"], targets(results), "llll"), "",
-    ]
+    sections = [{"title": "Targets",
+                 "text": md_table(["issue", "target", "measured", "status"], targets(results), "llll")}]
     titles = {"calibration": "1. Calibration time and peak memory", "latency": "2. int8 / fp16 latency",
               "miou": "3. mIoU"}
     for key, fn in (("calibration", render_calibration), ("latency", render_latency), ("miou", render_miou)):
         if key in results and "error" in results[key]:
-            parts += [f"## {titles[key]}\n", f"Not measured: the section failed ({results[key]['error']}).", ""]
+            sections.append({"title": titles[key], "text": f"Not measured: the section failed ({results[key]['error']})."})
         elif key in results:
-            parts += [fn(results[key]), ""]
-    return "\n".join(parts)
+            text = fn(results[key]).strip()
+            head, _, body = text.partition("\n")
+            sections.append({"title": head.lstrip("# ").strip(), "text": body.strip()} if head.startswith("#")
+                            else {"text": text})
+    return {"format_version": 2, "title": "fcnquant vs onnxruntime quantize_static: calibration, latency, mIoU",
+            "order": 10, "script": cmdline, "date_utc": f0["date_utc"], "commit": f0["commit"], "machine": f0,
+            "load_start": f0["load_average"], "load_end": f1["load_average"],
+            "summary": f"One run of {results['elapsed_s'] / 60:.1f} min, every figure from it. The machine is "
+                       "shared: each comparison is measured back to back (latency: interleaved), and CPU seconds "
+                       "are given where they apply.",
+            "sections": sections, "data": results}
 
 
 def make_config(args: argparse.Namespace, work: Path) -> Config:
@@ -809,8 +803,8 @@ def main(argv: list[str] | None = None) -> int:
                    "into the work folder unless --out is given")
     p.add_argument("--only", action="append", help="run only these sections (comma-separated or repeated): "
                    + ", ".join(SECTIONS))
-    p.add_argument("--out", help="report path (default: BENCHMARKS.md at the repository root for a full run of "
-                   "every section, else <workdir>/BENCHMARKS.md)")
+    p.add_argument("--out", help="results file (default: bench/results/run_benchmarks.json for a full run of "
+                   "every section, else <workdir>/run_benchmarks.json); then `python bench/report.py`")
     p.add_argument("--json", help="also write every number as JSON here")
     p.add_argument("--model", help="fcn8s ONNX for sections 1-2 (default /tmp/fcn8s.onnx if 320x320, else export)")
     p.add_argument("--size", type=int, help="input side of the fcn8s for sections 1-2 (default 320; quick 128)")
@@ -852,7 +846,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp.name)
     else:  # kept: the report is written there
         work = Path(tempfile.mkdtemp(prefix="fcnquant-bench-"))
-    out = Path(args.out) if args.out else (REPO / "BENCHMARKS.md" if full else work / "BENCHMARKS.md")
+    out = Path(args.out) if args.out else (REPO / "bench" / "results" / "run_benchmarks.json" if full
+                                           else work / "run_benchmarks.json")
     cmdline = "python bench/run_benchmarks.py" + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
     cfg = make_config(args, work)
     from fcnquant._io import atomic_write_text
@@ -874,13 +869,12 @@ def main(argv: list[str] | None = None) -> int:
                 atomic_write_text(work / "results.json", json.dumps(results, indent=1, default=str) + "\n")
         results["elapsed_s"] = time.perf_counter() - t0
         results["machine_end"] = machine_facts()
-        text = render(results, cmdline)
-        atomic_write_text(out, text)
+        atomic_write_text(out, json.dumps(to_results(results, cmdline), indent=1, default=str) + "\n")
         if args.json:
             atomic_write_text(args.json, json.dumps(results, indent=1, default=str) + "\n")
         atomic_write_text(work / "results.json", json.dumps(results, indent=1, default=str) + "\n")
         say("\n## Targets\n\n" + md_table(["issue", "target", "measured", "status"], targets(results), "llll"))
-        say(f"\nwrote {out} ({results['elapsed_s'] / 60:.1f} min; load average now "
+        say(f"\nwrote {out} (then: python bench/report.py) ({results['elapsed_s'] / 60:.1f} min; load average now "
             f"{load_average()[0]:.2f})")
     finally:
         if tmp is not None:
