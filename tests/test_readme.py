@@ -29,6 +29,11 @@ def _command_lines() -> list[str]:
     return lines
 
 
+def test_readme_fits_16_kib():
+    """README stays short (at most 16 KiB); details go to docs/."""
+    assert len(README.encode("utf-8")) <= 16 * 1024
+
+
 def test_readme_shows_commands_and_python():
     assert len(_command_lines()) >= 5 and _blocks("python")
 
