@@ -97,8 +97,9 @@ def _check_loopback(ray) -> None:
         ray.shutdown()
         raise FcnquantError(f"the local Ray instance took the node address {address}, not {LOOPBACK}, so its "
                             f"services would be reachable from the network; this Ray version ({ray.__version__}) "
-                            "does not keep a local instance on the loopback address: start one yourself (ray "
-                            "start --head --node-ip-address 127.0.0.1) and pass --ray auto")
+                            "does not keep a local instance on the loopback address: start one yourself in its "
+                            "local-only mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head) and pass --ray "
+                            "auto")
 
 
 def cluster_cpus(ray) -> int:
