@@ -104,3 +104,28 @@ def test_a_local_instance_listens_on_loopback_only():
     assert not ray.is_initialized()
     assert not [p for p in pids if Path(f"/proc/{p}").exists() and p != os.getpid()
                 and (Path(f"/proc/{p}/stat").read_text().split(")")[1].split()[0] not in ("Z", "X"))]
+
+
+def test_a_ray_run_leaves_no_model_copy_in_tmpdir(synthetic_voc):
+    """`calibrate --ray` on a local instance: the workers' model files go with their shards; only Ray's own
+    session folder (its logs) and onnxruntime's telemetry file remain in $TMPDIR."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from fcnquant.demo_models import demo_model_path
+
+    data = synthetic_voc(train=3, val=1, size=32, seed=6)
+    tmp = Path(tempfile.mkdtemp(prefix="fq-", dir="/tmp"))  # short: Ray's socket paths live under it
+    try:
+        env = dict(os.environ, TMPDIR=str(tmp), PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+        res = subprocess.run([sys.executable, "-m", "fcnquant", "calibrate", str(demo_model_path("fcn8s")),
+                              "--data", str(data), "--num-images", "3", "--no-progress", "--ray", "--shards", "2",
+                              "--out-table", str(tmp / "t.json")], capture_output=True, text=True, timeout=300,
+                             env=env)
+        assert res.returncode == 0, res.stderr
+        assert {p.name for p in tmp.iterdir()} - {".ses"} <= {"ray", "t.json"}
+        assert (tmp / "t.json").is_file()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
