@@ -33,8 +33,15 @@ def test_deferred_delivers_a_signal_after_the_block():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_sigterm_raises_terminated_inside_the_block_only():
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+@pytest.fixture
+def default_sigterm():
+    """SIGTERM's default action for the test (a Ray driver started by another test installs its own handler)."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_raises_terminated_inside_the_block_only(default_sigterm):
     with pytest.raises(Terminated), sigterm_raises():
         os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

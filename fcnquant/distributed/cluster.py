@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
 from typing import Iterator
 
 from fcnquant.errors import FcnquantError
@@ -47,12 +49,8 @@ def ray_session(address: str | None = LOCAL, *, num_cpus: int | None = None) -> 
     local = address in (None, "", LOCAL)
     kwargs = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
     try:
-        if local:
-            with _loopback_only(ray):
-                ray.init(address=LOCAL, num_cpus=num_cpus, include_dashboard=False, _node_ip_address=LOOPBACK,
-                         _system_config=LOCAL_SYSTEM_CONFIG, **kwargs)
-        else:
-            ray.init(address=address, **kwargs)
+        with _own_sigterm_kept():
+            _init(ray, address, local, num_cpus, kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = "a local Ray instance" if local else f"the Ray cluster at {address}"
         raise FcnquantError(f"cannot connect to {where}: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
@@ -63,6 +61,29 @@ def ray_session(address: str | None = LOCAL, *, num_cpus: int | None = None) -> 
         yield ray
     finally:
         ray.shutdown()
+
+
+def _init(ray, address: str | None, local: bool, num_cpus: int | None, kwargs: dict) -> None:
+    """Starts the local instance (loopback only, no dashboard) or joins the cluster at ``address``."""
+    if local:
+        with _loopback_only(ray):
+            ray.init(address=LOCAL, num_cpus=num_cpus, include_dashboard=False, _node_ip_address=LOOPBACK,
+                     _system_config=LOCAL_SYSTEM_CONFIG, **kwargs)
+    else:
+        ray.init(address=address, **kwargs)
+
+
+@contextlib.contextmanager
+def _own_sigterm_kept() -> Iterator[None]:
+    """Keeps the SIGTERM handler the program chose (the command line's: SIGTERM ends a run as Ctrl-C does, with
+    its cleanups) across ``ray.init``, which installs its own (``sys.exit``). Without one, Ray's stays."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if before not in (None, signal.SIG_DFL):
+            signal.signal(signal.SIGTERM, before)
 
 
 @contextlib.contextmanager

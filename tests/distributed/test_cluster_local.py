@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from fcnquant._signals import raise_terminated, sigterm_raises  # noqa: E402
 from fcnquant.distributed.cluster import ray_session  # noqa: E402
 
 LISTEN = "0A"  # the TCP state column of /proc/net/tcp{,6}
@@ -89,21 +91,34 @@ def test_the_decoder_reads_loopback_and_any():
 def test_a_local_instance_listens_on_loopback_only():
     if ray.is_initialized():
         pytest.skip("a Ray driver is already connected in this process")
-    with ray_session(None, num_cpus=1) as r:
-        assert r.get(r.remote(lambda: socket.gethostname()).remote())  # a worker process is up
-        assert r.util.get_node_ip_address() == "127.0.0.1"
-        pids = _descendants(os.getpid())
-        held = _sockets_of(pids)
-        listening = {inode: where for inode, where in _listening().items() if inode in held}
-        names = {held[i]: Path(f"/proc/{held[i]}/comm").read_text().strip() for i in listening}
-        assert len(listening) >= 3, listening  # the GCS, the raylet, the workers: found, so the check means something
-        exposed = sorted((addr, port, names[held[i]]) for i, (addr, port) in listening.items()
-                         if not _is_loopback(addr))
-        assert not exposed, exposed
-        assert 8265 not in {port for _, port in listening.values()}  # no dashboard
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # an earlier driver may have left Ray's handler
+    try:
+        with sigterm_raises(), ray_session(None, num_cpus=1) as r:
+            # ray.init installs its own SIGTERM handler (sys.exit); the command line's stays
+            assert signal.getsignal(signal.SIGTERM) is raise_terminated
+            pids = _check_listeners(r)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert not ray.is_initialized()
     assert not [p for p in pids if Path(f"/proc/{p}").exists() and p != os.getpid()
                 and (Path(f"/proc/{p}/stat").read_text().split(")")[1].split()[0] not in ("Z", "X"))]
+
+
+def _check_listeners(r) -> set[int]:
+    """Asserts that every listening socket of this process and the ones below it is a loopback one; returns
+    their ids."""
+    assert r.get(r.remote(lambda: socket.gethostname()).remote())  # a worker process is up
+    assert r.util.get_node_ip_address() == "127.0.0.1"
+    pids = _descendants(os.getpid())
+    held = _sockets_of(pids)
+    listening = {inode: where for inode, where in _listening().items() if inode in held}
+    names = {held[i]: Path(f"/proc/{held[i]}/comm").read_text().strip() for i in listening}
+    assert len(listening) >= 3, listening  # the GCS, the raylet, the workers: found, so the check means something
+    exposed = sorted((addr, port, names[held[i]]) for i, (addr, port) in listening.items()
+                     if not _is_loopback(addr))
+    assert not exposed, exposed
+    assert 8265 not in {port for _, port in listening.values()}  # no dashboard
+    return pids
 
 
 def test_a_ray_run_leaves_no_model_copy_in_tmpdir(synthetic_voc):
