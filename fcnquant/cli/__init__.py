@@ -26,6 +26,7 @@ SUBCOMMANDS = [
     "merge-stats",
     "quantize",
     "fp16",
+    "check",
     "compare",
     "tune",
     "info",
