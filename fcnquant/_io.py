@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from fcnquant._signals import deferred
 from fcnquant.errors import FcnquantError, ModelError
 
 
@@ -65,7 +66,8 @@ def all_or_nothing() -> Iterator[None]:
     """Writes every artifact of the block or none: :func:`atomic_path` inside it renames nothing until the block
     ends; then all temporaries are renamed onto their targets, and on any error all are removed instead.
 
-    A nested block joins the outer one.
+    A nested block joins the outer one. Ctrl-C or SIGTERM during the renames waits until all are done, so an
+    interrupt never leaves a part of the set in place.
     """
     if _PENDING.get() is not None:
         yield
@@ -74,10 +76,11 @@ def all_or_nothing() -> Iterator[None]:
     token = _PENDING.set(pending)
     try:
         yield
-        while pending:
-            tmp, target = pending[0]
-            _replace(tmp, target)
-            pending.pop(0)
+        with deferred():
+            while pending:
+                tmp, target = pending[0]
+                _replace(tmp, target)
+                pending.pop(0)
     finally:
         _PENDING.reset(token)
         for tmp, _ in pending:
@@ -135,6 +138,32 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def new_folder(path: PathLike) -> Iterator[Path]:
+    """Creates the folder ``path`` and its missing parents, and yields it; when the block raises (Ctrl-C and
+    SIGTERM included), the folders it created are removed again if they are still empty.
+
+    FcnquantError when the folder cannot be created.
+    """
+    target = Path(path)
+    created = []
+    probe = target.absolute()
+    while not probe.exists() and probe != probe.parent:
+        created.append(probe)
+        probe = probe.parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FcnquantError(f"cannot create the folder {target}: {exc.strerror or exc}") from exc
+    try:
+        yield target
+    except BaseException:
+        for folder in created:  # the deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
 
 

@@ -133,6 +133,7 @@ def evaluate(model, data: DataConfig | str | os.PathLike[str] | Dataset | None =
     cm = ConfusionMatrix(len(VOC_CLASSES))
     for confusion, _ in parts:
         cm.matrix += confusion
+    cm.check_labelled(len(chosen), dataset.describe())
     return result_from_confusion(cm, len(chosen), seconds, model=model_name, data=str(dataset.root),
                                  split=dataset.split, preset=parts[0][1])
 

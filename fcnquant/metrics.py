@@ -41,6 +41,14 @@ class ConfusionMatrix:
             raise DataError(f"predicted class ids must be 0..{n - 1}; found {pred.min()}..{pred.max()}")
         self.matrix += np.bincount(label * n + pred, minlength=n * n).reshape(n, n)
 
+    def check_labelled(self, images: int, where: str) -> None:
+        """Raises DataError when no pixel was labelled (every mask pixel ``ignore_index``): the scores would be NaN,
+        measuring nothing. ``images`` and ``where`` (the dataset) name what was read, for the message."""
+        if not self.matrix.any():
+            raise DataError(f"no labelled pixel in the masks of the {images} image(s) of {where}: every mask pixel "
+                            f"is {self.ignore_index} (void), so there is no mIoU to measure; check the annotation "
+                            "folder (--ann-dir) and the masks' values")
+
     def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
         """Adds ``other``'s counts into this matrix and returns self."""
         if other.num_classes != self.num_classes:

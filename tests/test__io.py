@@ -184,3 +184,40 @@ def test_nonsense_options_are_one_line_errors(setup, tmp_path, capsys, cmd, argv
     model, _ = setup
     _bad([a.format(m=model, o=tmp_path) for a in argv], capsys, cmd, words, model)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tune_keeps_no_model_when_the_json_fails(setup, tmp_path, capsys, monkeypatch):
+    from fcnquant.tune.result import TuneResult
+
+    model, data = setup
+    monkeypatch.setattr(TuneResult, "to_json", lambda self, path: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, "No space left on device")))
+    _bad(["tune", model, "--data", data, "--max-drop", "100", "--num-calib", "1", "--num-tune", "1",
+          "--no-progress", "--out", tmp_path / "t.onnx", "--json", tmp_path / "t.json",
+          "--report", tmp_path / "t.html"], capsys, "tune", "no space left", model)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_equalize_keeps_no_model_when_the_json_fails(setup, tmp_path, capsys, monkeypatch):
+    from fcnquant import _io
+
+    model, _ = setup
+    monkeypatch.setattr(_io, "atomic_write_text", lambda path, text: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, "No space left on device")))
+    _bad(["equalize", model, "--out", tmp_path / "e.onnx", "--json", tmp_path / "e.json"], capsys, "equalize",
+         "no space left", model)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_image_above_the_pixel_limit_is_one_line(setup, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from PIL import Image
+
+    model, data = setup
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # the variable sets it: restored after
+    voc = shutil.copytree(data, tmp_path / "voc")
+    monkeypatch.setenv("FCNQUANT_MAX_IMAGE_PIXELS", "1000")  # the set's 32x32 images have 1024 pixels
+    _bad(["eval", model, "--data", voc, "--no-progress"], capsys, "eval", "FCNQUANT_MAX_IMAGE_PIXELS")
+    monkeypatch.setenv("FCNQUANT_MAX_IMAGE_PIXELS", "1024")
+    assert main(["eval", str(model), "--data", str(voc), "--no-progress"]) == 0

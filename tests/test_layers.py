@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: each unit's layer; a unit may import its own layer's units or lower ones, never higher ones
 LAYERS: list[tuple[str, ...]] = [
-    ("fcnquant", "fcnquant.errors", "fcnquant._io"),
+    ("fcnquant", "fcnquant.errors", "fcnquant._signals", "fcnquant._io"),
     ("fcnquant.observers", "fcnquant.metrics", "fcnquant.runtime", "fcnquant.graph", "fcnquant.demo_models",
      "fcnquant.info", "fcnquant.targets"),
     ("fcnquant.data",),

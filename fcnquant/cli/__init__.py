@@ -12,6 +12,7 @@ import logging
 import sys
 
 from fcnquant import __version__
+from fcnquant._signals import exit_status, sigterm_raises
 from fcnquant.errors import FcnquantError
 
 # Order here is the order in `fcnquant --help`.
@@ -48,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the CLI and returns the process exit status."""
+    """Runs the CLI and returns the process exit status; SIGTERM ends it as Ctrl-C does (status 143, 130)."""
+    with sigterm_raises():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
@@ -66,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"fcnquant {args.command}: error: no space left on the device ({exc.filename or exc})", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        status, word = exit_status(exc)
+        print(word, file=sys.stderr)
+        return status

@@ -110,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     if args.fail_on_drop is not None:
         if not report.final.labelled:
             raise FcnquantError("--fail-on-drop needs labelled data, but the images have no segmentation masks")
+        if not math.isfinite(report.miou_drop):  # NaN compares false: it would pass the gate unmeasured
+            raise FcnquantError(f"--fail-on-drop: the mIoU change could not be measured ({report.miou_change})")
         if report.miou_drop > args.fail_on_drop:
             print(f"fcnquant compare: mIoU change {report.miou_change:+.3f} points is below "
                   f"{-args.fail_on_drop:+g} (--fail-on-drop {args.fail_on_drop:g}; float {report.final.miou_float:.3f}, quantized "

@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fcnquant.data import DataConfig
     from fcnquant.demo_models import DEMO_MODELS, demo_model_path
+    from fcnquant.errors import ModelError
     from fcnquant.execute import RunConfig
     from fcnquant.quantize import QuantConfig
     from fcnquant.workflows.demo import run_pipeline
@@ -57,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     model = args.model
     if model is None or (model in DEMO_MODELS and not Path(model).exists()):
         model = demo_model_path(model or "fcn8s")
+    elif not Path(model).is_file():  # before the synthetic set is built and the output folder made
+        raise ModelError(f"model file not found: {model} (nor a shipped demo model: {', '.join(DEMO_MODELS)})")
     data = DataConfig(args.data, args.calib_split, args.ann_dir, num_images=args.num_images)
     quant = QuantConfig(method=args.method, target=resolve_target(args.target), per_channel=not args.per_tensor)
     result = run_pipeline(model, args.out, data, quant, run,

@@ -49,7 +49,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``fcnquant equalize``; returns the exit status."""
-    from fcnquant._io import atomic_write_text, check_outputs
+    from fcnquant._io import all_or_nothing, atomic_write_text, check_outputs
     from fcnquant.data import DataConfig
     from fcnquant.errors import FcnquantError
     from fcnquant.execute import RunConfig
@@ -64,7 +64,11 @@ def run(args: argparse.Namespace) -> int:
                       preset=args.preset)
     options = EqualizeOptions(absorb=args.absorb, bound=args.bound, absorb_padded=args.absorb_padded, tol=args.tol,
                               max_sweeps=args.max_sweeps)
-    res = equalize(args.model, args.out, data, RunConfig(progress=not args.no_progress, provider=args.provider), options)
+    with all_or_nothing():  # the model and the JSON: both or neither
+        res = equalize(args.model, args.out, data, RunConfig(progress=not args.no_progress, provider=args.provider),
+                       options)
+        if args.json:
+            atomic_write_text(args.json, json.dumps(res.to_dict(), indent=1))
     sweeps = [c["sweeps"] for c in res.chains]
     unconverged = sum(not c["converged"] for c in res.chains)
     before, after = res.median_precision()
@@ -81,6 +85,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"not equalized: {s.node}: {s.reason}")
     print(f"wrote {res.path}")
     if args.json:
-        atomic_write_text(args.json, json.dumps(res.to_dict(), indent=1))
         print(f"wrote {args.json}")
     return 0

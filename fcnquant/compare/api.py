@@ -110,6 +110,11 @@ def compare_models(
                      f"{fpath.name}: per-layer drift compares against tensors of a different model (after "
                      "equalization, compare against the equalized float model written beside the int8 one)")
     entries = _table_entries(table, fm, float_digests, notes)
+    if stats is not None:
+        from fcnquant.calibrate.stats import CalibrationStats
+
+        _note_other_model(f"calibration statistics {stats}", CalibrationStats.load(stats).model_sha256,
+                          float_digests, notes)
     del fm, qm  # the drift pass loads its own copies
     dataset = cfg.open(fpath, progress=executor.progress)
     chosen = cfg.take(dataset)
@@ -122,6 +127,8 @@ def compare_models(
         final_shard, dataset, chosen, models=models, desc="compare: final metrics",
         args=(cfg, run.batch_size, options.boundary_radius, options.gallery, (str(fpath), str(qpath)))))
     log.info("preset %s", final.preset.describe())
+    if final.counts.labelled:  # masks that label nothing would give a NaN mIoU (and a gate that measured nothing)
+        final.counts.cm_float.check_labelled(len(chosen), dataset.describe())
     hists = table_histograms(entries, pairing.measured) if entries and stats is None else {}
     spec = DriftSpec(pairs=pairing.measured, isolated=options.isolated, batch_size=run.batch_size)
     drift = merge_drift(executor.map(drift_shard, dataset, drift_on, args=(final.preset, spec, hists),
@@ -170,6 +177,15 @@ def _layers(final: FinalShard, drift: DriftShard, pairing: Pairing, entries: dic
     return layers, activation_histograms(layers, drift.histograms, stats, entries, options.histogram_layers, notes)
 
 
+def _note_other_model(what: str, made_for: str, float_digests: tuple[str, ...], notes: list[str]) -> None:
+    """Adds a note (and logs a warning) when ``what`` was made for another model (its digest ``made_for`` is none
+    of the float model's ``float_digests``)."""
+    if made_for and made_for not in float_digests:
+        notes.append(f"{what} was made for another model (sha256 {made_for[:12]}…, float model "
+                     f"{float_digests[0][:12]}…)")
+        log.warning(notes[-1])
+
+
 def _table_entries(table, fm, float_digests: tuple[str, ...], notes: list[str]) -> dict:
     """Returns {tensor: TensorEntry} of the calibration table ({} without one)."""
     if table is None:
@@ -178,10 +194,7 @@ def _table_entries(table, fm, float_digests: tuple[str, ...], notes: list[str]) 
     from fcnquant.calibrate.tensors import inherited_scales
 
     t = CalibrationTable.load(table)
-    if t.model_sha256 and t.model_sha256 not in float_digests:
-        notes.append(f"calibration table {table} was made for another model (sha256 {t.model_sha256[:12]}…, "
-                     f"float model {float_digests[0][:12]}…)")
-        log.warning(notes[-1])
+    _note_other_model(f"calibration table {table}", t.model_sha256, float_digests, notes)
     entries = dict(t.tensors)
     # A tensor that reuses another's scale (MaxPool, Resize, fused producers) is quantized with that range.
     for name, source in inherited_scales(fm).items():

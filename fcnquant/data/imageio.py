@@ -12,15 +12,59 @@ from fcnquant.errors import DataError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 
 
-def _open(path: Path):
+#: environment variable: the most pixels an image may have (0: no limit); unset, PIL's own limit applies
+MAX_PIXELS_ENV = "FCNQUANT_MAX_IMAGE_PIXELS"
+#: EXIF tag of the orientation a viewer applies (1: as stored)
+EXIF_ORIENTATION = 0x0112
+
+
+def _pixel_limit(Image) -> int | None:
+    """Applies $FCNQUANT_MAX_IMAGE_PIXELS to PIL (when set) and returns the limit PIL refuses images above."""
+    raw = os.environ.get(MAX_PIXELS_ENV)
+    if raw is not None:
+        try:
+            limit = int(raw.strip().replace("_", ""))
+        except ValueError:
+            limit = -1
+        if limit < 0:
+            raise DataError(f"${MAX_PIXELS_ENV} must be a whole number of pixels (0: no limit), got {raw!r}")
+        # PIL refuses images above twice its MAX_IMAGE_PIXELS (and warns above it)
+        Image.MAX_IMAGE_PIXELS = limit / 2 if limit > 0 else None
+    return None if Image.MAX_IMAGE_PIXELS is None else int(2 * Image.MAX_IMAGE_PIXELS)
+
+
+def _open_checked(path: Path):
+    """Returns ``Image.open(path)`` (header read); DataError for a missing or unreadable file and for an image
+    larger than the pixel limit (a guard against decompression bombs), naming how to lift it."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
+    limit = _pixel_limit(Image)
     try:
-        img = Image.open(path)
-        img.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # large, but under the limit: read it
+            return Image.open(path)
     except FileNotFoundError as exc:
         raise DataError(f"file not found: {path}") from exc
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"image {path} has more pixels than the limit of {limit:,} (a guard against decompression "
+                        f"bombs); to read it, set {MAX_PIXELS_ENV} to a larger number of pixels (0: no limit)") \
+            from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+
+
+def _open(path: Path):
+    """Returns the decoded image at ``path``, turned as its EXIF orientation says (as viewers show it)."""
+    from PIL import ImageOps
+
+    img = _open_checked(path)
+    try:
+        img.load()
+        if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            img = ImageOps.exif_transpose(img)
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
     return img
 
@@ -39,7 +83,9 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
 
     Conversions: grayscale, palette, CMYK, YCbCr and LAB go through PIL's ``convert("RGB")``; an alpha channel
     is dropped; 16-bit grayscale (``I;16``, or ``I`` holding 0..65535) is scaled by 1/257; float images in 0..1 are
-    scaled by 255. Unreadable or missing files raise DataError.
+    scaled by 255. An EXIF orientation (phone photos) is applied, as image viewers and annotation tools show the
+    image. Unreadable or missing files, and images above the pixel limit (``$FCNQUANT_MAX_IMAGE_PIXELS``, else
+    PIL's), raise DataError.
     """
     p = Path(path)
     img = _open(p)
@@ -59,7 +105,8 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
     """Returns the mask at ``path`` as HxW uint8 class indices (255 = ignore), checking the values.
 
     A palette (``P``) or grayscale (``L``) PNG holds the class indices as pixel values (VOC's format). An RGB(A)
-    mask is decoded by mapping each colour through the VOC palette. Values other than 0..20 and 255 raise
+    mask is decoded by mapping each colour through the VOC palette. An EXIF orientation, rare in a mask, is applied
+    as for the images. Values other than 0..20 and 255 raise
     DataError naming the file and the offending values.
     """
     p = Path(path)
@@ -89,14 +136,9 @@ def _check_values(arr: np.ndarray, path: Path) -> None:
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """Returns (H, W) of an image file, reading only its header."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-    except FileNotFoundError as exc:
-        raise DataError(f"file not found: {path}") from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
+    """Returns (H, W) of an image file as viewers show it (EXIF orientation applied), reading only its header."""
+    with _open_checked(Path(path)) as img:
+        w, h = img.size
+        if img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # a quarter turn or a transpose
+            w, h = h, w
     return h, w

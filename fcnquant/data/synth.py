@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fcnquant._io import new_folder
 from fcnquant.data.palette import IGNORE_INDEX, NUM_CLASSES, voc_palette
 from fcnquant.data.synth_shapes import STYLES, Look
 from fcnquant.errors import DataError
@@ -273,11 +274,9 @@ def write_synthetic_voc(
     Writes ``VOC2012/JPEGImages/<id>.jpg`` (size x size, quality 90), ``VOC2012/SegmentationClass/<id>.png``
     (palette PNG, VOC palette, 255 void borders), ``VOC2012/ImageSets/Segmentation/{train,val,trainval}.txt`` and
     ``VOC2012/synth.json`` (parameters and per-split class pixel counts). Ids are ``train_000000``,
-    ``val_000000``, ... The folder appears atomically; an existing ``out/VOC2012`` is an error.
+    ``val_000000``, ... The folder appears atomically; an existing ``out/VOC2012`` is an error, and so is another
+    run into ``out`` that finishes first. A failed or interrupted run leaves no folder behind.
     """
-    from PIL import Image
-    from tqdm import tqdm
-
     if train < 0 or val < 0 or train + val == 0:
         raise DataError(f"need a positive number of images, got train={train} val={val}")
     if size < 16:
@@ -286,10 +285,20 @@ def write_synthetic_voc(
 
     check_seed(seed)
     root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / "VOC2012"
     if final.exists():
         raise DataError(f"{final} already exists; remove it or choose another output folder")
+    with new_folder(root):  # removed again if the run fails or is interrupted before any dataset is in it
+        _write_voc(root, final, train, val, size, seed, progress)
+    log.debug("wrote synthetic VOC (%d train, %d val, %dx%d) to %s", train, val, size, size, final)
+    return root
+
+
+def _write_voc(root: Path, final: Path, train: int, val: int, size: int, seed: int, progress: bool) -> None:
+    """Renders the dataset into a hidden folder in ``root`` and renames it to ``final`` when complete."""
+    from PIL import Image
+    from tqdm import tqdm
+
     tmp = Path(tempfile.mkdtemp(prefix=".VOC2012.", dir=root))
     try:
         for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
@@ -319,12 +328,16 @@ def write_synthetic_voc(
                 "size": size, "seed": seed, "pixel_counts": counts,
                 "pixel_counts_note": "21 class counts then the void (255) count"}
         (tmp / "synth.json").write_text(json.dumps(meta, indent=1) + "\n")
-        os.replace(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except OSError as exc:
+            if final.exists():  # another run into the same folder finished first
+                raise DataError(f"{final} was written by another run meanwhile; remove it or choose another "
+                                "output folder") from exc
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.debug("wrote synthetic VOC (%d train, %d val, %dx%d) to %s", train, val, size, size, final)
-    return root
 
 
 def cache_dir() -> Path:

@@ -3,9 +3,9 @@
 Every pass runs through one task, :func:`shard_task`, which calls the pass's shard function with a
 :class:`RayShardContext` (the items of the tuner's ranking run through :func:`pool_task`). Each shard is one Ray task (``num_cpus=1``, ``max_retries=3``: a worker process that dies mid-shard, e.g. killed
 or out of memory, is rerun from the start of its shard; the driver keeps one result per shard). The model's bytes
-are put in Ray's object store once by the driver; a worker process fetches them the first time it needs that model
-and keeps them (a local file for collection, an onnxruntime session for evaluation), so only the
-data must be on storage every node reads at the same path. Before any work, a task checks it can read every file
+are put in Ray's object store once by the driver; a worker process fetches them when it needs that model and keeps
+an onnxruntime session for evaluation (collection writes a local file for the shard, removed when it ends), so only
+the data must be on storage every node reads at the same path. Before any work, a task checks it can read every file
 of its shard and fails naming the node and the path.
 
 Workers report ``start`` (node, pid) and every observed batch to one :class:`Progress` actor (``num_cpus=0``);
@@ -87,7 +87,6 @@ class Progress:
 
 # ----------------------------------------------------------------------------------------------- worker side
 
-_MODEL_FILES: dict[str, Path] = {}   # sha256 -> this worker process's local copy of the model
 _SESSIONS: dict[tuple, Any] = {}     # (sha256, options) -> onnxruntime session, the most recent MAX_SESSIONS
 MAX_SESSIONS = 2  # compare holds two models; tune evaluates a new candidate each time (older ones are dropped)
 
@@ -107,17 +106,6 @@ def model_bytes(sha256: str, model_ref: list) -> bytes:
     if hashlib.sha256(raw).hexdigest() != sha256:
         raise FcnquantError(f"model bytes from the object store do not match sha256 {sha256[:12]} on {node_name()}")
     return raw
-
-
-def model_file(sha256: str, model_ref: list) -> Path:
-    """Returns a local file holding the model (written once per worker process)."""
-    path = _MODEL_FILES.get(sha256)
-    if path is None or not path.is_file():
-        folder = Path(tempfile.mkdtemp(prefix="fcnquant-ray-"))
-        path = folder / f"{sha256[:16]}.onnx"
-        path.write_bytes(model_bytes(sha256, model_ref))
-        _MODEL_FILES[sha256] = path
-    return path
 
 
 def session(sha256: str, model_ref: list, **options):
@@ -174,8 +162,14 @@ class RayShardContext(ShardContext):
         return model_bytes(sha, ref)
 
     def model_path(self, key: str) -> Path:
-        sha, ref = self._model_refs[key]
-        return model_file(sha, ref)
+        """Returns a file holding the model ``key``, in the shard's temporary folder (removed when the shard
+        ends, so a worker process, however it ends, leaves no model copy behind)."""
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="fcnquant-shard-")
+        path = Path(self._tmp.name) / f"{key}.onnx"
+        if not path.is_file():
+            path.write_bytes(self.model_bytes(key))
+        return path
 
     def session(self, key: str, **options):
         sha, ref = self._model_refs[key]

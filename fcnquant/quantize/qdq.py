@@ -144,7 +144,8 @@ def quantize_model(
     # the float model's activation names, for the name map, before onnxruntime touches anything
     float_tensors = {i.name for i in model.graph.input} | {o for n in model.graph.node for o in n.output if o}
     float_tensors -= {t.name for t in model.graph.initializer}
-    with tempfile.TemporaryDirectory(prefix="fcnquant-q-") as tmp:
+    # staged beside the output: it holds two copies of the model, more than a small TMPDIR may have room for
+    with tempfile.TemporaryDirectory(prefix=".fcnquant-q-", dir=Path(out).parent) as tmp:
         src = Path(tmp) / "model.onnx"  # a copy: onnxruntime writes "<model>-inferred.onnx" beside its input
         _save(model, src)
         ort_out = Path(tmp) / "qdq.onnx"

@@ -87,7 +87,7 @@ def tune(
     paired bootstrap interval (``fcnquant.tune.confidence``). Raises FcnquantError for bad input before any
     inference.
     """
-    from fcnquant._io import atomic_path, load_onnx
+    from fcnquant._io import all_or_nothing, atomic_path, load_onnx
     from fcnquant.graph import require_float
 
     t_start = time.perf_counter()
@@ -125,11 +125,11 @@ def tune(
             images=setup.images, report_html=str(report) if report is not None else None,
             json_path=str(json_path) if json_path is not None else None, seconds=setup.seconds,
         )
-        # the artifacts, each atomically, the model first; no second load check: the report pass above ran
-        # this very file in onnxruntime
-        with atomic_path(written) as tmp_out:
-            shutil.copyfile(final_tmp, tmp_out)
-    _write_reports(result, rep, report, json_path)
+        # no second load check of the model: the report pass above ran this very file in onnxruntime
+        with all_or_nothing():  # the model, the HTML report and the JSON: all of them or none
+            with atomic_path(written) as tmp_out:
+                shutil.copyfile(final_tmp, tmp_out)
+            _write_reports(result, rep, report, json_path)
     return result
 
 
@@ -316,7 +316,7 @@ def _report_pass(model: Path, final: Path, setup: _Setup, run: RunConfig, option
 
 
 def _write_reports(result: TuneResult, rep, report, json_path) -> None:
-    """Writes the HTML report (compare's, the tuning section on top) and the JSON, each atomically."""
+    """Writes the HTML report (compare's, the tuning section on top) and the JSON."""
     if report is not None:
         from fcnquant._io import atomic_write_text
         from fcnquant.compare.report.html import render_html

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fcnquant.data import DataConfig, Dataset
-from fcnquant.errors import FcnquantError
+from fcnquant.errors import ModelError
 from fcnquant.execute import Executor, RunConfig
 from fcnquant.quantize.config import QuantConfig
 from fcnquant.recover.plan import format_recovery
@@ -128,6 +128,21 @@ def run_pipeline(
     equalized float model (``<stem>.int8.equalized.onnx``) is the reference of the int8 comparison's per-layer
     drift (its logits equal the original's within 1e-4).
     """
+    from fcnquant._io import new_folder
+
+    if model is None:
+        from fcnquant.demo_models import demo_model_path
+
+        model = demo_model_path()
+    model = Path(model)
+    if not model.is_file():
+        raise ModelError(f"model file not found: {model}")
+    with new_folder(out_dir) as out:  # removed again if nothing could be written into it
+        return _pipeline(model, out, data, quant, run, eval_split, eval_images, gallery, recover)
+
+
+def _pipeline(model: Path, out: Path, data, quant, run, eval_split: str, eval_images: int | None,
+              gallery: int | None, recover: bool) -> PipelineResult:
     from fcnquant._io import atomic_write_text
     from fcnquant.compare import GALLERY_IMAGES, CompareOptions, compare_models
     from fcnquant.data import resolve_data
@@ -135,16 +150,6 @@ def run_pipeline(
     from fcnquant.recover.plan import resolve_plan
     from fcnquant.workflows.int8 import Outputs, calibrate
 
-    if model is None:
-        from fcnquant.demo_models import demo_model_path
-
-        model = demo_model_path()
-    model = Path(model)
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FcnquantError(f"cannot create output folder {out}: {exc.strerror or exc}") from exc
     stem = model.name[:-5] if model.name.endswith(".onnx") else model.name
     paths = {k: out / f"{stem}.{suffix}" for k, suffix in (
         ("table", "calib.json"), ("stats", "stats.npz"), ("int8", "int8.onnx"), ("fp16", "fp16.onnx"),

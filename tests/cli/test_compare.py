@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fcnquant.cli import main
 from fcnquant.compare.tensors.pairing import TENSOR_MAP_KEY
+from fcnquant.data import DataConfig
 from fcnquant.evaluate import evaluate
 from fcnquant.execute import RunConfig
 
@@ -125,3 +126,58 @@ def test_html_header_names_how_the_int8_model_was_made(demo_int8, tmp_path, caps
                  "--no-progress"]) == 0
     page = out_html.read_text()
     assert "int8 model: method kl, target ort-cpu, per-channel weights, recovery: none" in page
+
+
+def _void_copy(voc, folder, keep_labels: tuple[str, ...] = ()):
+    """A copy of the set ``voc`` whose masks are all 255 (void), except those of the ids in ``keep_labels``."""
+    import shutil
+
+    from PIL import Image
+
+    shutil.copytree(voc, folder)
+    for png in (folder / "VOC2012" / "SegmentationClass").glob("*.png"):
+        if png.stem not in keep_labels:
+            with Image.open(png) as mask:
+                void = Image.new("P", mask.size, 255)
+                void.putpalette(mask.getpalette())
+            void.save(png)
+    return folder
+
+
+def test_masks_that_label_nothing_fail_eval_and_compare(setup, tmp_path, capsys):
+    d, voc, _ = setup
+    void = _void_copy(voc, tmp_path / "void")
+    for argv in (["eval", d / "f.onnx", "--data", void, "--no-progress", "--json", tmp_path / "e.json"],
+                 _args(d, void, "--json", tmp_path / "c.json"),
+                 _args(d, void, "--fail-on-drop", "0.5")):  # a gate that measured nothing never passes
+        assert main([str(a) for a in argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"fcnquant {argv[0]}: error: no labelled pixel") and "\n" not in err, err
+        assert "every mask pixel is 255" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["void"]
+
+
+def test_one_void_mask_among_labelled_ones_is_scored(setup, tmp_path, capsys):
+    d, voc, _ = setup
+    partly = _void_copy(voc, tmp_path / "partly", keep_labels=("val_000001",))
+    assert main(["eval", str(d / "f.onnx"), "--data", str(partly), "--no-progress", "--json",
+                 str(tmp_path / "e.json")]) == 0
+    scores = json.loads((tmp_path / "e.json").read_text())
+    only = evaluate(d / "f.onnx", DataConfig(voc, ids=("val_000001",)), RunConfig(progress=False))
+    assert scores["miou"] == pytest.approx(only.miou, abs=1e-4)  # the void image adds nothing
+    absent = [k for k, v in only.per_class_iou.items() if np.isnan(v)]
+    assert absent and all(scores["per_class_iou"][k] is None for k in absent)  # absent classes stay NaN
+
+
+def test_statistics_of_another_model_are_noted_like_such_a_table(setup, tmp_path, capsys, caplog):
+    d, voc, _ = setup
+    other = tmp_path / "other.npz"  # collected on the quantized copy, not on the float model compared
+    assert main(["calibrate", str(d / "q.onnx"), "--data", str(voc), "--split", "val", "--no-progress",
+                 "--save-stats", str(other), "--table-only", "--out-table", str(tmp_path / "t.json")]) == 0
+    capsys.readouterr()
+    caplog.clear()
+    assert main(_args(d, voc, "--stats", other, "--json", tmp_path / "r.json")) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(m.startswith(f"calibration statistics {other} was made for another model") for m in warned)
+    notes = json.loads((tmp_path / "r.json").read_text())["notes"]
+    assert any("was made for another model" in n for n in notes)

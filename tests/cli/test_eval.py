@@ -41,3 +41,38 @@ def test_a_missing_or_unknown_provider_exits_2_with_one_line(model_and_data, tmp
     err = capsys.readouterr().err.strip()
     assert err.startswith("fcnquant eval: error:") and words in err and "\n" not in err
     assert "CPUExecutionProvider" in err and list(tmp_path.iterdir()) == []
+
+
+def _photo_set(voc, folder, orientation: int | None):
+    """A copy of ``voc`` with its images as lossless PNGs: upright (``orientation`` None), or stored turned a
+    quarter anticlockwise and tagged with EXIF ``orientation`` 6 (show turned a quarter clockwise), as a phone
+    stores a photo taken upright. The masks stay as drawn on the upright image."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    shutil.copytree(voc, folder)
+    for jpg in (folder / "VOC2012" / "JPEGImages").glob("*.jpg"):
+        with Image.open(jpg) as img:
+            upright = np.asarray(img.convert("RGB"))
+        jpg.unlink()
+        if orientation is None:
+            Image.fromarray(upright).save(jpg.with_suffix(".png"))
+        else:
+            exif = Image.Exif()
+            exif[0x0112] = orientation
+            Image.fromarray(np.ascontiguousarray(np.rot90(upright, k=1))).save(jpg.with_suffix(".png"), exif=exif)
+    return folder
+
+
+def test_an_exif_rotated_set_scores_as_the_upright_one(model_and_data, tmp_path):
+    model, voc = model_and_data
+    upright = _photo_set(voc, tmp_path / "upright", None)
+    turned = _photo_set(voc, tmp_path / "turned", 6)
+    assert _eval(model, upright, tmp_path / "a.json") == 0
+    assert _eval(model, turned, tmp_path / "b.json") == 0
+    a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    assert a["miou"] is not None
+    for key in ("miou", "per_class_iou", "pixel_acc", "confusion"):
+        assert a[key] == b[key], key

@@ -80,3 +80,78 @@ def test_plain_index_masks_are_validated_like_palette_masks(tmp_path):
     for name in ("l.png", "p.png"):
         with pytest.raises(DataError, match=rf"{name} has values outside 0..20 and 255: 30"):
             read_mask(tmp_path / name)
+
+
+def _exif_jpeg(path, stored: np.ndarray, orientation: int) -> np.ndarray:
+    """Writes ``stored`` as a JPEG tagged with an EXIF orientation; returns its decoded pixels as stored."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(path, "JPEG", quality=95, exif=exif)
+    with Image.open(path) as img:  # PIL alone does not turn the image
+        return np.asarray(img.convert("RGB"))
+
+
+@pytest.mark.parametrize("orientation, turn", [
+    (6, lambda a: np.rot90(a, k=-1)),  # shown turned a quarter clockwise (a phone held upright)
+    (8, lambda a: np.rot90(a, k=1)),
+    (3, lambda a: np.rot90(a, k=2)),
+    (2, lambda a: a[:, ::-1]),  # mirrored left to right
+])
+def test_exif_orientation_is_applied_as_viewers_show_it(tmp_path, orientation, turn):
+    from fcnquant.data.imageio import image_size
+
+    rng = np.random.default_rng(orientation)
+    stored = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    raw = _exif_jpeg(tmp_path / "a.jpg", stored, orientation)
+    expected = turn(raw)
+    np.testing.assert_array_equal(read_rgb(tmp_path / "a.jpg"), expected)
+    assert image_size(tmp_path / "a.jpg") == expected.shape[:2]
+
+
+def test_an_exif_rotated_photo_matches_its_mask(tmp_path):
+    """A phone photo stored sideways with its mask drawn as the photo is shown: the sizes agree."""
+    stored = np.zeros((24, 40, 3), np.uint8)
+    _exif_jpeg(tmp_path / "a.jpg", stored, 6)
+    Image.fromarray(np.zeros((40, 24), np.uint8)).save(tmp_path / "a.png")  # PNG masks carry no EXIF
+    assert read_rgb(tmp_path / "a.jpg").shape[:2] == read_mask(tmp_path / "a.png").shape == (40, 24)
+
+
+def _png_header(path, width: int, height: int) -> None:
+    """Writes a PNG whose header announces width x height 8-bit gray pixels (the pixel data is cut short)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_names_the_file_and_the_override(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # the variable sets it: restored after
+    monkeypatch.delenv("FCNQUANT_MAX_IMAGE_PIXELS", raising=False)
+    big = tmp_path / "big.png"
+    _png_header(big, 14000, 14000)  # 196 M pixels: above PIL's 2 x 89,478,485
+    for read in (read_rgb, read_mask):
+        with pytest.raises(DataError) as info:
+            read(big)
+        msg = str(info.value)
+        assert str(big) in msg and "FCNQUANT_MAX_IMAGE_PIXELS" in msg and "\n" not in msg
+    monkeypatch.setenv("FCNQUANT_MAX_IMAGE_PIXELS", "0")  # no limit: the header passes, the cut data does not
+    with pytest.raises(DataError, match="cannot read image"):
+        read_rgb(big)
+
+
+def test_the_pixel_limit_is_the_environment_variable(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "a.png")  # 256 pixels
+    monkeypatch.setenv("FCNQUANT_MAX_IMAGE_PIXELS", "255")
+    with pytest.raises(DataError, match="more pixels than the limit of 255"):
+        read_rgb(tmp_path / "a.png")
+    monkeypatch.setenv("FCNQUANT_MAX_IMAGE_PIXELS", "256")
+    assert read_rgb(tmp_path / "a.png").shape == (16, 16, 3)
+    monkeypatch.setenv("FCNQUANT_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(DataError, match="must be a whole number of pixels"):
+        read_rgb(tmp_path / "a.png")

@@ -122,3 +122,43 @@ def test_cli(tmp_path, capsys):
     assert args.func(args) == 0
     assert "VOC2012" in capsys.readouterr().out
     assert open_dataset(tmp_path / "o", "train").ids == ["train_000000", "train_000001"]
+
+
+def test_two_runs_into_one_folder_one_wins_the_other_says_so(tmp_path):
+    """Two synth-voc processes started together into one folder: one writes the set, the other fails in one line
+    (at the start, or when its finished set finds the winner's in place); no temporary folder is left."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    cmd = [sys.executable, "-m", "fcnquant", "synth-voc", str(tmp_path / "v"), "--train", "6", "--val", "2",
+           "--size", "32", "--no-progress"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    results = sorted((p.wait(timeout=300), p.stderr.read().strip()) for p in procs)
+    (ok, ok_err), (failed, err) = results
+    assert (ok, failed) == (0, 2), results
+    assert err.startswith("fcnquant synth-voc: error:") and "\n" not in err and "VOC2012" in err, err
+    assert ("already exists" in err) or ("written by another run meanwhile" in err), err
+    assert [p.name for p in (tmp_path / "v").iterdir()] == ["VOC2012"]
+    alone = write_synthetic_voc(tmp_path / "alone", train=6, val=2, size=32, progress=False)
+    assert files(tmp_path / "v") == files(alone)  # the winner's set is whole
+
+
+def test_a_failed_run_leaves_no_folder_it_made(tmp_path, monkeypatch):
+    import fcnquant.data.synth as synth
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(synth, "_save_mask", full)
+    with pytest.raises(OSError):
+        write_synthetic_voc(tmp_path / "a" / "b", train=1, val=1, size=16, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()  # a folder that was there before stays
+    with pytest.raises(OSError):
+        write_synthetic_voc(tmp_path / "kept", train=1, val=1, size=16, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and list((tmp_path / "kept").iterdir()) == []

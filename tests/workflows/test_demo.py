@@ -67,3 +67,17 @@ def test_demo_cli_on_a_given_model(tiny, capsys):
     assert [line.split(" | ")[0] for line in card] == ["| fcn16s", "| fcn16s fp16", "| fcn16s int8 minmax"]
     assert all("| 1x3x64x64 |" in line and " - |" not in line for line in card)
     assert (d / "cli" / "tiny16.int8.onnx").is_file()
+
+
+def test_demo_of_a_missing_model_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    import fcnquant.data as data
+
+    def no_data(*a, **k):
+        raise AssertionError("the dataset was looked for")
+
+    monkeypatch.setattr(data, "resolve_data", no_data)
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "nosuchmodel", "--out", str(tmp_path / "a" / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fcnquant demo: error: model file not found: nosuchmodel") and "fcn8s" in err, err
+    assert "\n" not in err and list(tmp_path.iterdir()) == []
