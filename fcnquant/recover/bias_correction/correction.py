@@ -58,12 +58,15 @@ from fcnquant.data import DataConfig, Dataset
 from fcnquant.errors import FcnquantError
 from fcnquant.execute import Executor, RunConfig, ShardContext, image_batches, resolve_batch
 from fcnquant.recover.bias_correction.channel_means import ChannelMeans, WindowMeans, weight_shift_means
+from fcnquant.recover.bias_correction.taps import TapGeometry, TapMeans, tap_shift_means
 from fcnquant.recover.bias_correction.targets import (Target, apply_correction, cut_at, dependency_levels,
                                                       find_targets, rounding_error_tensor)
 
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("levels", "sequential")
+FORMS = ("fast", "sequential")
+FAST_INPUTS = ("float", "int8")
 ERRORS = ("weights", "accumulated", "weights+rounding")
 
 #: a pass's accumulators: {key: (tensor, kernel geometry of a WindowMeans, or None for a ChannelMeans)}
@@ -72,8 +75,12 @@ Specs = Mapping[Any, tuple[str, "tuple | None"]]
 
 @dataclass(frozen=True)
 class BiasCorrectionOptions:
-    """``error``: which mean error to cancel (:data:`ERRORS`, module docstring). ``schedule``: ``"levels"``
-    (independent layers share a pass) or ``"sequential"`` (one pass per layer); both give the same biases.
+    """``error``: which mean error to cancel (:data:`ERRORS`, module docstring). ``form``: ``"fast"`` (one pass
+    over the calibration images, every layer at once; ``error="weights"`` only) or ``"sequential"`` (layer by
+    layer on the int8 model, the reference); None: fast for ``"weights"``, sequential for the other errors.
+    ``fast_inputs``: whose inputs the fast form measures, the float model's (``"float"``, default) or the
+    uncorrected int8 model's (``"int8"``). ``schedule`` (sequential form): ``"levels"`` (independent layers share
+    a pass) or ``"sequential"`` (one pass per layer); both give the same biases.
     ``skip_logits`` (default) leaves the class-scoring Convs as emitted: their mean error over all pixels is
     dominated by confidently classified ones, and shifting a class's logits everywhere to cancel it moved the
     contested pixels the wrong way (measured on the demo fcn16s at npu-pow2: -0.69 mIoU with its score Convs
@@ -82,6 +89,8 @@ class BiasCorrectionOptions:
     error: str = "weights"
     schedule: str = "levels"
     skip_logits: bool = True
+    form: str | None = None
+    fast_inputs: str = "float"
 
     def __post_init__(self) -> None:
         if self.error not in ERRORS:
@@ -89,6 +98,21 @@ class BiasCorrectionOptions:
         if self.schedule not in SCHEDULES:
             raise FcnquantError(f"unknown bias-correction schedule {self.schedule!r}; choose from "
                                 f"{', '.join(SCHEDULES)}")
+        if self.form is not None and self.form not in FORMS:
+            raise FcnquantError(f"unknown bias-correction form {self.form!r}; choose from {', '.join(FORMS)}")
+        if self.form == "fast" and self.error != "weights":
+            raise FcnquantError(f"the fast bias correction cancels the weight rounding only (error 'weights'), not "
+                                f"{self.error!r}: use the sequential form")
+        if self.fast_inputs not in FAST_INPUTS:
+            raise FcnquantError(f"unknown fast bias-correction inputs {self.fast_inputs!r}; choose from "
+                                f"{', '.join(FAST_INPUTS)}")
+
+    @property
+    def resolved_form(self) -> str:
+        """Returns the form that runs: ``form``, else fast for ``error="weights"`` and sequential otherwise."""
+        if self.form is not None:
+            return self.form
+        return "fast" if self.error == "weights" else "sequential"
 
 
 @dataclass(frozen=True)
@@ -163,6 +187,12 @@ def correct_biases(
         log.warning("bias correction: no quantized Conv with an int32 bias in the model; nothing corrected")
         return BiasCorrectionResult(qm, (), tuple(skipped), options.schedule, 0, len(ids), time.perf_counter() - t0)
     passes = _MeansPass(executor, dataset, ids, cfg, run.batch_size)
+    if options.resolved_form == "fast":
+        layers, more = _correct_fast(passes, qm, fm, targets, options.fast_inputs)
+        seconds = time.perf_counter() - t0
+        log.info("bias correction (fast, %s inputs): %d layers, 1 pass over %d images in %.1f s",
+                 options.fast_inputs, len(layers), len(ids), seconds)
+        return BiasCorrectionResult(qm, tuple(layers), tuple(skipped + more), "fast", 1, len(ids), seconds)
     by_weights = options.error in ("weights", "weights+rounding")
     if by_weights:
         plain = [t.node for t in targets if t.delta_w is None]
@@ -240,6 +270,41 @@ def _correct_group(passes: "_MeansPass", qm, group: list[Target], error: str, fl
     return layers
 
 
+def _correct_fast(passes: "_MeansPass", qm, fm, targets: list[Target], inputs: str
+                  ) -> tuple[list[LayerCorrection], list[tuple[str, str]]]:
+    """Measures every layer's input tap means in one pass (of the float model, or of the uncorrected int8 model)
+    and corrects each bias by its weight rounding's mean shift plus the bias's own rounding; returns (what was
+    done, [(node, reason)] of the layers left as emitted)."""
+    from onnx import numpy_helper
+
+    fast = [t for t in targets if t.taps is not None]
+    skipped = [(t.node, "the fast form handles 2-D Conv/ConvTranspose with constant weights only (use the "
+                "sequential form)") for t in targets if t.taps is None]
+    for node, reason in skipped:
+        log.info("bias correction skips %s: %s", node, reason)
+    if not fast:
+        return [], skipped
+    model = fm if inputs == "float" else qm
+    specs: dict[tuple, tuple[str, TapGeometry]] = {}
+    for t in fast:  # one accumulator per input tensor and geometry (layers reading the same windows share it)
+        tensor = t.float_input if inputs == "float" else t.input
+        specs.setdefault((tensor, t.taps.geometry), (tensor, t.taps.geometry))
+    tensors = list(dict.fromkeys(name for name, _ in specs.values()))
+    accs = passes.run(cut_at(model, tensors), specs, f"bias correction: {len(fast)} layers, one pass")
+    inits = {init.name: init for init in qm.graph.initializer}
+    layers = []
+    for t in fast:
+        tensor = t.float_input if inputs == "float" else t.input
+        means = accs[(tensor, t.taps.geometry)].mean
+        b_now = numpy_helper.to_array(inits[t.bias_init]).astype(np.float64) * t.bias_scale
+        err = tap_shift_means(t.taps.delta_w, means, t.taps.group, t.taps.geometry.transposed) + b_now \
+            - t.taps.float_bias
+        apply_correction(inits[t.bias_init], t.bias_scale, err)
+        layers.append(LayerCorrection(t.node, t.output, int(err.size), float(np.abs(err).mean()),
+                                      float(np.abs(err).max()), 1))
+    return layers, skipped
+
+
 class _MeansPass:
     """Runs a model over the calibration images on the executor, merging the shards' per-channel means."""
 
@@ -269,8 +334,7 @@ def means_shard(ctx: ShardContext, data: DataConfig, batch_size: int, specs: Spe
     # graph optimisation "all", intra-op threads not spinning: the collection session's settings
     session = ctx.session("model", optimization="all", spinning=False, disabled_optimizers=())
     record = ctx.start > 0
-    accs = {key: (tensor, WindowMeans(*geometry, record=record) if geometry is not None else
-                  ChannelMeans(record=record)) for key, (tensor, geometry) in specs.items()}
+    accs = {key: (tensor, _accumulator(geometry, record)) for key, (tensor, geometry) in specs.items()}
     input_name, shape = input_spec(session)
     names = list(dict.fromkeys(t for t, _ in accs.values()))
     fetch = [n for n in names if n != input_name]
@@ -284,3 +348,13 @@ def means_shard(ctx: ShardContext, data: DataConfig, batch_size: int, specs: Spe
             acc.update(values[tensor][:mb.n])
         ctx.advance(mb.n)
     return {key: acc for key, (_, acc) in accs.items()}
+
+
+def _accumulator(geometry, record: bool):
+    """Returns the accumulator of one spec: TapMeans (a TapGeometry), WindowMeans (a geometry tuple) or
+    ChannelMeans (None)."""
+    if isinstance(geometry, TapGeometry):
+        return TapMeans(geometry, record=record)
+    if geometry is not None:
+        return WindowMeans(*geometry, record=record)
+    return ChannelMeans(record=record)
