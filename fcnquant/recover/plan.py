@@ -27,6 +27,9 @@ from dataclasses import asdict, dataclass
 
 RECOVERY_METADATA_KEY = "fcnquant.recovery"
 
+#: how bias correction runs: from one pass over the calibration images, or layer by layer (the reference)
+BIAS_CORRECTION_FORMS = ("fast", "sequential")
+
 
 @dataclass(frozen=True)
 class RecoveryPlan:
@@ -38,6 +41,7 @@ class RecoveryPlan:
     pow2_rounding: str = "up"
     scale_search: bool = False
     bias_correction_error: str = "weights"
+    bias_correction_form: str = "fast"
 
     @property
     def any(self) -> bool:
@@ -77,15 +81,25 @@ def resolve_plan(
     scale_search: bool | None = None,
     bias_correction_error: str | None = None,
     emits: bool = True,
+    bias_correction_form: str | None = None,
 ) -> RecoveryPlan:
     """Returns the RecoveryPlan for ``target``: explicit switches (not None) as given, the rest from ``recover``.
 
     ``emits=False`` (no int8 model is written): only the table's power-of-two rounding applies; an explicit
-    switch of a pass that makes a new model is an error.
+    switch of a pass that makes a new model is an error. ``bias_correction_form``: ``"fast"`` (default) or
+    ``"sequential"``; the fast form cancels the weight rounding only, so ``bias_correction_error="accumulated"``
+    runs the sequential form (and with ``"auto"`` its accumulated candidate does).
     """
     from fcnquant.calibrate.qparams import get_target
     from fcnquant.errors import FcnquantError
 
+    if bias_correction_form is not None and bias_correction_form not in BIAS_CORRECTION_FORMS:
+        raise FcnquantError(f"unknown bias-correction form {bias_correction_form!r}; choose from "
+                            f"{', '.join(BIAS_CORRECTION_FORMS)}")
+    if bias_correction_form == "fast" and bias_correction_error == "accumulated":
+        raise FcnquantError("the fast bias correction cancels the weight rounding only: the accumulated error "
+                            "needs the sequential form")
+    form = bias_correction_form or ("sequential" if bias_correction_error == "accumulated" else "fast")
     pow2 = get_target(target).pow2
     if pow2_rounding is None:
         pow2_rounding = "error" if recover and pow2 else "up"
@@ -102,6 +116,7 @@ def resolve_plan(
         pow2_rounding=pow2_rounding,
         scale_search=bool(scale_search),
         bias_correction_error="weights" if bias_correction_error is None else bias_correction_error,
+        bias_correction_form=form,
     )
 
 
@@ -119,7 +134,8 @@ def format_recovery(recovery: dict) -> str:
     for name in recovery.get("passes", []):
         if name == "bias-correction" and "bias_correction" in recovery:
             bc = recovery["bias_correction"]
-            parts.append(f"bias correction ({bc.get('layers', 0)} layers, {bc.get('passes', 0)} passes)")
+            form = ", fast" if bc.get("schedule") == "fast" else ""
+            parts.append(f"bias correction ({bc.get('layers', 0)} layers, {bc.get('passes', 0)} passes{form})")
         elif name == "equalize" and "equalize" in recovery:
             eq = recovery["equalize"]
             n = eq.get("pairs")

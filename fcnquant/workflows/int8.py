@@ -258,10 +258,12 @@ def _emit(float_path: Path, table, quant: QuantConfig, plan: RecoveryPlan, data:
 
     if plan.bias_correction:
         t0 = time.perf_counter()
-        bc, chosen_error, scores = _corrected(staged, float_path, data, run, plan.bias_correction_error)
+        bc, chosen_error, scores = _corrected(staged, float_path, data, run, plan.bias_correction_error,
+                                              plan.bias_correction_form)
         recovery["bias_correction"] = {k: v for k, v in bc.to_dict().items() if k != "layers"}
         recovery["bias_correction"]["layers"] = len(bc.layers)
         recovery["bias_correction"]["error"] = chosen_error
+        recovery["bias_correction"]["form"] = "fast" if bc.schedule == "fast" else "sequential"
         if scores:
             recovery["bias_correction"]["output_mse"] = scores
         _save_with_metadata(bc.model, staged, recovery)
@@ -310,20 +312,24 @@ def _write_each(outputs: Outputs, stats: CalibrationStats, table, result, tmp: P
     return written
 
 
-def _corrected(staged: Path, float_path: Path, data: DataConfig, run: RunConfig, error: str):
+def _corrected(staged: Path, float_path: Path, data: DataConfig, run: RunConfig, error: str, form: str = "fast"):
     """Returns (BiasCorrectionResult, the error mode used, {mode: output MSE} when ``error`` is ``"auto"``).
 
+    ``form`` (``"fast"`` or ``"sequential"``) applies to the ``"weights"`` error; the others run sequentially.
     ``"auto"``: both ``"weights"`` and ``"accumulated"`` corrections, the one whose int8 model's outputs are
     closer to the float model's on the calibration images (``fcnquant.recover.scale_search.output_error``) kept.
     """
     from fcnquant.recover.bias_correction import BiasCorrectionOptions, correct_biases
 
+    def options(e: str) -> BiasCorrectionOptions:
+        return BiasCorrectionOptions(error=e, form=form if e == "weights" else None)
+
     if error != "auto":
-        return correct_biases(staged, float_path, data, run, BiasCorrectionOptions(error=error)), error, {}
+        return correct_biases(staged, float_path, data, run, options(error)), error, {}
     from fcnquant.recover.scale_search import output_error
 
     modes = AUTO_BIAS_ERRORS
-    results = [correct_biases(staged, float_path, data, run, BiasCorrectionOptions(error=m)) for m in modes]
+    results = [correct_biases(staged, float_path, data, run, options(m)) for m in modes]
     errs = output_error([r.model for r in results], float_path, data, run, images=None)
     best = int(np.argmin(errs))
     log.info("bias correction: output MSE %s; keeping %s", ", ".join(f"{m} {e:.4g}" for m, e in zip(modes, errs)),

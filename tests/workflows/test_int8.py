@@ -41,17 +41,19 @@ def env(tmp_path_factory, synthetic_voc):
     return synthetic_voc(train=6, val=2, size=32, seed=5), fpath
 
 
-def test_recovery_is_recorded_and_biases_change(env, tmp_path):
+@pytest.mark.parametrize("form,passes", [("fast", 1), ("sequential", 2)])  # sequential: two dependency levels
+def test_recovery_is_recorded_and_biases_change(env, tmp_path, form, passes):
     voc, fpath = env
     out = tmp_path / "m.int8.onnx"
     res = calibrate(fpath, voc, num_images=6, size=32, preset="awesome", target="npu-pow2", out=out,
                     per_channel=False, recover=True, equalize=False, scale_search=False, progress=False,
-                    bias_correction_error="weights")
+                    bias_correction_error="weights", bias_correction_form=form)
     assert res.plan.names() == ["pow2-by-error", "bias-correction"]
     q = onnx.load(str(out))
     rec = read_recovery(q)
     assert rec["passes"] == ["pow2-by-error", "bias-correction"]
-    assert rec["bias_correction"]["layers"] == 3 and rec["bias_correction"]["passes"] == 2  # two dependency levels
+    assert rec["bias_correction"]["layers"] == 3 and rec["bias_correction"]["passes"] == passes
+    assert rec["bias_correction"]["form"] == form
     assert rec["pow2_rounding"] == "error" and res.table.pow2_rounding == "error"
     plain = tmp_path / "plain.onnx"
     table = res.table

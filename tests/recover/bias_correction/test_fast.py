@@ -12,8 +12,13 @@ from fcnquant.data import get_preset, iter_batches
 from fcnquant.execute import LocalExecutor
 from fcnquant.quantize import QuantConfig, quantize_model
 from fcnquant.runtime import make_session, with_outputs
-from tests.recover.bias_correction.test_correction import QUIET, bias, calib, correct
+from fcnquant.recover import BiasCorrectionOptions, correct_biases
+from tests.recover.bias_correction.test_correction import QUIET, bias, calib
 from tests.recover.bias_correction.test_taps import brute_deconv_mean, brute_grouped_conv_mean
+
+
+def correct(qmodel, fpath, ds, ids, run=QUIET, **options):
+    return correct_biases(qmodel, fpath, calib(ds, ids), run, BiasCorrectionOptions(**options))
 
 
 def deconv_model(seed: int = 3) -> onnx.ModelProto:
