@@ -134,8 +134,11 @@ def format_recovery(recovery: dict) -> str:
     for name in recovery.get("passes", []):
         if name == "bias-correction" and "bias_correction" in recovery:
             bc = recovery["bias_correction"]
-            form = ", fast" if bc.get("schedule") == "fast" else ""
-            parts.append(f"bias correction ({bc.get('layers', 0)} layers, {bc.get('passes', 0)} passes{form})")
+            if bc.get("schedule") == "fast":
+                parts.append(f"bias correction ({bc.get('layers', 0)} layers, fast: {bc.get('passes', 0)} passes "
+                             "besides calibration)")
+            else:
+                parts.append(f"bias correction ({bc.get('layers', 0)} layers, {bc.get('passes', 0)} passes)")
         elif name == "equalize" and "equalize" in recovery:
             eq = recovery["equalize"]
             n = eq.get("pairs")

@@ -158,6 +158,8 @@ def correct_biases(
     data: DataConfig | Dataset | str | os.PathLike[str] | None = None,
     run: RunConfig | Executor | None = None,
     options: BiasCorrectionOptions | None = None,
+    *,
+    tap_means: Mapping | None = None,
 ) -> BiasCorrectionResult:
     """Returns the BiasCorrectionResult: a copy of the QDQ model ``qmodel`` whose int32 Conv biases cancel each
     layer's mean output error against ``float_model`` over the calibration images of ``data``.
@@ -167,7 +169,10 @@ def correct_biases(
     :class:`~fcnquant.data.DataConfig` (or a dataset root / open ``Dataset``, all of its images) with the
     calibration ``ids`` (else a seeded selection of ``num_images``) and the preprocessing (``preset``, ``size``,
     ``mean``, ``std``; default the model's own). ``run``: the executor and batch size; the result does not depend
-    on the number of shards. ``options``: :class:`BiasCorrectionOptions`.
+    on the number of shards. ``options``: :class:`BiasCorrectionOptions`. ``tap_means``: the fast form's
+    statistics of the float model measured already ({(tensor, TapGeometry): TapMeans}, as
+    :func:`~fcnquant.recover.bias_correction.targets.float_tap_specs` names them, e.g. collected in the
+    calibration pass): the layers they cover need no pass of their own.
     """
     options = options or BiasCorrectionOptions()
     cfg, run = DataConfig.of(data, split=None), RunConfig.of(run)
@@ -188,11 +193,12 @@ def correct_biases(
         return BiasCorrectionResult(qm, (), tuple(skipped), options.schedule, 0, len(ids), time.perf_counter() - t0)
     passes = _MeansPass(executor, dataset, ids, cfg, run.batch_size)
     if options.resolved_form == "fast":
-        layers, more = _correct_fast(passes, qm, fm, targets, options.fast_inputs)
+        known = dict(tap_means or {}) if options.fast_inputs == "float" else {}
+        layers, more, count = _correct_fast(passes, qm, fm, targets, options.fast_inputs, known)
         seconds = time.perf_counter() - t0
-        log.info("bias correction (fast, %s inputs): %d layers, 1 pass over %d images in %.1f s",
-                 options.fast_inputs, len(layers), len(ids), seconds)
-        return BiasCorrectionResult(qm, tuple(layers), tuple(skipped + more), "fast", 1, len(ids), seconds)
+        log.info("bias correction (fast, %s inputs): %d layers, %d pass(es) over %d images in %.1f s",
+                 options.fast_inputs, len(layers), count, len(ids), seconds)
+        return BiasCorrectionResult(qm, tuple(layers), tuple(skipped + more), "fast", count, len(ids), seconds)
     by_weights = options.error in ("weights", "weights+rounding")
     if by_weights:
         plain = [t.node for t in targets if t.delta_w is None]
@@ -270,11 +276,11 @@ def _correct_group(passes: "_MeansPass", qm, group: list[Target], error: str, fl
     return layers
 
 
-def _correct_fast(passes: "_MeansPass", qm, fm, targets: list[Target], inputs: str
-                  ) -> tuple[list[LayerCorrection], list[tuple[str, str]]]:
-    """Measures every layer's input tap means in one pass (of the float model, or of the uncorrected int8 model)
-    and corrects each bias by its weight rounding's mean shift plus the bias's own rounding; returns (what was
-    done, [(node, reason)] of the layers left as emitted)."""
+def _correct_fast(passes: "_MeansPass", qm, fm, targets: list[Target], inputs: str, known: dict
+                  ) -> tuple[list[LayerCorrection], list[tuple[str, str]], int]:
+    """Measures every layer's input tap means in one pass (of the float model, or of the uncorrected int8 model;
+    none for those in ``known``) and corrects each bias by its weight rounding's mean shift plus the bias's own
+    rounding; returns (what was done, [(node, reason)] of the layers left as emitted, passes run)."""
     from onnx import numpy_helper
 
     fast = [t for t in targets if t.taps is not None]
@@ -283,14 +289,17 @@ def _correct_fast(passes: "_MeansPass", qm, fm, targets: list[Target], inputs: s
     for node, reason in skipped:
         log.info("bias correction skips %s: %s", node, reason)
     if not fast:
-        return [], skipped
+        return [], skipped, 0
     model = fm if inputs == "float" else qm
     specs: dict[tuple, tuple[str, TapGeometry]] = {}
     for t in fast:  # one accumulator per input tensor and geometry (layers reading the same windows share it)
         tensor = t.float_input if inputs == "float" else t.input
-        specs.setdefault((tensor, t.taps.geometry), (tensor, t.taps.geometry))
-    tensors = list(dict.fromkeys(name for name, _ in specs.values()))
-    accs = passes.run(cut_at(model, tensors), specs, f"bias correction: {len(fast)} layers, one pass")
+        if (tensor, t.taps.geometry) not in known:
+            specs.setdefault((tensor, t.taps.geometry), (tensor, t.taps.geometry))
+    accs = dict(known)
+    if specs:
+        tensors = list(dict.fromkeys(name for name, _ in specs.values()))
+        accs.update(passes.run(cut_at(model, tensors), specs, f"bias correction: {len(specs)} layers, one pass"))
     inits = {init.name: init for init in qm.graph.initializer}
     layers = []
     for t in fast:
@@ -302,7 +311,7 @@ def _correct_fast(passes: "_MeansPass", qm, fm, targets: list[Target], inputs: s
         apply_correction(inits[t.bias_init], t.bias_scale, err)
         layers.append(LayerCorrection(t.node, t.output, int(err.size), float(np.abs(err).mean()),
                                       float(np.abs(err).max()), 1))
-    return layers, skipped
+    return layers, skipped, 1 if specs else 0
 
 
 class _MeansPass:

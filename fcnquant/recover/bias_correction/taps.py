@@ -153,3 +153,8 @@ def tap_shift_means(delta_w: np.ndarray, means: np.ndarray, group: int = 1, tran
     if transposed:
         return np.einsum("giokl,gikl->go", d.reshape(g, cin // g, d.shape[1], kh, kw), mg).reshape(-1)
     return np.einsum("goikl,gikl->go", d.reshape(g, d.shape[0] // g, cin // g, kh, kw), mg).reshape(-1)
+
+
+def new_tap_means(geometry: TapGeometry, record: bool) -> TapMeans:
+    """Returns an empty TapMeans (``functools.partial(new_tap_means, geometry)`` is a picklable factory)."""
+    return TapMeans(geometry, record=record)

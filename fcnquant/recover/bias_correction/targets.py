@@ -166,24 +166,51 @@ def _weight_error(node, w_dq, inits, float_node, float_inits) -> tuple:
     return geometry, w_deq - w_float, b_float, w_float
 
 
-def tap_layer(node, w_dq, inits, float_node, float_inits) -> TapLayer | None:
-    """Returns the TapLayer of a quantized 2-D Conv or ConvTranspose (any group, explicit or automatic pads), or
-    None when the fast form cannot correct it (weights or scales not constant, not 2-D, a ConvTranspose with
-    ``output_shape`` or ``auto_pad``)."""
-    from onnx import helper, numpy_helper
+def tap_geometry(node, weight_shape: Sequence[int]) -> TapGeometry | None:
+    """Returns the TapGeometry of a 2-D Conv / ConvTranspose ``node`` with weights of ``weight_shape``, or None
+    when the fast form cannot take it (not 2-D; a ConvTranspose with ``output_shape`` or ``auto_pad``)."""
+    from onnx import helper
 
+    if node.op_type not in _WEIGHTED or len(weight_shape) != 4:
+        return None
     a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
     auto_pad = a.get("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
     transposed = node.op_type == "ConvTranspose"
     if transposed and (auto_pad != "NOTSET" or "output_shape" in a):
         return None
+    pads = tuple(int(p) for p in a.get("pads", [0, 0, 0, 0]))
+    return TapGeometry(tuple(int(k) for k in weight_shape[2:]), (pads[0], pads[1], pads[2], pads[3]),
+                       tuple(int(v) for v in a.get("strides", [1, 1])),
+                       tuple(int(v) for v in a.get("dilations", [1, 1])), transposed,
+                       tuple(int(v) for v in a.get("output_padding", [0, 0])), auto_pad)
+
+
+def float_tap_specs(float_model) -> dict[tuple[str, TapGeometry], tuple[str, TapGeometry]]:
+    """Returns {(input tensor, geometry): (input tensor, geometry)} of every 2-D Conv / ConvTranspose of the float
+    model with constant weights: the tap means the fast form may need, known before the int8 model exists."""
+    inits = {t.name: t for t in float_model.graph.initializer}
+    specs = {}
+    for node in float_model.graph.node:
+        if node.op_type in _WEIGHTED and len(node.input) > 1 and node.input[1] in inits:
+            geometry = tap_geometry(node, list(inits[node.input[1]].dims))
+            if geometry is not None:
+                specs[(node.input[0], geometry)] = (node.input[0], geometry)
+    return specs
+
+
+def tap_layer(node, w_dq, inits, float_node, float_inits) -> TapLayer | None:
+    """Returns the TapLayer of a quantized 2-D Conv or ConvTranspose (any group, explicit or automatic pads), or
+    None when the fast form cannot correct it (weights or scales not constant, :func:`tap_geometry` None)."""
+    from onnx import helper, numpy_helper
+
     if len(float_node.input) < 2 or float_node.input[1] not in float_inits:
         return None
     if w_dq.input[0] not in inits or w_dq.input[1] not in inits:
         return None
     w_float = numpy_helper.to_array(float_inits[float_node.input[1]]).astype(np.float64)
-    if w_float.ndim != 4:
+    geometry = tap_geometry(node, w_float.shape)
+    if geometry is None:
         return None
     w_int = numpy_helper.to_array(inits[w_dq.input[0]]).astype(np.float64)
     w_scale = numpy_helper.to_array(inits[w_dq.input[1]]).astype(np.float64)
@@ -194,17 +221,12 @@ def tap_layer(node, w_dq, inits, float_node, float_inits) -> TapLayer | None:
         shape = [1, 1, 1, 1]
         shape[axis] = -1
         w_scale, zp = w_scale.reshape(shape), zp.reshape(shape)
-    group = int(a.get("group", 1))
-    channels = w_float.shape[1] * group if transposed else w_float.shape[0]
+    group = int(next((helper.get_attribute_value(x) for x in node.attribute if x.name == "group"), 1))
+    channels = w_float.shape[1] * group if geometry.transposed else w_float.shape[0]
     if len(float_node.input) > 2 and float_node.input[2] in float_inits:
         b_float = numpy_helper.to_array(float_inits[float_node.input[2]]).astype(np.float64)
     else:
         b_float = np.zeros(channels)
-    pads = tuple(int(p) for p in a.get("pads", [0, 0, 0, 0]))
-    geometry = TapGeometry(tuple(int(k) for k in w_float.shape[2:]), (pads[0], pads[1], pads[2], pads[3]),
-                           tuple(int(v) for v in a.get("strides", [1, 1])),
-                           tuple(int(v) for v in a.get("dilations", [1, 1])), transposed,
-                           tuple(int(v) for v in a.get("output_padding", [0, 0])), auto_pad)
     return TapLayer(geometry, group, (w_int - zp) * w_scale - w_float, b_float)
 
 
