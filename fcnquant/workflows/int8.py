@@ -164,6 +164,8 @@ def calibrate(
             t0 = time.perf_counter()
             from fcnquant.recover.equalize import equalize as run_equalize
 
+            log.info("recovery: cross-layer equalization of the float model")
+
             eq = run_equalize(float_path, tmp / "equalized.onnx", run=run)
             float_path = tmp / "equalized.onnx"
             recovery["equalize"] = _summary(eq)
@@ -242,6 +244,7 @@ def _emit(float_path: Path, table, quant: QuantConfig, plan: RecoveryPlan, data:
     emit_from, weight_scales = float_path, None
     if plan.adaround:
         t0 = time.perf_counter()
+        log.info("recovery: AdaRound")
         import onnx
 
         from fcnquant.recover.adaround import adaround as run_adaround
@@ -263,6 +266,7 @@ def _emit(float_path: Path, table, quant: QuantConfig, plan: RecoveryPlan, data:
 
     if plan.scale_search:
         t0 = time.perf_counter()
+        log.info("recovery: power-of-two scales by output error")
         from fcnquant.recover.scale_search import search_activation_scales
 
         ss = search_activation_scales(staged, emit_from, table, data, run, recover.scale_search)
@@ -275,6 +279,8 @@ def _emit(float_path: Path, table, quant: QuantConfig, plan: RecoveryPlan, data:
 
     if plan.bias_correction:
         t0 = time.perf_counter()
+        log.info("recovery: bias correction (%s)", plan.bias_correction_form if plan.bias_correction_error != "accumulated"
+                 else "sequential")
         # AdaRound changes the weights but not the float model's activations, which the tap means are of
         bc, chosen_error, scores = _corrected(staged, float_path, data, run, plan.bias_correction_error,
                                               plan.bias_correction_form, taps)

@@ -26,6 +26,14 @@ be cancelled:
   19.62 dB), so the int8 workflow does not use it; ``"accumulated"`` gained 0.8 dB there
   (``fcnquant.workflows.int8``, ``"auto"``).
 
+**Forms.** ``form="fast"`` (the default for ``"weights"``) computes the ``"weights"`` shift of every layer at once
+from one pass over the calibration images: the mean, per input channel and kernel tap, of the *float model's*
+input (:mod:`~fcnquant.recover.bias_correction.taps`; Conv and ConvTranspose of any group, explicit or automatic
+pads), or with ``fast_inputs="int8"`` of the uncorrected int8 model's input. The two forms differ by
+``(W_q - W) (E[x_q] - E[x])``, the product of two small errors; measured on the demo models they agree within
+0.02 mIoU (``bench/bench_recover.py --bias-forms``). The int8 workflow gathers the float model's tap means in its
+calibration pass (``tap_means``), so the fast form then runs no pass at all. ``form="sequential"`` is what follows.
+
 Layers are corrected in dependency order: a layer's measurement waits until every quantized Conv it depends on
 (through any path) is corrected. Layers that do not depend on each other (parallel branches: a ResNet's
 downsample Conv beside its bottleneck, FCN's score Convs beside the deeper backbone) are measured and corrected
@@ -56,7 +64,7 @@ import numpy as np
 from fcnquant._io import as_model
 from fcnquant.data import DataConfig, Dataset
 from fcnquant.errors import FcnquantError
-from fcnquant.execute import Executor, RunConfig, ShardContext, image_batches, resolve_batch
+from fcnquant.execute import Executor, Progress, RunConfig, ShardContext, image_batches, resolve_batch
 from fcnquant.recover.bias_correction.channel_means import ChannelMeans, WindowMeans, weight_shift_means
 from fcnquant.recover.bias_correction.taps import TapGeometry, TapMeans, tap_shift_means
 from fcnquant.recover.bias_correction.targets import (Target, apply_correction, cut_at, dependency_levels,
@@ -212,8 +220,12 @@ def correct_biases(
         float_means = {n: acc.mean for n, acc in accs.items()}
     groups = _groups(qm, targets, options.schedule)
     layers: list[LayerCorrection] = []
-    for k, group in enumerate(groups):
-        layers += _correct_group(passes, qm, group, options.error, float_means, k, len(groups))
+    # one line per 10 s over all the passes without a terminal (each pass may take less), a bar on one
+    with Progress(len(groups), f"bias correction ({len(groups)} passes)", enabled=executor.progress,
+                  unit="pass", leave=False) as bar:
+        for k, group in enumerate(groups):
+            layers += _correct_group(passes, qm, group, options.error, float_means, k, len(groups))
+            bar.update(1)
     count = len(groups) + (1 if needs_float else 0)
     seconds = time.perf_counter() - t0
     log.info("bias correction (%s): %d layers, %d passes over %d images in %.1f s", options.schedule, len(layers),
