@@ -38,9 +38,10 @@ def add_recovery_options(g) -> None:
                         "measured mIoU gain on the demo models)")
     g.add_argument("--bias-correction", nargs="?", const=True, choices=("fast", "sequential"), default=None,
                    metavar="fast|sequential",
-                   help="bias correction on the calibration images: fast (the default; every layer's weight "
-                        "rounding from one pass over the images) or sequential (layer by layer on the int8 model, "
-                        "one pass per dependency level: the reference); give it after MODEL or with a form")
+                   help="bias correction on the calibration images: fast (the default; every layer's weight-"
+                        "rounding shift from statistics of the calibration pass, no pass of its own) or "
+                        "sequential (layer by layer on the int8 model, one pass per dependency level: the "
+                        "reference); give it after MODEL or with a form")
     g.add_argument("--no-bias-correction", dest="bias_correction", action="store_const", const=False,
                    help="no bias correction (also with --recover)")
     g.add_argument("--bias-correction-error", choices=("weights", "accumulated", "auto"), default=None,
