@@ -266,7 +266,7 @@ def test_bias_correction_takes_its_form(setup, tmp_path, capsys):
     for name, flags in (("bare", ["--bias-correction"]), ("seq", ["--recover", "--bias-correction", "sequential"]),
                         ("off", ["--recover", "--no-bias-correction"])):
         out = tmp_path / f"{name}.int8.onnx"
-        assert run(model, *common, *flags, "--out", out) == 0
+        assert run(model, *common, *flags, "--out", out, "--out-table", tmp_path / f"{name}.json") == 0
         forms[name] = read_recovery(onnx.load(str(out))).get("bias_correction", {})
     assert forms["bare"]["form"] == "fast" and forms["bare"]["passes"] == 0  # from the calibration pass
     assert forms["seq"]["form"] == "sequential" and forms["seq"]["passes"] == 1 and forms["seq"]["layers"] == 1
