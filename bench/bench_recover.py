@@ -12,6 +12,14 @@ its work folder).
 
     .venv/bin/python bench/bench_recover.py [--models fcn8s ...] [--methods kl ...] [--work DIR] [--out F]
                                             [--peers] [--adaround] [--markdown BENCHMARKS-section.md]
+                                            [--bias-forms] [--timing]
+
+``--bias-forms`` adds, for kl at npu-pow2 with per-tensor weights, the rows of ``--recover`` with each bias
+correction form (``recover+bc-fast``, the default, and ``recover+bc-sequential``, the layer-by-layer reference):
+the held-out mIoU of both. ``--timing`` times whole ``fcnquant calibrate`` processes as a user runs them on the
+full-size fcn8s at 320x320 (seeded random weights, ``_common.ensure_model``) and 32 synthetic images: kl,
+npu-pow2, per-tensor, ``--out``, with and without ``--recover`` (and ``--recover --bias-correction sequential``
+once), alternated, best of 2, with the load average; saved under ``"timing"``.
 
 Results are saved after every configuration (``--out``, JSON) and a rerun skips configurations already there.
 """
@@ -87,7 +95,17 @@ def key(row: dict) -> str:
     return "|".join(str(row[k]) for k in ("model", "tool", "target", "weights", "method", "recovery"))
 
 
-def run(models, methods, work: Path, out: Path, adaround: bool, peers: bool) -> list[dict]:
+def save_results(out: Path, **parts) -> None:
+    """Writes ``parts`` (``rows``, ``timing``) into the results JSON, keeping what it holds already."""
+    data = json.loads(out.read_text()) if out.is_file() else {}
+    data.update(format_version=1, **parts)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(out)
+
+
+def run(models, methods, work: Path, out: Path, adaround: bool, peers: bool, bias_forms: bool = False,
+        configs_only: bool = False) -> list[dict]:
     from fcnquant.demo_models import demo_model_path
 
     rows = json.loads(out.read_text())["rows"] if out.is_file() else []
@@ -95,9 +113,7 @@ def run(models, methods, work: Path, out: Path, adaround: bool, peers: bool) -> 
     val = val_split(work)
 
     def save() -> None:
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"format_version": 1, "rows": rows}, indent=1))
-        tmp.replace(out)
+        save_results(out, rows=rows)
 
     calib, fp = {}, {}
     for model in models:
@@ -111,11 +127,15 @@ def run(models, methods, work: Path, out: Path, adaround: bool, peers: bool) -> 
             save()
         fp[model] = next(r["miou"] for r in rows if key(r) == key(fp_row))
     # the default method first on every model, then the others; the no-equalization ablation of the strict setup
-    configs = [(model, t, pc, m, rec, "") for m in methods for model in models for t, pc in SETUPS
-               for rec in (False, True)]
-    configs += [(model, "npu-pow2", False, "kl", True, "no-equalize") for model in models]
+    configs = [] if configs_only else [(model, t, pc, m, rec, "") for m in methods for model in models
+                                       for t, pc in SETUPS for rec in (False, True)]
+    if not configs_only:
+        configs += [(model, "npu-pow2", False, "kl", True, "no-equalize") for model in models]
     if adaround:
         configs += [(model, t, pc, "kl", True, "adaround") for model in models for t, pc in SETUPS]
+    if bias_forms:
+        configs += [(model, "npu-pow2", False, "kl", True, f"bc-{form}") for model in models
+                    for form in ("fast", "sequential")]
     for model, target, per_channel, method, recover, variant in configs:
         src, ds, ids = calib[model]
         if True:
@@ -130,7 +150,8 @@ def run(models, methods, work: Path, out: Path, adaround: bool, peers: bool) -> 
             try:
                 res = flow(src, ds, ids, q, method, target, per_channel, recover,
                            adaround=(variant == "adaround") or None,
-                           equalize=False if variant == "no-equalize" else None)
+                           equalize=False if variant == "no-equalize" else None,
+                           bias_correction_form=variant[3:] if variant.startswith("bc-") else None)
             except Exception as exc:  # a failing configuration is reported, not fatal
                 log.exception("%s failed", key(row))
                 row.update(error=f"{type(exc).__name__}: {exc}")
@@ -160,6 +181,37 @@ def run(models, methods, work: Path, out: Path, adaround: bool, peers: bool) -> 
     return rows
 
 
+def time_calibrate(work: Path, images: int = 32, reps: int = 2) -> dict:
+    """Returns the whole-process wall times of ``fcnquant calibrate`` (kl, npu-pow2, per-tensor, ``--out``) on the
+    full-size fcn8s at 320x320 over ``images`` synthetic images: without ``--recover``, with it (fast bias
+    correction) alternated ``reps`` times, then once with ``--bias-correction sequential``; best of each."""
+    import subprocess
+
+    from _common import ensure_data, ensure_model
+
+    model = ensure_model(None, work)
+    data = ensure_data(work, images, val=1)
+    base = [sys.executable, "-m", "fcnquant", "calibrate", str(model), "--data", str(data), "--num-images",
+            str(images), "--method", "kl", "--target", "npu-pow2", "--per-tensor", "--no-progress", "--out"]
+    variants = {"plain": [], "recover": ["--recover"], "recover, sequential": ["--recover", "--bias-correction",
+                                                                              "sequential"]}
+    runs: dict[str, list[dict]] = {k: [] for k in variants}
+    order = [k for _ in range(reps) for k in ("plain", "recover")] + ["recover, sequential"]
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+    for name in order:
+        out = work / f"timing.{name.replace(', ', '-')}.int8.onnx"
+        load0 = load_avg()
+        t0 = time.perf_counter()
+        subprocess.run(base + [str(out)] + variants[name], check=True, env=env, cwd=work,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        runs[name].append({"wall": round(time.perf_counter() - t0, 2), "load": f"{load0} -> {load_avg()}"})
+        log.info("calibrate %-20s %.1f s (load %s)", name, runs[name][-1]["wall"], runs[name][-1]["load"])
+    best = {k: min(r["wall"] for r in v) for k, v in runs.items()}
+    return {"model": f"fcn8s full width, 320x320 ({model.name})", "images": images, "runs": runs, "best": best,
+            "ratio_recover": round(best["recover"] / best["plain"], 3),
+            "ratio_recover_sequential": round(best["recover, sequential"] / best["plain"], 3)}
+
+
 def markdown(rows: list[dict], models) -> str:
     """Returns the BENCHMARKS.md section: per model and setup, each method without / with recovery."""
     fp = {r["model"]: r["miou"] for r in rows if r["tool"] == "fp32"}
@@ -183,6 +235,21 @@ def markdown(rows: list[dict], models) -> str:
     return "\n".join(lines)
 
 
+def bias_forms_markdown(rows: list[dict], models) -> str:
+    """Returns the table of the held-out mIoU with the fast and the sequential bias correction."""
+    lines = ["| model | fp32 | kl npu-pow2 per-tensor --recover, fast | sequential | fast - sequential | seconds "
+             "fast / sequential |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for model in models:
+        got = {r["recovery"]: r for r in rows if r["model"] == model and r["recovery"].startswith("recover+bc-")
+               and "miou" in r}
+        fast, seq = got.get("recover+bc-fast"), got.get("recover+bc-sequential")
+        fp = next((r["miou"] for r in rows if r["model"] == model and r["tool"] == "fp32"), float("nan"))
+        if fast and seq:
+            lines.append(f"| {model} | {fp:.2f} | {fast['miou']:.2f} | {seq['miou']:.2f} | "
+                         f"{fast['miou'] - seq['miou']:+.3f} | {fast['seconds']:.1f} / {seq['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     from fcnquant.demo_models import DEMO_MODELS
 
@@ -194,14 +261,24 @@ def main() -> int:
     p.add_argument("--adaround", action="store_true", help="add kl + recover + AdaRound rows (needs torch)")
     p.add_argument("--peers", action="store_true", help="add the peers' rows (bench_peers.run_peers)")
     p.add_argument("--markdown", type=Path, help="write the markdown table to this file")
+    p.add_argument("--bias-forms", action="store_true", help="add kl npu-pow2 per-tensor --recover rows with the fast "
+                   "and the sequential bias correction")
+    p.add_argument("--only-bias-forms", action="store_true", help="run the --bias-forms rows only")
+    p.add_argument("--timing", action="store_true", help="only time whole calibrate processes with/without "
+                   "--recover (fcn8s full width at 320x320, made in --work)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in ("fcnquant", "onnxruntime"):
         logging.getLogger(name).setLevel(logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)
     out = args.out or args.work / "recover.json"
-    rows = run(args.models, args.methods, args.work, out, args.adaround, args.peers)
-    table = markdown(rows, args.models)
+    if args.timing:  # the timing alone: it wants the machine to itself
+        save_results(out, timing=time_calibrate(args.work))
+        print(json.dumps(json.loads(out.read_text())["timing"]["best"]))
+        return 0
+    rows = run(args.models, args.methods, args.work, out, args.adaround, args.peers,
+               args.bias_forms or args.only_bias_forms, args.only_bias_forms)
+    table = markdown(rows, args.models) + "\n\n" + bias_forms_markdown(rows, args.models)
     print(table)
     if args.markdown:
         args.markdown.write_text(table + "\n")

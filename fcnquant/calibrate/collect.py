@@ -41,6 +41,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -102,6 +103,26 @@ def collect_stats(
     Each image is run once. A NaN/Inf activation raises CalibrationError naming the tensor and image(s) unless
     ``options.skip_nonfinite``.
     """
+    return collect_with_extra(model_path, data, run, options, shard=shard)[0]
+
+
+def collect_with_extra(
+    model_path: str | os.PathLike[str],
+    data: DataConfig | Dataset | str | os.PathLike[str] | None = None,
+    run: RunConfig | Executor | None = None,
+    options: CollectOptions | None = None,
+    extra: Mapping[Any, tuple[str, Callable[[bool], Any]]] | None = None,
+    *,
+    shard: str | Shard | tuple[int, int] | None = None,
+) -> tuple[CalibrationStats, dict]:
+    """Returns (the statistics :func:`collect_stats` returns, {key: accumulator} of ``extra``) from the same pass.
+
+    ``extra``: {key: (tensor, make)}: ``make(record)`` returns an accumulator with ``update(x)`` (the batch's
+    values of ``tensor``, real images only) and ``merge(other)`` (the images after its own); ``record`` is True
+    in a shard after the first, for accumulators that merge bit for bit (``fcnquant.recover.ordered_sum``). The
+    extra tensors are fetched beside the observed ones and cost their exposure only. A recovery pass's statistics
+    of the float model ride on the calibration pass this way instead of a pass of their own.
+    """
     cfg, run = DataConfig.of(data, split=None), RunConfig.of(run)
     options = options or CollectOptions()
     executor = run.resolved()
@@ -119,18 +140,25 @@ def collect_stats(
     if not model_path.is_file():
         raise ModelError(f"model file not found: {model_path}")
     parts = executor.map(collect_shard, dataset, run_ids,
-                         args=(cfg, run.batch_size, options, model_path.name, str(shard) if shard else None),
+                         args=(cfg, run.batch_size, options, model_path.name, str(shard) if shard else None,
+                               dict(extra or {})),
                          models={"model": model_path}, desc="calibrating")
+    stats_parts, extras = [p[0] for p in parts], [p[1] for p in parts]
+    merged_extra = extras[0]
+    for more in extras[1:]:
+        for key, acc in more.items():
+            merged_extra[key].merge(acc)
     if len(parts) == 1:
-        return parts[0]
+        return stats_parts[0], merged_extra
     from fcnquant.calibrate.stats_wire import merge_wire, stats_to_wire
 
-    return merge_wire([stats_to_wire(p) for p in parts], model_path.name)
+    return merge_wire([stats_to_wire(p) for p in stats_parts], model_path.name), merged_extra
 
 
 def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options: CollectOptions, model_name: str,
-                  shard: str | None) -> CalibrationStats:
-    """Returns the statistics of the model ``"model"`` over the shard's images (a shard function)."""
+                  shard: str | None, extra: dict | None = None) -> tuple[CalibrationStats, dict]:
+    """Returns (the statistics of the model ``"model"`` over the shard's images, {key: accumulator} of ``extra``
+    (:func:`collect_with_extra`)) (a shard function)."""
     model_path = ctx.model_path("model")
     run_ids = ctx.ids
     raw, model = _read_model(model_path)
@@ -141,6 +169,8 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
     inits = {t.name for t in model.graph.initializer}
     graph_inputs = [i.name for i in model.graph.input if i.name not in inits]
     fetch = [n for n in names if n not in graph_inputs]  # the input is observed from the batch itself
+    accs = {key: (tensor, make(ctx.start > 0)) for key, (tensor, make) in (extra or {}).items()}
+    fetch += [t for t in dict.fromkeys(t for t, _ in accs.values()) if t not in fetch and t not in graph_inputs]
     # The session's threads do not spin (see the module docstring) and no onnxruntime transformer is turned off.
     if raw is not None:  # the file's bytes + a patch adding the outputs: no copy or re-serialization of the model
         model_sha256 = model_digests(model_path, raw)[0]
@@ -161,7 +191,7 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
         model_name=model_name, shard=shard, mantissa_bits=options.mantissa_bits,
         skip_nonfinite=options.skip_nonfinite,
     )
-    observer = _Observer(stats, names, input_name)
+    observer = _Observer(stats, names, input_name, accs)
     log.info("calibrating %s: %d tensors, %d image(s)%s, preset %s, batch %d", model_name, len(names),
              len(run_ids), f" (shard {shard})" if shard else "", preset.describe(), batch_size)
     t0 = time.perf_counter()
@@ -169,7 +199,7 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
     seconds = time.perf_counter() - t0
     log.info("observed %d image(s) in %.1f s (%.2f images/s)", len(run_ids), seconds, len(run_ids) / seconds)
     observer.report_skipped()
-    return stats
+    return stats, {key: acc for key, (_, acc) in accs.items()}
 
 
 def _read_model(path: Path):
@@ -205,7 +235,8 @@ def _batching(input_shape: tuple[int | None, ...], batch_size: int) -> tuple[int
 class _Observer:
     """Feeds one batch's tensors into the statistics, turning NaN/Inf errors into messages with image ids."""
 
-    def __init__(self, stats: CalibrationStats, names: list[str], input_name: str) -> None:
+    def __init__(self, stats: CalibrationStats, names: list[str], input_name: str, extra: dict | None = None) -> None:
+        self.extra = extra or {}  # {key: (tensor, accumulator)} (collect_with_extra)
         self.stats = stats
         self.names = names
         self.input_name = input_name
@@ -229,6 +260,8 @@ class _Observer:
                 ) from None
             if ts.nonfinite != before:
                 self.skipped.setdefault(name, []).extend(_nonfinite_images(ids, x))
+        for name, acc in self.extra.values():
+            acc.update((images if name == self.input_name else fetched[name])[:n])
 
     def report_skipped(self) -> None:
         for name, image_ids in self.skipped.items():

@@ -36,8 +36,14 @@ def add_recovery_options(g) -> None:
                    help="npu-pow2: re-choose each activation's power-of-two scale (of its two neighbours) by the "
                         "int8 model's output error on calibration images, then emit again (default: off; 3-4x the time, no "
                         "measured mIoU gain on the demo models)")
-    g.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
-                   help="empirical bias correction, layer by layer, on the calibration images")
+    g.add_argument("--bias-correction", nargs="?", const=True, choices=("fast", "sequential"), default=None,
+                   metavar="fast|sequential",
+                   help="bias correction on the calibration images: fast (the default; every layer's weight-"
+                        "rounding shift from statistics of the calibration pass, no pass of its own) or "
+                        "sequential (layer by layer on the int8 model, one pass per dependency level: the "
+                        "reference); give it after MODEL or with a form")
+    g.add_argument("--no-bias-correction", dest="bias_correction", action="store_const", const=False,
+                   help="no bias correction (also with --recover)")
     g.add_argument("--bias-correction-error", choices=("weights", "accumulated", "auto"), default=None,
                    help="what bias correction cancels: each layer's own weight rounding (weights, the default), the "
                         "whole accumulated mean error (accumulated), or both tried and the one with the smaller "
@@ -45,6 +51,14 @@ def add_recovery_options(g) -> None:
     g.add_argument("--adaround", action=argparse.BooleanOptionalAction, default=None,
                    help="AdaRound: learn each Conv's weight rounding (floor or ceil) on the calibration images")
     g.add_argument("--adaround-iterations", type=int, metavar="N", help="AdaRound steps per layer (default 1000)")
+
+
+def bias_correction_switch(args: argparse.Namespace) -> tuple[bool | None, str | None]:
+    """Returns (bias correction on/off/None, its form or None) from --bias-correction [FORM] / --no-...."""
+    value = args.bias_correction
+    if value is None or isinstance(value, bool):
+        return value, None
+    return True, value
 
 
 def exclusions(args: argparse.Namespace, model_path) -> tuple[list[str], list[str]]:

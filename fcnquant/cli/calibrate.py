@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from fcnquant.cli._distributed import add_provider_option, add_ray_options
-from fcnquant.cli._emission import add_emission_options, add_recovery_options, quant_config
+from fcnquant.cli._emission import add_emission_options, add_recovery_options, bias_correction_switch, quant_config
 from fcnquant.cli._target import TARGET_HELP_SUFFIX, TARGET_METAVAR
 from fcnquant.data import load_ids
 from fcnquant.errors import FcnquantError
@@ -141,10 +141,12 @@ def run(args: argparse.Namespace) -> int:
     if args.out_dir:
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     quant = quant_config(args, args.model, params=params)
+    bias_correction, form = bias_correction_switch(args)
     plan = resolve_plan(quant.target, not args.per_tensor, args.recover, equalize=args.equalize,
-                        bias_correction=args.bias_correction, adaround=args.adaround,
+                        bias_correction=bias_correction, adaround=args.adaround,
                         pow2_rounding=args.pow2_rounding, scale_search=args.scale_search,
-                        bias_correction_error=args.bias_correction_error, emits=outputs.model is not None)
+                        bias_correction_error=args.bias_correction_error, emits=outputs.model is not None,
+                        bias_correction_form=form)
     check_outputs({"--out": outputs.model, "--out-table": outputs.table, "--save-stats": outputs.stats,
                    "--save-ids": outputs.ids, "--trt-cache": outputs.trt_cache},
                   {"MODEL": args.model, "--from-stats": args.from_stats, "--ids-file": args.ids_file})

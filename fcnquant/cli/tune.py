@@ -45,6 +45,9 @@ def register(sub) -> None:
     q.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (default: per channel)")
     q.add_argument("--recover", action="store_true", help="apply fcnquant.recover (equalization, bias correction, "
                    "AdaRound) to every candidate model")
+    q.add_argument("--bias-correction", choices=("fast", "sequential"), default=None, metavar="fast|sequential",
+                   help="with --recover: the bias correction's form, fast (one pass over the calibration images, "
+                        "the default) or sequential (layer by layer, the reference)")
     q.add_argument("--fallback", default="float", choices=FALLBACKS, help="what the chosen layers run in: float32, "
                    "or fp16 islands with Casts around them, for targets that run fp16 (default %(default)s)")
     g = p.add_argument_group("images")
@@ -95,9 +98,17 @@ def run(args: argparse.Namespace) -> int:
                           rank=args.rank, rank_images=args.rank_images, max_evaluations=args.max_evaluations,
                           images=images)
     quant = QuantConfig(method=args.method, target=resolve_target(args.target), per_channel=not args.per_tensor)
+    recover = args.recover
+    if args.bias_correction is not None:
+        if not args.recover:
+            raise FcnquantError("--bias-correction chooses the form of --recover's bias correction: give --recover")
+        from fcnquant.recover import resolve_plan
+
+        recover = resolve_plan(quant.target, not args.per_tensor, recover=True, equalize=False, scale_search=False,
+                               bias_correction_form=args.bias_correction)
     with executor_from_args(args, progress=not args.no_progress) as executor:
         result = tune(args.model, args.out, options, DataConfig(args.data, seed=args.seed),
-                      RunConfig(executor=executor), quant, recover=args.recover, json_path=args.json,
+                      RunConfig(executor=executor), quant, recover=recover, json_path=args.json,
                       report=args.report)
     print(result.format_table())
     print(f"wrote {result.out}")

@@ -234,7 +234,9 @@ class RecoveryBuilder(QuantizeBuilder):
             if self.plan.bias_correction:
                 bc = correct_biases(qmodel, self.model, DataConfig(root=self.dataset, ids=tuple(self.ids)),
                                     RunConfig(progress=False),
-                                    BiasCorrectionOptions(error=self.plan.bias_correction_error))
+                                    BiasCorrectionOptions(error=self.plan.bias_correction_error,
+                                                          form=self.plan.bias_correction_form
+                                                          if self.plan.bias_correction_error == "weights" else None))
                 qmodel = bc.model
                 record["bias_correction"] = {**{k: v for k, v in bc.to_dict().items() if k != "layers"},
                                              "layers": len(bc.layers)}

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from fcnquant._io import all_or_nothing, atomic_path, check_outputs, load_onnx
-from fcnquant.calibrate.collect import CollectOptions, collect_stats
+from fcnquant.calibrate.collect import CollectOptions, collect_with_extra
 from fcnquant.calibrate.stats import CalibrationStats
 from fcnquant.calibrate.table import CalibrationTable, build_table
 from fcnquant.data import DataConfig
@@ -165,11 +165,13 @@ def calibrate(
             t0 = time.perf_counter()
             from fcnquant.recover.equalize import equalize as run_equalize
 
+            log.info("recovery: cross-layer equalization of the float model")
+
             eq = run_equalize(float_path, tmp / "equalized.onnx", run=run)
             float_path = tmp / "equalized.onnx"
             recovery["equalize"] = _summary(eq)
             seconds["equalize"] = time.perf_counter() - t0
-        source = ""
+        source, taps = "", {}
         if stats is None:
             t0 = time.perf_counter()
             executor = run.resolved()
@@ -177,7 +179,8 @@ def calibrate(
             chosen = data.choose(dataset, progress=executor.progress)
             data = data.with_(root=dataset, ids=tuple(chosen))
             source = dataset.describe()
-            stats = collect_stats(float_path, data, run, collect, shard=shard)
+            stats, taps = collect_with_extra(float_path, data, run, collect, _tap_specs(float_path, plan, outputs),
+                                             shard=shard)
             seconds["collect"] = time.perf_counter() - t0
         table = None
         if not shard or outputs.table or outputs.trt_cache:
@@ -185,7 +188,7 @@ def calibrate(
                                 **quant.method_params)
         result = None
         if outputs.model is not None:
-            table, result = _emit(float_path, table, quant, plan, data, run, recover, recovery, seconds, tmp)
+            table, result = _emit(float_path, table, quant, plan, data, run, recover, recovery, seconds, tmp, taps)
         written = _write(outputs, stats, table, result, tmp, plan, float_path)
     log.info("flow: %s", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
     if result is not None:
@@ -229,14 +232,31 @@ def _checked_plan(plan: RecoveryPlan, quant: QuantConfig, outputs: Outputs, stat
     return plan
 
 
+def _tap_specs(float_path: Path, plan: RecoveryPlan, outputs: Outputs) -> dict:
+    """Returns the extra statistics the collection pass gathers for the fast bias correction ({} when it does not
+    run): every Conv's input tap means on the float model, {(tensor, geometry): (tensor, factory)}."""
+    if not (plan.bias_correction and plan.bias_correction_form == "fast" and outputs.model is not None
+            and plan.bias_correction_error in ("weights", "auto")):
+        return {}
+    import functools
+
+    from fcnquant.recover.bias_correction import float_tap_specs
+    from fcnquant.recover.bias_correction.taps import new_tap_means
+
+    specs = float_tap_specs(load_onnx(float_path))
+    return {key: (tensor, functools.partial(new_tap_means, geometry)) for key, (tensor, geometry) in specs.items()}
+
+
 def _emit(float_path: Path, table, quant: QuantConfig, plan: RecoveryPlan, data: DataConfig, run: RunConfig,
-          recover: RecoverOptions, recovery: dict, seconds: dict, tmp: Path):
-    """Runs AdaRound, emission, the scale search and bias correction into ``tmp``; returns (table, result)."""
+          recover: RecoverOptions, recovery: dict, seconds: dict, tmp: Path, taps: dict | None = None):
+    """Runs AdaRound, emission, the scale search and bias correction into ``tmp``; returns (table, result).
+    ``taps``: the float model's tap means from the collection pass (the fast bias correction's statistics)."""
     from fcnquant.quantize import quantize_model
 
     emit_from, weight_scales = float_path, None
     if plan.adaround:
         t0 = time.perf_counter()
+        log.info("recovery: AdaRound")
         import onnx
 
         from fcnquant.recover.adaround import adaround as run_adaround
@@ -259,6 +279,7 @@ def _emit(float_path: Path, table, quant: QuantConfig, plan: RecoveryPlan, data:
 
     if plan.scale_search:
         t0 = time.perf_counter()
+        log.info("recovery: power-of-two scales by output error")
         from fcnquant.recover.scale_search import search_activation_scales
 
         ss = search_activation_scales(staged, emit_from, table, data, run, recover.scale_search)
@@ -271,10 +292,15 @@ def _emit(float_path: Path, table, quant: QuantConfig, plan: RecoveryPlan, data:
 
     if plan.bias_correction:
         t0 = time.perf_counter()
-        bc, chosen_error, scores = _corrected(staged, float_path, data, run, plan.bias_correction_error)
+        log.info("recovery: bias correction (%s)", plan.bias_correction_form if plan.bias_correction_error != "accumulated"
+                 else "sequential")
+        # AdaRound changes the weights but not the float model's activations, which the tap means are of
+        bc, chosen_error, scores = _corrected(staged, float_path, data, run, plan.bias_correction_error,
+                                              plan.bias_correction_form, taps)
         recovery["bias_correction"] = {k: v for k, v in bc.to_dict().items() if k != "layers"}
         recovery["bias_correction"]["layers"] = len(bc.layers)
         recovery["bias_correction"]["error"] = chosen_error
+        recovery["bias_correction"]["form"] = "fast" if bc.schedule == "fast" else "sequential"
         if scores:
             recovery["bias_correction"]["output_mse"] = scores
         _save_with_metadata(bc.model, staged, recovery)
@@ -323,20 +349,26 @@ def _write_each(outputs: Outputs, stats: CalibrationStats, table, result, tmp: P
     return written
 
 
-def _corrected(staged: Path, float_path: Path, data: DataConfig, run: RunConfig, error: str):
+def _corrected(staged: Path, float_path: Path, data: DataConfig, run: RunConfig, error: str, form: str = "fast",
+               taps: dict | None = None):
     """Returns (BiasCorrectionResult, the error mode used, {mode: output MSE} when ``error`` is ``"auto"``).
 
+    ``form`` (``"fast"`` or ``"sequential"``) applies to the ``"weights"`` error; the others run sequentially.
+    ``taps``: the fast form's statistics of the float model, collected already (no pass of its own).
     ``"auto"``: both ``"weights"`` and ``"accumulated"`` corrections, the one whose int8 model's outputs are
     closer to the float model's on the calibration images (``fcnquant.recover.scale_search.output_error``) kept.
     """
     from fcnquant.recover.bias_correction import BiasCorrectionOptions, correct_biases
 
+    def options(e: str) -> BiasCorrectionOptions:
+        return BiasCorrectionOptions(error=e, form=form if e == "weights" else None)
+
     if error != "auto":
-        return correct_biases(staged, float_path, data, run, BiasCorrectionOptions(error=error)), error, {}
+        return correct_biases(staged, float_path, data, run, options(error), tap_means=taps), error, {}
     from fcnquant.recover.scale_search import output_error
 
     modes = AUTO_BIAS_ERRORS
-    results = [correct_biases(staged, float_path, data, run, BiasCorrectionOptions(error=m)) for m in modes]
+    results = [correct_biases(staged, float_path, data, run, options(m), tap_means=taps) for m in modes]
     errs = output_error([r.model for r in results], float_path, data, run, images=None)
     best = int(np.argmin(errs))
     log.info("bias correction: output MSE %s; keeping %s", ", ".join(f"{m} {e:.4g}" for m, e in zip(modes, errs)),

@@ -213,3 +213,42 @@ def test_external_data_model_collects_the_same_statistics(tmp_path, synthetic_vo
     pre = get_preset("awesome", model_hw=(32, 32))
     r1 = np.concatenate([sess.run(["r1"], {"input": bt.images})[0] for bt in iter_batches(ds, pre, batch_size=1)])
     assert (b.tensors["r1"].min, b.tensors["r1"].max) == (float(r1.min()), float(r1.max()))
+
+
+class _ChannelSums:
+    """A test accumulator: the per-channel float64 sums of every batch, in order (merging appends)."""
+
+    def __init__(self, record: bool) -> None:
+        self.record, self.sums = record, []
+
+    def update(self, x):
+        self.sums.append(np.asarray(x, np.float64).sum(axis=(0, 2, 3)))
+
+    def merge(self, other):
+        self.sums += other.sums
+
+
+def test_extra_accumulators_ride_on_the_collection_pass(model, voc):
+    """collect_with_extra: the same statistics as collect_stats, plus extra accumulators fed the real images'
+    values of any tensor (observed or not: the MaxPool output p1, the input), merged in shard order."""
+    from fcnquant.calibrate.collect import collect_with_extra
+
+    ids = voc.ids[:5]
+    extra = {"p": ("p1", _ChannelSums), "x": ("input", _ChannelSums)}
+    data = DataConfig(voc, ids=ids)
+    stats, accs = collect_with_extra(model, data, RunConfig(batch_size=2, progress=False), CollectOptions(), extra)
+    _assert_same(stats, collect(model, voc, ids, None))
+    m = onnx.load(str(model))
+    sess = ort.InferenceSession(with_outputs(m, ["p1"]).SerializeToString(), providers=["CPUExecutionProvider"])
+    preset = get_preset("awesome", model_hw=(32, 32))
+    xs = [preset.transform(voc.load_image(i))[0][None] for i in ids]
+    ref_p = sum(sess.run(["p1"], {"input": x})[0].astype(np.float64).sum(axis=(0, 2, 3)) for x in xs)
+    ref_x = sum(x.astype(np.float64).sum(axis=(0, 2, 3)) for x in xs)
+    assert len(accs["p"].sums) == 3  # batches of 2, 2 and 1 images
+    np.testing.assert_allclose(sum(accs["p"].sums), ref_p, rtol=1e-6)
+    np.testing.assert_allclose(sum(accs["x"].sums), ref_x, rtol=1e-12)
+    _, three = collect_with_extra(model, data, RunConfig(LocalExecutor(shards=3, progress=False), batch_size=1,
+                                                         progress=False), CollectOptions(), extra)
+    _, one = collect_with_extra(model, data, RunConfig(batch_size=1, progress=False), CollectOptions(), extra)
+    assert [s.tobytes() for s in three["p"].sums] == [s.tobytes() for s in one["p"].sums]
+    assert [a.record for a in (one["p"], three["p"])] == [False, False]  # the first shard's accumulator holds all

@@ -257,3 +257,23 @@ def test_default_image_count_agrees_with_the_library():
     from fcnquant.workflows import DEFAULT_CALIBRATION_IMAGES
 
     assert DEFAULT_IMAGES == DEFAULT_CALIBRATION_IMAGES == 100
+
+
+def test_bias_correction_takes_its_form(setup, tmp_path, capsys):
+    from fcnquant.recover.plan import read_recovery
+
+    model, voc = setup
+    common = ["--data", voc, "--num-images", "3", "--target", "npu-pow2", "--per-tensor"]
+    forms = {}
+    for name, flags in (("bare", ["--bias-correction"]), ("seq", ["--recover", "--bias-correction", "sequential"]),
+                        ("off", ["--recover", "--no-bias-correction"])):
+        out = tmp_path / f"{name}.int8.onnx"
+        assert run(model, *common, *flags, "--out", out, "--out-table", tmp_path / f"{name}.json") == 0
+        forms[name] = read_recovery(onnx.load(str(out))).get("bias_correction", {})
+    assert forms["bare"]["form"] == "fast" and forms["bare"]["passes"] == 0  # from the calibration pass
+    assert forms["seq"]["form"] == "sequential" and forms["seq"]["passes"] == 1 and forms["seq"]["layers"] == 1
+    assert forms["off"] == {}
+    capsys.readouterr()
+    assert run(model, *common, "--bias-correction", "fast", "--bias-correction-error", "accumulated", "--out",
+               tmp_path / "x.onnx") == 2
+    assert "needs the sequential form" in capsys.readouterr().err

@@ -140,3 +140,11 @@ def test_the_tuning_drop_comes_with_its_bootstrap_interval(tune_voc, planted_fcn
     per = {m: _image_confusions(m, tune_voc, ids) for m in (planted_fcn8s, tmp_path / "sure.onnx")}
     assert upper_bound(per[planted_fcn8s], per[tmp_path / "sure.onnx"], 0.9) == \
         pytest.approx(chosen[-1].drop, abs=1e-9)
+
+
+def test_bias_correction_form_needs_recover(tmp_path, capsys):
+    rc = main(["tune", str(demo_model_path("fcn8s")), "--max-drop", "1", "--out", str(tmp_path / "t.onnx"),
+               "--bias-correction", "sequential", "--no-progress"])
+    assert rc == 2
+    assert "--bias-correction chooses the form of --recover's bias correction" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -41,17 +41,19 @@ def env(tmp_path_factory, synthetic_voc):
     return synthetic_voc(train=6, val=2, size=32, seed=5), fpath
 
 
-def test_recovery_is_recorded_and_biases_change(env, tmp_path):
+@pytest.mark.parametrize("form,passes", [("fast", 0), ("sequential", 2)])  # fast: from the calibration pass
+def test_recovery_is_recorded_and_biases_change(env, tmp_path, form, passes):
     voc, fpath = env
     out = tmp_path / "m.int8.onnx"
     res = calibrate(fpath, voc, num_images=6, size=32, preset="awesome", target="npu-pow2", out=out,
                     per_channel=False, recover=True, equalize=False, scale_search=False, progress=False,
-                    bias_correction_error="weights")
+                    bias_correction_error="weights", bias_correction_form=form)
     assert res.plan.names() == ["pow2-by-error", "bias-correction"]
     q = onnx.load(str(out))
     rec = read_recovery(q)
     assert rec["passes"] == ["pow2-by-error", "bias-correction"]
-    assert rec["bias_correction"]["layers"] == 3 and rec["bias_correction"]["passes"] == 2  # two dependency levels
+    assert rec["bias_correction"]["layers"] == 3 and rec["bias_correction"]["passes"] == passes
+    assert rec["bias_correction"]["form"] == form
     assert rec["pow2_rounding"] == "error" and res.table.pow2_rounding == "error"
     plain = tmp_path / "plain.onnx"
     table = res.table
@@ -209,3 +211,24 @@ def test_calibrate_workflow_out_emits_the_int8_model(model, voc, tmp_path):
     scales = {onnx.numpy_helper.to_array(i).item() for i in q.graph.initializer
               if i.name.endswith("_scale") and onnx.numpy_helper.to_array(i).size == 1}
     assert any(abs(s - e.scale) <= 1e-7 * e.scale for e in table.tensors.values() for s in scales)
+
+
+def test_fast_bias_correction_from_the_collection_pass_equals_its_own_pass(env, tmp_path):
+    """The flow collects the fast form's tap means in the calibration pass (no pass of its own): the corrected
+    biases equal those of correct_biases running its own float pass on the flow's uncorrected model."""
+    from fcnquant.recover.bias_correction import BiasCorrectionOptions, correct_biases
+
+    voc, fpath = env
+    kw = dict(num_images=6, size=32, preset="awesome", target="npu-pow2", per_channel=False, recover=True,
+              equalize=False, scale_search=False, progress=False)
+    fast = calibrate(fpath, voc, out=tmp_path / "fast.onnx", **kw)
+    plain = calibrate(fpath, voc, out=tmp_path / "plain.onnx", bias_correction=False, **kw)
+    assert fast.recovery["bias_correction"]["passes"] == 0  # the calibration pass gave the statistics
+    data = DataConfig(voc, "train", preset="awesome", size=32, ids=tuple(fast.stats.image_ids))
+    own = correct_biases(tmp_path / "plain.onnx", fpath, data, RunConfig(progress=False),
+                         BiasCorrectionOptions(form="fast"))
+    assert own.passes == 1 and plain.plan.bias_correction is False
+    q = onnx.load(str(tmp_path / "fast.onnx"))
+    ints = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer if t.data_type == onnx.TensorProto.INT32}
+    assert ints and all(np.array_equal(v, numpy_helper.to_array(next(
+        t for t in own.model.graph.initializer if t.name == k))) for k, v in ints.items())

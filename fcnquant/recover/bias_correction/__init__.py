@@ -2,10 +2,12 @@
 per-channel means it measures (``channel_means``, numpy only) and the graph side (``targets``)."""
 from __future__ import annotations
 
-from fcnquant.recover.bias_correction.correction import (ERRORS, SCHEDULES, BiasCorrectionOptions,
+from fcnquant.recover.bias_correction.correction import (ERRORS, FORMS, SCHEDULES, BiasCorrectionOptions,
                                                          BiasCorrectionResult, LayerCorrection, correct_biases,
                                                          means_shard)
-from fcnquant.recover.bias_correction.targets import dependency_levels, find_targets, logit_layers
+from fcnquant.recover.bias_correction.taps import TapGeometry, TapMeans
+from fcnquant.recover.bias_correction.targets import dependency_levels, find_targets, float_tap_specs, logit_layers
 
-__all__ = ["ERRORS", "SCHEDULES", "BiasCorrectionOptions", "BiasCorrectionResult", "LayerCorrection",
-           "correct_biases", "dependency_levels", "find_targets", "logit_layers", "means_shard"]
+__all__ = ["ERRORS", "FORMS", "SCHEDULES", "BiasCorrectionOptions", "BiasCorrectionResult", "LayerCorrection",
+           "TapGeometry", "TapMeans", "correct_biases", "dependency_levels", "find_targets", "float_tap_specs",
+           "logit_layers", "means_shard"]

@@ -26,6 +26,14 @@ be cancelled:
   19.62 dB), so the int8 workflow does not use it; ``"accumulated"`` gained 0.8 dB there
   (``fcnquant.workflows.int8``, ``"auto"``).
 
+**Forms.** ``form="fast"`` (the default for ``"weights"``) computes the ``"weights"`` shift of every layer at once
+from one pass over the calibration images: the mean, per input channel and kernel tap, of the *float model's*
+input (:mod:`~fcnquant.recover.bias_correction.taps`; Conv and ConvTranspose of any group, explicit or automatic
+pads), or with ``fast_inputs="int8"`` of the uncorrected int8 model's input. The two forms differ by
+``(W_q - W) (E[x_q] - E[x])``, the product of two small errors; measured on the demo models they agree within
+0.02 mIoU (``bench/bench_recover.py --bias-forms``). The int8 workflow gathers the float model's tap means in its
+calibration pass (``tap_means``), so the fast form then runs no pass at all. ``form="sequential"`` is what follows.
+
 Layers are corrected in dependency order: a layer's measurement waits until every quantized Conv it depends on
 (through any path) is corrected. Layers that do not depend on each other (parallel branches: a ResNet's
 downsample Conv beside its bottleneck, FCN's score Convs beside the deeper backbone) are measured and corrected
@@ -56,14 +64,17 @@ import numpy as np
 from fcnquant._io import as_model
 from fcnquant.data import DataConfig, Dataset
 from fcnquant.errors import FcnquantError
-from fcnquant.execute import Executor, RunConfig, ShardContext, image_batches, resolve_batch
+from fcnquant.execute import Executor, Progress, RunConfig, ShardContext, image_batches, resolve_batch
 from fcnquant.recover.bias_correction.channel_means import ChannelMeans, WindowMeans, weight_shift_means
+from fcnquant.recover.bias_correction.taps import TapGeometry, TapMeans, tap_shift_means
 from fcnquant.recover.bias_correction.targets import (Target, apply_correction, cut_at, dependency_levels,
                                                       find_targets, rounding_error_tensor)
 
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("levels", "sequential")
+FORMS = ("fast", "sequential")
+FAST_INPUTS = ("float", "int8")
 ERRORS = ("weights", "accumulated", "weights+rounding")
 
 #: a pass's accumulators: {key: (tensor, kernel geometry of a WindowMeans, or None for a ChannelMeans)}
@@ -72,8 +83,12 @@ Specs = Mapping[Any, tuple[str, "tuple | None"]]
 
 @dataclass(frozen=True)
 class BiasCorrectionOptions:
-    """``error``: which mean error to cancel (:data:`ERRORS`, module docstring). ``schedule``: ``"levels"``
-    (independent layers share a pass) or ``"sequential"`` (one pass per layer); both give the same biases.
+    """``error``: which mean error to cancel (:data:`ERRORS`, module docstring). ``form``: ``"fast"`` (one pass
+    over the calibration images, every layer at once; ``error="weights"`` only) or ``"sequential"`` (layer by
+    layer on the int8 model, the reference); None: fast for ``"weights"``, sequential for the other errors.
+    ``fast_inputs``: whose inputs the fast form measures, the float model's (``"float"``, default) or the
+    uncorrected int8 model's (``"int8"``). ``schedule`` (sequential form): ``"levels"`` (independent layers share
+    a pass) or ``"sequential"`` (one pass per layer); both give the same biases.
     ``skip_logits`` (default) leaves the class-scoring Convs as emitted: their mean error over all pixels is
     dominated by confidently classified ones, and shifting a class's logits everywhere to cancel it moved the
     contested pixels the wrong way (measured on the demo fcn16s at npu-pow2: -0.69 mIoU with its score Convs
@@ -82,6 +97,8 @@ class BiasCorrectionOptions:
     error: str = "weights"
     schedule: str = "levels"
     skip_logits: bool = True
+    form: str | None = None
+    fast_inputs: str = "float"
 
     def __post_init__(self) -> None:
         if self.error not in ERRORS:
@@ -89,6 +106,21 @@ class BiasCorrectionOptions:
         if self.schedule not in SCHEDULES:
             raise FcnquantError(f"unknown bias-correction schedule {self.schedule!r}; choose from "
                                 f"{', '.join(SCHEDULES)}")
+        if self.form is not None and self.form not in FORMS:
+            raise FcnquantError(f"unknown bias-correction form {self.form!r}; choose from {', '.join(FORMS)}")
+        if self.form == "fast" and self.error != "weights":
+            raise FcnquantError(f"the fast bias correction cancels the weight rounding only (error 'weights'), not "
+                                f"{self.error!r}: use the sequential form")
+        if self.fast_inputs not in FAST_INPUTS:
+            raise FcnquantError(f"unknown fast bias-correction inputs {self.fast_inputs!r}; choose from "
+                                f"{', '.join(FAST_INPUTS)}")
+
+    @property
+    def resolved_form(self) -> str:
+        """Returns the form that runs: ``form``, else fast for ``error="weights"`` and sequential otherwise."""
+        if self.form is not None:
+            return self.form
+        return "fast" if self.error == "weights" else "sequential"
 
 
 @dataclass(frozen=True)
@@ -134,6 +166,8 @@ def correct_biases(
     data: DataConfig | Dataset | str | os.PathLike[str] | None = None,
     run: RunConfig | Executor | None = None,
     options: BiasCorrectionOptions | None = None,
+    *,
+    tap_means: Mapping | None = None,
 ) -> BiasCorrectionResult:
     """Returns the BiasCorrectionResult: a copy of the QDQ model ``qmodel`` whose int32 Conv biases cancel each
     layer's mean output error against ``float_model`` over the calibration images of ``data``.
@@ -143,7 +177,10 @@ def correct_biases(
     :class:`~fcnquant.data.DataConfig` (or a dataset root / open ``Dataset``, all of its images) with the
     calibration ``ids`` (else a seeded selection of ``num_images``) and the preprocessing (``preset``, ``size``,
     ``mean``, ``std``; default the model's own). ``run``: the executor and batch size; the result does not depend
-    on the number of shards. ``options``: :class:`BiasCorrectionOptions`.
+    on the number of shards. ``options``: :class:`BiasCorrectionOptions`. ``tap_means``: the fast form's
+    statistics of the float model measured already ({(tensor, TapGeometry): TapMeans}, as
+    :func:`~fcnquant.recover.bias_correction.targets.float_tap_specs` names them, e.g. collected in the
+    calibration pass): the layers they cover need no pass of their own.
     """
     options = options or BiasCorrectionOptions()
     cfg, run = DataConfig.of(data, split=None), RunConfig.of(run)
@@ -163,6 +200,13 @@ def correct_biases(
         log.warning("bias correction: no quantized Conv with an int32 bias in the model; nothing corrected")
         return BiasCorrectionResult(qm, (), tuple(skipped), options.schedule, 0, len(ids), time.perf_counter() - t0)
     passes = _MeansPass(executor, dataset, ids, cfg, run.batch_size)
+    if options.resolved_form == "fast":
+        known = dict(tap_means or {}) if options.fast_inputs == "float" else {}
+        layers, more, count = _correct_fast(passes, qm, fm, targets, options.fast_inputs, known)
+        seconds = time.perf_counter() - t0
+        log.info("bias correction (fast, %s inputs): %d layers, %d pass(es) over %d images in %.1f s",
+                 options.fast_inputs, len(layers), count, len(ids), seconds)
+        return BiasCorrectionResult(qm, tuple(layers), tuple(skipped + more), "fast", count, len(ids), seconds)
     by_weights = options.error in ("weights", "weights+rounding")
     if by_weights:
         plain = [t.node for t in targets if t.delta_w is None]
@@ -176,8 +220,12 @@ def correct_biases(
         float_means = {n: acc.mean for n, acc in accs.items()}
     groups = _groups(qm, targets, options.schedule)
     layers: list[LayerCorrection] = []
-    for k, group in enumerate(groups):
-        layers += _correct_group(passes, qm, group, options.error, float_means, k, len(groups))
+    # one line per 10 s over all the passes without a terminal (each pass may take less), a bar on one
+    with Progress(len(groups), f"bias correction ({len(groups)} passes)", enabled=executor.progress,
+                  unit="pass", leave=False) as bar:
+        for k, group in enumerate(groups):
+            layers += _correct_group(passes, qm, group, options.error, float_means, k, len(groups))
+            bar.update(1)
     count = len(groups) + (1 if needs_float else 0)
     seconds = time.perf_counter() - t0
     log.info("bias correction (%s): %d layers, %d passes over %d images in %.1f s", options.schedule, len(layers),
@@ -240,6 +288,44 @@ def _correct_group(passes: "_MeansPass", qm, group: list[Target], error: str, fl
     return layers
 
 
+def _correct_fast(passes: "_MeansPass", qm, fm, targets: list[Target], inputs: str, known: dict
+                  ) -> tuple[list[LayerCorrection], list[tuple[str, str]], int]:
+    """Measures every layer's input tap means in one pass (of the float model, or of the uncorrected int8 model;
+    none for those in ``known``) and corrects each bias by its weight rounding's mean shift plus the bias's own
+    rounding; returns (what was done, [(node, reason)] of the layers left as emitted, passes run)."""
+    from onnx import numpy_helper
+
+    fast = [t for t in targets if t.taps is not None]
+    skipped = [(t.node, "the fast form handles 2-D Conv/ConvTranspose with constant weights only (use the "
+                "sequential form)") for t in targets if t.taps is None]
+    for node, reason in skipped:
+        log.info("bias correction skips %s: %s", node, reason)
+    if not fast:
+        return [], skipped, 0
+    model = fm if inputs == "float" else qm
+    specs: dict[tuple, tuple[str, TapGeometry]] = {}
+    for t in fast:  # one accumulator per input tensor and geometry (layers reading the same windows share it)
+        tensor = t.float_input if inputs == "float" else t.input
+        if (tensor, t.taps.geometry) not in known:
+            specs.setdefault((tensor, t.taps.geometry), (tensor, t.taps.geometry))
+    accs = dict(known)
+    if specs:
+        tensors = list(dict.fromkeys(name for name, _ in specs.values()))
+        accs.update(passes.run(cut_at(model, tensors), specs, f"bias correction: {len(specs)} layers, one pass"))
+    inits = {init.name: init for init in qm.graph.initializer}
+    layers = []
+    for t in fast:
+        tensor = t.float_input if inputs == "float" else t.input
+        means = accs[(tensor, t.taps.geometry)].mean
+        b_now = numpy_helper.to_array(inits[t.bias_init]).astype(np.float64) * t.bias_scale
+        err = tap_shift_means(t.taps.delta_w, means, t.taps.group, t.taps.geometry.transposed) + b_now \
+            - t.taps.float_bias
+        apply_correction(inits[t.bias_init], t.bias_scale, err)
+        layers.append(LayerCorrection(t.node, t.output, int(err.size), float(np.abs(err).mean()),
+                                      float(np.abs(err).max()), 1))
+    return layers, skipped, 1 if specs else 0
+
+
 class _MeansPass:
     """Runs a model over the calibration images on the executor, merging the shards' per-channel means."""
 
@@ -269,8 +355,7 @@ def means_shard(ctx: ShardContext, data: DataConfig, batch_size: int, specs: Spe
     # graph optimisation "all", intra-op threads not spinning: the collection session's settings
     session = ctx.session("model", optimization="all", spinning=False, disabled_optimizers=())
     record = ctx.start > 0
-    accs = {key: (tensor, WindowMeans(*geometry, record=record) if geometry is not None else
-                  ChannelMeans(record=record)) for key, (tensor, geometry) in specs.items()}
+    accs = {key: (tensor, _accumulator(geometry, record)) for key, (tensor, geometry) in specs.items()}
     input_name, shape = input_spec(session)
     names = list(dict.fromkeys(t for t, _ in accs.values()))
     fetch = [n for n in names if n != input_name]
@@ -284,3 +369,13 @@ def means_shard(ctx: ShardContext, data: DataConfig, batch_size: int, specs: Spe
             acc.update(values[tensor][:mb.n])
         ctx.advance(mb.n)
     return {key: acc for key, (_, acc) in accs.items()}
+
+
+def _accumulator(geometry, record: bool):
+    """Returns the accumulator of one spec: TapMeans (a TapGeometry), WindowMeans (a geometry tuple) or
+    ChannelMeans (None)."""
+    if isinstance(geometry, TapGeometry):
+        return TapMeans(geometry, record=record)
+    if geometry is not None:
+        return WindowMeans(*geometry, record=record)
+    return ChannelMeans(record=record)

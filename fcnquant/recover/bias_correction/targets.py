@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from fcnquant.recover.bias_correction.channel_means import corrected_int32_bias
+from fcnquant.recover.bias_correction.taps import TapGeometry
 
 _WEIGHTED = ("Conv", "ConvTranspose")
 
@@ -26,6 +27,19 @@ class Target:
     delta_w: np.ndarray | None = None  # dequantized int8 weights - float weights (Cout, Cin, KH, KW)
     float_bias: np.ndarray | None = None  # the float model's bias (its int32 rounding is part of the error)
     float_weight: np.ndarray | None = None  # the float model's weights
+    float_input: str = ""  # the Conv's input tensor in the float model
+    taps: "TapLayer | None" = None  # what the fast form needs (None: a layer it cannot correct)
+
+
+@dataclass(frozen=True)
+class TapLayer:
+    """A 2-D Conv / ConvTranspose as the fast form corrects it: its geometry and group, its weight error
+    (dequantized int8 minus float weights, in the op's own layout) and the float model's bias."""
+
+    geometry: TapGeometry
+    group: int
+    delta_w: np.ndarray
+    float_bias: np.ndarray
 
 
 #: ops a mean shift passes through unchanged in kind (no decision is taken on the value): the path from a score
@@ -112,7 +126,9 @@ def find_targets(qmodel, float_model, *, skip_logits: bool = True) -> tuple[list
         scale = np.broadcast_to(numpy_helper.to_array(inits[scale_name]).astype(np.float64), (channels,)).copy()
         seen_bias.add(b_init.name)
         targets.append(Target(node.name, node.output[0], b_init.name, scale, float_node.output[0], node.input[0],
-                               *_weight_error(node, w_src, inits, float_node, float_inits)))
+                               *_weight_error(node, w_src, inits, float_node, float_inits),
+                               float_input=float_node.input[0],
+                               taps=tap_layer(node, w_src, inits, float_node, float_inits)))
     return targets, skipped
 
 
@@ -149,6 +165,69 @@ def _weight_error(node, w_dq, inits, float_node, float_inits) -> tuple:
                 tuple(a.get("dilations", [1, 1])))
     return geometry, w_deq - w_float, b_float, w_float
 
+
+def tap_geometry(node, weight_shape: Sequence[int]) -> TapGeometry | None:
+    """Returns the TapGeometry of a 2-D Conv / ConvTranspose ``node`` with weights of ``weight_shape``, or None
+    when the fast form cannot take it (not 2-D; a ConvTranspose with ``output_shape`` or ``auto_pad``)."""
+    from onnx import helper
+
+    if node.op_type not in _WEIGHTED or len(weight_shape) != 4:
+        return None
+    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    auto_pad = a.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    transposed = node.op_type == "ConvTranspose"
+    if transposed and (auto_pad != "NOTSET" or "output_shape" in a):
+        return None
+    pads = tuple(int(p) for p in a.get("pads", [0, 0, 0, 0]))
+    return TapGeometry(tuple(int(k) for k in weight_shape[2:]), (pads[0], pads[1], pads[2], pads[3]),
+                       tuple(int(v) for v in a.get("strides", [1, 1])),
+                       tuple(int(v) for v in a.get("dilations", [1, 1])), transposed,
+                       tuple(int(v) for v in a.get("output_padding", [0, 0])), auto_pad)
+
+
+def float_tap_specs(float_model) -> dict[tuple[str, TapGeometry], tuple[str, TapGeometry]]:
+    """Returns {(input tensor, geometry): (input tensor, geometry)} of every 2-D Conv / ConvTranspose of the float
+    model with constant weights: the tap means the fast form may need, known before the int8 model exists."""
+    inits = {t.name: t for t in float_model.graph.initializer}
+    specs = {}
+    for node in float_model.graph.node:
+        if node.op_type in _WEIGHTED and len(node.input) > 1 and node.input[1] in inits:
+            geometry = tap_geometry(node, list(inits[node.input[1]].dims))
+            if geometry is not None:
+                specs[(node.input[0], geometry)] = (node.input[0], geometry)
+    return specs
+
+
+def tap_layer(node, w_dq, inits, float_node, float_inits) -> TapLayer | None:
+    """Returns the TapLayer of a quantized 2-D Conv or ConvTranspose (any group, explicit or automatic pads), or
+    None when the fast form cannot correct it (weights or scales not constant, :func:`tap_geometry` None)."""
+    from onnx import helper, numpy_helper
+
+    if len(float_node.input) < 2 or float_node.input[1] not in float_inits:
+        return None
+    if w_dq.input[0] not in inits or w_dq.input[1] not in inits:
+        return None
+    w_float = numpy_helper.to_array(float_inits[float_node.input[1]]).astype(np.float64)
+    geometry = tap_geometry(node, w_float.shape)
+    if geometry is None:
+        return None
+    w_int = numpy_helper.to_array(inits[w_dq.input[0]]).astype(np.float64)
+    w_scale = numpy_helper.to_array(inits[w_dq.input[1]]).astype(np.float64)
+    zp = (numpy_helper.to_array(inits[w_dq.input[2]]).astype(np.float64)
+          if len(w_dq.input) > 2 and w_dq.input[2] in inits else np.zeros_like(w_scale))
+    if w_scale.ndim == 1 and w_scale.size > 1:  # per channel along the DequantizeLinear's axis (default 1)
+        axis = next((x.i for x in w_dq.attribute if x.name == "axis"), 1) % 4
+        shape = [1, 1, 1, 1]
+        shape[axis] = -1
+        w_scale, zp = w_scale.reshape(shape), zp.reshape(shape)
+    group = int(next((helper.get_attribute_value(x) for x in node.attribute if x.name == "group"), 1))
+    channels = w_float.shape[1] * group if geometry.transposed else w_float.shape[0]
+    if len(float_node.input) > 2 and float_node.input[2] in float_inits:
+        b_float = numpy_helper.to_array(float_inits[float_node.input[2]]).astype(np.float64)
+    else:
+        b_float = np.zeros(channels)
+    return TapLayer(geometry, group, (w_int - zp) * w_scale - w_float, b_float)
 
 
 def dependency_levels(model, outputs: Sequence[str]) -> dict[str, int]:

@@ -38,6 +38,8 @@ def calib(ds, ids) -> DataConfig:
 
 
 def correct(qmodel, fpath, ds, ids, run=QUIET, **options):
+    """The sequential form (the reference these tests check) unless ``options`` name another."""
+    options.setdefault("form", "sequential")
     return correct_biases(qmodel, fpath, calib(ds, ids), run, BiasCorrectionOptions(**options))
 
 
