@@ -7,8 +7,9 @@ and measures its disagreement with onnxruntime's simulation, a shard function ru
 from __future__ import annotations
 
 from fcnquant.emulate.interpret import Emulated, run_program
+from fcnquant.emulate.measure import EmulationReport, emulate_eval
 from fcnquant.emulate.program import IntProgram, QTensor, Step, build_program
 from fcnquant.emulate.target import Arithmetic, arithmetic_of, model_target
 
-__all__ = ["Arithmetic", "Emulated", "IntProgram", "QTensor", "Step", "arithmetic_of", "build_program",
+__all__ = ["Arithmetic", "Emulated", "EmulationReport", "emulate_eval", "IntProgram", "QTensor", "Step", "arithmetic_of", "build_program",
            "model_target", "run_program"]

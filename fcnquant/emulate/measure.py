@@ -102,23 +102,34 @@ class EmulationReport:
         }
 
     def format_text(self, layers: int | None = None) -> str:
-        """Returns the terminal summary: both mIoUs, the class disagreement, then the layers that differ."""
-        a = self.arithmetic
-        lines = [
-            f"emulated integer arithmetic: target {a['target']}, rounding {a['rounding']}, "
-            f"{a['accumulator_bits']}-bit accumulator, resize coefficients {a['resize_bits']} fraction bits",
-            f"  mIoU emulated {self.emulated.miou:.2f}, onnxruntime's simulation {self.simulated_miou:.2f} "
-            f"(gap {self.miou_gap:+.3f}) on {self.images} images",
-            f"  pixels whose class differs: {self.disagreement:.3f} % ({self.differing_pixels} of {self.pixels})",
-        ]
-        differ = [x for x in self.layers if x.max_lsb]
-        lines.append(f"  integer tensors that differ from onnxruntime's: {len(differ)} of {len(self.layers)}")
-        for x in differ[:layers]:
-            lines.append(f"    {x.name:<40} {x.op:<13} max {x.max_lsb:>3} LSB, "
-                         f"{100.0 * x.differing / max(x.values, 1):.4f} % of values")
-        if self.overflows:
-            lines.append(f"  accumulator overflows (wrapped): {dict(self.overflows)}")
-        return "\n".join(lines)
+        """Returns the terminal summary (:func:`format_emulation` of ``to_dict()``)."""
+        return format_emulation(self.to_dict(), layers)
+
+
+def format_emulation(d: dict, layers: int | None = None) -> str:
+    """Returns the terminal summary of an ``EmulationReport.to_dict()``: both mIoUs, the class disagreement, then
+    the first ``layers`` integer tensors that differ from onnxruntime's (all when None)."""
+    a = d["arithmetic"]
+
+    def num(v, spec=".2f"):
+        return "-" if v is None else format(v, spec)
+
+    lines = [
+        f"emulated integer arithmetic: target {a['target']}, rounding {a['rounding']}, "
+        f"{a['accumulator_bits']}-bit accumulator, resize coefficients {a['resize_bits']} fraction bits",
+        f"  mIoU emulated {num(d['miou_emulated'])}, onnxruntime's simulation {num(d['miou_simulated'])} "
+        f"(gap {num(d['miou_gap'], '+.3f')}) on {d['images']} images",
+        f"  pixels whose class differs: {num(d['class_disagreement_percent'], '.3f')} % ({d['differing_pixels']} "
+        f"of {d['pixels']})",
+    ]
+    differ = [x for x in d["layers"] if x["max_lsb"]]
+    lines.append(f"  integer tensors that differ from onnxruntime's: {len(differ)} of {len(d['layers'])}")
+    for x in differ[:layers]:
+        lines.append(f"    {x['name']:<40} {x['op']:<13} max {x['max_lsb']:>3} LSB, "
+                     f"{100.0 * x['differing'] / max(x['values'], 1):.4f} % of values")
+    if d.get("accumulator_overflows"):
+        lines.append(f"  accumulator overflows (wrapped): {d['accumulator_overflows']}")
+    return "\n".join(lines)
 
 
 def emulate_shard(ctx: ShardContext, data: DataConfig, batch_size: int, arithmetic: Arithmetic,
