@@ -87,7 +87,8 @@ def multiplier(ratio: float) -> tuple[int, int]:
 
 def requantize(acc: np.ndarray, ratios: np.ndarray, rounding: str, qmin: int, qmax: int,
                relu_at: int | None = None, axis: int = 1) -> np.ndarray:
-    """Returns the integers ``clip(round(acc * ratio) + 0, qmin, qmax)`` as int64, rounding by ``rounding``.
+    """Returns the integers ``clip(round(acc * ratio), qmin, qmax)`` (int64, or float64 holding them), rounding by
+    ``rounding``.
 
     ``acc``: the integer accumulator (int64 or float64 holding integers); ``ratios``: accumulator scale / output
     scale, one value or one per index of ``axis``. A power-of-two ratio is an arithmetic shift; any other is the
@@ -104,7 +105,7 @@ def requantize(acc: np.ndarray, ratios: np.ndarray, rounding: str, qmin: int, qm
     if all(m == 1 for m, _ in pairs) and np.abs(acc).max(initial=0) < 2 ** 51:
         scale = np.array([2.0 ** -n for _, n in pairs]).reshape(shape)
         out = round_pow2_float(np.asarray(acc, np.float64) * scale, rounding)
-        return np.clip(out, qmin, qmax).astype(np.int64)
+        return np.clip(out, qmin, qmax, out=out)  # integers in float64: the caller casts once
     mult = np.array([m for m, _ in pairs], np.int64).reshape(shape)
     shift = np.array([n for _, n in pairs], np.int64).reshape(shape)
     return np.clip(round_shift(np.asarray(acc).astype(np.int64) * mult, shift, rounding), qmin, qmax)

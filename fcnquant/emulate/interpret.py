@@ -82,9 +82,9 @@ def _requantize(acc: np.ndarray, acc_scale, s: Step, a: Arithmetic) -> np.ndarra
 
 
 def _centered(values: dict[str, np.ndarray], t: QTensor) -> np.ndarray:
-    """Returns the integer tensor ``t`` minus its zero point (int32)."""
-    v = values[t.name].astype(np.int32)
-    return v - t.zero_point if t.zero_point else v
+    """Returns the integer tensor ``t`` minus its zero point (int32; the stored integers when it is 0)."""
+    v = values[t.name]
+    return v.astype(np.int32) - t.zero_point if t.zero_point else v
 
 
 def _accumulate(s: Step, values: dict[str, np.ndarray], a: Arithmetic) -> tuple[np.ndarray, object]:
