@@ -52,16 +52,21 @@ def round_shift(x: np.ndarray, n: np.ndarray | int, rounding: str) -> np.ndarray
 
 
 def round_pow2_float(y: np.ndarray, rounding: str) -> np.ndarray:
-    """Returns ``y`` (float64 holding ``x * 2**-n`` exactly, ``|y| < 2**51``) rounded as :func:`round_shift`
-    rounds ``x >> n``: the same integers, computed in float64 (faster; every step exact)."""
+    """Rounds ``y`` in place (float64 holding ``x * 2**-n`` exactly, ``|y| < 2**51``) as :func:`round_shift` rounds
+    ``x >> n``: the same integers, computed in float64 (faster; every step exact); returns ``y``."""
     if rounding == "half_even":
-        return np.rint(y)
+        return np.rint(y, out=y)
     if rounding == "half_up":
-        return np.floor(y + 0.5)
+        y += 0.5
+        return np.floor(y, out=y)
     if rounding == "half_away":
-        return np.copysign(np.floor(np.abs(y) + 0.5), y)
+        sign = np.signbit(y)
+        np.abs(y, out=y)
+        y += 0.5
+        np.floor(y, out=y)
+        return np.negative(y, out=y, where=sign)
     if rounding == "floor":
-        return np.floor(y)
+        return np.floor(y, out=y)
     raise ValueError(f"unknown rounding {rounding!r}; choose from {', '.join(ROUNDINGS)}")
 
 
@@ -85,27 +90,30 @@ def multiplier(ratio: float) -> tuple[int, int]:
     return big, n
 
 
-def requantize(acc: np.ndarray, ratios: np.ndarray, rounding: str, qmin: int, qmax: int,
-               relu_at: int | None = None, axis: int = 1) -> np.ndarray:
+def requantize(acc: np.ndarray, ratios: np.ndarray, rounding: str, qmin: int, qmax: int, relu: bool = False,
+               axis: int = 1) -> np.ndarray:
     """Returns the integers ``clip(round(acc * ratio), qmin, qmax)`` (int64, or float64 holding them), rounding by
     ``rounding``.
 
-    ``acc``: the integer accumulator (int64 or float64 holding integers); ``ratios``: accumulator scale / output
-    scale, one value or one per index of ``axis``. A power-of-two ratio is an arithmetic shift; any other is the
-    fixed-point multiply of :func:`multiplier` then a rounding shift (``acc * M`` in int64: exact for a 32-bit
-    accumulator). ``relu_at``: clamp the accumulator below at this value first (a fused Relu: 0).
+    ``acc``: the integer accumulator (int64, or float64 holding integers), within a 48-bit accumulator (so
+    ``acc * 2**-k`` and the rounding are exact in float64 wherever the result is not saturated); ``ratios``:
+    accumulator scale / output scale, one value or one per index of ``axis``. A power-of-two ratio is an
+    arithmetic shift; any other is the fixed-point multiply of :func:`multiplier` then a rounding shift (``acc * M``
+    in int64: exact for a 32-bit accumulator). ``relu``: clamp the accumulator at 0 first (a fused Relu).
     """
     ratios = np.atleast_1d(np.asarray(ratios, np.float64))
     pairs = [multiplier(r) for r in ratios]
     shape = [1] * acc.ndim
     if ratios.size > 1:
         shape[axis] = ratios.size
-    if relu_at is not None:
-        acc = np.maximum(acc, relu_at)
-    if all(m == 1 for m, _ in pairs) and np.abs(acc).max(initial=0) < 2 ** 51:
+    if all(m == 1 for m, _ in pairs):
         scale = np.array([2.0 ** -n for _, n in pairs]).reshape(shape)
-        out = round_pow2_float(np.asarray(acc, np.float64) * scale, rounding)
-        return np.clip(out, qmin, qmax, out=out)  # integers in float64: the caller casts once
+        y = np.multiply(acc, scale, dtype=np.float64)
+        if relu:
+            np.maximum(y, 0.0, out=y)  # a positive scale keeps the sign: max(acc, 0) * s = max(acc * s, 0)
+        return np.clip(round_pow2_float(y, rounding), qmin, qmax, out=y)  # the caller casts once
+    if relu:
+        acc = np.maximum(acc, 0)
     mult = np.array([m for m, _ in pairs], np.int64).reshape(shape)
     shift = np.array([n for _, n in pairs], np.int64).reshape(shape)
     return np.clip(round_shift(np.asarray(acc).astype(np.int64) * mult, shift, rounding), qmin, qmax)
@@ -114,10 +122,9 @@ def requantize(acc: np.ndarray, ratios: np.ndarray, rounding: str, qmin: int, qm
 def wrap(acc: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
     """Returns (``acc`` wrapped to a two's-complement ``bits``-bit accumulator, how many values overflowed)."""
     lim = 2 ** (bits - 1)
-    over = (acc >= lim) | (acc < -lim)
-    count = int(over.sum())
-    if not count:
+    if acc.size == 0 or (acc.max() < lim and acc.min() >= -lim):
         return acc, 0
+    count = int(((acc >= lim) | (acc < -lim)).sum())
     a = np.asarray(acc).astype(np.int64)
     return ((a + lim) % (2 * lim)) - lim, count
 

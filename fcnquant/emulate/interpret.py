@@ -77,8 +77,8 @@ def _requantize(acc: np.ndarray, acc_scale, s: Step, a: Arithmetic) -> np.ndarra
     qmin, qmax = out.qrange
     ratios = np.atleast_1d(np.asarray(acc_scale, np.float64)) / out.scale
     q = arith.requantize(acc, ratios, a.rounding, qmin - out.zero_point, qmax - out.zero_point,
-                         relu_at=0 if s.relu else None)
-    return (q + out.zero_point).astype(_NUMPY[out.dtype])
+                         relu=s.relu)
+    return (q + out.zero_point if out.zero_point else q).astype(_NUMPY[out.dtype])
 
 
 def _centered(values: dict[str, np.ndarray], t: QTensor) -> np.ndarray:
