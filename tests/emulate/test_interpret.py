@@ -11,7 +11,6 @@ from fcnquant.emulate import Arithmetic, build_program, run_program
 def _hand_model():
     """x (1,1,2,2) -Q(0.5)-> Conv 1x1 (w 3 at 2**-2, bias 5 at 2**-3) -Q(1)-> Add(conv, x) -Q(1)-> Resize 2x2->3x3
     (bilinear, align_corners) -Q(1)-> DQ output."""
-    import onnx
     from onnx import TensorProto as T
     from onnx import helper as h
     from onnx import numpy_helper as nh
@@ -107,14 +106,12 @@ def _qlinear_conv(step, x: np.ndarray) -> np.ndarray:
     from fcnquant.runtime import make_session
 
     t, out = step.inputs[0], step.out
-    scalar = (lambda v, d: np.array(v, d))
-    inits = [nh.from_array(scalar(t.scale, np.float32), "xs"), nh.from_array(scalar(t.zero_point, np.int8), "xz"),
-             nh.from_array(step.weight.astype(np.int8), "w"),
-             nh.from_array(np.asarray(step.weight_scale, np.float32).reshape(()) if step.weight_scale.size == 1
-                           else np.asarray(step.weight_scale, np.float32), "ws"),
-             nh.from_array(np.zeros(step.weight_scale.shape, np.int8).reshape(()) if step.weight_scale.size == 1
-                           else np.zeros(step.weight_scale.shape, np.int8), "wz"),
-             nh.from_array(scalar(out.scale, np.float32), "ys"), nh.from_array(scalar(out.zero_point, np.int8), "yz"),
+    ws = np.asarray(step.weight_scale, np.float32)
+    ws = ws.reshape(()) if ws.size == 1 else ws
+    inits = [nh.from_array(np.array(t.scale, np.float32), "xs"), nh.from_array(np.array(t.zero_point, np.int8), "xz"),
+             nh.from_array(step.weight.astype(np.int8), "w"), nh.from_array(ws, "ws"),
+             nh.from_array(np.zeros(ws.shape, np.int8), "wz"),
+             nh.from_array(np.array(out.scale, np.float32), "ys"), nh.from_array(np.array(out.zero_point, np.int8), "yz"),
              nh.from_array(step.bias.astype(np.int32), "b")]
     attrs = {k: v for k, v in step.attrs.items() if k in ("pads", "strides", "dilations", "group", "kernel_shape")}
     node = h.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"], **attrs)
