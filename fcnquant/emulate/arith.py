@@ -141,7 +141,8 @@ def conv_acc(x: np.ndarray, w: np.ndarray, *, strides=(1, 1), pads=(0, 0, 0, 0),
     """Returns the exact integer accumulator ``sum x * w`` of a 2-D convolution (float64, integers).
 
     ``x``: (N, C, H, W) integers with the zero point already subtracted; ``w``: (O, C/group, kh, kw) integers
-    likewise; ``pads``: (top, left, bottom, right), padded with 0 (the real zero).
+    likewise; ``pads``: (top, left, bottom, right), padded with 0 (the real zero). The sums run in float32 chunks
+    (see the module doc); operands too wide for useful float32 chunks (int16 activations) sum in float64.
     """
     if group != 1:
         ci, co = x.shape[1] // group, w.shape[0] // group
@@ -149,15 +150,17 @@ def conv_acc(x: np.ndarray, w: np.ndarray, *, strides=(1, 1), pads=(0, 0, 0, 0),
                                         pads=pads, dilations=dilations) for g in range(group)], axis=1)
     n, c, _, _ = x.shape
     o, _, kh, kw = w.shape
-    xp = _pad(np.asarray(x, np.float32), pads, 0.0)
+    product = max(float(np.abs(w).max(initial=0)) * float(np.abs(x).max(initial=0)), 1.0)
+    limit = int(_F32_EXACT // product)  # terms per exact float32 sum
+    carrier = np.float32
+    if limit < 256:  # wide operands (int16 activations): float64 sums, exact below 2**53
+        carrier, limit = np.float64, max(1, int(2.0 ** 53 // product))
+    xp = _pad(np.asarray(x, carrier), pads, 0.0)
     (sh, sw), (dh, dw) = strides, dilations
     ho = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
     wo = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
-    wmax = float(np.abs(w).max(initial=0))
-    xmax = float(np.abs(x).max(initial=0))
-    limit = max(1, int(_F32_EXACT // max(wmax * xmax, 1.0)))  # terms per exact float32 sum
     offsets = [(i, j) for i in range(kh) for j in range(kw)]
-    wf = np.asarray(w, np.float32)
+    wf = np.asarray(w, carrier)
     # chunks of (offsets, channel slice) whose sum has at most `limit` terms
     chunks = []
     if c <= limit:
@@ -165,7 +168,7 @@ def conv_acc(x: np.ndarray, w: np.ndarray, *, strides=(1, 1), pads=(0, 0, 0, 0),
         chunks = [(offsets[k:k + per], slice(0, c)) for k in range(0, len(offsets), per)]
     else:
         chunks = [([off], slice(s, min(s + limit, c))) for off in offsets for s in range(0, c, limit)]
-    out = np.zeros((n, o, ho * wo), np.float64 if len(chunks) > 1 else np.float32)
+    out = np.zeros((n, o, ho * wo), np.float64 if len(chunks) > 1 else carrier)
     for offs, cs in chunks:
         wk = np.concatenate([wf[:, cs, i, j] for i, j in offs], axis=1)  # (O, K)
         for b in range(n):
