@@ -61,19 +61,25 @@ def int8_model(name: str, workdir: Path) -> Path:
     return out
 
 
-def accuracy_row(name: str, heldout: Path, images: int, workdir: Path) -> dict:
-    """Returns the emulated-vs-simulated row of one demo model on ``images`` held-out images."""
+def accuracy_row(name: str, heldout: Path, images: int, workdir: Path, rounding: str | None = None) -> dict:
+    """Returns the emulated-vs-simulated row of one demo model on ``images`` held-out images (``rounding``: the
+    target's own when None, else that rule instead: half_even isolates the differences that are not rounding)."""
+    from dataclasses import replace
+
     from fcnquant.data import DataConfig
-    from fcnquant.emulate import emulate_eval
+    from fcnquant.emulate import arithmetic_of, emulate_eval
     from fcnquant.execute import RunConfig
 
     model = int8_model(name, workdir)
+    arithmetic = arithmetic_of("npu-pow2")
+    arithmetic = replace(arithmetic, rounding=rounding) if rounding else arithmetic
     load_start = load_average()[0]
-    rep = emulate_eval(model, DataConfig(root=heldout, split="val", num_images=images), RunConfig(progress=False))
+    rep = emulate_eval(model, DataConfig(root=heldout, split="val", num_images=images), RunConfig(progress=False),
+                       arithmetic=arithmetic)
     d = rep.to_dict()
     worst = sorted(d["layers"], key=lambda x: -x["max_lsb"])[:3]
     return {
-        "model": name, "images": rep.images, "miou_emulated": d["miou_emulated"],
+        "model": name, "rounding": arithmetic.rounding, "images": rep.images, "miou_emulated": d["miou_emulated"],
         "miou_onnxruntime": d["miou_simulated"], "miou_gap": d["miou_gap"],
         "class_agreement_percent": round(100 - rep.disagreement, 4),
         "layers_differing": sum(1 for x in d["layers"] if x["max_lsb"]), "layers": len(d["layers"]),
@@ -130,6 +136,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fcnquant-bench-emulate")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--rounding", help="emulate with this rounding instead of npu-pow2's (e.g. half_even)")
     args = p.parse_args(argv)
     if not (args.heldout / "VOC2012").is_dir():
         from fcnquant.data import write_synthetic_voc
@@ -146,8 +153,9 @@ def main(argv=None) -> int:
         print(json.dumps(result["speed"]), file=sys.stderr, flush=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
     for name in [m for m in args.models.split(",") if m]:
-        row = accuracy_row(name, args.heldout, args.images, args.work)
-        result["accuracy"] = [r for r in result.get("accuracy", []) if r["model"] != name] + [row]
+        row = accuracy_row(name, args.heldout, args.images, args.work, args.rounding)
+        result["accuracy"] = [r for r in result.get("accuracy", [])
+                              if (r["model"], r.get("rounding")) != (name, row["rounding"])] + [row]
         print(json.dumps(row), file=sys.stderr, flush=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
