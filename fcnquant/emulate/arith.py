@@ -171,11 +171,13 @@ def conv_acc(x: np.ndarray, w: np.ndarray, *, strides=(1, 1), pads=(0, 0, 0, 0),
     out = np.zeros((n, o, ho * wo), np.float64 if len(chunks) > 1 else carrier)
     for offs, cs in chunks:
         wk = np.concatenate([wf[:, cs, i, j] for i, j in offs], axis=1)  # (O, K)
+        width = cs.stop - cs.start
+        cols = np.empty((len(offs) * width, ho, wo), carrier)
         for b in range(n):
-            cols = np.concatenate([xp[b, cs, i * dh:i * dh + sh * (ho - 1) + 1:sh,
-                                      j * dw:j * dw + sw * (wo - 1) + 1:sw].reshape(-1, ho * wo)
-                                   for i, j in offs], axis=0)
-            out[b] += wk @ cols
+            for k, (i, j) in enumerate(offs):  # im2col, one copy per kernel offset
+                cols[k * width:(k + 1) * width] = xp[b, cs, i * dh:i * dh + sh * (ho - 1) + 1:sh,
+                                                     j * dw:j * dw + sw * (wo - 1) + 1:sw]
+            out[b] += wk @ cols.reshape(len(offs) * width, ho * wo)
     return out.reshape(n, o, ho, wo).astype(np.float64, copy=False)
 
 
