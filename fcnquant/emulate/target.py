@@ -1,15 +1,14 @@
-"""The target's arithmetic rules the emulator follows, read from a :class:`~fcnquant.calibrate.qparams.Target`."""
+"""The target's arithmetic rules the emulator follows, read from a :class:`~fcnquant.targets.Target`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from fcnquant.emulate.arith import RESIZE_FRAC_BITS, ROUNDINGS
 from fcnquant.errors import CalibrationError
 
 #: the target the emulator assumes for a model whose metadata names none
 DEFAULT_TARGET = "npu-pow2"
-#: the built-in targets' requantization rounding (a target that does not declare one)
-BUILTIN_ROUNDING = {"npu-pow2": "half_up", "ort-cpu": "half_even", "tensorrt": "half_even"}
 
 
 @dataclass(frozen=True)
@@ -42,24 +41,21 @@ class Arithmetic:
 
 
 def arithmetic_of(target) -> Arithmetic:
-    """Returns the Arithmetic of ``target`` (a Target or its name), with the built-in rules for fields it lacks.
-
-    The one place that reads the target's arithmetic fields (``rounding``, ``accumulator_bits``, ``add_concat``,
-    ``max_shift``); a target that does not carry them gets its built-in rounding (or half_even), 32 bits, shift
-    alignment within 8 bits.
-    """
-    from fcnquant.calibrate.qparams import get_target
+    """Returns the Arithmetic of ``target`` (a :class:`~fcnquant.targets.Target`, a built-in name or the path of a
+    target file): its ``rounding``, ``accumulator_bits``, ``add_concat`` and ``max_shift``."""
+    from fcnquant.targets import get_target
 
     t = get_target(target)
-    return Arithmetic(
-        target=t.name,
-        rounding=getattr(t, "rounding", BUILTIN_ROUNDING.get(t.name, "half_even")),
-        accumulator_bits=int(getattr(t, "accumulator_bits", 32)),
-        add_concat=getattr(t, "add_concat", "shift"),
-        max_shift=int(getattr(t, "max_shift", 8)),
-    )
+    return Arithmetic(target=t.name, rounding=t.rounding, accumulator_bits=int(t.accumulator_bits),
+                      add_concat=t.add_concat, max_shift=int(t.max_shift))
 
 
 def model_target(model) -> str:
-    """Returns the target recorded in a quantized model's metadata (``fcnquant.target``), else the default."""
-    return next((p.value for p in model.metadata_props if p.key == "fcnquant.target"), "") or DEFAULT_TARGET
+    """Returns the target a quantized model was made for, from its metadata: the target file it records
+    (``fcnquant.target_source``) when that file is still there, else the target's name (``fcnquant.target``),
+    else the default."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    source = meta.get("fcnquant.target_source", "")
+    if source and not source.startswith("builtin:") and Path(source).is_file():
+        return source
+    return meta.get("fcnquant.target") or DEFAULT_TARGET

@@ -37,10 +37,28 @@ def test_half_even_emulation_of_the_first_layers_equals_onnxruntime(pow2_fcn8s):
     assert report.disagreement < 0.5
 
 
-def test_target_arithmetic_adapter_defaults():
+def test_the_arithmetic_comes_from_the_target_file(tmp_path):
+    from fcnquant.emulate.target import model_target
+    from fcnquant.targets import builtin_path
+
     assert arithmetic_of("npu-pow2").rounding == "half_up"
     assert arithmetic_of("tensorrt").rounding == "half_even"
     assert arithmetic_of("ort-cpu").accumulator_bits == 32
+    text = builtin_path("npu-pow2").read_text().replace('rounding = "half_up"', 'rounding = "floor"')
+    text = text.replace('name = "npu-pow2"', 'name = "my-npu"')
+    (tmp_path / "my.toml").write_text(text)
+    a = arithmetic_of(str(tmp_path / "my.toml"))
+    assert (a.target, a.rounding, a.max_shift) == ("my-npu", "floor", 8)
+
+    class Meta:
+        def __init__(self, **kv):
+            self.metadata_props = [type("P", (), {"key": k, "value": v}) for k, v in kv.items()]
+
+    assert model_target(Meta(**{"fcnquant.target": "my-npu", "fcnquant.target_source": str(tmp_path / "my.toml")})) \
+        == str(tmp_path / "my.toml")
+    assert model_target(Meta(**{"fcnquant.target": "tensorrt", "fcnquant.target_source": "builtin:tensorrt"})) \
+        == "tensorrt"
+    assert model_target(Meta()) == "npu-pow2"
 
 
 def test_uint8_asymmetric_model_runs(demo_int8):
