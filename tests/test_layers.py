@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("fcnquant.quantize",),
     ("fcnquant.check",),
     ("fcnquant.evaluate",),
+    ("fcnquant.emulate",),
     ("fcnquant.recover",),
     ("fcnquant.compare",),
     ("fcnquant.tune",),
@@ -32,8 +33,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("fcnquant.__main__",),
 ]
 #: passes never import the cluster backend: they are given an executor
-PASSES = ("fcnquant.calibrate", "fcnquant.quantize", "fcnquant.evaluate", "fcnquant.recover", "fcnquant.compare",
-          "fcnquant.tune")
+PASSES = ("fcnquant.calibrate", "fcnquant.quantize", "fcnquant.evaluate", "fcnquant.emulate", "fcnquant.recover",
+          "fcnquant.compare", "fcnquant.tune")
 #: the cluster backend imports nothing above the execution layer
 DISTRIBUTED_MAY_IMPORT = {u for layer in LAYERS[:4] for u in layer} | {"fcnquant.distributed"}
 

@@ -66,6 +66,10 @@ def register(sub) -> None:
     p.add_argument("--fail-on-drop", type=float, metavar="X", help=f"exit with status {EXIT_DROP} when the model "
                    "loses more than X mIoU points, i.e. the mIoU change (quantized - float) is below -X; needs "
                    "labelled data")
+    p.add_argument("--emulate", action="store_true", help="also score QUANT as the target's integer arithmetic "
+                   "computes it (docs/emulation.md): its mIoU and its disagreement with onnxruntime's simulation")
+    p.add_argument("--target", metavar="T", help="with --emulate: the target whose arithmetic is emulated "
+                   "(default: the one recorded in QUANT, else npu-pow2)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: its choice)")
     add_ray_options(p)
     add_provider_option(p)
@@ -91,8 +95,11 @@ def run(args: argparse.Namespace) -> int:
     check_outputs({"--json": args.json, "--report": args.report},
                   {"FLOAT": args.float_model, "QUANT": args.quant_model, "--table": args.table, "--stats": args.stats,
                    "--ids": getattr(args, "ids", None)})
+    if args.target is not None and not args.emulate:
+        raise FcnquantError("--target is used with --emulate")
     options = CompareOptions(drift_images=args.drift_images, isolated=not args.no_isolated,
-                             boundary_radius=args.boundary, gallery=args.gallery)
+                             boundary_radius=args.boundary, gallery=args.gallery, emulate=args.emulate,
+                             emulate_target=args.target)
     executor = executor_from_args(args, progress=not args.no_progress)
     data, run = data_config(args), run_config(args, executor)
     with executor:

@@ -48,7 +48,8 @@ class CompareOptions:
     boundary band for the changed-pixel share. ``gallery``: how many of the images with the most changed pixels
     the HTML report shows (input, ground truth, both predictions, changed pixels; 0 for none).
     ``histogram_layers``: activation histograms of that many of the worst layers (with a table or a statistics
-    file).
+    file). ``emulate``: also score the quantized model as the target's integer arithmetic computes it
+    (:func:`fcnquant.emulate.emulate_eval`; ``emulate_target``: whose arithmetic, default the model's own).
     """
 
     drift_images: int | str | None = DEFAULT_DRIFT_IMAGES
@@ -56,6 +57,8 @@ class CompareOptions:
     boundary_radius: int = DEFAULT_BOUNDARY_RADIUS
     gallery: int = GALLERY_IMAGES
     histogram_layers: int = HISTOGRAM_LAYERS
+    emulate: bool = False
+    emulate_target: str | None = None
 
     def __post_init__(self) -> None:
         if self.gallery < 0:
@@ -134,6 +137,11 @@ def compare_models(
     drift = merge_drift(executor.map(drift_shard, dataset, drift_on, args=(final.preset, spec, hists),
                                      models=models, desc="compare: drift"))
     layers, histograms = _layers(final, drift, pairing, entries, options, stats, notes)
+    emulation = None
+    if options.emulate:
+        from fcnquant.emulate.measure import emulate_eval
+
+        emulation = emulate_eval(qpath, cfg, run, target=options.emulate_target).to_dict()
     return CompareReport(
         float_model=str(fpath), quant_model=str(qpath), float_sha256=shas[0], quant_sha256=shas[1],
         pairing=pairing.source, data=str(dataset.root), split=dataset.split, preset=final.preset.to_dict(),
@@ -143,7 +151,7 @@ def compare_models(
         stats=str(stats) if stats is not None else None, seconds=time.perf_counter() - start,
         gallery=render_gallery(final.gallery, dataset, final.preset), recovery=recovery, quantization=quantization,
         drift_images=len(drift_on), drift_ids=tuple(drift_on), layers=layers, histograms=histograms,
-        notes=tuple(notes),
+        notes=tuple(notes), emulation=emulation,
     )
 
 

@@ -181,3 +181,20 @@ def test_statistics_of_another_model_are_noted_like_such_a_table(setup, tmp_path
     assert any(m.startswith(f"calibration statistics {other} was made for another model") for m in warned)
     notes = json.loads((tmp_path / "r.json").read_text())["notes"]
     assert any("was made for another model" in n for n in notes)
+
+
+def test_emulate_section_in_text_json_and_html(demo_int8, tmp_path, capsys):
+    from fcnquant.compare.report.compare_report import CompareReport
+    from fcnquant.demo_models import demo_model_path
+
+    out_json, out_html = tmp_path / "r.json", tmp_path / "r.html"
+    assert main(["compare", str(demo_model_path("fcn8s")), str(demo_int8.model), "--num-images", "2",
+                 "--drift-images", "1", "--no-isolated", "--gallery", "0", "--emulate", "--target", "npu-pow2",
+                 "--json", str(out_json), "--report", str(out_html), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "emulated integer arithmetic: target npu-pow2, rounding half_up" in text
+    d = json.loads(out_json.read_text())
+    assert d["emulation"]["arithmetic"]["rounding"] == "half_up"
+    assert d["emulation"]["miou_simulated"] == pytest.approx(d["final"]["miou_quant"], abs=1e-3)
+    assert CompareReport.from_dict(d).emulation == d["emulation"]
+    assert "Emulated integer arithmetic (npu-pow2)" in out_html.read_text()

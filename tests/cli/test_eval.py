@@ -76,3 +76,26 @@ def test_an_exif_rotated_set_scores_as_the_upright_one(model_and_data, tmp_path)
     assert a["miou"] is not None
     for key in ("miou", "per_class_iou", "pixel_acc", "confusion"):
         assert a[key] == b[key], key
+
+
+def test_emulate_prints_and_writes_the_emulated_scores(demo_int8, tmp_path, capsys):
+    """--emulate: the emulated model's table, its disagreement with onnxruntime, both in the JSON; the JSON's
+    simulated mIoU is what plain `eval` reports."""
+    out, plain = tmp_path / "e.json", tmp_path / "p.json"
+    assert main(["eval", str(demo_int8.model), "--num-images", "2", "--emulate", "--json", str(out),
+                 "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "emulated integer arithmetic: target ort-cpu, rounding half_even" in text
+    assert "pixels whose class differs" in text
+    assert main(["eval", str(demo_int8.model), "--num-images", "2", "--json", str(plain), "--no-progress"]) == 0
+    e, p = json.loads(out.read_text()), json.loads(plain.read_text())
+    assert e["emulation"]["miou_simulated"] == p["miou"]
+    assert e["miou"] == e["emulation"]["miou_emulated"]
+    assert len(e["emulation"]["layers"]) > 20
+
+
+def test_emulate_options_exit_2_with_one_line(demo_int8, tmp_path, capsys):
+    assert main(["eval", str(demo_int8.model), "--target", "npu-pow2", "--num-images", "1"]) == 2
+    assert main(["eval", str(demo_int8.model), "--emulate", "--target", "bogus", "--num-images", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--target is used with --emulate" in err and "unknown target 'bogus'" in err

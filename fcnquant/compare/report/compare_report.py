@@ -46,6 +46,7 @@ class CompareReport:
     drift_images: int | None = None  # images the per-layer drift was measured on (None: all ``images``)
     drift_ids: tuple[str, ...] = ()  # their ids (the deterministic subsample), when recorded
     quantization: dict = field(default_factory=dict)  # the int8 model's method, target, per_channel (metadata)
+    emulation: dict | None = None  # fcnquant.emulate's EmulationReport.to_dict(), with --emulate
 
     @property
     def drift_count(self) -> int:
@@ -106,6 +107,7 @@ class CompareReport:
             "notes": list(self.notes),
             "gallery": [g.to_dict() for g in self.gallery],
             "recovery": self.recovery, "quantization": self.quantization,
+            **({"emulation": self.emulation} if self.emulation is not None else {}),
         }
 
     @classmethod
@@ -127,6 +129,7 @@ class CompareReport:
             recovery=dict(d.get("recovery") or {}),
             drift_images=int(d["drift_images"]) if d.get("drift_images") is not None else None,
             drift_ids=tuple(d.get("drift_ids", ())), quantization=dict(d.get("quantization") or {}),
+            emulation=d.get("emulation"),
         )
 
     def to_json(self, path: str | os.PathLike[str]) -> None:

@@ -312,6 +312,24 @@ def _names_list(title: str, names: Sequence[str]) -> str:
     return f"<details><summary>{_e(title)} ({len(names)})</summary><ul>{items}</ul></details>"
 
 
+def emulation_section(d: dict) -> str:
+    """Returns the HTML section of an ``EmulationReport.to_dict()``: both mIoUs, the class disagreement and the
+    largest difference in LSBs of each integer tensor."""
+    a = d["arithmetic"]
+    rows = "".join(
+        f"<tr><td>{k}</td><td><code>{_e(x['name'])}</code></td><td>{_e(x['op'])}</td><td>{x['max_lsb']}</td>"
+        f"<td>{100.0 * x['differing'] / max(x['values'], 1):.4f}</td></tr>" for k, x in enumerate(d["layers"], 1))
+    cards = (_card(fmt(d["miou_emulated"]), "mIoU emulated") + _card(fmt(d["miou_simulated"]), "mIoU onnxruntime")
+             + _card(f"{fmt(d['class_disagreement_percent'], '.3f')}%", "pixels whose class differs"))
+    return (f"<h2>Emulated integer arithmetic ({_e(a['target'])})</h2>"
+            f"<p class='meta'>rounding {_e(a['rounding'])}, {a['accumulator_bits']}-bit accumulator, bilinear "
+            f"coefficients with {a['resize_bits']} fraction bits; {d['images']} images, compared with onnxruntime's "
+            f"QDQ simulation of the same model</p><div class='cards'>{cards}</div>"
+            "<details><summary>largest difference per integer tensor (emulator − onnxruntime, LSBs)</summary>"
+            "<table><tr><th>#</th><th>layer</th><th>op</th><th>max LSB</th><th>% values differing</th></tr>"
+            f"{rows}</table></details>")
+
+
 def render_html(report: CompareReport, top: int = 10) -> str:
     """Returns the report as one self-contained HTML document."""
     f = report.final
@@ -363,6 +381,8 @@ def render_html(report: CompareReport, top: int = 10) -> str:
     if report.gallery and any(g.panels for g in report.gallery):
         parts.append(gallery_section(report.gallery, f.class_names, report.images))
     parts += [f"<h2>Worst {len(worst)} layers (lowest accumulated SNR)</h2>", _layer_rows(worst, rank=True)]
+    if report.emulation is not None:
+        parts.append(emulation_section(report.emulation))
     if report.histograms:
         src = "calibration statistics" if report.histograms[0].source == "stats" else "values seen during compare"
         parts += ["<h2>Activation histograms of the worst layers</h2>",

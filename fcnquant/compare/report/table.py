@@ -69,5 +69,9 @@ def format_table(report: CompareReport, top: int | None = 10, by: str = "accumul
     if missing:
         lines.append(f"unpaired: {len(report.unpaired_float)} float, {len(report.unpaired_quant)} quantized tensors"
                      + (f" (e.g. {_short((report.unpaired_float or report.unpaired_quant)[0], 60)})"))
+    if report.emulation is not None:
+        from fcnquant.emulate.measure import format_emulation
+
+        lines += ["", format_emulation(report.emulation, top)]
     lines.extend(report.notes)
     return "\n".join(lines)
