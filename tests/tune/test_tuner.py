@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import onnx
@@ -14,7 +15,7 @@ from fcnquant.evaluate import evaluate
 from fcnquant.execute import RunConfig
 from fcnquant.quantize import QuantConfig
 from fcnquant.tune import FLOAT_LAYERS_KEY, TuneOptions, over_budget_path, tune
-from tests.tune.helpers import FAST, PER_TENSOR, PLANTED
+from tests.tune.helpers import FAST, PER_TENSOR, PLANTED, float_compute_ops
 
 QUIET = RunConfig(progress=False)
 
@@ -84,7 +85,9 @@ def test_impossible_budget_exits_3_and_writes_the_best_model_as_over_budget(tune
     assert data["tune_drop"] == pytest.approx(min(drops), abs=1e-4)
 
 
-def test_recover_emits_recovered_candidates(tune_voc, planted_fcn8s, tmp_path):
+def test_recover_emits_recovered_candidates(tune_voc, planted_fcn8s, tmp_path, monkeypatch):
+    # npu-pow2 allowing the float fallback, as a target file may declare
+    monkeypatch.setattr("fcnquant.tune.builder._DEFAULT_FALLBACKS", {})
     out = tmp_path / "r.int8.onnx"
     res = tune(planted_fcn8s, out, TuneOptions(1.0, **FAST), tune_voc, QUIET,
                QuantConfig(target="npu-pow2", per_channel=False),
@@ -138,3 +141,37 @@ def test_the_tuning_drop_comes_with_its_bootstrap_interval(tune_voc, planted_fcn
     per = {m: _image_confusions(m, tune_voc, ids) for m in (planted_fcn8s, tmp_path / "sure.onnx")}
     assert upper_bound(per[planted_fcn8s], per[tmp_path / "sure.onnx"], 0.9) == \
         pytest.approx(chosen[-1].drop, abs=1e-9)
+
+
+def test_int16_fallback_leaves_no_float_compute_op_within_the_evaluation_bound(tune_voc, tmp_path):
+    """npu-pow2 (int16 its only fallback, the default there): the search holds the agreement objective, escalates
+    layers' activations to int16 and keeps every Conv, Add, MaxPool and Resize between DequantizeLinear nodes."""
+    out = tmp_path / "i16.int8.onnx"
+    res = tune(demo_model_path("fcn8s"), out, TuneOptions(0.0, **FAST), tune_voc, QUIET,
+               QuantConfig(target="npu-pow2", per_channel=False), json_path=tmp_path / "i16.json")
+    assert res.fallback == "int16" and res.objective == "agreement"
+    assert math.ceil(math.log2(res.layers)) + 3 >= len(res.evaluations) == res.to_dict()["evaluations"]
+    assert res.evaluations[0].step == "reference" and len(res.evaluations[0].float_layers) == res.layers
+    q = onnx.load(str(out if out.exists() else over_budget_path(out)))
+    assert float_compute_ops(q) == []
+    assert [o.version for o in q.opset_import if o.domain == ""] == [21]
+    inits = {t.name: t.data_type for t in q.graph.initializer}
+    made_by = {o: n for n in q.graph.node for o in n.output}
+    nodes = {n.name: n for n in q.graph.node}
+    assert res.float_layers
+    for layer in res.float_layers:  # each escalated layer's output is requantized to int16
+        last = nodes[layer.nodes[-1]]
+        readers = [n for n in q.graph.node if last.output[0] in n.input and n.op_type == "QuantizeLinear"]
+        assert readers and all(inits[r.input[2]] == onnx.TensorProto.INT16 for r in readers), layer.name
+    assert made_by  # the graph was read
+    assert json.loads((tmp_path / "i16.json").read_text())["objective"] == "agreement"
+
+
+def test_a_fallback_the_target_does_not_allow_is_one_line_and_exit_2(tune_voc, tmp_path, capsys):
+    out = tmp_path / "f.int8.onnx"
+    rc = main(["tune", str(demo_model_path("fcn8s")), "--max-drop", "1", "--data", str(tune_voc), "--target",
+               "npu-pow2", "--fallback", "float", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "npu-pow2 does not allow the float fallback" in err and "Traceback" not in err
+    assert not out.exists()
