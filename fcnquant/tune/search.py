@@ -106,11 +106,8 @@ def search(
 
     def room_to_gallop(k: int, n: int) -> bool:
         """True when a failed gallop at k still leaves bisection of (k, n] and its confirmation in the budget."""
-        if max_evaluations is None:
-            return True
-        rest = n - k
-        confirm = 0 if full_drop is not None else 1
-        return len(evals) + 1 + (math.ceil(math.log2(rest)) if rest > 1 else 0) + confirm <= max_evaluations
+        return max_evaluations is None or \
+            len(evals) + 1 + _bisection_cost(n - k) + (full_drop is None) <= max_evaluations
 
     chosen: list[str] = []
     prefix = 0
@@ -166,6 +163,11 @@ def search(
         float_layers=tuple(sorted(best, key=rank.__getitem__)), drop=seen[best], met=seen[best] <= max_drop,
         complete=complete, evaluations=tuple(evals), prefix=prefix, gains=gains,
     )
+
+
+def _bisection_cost(width: int) -> int:
+    """Returns the evaluations plain bisection needs to find a boundary among ``width`` prefix lengths."""
+    return math.ceil(math.log2(width)) if width > 1 else 0
 
 
 def _gains(best: frozenset[str], seen: dict[frozenset[str], float]) -> dict[str, float]:
