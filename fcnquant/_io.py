@@ -158,6 +158,81 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def model_identity(model) -> str:
+    """Returns the model's identity: the sha256 of its graph and weights, however the weights are stored.
+
+    ``model``: a model file, or an ``onnx.ModelProto`` whose tensors hold their data.
+
+    It is the sha256 of the model's protobuf serialization with every tensor's data inline (no external-data
+    references, no ``data_location`` marks). For a model file saved inline that is the sha256 of the file's bytes
+    (what fcnquant recorded before weights in external data files counted); a model whose weights live in a
+    ``.data`` file has the digest of the same model saved inline, and changes when those weights change.
+    """
+    if hasattr(model, "graph"):
+        if any(t.HasField("data_location") or len(t.external_data) for t in _tensors(model.graph)):
+            import onnx
+
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            for t in _tensors(copy.graph):
+                t.ClearField("data_location")
+                del t.external_data[:]
+            model = copy
+        return hashlib.sha256(model.SerializeToString()).hexdigest()
+    return model_digests(model)[0]
+
+
+def model_digests(model: str | os.PathLike[str], raw: bytes | None = None) -> tuple[str, ...]:
+    """Returns the digests that identify the model file ``model``: its :func:`model_identity` first, then, for an
+    inline file whose bytes differ from that serialization (tensors marked ``data_location: DEFAULT``), the sha256
+    of the file's bytes, which tables and statistics made before recorded: both are accepted as this model.
+
+    ``raw``: the file's bytes when the caller has read them already. ModelError when the file or its external data
+    cannot be read.
+    """
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    path = Path(model)
+    try:
+        raw = path.read_bytes() if raw is None else raw
+        proto = onnx.load_from_string(raw)
+    except Exception as exc:  # a missing file, DecodeError, protobuf errors
+        raise ModelError(f"{path} is not a readable ONNX model: {exc}") from exc
+    file_digest = hashlib.sha256(raw).hexdigest()
+    tensors = list(_tensors(proto.graph))
+    if not any(t.HasField("data_location") or len(t.external_data) for t in tensors):
+        return (file_digest,)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors)
+    if external:
+        try:
+            load_external_data_for_model(proto, str(path.parent))
+        except Exception as exc:  # a missing or short .data file
+            raise ModelError(f"cannot read the external weights of {path}: {exc}") from exc
+    for t in tensors:
+        t.ClearField("data_location")
+        del t.external_data[:]
+    digest = hashlib.sha256(proto.SerializeToString()).hexdigest()
+    return (digest,) if external or digest == file_digest else (digest, file_digest)
+
+
+def _tensors(graph) -> Iterator:
+    """Yields every TensorProto of ``graph``: initializers, sparse initializers, node attributes, subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
 def load_onnx(path: str | os.PathLike[str]):
     """Returns the ``onnx.ModelProto`` at ``path``, raising ModelError with a clear message if unusable."""
     import onnx

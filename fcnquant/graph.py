@@ -222,3 +222,21 @@ def inferred_value_infos(model) -> tuple[dict, dict[str, int]]:
                 if a.name == "value" and a.t.data_type:
                     types[node.output[0]] = a.t.data_type
     return infos, types
+
+
+#: op types only a quantized model has: QDQ pairs, onnxruntime's QOperator ops, integer kernels
+QUANTIZED_OPS = (
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd",
+    "QLinearMul", "QLinearConcat", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSigmoid",
+    "QLinearLeakyRelu", "QLinearSoftmax", "QLinearResize", "ConvInteger", "MatMulInteger",
+)
+
+
+def require_float(model, label: str, command: str) -> None:
+    """Raises ModelError (one line) when ``model`` (ModelProto) is already quantized: ``command`` (e.g.
+    ``"calibrate"``) takes the float model. Quantized means a node of :data:`QUANTIZED_OPS`, in any domain."""
+    present = {n.op_type for n in model.graph.node}
+    found = [op for op in QUANTIZED_OPS if op in present]
+    if found:
+        shown = "/".join(found[:3]) + (" ..." if len(found) > 3 else "")
+        raise ModelError(f"{label} is already quantized ({shown} nodes); {command} takes a float model")

@@ -2,10 +2,11 @@
 clear errors."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -188,14 +189,25 @@ def make_session(
 
 
 def input_spec(session) -> tuple[str, tuple[int | None, ...]]:
-    """Returns the (name, shape) of a single-input session; dynamic dims are None."""
+    """Returns the (name, shape) of a single-input session; dynamic dims are None.
+
+    Raises ModelError (one line, naming the input) for an input that is not one NCHW image batch: another rank,
+    or a channels-last (NHWC) layout, recognised by a last dimension of 1 or 3 after a second one that is not.
+    """
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise ModelError(f"expected a model with one image input, found {len(inputs)}: {[i.name for i in inputs]}")
     shape = tuple(d if isinstance(d, int) and d > 0 else None for d in inputs[0].shape)
     if len(shape) != 4:
         raise ModelError(f"expected an NCHW image input, got shape {inputs[0].shape} for '{inputs[0].name}'")
+    if shape[3] in (1, 3) and shape[1] not in (1, 3):
+        raise ModelError(f"input '{inputs[0].name}' has shape {_dims(inputs[0].shape)}, channels last (NHWC); "
+                         "fcnquant feeds NCHW images (N x 3 x H x W): export the model with an NCHW input")
     return inputs[0].name, shape
+
+
+def _dims(shape) -> str:
+    return "x".join(str(d) if isinstance(d, int) else (d or "?") for d in shape)
 
 
 def fixed_hw(session) -> tuple[int, int] | None:
@@ -209,11 +221,17 @@ _NUMPY_INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16
 
 
 def input_dtype(session) -> type:
-    """Returns the numpy dtype of a session's image input (float16 for an fp16 model converted with its I/O)."""
-    kind = session.get_inputs()[0].type
-    if kind not in _NUMPY_INPUT_TYPES:
-        raise ModelError(f"the model's image input has type {kind}; expected float, float16 or double")
-    return _NUMPY_INPUT_TYPES[kind]
+    """Returns the numpy dtype of a session's image input (float16 for an fp16 model converted with its I/O).
+
+    Raises ModelError (one line, naming the input) for an input of another type, e.g. uint8 pixels.
+    """
+    first = session.get_inputs()[0]
+    if first.type not in _NUMPY_INPUT_TYPES:
+        kind = first.type.removeprefix("tensor(").removesuffix(")")
+        raise ModelError(f"input '{first.name}' has type {kind}; fcnquant feeds normalized float images "
+                         "(float, float16 or double): export the model with a float input and the "
+                         "normalization outside it")
+    return _NUMPY_INPUT_TYPES[first.type]
 
 
 def run_logits(session, batch: np.ndarray, output_names: Sequence[str] | None = None) -> list[np.ndarray]:
@@ -224,6 +242,65 @@ def run_logits(session, batch: np.ndarray, output_names: Sequence[str] | None = 
     name, _ = input_spec(session)
     feed = np.ascontiguousarray(batch, input_dtype(session))
     return session.run(list(output_names) if output_names else None, {name: feed})
+
+
+#: the heights and widths of the zero image :func:`check_model_runs` feeds where the model's are dynamic, in turn
+#: until one runs: multiples of 32, so every stride of an FCN backbone divides them; the larger one for models whose
+#: fixed-size pooling or crops need more than the smaller
+PROBE_SIZES = (64, 512)
+
+#: numpy types of the zero inputs :func:`check_model_runs` feeds, by onnxruntime's type string
+_PROBE_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+                "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int32)": np.int32,
+                "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
+
+
+def check_model_runs(path: str | os.PathLike[str], label: str | os.PathLike[str] | None = None) -> None:
+    """Raises ModelError (one line) unless onnxruntime loads the model file ``path`` and runs it on zeros.
+
+    The session opens the file itself, so weights in external data files beside it are found. Each input gets
+    zeros of its own type and shape: a dynamic batch is 1, a dynamic channel count 3 (NCHW: the last dimension
+    is not a fixed 1 or 3), other dynamic sizes each of :data:`PROBE_SIZES` in turn until one runs. ``label`` names
+    the model in the message (default: ``path``).
+    """
+    name = label if label is not None else path
+    try:
+        session = make_session(path, spinning=False)
+    except ModelError as exc:
+        cause = " ".join(str(exc.__cause__ or exc).split())
+        raise ModelError(f"the model written for {name} does not load in onnxruntime ({cause}); nothing was "
+                         "written") from exc
+    inputs = [(i.name, [d if isinstance(d, int) and d > 0 else None for d in i.shape], i.type)
+              for i in session.get_inputs()]
+    dynamic = any(None in dims for _, dims, _ in inputs)
+    for size in PROBE_SIZES if dynamic else PROBE_SIZES[:1]:
+        feeds = {name: np.zeros(_probe_dims(dims, size), _PROBE_TYPES.get(kind, np.float32))
+                 for name, dims, kind in inputs}
+        try:
+            session.run(None, feeds)
+            return
+        except Exception as exc:  # onnxruntime raises its own assorted error types
+            cause = " ".join(str(exc).split())
+    raise ModelError(f"the model written for {name} loads but does not run in onnxruntime ({cause}); nothing "
+                     "was written")
+
+
+def _probe_dims(dims: list[int | None], size: int) -> list[int]:
+    """Returns ``dims`` with each dynamic one filled: batch 1, NCHW channels 3, any other ``size``."""
+    nchw = len(dims) == 4 and dims[3] not in (1, 3)
+    return [d if d is not None else 1 if k == 0 else 3 if k == 1 and nchw else size for k, d in enumerate(dims)]
+
+
+@contextlib.contextmanager
+def written_model(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yields a temporary path beside ``path`` to save a model to; renamed onto ``path`` only when onnxruntime loads
+    and runs it (:func:`check_model_runs`), else removed with ModelError. Otherwise like ``fcnquant._io.atomic_path``
+    (inside ``all_or_nothing`` the rename waits for the end of that block)."""
+    from fcnquant._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        yield tmp
+        check_model_runs(tmp, path)
 
 
 def with_outputs(model, names: Sequence[str]):

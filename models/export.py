@@ -20,7 +20,8 @@ import onnx
 import torch
 from torch import nn
 
-from fcnquant._io import atomic_path, file_sha256
+from fcnquant._io import file_sha256
+from fcnquant.runtime import written_model
 from fcnquant.errors import ModelError
 
 from .checkpoint import load_checkpoint
@@ -107,7 +108,7 @@ def export_module(
         proto.metadata_props.add(key=str(key), value=str(value))
     _validate(proto)
     target = Path(out)
-    with atomic_path(target) as tmp:
+    with written_model(target) as tmp:
         onnx.save(proto, str(tmp))
     log.debug("wrote %s (%.1f MB)", target, target.stat().st_size / 1e6)
     return target

@@ -15,11 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: list[tuple[str, ...]] = [
     ("fcnquant", "fcnquant.errors", "fcnquant._io"),
     ("fcnquant.observers", "fcnquant.metrics", "fcnquant.runtime", "fcnquant.graph", "fcnquant.demo_models",
-     "fcnquant.info"),
+     "fcnquant.info", "fcnquant.targets"),
     ("fcnquant.data",),
     ("fcnquant.execute",),
     ("fcnquant.calibrate",),
     ("fcnquant.quantize",),
+    ("fcnquant.check",),
     ("fcnquant.evaluate",),
     ("fcnquant.recover",),
     ("fcnquant.compare",),

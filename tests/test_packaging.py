@@ -47,3 +47,13 @@ def test_every_shipped_folder_is_a_listed_package(pyproject):
     data = tool["package-data"]
     assert data["fcnquant.assets.demo"] == ["*.onnx", "*.json"]
     assert any((ROOT / "fcnquant" / "assets" / "demo").glob("*.onnx"))
+
+
+def test_the_builtin_target_files_ship(pyproject):
+    """The built-in targets are read from package files: package-data must carry every one of them."""
+    from fcnquant.targets import BUILTIN_NAMES, builtin_path
+
+    tool = pyproject["tool"]["setuptools"]
+    assert "fcnquant.targets" in tool["packages"] and tool["package-data"]["fcnquant.targets"] == ["*.toml"]
+    for name in BUILTIN_NAMES:
+        assert builtin_path(name).parent == ROOT / "fcnquant" / "targets" and builtin_path(name).suffix == ".toml"

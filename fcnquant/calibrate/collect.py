@@ -35,7 +35,6 @@ Updates are applied in batch order and the statistics are order-independent anyw
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -45,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fcnquant._io import file_sha256, load_onnx
+from fcnquant._io import load_onnx, model_digests, model_identity
 from fcnquant.calibrate.stats import CalibrationStats
 from fcnquant.calibrate.tensors import activation_tensors
 from fcnquant.data import DataConfig, Dataset
@@ -53,7 +52,8 @@ from fcnquant.errors import CalibrationError, DataError, ModelError
 from fcnquant.execute import Executor, LocalExecutor, RunConfig, Shard, ShardContext, image_batches
 from fcnquant.observers import DEFAULT_MANTISSA_BITS, NonFiniteError
 from fcnquant.observers.kernel import warm_up
-from fcnquant.runtime import input_spec, make_session, outputs_patch, with_outputs
+from fcnquant.graph import require_float
+from fcnquant.runtime import input_dtype, input_spec, make_session, outputs_patch, with_outputs
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
     model_path = ctx.model_path("model")
     run_ids = ctx.ids
     raw, model = _read_model(model_path)
+    require_float(model, model_name, "calibrate")
     names = list(activation_tensors(model) if options.tensors is None else options.tensors)
     if not names:
         raise ModelError(f"{model_name}: no float activation depends on the model input; nothing to calibrate")
@@ -142,15 +143,16 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
     fetch = [n for n in names if n not in graph_inputs]  # the input is observed from the batch itself
     # The session's threads do not spin (see the module docstring) and no onnxruntime transformer is turned off.
     if raw is not None:  # the file's bytes + a patch adding the outputs: no copy or re-serialization of the model
-        model_sha256 = hashlib.sha256(raw).hexdigest()
+        model_sha256 = model_digests(model_path, raw)[0]
         session = make_session(raw + outputs_patch(model, fetch), optimization=options.optimization,
                                disabled_optimizers=(), spinning=False, providers=ctx.providers)
     else:  # weights in external files: the loaded model carries them
-        model_sha256 = file_sha256(model_path)
+        model_sha256 = model_identity(model_path)
         session = make_session(with_outputs(model, fetch).SerializeToString(), optimization=options.optimization,
                                disabled_optimizers=(), spinning=False, providers=ctx.providers)
     del model, raw  # the protobuf and the bytes (as large as the weights) are not needed during the loop
     input_name, input_shape = input_spec(session)
+    input_type = input_dtype(session)
     preset = data.preset_for(session)
 
     batch_size, fixed_batch = _batching(input_shape, batch_size)
@@ -163,7 +165,7 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
     log.info("calibrating %s: %d tensors, %d image(s)%s, preset %s, batch %d", model_name, len(names),
              len(run_ids), f" (shard {shard})" if shard else "", preset.describe(), batch_size)
     t0 = time.perf_counter()
-    _run(session, input_name, fetch, ctx, preset, batch_size, fixed_batch, observer, options.overlap)
+    _run(session, (input_name, input_type), fetch, ctx, preset, batch_size, fixed_batch, observer, options.overlap)
     seconds = time.perf_counter() - t0
     log.info("observed %d image(s) in %.1f s (%.2f images/s)", len(run_ids), seconds, len(run_ids) / seconds)
     observer.report_skipped()
@@ -242,11 +244,11 @@ def _show(items: list[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + (f" ... ({len(items) - n} more)" if len(items) > n else "")
 
 
-def _run(session, input_name, fetch, ctx: ShardContext, preset, batch_size, fixed_batch, observer, overlap):
+def _run(session, model_input, fetch, ctx: ShardContext, preset, batch_size, fixed_batch, observer, overlap):
     pending: Future | None = None
     pending_n = 0
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcnquant-observe") if overlap else None
-    runner = _Runner(session, input_name, fetch, slots=2 if overlap else 1)
+    runner = _Runner(session, model_input, fetch, slots=2 if overlap else 1)
     if pool is not None:
         pending = pool.submit(warm_up)  # loads the compiled observer kernels while the first batch runs
     else:
@@ -280,9 +282,9 @@ class _Runner:
     the observation of batch k-1 before submitting batch k, so a slot is never written while it is read.
     """
 
-    def __init__(self, session, input_name: str, fetch: list[str], slots: int) -> None:
+    def __init__(self, session, model_input: tuple[str, type], fetch: list[str], slots: int) -> None:
         self.session = session
-        self.input_name = input_name
+        self.input_name, self.input_type = model_input  # the images are cast to the input's type (float16 too)
         self.fetch = fetch
         self.slots = slots
         self.buffers: list[list[np.ndarray]] = []
@@ -292,7 +294,7 @@ class _Runner:
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         if not self.fetch:
             return {}
-        images = np.ascontiguousarray(images, dtype=np.float32)
+        images = np.ascontiguousarray(images, dtype=self.input_type)
         if images.shape != self.shape:  # first batch, or a new input shape: let onnxruntime allocate, then reuse
             outputs = self.session.run(self.fetch, {self.input_name: images})
             self.shape = images.shape

@@ -1,6 +1,6 @@
 """Target profiles and the arithmetic from a clipping range to a quantization scale and zero point.
 
-Targets (:data:`TARGETS`):
+Targets (:data:`TARGETS`, read from the files in ``fcnquant.targets``; a target file may declare its own):
 
 * ``ort-cpu``: onnxruntime CPU QDQ. Activations uint8 asymmetric: the range is first widened to contain 0
   (``lo' = min(lo, 0)``, ``hi' = max(hi, 0)``), ``scale = (hi' - lo') / 255``,
@@ -18,59 +18,16 @@ representable, and the scale is a positive power of two that float16/float32 and
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from fcnquant.errors import CalibrationError
+from fcnquant.targets import TARGETS, Target, get_target
 
 MIN_SCALE = 2.0 ** -24
 
-
-@dataclass(frozen=True)
-class Target:
-    """A deployment target's quantization scheme."""
-
-    name: str
-    activation_dtype: str  # "uint8" or "int8"
-    symmetric: bool  # activations symmetric (zero point 0)
-    pow2: bool = False  # scales restricted to powers of two (rounded up)
-    weight_dtype: str = "int8"
-    weight_symmetric: bool = True
-    per_channel_weights: bool = True
-
-    @property
-    def qmin(self) -> int:
-        if self.activation_dtype == "uint8":
-            return 0
-        return -127 if self.symmetric else -128  # symmetric int8 uses the restricted range [-127, 127]
-
-    @property
-    def qmax(self) -> int:
-        return 255 if self.activation_dtype == "uint8" else 127
-
-    def steps(self, nonnegative: bool) -> int:
-        """Returns the number of quantization steps between 0 and the threshold of a tensor's range."""
-        if not self.symmetric and nonnegative:
-            return self.qmax - self.qmin
-        return 127
-
-
-TARGETS: dict[str, Target] = {
-    "ort-cpu": Target("ort-cpu", activation_dtype="uint8", symmetric=False),
-    "tensorrt": Target("tensorrt", activation_dtype="int8", symmetric=True),
-    "npu-pow2": Target("npu-pow2", activation_dtype="int8", symmetric=True, pow2=True),
-}
-
-
-def get_target(target: str | Target) -> Target:
-    """Returns the :class:`Target` for a name (or the Target itself); unknown names raise CalibrationError."""
-    if isinstance(target, Target):
-        return target
-    try:
-        return TARGETS[target]
-    except KeyError:
-        raise CalibrationError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}") from None
+# the targets moved to fcnquant.targets (TOML files); these names stay importable from here
+__all__ = ["MIN_SCALE", "TARGETS", "Target", "get_target", "pow2_ceil", "qparams"]
 
 
 def _f32(v: float) -> float:

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from fcnquant import __version__
-from fcnquant._io import atomic_path, file_sha256
+from fcnquant._io import atomic_path, model_digests
 from fcnquant.errors import CalibrationError, ModelError
 from fcnquant.observers import DEFAULT_MANTISSA_BITS, HistogramObserver, MinMaxObserver
 from fcnquant.observers.fused import new_histogram, update_stats
@@ -307,13 +307,13 @@ def load_stats(path: str | os.PathLike[str], model: str | os.PathLike[str] | Non
     """Returns the statistics saved at ``path``; with ``model``, checks they were collected on that model file."""
     stats = CalibrationStats.load(path)
     if model is not None:
-        sha = file_sha256(model) if Path(model).is_file() else None
-        if sha is None:
+        if not Path(model).is_file():
             raise ModelError(f"model file not found: {model}")
-        if sha != stats.model_sha256:
+        digests = model_digests(model)
+        if stats.model_sha256 not in digests:
             raise CalibrationError(
                 f"{path} was collected on a different model (sha256 {stats.model_sha256[:12]}) than {model} "
-                f"(sha256 {sha[:12]})")
+                f"(sha256 {digests[0][:12]})")
     if stats.shard is not None:
         log.warning("%s holds shard %s only; merge all shards with `fcnquant merge-stats` first", path, stats.shard)
     return stats

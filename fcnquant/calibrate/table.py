@@ -18,6 +18,7 @@ from fcnquant.calibrate.qparams import MIN_SCALE, get_target, qparams
 from fcnquant.calibrate.stats import CalibrationStats
 from fcnquant.calibrate.tensorrt import DEFAULT_HEADER, write_tensorrt_cache
 from fcnquant.errors import CalibrationError
+from fcnquant.targets import Target, parse_target, target_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,9 @@ class CalibrationTable:
 
     JSON layout: ``format``, ``format_version``, ``tool_version``, ``created`` (ISO 8601 UTC), ``model`` (file
     name), ``model_sha256``, ``preset``, ``image_ids``, ``method``, ``params`` (all method parameters, defaults
-    included), ``target``, ``tensors`` ``{name: {min, max, lo, hi, scale, zero_point}}``.
+    included), ``target`` (its name), ``tensors`` ``{name: {min, max, lo, hi, scale, zero_point}}``. A table for
+    a target file also holds ``target_file``: ``{source, sha256, spec}`` with ``spec`` the file's keys, so it
+    loads back with the same target without the file (``target_spec``).
     """
 
     model_sha256: str
@@ -59,6 +62,12 @@ class CalibrationTable:
     tool_version: str = __version__
     format_version: int = FORMAT_VERSION
     pow2_rounding: str = "up"  # power-of-two targets: scales rounded up, or chosen by expected error
+    target_spec: Target | None = None  # the target, when it came from a file rather than a built-in name
+
+    @property
+    def resolved_target(self) -> Target:
+        """The table's target: ``target_spec`` for a target file, else the built-in named ``target``."""
+        return self.target_spec if self.target_spec is not None else get_target(self.target)
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the JSON-ready dict."""
@@ -75,6 +84,7 @@ class CalibrationTable:
             "params": self.params,
             "target": self.target,
             "pow2_rounding": self.pow2_rounding,
+            **({"target_file": _target_record(self.target_spec)} if self.target_spec is not None else {}),
             "tensors": {name: asdict(e) for name, e in self.tensors.items()},
         }
 
@@ -101,7 +111,7 @@ class CalibrationTable:
             table = cls(str(d["model_sha256"]), str(d["method"]), str(d["target"]), tensors,
                         dict(d.get("params") or {}), dict(d.get("preset") or {}), list(d.get("image_ids") or []),
                         str(d.get("model", "")), str(d.get("created", "")), str(d.get("tool_version", "")), version,
-                        str(d.get("pow2_rounding", "up")))
+                        str(d.get("pow2_rounding", "up")), _read_target_record(d.get("target_file"), source))
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"{source}: {exc}") from exc
         table.validate(source)
@@ -110,7 +120,7 @@ class CalibrationTable:
     def validate(self, source: str = "calibration table") -> None:
         """Raises CalibrationError naming the first bad tensor (NaN/Inf values, zero or negative scale, zero point
         outside the target's range, lo > hi)."""
-        target = get_target(self.target)
+        target = self.resolved_target
         if not self.tensors:
             raise CalibrationError(f"{source}: the table has no tensors")
         for name, e in self.tensors.items():
@@ -150,10 +160,26 @@ class CalibrationTable:
         return write_tensorrt_cache(self, path, header)
 
 
+def _target_record(target: Target) -> dict[str, Any]:
+    return {"source": target.source, "sha256": target.sha256, "spec": target_to_dict(target)}
+
+
+def _read_target_record(record: Any, source: str) -> Target | None:
+    """Returns the Target stored in a table's ``target_file`` entry (None when the table has none)."""
+    if record is None:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("spec"), dict):
+        raise ValueError("target_file must be an object with the target's keys under 'spec'")
+    from dataclasses import replace
+
+    spec = parse_target(record["spec"], f"{source}: target_file", str(record.get("sha256", "")))
+    return replace(spec, source=str(record.get("source", "")))
+
+
 def build_table(
     stats: CalibrationStats,
     method: str = "kl",
-    target: str = "ort-cpu",
+    target: str | Target = "ort-cpu",
     *,
     created: str | None = None,
     pow2_rounding: str = "up",
@@ -175,8 +201,8 @@ def build_table(
     tensors: dict[str, TensorEntry] = {}
     for name, ts in stats.tensors.items():
         try:
-            lo, hi = compute_range(method, ts, target=target, **params)
-            scale, zp = qparams(lo, hi, target)
+            lo, hi = compute_range(method, ts, target=t, **params)
+            scale, zp = qparams(lo, hi, t)
             if t.pow2 and pow2_rounding == "error" and ts.amax > 0:
                 counts, edges = ts.linear(POW2_BINS)
                 raw = max(max(abs(lo), abs(hi)) / t.qmax, MIN_SCALE)
@@ -186,11 +212,12 @@ def build_table(
         tensors[name] = TensorEntry(ts.min, ts.max, lo, hi, scale, zp)
     if created is None:
         created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-    table = CalibrationTable(stats.model_sha256, method, target, tensors, full, dict(stats.preset),
+    table = CalibrationTable(stats.model_sha256, method, t.name, tensors, full, dict(stats.preset),
                              list(stats.image_ids), stats.model_name, created,
-                             pow2_rounding=pow2_rounding if t.pow2 else "up")
+                             pow2_rounding=pow2_rounding if t.pow2 else "up",
+                             target_spec=None if t.builtin else t)
     table.validate()
-    log.debug("built %s table (%s) for %d tensors", method, target, len(tensors))
+    log.debug("built %s table (%s) for %d tensors", method, t.name, len(tensors))
     return table
 
 

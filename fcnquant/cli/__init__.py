@@ -25,6 +25,7 @@ SUBCOMMANDS = [
     "merge-stats",
     "quantize",
     "fp16",
+    "check",
     "compare",
     "tune",
     "info",

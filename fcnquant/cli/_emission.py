@@ -63,8 +63,10 @@ def quant_config(args: argparse.Namespace, model_path, **changes):
     """Returns the QuantConfig of the parsed emission options (--exclude resolved against ``model_path``)."""
     from fcnquant.quantize import QuantConfig
 
+    from fcnquant.cli._target import resolve_target
+
     names, patterns = exclusions(args, model_path) if model_path else ([], [])
-    values = dict(target=args.target, per_channel=not args.per_tensor, quantize_output=args.quantize_output,
+    values = dict(target=resolve_target(args.target), per_channel=not args.per_tensor, quantize_output=args.quantize_output,
                   exclude_nodes=names, exclude_ops=args.exclude_op, exclude_regex=patterns,
                   pow2_rounding=args.pow2_rounding or "up")
     if hasattr(args, "method"):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fcnquant.cli._distributed import add_provider_option, add_ray_options
 from fcnquant.cli._emission import add_emission_options, add_recovery_options, quant_config
+from fcnquant.cli._target import TARGET_HELP_SUFFIX, TARGET_METAVAR
 from fcnquant.data import load_ids
 from fcnquant.errors import FcnquantError
 
@@ -67,9 +68,9 @@ def register(sub) -> None:
                    help="percentile of |x| for --method percentile (default 99.99)")
     m.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="other method parameter, e.g. num_bins=2048 or asymmetric=true (repeatable)")
-    m.add_argument("--target", default="ort-cpu", choices=TARGET_CHOICES,
+    m.add_argument("--target", default="ort-cpu", metavar=TARGET_METAVAR,
                    help="ort-cpu: uint8 asymmetric; tensorrt: int8 symmetric; npu-pow2: int8 symmetric, "
-                        "power-of-two scales (default %(default)s)")
+                        f"power-of-two scales (default %(default)s){TARGET_HELP_SUFFIX}")
     o = p.add_argument_group("outputs")
     o.add_argument("--out-dir", metavar="DIR", help="write the default outputs (MODEL_STEM.int8.onnx, "
                    "MODEL_STEM.calib.json, MODEL_STEM.stats.npz) to DIR, created if missing (default: MODEL's folder)")
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out_dir:
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     quant = quant_config(args, args.model, params=params)
-    plan = resolve_plan(args.target, not args.per_tensor, args.recover, equalize=args.equalize,
+    plan = resolve_plan(quant.target, not args.per_tensor, args.recover, equalize=args.equalize,
                         bias_correction=args.bias_correction, adaround=args.adaround,
                         pow2_rounding=args.pow2_rounding, scale_search=args.scale_search,
                         bias_correction_error=args.bias_correction_error, emits=outputs.model is not None)
@@ -157,6 +158,11 @@ def run(args: argparse.Namespace) -> int:
                          recover=_recover_options(args))
     elapsed = time.perf_counter() - t0
     _print_summary(args, flow, elapsed)
+    model = dict(flow.written).get("int8 model")
+    if model is not None:
+        from fcnquant.cli._target import print_verdict
+
+        print_verdict(model, quant.target)
     _print_next(args, flow)
     return 0
 
@@ -209,7 +215,9 @@ def _print_next(args: argparse.Namespace, flow) -> None:
         if stats is not None:
             cmd += ["--stats", str(stats)]
     elif table is not None and args.model and not args.shard:
-        cmd = ["fcnquant", "quantize", args.model, "--table", str(table), "--target", args.target,
+        from fcnquant.cli._target import target_arg
+
+        cmd = ["fcnquant", "quantize", args.model, "--table", str(table), "--target", target_arg(args.target),
                *(["--per-tensor"] if args.per_tensor else []), "--out", f"{Path(args.model).stem}.int8.onnx"]
     else:
         return

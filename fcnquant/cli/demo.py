@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from fcnquant.cli._target import TARGET_HELP_SUFFIX, TARGET_METAVAR, resolve_target
+
 
 def register(sub) -> None:
     from fcnquant.cli._distributed import add_provider_option
@@ -27,8 +29,9 @@ def register(sub) -> None:
     p.add_argument("--eval-images", type=int, default=None, metavar="N", help="compare on the first N images only")
     p.add_argument("--method", default="kl", choices=["kl", "minmax", "percentile", "mse"],
                    help="range method (default kl)")
-    p.add_argument("--target", default="ort-cpu", choices=["ort-cpu", "tensorrt", "npu-pow2"],
-                   help="deployment target of the int8 model (default ort-cpu)")
+    p.add_argument("--target", default="ort-cpu", metavar=TARGET_METAVAR,
+                   help="deployment target of the int8 model: ort-cpu, tensorrt, npu-pow2 (default ort-cpu)"
+                        + TARGET_HELP_SUFFIX)
     p.add_argument("--out", default="fcnquant-demo-out", metavar="DIR",
                    help="output folder (default ./fcnquant-demo-out)")
     p.add_argument("--gallery", type=int, default=None, metavar="K", help="images in each HTML report's gallery of "
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if model is None or (model in DEMO_MODELS and not Path(model).exists()):
         model = demo_model_path(model or "fcn8s")
     data = DataConfig(args.data, args.calib_split, args.ann_dir, num_images=args.num_images)
-    quant = QuantConfig(method=args.method, target=args.target, per_channel=not args.per_tensor)
+    quant = QuantConfig(method=args.method, target=resolve_target(args.target), per_channel=not args.per_tensor)
     result = run_pipeline(model, args.out, data, quant, run,
                           eval_split=args.eval_split, eval_images=args.eval_images, gallery=args.gallery,
                           recover=args.recover)

@@ -5,6 +5,7 @@ import argparse
 import math
 import sys
 
+from fcnquant.cli._target import TARGET_HELP_SUFFIX, TARGET_METAVAR, print_verdict, resolve_target
 from fcnquant.errors import FcnquantError
 
 #: fcnquant.tune's FALLBACKS and RANKINGS (a test checks they agree), here so that building the parser does not
@@ -39,8 +40,8 @@ def register(sub) -> None:
     p.add_argument("--report", metavar="HTML", help="write the compare report on the reporting images, with the "
                    "tuning summary, as HTML")
     q = p.add_argument_group("quantization")
-    q.add_argument("--target", default="ort-cpu", choices=TARGET_CHOICES, help="deployment target (default "
-                   "%(default)s)")
+    q.add_argument("--target", default="ort-cpu", metavar=TARGET_METAVAR, help="deployment target: "
+                   f"{', '.join(TARGET_CHOICES)} (default %(default)s){TARGET_HELP_SUFFIX}")
     q.add_argument("--method", default="kl", choices=METHOD_CHOICES, help="range method (default %(default)s)")
     q.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (default: per channel)")
     q.add_argument("--recover", action="store_true", help="apply fcnquant.recover (equalization, bias correction, "
@@ -101,13 +102,14 @@ def run(args: argparse.Namespace) -> int:
                           confidence=args.confidence,
                           rank=args.rank, rank_images=args.rank_images, max_evaluations=args.max_evaluations,
                           images=images)
-    quant = QuantConfig(method=args.method, target=args.target, per_channel=not args.per_tensor)
+    quant = QuantConfig(method=args.method, target=resolve_target(args.target), per_channel=not args.per_tensor)
     with executor_from_args(args, progress=not args.no_progress) as executor:
         result = tune(args.model, args.out, options, DataConfig(args.data, seed=args.seed),
                       RunConfig(executor=executor), quant, recover=args.recover, json_path=args.json,
                       report=args.report)
     print(result.format_table())
     print(f"wrote {result.out}")
+    print_verdict(result.out, quant.target)
     for path in (args.report, args.json):
         if path:
             print(f"wrote {path}")

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fcnquant._io import file_sha256, load_onnx
+from fcnquant._io import load_onnx, model_digests, model_identity
 from fcnquant.compare.drift.measure import (DEFAULT_DRIFT_IMAGES, DriftShard, DriftSpec, drift_ids, drift_shard,
                                             merge_drift)
 from fcnquant.compare.drift.metrics import LayerDrift
@@ -96,7 +96,8 @@ def compare_models(
     start = time.perf_counter()
     fpath, qpath = Path(float_model), Path(quant_model)
     fm, qm = load_onnx(fpath), load_onnx(qpath)
-    shas = (file_sha256(fpath), file_sha256(qpath))
+    float_digests = model_digests(fpath)
+    shas = (float_digests[0], model_identity(qpath))
     pairing = _pair(fm, qm, fpath, qpath)
     notes: list[str] = []
     recovery = read_recovery(qm)
@@ -104,11 +105,11 @@ def compare_models(
     # how the int8 model was made, for the report's header (fcnquant.quantize's metadata)
     quantization = {p.key.split(".", 1)[1]: p.value for p in qm.metadata_props
                     if p.key in ("fcnquant.method", "fcnquant.target", "fcnquant.per_channel")}
-    if emitted_from and emitted_from != shas[0]:
+    if emitted_from and emitted_from not in float_digests:
         notes.append(f"{qpath.name} was emitted from another float model (sha256 {emitted_from[:12]}...) than "
                      f"{fpath.name}: per-layer drift compares against tensors of a different model (after "
                      "equalization, compare against the equalized float model written beside the int8 one)")
-    entries = _table_entries(table, fm, shas[0], notes)
+    entries = _table_entries(table, fm, float_digests, notes)
     del fm, qm  # the drift pass loads its own copies
     dataset = cfg.open(fpath, progress=executor.progress)
     chosen = cfg.take(dataset)
@@ -169,7 +170,7 @@ def _layers(final: FinalShard, drift: DriftShard, pairing: Pairing, entries: dic
     return layers, activation_histograms(layers, drift.histograms, stats, entries, options.histogram_layers, notes)
 
 
-def _table_entries(table, fm, float_sha256: str, notes: list[str]) -> dict:
+def _table_entries(table, fm, float_digests: tuple[str, ...], notes: list[str]) -> dict:
     """Returns {tensor: TensorEntry} of the calibration table ({} without one)."""
     if table is None:
         return {}
@@ -177,9 +178,9 @@ def _table_entries(table, fm, float_sha256: str, notes: list[str]) -> dict:
     from fcnquant.calibrate.tensors import inherited_scales
 
     t = CalibrationTable.load(table)
-    if t.model_sha256 and t.model_sha256 != float_sha256:
+    if t.model_sha256 and t.model_sha256 not in float_digests:
         notes.append(f"calibration table {table} was made for another model (sha256 {t.model_sha256[:12]}…, "
-                     f"float model {float_sha256[:12]}…)")
+                     f"float model {float_digests[0][:12]}…)")
         log.warning(notes[-1])
     entries = dict(t.tensors)
     # A tensor that reuses another's scale (MaxPool, Resize, fused producers) is quantized with that range.

@@ -3,6 +3,6 @@ from __future__ import annotations
 
 from fcnquant.quantize.config import QuantConfig
 from fcnquant.quantize.fp16 import Fp16Result, convert_fp16
-from fcnquant.quantize.qdq import QuantizeResult, quantize_model, tensorrt_cache_path
+from fcnquant.quantize.qdq import QuantizeResult, check_emittable, quantize_model, tensorrt_cache_path
 
-__all__ = ["QuantConfig", "Fp16Result", "QuantizeResult", "convert_fp16", "quantize_model", "tensorrt_cache_path"]
+__all__ = ["QuantConfig", "Fp16Result", "QuantizeResult", "check_emittable", "convert_fp16", "quantize_model", "tensorrt_cache_path"]

@@ -13,10 +13,17 @@ def _strings(values: Iterable[str] | str | None) -> tuple[str, ...]:
     return tuple(str(v) for v in values)
 
 
+def _builtin_names() -> tuple[str, ...]:
+    from fcnquant.targets import BUILTIN_NAMES
+
+    return BUILTIN_NAMES
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """How to quantize: the scale ``method`` (with its ``params``, e.g. ``{"percentile": 99.9}``), the deployment
-    ``target`` (``ort-cpu``, ``tensorrt``, ``npu-pow2``), ``per_channel`` weights, ``quantize_output`` (the final
+    ``target`` (a built-in name: ``ort-cpu``, ``tensorrt``, ``npu-pow2``; a target file's path, read here once;
+    or a ``fcnquant.targets.Target``), ``per_channel`` weights, ``quantize_output`` (the final
     logits too), nodes kept in float (``exclude_nodes``: exact names, ``exclude_ops``: op types,
     ``exclude_regex``: patterns matched against whole node names), ``pow2_rounding`` (``"up"`` or ``"error"``:
     how a power-of-two weight scale is picked) and ``int16_tensors``: activations quantized to symmetric int16
@@ -24,7 +31,7 @@ class QuantConfig:
     21, the first whose QuantizeLinear/DequantizeLinear take int16)."""
 
     method: str = "kl"
-    target: str = "ort-cpu"
+    target: Any = "ort-cpu"  # a built-in name or a fcnquant.targets.Target
     params: tuple[tuple[str, Any], ...] = ()
     per_channel: bool = True
     quantize_output: bool = False
@@ -40,6 +47,10 @@ class QuantConfig:
         object.__setattr__(self, "int16_tensors", tuple(sorted(set(_strings(self.int16_tensors)))))
         for name in ("exclude_nodes", "exclude_ops", "exclude_regex"):
             object.__setattr__(self, name, _strings(getattr(self, name)))
+        if not isinstance(self.target, str) or self.target not in _builtin_names():
+            from fcnquant.targets import get_target
+
+            object.__setattr__(self, "target", get_target(self.target))  # a file is read once, here
 
     @property
     def method_params(self) -> dict[str, Any]:
@@ -62,7 +73,7 @@ class QuantConfig:
     def check(self) -> None:
         """Raises on an unknown method, method parameter or target: before minutes of inference."""
         from fcnquant.calibrate.methods import resolve_params
-        from fcnquant.calibrate.qparams import get_target
+        from fcnquant.targets import get_target
 
         resolve_params(self.method, **self.method_params)
         get_target(self.target)

@@ -15,9 +15,10 @@ from typing import Iterable
 
 import numpy as np
 
-from fcnquant._io import atomic_path, load_onnx
+from fcnquant._io import load_onnx
 from fcnquant.errors import ModelError
-from fcnquant.graph import sort_topologically
+from fcnquant.graph import require_float, sort_topologically
+from fcnquant.runtime import written_model
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,14 @@ def convert_fp16(
     """Returns the Fp16Result of writing the float16 version of ``model_path`` to ``out``.
 
     ``keep_io_fp32`` keeps the graph inputs and outputs float32 (Casts are inserted inside); ``block_ops`` are op
-    types left in float32 in addition to the converter's default block list.
+    types left in float32 in addition to the converter's default block list. ModelError for an already quantized
+    model, or a converted model onnxruntime refuses (nothing is written then).
     """
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model_path = Path(model_path)
     model = load_onnx(model_path)
+    require_float(model, str(model_path), "fp16")
     blocked = tuple(dict.fromkeys(block_ops))
     present = {n.op_type for n in model.graph.node}
     absent = [op for op in blocked if op not in present]
@@ -107,7 +110,7 @@ def convert_fp16(
 
     sort_topologically(converted.graph)  # the converter appends its Casts at the end of the node list
     out = Path(out)
-    with atomic_path(out) as tmp:
+    with written_model(out) as tmp:
         onnx.save_model(converted, str(tmp))
     log.info("wrote %s (%d bytes, %.2fx of fp32)", out, out.stat().st_size, out.stat().st_size / model_path.stat().st_size)
     return Fp16Result(

@@ -11,7 +11,7 @@ this module reads them and adds what emission needs to know:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class Profile:
     symmetric: bool
     pow2: bool
     tensorrt_cache: bool
+    target: object = field(default=None, compare=False)  # the fcnquant.targets.Target it was made from
 
     @property
     def activation_qrange(self) -> tuple[int, int]:
@@ -30,16 +31,19 @@ class Profile:
         return (0, 255) if self.activation_dtype == "uint8" else (-128, 127)
 
 
-#: targets whose int8 model is accompanied by a TensorRT calibration cache
-TENSORRT_CACHE_TARGETS = frozenset({"tensorrt"})
-
-
-def get_profile(target: str) -> Profile:
-    """Returns the Profile of ``target`` (one of ``fcnquant.calibrate.qparams.TARGETS``); unknown names raise."""
-    from fcnquant.calibrate.qparams import get_target
+def get_profile(target) -> Profile:
+    """Returns the Profile of ``target`` (a built-in name, a target file or a ``fcnquant.targets.Target``);
+    unknown names and bad files raise."""
+    from fcnquant.targets import get_target
 
     t = get_target(target)
-    return Profile(t.name, t.activation_dtype, t.symmetric, t.pow2, t.name in TENSORRT_CACHE_TARGETS)
+    return Profile(t.name, t.activation_dtype, t.symmetric, t.pow2, t.tensorrt_cache, t)
+
+
+def _target(profile: Profile):
+    from fcnquant.targets import get_target
+
+    return get_target(profile.target if profile.target is not None else profile.name)
 
 
 def activation_qparams(table, name: str, profile: Profile) -> tuple[float, int]:
@@ -49,13 +53,22 @@ def activation_qparams(table, name: str, profile: Profile) -> tuple[float, int]:
     recomputed from the table's range ``[lo, hi]`` with ``fcnquant.calibrate.qparams``.
     """
     entry = table.tensors[name]
-    if getattr(table, "target", None) == profile.name and entry.scale is not None and entry.zero_point is not None:
+    if _same_arithmetic(table, profile) and entry.scale is not None and entry.zero_point is not None:
         return float(entry.scale), int(entry.zero_point)
     return _qparams(float(entry.lo), float(entry.hi), profile)
+
+
+def _same_arithmetic(table, profile: Profile) -> bool:
+    """Whether ``table`` was computed for a target with ``profile``'s activation arithmetic (then its scales and
+    zero points apply as they are)."""
+    resolved = getattr(table, "resolved_target", None)
+    if resolved is None:
+        return getattr(table, "target", None) == profile.name
+    return resolved.arithmetic() == _target(profile).arithmetic()
 
 
 def _qparams(lo: float, hi: float, profile: Profile) -> tuple[float, int]:
     from fcnquant.calibrate.qparams import qparams
 
-    scale, zero_point = qparams(lo, hi, profile.name)
+    scale, zero_point = qparams(lo, hi, _target(profile))
     return float(scale), int(zero_point)

@@ -12,7 +12,14 @@ Steps (onnxruntime's QDQ quantizer does the graph surgery; fcnquant decides ever
 4. fcnquant's passes: Conv/Add + Relu as one unit for symmetric targets (``fuse_relu``), float logits unless
    ``quantize_output`` (``float_outputs``).
 5. The float -> quantized tensor name map and the table's sha256 go into ``metadata_props``; the model (and, for
-   ``tensorrt``, the calibration cache beside it) are written atomically.
+   ``tensorrt``, the calibration cache beside it) are written atomically, the model only once onnxruntime loads
+   and runs it (``fcnquant.runtime.written_model``).
+
+An already quantized model is refused. A model below opset 13 with per-channel weights is converted to opset 13
+(``onnx.version_converter``, the route onnxruntime's own quantizer takes for opsets it cannot quantize at) before
+emission: DequantizeLinear has its per-channel ``axis`` from opset 13 on, and per-tensor weights instead would cost
+accuracy the user did not choose. A model the converter cannot convert is a one-line error suggesting per-tensor
+weights.
 """
 from __future__ import annotations
 
@@ -28,10 +35,10 @@ from typing import Mapping
 import numpy as np
 
 from fcnquant import __version__
-from fcnquant._io import atomic_path, file_sha256, load_onnx
+from fcnquant._io import atomic_path, file_sha256, load_onnx, model_digests
 from fcnquant.calibrate.tensors import analyse
-from fcnquant.errors import CalibrationError, FcnquantError
-from fcnquant.graph import sort_topologically
+from fcnquant.errors import CalibrationError, FcnquantError, ModelError
+from fcnquant.graph import require_float, sort_topologically
 from fcnquant.quantize import exclude as excl
 from fcnquant.quantize.config import QuantConfig
 from fcnquant.quantize.float_outputs import float_outputs
@@ -41,6 +48,8 @@ from fcnquant.quantize.ort_backend import OrtJob, run_quantize_static
 from fcnquant.quantize.profiles import Profile, get_profile
 from fcnquant.quantize.validate import check_model_hash, resolve_qparams
 from fcnquant.quantize.weights import weight_scales_for
+from fcnquant.runtime import written_model
+from fcnquant.targets import target_metadata
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +102,7 @@ def quantize_model(
     weight_scales: Mapping[str, tuple[np.ndarray, int | None]] | None = None,
     verify_table: bool = True,
     metadata: Mapping[str, str] | None = None,
+    check: bool = True,
 ) -> QuantizeResult:
     """Returns the QuantizeResult of writing the int8 QDQ model of ``model_path`` to ``out``.
 
@@ -102,22 +112,22 @@ def quantize_model(
     squared error instead of rounding up, ``fcnquant.quantize.weights``). ``weight_scales`` ({initializer:
     (scales, axis)}, e.g. from AdaRound) fixes those weights' int8 scales. ``verify_table=False`` skips the
     table's model-sha256 check, for a model derived from the calibrated one by a function-preserving or
-    weight-only rewrite (recovery passes); ``metadata`` is added to the model's ``metadata_props``. Raises
-    CalibrationError for a table that does not fit the model (nothing is written then).
+    weight-only rewrite (recovery passes); ``metadata`` is added to the model's ``metadata_props``. ``check=False``
+    skips the onnxruntime load check of the written model, for a staged model that is run next anyway. Raises
+    CalibrationError for a table that does not fit the model, ModelError for an already quantized model or a
+    written model onnxruntime refuses (nothing is written then).
     """
     config = config or QuantConfig()
     target, per_channel, quantize_output = config.target, config.per_channel, config.quantize_output
     pow2_rounding = config.pow2_rounding
     profile = get_profile(target)
+    _check_target_support(profile.target, per_channel)
     model_path = Path(model_path)
     out = Path(out)
     if not (out.parent if str(out.parent) else Path(".")).is_dir():
         raise FcnquantError(f"output folder does not exist: {out.parent}")
-    model = load_onnx(model_path)
-    model_sha = file_sha256(model_path)
-    table, table_label, table_sha = _load_table(table)
-    if verify_table:
-        check_model_hash(table, model_sha, str(model_path), table_label)
+    model, model_sha, (table, table_label, table_sha) = _load_inputs(model_path, table, verify_table,
+                                                                      per_channel, weight_scales)
 
     excl.name_unnamed_nodes(model)
     excluded = excl.resolve_exclusions(model, config.exclude_nodes, config.exclude_ops,
@@ -157,6 +167,7 @@ def quantize_model(
         TABLE_SHA_KEY: table_sha,
         "fcnquant.model_sha256": model_sha,
         "fcnquant.target": profile.name,
+        **target_metadata(profile.target),
         "fcnquant.per_channel": "true" if per_channel else "false",
         "fcnquant.method": str(getattr(table, "method", "") or ""),  # shown by `fcnquant compare`
         "fcnquant.version": __version__,
@@ -167,7 +178,7 @@ def quantize_model(
     quantized = len(capable) - len(float_nodes)
 
     cache = tensorrt_cache_path(out) if profile.tensorrt_cache else None
-    with atomic_path(out) as tmp_out:
+    with (written_model(out) if check else atomic_path(out)) as tmp_out:
         _save(qmodel, tmp_out)
         if cache is not None:
             from fcnquant.calibrate.tensorrt import write_tensorrt_cache
@@ -181,6 +192,73 @@ def quantize_model(
         float_nodes=tuple(float_nodes), quantized_nodes=quantized, tensorrt_cache=cache,
         size_bytes=out.stat().st_size,
     )
+
+
+def _load_inputs(model_path: Path, table, verify_table: bool, per_channel: bool, weight_scales):
+    """Returns ``(model, model_sha256, (table, table_label, table_sha))``: the float model checked for emission (and
+    converted to the per-axis opset when per-channel weights need it), its identity, the table checked against it."""
+    model = load_onnx(model_path)
+    check_emittable(model, str(model_path))
+    digests = model_digests(model_path)
+    loaded = _load_table(table)
+    if verify_table:
+        check_model_hash(loaded[0], digests, str(model_path), loaded[1])
+    if per_channel or any(v[1] is not None for v in (weight_scales or {}).values()):
+        model = _with_per_axis_opset(model, str(model_path))
+    return model, digests[0], loaded
+
+
+def check_emittable(model, label: str, command: str = "quantize") -> None:
+    """Raises ModelError (one line) for a model int8 emission cannot start from: an already quantized one, or one
+    with float16 weights or input (onnxruntime's quantizer writes float16 scales, which DequantizeLinear refuses)."""
+    from onnx import TensorProto
+
+    require_float(model, label, command)
+    inputs = [i for i in model.graph.input if i.type.tensor_type.elem_type == TensorProto.FLOAT16]
+    halves = [t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT16]
+    if inputs or halves:
+        what = f"input '{inputs[0].name}'" if inputs else f"weights ('{halves[0]}')"
+        raise ModelError(f"{label} is a float16 model ({what}); int8 emission takes the float32 model "
+                         "(a table alone, calibrate --table-only, works on float16)")
+
+
+#: the first opset whose DequantizeLinear takes an ``axis`` (per-channel scales)
+PER_AXIS_OPSET = 13
+
+
+def _with_per_axis_opset(model, label: str):
+    """Returns ``model``, converted to :data:`PER_AXIS_OPSET` when its default-domain opset is lower (ModelError
+    when onnx's version converter cannot convert it)."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset >= PER_AXIS_OPSET:
+        return model
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(model, PER_AXIS_OPSET)
+    except Exception as exc:  # the converter raises RuntimeError / assertion texts
+        cause = " ".join(str(exc).split())
+        raise ModelError(f"{label} has opset {opset}, whose DequantizeLinear has no per-channel axis, and onnx cannot "
+                         f"convert it to opset {PER_AXIS_OPSET} ({cause}); convert the model to opset "
+                         f"{PER_AXIS_OPSET} or quantize with per-tensor weights") from exc
+    log.info("%s: opset %d converted to %d for per-channel weights (DequantizeLinear's axis)", label, opset,
+             PER_AXIS_OPSET)
+    return converted
+
+
+def _check_target_support(target, per_channel: bool) -> None:
+    """Raises FcnquantError for a target this emitter cannot serve, or a weight granularity it forbids."""
+    if target.weight_dtype != "int8" or not target.weight_symmetric:
+        raise FcnquantError(f"target {target.name}: only int8 symmetric weights are emitted (weight_dtype "
+                            f"{target.weight_dtype!r}, weight_symmetric {str(target.weight_symmetric).lower()})")
+    if target.activation_dtype == "int16":
+        raise FcnquantError(f"target {target.name}: int16 activations throughout are not emitted; declare int8 or "
+                            "uint8 activations with \"int16\" in fallbacks")
+    if per_channel and not target.per_channel_weights:
+        raise FcnquantError(f"target {target.name} takes one weight scale per tensor: quantize with per-tensor "
+                            "weights (--per-tensor)")
+    if not per_channel and not target.per_tensor_weights:
+        raise FcnquantError(f"target {target.name} takes one weight scale per output channel: drop --per-tensor")
 
 
 def _load_table(table) -> tuple[object, str, str | None]:
@@ -306,7 +384,7 @@ def _weight_overrides(model, profile: Profile, per_channel: bool, excluded: set[
     Power-of-two targets get every weight's scales; a grouped ConvTranspose gets one per-tensor scale (its
     axis 1 holds output channels of one group only, which a per-channel bias cannot follow).
     """
-    scales = weight_scales_for(model, profile.name, per_channel, pow2_rounding, skip_nodes=excluded)
+    scales = weight_scales_for(model, profile.target, per_channel, pow2_rounding, skip_nodes=excluded)
     if profile.pow2:
         return scales
     grouped = {n.input[1] for n in model.graph.node

@@ -1,7 +1,7 @@
 """Checks a calibration table against the model it is about to quantize, before anything is written.
 
-A table is refused (CalibrationError) when it was made for another model (its ``model_sha256`` differs from
-the model file's), lacks an activation the QDQ graph needs, or holds a non-finite range, a non-finite or
+A table is refused (CalibrationError) when it was made for another model (its ``model_sha256`` is none of the
+model's digests, ``fcnquant._io.model_digests``: graph and weights, however stored), lacks an activation the QDQ graph needs, or holds a non-finite range, a non-finite or
 non-positive scale, a zero point outside the target's integer type (or non-zero for a symmetric target), or a
 scale that is not a power of two for ``npu-pow2``.
 """
@@ -24,17 +24,19 @@ def _names(names: list[str]) -> str:
     return shown + (f" ... and {len(names) - _SHOW} more" if len(names) > _SHOW else "")
 
 
-def check_model_hash(table, model_sha256: str, model_label: str, table_label: str) -> None:
-    """Raises CalibrationError when the table records a different model sha256 than ``model_sha256``."""
+def check_model_hash(table, model_sha256: str | tuple[str, ...], model_label: str, table_label: str) -> None:
+    """Raises CalibrationError when the table records a model sha256 other than ``model_sha256`` (one digest, or
+    the model's digests from ``fcnquant._io.model_digests``: any of them matches)."""
+    digests = (model_sha256,) if isinstance(model_sha256, str) else tuple(model_sha256)
     recorded = getattr(table, "model_sha256", None)
     if not recorded:
         log.warning("calibration table %s records no model sha256; cannot check it belongs to %s",
                     table_label, model_label)
         return
-    if recorded != model_sha256:
+    if recorded not in digests:
         raise CalibrationError(
             f"calibration table {table_label} was made for another model (sha256 {recorded[:16]}...), "
-            f"but {model_label} has sha256 {model_sha256[:16]}...; calibrate this model first"
+            f"but {model_label} has sha256 {digests[0][:16]}...; calibrate this model first"
         )
 
 

@@ -28,18 +28,12 @@ log = logging.getLogger(__name__)
 
 FALLBACKS = ("float", "fp16", "int16")
 
-#: what each built-in target allows for the layers int8 cannot carry, until targets declare it themselves
-_DEFAULT_FALLBACKS = {"npu-pow2": ("int16",)}
-_ANY_FALLBACK = ("int16", "fp16", "float")
-
-
 def target_fallbacks(target) -> tuple[str, ...]:
-    """Returns the fallbacks ``target`` (a name or ``fcnquant.calibrate.qparams.Target``) allows: its
-    ``fallbacks`` field where it has one, else npu-pow2 int16 only and every other target all three."""
+    """Returns the fallbacks ``target`` (a name, a target file or a ``fcnquant.targets.Target``) allows: its
+    ``fallbacks`` (npu-pow2: int16 only; ort-cpu and tensorrt: int16, fp16 and float)."""
     from fcnquant.calibrate.qparams import get_target
 
-    t = get_target(target)
-    return tuple(getattr(t, "fallbacks", None) or _DEFAULT_FALLBACKS.get(t.name, _ANY_FALLBACK))
+    return tuple(get_target(target).fallbacks)
 
 
 def resolve_fallback(fallback: str | None, target) -> str:
@@ -51,7 +45,9 @@ def resolve_fallback(fallback: str | None, target) -> str:
     if fallback not in FALLBACKS:
         raise FcnquantError(f"unknown fallback '{fallback}' (choose from {', '.join(FALLBACKS)})")
     if fallback not in allowed:
-        name = getattr(target, "name", target)
+        from fcnquant.calibrate.qparams import get_target
+
+        name = get_target(target).name
         raise FcnquantError(f"target {name} does not allow the {fallback} fallback (it allows {', '.join(allowed)})")
     return fallback
 
@@ -111,7 +107,7 @@ class QuantizeBuilder:
 
         nodes = sorted(excluded)
         with _quiet("fcnquant.quantize"):
-            self.last = quantize_model(self.model, self.table, out, self.config(nodes))
+            self.last = quantize_model(self.model, self.table, out, self.config(nodes), check=False)
         if self.fallback == "fp16" and nodes:
             to_fp16_islands(out, nodes, out)
         return Path(out)
@@ -274,7 +270,7 @@ class RecoveryBuilder(QuantizeBuilder):
 
         nodes = sorted(excluded)
         with _quiet("fcnquant.quantize"), _quiet("fcnquant.recover"):
-            self.last = quantize_model(self.model, self.table, out, self.config(nodes))
+            self.last = quantize_model(self.model, self.table, out, self.config(nodes), check=False)
             record = {"passes": [p for p in self.plan.names() if p != "equalize"]}
             if self.plan.pow2_rounding != "up":
                 record["pow2_rounding"] = self.plan.pow2_rounding

@@ -89,6 +89,7 @@ def tune(
     inference.
     """
     from fcnquant._io import atomic_path, load_onnx
+    from fcnquant.graph import require_float
 
     t_start = time.perf_counter()
     model, out = Path(model), Path(out)
@@ -102,6 +103,7 @@ def tune(
     if options.objective == "agreement" and options.confidence is not None:
         raise FcnquantError("confidence bounds the labelled drop; it needs objective 'labelled'")
     float_proto = load_onnx(model)
+    require_float(float_proto, str(model), "tune")
     cfg = _tune_data(DataConfig.of(data))
     run = RunConfig.of(run)
     run = run.with_(executor=run.resolved())
@@ -119,7 +121,7 @@ def tune(
         setup.seconds["total"] = round(time.perf_counter() - t_start, 2)
         result = TuneResult(
             model=str(model), out=str(written), over_budget=not met, max_drop=options.max_drop,
-            target=quant.target, method=quant.method, per_channel=quant.per_channel, fallback=options.fallback,
+            target=str(quant.target), method=quant.method, per_channel=quant.per_channel, fallback=options.fallback,
             recover=bool(recover), layers=len(found.layers), float_layers=found.float_layers, tune_drop=tune_drop,
             tune_interval=interval, confidence=options.confidence, objective=options.objective,
             report_drop=rep.miou_drop if rep.final.labelled else None, miou_float_tune=setup.float_score.miou,
@@ -129,7 +131,8 @@ def tune(
             images=setup.images, report_html=str(report) if report is not None else None,
             json_path=str(json_path) if json_path is not None else None, seconds=setup.seconds,
         )
-        # the artifacts, each atomically, the model first
+        # the artifacts, each atomically, the model first; no second load check: the report pass above ran
+        # this very file in onnxruntime
         with atomic_path(written) as tmp_out:
             shutil.copyfile(final_tmp, tmp_out)
     _write_reports(result, rep, report, json_path)

@@ -186,7 +186,7 @@ def run_pipeline(
     done("compare fp16")
 
     result = PipelineResult(
-        model=model, out_dir=out, method=quant.method, target=quant.target, calibration_images=len(stats.image_ids),
+        model=model, out_dir=out, method=quant.method, target=str(quant.target), calibration_images=len(stats.image_ids),
         table=paths["table"], stats=paths["stats"], int8_model=paths["int8"], fp16_model=paths["fp16"],
         int8_report=int8_report, fp16_report=fp16_report, int8_html=paths["int8_html"],
         fp16_html=paths["fp16_html"], json=paths["json"], tensorrt_cache=getattr(q, "tensorrt_cache", None),

@@ -44,6 +44,7 @@ from fcnquant.quantize.config import QuantConfig
 from fcnquant.recover.adaround import AdaRoundOptions
 from fcnquant.recover.plan import RECOVERY_METADATA_KEY, RecoveryPlan
 from fcnquant.recover.scale_search import ScaleSearchOptions
+from fcnquant.runtime import written_model
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def calibrate(
     data = DataConfig.of(data, split="train", num_images=DEFAULT_CALIBRATION_IMAGES)
     quant, run = quant or QuantConfig(), RunConfig.of(run)
     outputs, recover, collect = outputs or Outputs(), recover or RecoverOptions(), collect or CollectOptions()
-    plan = _checked_plan(plan or RecoveryPlan(), quant, outputs, stats, shard)
+    plan = _checked_plan(plan or RecoveryPlan(), quant, outputs, stats, shard, model)
     quant = quant.with_(pow2_rounding=plan.pow2_rounding)
     seconds: dict[str, float] = {}
     recovery: dict[str, Any] = {"passes": plan.names()}
@@ -194,7 +195,7 @@ def calibrate(
     return FlowResult(table, stats, plan, result, recovery, reference, seconds, tuple(written), source)
 
 
-def _checked_plan(plan: RecoveryPlan, quant: QuantConfig, outputs: Outputs, stats, shard) -> RecoveryPlan:
+def _checked_plan(plan: RecoveryPlan, quant: QuantConfig, outputs: Outputs, stats, shard, model) -> RecoveryPlan:
     """Returns the plan to run: FcnquantError for combinations that cannot work, before any work."""
     from fcnquant.calibrate.qparams import get_target
 
@@ -214,6 +215,17 @@ def _checked_plan(plan: RecoveryPlan, quant: QuantConfig, outputs: Outputs, stat
         raise FcnquantError("a shard collects statistics: it does not combine with saved statistics")
     check_outputs({"model": outputs.model, "table": outputs.table, "stats": outputs.stats, "ids": outputs.ids,
                    "trt_cache": outputs.trt_cache})
+    if outputs.model is not None and model is not None and Path(model).is_file():
+        import onnx
+
+        from fcnquant.quantize import check_emittable
+
+        try:  # the graph alone (external weights are not read): a model emission refuses fails before inference
+            proto = onnx.load(str(model), load_external_data=False)
+        except Exception:  # an unreadable file: the collection pass names it
+            proto = None
+        if proto is not None:
+            check_emittable(proto, str(model), "calibrate")
     return plan
 
 
@@ -240,8 +252,9 @@ def _emit(float_path: Path, table, quant: QuantConfig, plan: RecoveryPlan, data:
     if plan.pow2_rounding != "up":
         recovery["pow2_rounding"] = plan.pow2_rounding
     staged = tmp / "int8.onnx"
+    # the staged model is checked once, when it is written (``_write_each``)
     result = quantize_model(emit_from, table, staged, quant, weight_scales=weight_scales,
-                            verify_table=emit_from == float_path)
+                            verify_table=emit_from == float_path, check=False)
     seconds["emit"] = time.perf_counter() - t0
 
     if plan.scale_search:
@@ -253,7 +266,7 @@ def _emit(float_path: Path, table, quant: QuantConfig, plan: RecoveryPlan, data:
         if ss.changes:
             table = ss.table
             result = quantize_model(emit_from, table, staged, quant, weight_scales=weight_scales,
-                                    verify_table=emit_from == float_path)
+                                    verify_table=emit_from == float_path, check=False)
         seconds["scale_search"] = time.perf_counter() - t0
 
     if plan.bias_correction:
@@ -285,7 +298,7 @@ def _write_each(outputs: Outputs, stats: CalibrationStats, table, result, tmp: P
 
     written: list[tuple[str, Path]] = []
     if outputs.model is not None:
-        with atomic_path(outputs.model) as final:
+        with written_model(outputs.model) as final:
             shutil.copyfile(tmp / "int8.onnx", final)
         written.append(("int8 model", outputs.model))
         if result is not None and result.tensorrt_cache is not None:

@@ -73,3 +73,34 @@ def test_build_table_names_an_empty_tensor():
     st.tensors["never"] = type(st.tensors["relu1"]).new()
     with pytest.raises(CalibrationError, match="never"):
         build_table(st, "kl", "ort-cpu")
+
+
+def test_table_of_a_target_file_loads_back_with_that_target(tmp_path):
+    """A table computed for a target file records the file's name, source, sha256 and keys; it loads back with
+    the same target (no file needed), and its entries are those of the built-in the file copies."""
+    import hashlib
+    import shutil
+
+    from fcnquant.targets import TARGETS, builtin_path, get_target
+
+    text = builtin_path("npu-pow2").read_text(encoding="utf-8").replace('name = "npu-pow2"', 'name = "my-npu"')
+    (tmp_path / "my.toml").write_text(text, encoding="utf-8")
+    target = get_target(str(tmp_path / "my.toml"))
+    st = sample_stats()
+    table = build_table(st, "kl", target, created="2024-01-01T00:00:00+00:00", pow2_rounding="error")
+    builtin = build_table(st, "kl", "npu-pow2", created="2024-01-01T00:00:00+00:00", pow2_rounding="error")
+    assert table.tensors == builtin.tensors and table.target == "my-npu"
+    path = table.save(tmp_path / "calib.json")
+    d = json.loads(path.read_text())
+    assert d["target"] == "my-npu" and "target_file" not in builtin.to_dict()
+    assert d["target_file"]["source"] == str(tmp_path / "my.toml")
+    assert d["target_file"]["sha256"] == hashlib.sha256((tmp_path / "my.toml").read_bytes()).hexdigest()
+    (tmp_path / "my.toml").unlink()
+    back = CalibrationTable.load(path)
+    assert back.resolved_target == target and back.to_dict() == table.to_dict()
+    assert back.resolved_target.arithmetic() == TARGETS["npu-pow2"].arithmetic()
+    shutil.copy(path, tmp_path / "bad.json")
+    d["target_file"]["spec"]["rounding"] = "sideways"
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    with pytest.raises(CalibrationError, match="bad.json: target_file.*'rounding'"):
+        CalibrationTable.load(tmp_path / "bad.json")

@@ -453,3 +453,18 @@ def test_fcn8s_fully_int8(fcn8s, tmp_path, target):
     got, want = run(out, x), run(fcn8s, x)
     cos = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
     assert cos > 0.98, cos
+
+
+def test_quant_config_reads_a_target_file_once(tmp_path):
+    import shutil
+
+    from fcnquant.quantize import QuantConfig
+    from fcnquant.targets import Target, TargetError, builtin_path
+
+    path = shutil.copy(builtin_path("tensorrt"), tmp_path / "trt.toml")
+    cfg = QuantConfig(target=str(path))
+    assert isinstance(cfg.target, Target) and cfg.target.source == str(path) and cfg.target.tensorrt_cache
+    assert QuantConfig(target="npu-pow2").target == "npu-pow2"  # built-in names stay names
+    (tmp_path / "trt.toml").write_text("name = 'x'\n")
+    with pytest.raises(TargetError, match="missing key 'activation_dtype'"):
+        QuantConfig(target=str(path))

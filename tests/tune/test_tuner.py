@@ -74,8 +74,10 @@ def test_impossible_budget_exits_3_and_writes_the_best_model_as_over_budget(tune
                "--per-tensor", "--out", str(out), "--json", str(tmp_path / "x.json"), "--num-calib", "8",
                "--num-tune", "16", "--rank", "isolated", "--rank-images", "4", "--no-progress"])
     assert rc == 3
-    err = capsys.readouterr().err
+    printed = capsys.readouterr()
+    err = printed.err
     assert "cannot be met" in err and "over budget" in err
+    assert "check (ort-cpu): legal" in printed.out  # float layers are one of ort-cpu's fallbacks
     assert not out.exists()
     best = over_budget_path(out)
     assert best.is_file() and best.name == "x.int8.over-budget.onnx"
@@ -85,12 +87,16 @@ def test_impossible_budget_exits_3_and_writes_the_best_model_as_over_budget(tune
     assert data["tune_drop"] == pytest.approx(min(drops), abs=1e-4)
 
 
-def test_recover_emits_recovered_candidates(tune_voc, planted_fcn8s, tmp_path, monkeypatch):
-    # npu-pow2 allowing the float fallback, as a target file may declare
-    monkeypatch.setattr("fcnquant.tune.builder._DEFAULT_FALLBACKS", {})
+def test_recover_emits_recovered_candidates(tune_voc, planted_fcn8s, tmp_path):
+    # the built-in npu-pow2 allows int16 only: a copy of its file that allows float too
+    from fcnquant.targets.load import builtin_path
+
+    text = builtin_path("npu-pow2").read_text().replace('fallbacks = ["int16"]', 'fallbacks = ["int16", "float"]')
+    assert 'fallbacks = ["int16", "float"]' in text
+    (tmp_path / "npu-float.toml").write_text(text)
     out = tmp_path / "r.int8.onnx"
     res = tune(planted_fcn8s, out, TuneOptions(1.0, **FAST), tune_voc, QUIET,
-               QuantConfig(target="npu-pow2", per_channel=False),
+               QuantConfig(target=str(tmp_path / "npu-float.toml"), per_channel=False),
                recover=True)
     assert [f.name for f in res.float_layers] == [PLANTED] and not res.over_budget
     assert res.tune_drop == pytest.approx(_tuning_drop(planted_fcn8s, out, tune_voc, res), abs=1e-9)

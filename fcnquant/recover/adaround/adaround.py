@@ -41,7 +41,6 @@ from __future__ import annotations
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -149,9 +148,9 @@ class AdaRoundResult:
 
     def save_model(self, path: str | os.PathLike[str]) -> Path:
         """Writes the AdaRound model to ``path`` atomically; returns the path."""
-        from fcnquant._io import atomic_path
+        from fcnquant.runtime import written_model
 
-        with atomic_path(path) as tmp:
+        with written_model(path) as tmp:
             save_model(self.model, tmp)
         return Path(path)
 
@@ -187,13 +186,13 @@ def adaround(
     executor = run.resolved()
     t0 = time.perf_counter()
     profile = get_profile(quant.target)
-    label, source_sha, model = _source(model)
+    label, source_digests, model = _source(model)
     if table is None:
         if options.inputs != "float":
             raise CalibrationError(f"adaround with '{options.inputs}' inputs needs the calibration table of the model")
     else:
         table = _load_table(table)
-        _check_table(table, model, source_sha, label)
+        _check_table(table, model, source_digests, label)
     model = copy.deepcopy(model)
     excluded = _excluded(model, quant)
     if weight_scales is None:
@@ -221,7 +220,7 @@ def adaround(
         model=model, weight_scales={k: v for k, v in scales.items() if k in {l.weight for l in layers}},
         layers=tuple(stats), skipped=tuple(skipped), target=profile.name, per_channel=quant.per_channel,
         iterations=options.iterations, inputs=options.inputs, images=len(ids), seconds=time.perf_counter() - t0,
-        source_sha256=source_sha,
+        source_sha256=source_digests[0],
     )
     _record(model, result)
     log.info("adaround: %d layer(s) in %.1f s; %d kept nearest", len(stats), result.seconds,
@@ -230,12 +229,12 @@ def adaround(
 
 
 def _source(model) -> tuple[str, str, object]:
-    """Returns (label, sha256, ModelProto) of a model path or ModelProto."""
-    from fcnquant._io import file_sha256, load_onnx
+    """Returns (label, its digests (``fcnquant._io.model_digests``), ModelProto) of a model path or ModelProto."""
+    from fcnquant._io import load_onnx, model_digests, model_identity
 
     if isinstance(model, (str, os.PathLike)):
-        return str(model), file_sha256(model), load_onnx(model)
-    return "(in-memory model)", hashlib.sha256(model.SerializeToString()).hexdigest(), model
+        return str(model), model_digests(model), load_onnx(model)
+    return "(in-memory model)", (model_identity(model),), model
 
 
 def _excluded(model, quant: QuantConfig) -> set[str]:
@@ -313,11 +312,11 @@ def _load_table(table):
     return table
 
 
-def _check_table(table, model, source_sha: str, label: str) -> None:
+def _check_table(table, model, source_digests: tuple[str, ...], label: str) -> None:
     """The table must belong to this model (or to the model this one was derived from by weight snapping)."""
     from fcnquant.quantize.validate import check_model_hash
 
     meta = {p.key: p.value for p in model.metadata_props}
     if meta.get(CALIBRATED_SHA_KEY) and getattr(table, "model_sha256", None) == meta[CALIBRATED_SHA_KEY]:
         return
-    check_model_hash(table, source_sha, label, "(given)")
+    check_model_hash(table, source_digests, label, "(given)")

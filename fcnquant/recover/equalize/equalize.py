@@ -33,6 +33,7 @@ from fcnquant import __version__
 from fcnquant.data import DataConfig, Dataset
 from fcnquant.errors import FcnquantError, ModelError
 from fcnquant.execute import Executor, RunConfig
+from fcnquant.graph import require_float
 from fcnquant.quantize.name_map import set_metadata
 from fcnquant.recover.equalize import cle
 from fcnquant.recover.equalize.bounds import absorb_data, channel_stats, choose_images
@@ -180,6 +181,7 @@ def equalize(
         source = model
     else:
         raise ModelError(f"expected a model path or onnx.ModelProto, got {type(model).__name__}")
+    require_float(source, str(model) if isinstance(model, (str, os.PathLike)) else "the model", "equalize")
     work = onnx.ModelProto()
     work.CopyFrom(source)
     pairs, records, chain_dicts, skipped, weights = _equalize_pairs(work, options)
@@ -392,14 +394,14 @@ def _summary(result: EqualizeResult) -> dict[str, Any]:
 def _write(model, out: str | os.PathLike[str]) -> Path:
     import onnx
 
-    from fcnquant._io import atomic_path
+    from fcnquant.runtime import written_model
 
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise ModelError(f"the equalized model does not pass the ONNX checker: {exc}") from exc
     path = Path(out)
-    with atomic_path(path) as tmp:
+    with written_model(path) as tmp:
         onnx.save(model, str(tmp))
     log.info("wrote %s", path)
     return path

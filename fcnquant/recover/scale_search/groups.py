@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from fcnquant.calibrate.qparams import get_target, pow2_ceil
+from fcnquant.calibrate.qparams import pow2_ceil
 from fcnquant.errors import FcnquantError, ModelError
 
 
@@ -32,7 +32,7 @@ def scale_groups(qmodel, table, inherited: dict[str, str] | None = None, extra: 
     """
     from onnx import numpy_helper
 
-    t = get_target(table.target)
+    t = table.resolved_target
     if not t.pow2:
         raise FcnquantError(f"the scale search is for power-of-two targets; the table is for {table.target}")
     inits = {i.name: i for i in qmodel.graph.initializer}
