@@ -12,6 +12,13 @@ train split, 50 other train images for calibration):
   tell whether it needs fewer layers than tune (with k <= 1 nothing needs running: all-int8 misses the budget).
 
     python bench/bench_tune.py --heldout /tmp/fq/val1k --out /tmp/fq/bench-tune     # prints a Markdown section
+
+``--int16``: the integer-only runs instead. Per demo model, ``tune --max-drop 0.05 --fallback int16`` without and
+with ``--recover`` (agreement objective, the labelled drop verified at the end): the held-out drop, the compute
+ops left in float (Conv/Add/Concat/MaxPool/Resize not fed by DequantizeLinear, the final logits aside), the
+evaluations against ceil(log2 L) + 3; rows go to bench/results/tune_int16.json as they finish.
+
+    python bench/bench_tune.py --int16 --heldout /tmp/fq/val1k --out /tmp/fq/bench-tune16
 """
 from __future__ import annotations
 
@@ -109,6 +116,106 @@ def run_one(name: str, heldout: Path, out_dir: Path, rank: str, greedy_ref: bool
     return row
 
 
+#: compute ops that must run between DequantizeLinear and QuantizeLinear on an integer-only target
+INTEGER_OPS = ("Conv", "Add", "Concat", "MaxPool", "Resize")
+
+
+def float_compute_ops(path) -> list[str]:
+    """Returns the compute nodes (INTEGER_OPS) of the model at ``path`` whose data inputs do not all come from a
+    DequantizeLinear, the final logits aside (the nodes on a path to a graph output that no QuantizeLinear cuts)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    made_by = {o: n for n in graph.node for o in n.output}
+    tail, stack = set(), [o.name for o in graph.output]
+    while stack:  # the float tail: back from the outputs until a DequantizeLinear
+        node = made_by.get(stack.pop())
+        if node is None or node.op_type == "DequantizeLinear" or node.name in tail:
+            continue
+        tail.add(node.name)
+        stack.extend(i for i in node.input if i)
+    data = {"Conv": 2, "Add": 2, "Concat": None, "MaxPool": 1, "Resize": 1}
+    bad = []
+    for n in graph.node:
+        if n.op_type not in INTEGER_OPS or n.name in tail:
+            continue
+        inputs = [i for i in list(n.input)[:data[n.op_type]] if i]
+        if any(made_by.get(i) is None or made_by[i].op_type != "DequantizeLinear" for i in inputs):
+            bad.append(n.name)
+    return bad
+
+
+def run_int16(name: str, heldout_set, out_dir: Path, recover: bool, num_tune: int, num_report: int) -> dict:
+    """``tune --max-drop 0.05 --fallback int16 [--recover]`` at npu-pow2 per-tensor: held-out drop, float compute
+    ops, evaluations against ceil(log2 L) + 3, the tuning drop with its interval."""
+    from fcnquant.demo_models import demo_model_path
+    from fcnquant.execute import RunConfig
+    from fcnquant.quantize import QuantConfig
+    from fcnquant.tune import ImageChoice, TuneOptions, tune
+
+    model = demo_model_path(name)
+    tag = f"{name}.int16{'.recover' if recover else ''}"
+    row: dict = {"model": name, "recover": recover, "fallback": "int16", "num_tune": num_tune,
+                 "load_start": loadavg()}
+    t0 = time.perf_counter()
+    options = TuneOptions(MAX_DROP, fallback="int16", report_isolated=False,
+                          images=ImageChoice(num_tune=num_tune, num_report=num_report))
+    res = tune(model, out_dir / f"{tag}.int8.onnx", options, None, RunConfig(progress=False),
+               QuantConfig(target=TARGET, per_channel=False), recover=recover, json_path=out_dir / f"{tag}.json")
+    i = res.tune_interval
+    row.update(wall_s=round(time.perf_counter() - t0, 1), layers=res.layers, limit=res.evaluation_limit,
+               evaluations=len(res.evaluations), objective=res.objective, over_budget=res.over_budget,
+               int16_layers=[f.name for f in res.float_layers], tune_drop=res.tune_drop,
+               tune_interval=[i.lo, i.hi] if i is not None else None, resolution=res.resolution,
+               seconds=res.seconds, float_ops=float_compute_ops(res.out),
+               steps=[(e.step, len(e.float_layers), round(e.drop, 4)) for e in res.evaluations])
+    row["heldout_images"] = len(heldout_set.ids)
+    row["heldout_miou_float"] = heldout_set.float_score.miou
+    row["heldout_drop"] = heldout_set.drop(res.out)
+    row["load_end"] = loadavg()
+    return row
+
+
+def render_int16(rows: list[dict]) -> str:
+    """Returns the Markdown table of the int16 rows."""
+    lines = ["| model | --recover | held-out drop | float ops | evaluations (limit) | int16 layers / L | "
+             "tuning drop [95% interval] | wall s | load |", "|" + " --- |" * 9]
+    for r in rows:
+        lo, hi = r["tune_interval"] or (float("nan"), float("nan"))
+        lines.append(f"| {r['model']} | {'yes' if r['recover'] else 'no'} | {r['heldout_drop']:+.3f} | "
+                     f"{len(r['float_ops'])} | {r['evaluations']} ({r['limit']}) | "
+                     f"{len(r['int16_layers'])} / {r['layers']} | {r['tune_drop']:+.3f} [{lo:+.2f}, {hi:+.2f}] | "
+                     f"{r['wall_s']:.0f} | {r['load_start']} / {r['load_end']} |")
+    return "\n".join(lines)
+
+
+def main_int16(args) -> int:
+    """The int16 runs: every model without then with --recover; rows to ``--results`` as they finish."""
+    from fcnquant.data import open_dataset, preset_for_session
+    from fcnquant.demo_models import demo_model_path
+    from fcnquant.runtime import make_session
+    from fcnquant.tune.tuning_set import TuningSet
+
+    rows: list[dict] = []
+    val = open_dataset(args.heldout, "val")
+    ids = val.ids[:args.heldout_images] if args.heldout_images else val.ids
+    held: dict[str, TuningSet] = {}
+    names = [m for m in args.models.split(",") if m]
+    for recover in (False, True):  # every model without --recover first: the cheaper half
+        for name in names:
+            if name not in held:
+                model = demo_model_path(name)
+                held[name] = TuningSet(val, ids, preset_for_session(make_session(model), None), cache_bytes=0)
+                held[name].set_float(model)
+            print(f"== {name} int16 recover={recover} load {loadavg()}", file=sys.stderr, flush=True)
+            rows.append(run_int16(name, held[name], args.out, recover, args.num_tune, args.num_report))
+            print(json.dumps(rows[-1], default=str), file=sys.stderr, flush=True)
+            args.results.write_text(json.dumps({"max_drop": MAX_DROP, "target": TARGET, "per_channel": False,
+                                                "rows": rows}, indent=1, default=str) + "\n")
+    print(render_int16(rows))
+    return 0
+
+
 def render(rows: list[dict]) -> str:
     head = ("| model | ranking, tuning images | L | evaluations (limit) | float layers | tuning drop | held-out drop, tuned "
             "(all int8) | greedy float layers | ranking s | tune wall s | load |")
@@ -143,12 +250,20 @@ def main(argv=None) -> int:
     p.add_argument("--max-evaluations", type=int, help="stop each search after N evaluations (default: no limit)")
     p.add_argument("--recover", action="store_true", help="tune with --recover (pow2 by error + bias correction on "
                    "every candidate); the all-int8 reference is then recovered too")
+    p.add_argument("--int16", action="store_true", help="the int16 runs instead: tune --fallback int16, without "
+                   "and with --recover, held-out drop, float compute ops, evaluations against the bound")
+    p.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "tune_int16.json")
+    p.add_argument("--heldout-images", type=int, help="held-out images used (default: all)")
+    p.add_argument("--num-report", type=int, default=20, help="tune's own reporting images (--int16; the verdict "
+                   "is the held-out drop)")
     args = p.parse_args(argv)
     if not (args.heldout / "VOC2012").is_dir() and not (args.heldout / "ImageSets").is_dir():
         from fcnquant.data import write_synthetic_voc
 
         write_synthetic_voc(args.heldout, train=0, val=1000, seed=1, progress=False)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.int16:
+        return main_int16(args)
     rows = []
     jobs = [(m, "sensitivity") for m in args.models.split(",") if m]
     jobs += [(m, "isolated") for m in args.isolated.split(",") if m]

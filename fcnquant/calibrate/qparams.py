@@ -60,3 +60,31 @@ def qparams(lo: float, hi: float, target: str | Target) -> tuple[float, int]:
     scale = max(_f32((hi0 - lo0) / (t.qmax - t.qmin)), MIN_SCALE)
     zp = int(round(t.qmin - lo0 / scale))
     return scale, min(max(zp, t.qmin), t.qmax)
+
+
+#: the integer widths an activation may be quantized to
+ACTIVATION_BITS = (8, 16)
+INT16_QMAX = 32767
+
+
+def qparams_bits(lo: float, hi: float, target: str | Target, bits: int = 8) -> tuple[float, int]:
+    """Returns ``(scale, zero_point)`` quantizing ``[lo, hi]`` on ``target`` with ``bits``-bit activations.
+
+    8 bits: exactly :func:`qparams`. 16 bits: symmetric int16 on every target (an asymmetric uint8 target too:
+    onnxruntime's int16 QDQ kernels take a signed zero point of 0, and 65535 steps leave no need for an offset),
+    ``scale = amax / 32767`` (rounded up to a power of two on a power-of-two target), ``zero_point = 0``, with the
+    same :data:`MIN_SCALE` floor. Raises CalibrationError for an unsupported width or an invalid range.
+    """
+    if bits == 8:
+        return qparams(lo, hi, target)
+    if bits != 16:
+        raise CalibrationError(f"activations are quantized to {' or '.join(map(str, ACTIVATION_BITS))} bits, "
+                               f"not {bits}")
+    t = get_target(target)
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        raise CalibrationError(f"invalid range [{lo}, {hi}]")
+    scale = max(abs(lo), abs(hi)) / INT16_QMAX
+    if t.pow2:
+        scale = pow2_ceil(max(scale, MIN_SCALE))
+    return max(_f32(scale), MIN_SCALE), 0

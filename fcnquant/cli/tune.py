@@ -10,8 +10,9 @@ from fcnquant.errors import FcnquantError
 
 #: fcnquant.tune's FALLBACKS and RANKINGS (a test checks they agree), here so that building the parser does not
 #: import fcnquant.tune.
-FALLBACKS = ("float", "fp16")
+FALLBACKS = ("float", "fp16", "int16")
 RANKINGS = ("sensitivity", "isolated")
+OBJECTIVES = ("labelled", "agreement")
 
 EXIT_OVER_BUDGET = 3
 
@@ -48,8 +49,9 @@ def register(sub) -> None:
     q.add_argument("--bias-correction", choices=("fast", "sequential"), default=None, metavar="fast|sequential",
                    help="with --recover: the bias correction's form, fast (one pass over the calibration images, "
                         "the default) or sequential (layer by layer, the reference)")
-    q.add_argument("--fallback", default="float", choices=FALLBACKS, help="what the chosen layers run in: float32, "
-                   "or fp16 islands with Casts around them, for targets that run fp16 (default %(default)s)")
+    q.add_argument("--fallback", choices=FALLBACKS, help="what the chosen layers run in: float32, fp16 islands "
+                   "with Casts around them, or int16 activations (int8 weights; no float op), as the target allows "
+                   "(default: float where allowed, else the target's first fallback: int16 on npu-pow2)")
     g = p.add_argument_group("images")
     g.add_argument("--data", metavar="DIR", help=DATA_HELP)
     g.add_argument("--calib-split", default="train", help="split the calibration images come from (default "
@@ -68,7 +70,12 @@ def register(sub) -> None:
                    "(default %(default)s)")
     s.add_argument("--rank-images", type=int, default=16, metavar="N", help="tuning images the ranking runs on "
                    "(default %(default)s)")
-    s.add_argument("--max-evaluations", type=int, metavar="N", help="stop after N evaluations of the tuning set")
+    s.add_argument("--max-evaluations", type=int, metavar="N", help="stop after N evaluations of the tuning set "
+                   "(never more than ceil(log2 L) + 3 for L layers)")
+    s.add_argument("--objective", choices=OBJECTIVES, help="what the search holds to --max-drop: the labelled "
+                   "mIoU drop, or agreement: the percentage of pixels whose class differs from the float model's, "
+                   "above that of every layer in the fallback (far less noise; the labelled drop is verified at "
+                   "the end) (default: agreement with --fallback int16, else labelled)")
     s.add_argument("--confidence", type=float, metavar="P", help="hold the one-sided P upper bound of each "
                    "candidate's drop (paired bootstrap over the tuning images, e.g. 0.9) to --max-drop instead of "
                    "the point estimate: more layers in float, a budget met with confidence P")
@@ -94,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     images = ImageChoice(calib_split=args.calib_split, num_calib=args.num_calib, tune_split=args.tune_split,
                          num_tune=args.num_tune, report_split=args.report_split, num_report=args.num_report,
                          report_root=args.report_data)
-    options = TuneOptions(max_drop=args.max_drop, fallback=args.fallback, confidence=args.confidence,
+    options = TuneOptions(max_drop=args.max_drop, fallback=args.fallback, objective=args.objective,
+                          confidence=args.confidence,
                           rank=args.rank, rank_images=args.rank_images, max_evaluations=args.max_evaluations,
                           images=images)
     quant = QuantConfig(method=args.method, target=resolve_target(args.target), per_channel=not args.per_tensor)
@@ -119,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     if result.over_budget:
         print(f"fcnquant tune: the budget of {args.max_drop:g} mIoU points cannot be met: the best model found "
               f"drops {result.tune_drop:.3f} on the tuning images with {len(result.float_layers)} of "
-              f"{result.layers} layers in float; written as {result.out} (over budget), not as {args.out}",
+              f"{result.layers} layers in {result.fallback}; written as {result.out} (over budget), not as {args.out}",
               file=sys.stderr)
         return EXIT_OVER_BUDGET
     return 0

@@ -37,6 +37,7 @@ class OrtJob:
     weights: dict[str, tuple[np.ndarray, int | None]] = field(default_factory=dict)  # name -> (scales, axis)
     nodes_to_exclude: list[str] = field(default_factory=list)
     fixed_weight_scales: bool = False  # the given weight scales must not be enlarged for the int32 bias
+    int16: frozenset[str] = frozenset()  # activations quantized to symmetric int16 (the model is at opset 21)
 
 
 def _check_version() -> None:
@@ -99,6 +100,11 @@ def run_quantize_static(model_path: Path, out_path: Path, cache_path: Path, job:
     ranges = {}
     overrides: dict[str, list[dict]] = {}
     for name, (scale, zp) in job.activations.items():
+        if name in job.int16:
+            ranges[name] = TensorData(lowest=np.float32(-32768 * scale), highest=np.float32(32767 * scale))
+            overrides[name] = [{"quant_type": QuantType.QInt16, "scale": np.array(scale, np.float32),
+                                "zero_point": np.array(zp, np.int16)}]
+            continue
         lo, hi = (qmin - zp) * scale, (qmax - zp) * scale
         ranges[name] = TensorData(lowest=np.float32(lo), highest=np.float32(hi))
         overrides[name] = [{"scale": np.array(scale, np.float32), "zero_point": np.array(zp, act_np)}]
@@ -118,6 +124,10 @@ def run_quantize_static(model_path: Path, out_path: Path, cache_path: Path, job:
         # power-of-two (or otherwise fixed) weight scales must not be enlarged by onnxruntime's int32-bias adjustment
         "QDQDisableWeightAdjustForInt32Bias": job.fixed_weight_scales,
     }
+    if job.int16 and not prof.symmetric:
+        # an asymmetric target folds each Relu into its output's zero point; a symmetric int16 output cannot clip
+        # at 0, so the Relus stay (a uint8 Relu kept between two equal grids computes the same values)
+        extra["QDQKeepRemovableActivations"] = True
     try:
         with _quiet_ort():
             quantize_static(

@@ -133,13 +133,18 @@ def quantize_model(
     excluded = excl.resolve_exclusions(model, config.exclude_nodes, config.exclude_ops,
                                       list(config.exclude_regex) or None)
     plan = analyse(model)  # which activations need a scale, which reuse another's (fcnquant.calibrate.tensors)
-    activations = _activation_params(model, plan, table, table_label, profile, quantize_output)
+    activations = _activation_params(model, plan, table, table_label, profile, quantize_output,
+                                     set(config.int16_tensors))
+    int16 = _int16_params(activations, plan, table, config)
+    activations.update(int16)
     table_sha = table_sha or _table_sha256(table)  # after validation: saving checks the table too
     weights = _weight_overrides(model, profile, per_channel, set(excluded), pow2_rounding)
     fixed = dict(weight_scales or {})
     weights.update({k: (np.asarray(v[0], np.float32), v[1]) for k, v in fixed.items()})
     job = OrtJob(profile, per_channel, activations, weights, excluded + _float_output_activations(model, quantize_output),
-                 fixed_weight_scales=profile.pow2 or bool(fixed))
+                 fixed_weight_scales=profile.pow2 or bool(fixed), int16=frozenset(int16))
+    if int16:
+        to_opset(model, INT16_OPSET)
 
     # the float model's activation names, for the name map, before onnxruntime touches anything
     float_tensors = {i.name for i in model.graph.input} | {o for n in model.graph.node for o in n.output if o}
@@ -278,7 +283,7 @@ def _table_sha256(table) -> str:
 
 
 def _activation_params(
-    model, plan, table, label: str, profile: Profile, quantize_output: bool
+    model, plan, table, label: str, profile: Profile, quantize_output: bool, int16: set[str] = frozenset()
 ) -> dict[str, tuple[float, int]]:
     """Returns {tensor: (scale, zero point)} for every activation onnxruntime may quantize."""
     observed, inherited = list(plan.observed), plan.inherited
@@ -292,8 +297,55 @@ def _activation_params(
         if src in params:
             params.setdefault(name, params[src])
     if not profile.symmetric:
-        _check_relu_zero_points(model, params, profile)
+        _check_relu_zero_points(model, {k: v for k, v in params.items() if k not in int16}, profile)
     return params
+
+
+def _int16_params(activations: dict[str, tuple[float, int]], plan, table,
+                  config: QuantConfig) -> dict[str, tuple[float, int]]:
+    """Returns {tensor: (scale, 0)} of the activations quantized to int16: ``config.int16_tensors`` and every
+    tensor inheriting its scale from one of them (a MaxPool/Resize output, a producer fused with its Relu).
+
+    Raises CalibrationError for a name that is no quantized activation of the graph."""
+    from fcnquant.calibrate.qparams import qparams_bits
+
+    wanted = set(config.int16_tensors)
+    unknown = sorted(wanted - set(activations))
+    if unknown:
+        raise CalibrationError(f"int16 tensor(s) {', '.join(repr(n) for n in unknown[:8])} are no quantized "
+                               "activation of the model")
+    source = {n: plan.inherited.get(n, n) for n in activations}
+    out: dict[str, tuple[float, int]] = {}
+    for name in activations:
+        src = source[name]
+        if name in wanted or src in wanted:
+            entry = table.tensors[src if src in table.tensors else name]
+            out[name] = qparams_bits(float(entry.lo), float(entry.hi), config.target, 16)
+    return out
+
+
+#: the first opset whose QuantizeLinear / DequantizeLinear take int16
+INT16_OPSET = 21
+
+
+def to_opset(model, version: int) -> None:
+    """Converts ``model`` in place to default-domain opset ``version`` (onnx's version converter, then the
+    checker: every op must still validate there); ModelError when it cannot."""
+    import onnx
+    from onnx import version_converter
+
+    from fcnquant.errors import ModelError
+
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if current is not None and current >= version:
+        return
+    try:
+        converted = version_converter.convert_version(model, version)
+        onnx.checker.check_model(converted)
+    except Exception as exc:  # the converter and checker raise assorted errors
+        raise ModelError(f"the model cannot be converted to opset {version} (int16 activations need it): "
+                         f"{exc}") from exc
+    model.CopyFrom(converted)
 
 
 def _with_inherited(table, plan):

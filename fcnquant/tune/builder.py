@@ -5,6 +5,8 @@ A :class:`Builder` turns a set of node names into a model file. The search never
 ``fcnquant.quantize.quantize_model`` per evaluation, the candidate's nodes excluded. Recovery (``fcnquant.recover``:
 power-of-two scales by error, bias correction) is another Builder, :class:`RecoveryBuilder`.
 
+``fallback="int16"`` quantizes the excluded nodes' output activations to symmetric int16 instead of the target's
+8-bit type (``QuantConfig.int16_tensors``; weights stay int8): no layer leaves the integer domain.
 ``fallback="fp16"`` turns the excluded nodes into float16 islands: onnxruntime's float16 converter with every
 other node on its node block list, so only the excluded nodes (and the weights only they read) become float16,
 with Casts at the island's borders. For targets that run fp16 (TensorRT, most NPUs); onnxruntime's CPU provider
@@ -24,7 +26,30 @@ from fcnquant.recover.plan import RecoveryPlan
 
 log = logging.getLogger(__name__)
 
-FALLBACKS = ("float", "fp16")
+FALLBACKS = ("float", "fp16", "int16")
+
+def target_fallbacks(target) -> tuple[str, ...]:
+    """Returns the fallbacks ``target`` (a name, a target file or a ``fcnquant.targets.Target``) allows: its
+    ``fallbacks`` (npu-pow2: int16 only; ort-cpu and tensorrt: int16, fp16 and float)."""
+    from fcnquant.calibrate.qparams import get_target
+
+    return tuple(get_target(target).fallbacks)
+
+
+def resolve_fallback(fallback: str | None, target) -> str:
+    """Returns the fallback a tune on ``target`` uses: ``fallback`` when the target allows it (FcnquantError
+    otherwise); None: ``float`` where allowed, else the target's first fallback."""
+    allowed = target_fallbacks(target)
+    if fallback is None:
+        return "float" if "float" in allowed else allowed[0]
+    if fallback not in FALLBACKS:
+        raise FcnquantError(f"unknown fallback '{fallback}' (choose from {', '.join(FALLBACKS)})")
+    if fallback not in allowed:
+        from fcnquant.calibrate.qparams import get_target
+
+        name = get_target(target).name
+        raise FcnquantError(f"target {name} does not allow the {fallback} fallback (it allows {', '.join(allowed)})")
+    return fallback
 
 
 @runtime_checkable
@@ -52,10 +77,29 @@ class QuantizeBuilder:
         self.quant = quant if quant is not None else QuantConfig()
         self.fallback = fallback
         self.last = None  # the QuantizeResult of the latest build
+        self._outputs: dict[str, tuple[str, ...]] | None = None
 
     def config(self, nodes: list[str]) -> QuantConfig:
-        """Returns the QuantConfig of a candidate with ``nodes`` kept out of int8."""
+        """Returns the QuantConfig of a candidate with ``nodes`` kept out of int8 (int16: their quantized output
+        activations escalated to int16)."""
+        if self.fallback == "int16":
+            tensors = {t for n in nodes for t in self._node_outputs().get(n, ())}
+            return self.quant.with_(int16_tensors=tuple(sorted(set(self.quant.int16_tensors) | tensors)))
         return self.quant.with_(exclude_nodes=tuple(sorted(set(self.quant.exclude_nodes) | set(nodes))))
+
+    def _node_outputs(self) -> dict[str, tuple[str, ...]]:
+        """Returns {node name: its outputs that the QDQ graph quantizes} of the float model (read once)."""
+        if self._outputs is None:
+            from fcnquant._io import load_onnx
+            from fcnquant.calibrate.tensors import analyse
+            from fcnquant.quantize.exclude import name_unnamed_nodes
+
+            model = load_onnx(self.model)
+            name_unnamed_nodes(model)
+            plan = analyse(model)
+            quantized = (set(plan.observed) | set(plan.inherited)) - {o.name for o in model.graph.output}
+            self._outputs = {n.name: tuple(o for o in n.output if o in quantized) for n in model.graph.node}
+        return self._outputs
 
     def build(self, excluded: frozenset[str], out: Path) -> Path:
         """Returns ``out`` after writing the int8 model with ``excluded`` in float (or fp16) there."""

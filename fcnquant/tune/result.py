@@ -17,6 +17,21 @@ from fcnquant.tune.search import Evaluation
 FORMAT_VERSION = 1
 
 
+def resolution_note(interval: DropInterval | None, images: int, budget: float) -> str | None:
+    """Returns the "cannot resolve" sentence when the interval's half-width exceeds ``budget``, else None.
+
+    The half-width shrinks as one over the square root of the image count, so ``images * (half / budget)**2``
+    images would bring it down to the budget."""
+    if interval is None or not (math.isfinite(interval.lo) and math.isfinite(interval.hi)) or budget <= 0:
+        return None
+    half = (interval.hi - interval.lo) / 2
+    if half <= budget:
+        return None
+    need = math.ceil(images * (half / budget) ** 2)
+    return (f"the {images} tuning images cannot resolve a budget of {budget:g} mIoU points: the drop's "
+            f"{interval.level:.0%} interval is +-{half:.3f} wide; about {need} tuning images would resolve it")
+
+
 def _num(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else round(float(v), 4)
 
@@ -67,6 +82,13 @@ class TuneResult:
     seconds: dict[str, float]
     tune_interval: DropInterval | None = None  # the chosen model's tuning drop: paired bootstrap interval
     confidence: float | None = None  # the search held this one-sided upper bound of the drop to the budget
+    objective: str = "labelled"  # what the search held to the budget: "labelled" or "agreement"
+
+    @property
+    def resolution(self) -> str | None:
+        """Returns the sentence saying the tuning set cannot resolve the budget (the drop's interval is wider than
+        it) and about how many images would, or None when it can."""
+        return resolution_note(self.tune_interval, len(self.images.tuning.ids), self.max_drop)
 
     @property
     def evaluation_limit(self) -> int:
@@ -85,7 +107,7 @@ class TuneResult:
             "float_layer_details": [f.to_dict() for f in self.float_layers],
             "tune_drop": _num(self.tune_drop), "report_drop": _num(self.report_drop),
             "tune_interval": self.tune_interval.to_dict() if self.tune_interval is not None else None,
-            "confidence": self.confidence,
+            "confidence": self.confidence, "objective": self.objective, "resolution": self.resolution,
             "miou_float_tune": _num(self.miou_float_tune), "miou_float_report": _num(self.miou_float_report),
             "miou_quant_report": _num(self.miou_quant_report),
             "evaluation_log": [{**e.to_dict(), "drop": _num(e.drop)} for e in self.evaluations],
@@ -100,6 +122,8 @@ class TuneResult:
     def format_table(self) -> str:
         """Returns the evaluations, the float layers with their gains and the verdict, as text."""
         drop = "drop" if self.confidence is None else f"drop ({self.confidence:.0%} upper bound)"
+        if self.objective == "agreement":
+            drop = "changed %"  # pixels whose class differs from the float model's, above every layer in fallback
         lines = [f"{'eval':>4}  {'step':<9}{'float':>6}  {drop:>8}  {'s':>6}  float layers"]
         for e in self.evaluations:
             names = ", ".join(e.float_layers) if len(e.float_layers) <= 3 else \
@@ -123,7 +147,9 @@ class TuneResult:
         lines.append(f"mIoU drop: tuning {self.tune_drop:.3f}{self._interval_text()} (budget {self.max_drop:g}), "
                      f"reporting {report}; "
                      f"{len(self.evaluations)} evaluations for {self.layers} layers "
-                     f"({len(self.float_layers)} in float)")
+                     f"({len(self.float_layers)} in {self.fallback})")
+        if self.resolution:
+            lines.append(self.resolution)
         return "\n".join(lines)
 
     def _interval_text(self) -> str:

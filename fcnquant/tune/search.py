@@ -14,12 +14,18 @@ tuning set per call), :func:`search` returns the float set it chose and every ev
 
 The drop measured on a finite tuning set is noisy, so it need not be monotone in the prefix length; the search
 then finds *a* boundary (a prefix that meets the budget whose predecessor does not), which is all step 3 needs.
-With ``max_evaluations`` the search stops when that many evaluations are spent (the best set found so far is
-returned, marked ``complete=False``). When no evaluated set meets the budget, the result is the evaluated set
+With ``max_evaluations`` (tune passes ceil(log2 L) + 3) the search plans within that many evaluations: it
+gallops only while a failed gallop would still leave room for plain bisection of the rest (and its confirmation),
+bisects otherwise, and prunes only with the evaluations left, so it never needs more (plain bisection over L
+layers takes ceil(log2 L), everything int8 and the confirmation one each). Pruning, unbounded, would cost one
+evaluation per layer of the prefix: that is where a long prefix used to overrun the bound. Should the oracle
+still run out, the best set found so far is returned, marked ``complete=False``. ``full_drop``: the drop of the
+whole ranking in float when the caller measured it already (it is then never evaluated again). When no evaluated set meets the budget, the result is the evaluated set
 with the lowest drop (fewest layers on ties), with ``met=False``.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -66,6 +72,7 @@ def search(
     *,
     max_evaluations: int | None = None,
     on_evaluation: Callable[[Evaluation], None] | None = None,
+    full_drop: float | None = None,
 ) -> SearchOutcome:
     """Returns the SearchOutcome of meeting ``max_drop`` with the fewest float layers (rules in the module docstring).
 
@@ -97,6 +104,11 @@ def search(
     def meets(k: int, step: str) -> bool:
         return measure(ranking[:k], step) <= max_drop
 
+    def room_to_gallop(k: int, n: int) -> bool:
+        """True when a failed gallop at k still leaves bisection of (k, n] and its confirmation in the budget."""
+        return max_evaluations is None or \
+            len(evals) + 1 + _bisection_cost(n - k) + (full_drop is None) <= max_evaluations
+
     chosen: list[str] = []
     prefix = 0
     complete = True
@@ -105,12 +117,14 @@ def search(
         if not meets(0, "all-int8"):
             ranking = list(dict.fromkeys(ranking_arg() if callable(ranking_arg) else ranking_arg))
             rank.update({name: k for k, name in enumerate(ranking)})
+            if full_drop is not None and ranking:
+                seen[frozenset(ranking)] = float(full_drop)
         if ranking:
             n = len(ranking)
             lo, hi = 0, None  # lo: longest prefix known to fail; hi: shortest known to meet
             k = 1
             while hi is None:
-                if k >= n:
+                if k >= n or not room_to_gallop(k, n):
                     hi = n  # assumed (every layer float); confirmed below when the search ends there
                     break
                 if meets(k, "gallop"):
@@ -129,6 +143,8 @@ def search(
                 prefix = hi
                 chosen = ranking[:hi]
                 for name in reversed(ranking[:hi - 1]):  # lowest ranked first; the last one is known needed
+                    if max_evaluations is not None and len(evals) >= max_evaluations:
+                        break  # the rest of the prefix stays in the fallback
                     trial = [c for c in chosen if c != name]
                     if measure(trial, "prune") <= max_drop:
                         chosen = trial
@@ -147,6 +163,11 @@ def search(
         float_layers=tuple(sorted(best, key=rank.__getitem__)), drop=seen[best], met=seen[best] <= max_drop,
         complete=complete, evaluations=tuple(evals), prefix=prefix, gains=gains,
     )
+
+
+def _bisection_cost(width: int) -> int:
+    """Returns the evaluations plain bisection needs to find a boundary among ``width`` prefix lengths."""
+    return math.ceil(math.log2(width)) if width > 1 else 0
 
 
 def _gains(best: frozenset[str], seen: dict[frozenset[str], float]) -> dict[str, float]:

@@ -20,6 +20,7 @@ half-written or stale-but-new.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -27,7 +28,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fcnquant.data import DataConfig, Dataset
@@ -35,14 +36,14 @@ from fcnquant.errors import FcnquantError
 from fcnquant.execute import Executor, RunConfig
 from fcnquant.quantize import QuantConfig
 from fcnquant.recover.plan import RecoveryPlan
-from fcnquant.tune.builder import Builder, QuantizeBuilder, RecoveryBuilder
+from fcnquant.tune.builder import Builder, QuantizeBuilder, RecoveryBuilder, resolve_fallback
 from fcnquant.tune.confidence import bootstrap_drop, upper_bound
 from fcnquant.tune.images import ImageSets
 from fcnquant.tune.layers import Layer, excluded_nodes, find_layers
 from fcnquant.tune.options import TuneOptions
 from fcnquant.tune.ranking import Ranking, rank_isolated, rank_sensitivity
 from fcnquant.tune.result import FloatLayer, TuneResult
-from fcnquant.tune.search import SearchOutcome, search
+from fcnquant.tune.search import Evaluation, SearchOutcome, search
 from fcnquant.tune.tuning_set import Score, TuningSet
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,10 @@ def tune(
         if path is not None and not (Path(path).parent if str(Path(path).parent) else Path(".")).is_dir():
             raise FcnquantError(f"output folder does not exist: {Path(path).parent}")
     quant.check()
+    fallback = resolve_fallback(options.fallback, quant.target)
+    options = options.with_(fallback=fallback, objective=options.resolved_objective(fallback))
+    if options.objective == "agreement" and options.confidence is not None:
+        raise FcnquantError("confidence bounds the labelled drop; it needs objective 'labelled'")
     float_proto = load_onnx(model)
     require_float(float_proto, str(model), "tune")
     cfg = _tune_data(DataConfig.of(data))
@@ -111,17 +116,18 @@ def tune(
         t = time.perf_counter()
         rep = _report_pass(model, final_tmp, setup, run, options)
         setup.seconds["report"] = round(time.perf_counter() - t, 2)
-        written = over_budget_path(out) if not found.outcome.met else out
+        met = _met(found, interval, options)
+        written = over_budget_path(out) if not met else out
         setup.seconds["total"] = round(time.perf_counter() - t_start, 2)
         result = TuneResult(
-            model=str(model), out=str(written), over_budget=not found.outcome.met, max_drop=options.max_drop,
+            model=str(model), out=str(written), over_budget=not met, max_drop=options.max_drop,
             target=str(quant.target), method=quant.method, per_channel=quant.per_channel, fallback=options.fallback,
             recover=bool(recover), layers=len(found.layers), float_layers=found.float_layers, tune_drop=tune_drop,
-            tune_interval=interval, confidence=options.confidence,
+            tune_interval=interval, confidence=options.confidence, objective=options.objective,
             report_drop=rep.miou_drop if rep.final.labelled else None, miou_float_tune=setup.float_score.miou,
             miou_float_report=rep.final.miou_float if rep.final.labelled else None,
             miou_quant_report=rep.final.miou_quant if rep.final.labelled else None,
-            evaluations=found.outcome.evaluations, complete=found.outcome.complete, ranking=found.ranking,
+            evaluations=found.evaluation_log, complete=found.outcome.complete, ranking=found.ranking,
             images=setup.images, report_html=str(report) if report is not None else None,
             json_path=str(json_path) if json_path is not None else None, seconds=setup.seconds,
         )
@@ -190,7 +196,7 @@ def _prepare(model: Path, cfg: DataConfig, run: RunConfig, quant: QuantConfig, o
 
     t = time.perf_counter()
     tuning = TuningSet(open_dataset(root, images.tuning.split), images.tuning.ids, preset, run)
-    float_score = tuning.set_float(model)
+    float_score = tuning.set_float(model, agreement=options.objective == "agreement")
     seconds["float_tuning_eval"] = round(time.perf_counter() - t, 2)
     log.info("float model: %.3f mIoU on %d tuning images", float_score.miou, float_score.images)
     return _Setup(images, root, report_root, preset, builder, tuning, float_score, seconds)
@@ -199,10 +205,13 @@ def _prepare(model: Path, cfg: DataConfig, run: RunConfig, quant: QuantConfig, o
 class _Evaluations:
     """The search's oracle: builds the candidate of a set of float layers and scores it on the tuning set."""
 
-    def __init__(self, setup: _Setup, by_name: dict[str, Layer], tmp: Path, confidence: float | None) -> None:
+    def __init__(self, setup: _Setup, by_name: dict[str, Layer], tmp: Path, confidence: float | None,
+                 objective: str = "labelled") -> None:
         self.setup, self.by_name, self.tmp, self.confidence = setup, by_name, tmp, confidence
+        self.objective = objective
         self.scores: dict[frozenset[str], Score] = {}  # float layers -> Score (per-image matrices kept)
         self.count = 0
+        self.reference = 0.0  # agreement: the changed-pixel percentage with every layer in the fallback
 
     def nodes(self, float_layers) -> list[str]:
         """Returns the node names of ``float_layers`` (in their order)."""
@@ -214,6 +223,8 @@ class _Evaluations:
         path = self.setup.builder.build(frozenset(self.nodes(float_set)), self.tmp / f"eval{self.count}.onnx")
         score = self.scores[frozenset(float_set)] = self.setup.tuning.score(path)
         path.unlink(missing_ok=True)
+        if self.objective == "agreement":
+            return score.disagreement - self.reference
         reference = self.setup.float_score
         if self.confidence is None:
             return reference.miou - score.miou
@@ -229,6 +240,7 @@ class _Found:
     ranking: Ranking | None
     evaluations: _Evaluations
     float_layers: tuple[FloatLayer, ...]
+    evaluation_log: tuple[Evaluation, ...] = ()  # every evaluation of the tuning set, the reference's included
 
 
 def _search(model: Path, float_proto, setup: _Setup, run: RunConfig, options: TuneOptions, tmp: Path) -> _Found:
@@ -239,8 +251,15 @@ def _search(model: Path, float_proto, setup: _Setup, run: RunConfig, options: Tu
     last = getattr(setup.builder, "last", None)
     layers = find_layers(float_proto, getattr(last, "float_nodes", ()))
     by_name = {layer.name: layer for layer in layers}
-    evaluations = _Evaluations(setup, by_name, tmp, options.confidence)
+    evaluations = _Evaluations(setup, by_name, tmp, options.confidence, options.objective)
     ranked: list[Ranking] = []
+    limit = evaluation_limit(len(layers))
+    budget = min(options.max_evaluations or limit, limit)
+    log_head: list[Evaluation] = []
+    full_drop = None
+    if options.objective == "agreement" and layers:
+        log_head.append(_reference(evaluations, layers, options.max_drop))
+        budget, full_drop = budget - 1, 0.0
 
     def ranking() -> tuple[str, ...]:
         t_rank = time.perf_counter()
@@ -257,8 +276,8 @@ def _search(model: Path, float_proto, setup: _Setup, run: RunConfig, options: Tu
             bar.set_postfix(float=len(ev.float_layers), drop=f"{ev.drop:.3f}")
             log.debug("evaluation %d (%s): %d float, drop %.4f", ev.index, ev.step, len(ev.float_layers), ev.drop)
 
-        outcome = search(ranking, evaluations.drop, options.max_drop, max_evaluations=options.max_evaluations,
-                         on_evaluation=on_eval)
+        outcome = search(ranking, evaluations.drop, options.max_drop, max_evaluations=max(budget, 1),
+                         on_evaluation=on_eval, full_drop=full_drop)
     setup.seconds["search"] = round(time.perf_counter() - t, 2)
     rk = ranked[0] if ranked else None
     positions = {n: k + 1 for k, n in enumerate(rk.order)} if rk is not None else {}
@@ -266,7 +285,25 @@ def _search(model: Path, float_proto, setup: _Setup, run: RunConfig, options: Tu
         FloatLayer(name=n, op_type=by_name[n].op_type, nodes=by_name[n].nodes, rank=positions.get(n, 0),
                    score=rk.scores.get(n, math.nan) if rk is not None else math.nan, gain=outcome.gains.get(n))
         for n in outcome.float_layers)
-    return _Found(outcome, layers, rk, evaluations, float_layers)
+    shifted = tuple(replace(e, index=e.index + len(log_head)) for e in outcome.evaluations)
+    return _Found(outcome, layers, rk, evaluations, float_layers, tuple(log_head) + shifted)
+
+
+def evaluation_limit(layers: int) -> int:
+    """Returns ceil(log2 L) + 3, the most evaluations of the tuning set a search over L layers makes."""
+    return math.ceil(math.log2(layers)) + 3 if layers > 1 else 3
+
+
+def _reference(evaluations: _Evaluations, layers: list[Layer], max_drop: float) -> Evaluation:
+    """Evaluates the candidate with every layer in the fallback (the agreement objective's zero) and returns
+    its Evaluation."""
+    t = time.perf_counter()
+    every = frozenset(layer.name for layer in layers)
+    evaluations.drop(every)
+    evaluations.reference = evaluations.scores[every].disagreement
+    log.info("every layer in the fallback: %.4f %% of pixels change class", evaluations.reference)
+    return Evaluation(1, tuple(layer.name for layer in layers), 0.0, time.perf_counter() - t, "reference",
+                      0.0 <= max_drop)
 
 
 def _rank(model: Path, base: Path, layers: list[Layer], setup: _Setup, run: RunConfig,
@@ -277,7 +314,11 @@ def _rank(model: Path, base: Path, layers: list[Layer], setup: _Setup, run: RunC
         data = DataConfig(setup.root, split=setup.images.tuning.split, ids=rank_ids, preset=setup.preset)
         return rank_isolated(model, base, layers, data, run)
     batches = [b.images for b in setup.tuning.batches()][:options.rank_images]
-    return rank_sensitivity(model, layers, setup.builder.build, batches, run)
+    build = setup.builder.build
+    if options.fallback == "int16" and isinstance(setup.builder, RecoveryBuilder):
+        # an order needs no recovery: one emission per layer, not one bias correction per layer
+        build = functools.partial(QuantizeBuilder.build, setup.builder)
+    return rank_sensitivity(model, layers, build, batches, run)
 
 
 def _final_model(found: _Found, setup: _Setup, options: TuneOptions, path: Path):
@@ -299,11 +340,22 @@ def _final_model(found: _Found, setup: _Setup, options: TuneOptions, path: Path)
         "fcnquant.float_nodes": json.dumps(evaluations.nodes(outcome.float_layers)),
         TUNE_KEY: json.dumps({"format_version": 1, "max_drop": options.max_drop, "tune_drop": tune_drop,
                               "tune_interval": interval.to_dict(), "confidence": options.confidence,
-                              "over_budget": not outcome.met, "evaluations": len(outcome.evaluations),
-                              "fallback": options.fallback, "tuning_images": len(setup.images.tuning.ids)}),
+                              "over_budget": not _met(found, interval, options),
+                              "evaluations": len(found.evaluation_log), "fallback": options.fallback,
+                              "objective": options.objective, "tuning_images": len(setup.images.tuning.ids)}),
     })
     onnx.save_model(proto, str(final_tmp))
     return final_tmp, interval, tune_drop
+
+
+def _met(found: _Found, interval, options: TuneOptions) -> bool:
+    """True when the search met the budget and, for the agreement objective, the labelled tuning drop is not
+    surely over it (its interval's lower end within the budget)."""
+    if not found.outcome.met:
+        return False
+    if options.objective != "agreement" or interval is None or not math.isfinite(interval.lo):
+        return True
+    return interval.lo <= options.max_drop
 
 
 def _report_pass(model: Path, final: Path, setup: _Setup, run: RunConfig, options: TuneOptions):

@@ -30,22 +30,34 @@ CACHE_KEY = "tuning_batches"
 
 @dataclass(frozen=True)
 class Score:
-    """One model's scores on the tuning set (percent) and its per-image (N, C, C) confusion matrices."""
+    """One model's scores on the tuning set (percent) and its per-image (N, C, C) confusion matrices; with the
+    float model's predictions known, also each image's count of pixels whose predicted class differs from the
+    float model's (``changed``) out of ``pixels``."""
 
     miou: float
     pixel_acc: float
     images: int
     confusions: np.ndarray | None = field(default=None, repr=False, compare=False)
+    changed: np.ndarray | None = field(default=None, repr=False, compare=False)
+    pixels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def of(cls, confusions: np.ndarray) -> "Score":
+    def of(cls, confusions: np.ndarray, changed: np.ndarray | None = None,
+           pixels: np.ndarray | None = None) -> "Score":
         """Returns the Score of per-image confusion matrices (mIoU and pixel accuracy of their sum)."""
         from fcnquant.metrics import ConfusionMatrix
 
         cm = ConfusionMatrix(confusions.shape[-1])
         cm.matrix = confusions.sum(0)
         return cls(miou=cm.miou(), pixel_acc=cm.pixel_accuracy() * 100, images=int(confusions.shape[0]),
-                   confusions=confusions)
+                   confusions=confusions, changed=changed, pixels=pixels)
+
+    @property
+    def disagreement(self) -> float:
+        """Returns the percentage of pixels (all images pooled) whose class differs from the float model's."""
+        if self.changed is None or self.pixels is None:
+            raise RuntimeError("this score was made without the float model's predictions")
+        return 100.0 * float(self.changed.sum()) / max(float(self.pixels.sum()), 1.0)
 
 
 def _within_fixed_batch(batches: Iterable, fixed: int | None) -> Iterator:
@@ -57,10 +69,11 @@ def _within_fixed_batch(batches: Iterable, fixed: int | None) -> Iterator:
 
 
 def image_confusions(session, batches: Iterable, num_classes: int,
-                     advance: Callable[[int], None] | None = None) -> np.ndarray:
+                     advance: Callable[[int], None] | None = None, predictions: list | None = None) -> np.ndarray:
     """Returns the (N, C, C) confusion matrix of every image of ``batches`` (loader Batches with masks) under the
     onnxruntime ``session``, scored exactly as ``fcnquant.evaluate`` does; short batches are padded to a fixed
-    batch dimension, longer ones are a DataError. ``advance(n)`` is called after each batch."""
+    batch dimension, longer ones are a DataError. ``advance(n)`` is called after each batch; ``predictions``, a
+    list, receives each image's (H, W) uint8 class map."""
     from fcnquant.evaluate import output_to_classes
     from fcnquant.metrics import ConfusionMatrix
     from fcnquant.runtime import input_spec, run_logits
@@ -71,6 +84,8 @@ def image_confusions(session, batches: Iterable, num_classes: int,
     for mb in model_batches(_within_fixed_batch(batches, fixed), fixed):
         logits = np.asarray(run_logits(session, mb.feed)[0])[:mb.n]
         pred = output_to_classes(logits, mb.masks.shape[1:], num_classes)
+        if predictions is not None:
+            predictions.extend(np.asarray(pred[i], np.uint8) for i in range(mb.n))
         for i in range(mb.n):
             cm = ConfusionMatrix(num_classes)
             cm.update(pred[i:i + 1], mb.masks[i:i + 1])
@@ -95,14 +110,29 @@ def cached_slice(cache: Sequence, start: int, ids: Sequence[str]) -> list | None
 
 
 def confusions_shard(ctx: ShardContext, preset, batch_size: int, num_classes: int,
-                     cached: bool) -> np.ndarray:
+                     cached: bool, agreement: str | None = None):
     """Returns the per-image (n, C, C) confusion matrices of the model ``"model"`` on the shard's images (a shard
-    function); with ``cached``, the decoded batches come from the shared value ``"tuning_batches"``."""
+    function); with ``cached``, the decoded batches come from the shared value ``"tuning_batches"``.
+
+    ``agreement="keep"``: returns (confusions, the images' class maps); ``"compare"``: (confusions, per-image
+    counts of pixels whose class differs from the shared value ``"float_predictions"`` (every image's float class
+    map, in id order), per-image pixel counts)."""
     session = ctx.session("model")
     batches = cached_slice(ctx.value(CACHE_KEY), ctx.start, ctx.ids) if cached else None
     if batches is None:
         batches = (mb.batch for mb in image_batches(ctx.dataset, preset, ctx.ids, batch_size, None))
-    return image_confusions(session, batches, num_classes, ctx.advance)
+    if agreement is None:
+        return image_confusions(session, batches, num_classes, ctx.advance)
+    preds: list[np.ndarray] = []
+    confusions = image_confusions(session, batches, num_classes, ctx.advance, predictions=preds)
+    if agreement == "keep":
+        return confusions, preds
+    reference = ctx.value(FLOAT_PREDICTIONS_KEY)[ctx.start:ctx.start + len(ctx.ids)]
+    changed = np.array([int((p != r).sum()) for p, r in zip(preds, reference)], np.int64)
+    return confusions, changed, np.array([p.size for p in preds], np.int64)
+
+
+FLOAT_PREDICTIONS_KEY = "float_predictions"
 
 
 class TuningSet:
@@ -134,6 +164,7 @@ class TuningSet:
         else:
             log.info("tuning images take %.0f MB: re-read for every evaluation", per_image * len(self.ids) / 1e6)
         self.float_score: Score | None = None
+        self.float_predictions: list[np.ndarray] | None = None  # the float model's class maps, for agreement
 
     def batches(self) -> Iterator:
         """Yields the tuning batches (from memory when cached)."""
@@ -146,19 +177,34 @@ class TuningSet:
 
     def score(self, model: str | os.PathLike[str] | bytes) -> Score:
         """Returns the Score of ``model`` (ONNX path or bytes) on the tuning set: one plain inference pass."""
+        return self._score(model, "compare" if self.float_predictions is not None else None)
+
+    def _score(self, model, agreement: str | None) -> Score:
         from fcnquant.data import VOC_CLASSES
 
         # the decoded images help only shards that run in this process
         cached = self._cache is not None and isinstance(self.executor, LocalExecutor)
+        shared = {CACHE_KEY: self._cache} if cached else {}
+        if agreement == "compare":
+            shared[FLOAT_PREDICTIONS_KEY] = self.float_predictions
         parts = self.executor.map(
-            confusions_shard, self.dataset, self.ids, args=(self.preset, self.batch_size, len(VOC_CLASSES), cached),
+            confusions_shard, self.dataset, self.ids,
+            args=(self.preset, self.batch_size, len(VOC_CLASSES), cached, agreement),
             models={"model": model if isinstance(model, bytes) else Path(model)},
-            shared={CACHE_KEY: self._cache} if cached else None, desc="tune: evaluation")
-        return Score.of(np.concatenate([np.asarray(p, dtype=np.int64) for p in parts]))
+            shared=shared or None, desc="tune: evaluation")
+        if agreement is None:
+            return Score.of(np.concatenate([np.asarray(p, dtype=np.int64) for p in parts]))
+        confusions = np.concatenate([np.asarray(p[0], dtype=np.int64) for p in parts])
+        if agreement == "keep":
+            self.float_predictions = [m for p in parts for m in p[1]]
+            sizes = np.array([m.size for m in self.float_predictions], np.int64)
+            return Score.of(confusions, np.zeros(len(sizes), np.int64), sizes)
+        return Score.of(confusions, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]))
 
-    def set_float(self, model: str | os.PathLike[str]) -> Score:
-        """Scores the float model once and returns its Score (the reference of every drop)."""
-        self.float_score = self.score(model)
+    def set_float(self, model: str | os.PathLike[str], *, agreement: bool = False) -> Score:
+        """Scores the float model once and returns its Score (the reference of every drop); with ``agreement``,
+        keeps its class maps so that every later Score also counts the pixels that changed class."""
+        self.float_score = self._score(model, "keep" if agreement else None)
         return self.float_score
 
     def drop(self, model: str | os.PathLike[str] | bytes) -> float:

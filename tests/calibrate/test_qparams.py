@@ -40,3 +40,25 @@ def test_qparams_degenerate_and_bad_ranges():
         qparams(2.0, 1.0, "tensorrt")
     with pytest.raises(CalibrationError, match="unknown target"):
         qparams(0.0, 1.0, "gpu")
+
+
+def test_qparams_bits_16_is_symmetric_int16_on_every_target_and_8_is_qparams():
+    from fcnquant.calibrate.qparams import qparams, qparams_bits
+
+    for lo, hi in ((-3.0, 5.0), (0.0, 6.5), (-0.25, 0.1), (0.0, 0.0)):
+        amax = max(abs(lo), abs(hi))
+        for target in ("ort-cpu", "tensorrt", "npu-pow2"):
+            assert qparams_bits(lo, hi, target, 8) == qparams(lo, hi, target)
+            scale, zp = qparams_bits(lo, hi, target, 16)
+            assert zp == 0
+            if amax == 0:
+                assert scale == 2.0 ** -24
+            elif target == "npu-pow2":  # the power of two at or above amax / 32767, by hand
+                want = 2.0 ** math.ceil(math.log2(amax / 32767))
+                assert scale == want and scale / 2 < amax / 32767 <= scale
+            else:
+                assert scale == float(np.float32(amax / 32767))
+    with pytest.raises(CalibrationError, match="bits"):
+        qparams_bits(0.0, 1.0, "tensorrt", 4)
+    with pytest.raises(CalibrationError, match="invalid range"):
+        qparams_bits(1.0, 0.0, "tensorrt", 16)

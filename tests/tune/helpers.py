@@ -41,3 +41,21 @@ def plant(path):
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def float_compute_ops(model: onnx.ModelProto) -> list[str]:
+    """Returns the Conv/Add/Concat/MaxPool/Resize nodes whose data inputs do not all come from a
+    DequantizeLinear, the final logits aside (nodes on a path to a graph output that no DequantizeLinear cuts)."""
+    graph = model.graph
+    made_by = {o: n for n in graph.node for o in n.output}
+    tail, stack = set(), [o.name for o in graph.output]
+    while stack:
+        n = made_by.get(stack.pop())
+        if n is None or n.op_type == "DequantizeLinear" or n.name in tail:
+            continue
+        tail.add(n.name)
+        stack.extend(i for i in n.input if i)
+    data_inputs = {"Conv": 2, "Add": 2, "Concat": None, "MaxPool": 1, "Resize": 1}
+    return [n.name for n in graph.node if n.op_type in data_inputs and n.name not in tail and any(
+        made_by.get(i) is None or made_by[i].op_type != "DequantizeLinear"
+        for i in list(n.input)[:data_inputs[n.op_type]] if i)]

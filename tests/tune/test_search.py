@@ -115,3 +115,37 @@ def test_greedy_against_brute_force():
         chosen, final, evals = greedy(names, drop, max_drop)
         assert final <= max_drop + 1e-12
         assert len(chosen) == _brute_force_min(names, drop, max_drop)  # greedy is optimal for additive gains
+
+
+def _bound(n: int) -> int:
+    return math.ceil(math.log2(n)) + 3
+
+
+@pytest.mark.parametrize("n", [2, 3, 19, 76])
+def test_the_evaluation_bound_is_honoured_for_every_prefix_length(n):
+    """Counted by a stub oracle: whatever prefix the budget needs (1 .. n layers), the search makes at most
+    ceil(log2 n) + 3 evaluations and returns a set that meets the budget."""
+    names = [f"l{i}" for i in range(n)]
+    for k in range(1, n + 1):
+        gains = {name: (1.0 if i < k else 0.001) for i, name in enumerate(names)}
+        drop, calls = _additive(gains, base=float(k))  # exactly the first k layers are needed
+        out = search(names, drop, 1e-9, max_evaluations=_bound(n))
+        assert len(calls) == len(out.evaluations) <= _bound(n), (n, k)
+        assert out.met and set(names[:k]) <= set(out.float_layers), (n, k)
+
+
+def test_without_the_bound_pruning_a_long_prefix_overruns_it():
+    """The cause of the overrun: one pruning evaluation per layer of the prefix found."""
+    names = [f"l{i}" for i in range(76)]
+    gains = {name: (1.0 if i < 30 else 0.0) for i, name in enumerate(names)}
+    drop, calls = _additive(gains, base=30.0)
+    out = search(names, drop, 0.0)
+    assert out.met and len(calls) > _bound(76) and sum(e.step == "prune" for e in out.evaluations) == 29
+
+
+def test_a_known_full_drop_is_never_evaluated():
+    names = [f"l{i}" for i in range(8)]
+    drop, calls = _additive({n: 1.0 for n in names}, base=8.0)
+    out = search(names, drop, 0.0, max_evaluations=_bound(8) - 1, full_drop=0.0)
+    assert frozenset(names) not in calls and out.met and set(out.float_layers) == set(names)
+    assert len(calls) <= _bound(8) - 1

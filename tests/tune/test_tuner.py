@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import onnx
@@ -14,7 +15,7 @@ from fcnquant.evaluate import evaluate
 from fcnquant.execute import RunConfig
 from fcnquant.quantize import QuantConfig
 from fcnquant.tune import FLOAT_LAYERS_KEY, TuneOptions, over_budget_path, tune
-from tests.tune.helpers import FAST, PER_TENSOR, PLANTED
+from tests.tune.helpers import FAST, PER_TENSOR, PLANTED, float_compute_ops
 
 QUIET = RunConfig(progress=False)
 
@@ -87,9 +88,15 @@ def test_impossible_budget_exits_3_and_writes_the_best_model_as_over_budget(tune
 
 
 def test_recover_emits_recovered_candidates(tune_voc, planted_fcn8s, tmp_path):
+    # the built-in npu-pow2 allows int16 only: a copy of its file that allows float too
+    from fcnquant.targets.load import builtin_path
+
+    text = builtin_path("npu-pow2").read_text().replace('fallbacks = ["int16"]', 'fallbacks = ["int16", "float"]')
+    assert 'fallbacks = ["int16", "float"]' in text
+    (tmp_path / "npu-float.toml").write_text(text)
     out = tmp_path / "r.int8.onnx"
     res = tune(planted_fcn8s, out, TuneOptions(1.0, **FAST), tune_voc, QUIET,
-               QuantConfig(target="npu-pow2", per_channel=False),
+               QuantConfig(target=str(tmp_path / "npu-float.toml"), per_channel=False),
                recover=True)
     assert [f.name for f in res.float_layers] == [PLANTED] and not res.over_budget
     assert res.tune_drop == pytest.approx(_tuning_drop(planted_fcn8s, out, tune_voc, res), abs=1e-9)
@@ -148,3 +155,37 @@ def test_bias_correction_form_needs_recover(tmp_path, capsys):
     assert rc == 2
     assert "--bias-correction chooses the form of --recover's bias correction" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_int16_fallback_leaves_no_float_compute_op_within_the_evaluation_bound(tune_voc, tmp_path):
+    """npu-pow2 (int16 its only fallback, the default there): the search holds the agreement objective, escalates
+    layers' activations to int16 and keeps every Conv, Add, MaxPool and Resize between DequantizeLinear nodes."""
+    out = tmp_path / "i16.int8.onnx"
+    res = tune(demo_model_path("fcn8s"), out, TuneOptions(0.0, **FAST), tune_voc, QUIET,
+               QuantConfig(target="npu-pow2", per_channel=False), json_path=tmp_path / "i16.json")
+    assert res.fallback == "int16" and res.objective == "agreement"
+    assert math.ceil(math.log2(res.layers)) + 3 >= len(res.evaluations) == res.to_dict()["evaluations"]
+    assert res.evaluations[0].step == "reference" and len(res.evaluations[0].float_layers) == res.layers
+    q = onnx.load(str(out if out.exists() else over_budget_path(out)))
+    assert float_compute_ops(q) == []
+    assert [o.version for o in q.opset_import if o.domain == ""] == [21]
+    inits = {t.name: t.data_type for t in q.graph.initializer}
+    made_by = {o: n for n in q.graph.node for o in n.output}
+    nodes = {n.name: n for n in q.graph.node}
+    assert res.float_layers
+    for layer in res.float_layers:  # each escalated layer's output is requantized to int16
+        last = nodes[layer.nodes[-1]]
+        readers = [n for n in q.graph.node if last.output[0] in n.input and n.op_type == "QuantizeLinear"]
+        assert readers and all(inits[r.input[2]] == onnx.TensorProto.INT16 for r in readers), layer.name
+    assert made_by  # the graph was read
+    assert json.loads((tmp_path / "i16.json").read_text())["objective"] == "agreement"
+
+
+def test_a_fallback_the_target_does_not_allow_is_one_line_and_exit_2(tune_voc, tmp_path, capsys):
+    out = tmp_path / "f.int8.onnx"
+    rc = main(["tune", str(demo_model_path("fcn8s")), "--max-drop", "1", "--data", str(tune_voc), "--target",
+               "npu-pow2", "--fallback", "float", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "npu-pow2 does not allow the float fallback" in err and "Traceback" not in err
+    assert not out.exists()
