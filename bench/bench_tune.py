@@ -197,17 +197,20 @@ def main_int16(args) -> int:
     from fcnquant.tune.tuning_set import TuningSet
 
     rows: list[dict] = []
+    if args.results.is_file():  # rows of other (model, recover) pairs stay; a rerun of a pair replaces its row
+        rows = json.loads(args.results.read_text())["rows"]
     val = open_dataset(args.heldout, "val")
     ids = val.ids[:args.heldout_images] if args.heldout_images else val.ids
     held: dict[str, TuningSet] = {}
     names = [m for m in args.models.split(",") if m]
-    for recover in (False, True):  # every model without --recover first: the cheaper half
+    for recover in {"both": (False, True), "no": (False,), "yes": (True,)}[args.int16_recover]:  # cheaper half first
         for name in names:
             if name not in held:
                 model = demo_model_path(name)
                 held[name] = TuningSet(val, ids, preset_for_session(make_session(model), None), cache_bytes=0)
                 held[name].set_float(model)
             print(f"== {name} int16 recover={recover} load {loadavg()}", file=sys.stderr, flush=True)
+            rows = [r for r in rows if (r["model"], r["recover"]) != (name, recover)]
             rows.append(run_int16(name, held[name], args.out, recover, args.num_tune, args.num_report))
             print(json.dumps(rows[-1], default=str), file=sys.stderr, flush=True)
             args.results.write_text(json.dumps({"max_drop": MAX_DROP, "target": TARGET, "per_channel": False,
@@ -252,6 +255,8 @@ def main(argv=None) -> int:
                    "every candidate); the all-int8 reference is then recovered too")
     p.add_argument("--int16", action="store_true", help="the int16 runs instead: tune --fallback int16, without "
                    "and with --recover, held-out drop, float compute ops, evaluations against the bound")
+    p.add_argument("--int16-recover", choices=("both", "no", "yes"), default="both",
+                   help="--int16: the runs without --recover, with it, or both (default %(default)s)")
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "tune_int16.json")
     p.add_argument("--heldout-images", type=int, help="held-out images used (default: all)")
     p.add_argument("--num-report", type=int, default=20, help="tune's own reporting images (--int16; the verdict "
