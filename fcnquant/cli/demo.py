@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     print(result.int8_report.format_table(top=5))
     print()
     print(f"Outputs are in {result.out_dir}/: int8 model {result.int8_model.name}, fp16 model "
-          f"{result.fp16_model.name}, table {result.table.name}, reports {result.int8_html.name} and "
+          f"{result.fp16_model.name}, table {result.table.name}, statistics {result.stats.name}, reports "
+          f"{result.int8_html.name} and "
           f"{result.fp16_html.name}, summary {result.json.name}")
     return 0

@@ -62,6 +62,8 @@ def test_demo_cli_on_a_given_model(tiny, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "Outputs are in" in out and "int8 minmax" in out
+    outputs = next(line for line in out.splitlines() if line.startswith("Outputs are in"))
+    assert all(f" {p.name}" in outputs for p in (d / "cli").iterdir())  # every file written is named
     # the model-card table: one row per precision, FLOPs/params counted from each model file
     card = [line for line in out.splitlines() if line.startswith("| fcn16s")]
     assert [line.split(" | ")[0] for line in card] == ["| fcn16s", "| fcn16s fp16", "| fcn16s int8 minmax"]
