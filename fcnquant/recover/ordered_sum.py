@@ -50,3 +50,37 @@ class OrderedSum:
         """Adds ``other`` (the sum of the images after these) in its order."""
         for s in other.pending():
             self.add(s)
+
+
+class OrderedMean:
+    """A running float64 mean of per-batch sums: an :class:`OrderedSum` and the number of values summed.
+
+    Subclasses define ``update(x)``, which passes a batch's sums and their count to :meth:`add`; ``record``: see
+    :class:`OrderedSum` (a shard after the first records, so the merge is bit for bit).
+    """
+
+    def __init__(self, *, record: bool = False) -> None:
+        self._sum = OrderedSum(record=record)
+        self.count = 0
+
+    @property
+    def sum(self) -> np.ndarray | None:
+        """The sums (None before any update)."""
+        return self._sum.total
+
+    def add(self, s: np.ndarray, count: int) -> None:
+        """Adds one batch's sums ``s`` over ``count`` values each."""
+        self._sum.add(s)
+        self.count += count
+
+    def merge(self, other: "OrderedMean") -> None:
+        """Adds what ``other`` observed (on the images after these)."""
+        self._sum.merge(other._sum)
+        self.count += other.count
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Returns the means in float64; raises ValueError before any update."""
+        if self.sum is None or self.count == 0:
+            raise ValueError("no values were observed")
+        return self.sum / self.count

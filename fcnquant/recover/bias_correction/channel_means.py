@@ -14,22 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from fcnquant.recover.ordered_sum import OrderedSum
+from fcnquant.recover.ordered_sum import OrderedMean
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 
 
-class ChannelMeans:
+class ChannelMeans(OrderedMean):
     """Running per-channel (axis 1) means of NC... tensors in float64; ``record``: see the module docstring."""
-
-    def __init__(self, *, record: bool = False) -> None:
-        self._sum = OrderedSum(record=record)
-        self.count = 0
-
-    @property
-    def sum(self) -> np.ndarray | None:
-        """The per-channel sums (None before any update)."""
-        return self._sum.total
 
     def update(self, x: np.ndarray) -> None:
         """Adds every value of ``x`` (shape (N, C, ...)) to its channel's sum."""
@@ -37,20 +28,7 @@ class ChannelMeans:
         if x.ndim < 2:
             raise ValueError(f"expected an (N, C, ...) tensor, got shape {x.shape}")
         axes = (0,) + tuple(range(2, x.ndim))
-        self._sum.add(x.sum(axis=axes, dtype=np.float64))
-        self.count += x.size // x.shape[1]
-
-    def merge(self, other: "ChannelMeans") -> None:
-        """Adds the values ``other`` observed (on the images after these)."""
-        self._sum.merge(other._sum)
-        self.count += other.count
-
-    @property
-    def mean(self) -> np.ndarray:
-        """Returns the per-channel means (float64); raises ValueError before any update."""
-        if self.sum is None or self.count == 0:
-            raise ValueError("no values were observed")
-        return self.sum / self.count
+        self.add(x.sum(axis=axes, dtype=np.float64), x.size // x.shape[1])
 
 
 def corrected_int32_bias(bias_q: np.ndarray, bias_scale: np.ndarray, mean_error: np.ndarray) -> np.ndarray:
@@ -61,7 +39,7 @@ def corrected_int32_bias(bias_q: np.ndarray, bias_scale: np.ndarray, mean_error:
     return np.clip(b - delta.astype(np.int64), INT32_MIN, INT32_MAX).astype(np.int32)
 
 
-class WindowMeans:
+class WindowMeans(OrderedMean):
     """Running means, per input channel and kernel offset, of the values a 2-D convolution reads.
 
     For an input ``x`` (N, C, H, W), zero padding ``pads`` (top, left, bottom, right), kernel (KH, KW), strides and
@@ -73,14 +51,8 @@ class WindowMeans:
     def __init__(self, kernel: tuple[int, int], pads: tuple[int, int, int, int] = (0, 0, 0, 0),
                  strides: tuple[int, int] = (1, 1), dilations: tuple[int, int] = (1, 1), *,
                  record: bool = False) -> None:
+        super().__init__(record=record)
         self.kernel, self.pads, self.strides, self.dilations = kernel, pads, strides, dilations
-        self._sum = OrderedSum(record=record)
-        self.count = 0
-
-    @property
-    def sum(self) -> np.ndarray | None:
-        """The sums ``(C, KH, KW)`` (None before any update)."""
-        return self._sum.total
 
     def update(self, x: np.ndarray) -> None:
         """Adds the windows of every image of ``x`` (N, C, H, W)."""
@@ -97,20 +69,7 @@ class WindowMeans:
                 r0, c0 = kh * dh, kw * dw
                 win = xp[:, :, r0:r0 + sh * (oh - 1) + 1:sh, c0:c0 + sw * (ow - 1) + 1:sw]
                 s[:, kh, kw] = win.sum(axis=(0, 2, 3), dtype=np.float64)
-        self._sum.add(s)
-        self.count += x.shape[0] * oh * ow
-
-    def merge(self, other: "WindowMeans") -> None:
-        """Adds the windows ``other`` observed (on the images after these)."""
-        self._sum.merge(other._sum)
-        self.count += other.count
-
-    @property
-    def mean(self) -> np.ndarray:
-        """Returns ``M`` (C, KH, KW) in float64; raises ValueError before any update."""
-        if self.sum is None or self.count == 0:
-            raise ValueError("no values were observed")
-        return self.sum / self.count
+        self.add(s, x.shape[0] * oh * ow)
 
 
 def weight_shift_means(delta_w: np.ndarray, window_means: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fcnquant.recover.ordered_sum import OrderedSum
+from fcnquant.recover.ordered_sum import OrderedMean
 
 
 @dataclass(frozen=True)
@@ -109,37 +109,17 @@ def tap_sums(x: np.ndarray, geometry: TapGeometry) -> tuple[np.ndarray, int]:
     return s, x.shape[0] * oh * ow
 
 
-class TapMeans:
+class TapMeans(OrderedMean):
     """Running ``M`` (C, KH, KW) of a layer's input (module docstring), float64; ``record``: a shard after the
     first records its batch sums so the merge is bit for bit (:mod:`fcnquant.recover.ordered_sum`)."""
 
     def __init__(self, geometry: TapGeometry, *, record: bool = False) -> None:
+        super().__init__(record=record)
         self.geometry = geometry
-        self._sum = OrderedSum(record=record)
-        self.count = 0
-
-    @property
-    def sum(self) -> np.ndarray | None:
-        """The sums ``(C, KH, KW)`` (None before any update)."""
-        return self._sum.total
 
     def update(self, x: np.ndarray) -> None:
         """Adds the taps of every image of ``x`` (N, C, H, W)."""
-        s, count = tap_sums(x, self.geometry)
-        self._sum.add(s)
-        self.count += count
-
-    def merge(self, other: "TapMeans") -> None:
-        """Adds the taps ``other`` observed (on the images after these)."""
-        self._sum.merge(other._sum)
-        self.count += other.count
-
-    @property
-    def mean(self) -> np.ndarray:
-        """Returns ``M`` (C, KH, KW) in float64; raises ValueError before any update."""
-        if self.sum is None or self.count == 0:
-            raise ValueError("no values were observed")
-        return self.sum / self.count
+        self.add(*tap_sums(x, self.geometry))
 
 
 def tap_shift_means(delta_w: np.ndarray, means: np.ndarray, group: int = 1, transposed: bool = False) -> np.ndarray:
