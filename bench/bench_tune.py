@@ -117,32 +117,11 @@ def run_one(name: str, heldout: Path, out_dir: Path, rank: str, greedy_ref: bool
 
 
 #: compute ops that must run between DequantizeLinear and QuantizeLinear on an integer-only target
-INTEGER_OPS = ("Conv", "Add", "Concat", "MaxPool", "Resize")
-
-
 def float_compute_ops(path) -> list[str]:
-    """Returns the compute nodes (INTEGER_OPS) of the model at ``path`` whose data inputs do not all come from a
-    DequantizeLinear, the final logits aside (the nodes on a path to a graph output that no QuantizeLinear cuts)."""
-    import onnx
+    """Returns the nodes ``fcnquant check`` finds computing in float or fp16 on the target (the final logits aside)."""
+    from fcnquant.check import check_model
 
-    graph = onnx.load(str(path)).graph
-    made_by = {o: n for n in graph.node for o in n.output}
-    tail, stack = set(), [o.name for o in graph.output]
-    while stack:  # the float tail: back from the outputs until a DequantizeLinear
-        node = made_by.get(stack.pop())
-        if node is None or node.op_type == "DequantizeLinear" or node.name in tail:
-            continue
-        tail.add(node.name)
-        stack.extend(i for i in node.input if i)
-    data = {"Conv": 2, "Add": 2, "Concat": None, "MaxPool": 1, "Resize": 1}
-    bad = []
-    for n in graph.node:
-        if n.op_type not in INTEGER_OPS or n.name in tail:
-            continue
-        inputs = [i for i in list(n.input)[:data[n.op_type]] if i]
-        if any(made_by.get(i) is None or made_by[i].op_type != "DequantizeLinear" for i in inputs):
-            bad.append(n.name)
-    return bad
+    return [f.node for f in check_model(path, TARGET).findings if f.kind in ("float", "fp16")]
 
 
 def run_int16(name: str, heldout_set, out_dir: Path, recover: bool, num_tune: int, num_report: int) -> dict:
