@@ -161,7 +161,7 @@ def table(results: dict, whats: dict) -> dict:
             "columns": ["what", "best s (median)", "yardstick", "best s (median)", "ratio / extra (best)",
                         "CPU ratio / extra", "target", "status", "load during A"],
             "align": "lrlrrrrll", "rows": rows,
-            "notes": "Best of the alternated repetitions (the issue's rule), medians in brackets; the CPU column "
+            "notes": "Best of the alternated repetitions, medians in brackets; the CPU column "
                      "compares the children's user + system seconds (best of each), which other jobs on a shared "
                      "machine distort less than wall time."}
 

@@ -15,10 +15,10 @@ Sections (``--only`` picks some; all by default):
     on held-out images (the val split, never used for calibration).
 ``miou``  every shipped demo model (``fcnquant.demo_models``): mIoU on the built-in synthetic val split of
     fp32, fp16, fcnquant int8 with kl / minmax / percentile / mse and onnxruntime quantize_static with MinMax /
-    Entropy / Percentile, all calibrated on the same 50 images of the built-in train split (as the seed's vendor
-    toolchain used 50), beside the seed's table.
+    Entropy / Percentile, all calibrated on the same 50 images of the built-in train split (as the reference
+    vendor toolchain used 50), beside a reference table (real VOC, a vendor toolchain).
 
-Then a summary of the targets of issues 4 and 5, each met or not with its number, and the machine facts.
+Then a summary of the targets, each met or not with its number, and the machine facts.
 
     python bench/run_benchmarks.py                 # full run (~40 min on 2 cores), writes bench/results/
     python bench/run_benchmarks.py --quick         # tiny models and counts, a few minutes; writes to the workdir
@@ -666,7 +666,7 @@ def render_miou(res: dict) -> str:
         "uint8/int8 with its default method parameters. fp16 keeps float32 inputs/outputs.\n",
         render_miou_table(res), "",
         *notes, "",
-        "The seed's table, for comparison (real PASCAL VOC val and real checkpoints, the vendor toolchain's fp16 "
+        "A reference table, for comparison (real PASCAL VOC val and real checkpoints, a vendor toolchain's fp16 "
         "and KL int8 on 50 calibration images; delta vs fp32 in brackets). Absolute scores are not comparable with "
         "the synthetic-data demo models above; the deltas are.\n",
         md_table(["model", "input", "fp32", "fp16", "int8 KL"], seed_rows),
@@ -759,7 +759,7 @@ def to_results(results: dict, cmdline: str) -> dict:
     """Returns the run as a results file (bench/README.md's schema, format_version 2) for bench/report.py."""
     f0, f1 = results["machine"], results["machine_end"]
     sections = [{"title": "Targets",
-                 "text": md_table(["issue", "target", "measured", "status"], targets(results), "llll")}]
+                 "text": md_table(["target", "measured", "status"], [r[1:] for r in targets(results)], "lll")}]
     titles = {"calibration": "1. Calibration time and peak memory", "latency": "2. int8 / fp16 latency",
               "miou": "3. mIoU"}
     for key, fn in (("calibration", render_calibration), ("latency", render_latency), ("miou", render_miou)):
@@ -873,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             atomic_write_text(args.json, json.dumps(results, indent=1, default=str) + "\n")
         atomic_write_text(work / "results.json", json.dumps(results, indent=1, default=str) + "\n")
-        say("\n## Targets\n\n" + md_table(["issue", "target", "measured", "status"], targets(results), "llll"))
+        say("\n## Targets\n\n" + md_table(["target", "measured", "status"], [r[1:] for r in targets(results)], "lll"))
         say(f"\nwrote {out} (then: python bench/report.py) ({results['elapsed_s'] / 60:.1f} min; load average now "
             f"{load_average()[0]:.2f})")
     finally:
