@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
+import logging
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -11,6 +13,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from fcnquant.errors import ModelError, ProviderError
+
+log = logging.getLogger(__name__)
 
 #: onnxruntime graph transformers fcnquant turns off in every session it opens. ``WeightBiasQuantization`` gives
 #: a Conv/ConvTranspose/Gemm that reads a DequantizeLinear but has float weights (a layer kept in float with
@@ -180,12 +184,61 @@ def make_session(
         if not p.is_file():
             raise ModelError(f"model file not found: {p}")
         model = str(p)
+    wanted = providers[0] if providers else CPU_PROVIDERS[0]
+    if wanted != CPU_PROVIDERS[0]:
+        _preload_provider_libraries(ort)
+    printed = io.StringIO()
     try:
-        return ort.InferenceSession(model, sess_options=opts, providers=list(providers),
-                                    disabled_optimizers=list(disabled_optimizers) or None)
+        # onnxruntime prints an "EP Error" and retries on the CPU when a provider cannot start: captured, and
+        # turned into a ProviderError below instead of a silent run on the CPU.
+        with contextlib.redirect_stdout(printed):
+            session = ort.InferenceSession(model, sess_options=opts, providers=list(providers),
+                                           disabled_optimizers=list(disabled_optimizers) or None)
     except Exception as exc:
         name = "model" if isinstance(model, bytes) else model
         raise ModelError(f"onnxruntime cannot load {name}: {exc}") from exc
+    if wanted != CPU_PROVIDERS[0]:
+        check_started(session, wanted, printed.getvalue())
+    return session
+
+
+def check_started(session, wanted: str, printed: str = "") -> None:
+    """Raises ProviderError (one line) when ``session`` does not run on provider ``wanted``: onnxruntime falls
+    back to the CPU when a provider in its build cannot start (no GPU, CUDA or cuDNN libraries missing). Turns off
+    onnxruntime's run-time fallback of the session too, so a provider failing later raises instead of printing."""
+    if wanted not in session.get_providers():
+        reason = next((line.strip() for line in printed.splitlines() if "EP Error" in line and "****" not in line),
+                      "")
+        reason = reason.split(" when using ")[0].replace("EP Error", "").strip(" :")
+        raise ProviderError(f"execution provider '{_short(wanted)}' is installed but could not start"
+                            f"{': ' + reason if reason else ''} (onnxruntime would run on the CPU instead); check "
+                            f"the GPU driver and the CUDA/cuDNN libraries onnxruntime {_ort_version()} needs, or "
+                            f"use --provider cpu")
+    session.disable_fallback()
+
+
+def _ort_version() -> str:
+    import onnxruntime as ort
+
+    return ort.__version__
+
+
+@functools.cache
+def _preload_provider_libraries(ort) -> None:
+    """Loads the CUDA and cuDNN libraries of pip's nvidia-* packages where onnxruntime can (``preload_dlls``,
+    onnxruntime >= 1.21; ``pip install onnxruntime-gpu[cuda,cudnn]`` brings them), once per process; what it
+    prints goes to the debug log."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            preload()
+    except Exception as exc:  # missing libraries show when the session starts; this is only a help
+        log.debug("onnxruntime.preload_dlls failed: %s", exc)
+    if printed.getvalue().strip():
+        log.debug("onnxruntime.preload_dlls: %s", printed.getvalue().strip())
 
 
 def input_spec(session) -> tuple[str, tuple[int | None, ...]]:

@@ -89,3 +89,55 @@ def test_sessions_open_on_the_cpu_unless_told(tmp_path):
     path = save_model(tiny_convnet(), tmp_path / "m.onnx")
     assert make_session(path).get_providers() == list(CPU_PROVIDERS)
     assert make_session(path, providers=CPU_PROVIDERS).get_providers() == list(CPU_PROVIDERS)
+
+
+def test_a_provider_that_cannot_start_is_an_error_not_a_silent_cpu_run(tmp_path, capsys):
+    """onnxruntime opens the session on the CPU when a requested provider cannot start; fcnquant refuses it."""
+    from fcnquant.errors import ProviderError
+
+    path = save_model(tiny_convnet(), tmp_path / "m.onnx")
+    # this CPU build of onnxruntime has no CUDA provider: it warns and opens the session on the CPU alone
+    assert "CUDAExecutionProvider" not in ort.get_available_providers()
+    started = r"'cuda \(CUDAExecutionProvider\)' is installed but could not start"
+    with pytest.warns(UserWarning), pytest.raises(ProviderError, match=started) as exc:
+        make_session(path, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+    assert "\n" not in str(exc.value) and "--provider cpu" in str(exc.value)
+
+
+def test_the_reason_onnxruntime_prints_for_a_failed_provider_is_kept_and_nothing_printed(tmp_path, monkeypatch, capsys):
+    from fcnquant.errors import ProviderError
+
+    path = save_model(tiny_convnet(), tmp_path / "m.onnx")
+    real = ort.InferenceSession
+
+    def falling_back(model, sess_options=None, providers=None, **kw):  # what onnxruntime-gpu does without a GPU
+        print("*************** EP Error ***************")
+        print(f"EP Error CUDA failure 100: no CUDA-capable device is detected when using {providers}")
+        print("Falling back to ['CPUExecutionProvider'] and retrying.")
+        print("****************************************")
+        return real(model, sess_options=sess_options, providers=["CPUExecutionProvider"], **kw)
+
+    monkeypatch.setattr(ort, "InferenceSession", falling_back)
+    with pytest.raises(ProviderError) as exc:
+        make_session(path, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+    assert str(exc.value).startswith("execution provider 'cuda (CUDAExecutionProvider)' is installed but could not "
+                                     "start: CUDA failure 100: "
+                                     "no CUDA-capable device is detected (onnxruntime would run on the CPU instead)")
+    assert capsys.readouterr().out == ""
+
+
+def test_a_started_provider_keeps_the_session_and_turns_off_the_run_time_fallback():
+    from fcnquant.runtime import check_started
+
+    class Session:
+        fallback = True
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+        def disable_fallback(self):
+            self.fallback = False
+
+    s = Session()
+    check_started(s, "CUDAExecutionProvider")
+    assert s.fallback is False
