@@ -35,37 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ensure_data, ensure_model, load_average, results_header, write_results  # noqa: E402
-from bench_speed21 import timed  # noqa: E402
-
-PLAIN = """
-import sys
-from pathlib import Path
-
-import numpy as np
-import onnxruntime as ort
-from PIL import Image
-
-model, root, split, n, provider = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
-if provider != "cpu" and hasattr(ort, "preload_dlls"):
-    ort.preload_dlls()  # CUDA and cuDNN from pip's nvidia-* packages
-opts = ort.SessionOptions()
-opts.log_severity_level = 3
-providers = ["CPUExecutionProvider"] if provider == "cpu" else ["CUDAExecutionProvider", "CPUExecutionProvider"]
-session = ort.InferenceSession(model, sess_options=opts, providers=providers)
-assert session.get_providers()[0] == providers[0], session.get_providers()
-inp = session.get_inputs()[0]
-th, tw = inp.shape[2], inp.shape[3]
-mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
-for i in (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()[:n]:
-    img = Image.open(root / "JPEGImages" / f"{i}.jpg").convert("RGB")
-    w, h = img.size
-    ow, oh = (tw, int(h * tw / w)) if w <= h else (int(w * th / h), th)
-    img = img.resize((ow, oh), Image.BILINEAR)
-    x1, y1 = int(round((ow - tw) / 2)), int(round((oh - th) / 2))
-    x = np.asarray(img.crop((x1, y1, x1 + tw, y1 + th)), np.float32) / 255.0
-    x = ((x - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
-    session.run(None, {inp.name: x})[0].argmax(1)
-"""
+from bench_speed21 import PLAIN, timed  # noqa: E402
 
 
 def gpu_name() -> str:

@@ -13,10 +13,11 @@ run in turn (A B A B ...), and the ratio is the best A over the best B (medians 
 * ``compare FLOAT INT8`` on 64 val images against ``eval FLOAT`` + ``eval INT8`` on them (target: at most 1.30x);
 * ``python -c "import ml_dtypes"`` (onnx imports it; every command pays it), reported.
 
-The plain script is what any tool pays: import onnxruntime, numpy and PIL, open the session with its defaults,
-read each image, resize the short side and centre-crop (the awesome preset), normalise, run, argmax. The load
-average at the start and end of the run, and of every timed process, is recorded: on a shared machine other jobs
-distort wall times (the CPU seconds beside them are less sensitive). Writes ``bench/results/speed21.json``
+The plain script is what any tool pays: import onnxruntime, numpy and PIL, open the session with its defaults (on
+the CPU, or on CUDA when its fifth argument says ``cuda``), read each image, resize the short side and centre-crop
+(the awesome preset), normalise, run, argmax. The load average at the start and end of the run, and of every
+timed process, is recorded: on a shared machine other jobs distort wall times (the CPU seconds beside them are
+less sensitive). Writes ``bench/results/speed21.json``
 (bench/README.md's schema), then ``python bench/report.py`` rebuilds BENCHMARKS.md.
 
     python bench/bench_speed21.py                       # everything, 2 reps (~10 min on an idle 2-core machine)
@@ -45,9 +46,14 @@ import onnxruntime as ort
 from PIL import Image
 
 model, root, split, n = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+provider = sys.argv[5] if len(sys.argv) > 5 else "cpu"
+if provider != "cpu" and hasattr(ort, "preload_dlls"):
+    ort.preload_dlls()  # CUDA and cuDNN from pip's nvidia-* packages
 opts = ort.SessionOptions()
 opts.log_severity_level = 3
-session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+providers = ["CPUExecutionProvider"] if provider == "cpu" else ["CUDAExecutionProvider", "CPUExecutionProvider"]
+session = ort.InferenceSession(model, sess_options=opts, providers=providers)
+assert session.get_providers()[0] == providers[0], session.get_providers()
 inp = session.get_inputs()[0]
 th, tw = inp.shape[2], inp.shape[3]
 mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
