@@ -233,19 +233,39 @@ class RecoveryBuilder(QuantizeBuilder):
     calibration images (``D`` passes, the depth of the Conv dependency graph), run in this process with
     onnxruntime's own thread count. A given ``plan`` may choose the
     power-of-two rounding and bias correction (one error, not ``auto``); the other passes change the float
-    model or cost inference per candidate, and are refused.
+    model or cost inference per candidate, and are refused. ``tap_means``: the float model's tap means for the fast
+    bias correction (:meth:`tap_accumulators`, gathered in the calibration pass); without them every candidate's
+    correction runs a float pass of its own, measuring the same means again.
     """
 
-    def __init__(self, model, stats, table, dataset, quant: QuantConfig | None = None, fallback: str = "float",
-                 plan: RecoveryPlan | None = None) -> None:
-        from fcnquant.calibrate import build_table
+    @staticmethod
+    def default_plan(quant: QuantConfig) -> RecoveryPlan:
+        """Returns the plan the builder runs when none is given (see the class docstring)."""
         from fcnquant.recover.plan import resolve_plan
 
+        return resolve_plan(quant.target, quant.per_channel, recover=True, equalize=False, scale_search=False)
+
+    @staticmethod
+    def tap_accumulators(model, plan: RecoveryPlan) -> dict:
+        """Returns the collection pass's ``extra`` statistics for ``plan``'s fast bias correction of the float model
+        ``model`` (a path), {} when the plan does not run it."""
+        if not (plan.bias_correction and plan.bias_correction_error == "weights"
+                and plan.bias_correction_form in (None, "fast")):
+            return {}
+        from fcnquant._io import load_onnx
+        from fcnquant.recover.bias_correction import float_tap_accumulators
+
+        return float_tap_accumulators(load_onnx(model))
+
+    def __init__(self, model, stats, table, dataset, quant: QuantConfig | None = None, fallback: str = "float",
+                 plan: RecoveryPlan | None = None, tap_means: dict | None = None) -> None:
+        from fcnquant.calibrate import build_table
+
         quant = quant if quant is not None else QuantConfig()
-        if plan is None:
-            plan = resolve_plan(quant.target, quant.per_channel, recover=True, equalize=False, scale_search=False)
+        plan = plan if plan is not None else self.default_plan(quant)
         check_plan(plan)
         self.plan = plan
+        self.tap_means = tap_means
         if self.plan.pow2_rounding != getattr(table, "pow2_rounding", "up"):
             table = build_table(stats, table.method, quant.target, pow2_rounding=self.plan.pow2_rounding,
                                 **table.params)
@@ -280,7 +300,8 @@ class RecoveryBuilder(QuantizeBuilder):
                                     RunConfig(progress=False),
                                     BiasCorrectionOptions(error=self.plan.bias_correction_error,
                                                           form=self.plan.bias_correction_form
-                                                          if self.plan.bias_correction_error == "weights" else None))
+                                                          if self.plan.bias_correction_error == "weights" else None),
+                                    tap_means=self.tap_means)
                 qmodel = bc.model
                 record["bias_correction"] = {**{k: v for k, v in bc.to_dict().items() if k != "layers"},
                                              "layers": len(bc.layers)}

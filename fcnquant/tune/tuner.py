@@ -168,7 +168,8 @@ class _Setup:
 def _prepare(model: Path, cfg: DataConfig, run: RunConfig, quant: QuantConfig, options: TuneOptions,
              recover: bool | RecoveryPlan, builder: Builder | None) -> _Setup:
     """Chooses the images, collects the statistics once, makes the builder and scores the float model."""
-    from fcnquant.calibrate import build_table, collect_stats
+    from fcnquant.calibrate import build_table
+    from fcnquant.calibrate.collect import collect_with_extra
     from fcnquant.data import open_dataset, resolve_data
     from fcnquant.runtime import make_session
 
@@ -184,13 +185,18 @@ def _prepare(model: Path, cfg: DataConfig, run: RunConfig, quant: QuantConfig, o
 
     t = time.perf_counter()
     calibration = cfg.with_(root=root, split=images.calibration.split, ids=images.calibration.ids)
-    stats = collect_stats(model, calibration, run)
+    plan = None
+    if builder is None and recover:
+        plan = recover if isinstance(recover, RecoveryPlan) else RecoveryBuilder.default_plan(quant)
+    # the fast bias correction's float tap means ride on the calibration pass, once for every candidate
+    stats, taps = collect_with_extra(model, calibration, run,
+                                     extra=RecoveryBuilder.tap_accumulators(model, plan) if plan else None)
     table = build_table(stats, quant.method, quant.target, pow2_rounding=quant.pow2_rounding,
                         **quant.method_params)
     seconds["calibrate"] = round(time.perf_counter() - t, 2)
-    if builder is None and recover:
+    if plan is not None:
         builder = RecoveryBuilder(model, stats, table, open_dataset(root, images.calibration.split), quant,
-                                  options.fallback, recover if isinstance(recover, RecoveryPlan) else None)
+                                  options.fallback, plan, tap_means=taps or None)
     elif builder is None:
         builder = QuantizeBuilder(model, table, quant, options.fallback)
 

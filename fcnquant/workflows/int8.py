@@ -238,13 +238,9 @@ def _tap_specs(float_path: Path, plan: RecoveryPlan, outputs: Outputs) -> dict:
     if not (plan.bias_correction and plan.bias_correction_form == "fast" and outputs.model is not None
             and plan.bias_correction_error in ("weights", "auto")):
         return {}
-    import functools
+    from fcnquant.recover.bias_correction import float_tap_accumulators
 
-    from fcnquant.recover.bias_correction import float_tap_specs
-    from fcnquant.recover.bias_correction.taps import new_tap_means
-
-    specs = float_tap_specs(load_onnx(float_path))
-    return {key: (tensor, functools.partial(new_tap_means, geometry)) for key, (tensor, geometry) in specs.items()}
+    return float_tap_accumulators(load_onnx(float_path))
 
 
 def _emit(float_path: Path, table, quant: QuantConfig, plan: RecoveryPlan, data: DataConfig, run: RunConfig,

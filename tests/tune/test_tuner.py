@@ -107,6 +107,34 @@ def test_recover_emits_recovered_candidates(tune_voc, planted_fcn8s, tmp_path):
     assert json.loads(meta[FLOAT_LAYERS_KEY]) == [PLANTED]
 
 
+def test_recovered_candidates_take_the_float_tap_means_of_the_calibration_pass(tune_voc, planted_fcn8s, tmp_path):
+    """The fast bias correction of every candidate reads the tap means gathered once in the calibration pass
+    (no float pass per candidate), and corrects the biases exactly as its own float pass would."""
+    from fcnquant.calibrate import build_table, collect_stats
+    from fcnquant.data import open_dataset
+    from fcnquant.targets.load import builtin_path
+    from fcnquant.tune.builder import RecoveryBuilder
+
+    text = builtin_path("npu-pow2").read_text().replace('fallbacks = ["int16"]', 'fallbacks = ["int16", "float"]')
+    (tmp_path / "npu-float.toml").write_text(text)
+    quant = QuantConfig(target=str(tmp_path / "npu-float.toml"), per_channel=False)
+    out = tmp_path / "r.int8.onnx"
+    res = tune(planted_fcn8s, out, TuneOptions(1.0, **FAST), tune_voc, QUIET, quant, recover=True)
+    rec = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["fcnquant.recovery"])
+    assert rec["bias_correction"]["passes"] == 0 and rec["bias_correction"]["layers"] >= 1
+    # the reference: the same candidate built by a builder whose correction runs its own float pass
+    ids = tuple(res.images.calibration.ids)
+    stats = collect_stats(planted_fcn8s, DataConfig(tune_voc, split="train", ids=ids), QUIET)
+    table = build_table(stats, quant.method, quant.target)
+    own = RecoveryBuilder(planted_fcn8s, stats, table, open_dataset(tune_voc, "train"), quant)
+    ref = own.build(frozenset(f.name for f in res.float_layers), tmp_path / "ref.int8.onnx")
+    assert own.last_recovery["bias_correction"]["passes"] == 1
+    ints = lambda m: {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(m)).graph.initializer  # noqa: E731
+                      if t.data_type == onnx.TensorProto.INT32}
+    got, want = ints(out), ints(ref)
+    assert want and got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+
+
 def test_fp16_fallback_makes_only_the_float_layer_an_fp16_island(tune_voc, planted_fcn8s, tmp_path):
     out = tmp_path / "h.int8.onnx"
     res = tune(planted_fcn8s, out, TuneOptions(1.0, fallback="fp16", **FAST), tune_voc, QUIET, PER_TENSOR)

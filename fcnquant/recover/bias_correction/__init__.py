@@ -6,8 +6,9 @@ from fcnquant.recover.bias_correction.correction import (ERRORS, FORMS, SCHEDULE
                                                          BiasCorrectionResult, LayerCorrection, correct_biases,
                                                          means_shard)
 from fcnquant.recover.bias_correction.taps import TapGeometry, TapMeans
-from fcnquant.recover.bias_correction.targets import dependency_levels, find_targets, float_tap_specs, logit_layers
+from fcnquant.recover.bias_correction.targets import (dependency_levels, find_targets, float_tap_accumulators,
+                                                      float_tap_specs, logit_layers)
 
 __all__ = ["ERRORS", "FORMS", "SCHEDULES", "BiasCorrectionOptions", "BiasCorrectionResult", "LayerCorrection",
-           "TapGeometry", "TapMeans", "correct_biases", "dependency_levels", "find_targets", "float_tap_specs",
-           "logit_layers", "means_shard"]
+           "TapGeometry", "TapMeans", "correct_biases", "dependency_levels", "find_targets", "float_tap_accumulators",
+           "float_tap_specs", "logit_layers", "means_shard"]

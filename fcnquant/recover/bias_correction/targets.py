@@ -199,6 +199,18 @@ def float_tap_specs(float_model) -> dict[tuple[str, TapGeometry], tuple[str, Tap
     return specs
 
 
+def float_tap_accumulators(float_model) -> dict:
+    """Returns {(tensor, geometry): (tensor, factory)} of :func:`float_tap_specs`: what a collection pass over the
+    float model gathers (``fcnquant.calibrate.collect_with_extra``'s ``extra``) so that the fast form needs no pass
+    of its own (``correct_biases(..., tap_means=...)``). ``factory(record)`` makes an empty TapMeans."""
+    import functools
+
+    from fcnquant.recover.bias_correction.taps import new_tap_means
+
+    return {key: (tensor, functools.partial(new_tap_means, geometry))
+            for key, (tensor, geometry) in float_tap_specs(float_model).items()}
+
+
 def tap_layer(node, w_dq, inits, float_node, float_inits) -> TapLayer | None:
     """Returns the TapLayer of a quantized 2-D Conv or ConvTranspose (any group, explicit or automatic pads), or
     None when the fast form cannot correct it (weights or scales not constant, :func:`tap_geometry` None)."""
