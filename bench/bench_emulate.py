@@ -6,11 +6,18 @@ One run, side by side:
   --per-tensor``, default method and calibration images of the built-in train split): mIoU as emulated (the
   target's half-up rounding) and as onnxruntime simulates it, on held-out images (a val split generated with
   another seed: ``fcnquant synth-voc DIR --train 0 --val 1000 --seed 1``), the share of pixels whose class
-  differs, and the per-layer largest difference in LSBs;
+  differs, the per-layer largest difference in LSBs, and the float model's mIoU on the same images;
 - the full-size fcn8s (seeded random weights, 320 x 320, npu-pow2 per-tensor, min/max on 8 images): seconds per
   image of the emulator and of onnxruntime's int8 session, alternated on the same image, with the load average.
 
     python bench/bench_emulate.py --heldout /tmp/fq/val1k          # writes bench/results/emulate.json
+    python bench/bench_emulate.py --skip-speed --rounding half_even   # the rows with onnxruntime's rounding
+
+Rows are kept per (model, rounding, variant, images): a run replaces only its own. Two variants diagnose the
+half-up rounding on ``--images`` images, by patching the emulator here (they are no options of fcnquant):
+``--half-up-in conv,align`` rounds half up only in those op groups (``OP_GROUPS``) and half to even elsewhere;
+``--bias-images N`` rounds half up everywhere with each Conv's int32 bias lowered by the mean shift half-up
+rounding leaves in its accumulator, measured on N calibration images (``rounding_bias``).
 
 numpy's BLAS runs one thread unless ``--blas-threads`` says otherwise (set before numpy loads): on a machine whose
 cores are shared with other jobs, OpenBLAS threads waiting on each other made the demo r50's many small matrix
@@ -149,6 +156,74 @@ def _step_acc(accumulate, s, vals: dict, arithmetic: dict, which: str, lo: int, 
     return accumulate(s, {t.name: vals[which][t.name][lo:hi] for t in s.inputs}, arithmetic[which])
 
 
+def output_bias(model: Path, images: int, chunk: int = 8, rounds: int = 2, adds: bool = True) -> dict[str, np.ndarray]:
+    """Returns, per Conv / ConvTranspose step, the int32 bias change (accumulator units) that cancels, per channel,
+    the mean shift of the *integer outputs* half-up rounding causes against half-to-even rounding: the Conv's own
+    output (after its fused Relu), and for an Add the shift of its output, taken off the Conv that feeds it alone
+    (a residual branch's last Conv). Each shift in output LSBs becomes accumulator units through the scale ratio
+    and the share of active outputs; ``rounds`` such steps per layer (``adds=False``: the Conv outputs alone).
+    Same pass and images as ``rounding_bias``.
+    """
+    import onnx
+
+    from fcnquant.data import DataConfig
+    from fcnquant.emulate import arithmetic_of, build_program
+    from fcnquant.emulate.interpret import _accumulate, _requantize, quantize_input
+    from fcnquant.runtime import make_session
+
+    prog = build_program(onnx.load(str(model)))
+    cfg = DataConfig(split="train", num_images=images)
+    dataset = cfg.open(model, progress=False)
+    x = np.concatenate(load_images(dataset, cfg.preset_for(make_session(model)), cfg.take(dataset))[0])
+    ar = {"up": arithmetic_of("npu-pow2"), "even": replace(arithmetic_of("npu-pow2"), rounding="half_even")}
+    vals = {a: {prog.input.name: quantize_input(x, prog.input)} for a in ar}
+    spans = [(lo, min(lo + chunk, len(x))) for lo in range(0, len(x), chunk)]
+    deltas: dict[str, np.ndarray] = {}
+    by_output = {s.output: s for s in prog.steps}
+    readers: dict[str, int] = {}
+    for s in prog.steps:
+        for t in s.inputs:
+            readers[t.name] = readers.get(t.name, 0) + 1
+
+    def run(s, which):
+        delta = deltas.get(s.name, 0) if which == "up" else 0
+        parts = []
+        for lo, hi in spans:
+            v, scale = _accumulate(s, {t.name: vals[which][t.name][lo:hi] for t in s.inputs}, ar[which])
+            d = np.reshape(delta, (1, -1, 1, 1))
+            parts.append(v - d if s.out is None else _requantize(v - d, scale, s, ar[which]))
+        vals[which][s.output] = np.concatenate(parts)
+        return scale
+
+    def shift(s, units):  # per-channel mean output shift (up - even), over the share of active outputs
+        up = vals["up"][s.output].astype(np.float64)
+        even = vals["even"][s.output].astype(np.float64)
+        zp = s.out.zero_point if s.out is not None else 0
+        active = np.maximum(((even - zp) != 0).mean(axis=(0, 2, 3)), 0.05) if s.relu else 1.0
+        return np.rint((up - even).mean(axis=(0, 2, 3)) / active * units).astype(np.int64)
+
+    for s in prog.steps:
+        scale = run(s, "even")
+        run(s, "up")
+        if s.op in OP_GROUPS["conv"]:
+            units = 1.0 if s.out is None else s.out.scale / np.broadcast_to(scale, (len(s.bias),))
+            deltas[s.name] = np.zeros(len(s.bias), np.int64)
+            for _ in range(rounds):
+                deltas[s.name] = deltas[s.name] + shift(s, units)
+                run(s, "up")
+        elif s.op == "Add" and s.out is not None and adds:
+            feeds = [by_output[t.name] for t in s.inputs if t.name in by_output
+                     and by_output[t.name].op in OP_GROUPS["conv"] and readers[t.name] == 1]
+            if feeds:
+                conv = feeds[-1]
+                acc_scale = conv.inputs[0].scale * np.broadcast_to(conv.weight_scale, (len(conv.bias),))
+                for _ in range(rounds):
+                    deltas[conv.name] = deltas[conv.name] + shift(s, s.out.scale / acc_scale)
+                    run(conv, "up")
+                    run(s, "up")
+    return deltas
+
+
 @contextmanager
 def biases_lowered(deltas: dict[str, np.ndarray]):
     """Within it, every program the emulator builds has its steps' int32 biases lowered by ``deltas`` (step name
@@ -239,11 +314,19 @@ def _signed(v: float | None, digits: int = 3) -> str | None:
     return None if v is None else f"{v:+.{digits}f}"
 
 
+def _row_order(r: dict) -> tuple:
+    """Sorts rows by model, images, then plain roundings, per-op roundings, bias variants."""
+    label = r.get("variant") or ""
+    kind = 0 if not label else 1 if label.startswith("half_up in") else 2
+    return (MODELS.index(r["model"]) if r["model"] in MODELS else len(MODELS), r["images"], kind,
+            label.count("+"), r["rounding"] != "half_even", label)
+
+
 def sections(data: dict) -> list[dict]:
     """Returns the results file's tables (bench/README.md) from its raw rows."""
     full = max((r["images"] for r in data["accuracy"]), default=0)
     main = [r for r in data["accuracy"] if not r.get("variant") and r["images"] == full]
-    other = [r for r in data["accuracy"] if r not in main]
+    other = sorted((r for r in data["accuracy"] if r not in main), key=_row_order)
 
     def cells(r):
         f = r.get("miou_float")
@@ -261,9 +344,11 @@ def sections(data: dict) -> list[dict]:
         out.append({"title": "Where half-up rounding matters, and a bias that offsets it",
                     "text": "`half_up in X`: only the steps of X (conv: Conv, ConvTranspose; align: Add, Concat; "
                             "resize: Resize; other: MaxPool, Relu, Pad) round half up, the rest half to even. "
-                            "`half_up, bias -N`: half-up rounding everywhere, each Conv's int32 bias lowered per "
-                            "channel by the mean accumulator shift half-up rounding causes against half to even, "
-                            "measured on N calibration images (rounded to one accumulator unit).",
+                            "`half_up, bias -N accumulator`: half-up rounding everywhere, each Conv's int32 bias lowered per "
+                            "channel by the mean shift half-up rounding leaves in its accumulator (before the "
+                            "Relu) against half to even, measured on N calibration images; `... output`: the "
+                            "shift of the Conv's integer outputs instead, and of each Add's outputs taken off the "
+                            "Conv that feeds it (both rounded to one accumulator unit).",
                     "columns": ["model", "arithmetic", "images"] + head,
                     "rows": [[r["model"], r.get("variant") or r["rounding"], r["images"]] + cells(r) for r in other],
                     "align": "llr" + "r" * 7, "digits": 2})
@@ -280,7 +365,7 @@ SUMMARY = ("Each demo model's npu-pow2 per-tensor int8 model on held-out synthet
            "DIR --train 0 --val 1000 --seed 1`): mIoU of the emulated integer arithmetic, of onnxruntime's QDQ "
            "simulation and of the float model on the same images, the share of pixels of the same class in the "
            "emulator and onnxruntime, the largest difference of any layer in LSBs. Rows carry the load of their "
-           "own run (1-minute load average at start / end); runs: {runs}.")
+           "own run (1-minute load average at start / end); rows measured at {runs}.")
 
 
 def load_results(path: Path) -> dict:
@@ -302,8 +387,11 @@ def load_results(path: Path) -> dict:
 def write(path: Path, data: dict) -> None:
     """Writes the results file (format_version 2) with ``data`` as its raw rows."""
     res = results_header(TITLE, "python bench/bench_emulate.py --heldout DIR", order=60)
-    runs = sorted({(r.get("date_utc"), r.get("commit")) for r in data["accuracy"]}, key=str)
-    res["summary"] = SUMMARY.format(runs="; ".join(f"{d} at commit {c}" for d, c in runs))
+    runs: dict[str, list[str]] = {}
+    for r in sorted(data["accuracy"], key=lambda r: str(r.get("date_utc"))):
+        runs.setdefault(str(r.get("commit")), []).append(str(r.get("date_utc")))
+    res["summary"] = SUMMARY.format(runs="; ".join(
+        f"commit {c} {d[0]}" + (f" to {d[-1][11:]}" if d[-1] != d[0] else "") for c, d in runs.items()))
     res["sections"], res["data"] = sections(data), data
     path.parent.mkdir(parents=True, exist_ok=True)
     res["load_end"] = [round(v, 2) for v in load_average()]
@@ -332,6 +420,9 @@ def main(argv=None) -> int:
                    f"half to even (comma list of {', '.join(OP_GROUPS)})")
     p.add_argument("--bias-images", type=int, default=0, metavar="N", help="half-up rounding with each Conv's "
                    "bias lowered by its mean half-up shift, measured on N calibration images")
+    p.add_argument("--bias-at", choices=("accumulator", "output", "conv-output"), default="output",
+                   help="with --bias-images: match each Conv's accumulator means, or its integer output means and "
+                   "those of the Add it feeds (conv-output: not the Add's)")
     p.add_argument("--render", action="store_true", help="only rewrite the results file from its rows")
     args = p.parse_args(argv)
     data = load_results(args.out)
@@ -363,10 +454,12 @@ def _run(args, data: dict, floats: dict) -> None:
                 row = accuracy_row(name, args.heldout, args.images, args.work, "half_even",
                                    "half_up in " + "+".join(groups), floats)
         elif args.bias_images:
-            deltas = rounding_bias(int8_model(name, args.work), args.bias_images)
+            model = int8_model(name, args.work)
+            deltas = (rounding_bias(model, args.bias_images) if args.bias_at == "accumulator"
+                      else output_bias(model, args.bias_images, adds=args.bias_at == "output"))
             with biases_lowered(deltas):
                 row = accuracy_row(name, args.heldout, args.images, args.work, "half_up",
-                                   f"half_up, bias -{args.bias_images}", floats)
+                                   f"half_up, bias -{args.bias_images} {args.bias_at}", floats)
             row["bias_change"] = {k: [int(np.abs(v).max()), float(np.abs(v).mean())] for k, v in deltas.items()}
         else:
             row = accuracy_row(name, args.heldout, args.images, args.work, args.rounding, "", floats)
