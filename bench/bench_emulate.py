@@ -17,7 +17,9 @@ Rows are kept per (model, rounding, variant, images): a run replaces only its ow
 half-up rounding on ``--images`` images, by patching the emulator here (they are no options of fcnquant):
 ``--half-up-in conv,align`` rounds half up only in those op groups (``OP_GROUPS``) and half to even elsewhere;
 ``--bias-images N`` rounds half up everywhere with each Conv's int32 bias lowered by the mean shift half-up
-rounding leaves in its accumulator, measured on N calibration images (``rounding_bias``).
+rounding causes, measured on N calibration images: in the Conv's integer outputs and in those of the Add it alone
+feeds (``--bias-at output``, ``output_bias``), in its outputs only (``conv-output``), or in its accumulator
+(``accumulator``, ``rounding_bias``).
 
 numpy's BLAS runs one thread unless ``--blas-threads`` says otherwise (set before numpy loads): on a machine whose
 cores are shared with other jobs, OpenBLAS threads waiting on each other made the demo r50's many small matrix
