@@ -244,31 +244,8 @@ def _legacy_tune_int16(res: dict) -> dict:
             "sections": [{"text": render_int16(rows)}]}
 
 
-def _legacy_emulate(res: dict) -> dict:
-    m = res.get("machine", {})
-    rows = [[r["model"], r["rounding"], r["images"], r["miou_emulated"], r["miou_onnxruntime"], r["miou_gap"],
-             r["class_agreement_percent"], r["max_lsb"], r["seconds"], f"{r['load_start']:.1f} / {r['load_end']:.1f}"]
-            for r in res["accuracy"]]
-    sp = res.get("speed") or {}
-    sections = [{"columns": ["model", "rounding", "images", "mIoU emulated", "mIoU onnxruntime", "gap",
-                             "same class %", "max LSB", "s", "load"], "rows": rows, "align": "llrrrrrrrl"}]
-    if sp:
-        sections.append({"text": f"Speed ({sp['model']}, {sp['rounds']} alternated rounds, one BLAS thread): "
-                                 f"onnxruntime int8 {sp['onnxruntime_int8_s']['median_s']:.2f} s per image, the "
-                                 f"emulator {sp['emulator_s']['median_s']:.2f} s (medians): "
-                                 f"{sp['ratio_median']:.2f}x; load {_load_text(sp['load_start'])} at start."})
-    return {"title": "Integer emulation against onnxruntime's simulation", "order": 60,
-            "script": "python bench/bench_emulate.py", "date_utc": m.get("date_utc"), "commit": m.get("commit"),
-            "machine": m, "load_start": m.get("load_average"),
-            "summary": "Each demo model's npu-pow2 per-tensor int8 model on the held-out synthetic val images: mIoU of "
-                       "the emulated integer arithmetic and of onnxruntime's QDQ simulation (gap = emulated - "
-                       "onnxruntime), the share of pixels of the same class, the largest difference of any layer "
-                       "in LSBs.",
-            "sections": sections}
-
-
 LEGACY: dict[str, Callable[[Any], dict]] = {
-    "tune_int16": _legacy_tune_int16, "emulate": _legacy_emulate,
+    "tune_int16": _legacy_tune_int16,
     "speed": _legacy_speed, "recover": _legacy_recover, "peers": _legacy_peers, "ray": _legacy_ray,
     "pow2_search": _legacy_pow2, "tune_recover": _legacy_tune,
 }
