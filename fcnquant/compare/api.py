@@ -1,7 +1,8 @@
 """``compare_models``: per-layer drift and final-metric deltas between a float model and its quantized version.
 
-Two passes, each a shard function run by the executor and merged exactly (any number of shards gives the report of
-one), each streaming (memory stays constant in the number of images):
+Two passes, each a shard function merged exactly (any number of shards gives the report of one), each streaming
+(memory stays constant in the number of images), run together by one shard function over the images
+(:func:`fcnquant.compare.joint.compare_shard`, which reads each image once):
 
 1. **final metrics** (:func:`fcnquant.compare.final.final_shard`): both models run as they are, plain onnxruntime
    sessions, over every image: mIoU, per-class IoU and changed pixels are bit for bit what ``fcnquant eval``
@@ -11,7 +12,8 @@ one), each streaming (memory stays constant in the number of images):
    (``drift_images``, default 16; :func:`fcnquant.compare.drift.measure.drift_ids`); with a calibration table the
    float activations also fill the report's histograms. Exposing tensors costs onnxruntime's fusions (and a QDQ
    model's integer kernels), and drift statistics settle on far fewer images than mIoU does, so this pass is
-   kept small.
+   kept small. A drift image's final metrics take the logits of these sessions where they are the plain
+   sessions' bits (:mod:`fcnquant.compare.joint`), so it is not run a second time.
 """
 from __future__ import annotations
 
