@@ -299,7 +299,7 @@ class _Tapped:
             if plain is not None:
                 model, self.logits_name = plain.model, plain.output
         self.session = make_session(with_outputs(model, self.exposed).SerializeToString(), threads=threads,
-                                    spinning=False, providers=providers)  # three sessions take turns on every image
+                                    spinning=False, providers=providers)  # several sessions take turns on every image
         self.input_name, shape = input_spec(self.session)
         self.batch_dim = shape[0]
         self.dtype = np.dtype(input_dtype(self.session))
