@@ -1,8 +1,9 @@
 """fcnquant.compare: per-layer drift and final-metric deltas between a float model and its quantized version.
 
 :func:`compare_models` runs two passes (:mod:`.final`: both models' final metrics and the gallery's images;
-:mod:`.drift`: per-layer drift and the activation histograms) over the tensors :mod:`.tensors` pairs, and returns
-the :class:`CompareReport` (:mod:`.report`: JSON, terminal table, HTML page).
+:mod:`.drift`: per-layer drift and the activation histograms), together in one pass over the images (:mod:`.joint`),
+over the tensors :mod:`.tensors` pairs, and returns the :class:`CompareReport` (:mod:`.report`: JSON, terminal
+table, HTML page).
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """``compare_models``: per-layer drift and final-metric deltas between a float model and its quantized version.
 
-Two passes, each a shard function run by the executor and merged exactly (any number of shards gives the report of
-one), each streaming (memory stays constant in the number of images):
+Two passes, each a shard function merged exactly (any number of shards gives the report of one), each streaming
+(memory stays constant in the number of images), run together by one shard function over the images
+(:func:`fcnquant.compare.joint.compare_shard`, which reads each image once):
 
 1. **final metrics** (:func:`fcnquant.compare.final.final_shard`): both models run as they are, plain onnxruntime
    sessions, over every image: mIoU, per-class IoU and changed pixels are bit for bit what ``fcnquant eval``
@@ -11,7 +12,8 @@ one), each streaming (memory stays constant in the number of images):
    (``drift_images``, default 16; :func:`fcnquant.compare.drift.measure.drift_ids`); with a calibration table the
    float activations also fill the report's histograms. Exposing tensors costs onnxruntime's fusions (and a QDQ
    model's integer kernels), and drift statistics settle on far fewer images than mIoU does, so this pass is
-   kept small.
+   kept small. A drift image's final metrics take the logits of these sessions where they are the plain
+   sessions' bits (:mod:`fcnquant.compare.joint`), so it is not run a second time.
 """
 from __future__ import annotations
 
@@ -22,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fcnquant._io import load_onnx, model_digests, model_identity
-from fcnquant.compare.drift.measure import (DEFAULT_DRIFT_IMAGES, DriftShard, DriftSpec, drift_ids, drift_shard,
-                                            merge_drift)
+from fcnquant.compare.drift.measure import DEFAULT_DRIFT_IMAGES, DriftShard, DriftSpec, drift_ids, merge_drift
 from fcnquant.compare.drift.metrics import LayerDrift
-from fcnquant.compare.final import DEFAULT_BOUNDARY_RADIUS, FinalShard, final_shard, merge_final
+from fcnquant.compare.final import DEFAULT_BOUNDARY_RADIUS, FinalShard, merge_final
 from fcnquant.compare.gallery import GALLERY_IMAGES, render_gallery
+from fcnquant.compare.joint import compare_shard
 from fcnquant.compare.histograms import HISTOGRAM_LAYERS, activation_histograms, table_histograms
 from fcnquant.compare.report.compare_report import CompareReport
 from fcnquant.compare.tensors.pairing import Pairing, pair_tensors
@@ -125,17 +127,17 @@ def compare_models(
         raise DataError(f"dataset {dataset.describe()} has no images to compare on")
     drift_on = drift_ids(chosen, options.drift_images)
     log.info("comparing on %d images of %s; drift on %d of them", len(chosen), dataset.describe(), len(drift_on))
-    models = {"float": fpath, "quant": qpath}
-    final = merge_final(executor.map(
-        final_shard, dataset, chosen, models=models, desc="compare: final metrics",
-        args=(cfg, run.batch_size, options.boundary_radius, options.gallery, (str(fpath), str(qpath)))))
+    hists = table_histograms(entries, pairing.measured) if entries and stats is None else {}
+    spec = DriftSpec(pairs=pairing.measured, isolated=options.isolated, batch_size=run.batch_size)
+    parts = executor.map(
+        compare_shard, dataset, chosen, models={"float": fpath, "quant": qpath}, desc="compare",
+        args=(cfg, run.batch_size, options.boundary_radius, options.gallery, (str(fpath), str(qpath)), spec,
+              tuple(drift_on), hists))
+    final = merge_final([f for f, _ in parts])
+    drift = merge_drift([d for _, d in parts if d is not None])
     log.info("preset %s", final.preset.describe())
     if final.counts.labelled:  # masks that label nothing would give a NaN mIoU (and a gate that measured nothing)
         final.counts.cm_float.check_labelled(len(chosen), dataset.describe())
-    hists = table_histograms(entries, pairing.measured) if entries and stats is None else {}
-    spec = DriftSpec(pairs=pairing.measured, isolated=options.isolated, batch_size=run.batch_size)
-    drift = merge_drift(executor.map(drift_shard, dataset, drift_on, args=(final.preset, spec, hists),
-                                     models=models, desc="compare: drift"))
     layers, histograms = _layers(final, drift, pairing, entries, options, stats, notes)
     emulation = None
     if options.emulate:

@@ -225,6 +225,58 @@ class FinalShard:
     preset: Preset
 
 
+class FinalScorer:
+    """The final pass's state in one shard: both models' plain sessions, the preset and batching they resolve, the
+    counters and the gallery's images; :meth:`score` adds one batch's logits, from :meth:`logits` or from sessions
+    that compute the same bits (:mod:`fcnquant.compare.joint`).
+
+    ``preset``: a Preset, or a DataConfig whose preset is resolved for the float model. A fixed batch dimension of
+    the models wins over ``batch_size`` (``self.batch_size``, ``self.fixed_batch``). ``gallery``: how many of the most
+    changed images to keep. ``names``: the models as error messages name them.
+    """
+
+    def __init__(self, ctx: ShardContext, preset: Preset | DataConfig, batch_size: int, boundary_radius: int,
+                 gallery: int, names: tuple[str, str] = ("the float model", "the quantized model")) -> None:
+        from fcnquant.runtime import input_spec
+
+        # the two sessions take turns on every image: threads that spin-wait after a run would take the cores the
+        # other one needs (the final pass ran ~10 % slower than the two evaluations with spinning on)
+        self.f_sess, self.q_sess = ctx.session("float", spinning=False), ctx.session("quant", spinning=False)
+        _, f_shape = input_spec(self.f_sess)
+        _, q_shape = input_spec(self.q_sess)
+        if f_shape[1:] != q_shape[1:]:
+            raise ModelError(f"input shapes differ: {names[0]} takes {f_shape}, {names[1]} takes {q_shape}")
+        self.preset = preset.preset_for(self.f_sess) if isinstance(preset, DataConfig) else preset
+        self.batch_size, self.fixed_batch = resolve_batch(batch_size, f_shape[0], q_shape[0])
+        self.boundary_radius = boundary_radius
+        self.keep = GalleryCollector(gallery, start=ctx.start)
+        self.acc: FinalAccumulator | None = None
+
+    def logits(self, mb) -> tuple[np.ndarray, np.ndarray]:
+        """Returns both plain sessions' logits of a ModelBatch's ``mb.n`` images."""
+        from fcnquant.runtime import run_logits
+
+        return (np.asarray(run_logits(self.f_sess, mb.feed)[0])[:mb.n],
+                np.asarray(run_logits(self.q_sess, mb.feed)[0])[:mb.n])
+
+    def score(self, mb, f_logits: np.ndarray, q_logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Adds a ModelBatch's images, given both models' (n, C, H, W) logits; returns their predicted classes."""
+        if self.acc is None:
+            self.acc = FinalAccumulator(num_classes(f_logits, q_logits), boundary_radius=self.boundary_radius)
+        hw = mb.masks.shape[1:] if mb.masks is not None else f_logits.shape[2:]
+        pred_f = predict(f_logits, hw, self.acc.num_classes)
+        pred_q = predict(q_logits, hw, self.acc.num_classes)
+        self.acc.update(pred_f, pred_q, mb.masks)
+        self.keep.update(mb.ids, pred_f, pred_q)
+        return pred_f, pred_q
+
+    def result(self) -> "FinalShard":
+        """Returns the shard's FinalShard (ModelError when no image was scored)."""
+        if self.acc is None:
+            raise ModelError("no images to compute final metrics on")
+        return FinalShard(self.acc, self.keep, self.preset)
+
+
 def final_shard(ctx: ShardContext, preset: Preset | DataConfig, batch_size: int, boundary_radius: int, gallery: int,
                 names: tuple[str, str] = ("the float model", "the quantized model"),
                 on_batch: BatchHook | None = None) -> FinalShard:
@@ -235,36 +287,13 @@ def final_shard(ctx: ShardContext, preset: Preset | DataConfig, batch_size: int,
     the most changed images to keep. ``names``: the models as error messages name them. ``on_batch`` is called
     after each batch (in this process only: a hook for per-image consumers).
     """
-    from fcnquant.runtime import input_spec, run_logits
-
-    # the two sessions take turns on every image: threads that spin-wait after a run would take the cores the
-    # other one needs (the final pass ran ~10 % slower than the two evaluations with spinning on)
-    f_sess, q_sess = ctx.session("float", spinning=False), ctx.session("quant", spinning=False)
-    _, f_shape = input_spec(f_sess)
-    _, q_shape = input_spec(q_sess)
-    if f_shape[1:] != q_shape[1:]:
-        raise ModelError(f"input shapes differ: {names[0]} takes {f_shape}, {names[1]} takes {q_shape}")
-    pre = preset.preset_for(f_sess) if isinstance(preset, DataConfig) else preset
-    batch_size, fixed_batch = resolve_batch(batch_size, f_shape[0], q_shape[0])
-    keep = GalleryCollector(gallery, start=ctx.start)
-    acc: FinalAccumulator | None = None
-    for mb in image_batches(ctx.dataset, pre, ctx.ids, batch_size, fixed_batch):
-        f_logits = np.asarray(run_logits(f_sess, mb.feed)[0])[:mb.n]
-        q_logits = np.asarray(run_logits(q_sess, mb.feed)[0])[:mb.n]
-        if acc is None:
-            acc = FinalAccumulator(num_classes(f_logits, q_logits), boundary_radius=boundary_radius)
-        hw = mb.masks.shape[1:] if mb.masks is not None else f_logits.shape[2:]
-        pred_f = predict(f_logits, hw, acc.num_classes)
-        pred_q = predict(q_logits, hw, acc.num_classes)
-        del f_logits, q_logits
-        acc.update(pred_f, pred_q, mb.masks)
-        keep.update(mb.ids, pred_f, pred_q)
+    scorer = FinalScorer(ctx, preset, batch_size, boundary_radius, gallery, names)
+    for mb in image_batches(ctx.dataset, scorer.preset, ctx.ids, scorer.batch_size, scorer.fixed_batch):
+        pred_f, pred_q = scorer.score(mb, *scorer.logits(mb))
         if on_batch is not None:
             on_batch(mb.batch, pred_f, pred_q)
         ctx.advance(mb.n)
-    if acc is None:
-        raise ModelError("no images to compute final metrics on")
-    return FinalShard(acc, keep, pre)
+    return scorer.result()
 
 
 def merge_final(parts: Sequence[FinalShard]) -> FinalShard:

@@ -62,3 +62,25 @@ def write_planted_models(folder, batch=1):
         onnx.save(model, str(path))
         paths.append(path)
     return paths
+
+
+def skip_model(hw: int = HW):
+    """x -> Conv c1 (3->16, 3x3) -> h -> Relu -> r -> Conv c2 (16->16, 3x3) -> c; s = c + r -> Conv c3 (1x1) ->
+    output (21 logits): onnxruntime folds the Add into c2's kernel unless ``c`` is a graph output. A ModelProto."""
+    rng = np.random.default_rng(0)
+    inits = []
+    for name, cin, cout, k in (("c1", 3, 16, 3), ("c2", 16, 16, 3), ("c3", 16, 21, 1)):
+        w = rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)
+        inits += [numpy_helper.from_array(w.astype(np.float32), f"{name}_w"),
+                  numpy_helper.from_array((rng.standard_normal(cout) * 0.1).astype(np.float32), f"{name}_b")]
+    nodes = [helper.make_node("Conv", ["x", "c1_w", "c1_b"], ["h"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "c2_w", "c2_b"], ["c"], name="c2", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c", "r"], ["s"], name="add"),
+             helper.make_node("Conv", ["s", "c3_w", "c3_b"], ["output"], name="c3")]
+    graph = helper.make_graph(
+        nodes, "skip", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, hw, hw])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 21, hw, hw])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

@@ -138,22 +138,36 @@ def drift_shard(ctx: ShardContext, preset: Preset, spec: DriftSpec, histograms: 
     FixedHistograms by float tensor, copied here and filled with the shard's float activations. Raises ModelError
     when nothing can be paired or a pair's shapes differ.
     """
-    from fcnquant.compare.histograms import observe_images
-
     if not ctx.ids:
         raise DataError("no images to measure drift on")
-    runner = _DriftRunner(_model_proto(ctx, "float"), _model_proto(ctx, "quant"), spec, ctx.threads,
-                          ctx.providers)
+    runner = drift_runner(ctx, spec)
+    return run_drift(ctx, runner, preset, spec, ctx.ids, histograms)
+
+
+def drift_runner(ctx: ShardContext, spec: DriftSpec, *, logits: bool = False) -> "DriftRunner":
+    """Returns the drift pass's sessions and sums for the shard's models ``"float"`` and ``"quant"``; with
+    ``logits``, its :meth:`DriftRunner.step` also gives both models' plain logits where it can."""
+    return DriftRunner(_model_proto(ctx, "float"), _model_proto(ctx, "quant"), spec, ctx.threads, ctx.providers,
+                        logits=logits)
+
+
+def run_drift(ctx: ShardContext, runner: "DriftRunner", preset: Preset, spec: DriftSpec, ids: Sequence[str],
+              histograms: dict | None = None, advance: bool = True) -> DriftShard:
+    """Returns the DriftShard of ``runner`` over the images ``ids`` of the shard's dataset (in batches of
+    ``spec.batch_size`` or the models' fixed batch), filling copies of ``histograms``."""
+    from fcnquant.compare.histograms import observe_images
+
     hists = copy.deepcopy(histograms or {})  # each shard fills its own (arguments may also arrive read-only)
     q_dim = runner.q_run.batch_dim if runner.q_run is not None else None
     batch_size, fixed = resolve_batch(spec.batch_size, runner.f_run.batch_dim, q_dim)
-    for mb in image_batches(ctx.dataset, preset, ctx.ids, batch_size, fixed, with_masks=False):
+    for mb in image_batches(ctx.dataset, preset, ids, batch_size, fixed, with_masks=False):
         f_vals = runner.add(mb.feed, mb.n)
         if hists:
             observe_images(hists, f_vals, mb.n)
         del f_vals
-        ctx.advance(mb.n)
-    return DriftShard(DriftSums(tuple(ctx.ids), runner.acc, runner.isod), hists)
+        if advance:
+            ctx.advance(mb.n)
+    return DriftShard(DriftSums(tuple(ids), runner.acc, runner.isod), hists)
 
 
 def merge_drift(parts: Sequence[DriftShard]) -> DriftShard:
@@ -201,11 +215,12 @@ def _model_proto(ctx: ShardContext, key: str):
     return onnx.load_from_string(m) if isinstance(m, bytes) else as_model(m)
 
 
-class _DriftRunner:
+class DriftRunner:
     """The drift pass's sessions and sums: the float and quantized models exposing the paired activations, the
     isolated rewrite, and one DriftAccumulator per float tensor and side."""
 
-    def __init__(self, fm, qm, spec: DriftSpec, threads: int, providers: Sequence[str] = CPU_PROVIDERS) -> None:
+    def __init__(self, fm, qm, spec: DriftSpec, threads: int, providers: Sequence[str] = CPU_PROVIDERS, *,
+                 logits: bool = False) -> None:
         from fcnquant.compare.tensors.isolated import build_isolated
         from fcnquant.compare.tensors.pairing import pair_tensors
 
@@ -216,9 +231,9 @@ class _DriftRunner:
         self.f_inputs, self.q_inputs = set(_graph_inputs(fm)), set(_graph_inputs(qm))
         f_names = list(dict.fromkeys(p.float_name for p in measured if p.float_name not in self.f_inputs))
         q_names = list(dict.fromkeys(p.quant_name for p in measured if p.quant_name not in self.q_inputs))
-        self.f_run = _Tapped(fm, f_names, threads, providers)
-        self.q_run = (_Tapped(qm, q_names, threads, providers, integer_taps=spec.integer_taps) if spec.accumulated
-                      else None)
+        self.f_run = _Tapped(fm, f_names, threads, providers, logits=logits)
+        self.q_run = (_Tapped(qm, q_names, threads, providers, integer_taps=spec.integer_taps, logits=logits)
+                      if spec.accumulated else None)
         self.plan = build_isolated(qm, measured) if spec.isolated else None
         if self.plan is not None:
             outs = list(dict.fromkeys(self.plan.outputs.values()))
@@ -231,11 +246,19 @@ class _DriftRunner:
 
     def add(self, images: np.ndarray, n: int) -> dict[str, np.ndarray]:
         """Adds the first ``n`` images of a (padded) batch to the sums; returns the float activations."""
-        f_vals = self.f_run.run(images)
+        return self.step(images, n)[0]
+
+    def step(self, images: np.ndarray, n: int) -> tuple[dict[str, np.ndarray], np.ndarray | None,
+                                                         np.ndarray | None]:
+        """Adds the first ``n`` images of a (padded) batch to the sums; returns the float activations and both
+        models' logits as their models without exposures compute them, when the runner was built with ``logits``
+        and the exposing sessions can give them (else None; :mod:`fcnquant.compare.tensors.plain_logits`)."""
+        f_vals, f_logits = self.f_run.run(images)
+        q_logits = None
         for name in self.f_inputs:
             f_vals[name] = images.astype(self.f_run.dtype, copy=False)
         if self.q_run is not None:
-            q_vals = self.q_run.run(images)
+            q_vals, q_logits = self.q_run.run(images)
             for name in self.q_inputs:
                 q_vals[name] = images.astype(self.q_run.dtype, copy=False)
             for p in self.measured:
@@ -252,33 +275,44 @@ class _DriftRunner:
             for p in self.measured:
                 _update(self.isod[p.float_name], f_vals[p.float_name], iso_vals[plan.outputs[p.float_name]], n, p,
                         "isolated")
-        return f_vals
+        return f_vals, f_logits, q_logits
 
 
 class _Tapped:
     """One model's session exposing ``names`` besides its outputs (DQ outputs at their integer inputs when
-    ``integer_taps``)."""
+    ``integer_taps``); with ``logits``, also the logits as the model without exposures computes them
+    (:func:`fcnquant.compare.tensors.plain_logits.plain_logits`; ``logits_name`` is None where that costs too
+    much)."""
 
     def __init__(self, model, names: list[str], threads: int, providers: Sequence[str] = CPU_PROVIDERS, *,
-                 integer_taps: bool = False) -> None:
+                 integer_taps: bool = False, logits: bool = False) -> None:
         from fcnquant.compare.tensors.integer_taps import IntegerTaps, plan_taps
+        from fcnquant.compare.tensors.plain_logits import plain_logits
         from fcnquant.runtime import input_dtype, input_spec, make_session, with_outputs
 
         self.names = list(dict.fromkeys(names))
         self.taps = plan_taps(model, self.names) if integer_taps else IntegerTaps(tuple(self.names))
         self.exposed = self.taps.exposed
+        self.logits_name = None
+        if logits:
+            plain = plain_logits(model, self.exposed)
+            if plain is not None:
+                model, self.logits_name = plain.model, plain.output
         self.session = make_session(with_outputs(model, self.exposed).SerializeToString(), threads=threads,
-                                    spinning=False, providers=providers)  # three sessions take turns on every image
+                                    spinning=False, providers=providers)  # several sessions take turns on every image
         self.input_name, shape = input_spec(self.session)
         self.batch_dim = shape[0]
         self.dtype = np.dtype(input_dtype(self.session))
 
-    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Returns {tensor: value} of the wanted tensors for one batch."""
-        if not self.names:
-            return {}
+    def run(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """Returns {tensor: value} of the wanted tensors for one batch, and the plain logits (None without)."""
+        if not self.names and self.logits_name is None:
+            return {}, None
         feed = {self.input_name: images.astype(self.dtype, copy=False)}
-        return self.taps.values(dict(zip(self.exposed, self.session.run(self.exposed, feed))))
+        fetch = list(dict.fromkeys([*self.exposed, *([self.logits_name] if self.logits_name else [])]))
+        raw = dict(zip(fetch, self.session.run(fetch, feed)))
+        logits = raw[self.logits_name] if self.logits_name else None
+        return (self.taps.values(raw) if self.names else {}), logits
 
 
 def _isolated_taps(plan, outputs: list[str], integer_taps: bool):
