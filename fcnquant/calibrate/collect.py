@@ -40,6 +40,7 @@ import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -52,6 +53,7 @@ from fcnquant.data import DataConfig, Dataset
 from fcnquant.errors import CalibrationError, DataError, ModelError
 from fcnquant.execute import Executor, LocalExecutor, RunConfig, Shard, ShardContext, image_batches
 from fcnquant.observers import DEFAULT_MANTISSA_BITS, NonFiniteError
+from fcnquant.observers.fused import worth_compiling
 from fcnquant.observers.kernel import warm_up
 from fcnquant.graph import require_float
 from fcnquant.runtime import input_dtype, input_spec, make_session, outputs_patch, with_outputs
@@ -72,6 +74,9 @@ class CollectOptions:
     NaN/Inf values out (counted per tensor and reported in a warning) instead of failing. ``optimization``: the
     session's graph optimisation level. ``overlap``: observe batch k in a worker thread while batch k+1 runs (same
     result; see the module docstring for when it helps). ``mantissa_bits``: the histogram's resolution.
+    ``compiled``: observe through the compiled kernel (True) or numpy (False); None (default) decides from the
+    first batch: the kernel when the run's values win back its loading
+    (:func:`~fcnquant.observers.fused.worth_compiling`). The statistics are the same bit for bit either way.
     """
 
     tensors: tuple[str, ...] | None = None
@@ -79,6 +84,7 @@ class CollectOptions:
     optimization: str = DEFAULT_OPTIMIZATION
     overlap: bool = True
     mantissa_bits: int = DEFAULT_MANTISSA_BITS
+    compiled: bool | None = None
 
     def __post_init__(self) -> None:
         if self.tensors is not None and not isinstance(self.tensors, tuple):
@@ -186,12 +192,12 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
     preset = data.preset_for(session)
 
     batch_size, fixed_batch = _batching(input_shape, batch_size)
-    stats = CalibrationStats.new(
-        names, model_sha256=model_sha256, preset=preset.to_dict(), image_ids=run_ids,
+    new_stats = partial(
+        CalibrationStats.new, names, model_sha256=model_sha256, preset=preset.to_dict(), image_ids=run_ids,
         model_name=model_name, shard=shard, mantissa_bits=options.mantissa_bits,
         skip_nonfinite=options.skip_nonfinite,
     )
-    observer = _Observer(stats, names, input_name, accs)
+    observer = _Observer(new_stats, names, input_name, accs, images=len(run_ids), compiled=options.compiled)
     log.info("calibrating %s: %d tensors, %d image(s)%s, preset %s, batch %d", model_name, len(names),
              len(run_ids), f" (shard {shard})" if shard else "", preset.describe(), batch_size)
     t0 = time.perf_counter()
@@ -199,7 +205,7 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
     seconds = time.perf_counter() - t0
     log.info("observed %d image(s) in %.1f s (%.2f images/s)", len(run_ids), seconds, len(run_ids) / seconds)
     observer.report_skipped()
-    return stats, {key: acc for key, (_, acc) in accs.items()}
+    return observer.result(), {key: acc for key, (_, acc) in accs.items()}
 
 
 def _read_model(path: Path):
@@ -233,17 +239,45 @@ def _batching(input_shape: tuple[int | None, ...], batch_size: int) -> tuple[int
 
 
 class _Observer:
-    """Feeds one batch's tensors into the statistics, turning NaN/Inf errors into messages with image ids."""
+    """Feeds one batch's tensors into the statistics, turning NaN/Inf errors into messages with image ids.
 
-    def __init__(self, stats: CalibrationStats, names: list[str], input_name: str, extra: dict | None = None) -> None:
+    The statistics are made at the first batch, when the values per image are known: ``new_stats(compiled=...)``
+    with the compiled kernel when the run's ``images`` make it pay (or ``compiled`` says so), numpy otherwise.
+    """
+
+    def __init__(self, new_stats: Callable[..., CalibrationStats], names: list[str], input_name: str,
+                 extra: dict | None = None, *, images: int = 1, compiled: bool | None = None) -> None:
         self.extra = extra or {}  # {key: (tensor, accumulator)} (collect_with_extra)
-        self.stats = stats
+        self.new_stats = new_stats
+        self.stats: CalibrationStats | None = None
+        self.images = images
+        self.compiled = compiled
         self.names = names
         self.input_name = input_name
         self.skipped: dict[str, list[str]] = {}  # tensor -> image ids that had NaN/Inf values (skip mode)
 
+    def _start(self, images: np.ndarray, fetched: dict[str, np.ndarray]) -> CalibrationStats:
+        """Returns the new statistics, choosing the kernel from this batch's values per image."""
+        compiled = self.compiled
+        if compiled is None:
+            tensors = (images if name == self.input_name else fetched[name] for name in self.names)
+            per_image = sum(x.size // max(x.shape[0], 1) if x.ndim else x.size for x in tensors)  # per real image
+            compiled = worth_compiling(per_image * self.images)
+        if compiled:
+            warm_up()  # imports numba and loads the compiled kernels (in the observer thread when overlapping)
+        log.debug("observing through %s", "the compiled kernel" if compiled else "numpy")
+        return self.new_stats(compiled=compiled)
+
+    def result(self) -> CalibrationStats:
+        """Returns the statistics (empty ones when nothing was observed)."""
+        if self.stats is None:
+            self.stats = self.new_stats(compiled=False)
+        return self.stats
+
     def observe(self, ids: list[str], images: np.ndarray, fetched: dict[str, np.ndarray]) -> None:
         n = len(ids)
+        if self.stats is None:
+            self.stats = self._start(images, fetched)
         for name in self.names:
             x = images if name == self.input_name else fetched[name]
             if x.shape[0] != n:  # a fixed batch padded with repeats of the last image
@@ -282,10 +316,6 @@ def _run(session, model_input, fetch, ctx: ShardContext, preset, batch_size, fix
     pending_n = 0
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcnquant-observe") if overlap else None
     runner = _Runner(session, model_input, fetch, slots=2 if overlap else 1)
-    if pool is not None:
-        pending = pool.submit(warm_up)  # loads the compiled observer kernels while the first batch runs
-    else:
-        warm_up()
     try:
         for mb in image_batches(ctx.dataset, preset, ctx.ids, batch_size, fixed_batch, with_masks=False):
             fetched = runner.run(mb.feed)

@@ -1,7 +1,10 @@
-"""One pass over a tensor for both observers: the compiled kernel when numba is there, else the numpy observers.
+"""One pass over a tensor for both observers: the compiled kernel when it pays, else the numpy observers.
 
 :func:`update_stats` gives exactly the state that ``hist.update(x); minmax.update(x)`` gives (the numpy
 observers are the reference; the tests compare bin for bin), reading the tensor once instead of three times.
+Which path runs never changes a statistic, only the time: the kernel costs ~0.55 s of CPU to load per process
+(:mod:`fcnquant.observers.kernel`) and then saves ~1.8 ns per value, so :func:`worth_compiling` chooses it for
+runs of more than :data:`COMPILE_FROM_VALUES` values, or whenever it is loaded already.
 
 :class:`LaneHistogram` is a :class:`~fcnquant.observers.HistogramObserver` whose kernel updates go into two int32
 lanes (see :mod:`fcnquant.observers.kernel`) that are folded into the exact int64 ``counts`` whenever anything
@@ -31,10 +34,22 @@ from fcnquant.observers.minmax import MinMaxObserver
 
 FOLD_AT = (1 << 31) - 1  # values a lane set may take before it is folded (each int32 lane stays below 2**31)
 
+#: Values a run must observe before loading the compiled kernel pays. Measured (bench/bench_observers.py, CPU
+#: time, fcn8s-like tensors, 2-core AMD EPYC, numba 0.68): the numpy observers 2.5 ns per value, the kernel
+#: 0.7 ns, loading it 0.55 s (import numba 0.19 s + first calls 0.35 s): 0.55 s / 1.8 ns = ~300 M values, ten
+#: fcn8s images at 320x320 (~30 M values each). Either side of it the two paths cost about the same.
+COMPILE_FROM_VALUES = 300_000_000
+
 
 def compiled() -> bool:
-    """Returns True when the compiled kernel is in use (numba importable and not disabled)."""
-    return kernel.KERNEL is not None
+    """Returns True when the compiled kernel is usable (loading it, and numba, on first call)."""
+    return kernel.load()
+
+
+def worth_compiling(values: int) -> bool:
+    """Whether observing ``values`` values should use the compiled kernel: when it is loaded already, or when the
+    run is large enough to win back its loading (:data:`COMPILE_FROM_VALUES`) and numba is available."""
+    return kernel.loaded() or (values >= COMPILE_FROM_VALUES and kernel.available())
 
 
 class LaneHistogram(HistogramObserver):
@@ -118,23 +133,34 @@ class LaneHistogram(HistogramObserver):
         return lo, hi
 
 
-def new_histogram(mantissa_bits: int = DEFAULT_MANTISSA_BITS, *, skip_nonfinite: bool = False) -> HistogramObserver:
-    """Returns an empty histogram observer: a LaneHistogram when the kernel is compiled, else the numpy one."""
-    cls = LaneHistogram if compiled() else HistogramObserver
+def new_histogram(mantissa_bits: int = DEFAULT_MANTISSA_BITS, *, skip_nonfinite: bool = False,
+                  compiled: bool | None = None) -> HistogramObserver:
+    """Returns an empty histogram observer: a LaneHistogram fed by the compiled kernel, or the numpy one.
+
+    ``compiled``: True loads the kernel (numpy when it is unavailable), False keeps to numpy, None (default) uses
+    the kernel only if it is loaded already, so creating statistics never imports numba.
+    """
+    use = kernel.load() if compiled else compiled is None and kernel.loaded()
+    cls = LaneHistogram if use else HistogramObserver
     return cls(mantissa_bits, skip_nonfinite=skip_nonfinite)
 
 
 def update_stats(hist: HistogramObserver, minmax: MinMaxObserver, x: np.ndarray) -> None:
-    """Adds the values of ``x`` to both observers, as ``hist.update(x)`` then ``minmax.update(x)`` would."""
+    """Adds the values of ``x`` to both observers, as ``hist.update(x)`` then ``minmax.update(x)`` would.
+
+    A LaneHistogram is fed by the compiled kernel (by numpy if it cannot load); a plain HistogramObserver by the
+    kernel's one-lane form when the kernel is loaded in this process, else by numpy (the same state either way).
+    """
     a = as_float32(x)
     if a.size == 0:
         return
-    if kernel.KERNEL is None:
+    lanes = isinstance(hist, LaneHistogram)
+    if not (kernel.load() if lanes else kernel.loaded()):
         hist.update(a)
         minmax.update(a)
         return
     before = hist.nonfinite
-    if isinstance(hist, LaneHistogram):
+    if lanes:
         lo, hi = hist.observe(a)
     else:
         u = a.view(np.uint32)
