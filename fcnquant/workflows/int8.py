@@ -29,7 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,10 +41,12 @@ from fcnquant.data import DataConfig
 from fcnquant.errors import FcnquantError
 from fcnquant.execute import Executor, RunConfig, Shard
 from fcnquant.quantize.config import QuantConfig
-from fcnquant.recover.adaround import AdaRoundOptions
 from fcnquant.recover.plan import RECOVERY_METADATA_KEY, RecoveryPlan
-from fcnquant.recover.scale_search import ScaleSearchOptions
 from fcnquant.runtime import written_model
+
+if TYPE_CHECKING:  # the passes' modules load when a pass runs, not with every calibration
+    from fcnquant.recover.adaround import AdaRoundOptions
+    from fcnquant.recover.scale_search import ScaleSearchOptions
 
 log = logging.getLogger(__name__)
 
