@@ -82,7 +82,7 @@ class LaneHistogram(HistogramObserver):
             if self._lanes is None or not self._pending:
                 index, count = np.zeros(0, np.int64), np.zeros(0, np.int64)
             else:
-                flat = np.flatnonzero(self._lanes)  # lane entries 2k and 2k+1 belong to bin k
+                flat = np.flatnonzero(self._lanes != 0)  # lane entries 2k and 2k+1 belong to bin k (!= 0: faster)
                 index, start = np.unique(flat >> 1, return_index=True)
                 count = np.add.reduceat(self._lanes[flat].astype(np.int64), start)
             self._sparse = (self._pending, index.astype(np.int64), count)
