@@ -179,7 +179,7 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
     fetch += [t for t in dict.fromkeys(t for t, _ in accs.values()) if t not in fetch and t not in graph_inputs]
     # The session's threads do not spin (see the module docstring) and no onnxruntime transformer is turned off.
     if raw is not None:  # the file's bytes + a patch adding the outputs: no copy or re-serialization of the model
-        model_sha256 = model_digests(model_path, raw)[0]
+        model_sha256 = model_digests(model_path, raw, model)[0]
         session = make_session(raw + outputs_patch(model, fetch), optimization=options.optimization,
                                disabled_optimizers=(), spinning=False, providers=ctx.providers)
     else:  # weights in external files: the loaded model carries them
