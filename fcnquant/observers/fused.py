@@ -148,24 +148,18 @@ def new_histogram(mantissa_bits: int = DEFAULT_MANTISSA_BITS, *, skip_nonfinite:
 def update_stats(hist: HistogramObserver, minmax: MinMaxObserver, x: np.ndarray) -> None:
     """Adds the values of ``x`` to both observers, as ``hist.update(x)`` then ``minmax.update(x)`` would.
 
-    A LaneHistogram is fed by the compiled kernel (by numpy if it cannot load); a plain HistogramObserver by the
-    kernel's one-lane form when the kernel is loaded in this process, else by numpy (the same state either way).
+    The histogram's class chooses the path: a LaneHistogram is fed by the compiled kernel in one pass (by numpy if
+    the kernel cannot load), a plain HistogramObserver by numpy. The state is the same either way.
     """
     a = as_float32(x)
     if a.size == 0:
         return
-    lanes = isinstance(hist, LaneHistogram)
-    if not (kernel.load() if lanes else kernel.loaded()):
+    if not isinstance(hist, LaneHistogram) or not kernel.load():
         hist.update(a)
         minmax.update(a)
         return
     before = hist.nonfinite
-    if lanes:
-        lo, hi = hist.observe(a)
-    else:
-        u = a.view(np.uint32)
-        lo, hi = kernel.observe(u, a, hist.counts, hist.shift)
-        hist._settle_nonfinite(u)  # raises NonFiniteError (counts rolled back) unless skipping non-finite values
+    lo, hi = hist.observe(a)  # raises NonFiniteError (counts rolled back) unless skipping non-finite values
     if hist.nonfinite != before:
         minmax.update(a)  # the batch held NaN/Inf that were skipped: numpy finds the finite extremes
     else:

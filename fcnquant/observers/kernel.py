@@ -5,7 +5,8 @@ Both kernels add one count per value to the bins of :class:`~fcnquant.observers.
 same loop (each value is read from memory once). NaN compares false, so it never becomes an extreme; NaN and
 +-Inf land in the histogram's non-finite bins, which the caller checks (:mod:`fcnquant.observers.fused`).
 
-* ``observe(u, f, counts, shift)`` counts into an int64 histogram, one lane;
+* ``observe(u, f, counts, shift)`` counts into an int64 histogram, one lane (the plain form; the collector uses
+  the lanes);
 * ``observe_lanes(u, f, lanes, shift)`` counts into two int32 lanes interleaved per bin (``lanes[2 * bin + i % 2]``):
   consecutive values update different words, so a value never waits for the store of its neighbour in the
   same bin (ReLU zeros, neighbouring pixels), and the lanes take half the cache of int64 counts.
@@ -173,7 +174,8 @@ def fold_lanes(lanes: np.ndarray, counts: np.ndarray) -> None:
 
 
 def warm_up() -> None:
-    """Builds and loads every compiled kernel (from numba's cache, or compiling it); nothing when unavailable.
+    """Builds the kernels and loads the two the collector uses (from numba's cache, or compiling them); nothing when
+    unavailable.
 
     The collector calls it in its observer thread while an image runs, so no timed loop pays for it.
     """
@@ -182,6 +184,5 @@ def warm_up() -> None:
     f = np.zeros(3, np.float32)
     counts = np.zeros(1 << 9, np.int64)
     lanes = np.zeros(2 << 9, np.int32)
-    observe(f.view(np.uint32), f, counts, 23)
-    observe_lanes(f.view(np.uint32), f, lanes, 23)
+    observe_lanes(f.view(np.uint32), f, lanes, 23)  # the two the collector uses (observe loads on its first call)
     fold_lanes(lanes, counts)

@@ -322,7 +322,6 @@ def _write(outputs: Outputs, stats: CalibrationStats, table, result, tmp: Path, 
 def _write_each(outputs: Outputs, stats: CalibrationStats, table, result, tmp: Path, plan: RecoveryPlan,
                 float_path: Path | None) -> list[tuple[str, Path]]:
     from fcnquant.data import save_ids
-    from fcnquant.quantize import tensorrt_cache_path
 
     written: list[tuple[str, Path]] = []
     if outputs.model is not None:
@@ -330,6 +329,8 @@ def _write_each(outputs: Outputs, stats: CalibrationStats, table, result, tmp: P
             shutil.copyfile(tmp / "int8.onnx", final)
         written.append(("int8 model", outputs.model))
         if result is not None and result.tensorrt_cache is not None:
+            from fcnquant.quantize import tensorrt_cache_path
+
             cache = tensorrt_cache_path(outputs.model)
             with atomic_path(cache) as final_cache:
                 shutil.copyfile(result.tensorrt_cache, final_cache)
