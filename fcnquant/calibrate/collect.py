@@ -7,7 +7,9 @@ One onnxruntime session runs a copy of the model whose graph also outputs the te
 Speed (fcn8s at 320x320 on 2 shared cores, ``bench/bench_calibrate.py``, ``bench/bench_speed.py``): the exposed
 tensors hold ~30 M values per image. The observers read each value once through the compiled kernel
 (:mod:`fcnquant.observers.kernel`, ~0.8 ns per value of CPU: ~0.025 s per image; the numpy observers cost
-~3.7 ns, ~0.11 s) against ~0.2-0.28 s for the inference itself on an idle machine. What exposing the 20 tensors
+~3.7 ns, ~0.11 s) against ~0.2-0.28 s for the inference itself on an idle machine. Loading the kernel costs
+~0.55 s of CPU per process, so a run of fewer values than it wins back (~13 fcn8s images) keeps to numpy, decided
+at the first batch (:func:`fcnquant.observers.fused.worth_compiling`); the statistics are the same either way. What exposing the 20 tensors
 costs onnxruntime (profiled, ORT_ENABLE_ALL): one ``ReorderOutput`` per exposed tensor, converting it from the
 blocked NCHWc layout its convolutions run in back to NCHW (~3.3 ns per exposed value, ~4 % of the run; it is the
 only real cost, and no public option avoids it short of giving up NCHWc, which costs more); the two skip

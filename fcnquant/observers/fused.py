@@ -4,7 +4,8 @@
 observers are the reference; the tests compare bin for bin), reading the tensor once instead of three times.
 Which path runs never changes a statistic, only the time: the kernel costs ~0.55 s of CPU to load per process
 (:mod:`fcnquant.observers.kernel`) and then saves ~1.8 ns per value, so :func:`worth_compiling` chooses it for
-runs of more than :data:`COMPILE_FROM_VALUES` values, or whenever it is loaded already.
+runs of more than :data:`COMPILE_FROM_VALUES` values (~13 fcn8s images at 320x320), or whenever it is loaded
+already.
 
 :class:`LaneHistogram` is a :class:`~fcnquant.observers.HistogramObserver` whose kernel updates go into two int32
 lanes (see :mod:`fcnquant.observers.kernel`) that are folded into the exact int64 ``counts`` whenever anything
@@ -34,11 +35,12 @@ from fcnquant.observers.minmax import MinMaxObserver
 
 FOLD_AT = (1 << 31) - 1  # values a lane set may take before it is folded (each int32 lane stays below 2**31)
 
-#: Values a run must observe before loading the compiled kernel pays. Measured (bench/bench_observers.py, CPU
-#: time, fcn8s-like tensors, 2-core AMD EPYC, numba 0.68): the numpy observers 2.5 ns per value, the kernel
-#: 0.7 ns, loading it 0.55 s (import numba 0.19 s + first calls 0.35 s): 0.55 s / 1.8 ns = ~300 M values, ten
-#: fcn8s images at 320x320 (~30 M values each). Either side of it the two paths cost about the same.
-COMPILE_FROM_VALUES = 300_000_000
+#: Values a run must observe before loading the compiled kernel pays. Measured on a 2-core AMD EPYC, numba 0.68,
+#: CPU seconds: per value the numpy observers take 2.5 ns, the kernel 0.7 ns (bench/bench_observers.py); loading
+#: the kernel 0.55 s (import numba 0.19 s + first calls 0.35 s), i.e. ~300 M values. Whole `calibrate --method kl`
+#: processes on full fcn8s at 320x320 (~30 M values per image), numpy vs kernel, under load 6-8: 1 image 1.85 vs
+#: 2.61 s, 4 images 4.59 vs 5.08, 8 images 7.73 vs 7.97, 16 images 14.22 vs 14.08: the two cross at ~13 images.
+COMPILE_FROM_VALUES = 400_000_000
 
 
 def compiled() -> bool:
