@@ -38,6 +38,7 @@ Updates are applied in batch order and the statistics are order-independent anyw
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,7 +58,7 @@ from fcnquant.execute import Executor, LocalExecutor, RunConfig, Shard, ShardCon
 from fcnquant.observers import DEFAULT_MANTISSA_BITS, NonFiniteError
 from fcnquant.observers.fused import worth_compiling
 from fcnquant.observers.kernel import warm_up
-from fcnquant.graph import require_float
+from fcnquant.graph import inferred_value_infos, require_float
 from fcnquant.runtime import input_dtype, input_spec, make_session, outputs_patch, with_outputs
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,11 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
     fetch = [n for n in names if n not in graph_inputs]  # the input is observed from the batch itself
     accs = {key: (tensor, make(ctx.start > 0)) for key, (tensor, make) in (extra or {}).items()}
     fetch += [t for t in dict.fromkeys(t for t, _ in accs.values()) if t not in fetch and t not in graph_inputs]
+    compiled = options.compiled
+    if compiled is None:  # decided now when the tensors' shapes are static, else at the first batch
+        per_image = _values_per_image(model, names)
+        compiled = None if per_image is None else worth_compiling(per_image * len(run_ids))
+    loading = _aside(warm_up) if compiled else None  # numba loads on the core onnxruntime's session build leaves
     session, model_sha256 = _open_session(model_path, raw, model, fetch, options.optimization, ctx.providers)
     del model, raw  # the protobuf and the bytes (as large as the weights) are not needed during the loop
     input_name, input_shape = input_spec(session)
@@ -191,7 +197,7 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
         model_name=model_name, shard=shard, mantissa_bits=options.mantissa_bits,
         skip_nonfinite=options.skip_nonfinite,
     )
-    observer = _Observer(new_stats, names, input_name, accs, images=len(run_ids), compiled=options.compiled)
+    observer = _Observer(new_stats, names, input_name, accs, images=len(run_ids), compiled=compiled, loading=loading)
     log.info("calibrating %s: %d tensors, %d image(s)%s, preset %s, batch %d", model_name, len(names),
              len(run_ids), f" (shard {shard})" if shard else "", preset.describe(), batch_size)
     t0 = time.perf_counter()
@@ -200,6 +206,31 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
     log.info("observed %d image(s) in %.1f s (%.2f images/s)", len(run_ids), seconds, len(run_ids) / seconds)
     observer.report_skipped()
     return observer.result(), {key: acc for key, (_, acc) in accs.items()}
+
+
+def _values_per_image(model, names: list[str]) -> int | None:
+    """Returns the values one image gives the observed tensors ``names``, from their inferred shapes (the batch
+    dimension left out), or None when a shape is not static."""
+    infos, _ = inferred_value_infos(model)
+    total = 0
+    for name in names:
+        info = infos.get(name)
+        if info is None or not info.type.tensor_type.HasField("shape"):
+            return None
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in info.type.tensor_type.shape.dim]
+        if any(d < 1 for d in dims[1:]):
+            return None
+        total += math.prod(dims[1:])
+    return total
+
+
+def _aside(fn: Callable[[], Any]) -> Future:
+    """Returns the future of ``fn()`` run in a thread of its own (which ends when ``fn`` returns)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcnquant-aside")
+    try:
+        return pool.submit(fn)
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _open_session(model_path: Path, raw: bytes | None, model, fetch: list[str], optimization: str, providers):
@@ -254,17 +285,20 @@ def _batching(input_shape: tuple[int | None, ...], batch_size: int) -> tuple[int
 class _Observer:
     """Feeds one batch's tensors into the statistics, turning NaN/Inf errors into messages with image ids.
 
-    The statistics are made at the first batch, when the values per image are known: ``new_stats(compiled=...)``
-    with the compiled kernel when the run's ``images`` make it pay (or ``compiled`` says so), numpy otherwise.
+    The statistics are made at the first batch: ``new_stats(compiled=...)`` with the compiled kernel when
+    ``compiled`` says so, or, when it is None, when the run's ``images`` make it pay at this batch's values per
+    image; numpy otherwise. ``loading``: the kernel's loading, started before the session was built.
     """
 
     def __init__(self, new_stats: Callable[..., CalibrationStats], names: list[str], input_name: str,
-                 extra: dict | None = None, *, images: int = 1, compiled: bool | None = None) -> None:
+                 extra: dict | None = None, *, images: int = 1, compiled: bool | None = None,
+                 loading: Future | None = None) -> None:
         self.extra = extra or {}  # {key: (tensor, accumulator)} (collect_with_extra)
         self.new_stats = new_stats
         self.stats: CalibrationStats | None = None
         self.images = images
         self.compiled = compiled
+        self.loading = loading  # the kernel's loading, when it was started already
         self.names = names
         self.input_name = input_name
         self.skipped: dict[str, list[str]] = {}  # tensor -> image ids that had NaN/Inf values (skip mode)
@@ -276,7 +310,9 @@ class _Observer:
             tensors = (images if name == self.input_name else fetched[name] for name in self.names)
             per_image = sum(x.size // max(x.shape[0], 1) if x.ndim else x.size for x in tensors)  # per real image
             compiled = worth_compiling(per_image * self.images)
-        if compiled:
+        if compiled and self.loading is not None:
+            self.loading.result()  # the kernel's loading started before the session was built
+        elif compiled:
             warm_up()  # imports numba and loads the compiled kernels (in the observer thread when overlapping)
         log.debug("observing through %s", "the compiled kernel" if compiled else "numpy")
         return self.new_stats(compiled=compiled)

@@ -101,12 +101,20 @@ def test_compiled_and_numpy_observers_give_the_same_statistics_and_table(model, 
                 == build_table(kernel_stats, method, created="x").to_dict())
 
 
-def test_the_run_size_decides_the_observers(model, voc, monkeypatch):
-    """Default: numpy for a run below COMPILE_FROM_VALUES values, the compiled kernel above it."""
+@pytest.mark.parametrize("shapes", ["static", "unknown"])
+def test_the_run_size_decides_the_observers(model, voc, monkeypatch, shapes):
+    """Default: numpy for a run below COMPILE_FROM_VALUES values, the compiled kernel above it; decided from the
+    inferred shapes before the session is built, or at the first batch when a shape is not static."""
+    import fcnquant.calibrate.collect as collect_module
     from fcnquant.observers import HistogramObserver, fused, kernel
 
     monkeypatch.setattr(kernel, "loaded", lambda: False)  # as in a fresh process
     per_image = sum(v.size for v in reference_activations(model, voc, voc.ids[:1]).values())
+    model_proto = onnx.load(str(model))
+    names = list(reference_activations(model, voc, voc.ids[:1]))
+    assert collect_module._values_per_image(model_proto, names) == per_image  # the shapes of this model are static
+    if shapes == "unknown":
+        monkeypatch.setattr(collect_module, "_values_per_image", lambda *_: None)
     monkeypatch.setattr(fused, "COMPILE_FROM_VALUES", 3 * per_image)
     small = collect(model, voc, voc.ids[:2], None)
     assert {type(ts.hist) for ts in small.tensors.values()} == {HistogramObserver}
