@@ -8,8 +8,10 @@ Speed (fcn8s at 320x320 on 2 shared cores, ``bench/bench_calibrate.py``, ``bench
 tensors hold ~30 M values per image. The observers read each value once through the compiled kernel
 (:mod:`fcnquant.observers.kernel`, ~0.8 ns per value of CPU: ~0.025 s per image; the numpy observers cost
 ~3.7 ns, ~0.11 s) against ~0.2-0.28 s for the inference itself on an idle machine. Loading the kernel costs
-~0.55 s of CPU per process, so a run of fewer values than it wins back (~13 fcn8s images) keeps to numpy, decided
-at the first batch (:func:`fcnquant.observers.fused.worth_compiling`); the statistics are the same either way. What exposing the 20 tensors
+~0.55 s of CPU per process, so a run of fewer values than it wins back (~13 fcn8s images) keeps to numpy
+(:func:`fcnquant.observers.fused.worth_compiling`; the statistics are the same either way). The choice is made from
+the observed tensors' inferred shapes before the session is built, and a chosen kernel loads in a thread while
+onnxruntime builds the session (which leaves a core idle); with a shape that is not static, at the first batch. What exposing the 20 tensors
 costs onnxruntime (profiled, ORT_ENABLE_ALL): one ``ReorderOutput`` per exposed tensor, converting it from the
 blocked NCHWc layout its convolutions run in back to NCHW (~3.3 ns per exposed value, ~4 % of the run; it is the
 only real cost, and no public option avoids it short of giving up NCHWc, which costs more); the two skip
@@ -77,9 +79,9 @@ class CollectOptions:
     NaN/Inf values out (counted per tensor and reported in a warning) instead of failing. ``optimization``: the
     session's graph optimisation level. ``overlap``: observe batch k in a worker thread while batch k+1 runs (same
     result; see the module docstring for when it helps). ``mantissa_bits``: the histogram's resolution.
-    ``compiled``: observe through the compiled kernel (True) or numpy (False); None (default) decides from the
-    first batch: the kernel when the run's values win back its loading
-    (:func:`~fcnquant.observers.fused.worth_compiling`). The statistics are the same bit for bit either way.
+    ``compiled``: observe through the compiled kernel (True) or numpy (False); None (default): the kernel when the
+    run's values win back its loading (:func:`~fcnquant.observers.fused.worth_compiling`). The statistics are the
+    same bit for bit either way.
     """
 
     tensors: tuple[str, ...] | None = None
