@@ -60,7 +60,7 @@ from fcnquant.execute import Executor, LocalExecutor, RunConfig, Shard, ShardCon
 from fcnquant.observers import DEFAULT_MANTISSA_BITS, NonFiniteError
 from fcnquant.observers.fused import worth_compiling
 from fcnquant.observers.kernel import warm_up
-from fcnquant.graph import inferred_value_infos, require_float
+from fcnquant.graph import inferred_value_infos, parse_without_weights, require_float
 from fcnquant.runtime import input_dtype, input_spec, make_session, outputs_patch, with_outputs
 
 log = logging.getLogger(__name__)
@@ -255,14 +255,15 @@ def _open_session(model_path: Path, raw: bytes | None, model, fetch: list[str], 
 
 
 def _read_model(path: Path):
-    """Returns (the file's bytes, its ModelProto); bytes None when the weights are in external data files."""
+    """Returns (the file's bytes, its ModelProto without the data of its large weights: the session is built from
+    the bytes); bytes None and the whole model when the weights are in external data files."""
     import onnx
 
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     try:
         raw = path.read_bytes()
-        model = onnx.load_from_string(raw)
+        model = parse_without_weights(raw)
     except Exception as exc:  # onnx raises DecodeError / various protobuf errors
         raise ModelError(f"{path} is not a readable ONNX model: {exc}") from exc
     if not model.graph.node:
