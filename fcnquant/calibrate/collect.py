@@ -11,15 +11,16 @@ tensors hold ~30 M values per image. The observers read each value once through 
 ~0.55 s of CPU per process, so a run of fewer values than it wins back (~13 fcn8s images) keeps to numpy
 (:func:`fcnquant.observers.fused.worth_compiling`; the statistics are the same either way). The choice is made from
 the observed tensors' inferred shapes before the session is built, and a chosen kernel loads in a thread while
-onnxruntime builds the session (which leaves a core idle); with a shape that is not static, at the first batch. What exposing the 20 tensors
-costs onnxruntime (profiled, ORT_ENABLE_ALL): one ``ReorderOutput`` per exposed tensor, converting it from the
-blocked NCHWc layout its convolutions run in back to NCHW (~3.3 ns per exposed value, ~4 % of the run; it is the
-only real cost, and no public option avoids it short of giving up NCHWc, which costs more); the two skip
-``Add``s are no longer fused into their convolutions (0.1 ms: 21-channel tensors); fresh output allocation vs
-reused buffers: the same CPU time, but see below for memory. The session is built from the model file's bytes
-plus a small protobuf patch that adds the outputs (:func:`fcnquant.runtime.outputs_patch`), not from a copied and
-re-serialized ModelProto: ~0.2 s of CPU less per calibration (2 % of 32 images). Choices, each measured against
-plain inference over the same images:
+onnxruntime builds the session (which leaves a core idle); with a shape that is not static, at the first batch.
+What exposing the 20 tensors costs onnxruntime (profiled, ORT_ENABLE_ALL): one ``ReorderOutput`` per exposed
+tensor, converting it from the blocked NCHWc layout its convolutions run in back to NCHW (~3.3 ns per exposed
+value, ~4 % of the run; it is the only real cost, and no public option avoids it short of giving up NCHWc, which
+costs more); the two skip ``Add``s are no longer fused into their convolutions (0.1 ms: 21-channel tensors); fresh
+output allocation vs reused buffers: the same CPU time, but see below for memory. The session is built from the
+model file's bytes plus a small protobuf patch that adds the outputs (:func:`fcnquant.runtime.outputs_patch`), not
+from a copied and re-serialized ModelProto: ~0.2 s of CPU less per calibration (2 % of 32 images); the model's
+structure is read without its weights (:func:`fcnquant.graph.parse_without_weights`). Choices, each measured
+against plain inference over the same images:
 
 * Session threads do not spin (``session.intra_op.allow_spinning=0``). Spinning threads keep burning a core
   after ``run`` returns, exactly when numpy needs it: 1.44x plain with spinning, 1.24x without.
