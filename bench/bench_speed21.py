@@ -13,11 +13,6 @@ run in turn (A B A B ...), and the ratio is the best A over the best B (medians 
 * ``compare FLOAT INT8`` on 64 val images against ``eval FLOAT`` + ``eval INT8`` on them (target: at most 1.30x);
 * ``python -c "import ml_dtypes"`` (onnx imports it; every command pays it), reported.
 
-Python's bytecode cache is on for every timed process (kept in the work folder, ``PYTHONPYCACHEPREFIX``), as it is
-for an installed package: with ``PYTHONDONTWRITEBYTECODE=1`` in the caller's environment every fcnquant process
-would recompile its ~55 modules (~0.08 s of CPU here), which the plain script, importing only compiled
-site-packages, never does; ``--no-pyc`` keeps the caller's environment as it is.
-
 The plain script is what any tool pays: import onnxruntime, numpy and PIL, open the session with its defaults,
 read each image, resize the short side and centre-crop (the awesome preset), normalise, run, argmax. The load
 average at the start and end of the run, and of every timed process, is recorded: on a shared machine other jobs
@@ -26,6 +21,11 @@ distort wall times (the CPU seconds beside them are less sensitive). Writes ``be
 
     python bench/bench_speed21.py                       # everything, 2 reps (~10 min on an idle 2-core machine)
     python bench/bench_speed21.py --reps 1 --skip recover --out /tmp/s.json
+
+Python's bytecode cache is on for every timed process (kept in the work folder, ``PYTHONPYCACHEPREFIX``), as it is
+for an installed package: with ``PYTHONDONTWRITEBYTECODE=1`` in the caller's environment every fcnquant process
+would recompile its ~55 modules (~0.08 s of CPU here), which the plain script, importing only compiled
+site-packages, never does; ``--no-pyc`` keeps the caller's environment as it is.
 """
 from __future__ import annotations
 
