@@ -211,13 +211,14 @@ def model_identity(model) -> str:
     return model_digests(model)[0]
 
 
-def model_digests(model: str | os.PathLike[str], raw: bytes | None = None) -> tuple[str, ...]:
+def model_digests(model: str | os.PathLike[str], raw: bytes | None = None, proto=None) -> tuple[str, ...]:
     """Returns the digests that identify the model file ``model``: its :func:`model_identity` first, then, for an
     inline file whose bytes differ from that serialization (tensors marked ``data_location: DEFAULT``), the sha256
     of the file's bytes, which tables and statistics made before recorded: both are accepted as this model.
 
-    ``raw``: the file's bytes when the caller has read them already. ModelError when the file or its external data
-    cannot be read.
+    ``raw``: the file's bytes when the caller has read them already; ``proto``: the ModelProto parsed from ``raw``
+    when the caller has it (not changed; it saves parsing the file again). ModelError when the file or its
+    external data cannot be read.
     """
     import onnx
     from onnx.external_data_helper import load_external_data_for_model
@@ -225,12 +226,13 @@ def model_digests(model: str | os.PathLike[str], raw: bytes | None = None) -> tu
     path = Path(model)
     try:
         raw = path.read_bytes() if raw is None else raw
-        proto = onnx.load_from_string(raw)
+        if proto is None or _marked(proto):  # the marks are cleared below: on a copy of the caller's model
+            proto = onnx.load_from_string(raw)
     except Exception as exc:  # a missing file, DecodeError, protobuf errors
         raise ModelError(f"{path} is not a readable ONNX model: {exc}") from exc
     file_digest = hashlib.sha256(raw).hexdigest()
     tensors = list(_tensors(proto.graph))
-    if not any(t.HasField("data_location") or len(t.external_data) for t in tensors):
+    if not _marked(proto):
         return (file_digest,)
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors)
     if external:
@@ -243,6 +245,11 @@ def model_digests(model: str | os.PathLike[str], raw: bytes | None = None) -> tu
         del t.external_data[:]
     digest = hashlib.sha256(proto.SerializeToString()).hexdigest()
     return (digest,) if external or digest == file_digest else (digest, file_digest)
+
+
+def _marked(proto) -> bool:
+    """Whether any tensor of the model carries an external-data reference or a ``data_location`` mark."""
+    return any(t.HasField("data_location") or len(t.external_data) for t in _tensors(proto.graph))
 
 
 def _tensors(graph) -> Iterator:

@@ -221,3 +221,34 @@ def test_an_image_above_the_pixel_limit_is_one_line(setup, tmp_path, capsys, mon
     _bad(["eval", model, "--data", voc, "--no-progress"], capsys, "eval", "FCNQUANT_MAX_IMAGE_PIXELS")
     monkeypatch.setenv("FCNQUANT_MAX_IMAGE_PIXELS", "1024")
     assert main(["eval", str(model), "--data", str(voc), "--no-progress"]) == 0
+
+
+def test_model_digests_from_a_parsed_model_equal_those_from_the_file(tmp_path):
+    """Given the caller's parsed model, the digests are the file's (inline) or the inline serialization's (tensors
+    marked ``data_location: DEFAULT``), as computed from the file alone, and the caller's model is not changed."""
+    import hashlib
+
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from fcnquant._io import model_digests
+
+    w = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])], [w])
+    inline = helper.make_model(graph)
+    marked = onnx.ModelProto()
+    marked.CopyFrom(inline)
+    marked.graph.initializer[0].data_location = onnx.TensorProto.DEFAULT  # serialized, unlike the default value
+    for name, model in (("inline", inline), ("marked", marked)):
+        path = tmp_path / f"{name}.onnx"
+        raw = model.SerializeToString()
+        path.write_bytes(raw)
+        proto = onnx.load_from_string(raw)
+        got = model_digests(path, raw, proto)
+        assert got == model_digests(path)
+        assert proto.SerializeToString() == raw  # untouched
+        want_first = hashlib.sha256(inline.SerializeToString()).hexdigest()  # the inline serialization's
+        assert got == ((want_first,) if name == "inline" else (want_first, hashlib.sha256(raw).hexdigest()))

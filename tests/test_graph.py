@@ -11,6 +11,7 @@ from fcnquant.graph import (
     SKELETON_ELEMENTS,
     consumers,
     inferred_value_infos,
+    parse_without_weights,
     producers,
     skeleton,
     sort_topologically,
@@ -204,3 +205,75 @@ def test_inference_on_the_skeleton_equals_the_whole_model_for_shipped_and_quanti
         got, types = inferred_value_infos(m)
         assert _same_infos(got, _full_inference(m))
         assert all(types[t.name] == t.data_type for t in m.graph.initializer)
+
+
+def _weighted_model() -> onnx.ModelProto:
+    """Conv (a large weight, stored raw), Add of a small raw constant, Reshape by a small int64 shape, a Constant
+    node, metadata; a second large weight stored as float_data (not raw) and one marked as external-free DEFAULT."""
+    rng = np.random.default_rng(3)
+    big = numpy_helper.from_array(rng.standard_normal((64, 3, 3, 3)).astype(np.float32), "w")  # 1728 elements
+    huge = numpy_helper.from_array(rng.standard_normal((SKELETON_ELEMENTS * 5,)).astype(np.float32), "huge")
+    huge.data_location = TensorProto.DEFAULT
+    small = numpy_helper.from_array(np.full((1, 64, 1, 1), 0.5, np.float32), "b")
+    shape = numpy_helper.from_array(np.array([1, -1], np.int64), "shape")
+    listed = helper.make_tensor("listed", TensorProto.FLOAT, [SKELETON_ELEMENTS * 5],
+                                rng.standard_normal(SKELETON_ELEMENTS * 5).astype(np.float32).tolist())
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c", "b"], ["a"]),
+             helper.make_node("Reshape", ["a", "shape"], ["flat"]),
+             helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.ones(3, np.float32))),
+             helper.make_node("Concat", ["huge", "listed"], ["both"], axis=0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("flat", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("both", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("k", TensorProto.FLOAT, None)],
+                              [big, huge, small, shape, listed])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(model, {"fcnquant.preset": "awesome"})
+    return model
+
+
+def test_parse_without_weights_is_the_model_less_its_large_raw_data():
+    """Against onnx's own parse of the whole file: equal once the raw_data of tensors over 16 bytes x
+    SKELETON_ELEMENTS is cleared; small raw tensors, float_data tensors, marks and metadata are kept."""
+    model = _weighted_model()
+    raw = model.SerializeToString()
+    got = parse_without_weights(raw)
+    want = onnx.load_from_string(raw)
+    cleared = [t.name for t in want.graph.initializer if len(t.raw_data) > 16 * SKELETON_ELEMENTS]
+    assert cleared == ["huge"]  # w (6912 bytes), b and shape stay: shape inference may read them
+    for t in want.graph.initializer:
+        if t.name in cleared:
+            t.ClearField("raw_data")
+    assert got.SerializeToString() == want.SerializeToString()
+    assert got.graph.initializer[1].data_location == TensorProto.DEFAULT and got.graph.initializer[1].dims == [20480]
+    assert len(got.graph.initializer[4].float_data) == SKELETON_ELEMENTS * 5  # not raw: parsed as it is
+    # the same shapes are inferred as from the whole model (the dropped tensor is lifted by the skeleton anyway)
+    infos, types = inferred_value_infos(got)
+    full_infos, full_types = inferred_value_infos(onnx.load_from_string(raw))
+    assert types == full_types and {k: v.SerializeToString() for k, v in infos.items()} == {
+        k: v.SerializeToString() for k, v in full_infos.items()}
+
+
+def test_parse_without_weights_keeps_concatenated_messages_and_rejects_garbage():
+    """Bytes of a model followed by a patch message (protobuf merges them) parse as onnx parses them; a model with
+    nothing to drop comes back whole; truncated or non-protobuf bytes raise ModelError."""
+    model = _weighted_model()
+    patch = onnx.ModelProto()
+    patch.graph.output.append(onnx.ValueInfoProto(name="c"))
+    raw = model.SerializeToString() + patch.SerializeToString()
+    got = parse_without_weights(raw)
+    assert [o.name for o in got.graph.output] == ["flat", "both", "k", "c"]
+    assert len(got.graph.initializer) == 5 and not got.graph.initializer[1].raw_data
+    plain = onnx.load_from_string(raw)
+    del plain.graph.initializer[1:2]
+    del got.graph.initializer[1:2]
+    assert got.SerializeToString() == plain.SerializeToString()
+    small = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])]))
+    assert parse_without_weights(small.SerializeToString()) == small
+    for bad, why in ((raw[:len(raw) // 2], "runs past its message"), (b"\x0b\x00\x00", "wire type 3"),
+                     (b"not an onnx model at all", "wire type 6")):  # 0x0b: field 1, wire type 3; "n": 0x6e
+        with pytest.raises(ModelError, match=why):
+            parse_without_weights(bad)

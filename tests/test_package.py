@@ -76,3 +76,30 @@ def test_models_is_not_a_top_level_package():
     site = [p for p in sys.path if p.endswith("site-packages")]
     for s in site:
         assert not (Path(s) / "models" / "__init__.py").exists()
+
+
+def test_lazy_package_names_are_the_modules_objects():
+    """recover, quantize and data import some modules on first use; every public name still resolves to the object
+    its module defines, and ``fcnquant.recover.adaround`` / ``.equalize`` stay the functions, whoever imported
+    their subpackages first."""
+    code = textwrap.dedent(
+        """
+        import importlib, sys
+        import fcnquant.recover.equalize.cle, fcnquant.recover.adaround.layers  # subpackages imported first
+        from fcnquant.recover import adaround, equalize
+        from fcnquant.recover.adaround.adaround import adaround as ada
+        from fcnquant.recover.equalize.equalize import equalize as eq
+        assert adaround is ada and equalize is eq
+        import fcnquant.recover as recover
+        assert recover.adaround is ada and recover.equalize is eq
+        for pkg in ("fcnquant.recover", "fcnquant.quantize", "fcnquant.data"):
+            mod = importlib.import_module(pkg)
+            for name in mod.__all__:
+                value = getattr(mod, name)
+                home = getattr(value, "__module__", None)
+                if home and home.startswith(pkg):  # a class or function: the very object of its module
+                    assert getattr(sys.modules[home], name) is value, (pkg, name)
+        print("ok")
+        """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr

@@ -7,15 +7,20 @@ One onnxruntime session runs a copy of the model whose graph also outputs the te
 Speed (fcn8s at 320x320 on 2 shared cores, ``bench/bench_calibrate.py``, ``bench/bench_speed.py``): the exposed
 tensors hold ~30 M values per image. The observers read each value once through the compiled kernel
 (:mod:`fcnquant.observers.kernel`, ~0.8 ns per value of CPU: ~0.025 s per image; the numpy observers cost
-~3.7 ns, ~0.11 s) against ~0.2-0.28 s for the inference itself on an idle machine. What exposing the 20 tensors
-costs onnxruntime (profiled, ORT_ENABLE_ALL): one ``ReorderOutput`` per exposed tensor, converting it from the
-blocked NCHWc layout its convolutions run in back to NCHW (~3.3 ns per exposed value, ~4 % of the run; it is the
-only real cost, and no public option avoids it short of giving up NCHWc, which costs more); the two skip
-``Add``s are no longer fused into their convolutions (0.1 ms: 21-channel tensors); fresh output allocation vs
-reused buffers: the same CPU time, but see below for memory. The session is built from the model file's bytes
-plus a small protobuf patch that adds the outputs (:func:`fcnquant.runtime.outputs_patch`), not from a copied and
-re-serialized ModelProto: ~0.2 s of CPU less per calibration (2 % of 32 images). Choices, each measured against
-plain inference over the same images:
+~3.7 ns, ~0.11 s) against ~0.2-0.28 s for the inference itself on an idle machine. Loading the kernel costs
+~0.55 s of CPU per process, so a run of fewer values than it wins back (~13 fcn8s images) keeps to numpy
+(:func:`fcnquant.observers.fused.worth_compiling`; the statistics are the same either way). The choice is made from
+the observed tensors' inferred shapes before the session is built, and a chosen kernel loads in a thread while
+onnxruntime builds the session (which leaves a core idle); with a shape that is not static, at the first batch.
+What exposing the 20 tensors costs onnxruntime (profiled, ORT_ENABLE_ALL): one ``ReorderOutput`` per exposed
+tensor, converting it from the blocked NCHWc layout its convolutions run in back to NCHW (~3.3 ns per exposed
+value, ~4 % of the run; it is the only real cost, and no public option avoids it short of giving up NCHWc, which
+costs more); the two skip ``Add``s are no longer fused into their convolutions (0.1 ms: 21-channel tensors); fresh
+output allocation vs reused buffers: the same CPU time, but see below for memory. The session is built from the
+model file's bytes plus a small protobuf patch that adds the outputs (:func:`fcnquant.runtime.outputs_patch`), not
+from a copied and re-serialized ModelProto: ~0.2 s of CPU less per calibration (2 % of 32 images); the model's
+structure is read without its weights (:func:`fcnquant.graph.parse_without_weights`). Choices, each measured
+against plain inference over the same images:
 
 * Session threads do not spin (``session.intra_op.allow_spinning=0``). Spinning threads keep burning a core
   after ``run`` returns, exactly when numpy needs it: 1.44x plain with spinning, 1.24x without.
@@ -36,10 +41,12 @@ Updates are applied in batch order and the statistics are order-independent anyw
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -52,8 +59,9 @@ from fcnquant.data import DataConfig, Dataset
 from fcnquant.errors import CalibrationError, DataError, ModelError
 from fcnquant.execute import Executor, LocalExecutor, RunConfig, Shard, ShardContext, image_batches
 from fcnquant.observers import DEFAULT_MANTISSA_BITS, NonFiniteError
+from fcnquant.observers.fused import worth_compiling
 from fcnquant.observers.kernel import warm_up
-from fcnquant.graph import require_float
+from fcnquant.graph import inferred_value_infos, parse_without_weights, require_float
 from fcnquant.runtime import input_dtype, input_spec, make_session, outputs_patch, with_outputs
 
 log = logging.getLogger(__name__)
@@ -72,6 +80,9 @@ class CollectOptions:
     NaN/Inf values out (counted per tensor and reported in a warning) instead of failing. ``optimization``: the
     session's graph optimisation level. ``overlap``: observe batch k in a worker thread while batch k+1 runs (same
     result; see the module docstring for when it helps). ``mantissa_bits``: the histogram's resolution.
+    ``compiled``: observe through the compiled kernel (True) or numpy (False); None (default): the kernel when the
+    run's values win back its loading (:func:`~fcnquant.observers.fused.worth_compiling`). The statistics are the
+    same bit for bit either way.
     """
 
     tensors: tuple[str, ...] | None = None
@@ -79,6 +90,7 @@ class CollectOptions:
     optimization: str = DEFAULT_OPTIMIZATION
     overlap: bool = True
     mantissa_bits: int = DEFAULT_MANTISSA_BITS
+    compiled: bool | None = None
 
     def __post_init__(self) -> None:
         if self.tensors is not None and not isinstance(self.tensors, tuple):
@@ -171,27 +183,24 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
     fetch = [n for n in names if n not in graph_inputs]  # the input is observed from the batch itself
     accs = {key: (tensor, make(ctx.start > 0)) for key, (tensor, make) in (extra or {}).items()}
     fetch += [t for t in dict.fromkeys(t for t, _ in accs.values()) if t not in fetch and t not in graph_inputs]
-    # The session's threads do not spin (see the module docstring) and no onnxruntime transformer is turned off.
-    if raw is not None:  # the file's bytes + a patch adding the outputs: no copy or re-serialization of the model
-        model_sha256 = model_digests(model_path, raw)[0]
-        session = make_session(raw + outputs_patch(model, fetch), optimization=options.optimization,
-                               disabled_optimizers=(), spinning=False, providers=ctx.providers)
-    else:  # weights in external files: the loaded model carries them
-        model_sha256 = model_identity(model_path)
-        session = make_session(with_outputs(model, fetch).SerializeToString(), optimization=options.optimization,
-                               disabled_optimizers=(), spinning=False, providers=ctx.providers)
+    compiled = options.compiled
+    if compiled is None:  # decided now when the tensors' shapes are static, else at the first batch
+        per_image = _values_per_image(model, names)
+        compiled = None if per_image is None else worth_compiling(per_image * len(run_ids))
+    loading = _aside(warm_up) if compiled else None  # numba loads on the core onnxruntime's session build leaves
+    session, model_sha256 = _open_session(model_path, raw, model, fetch, options.optimization, ctx.providers)
     del model, raw  # the protobuf and the bytes (as large as the weights) are not needed during the loop
     input_name, input_shape = input_spec(session)
     input_type = input_dtype(session)
     preset = data.preset_for(session)
 
     batch_size, fixed_batch = _batching(input_shape, batch_size)
-    stats = CalibrationStats.new(
-        names, model_sha256=model_sha256, preset=preset.to_dict(), image_ids=run_ids,
+    new_stats = partial(
+        CalibrationStats.new, names, model_sha256=model_sha256, preset=preset.to_dict(), image_ids=run_ids,
         model_name=model_name, shard=shard, mantissa_bits=options.mantissa_bits,
         skip_nonfinite=options.skip_nonfinite,
     )
-    observer = _Observer(stats, names, input_name, accs)
+    observer = _Observer(new_stats, names, input_name, accs, images=len(run_ids), compiled=compiled, loading=loading)
     log.info("calibrating %s: %d tensors, %d image(s)%s, preset %s, batch %d", model_name, len(names),
              len(run_ids), f" (shard {shard})" if shard else "", preset.describe(), batch_size)
     t0 = time.perf_counter()
@@ -199,18 +208,63 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
     seconds = time.perf_counter() - t0
     log.info("observed %d image(s) in %.1f s (%.2f images/s)", len(run_ids), seconds, len(run_ids) / seconds)
     observer.report_skipped()
-    return stats, {key: acc for key, (_, acc) in accs.items()}
+    return observer.result(), {key: acc for key, (_, acc) in accs.items()}
+
+
+def _values_per_image(model, names: list[str]) -> int | None:
+    """Returns the values one image gives the observed tensors ``names``, from their inferred shapes (the batch
+    dimension left out), or None when a shape is not static."""
+    infos, _ = inferred_value_infos(model)
+    total = 0
+    for name in names:
+        info = infos.get(name)
+        if info is None or not info.type.tensor_type.HasField("shape"):
+            return None
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in info.type.tensor_type.shape.dim]
+        if any(d < 1 for d in dims[1:]):
+            return None
+        total += math.prod(dims[1:])
+    return total
+
+
+def _aside(fn: Callable[[], Any]) -> Future:
+    """Returns the future of ``fn()`` run in a thread of its own (which ends when ``fn`` returns)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcnquant-aside")
+    try:
+        return pool.submit(fn)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _open_session(model_path: Path, raw: bytes | None, model, fetch: list[str], optimization: str, providers):
+    """Returns (the session of the model with ``fetch`` as extra outputs, the model's identity digest).
+
+    The session's threads do not spin (see the module docstring) and no onnxruntime transformer is turned off.
+    The digest (sha256 of the whole file, ~0.03 s for a 60 MB model) is computed in a thread while onnxruntime
+    builds the session, which releases the GIL.
+    """
+    if raw is None:  # weights in external files: the loaded model carries them
+        session = make_session(with_outputs(model, fetch).SerializeToString(), optimization=optimization,
+                               disabled_optimizers=(), spinning=False, providers=providers)
+        return session, model_identity(model_path)
+    augmented = raw + outputs_patch(model, fetch)  # the file's bytes + a patch adding the outputs: no re-serializing
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcnquant-digest") as pool:
+        digest = pool.submit(model_digests, model_path, raw, model)
+        session = make_session(augmented, optimization=optimization, disabled_optimizers=(), spinning=False,
+                               providers=providers)
+        return session, digest.result()[0]
 
 
 def _read_model(path: Path):
-    """Returns (the file's bytes, its ModelProto); bytes None when the weights are in external data files."""
+    """Returns (the file's bytes, its ModelProto without the data of its large weights: the session is built from
+    the bytes); bytes None and the whole model when the weights are in external data files."""
     import onnx
 
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     try:
         raw = path.read_bytes()
-        model = onnx.load_from_string(raw)
+        model = parse_without_weights(raw)
     except Exception as exc:  # onnx raises DecodeError / various protobuf errors
         raise ModelError(f"{path} is not a readable ONNX model: {exc}") from exc
     if not model.graph.node:
@@ -233,17 +287,50 @@ def _batching(input_shape: tuple[int | None, ...], batch_size: int) -> tuple[int
 
 
 class _Observer:
-    """Feeds one batch's tensors into the statistics, turning NaN/Inf errors into messages with image ids."""
+    """Feeds one batch's tensors into the statistics, turning NaN/Inf errors into messages with image ids.
 
-    def __init__(self, stats: CalibrationStats, names: list[str], input_name: str, extra: dict | None = None) -> None:
+    The statistics are made at the first batch: ``new_stats(compiled=...)`` with the compiled kernel when
+    ``compiled`` says so, or, when it is None, when the run's ``images`` make it pay at this batch's values per
+    image; numpy otherwise. ``loading``: the kernel's loading, started before the session was built.
+    """
+
+    def __init__(self, new_stats: Callable[..., CalibrationStats], names: list[str], input_name: str,
+                 extra: dict | None = None, *, images: int = 1, compiled: bool | None = None,
+                 loading: Future | None = None) -> None:
         self.extra = extra or {}  # {key: (tensor, accumulator)} (collect_with_extra)
-        self.stats = stats
+        self.new_stats = new_stats
+        self.stats: CalibrationStats | None = None
+        self.images = images
+        self.compiled = compiled
+        self.loading = loading  # the kernel's loading, when it was started already
         self.names = names
         self.input_name = input_name
         self.skipped: dict[str, list[str]] = {}  # tensor -> image ids that had NaN/Inf values (skip mode)
 
+    def _start(self, images: np.ndarray, fetched: dict[str, np.ndarray]) -> CalibrationStats:
+        """Returns the new statistics, choosing the kernel from this batch's values per image."""
+        compiled = self.compiled
+        if compiled is None:
+            tensors = (images if name == self.input_name else fetched[name] for name in self.names)
+            per_image = sum(x.size // max(x.shape[0], 1) if x.ndim else x.size for x in tensors)  # per real image
+            compiled = worth_compiling(per_image * self.images)
+        if compiled and self.loading is not None:
+            self.loading.result()  # the kernel's loading started before the session was built
+        elif compiled:
+            warm_up()  # imports numba and loads the compiled kernels (in the observer thread when overlapping)
+        log.debug("observing through %s", "the compiled kernel" if compiled else "numpy")
+        return self.new_stats(compiled=compiled)
+
+    def result(self) -> CalibrationStats:
+        """Returns the statistics (empty ones when nothing was observed)."""
+        if self.stats is None:
+            self.stats = self.new_stats(compiled=False)
+        return self.stats
+
     def observe(self, ids: list[str], images: np.ndarray, fetched: dict[str, np.ndarray]) -> None:
         n = len(ids)
+        if self.stats is None:
+            self.stats = self._start(images, fetched)
         for name in self.names:
             x = images if name == self.input_name else fetched[name]
             if x.shape[0] != n:  # a fixed batch padded with repeats of the last image
@@ -282,10 +369,6 @@ def _run(session, model_input, fetch, ctx: ShardContext, preset, batch_size, fix
     pending_n = 0
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcnquant-observe") if overlap else None
     runner = _Runner(session, model_input, fetch, slots=2 if overlap else 1)
-    if pool is not None:
-        pending = pool.submit(warm_up)  # loads the compiled observer kernels while the first batch runs
-    else:
-        warm_up()
     try:
         for mb in image_batches(ctx.dataset, preset, ctx.ids, batch_size, fixed_batch, with_masks=False):
             fetched = runner.run(mb.feed)

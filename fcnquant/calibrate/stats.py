@@ -44,14 +44,16 @@ class TensorStats:
     hist: HistogramObserver
 
     @classmethod
-    def new(cls, mantissa_bits: int = DEFAULT_MANTISSA_BITS, *, skip_nonfinite: bool = False) -> TensorStats:
-        """Returns empty statistics."""
+    def new(cls, mantissa_bits: int = DEFAULT_MANTISSA_BITS, *, skip_nonfinite: bool = False,
+            compiled: bool | None = None) -> TensorStats:
+        """Returns empty statistics; ``compiled``: observe through the compiled kernel (see
+        :func:`~fcnquant.observers.fused.new_histogram`; the statistics are the same either way)."""
         return cls(MinMaxObserver(skip_nonfinite=skip_nonfinite),
-                   new_histogram(mantissa_bits, skip_nonfinite=skip_nonfinite))
+                   new_histogram(mantissa_bits, skip_nonfinite=skip_nonfinite, compiled=compiled))
 
     def update(self, x: np.ndarray) -> None:
         """Adds a batch of values. Raises NonFiniteError (nothing changed) on NaN/Inf unless skipping them."""
-        update_stats(self.hist, self.minmax, x)  # one pass (compiled kernel); raises before anything changes
+        update_stats(self.hist, self.minmax, x)  # one pass (compiled kernel) or numpy; raises before any change
 
     def merge(self, other: TensorStats) -> None:
         """Folds ``other`` in (exact)."""
@@ -179,9 +181,11 @@ class CalibrationStats:
         shard: str | None = None,
         mantissa_bits: int = DEFAULT_MANTISSA_BITS,
         skip_nonfinite: bool = False,
+        compiled: bool | None = None,
     ) -> CalibrationStats:
-        """Returns empty statistics for the tensors ``names`` (a Preset dataclass or dict is accepted)."""
-        tensors = {n: TensorStats.new(mantissa_bits, skip_nonfinite=skip_nonfinite) for n in names}
+        """Returns empty statistics for the tensors ``names`` (a Preset dataclass or dict is accepted);
+        ``compiled`` as in :meth:`TensorStats.new`."""
+        tensors = {n: TensorStats.new(mantissa_bits, skip_nonfinite=skip_nonfinite, compiled=compiled) for n in names}
         return cls(tensors, model_sha256, list(image_ids), _plain(preset or {}), model_name, shard,
                    mantissa_bits, skip_nonfinite)
 

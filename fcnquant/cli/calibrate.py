@@ -227,11 +227,12 @@ def _print_next(args: argparse.Namespace, flow) -> None:
 
 
 def _recover_options(args: argparse.Namespace):
-    from fcnquant.recover.adaround import AdaRoundOptions
     from fcnquant.workflows.int8 import RecoverOptions
 
     if args.adaround_iterations is None:
         return RecoverOptions()
+    from fcnquant.recover.adaround import AdaRoundOptions
+
     if args.adaround_iterations < 1:
         raise FcnquantError(f"--adaround-iterations must be at least 1, got {args.adaround_iterations}")
     return RecoverOptions(adaround=AdaRoundOptions(iterations=args.adaround_iterations))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from fcnquant.data.synth import BUILTIN_PARAMS
+from fcnquant.data.discover import BUILTIN_PARAMS
 
 
 def register(sub) -> None:

@@ -22,6 +22,10 @@ from fcnquant.errors import DataError
 log = logging.getLogger(__name__)
 
 ENV_VAR = "FCNQUANT_DATA"
+#: the built-in synthetic VOC (``fcnquant.data.synth``). 1000 train images: a ~0.9M-parameter FCN-8s-like net
+#: overfits 300 (43.5 val mIoU) but reaches 57.6 with 1000 at the same compute. The val images do not depend on the
+#: train count (image i depends on seed, split, i).
+BUILTIN_PARAMS = {"train": 1000, "val": 100, "size": 192, "seed": 0}
 #: folders searched (relative to the current folder) after $FCNQUANT_DATA
 LOCAL_ROOTS = ("data/VOCdevkit", "VOCdevkit")
 

@@ -57,12 +57,12 @@ def _open_checked(path: Path):
 
 def _open(path: Path):
     """Returns the decoded image at ``path``, turned as its EXIF orientation says (as viewers show it)."""
-    from PIL import ImageOps
-
     img = _open_checked(path)
     try:
         img.load()
         if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            from PIL import ImageOps  # only for turned images: it imports PIL's EXIF tag tables
+
             img = ImageOps.exif_transpose(img)
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc

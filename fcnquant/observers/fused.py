@@ -1,7 +1,11 @@
-"""One pass over a tensor for both observers: the compiled kernel when numba is there, else the numpy observers.
+"""One pass over a tensor for both observers: the compiled kernel when it pays, else the numpy observers.
 
 :func:`update_stats` gives exactly the state that ``hist.update(x); minmax.update(x)`` gives (the numpy
 observers are the reference; the tests compare bin for bin), reading the tensor once instead of three times.
+Which path runs never changes a statistic, only the time: the kernel costs ~0.55 s of CPU to load per process
+(:mod:`fcnquant.observers.kernel`) and then saves ~1.8 ns per value, so :func:`worth_compiling` chooses it for
+runs of more than :data:`COMPILE_FROM_VALUES` values (~13 fcn8s images at 320x320), or whenever it is loaded
+already.
 
 :class:`LaneHistogram` is a :class:`~fcnquant.observers.HistogramObserver` whose kernel updates go into two int32
 lanes (see :mod:`fcnquant.observers.kernel`) that are folded into the exact int64 ``counts`` whenever anything
@@ -31,10 +35,23 @@ from fcnquant.observers.minmax import MinMaxObserver
 
 FOLD_AT = (1 << 31) - 1  # values a lane set may take before it is folded (each int32 lane stays below 2**31)
 
+#: Values a run must observe before loading the compiled kernel pays. Measured on a 2-core AMD EPYC, numba 0.68,
+#: CPU seconds: per value the numpy observers take 2.5 ns, the kernel 0.7 ns (bench/bench_observers.py); loading
+#: the kernel 0.55 s (import numba 0.19 s + first calls 0.35 s), i.e. ~300 M values. Whole `calibrate --method kl`
+#: processes on full fcn8s at 320x320 (~30 M values per image), numpy vs kernel, under load 6-8: 1 image 1.85 vs
+#: 2.61 s, 4 images 4.59 vs 5.08, 8 images 7.73 vs 7.97, 16 images 14.22 vs 14.08: the two cross at ~13 images.
+COMPILE_FROM_VALUES = 400_000_000
+
 
 def compiled() -> bool:
-    """Returns True when the compiled kernel is in use (numba importable and not disabled)."""
-    return kernel.KERNEL is not None
+    """Returns True when the compiled kernel is usable (loading it, and numba, on first call)."""
+    return kernel.load()
+
+
+def worth_compiling(values: int) -> bool:
+    """Whether observing ``values`` values should use the compiled kernel: when it is loaded already, or when the
+    run is large enough to win back its loading (:data:`COMPILE_FROM_VALUES`) and numba is available."""
+    return kernel.loaded() or (values >= COMPILE_FROM_VALUES and kernel.available())
 
 
 class LaneHistogram(HistogramObserver):
@@ -67,7 +84,7 @@ class LaneHistogram(HistogramObserver):
             if self._lanes is None or not self._pending:
                 index, count = np.zeros(0, np.int64), np.zeros(0, np.int64)
             else:
-                flat = np.flatnonzero(self._lanes)  # lane entries 2k and 2k+1 belong to bin k
+                flat = np.flatnonzero(self._lanes != 0)  # lane entries 2k and 2k+1 belong to bin k (!= 0: faster)
                 index, start = np.unique(flat >> 1, return_index=True)
                 count = np.add.reduceat(self._lanes[flat].astype(np.int64), start)
             self._sparse = (self._pending, index.astype(np.int64), count)
@@ -118,28 +135,33 @@ class LaneHistogram(HistogramObserver):
         return lo, hi
 
 
-def new_histogram(mantissa_bits: int = DEFAULT_MANTISSA_BITS, *, skip_nonfinite: bool = False) -> HistogramObserver:
-    """Returns an empty histogram observer: a LaneHistogram when the kernel is compiled, else the numpy one."""
-    cls = LaneHistogram if compiled() else HistogramObserver
+def new_histogram(mantissa_bits: int = DEFAULT_MANTISSA_BITS, *, skip_nonfinite: bool = False,
+                  compiled: bool | None = None) -> HistogramObserver:
+    """Returns an empty histogram observer: a LaneHistogram fed by the compiled kernel, or the numpy one.
+
+    ``compiled``: True loads the kernel (numpy when it is unavailable), False keeps to numpy, None (default) uses
+    the kernel only if it is loaded already, so creating statistics never imports numba.
+    """
+    use = kernel.load() if compiled else compiled is None and kernel.loaded()
+    cls = LaneHistogram if use else HistogramObserver
     return cls(mantissa_bits, skip_nonfinite=skip_nonfinite)
 
 
 def update_stats(hist: HistogramObserver, minmax: MinMaxObserver, x: np.ndarray) -> None:
-    """Adds the values of ``x`` to both observers, as ``hist.update(x)`` then ``minmax.update(x)`` would."""
+    """Adds the values of ``x`` to both observers, as ``hist.update(x)`` then ``minmax.update(x)`` would.
+
+    The histogram's class chooses the path: a LaneHistogram is fed by the compiled kernel in one pass (by numpy if
+    the kernel cannot load), a plain HistogramObserver by numpy. The state is the same either way.
+    """
     a = as_float32(x)
     if a.size == 0:
         return
-    if kernel.KERNEL is None:
+    if not isinstance(hist, LaneHistogram) or not kernel.load():
         hist.update(a)
         minmax.update(a)
         return
     before = hist.nonfinite
-    if isinstance(hist, LaneHistogram):
-        lo, hi = hist.observe(a)
-    else:
-        u = a.view(np.uint32)
-        lo, hi = kernel.observe(u, a, hist.counts, hist.shift)
-        hist._settle_nonfinite(u)  # raises NonFiniteError (counts rolled back) unless skipping non-finite values
+    lo, hi = hist.observe(a)  # raises NonFiniteError (counts rolled back) unless skipping non-finite values
     if hist.nonfinite != before:
         minmax.update(a)  # the batch held NaN/Inf that were skipped: numpy finds the finite extremes
     else:

@@ -5,7 +5,8 @@ Both kernels add one count per value to the bins of :class:`~fcnquant.observers.
 same loop (each value is read from memory once). NaN compares false, so it never becomes an extreme; NaN and
 +-Inf land in the histogram's non-finite bins, which the caller checks (:mod:`fcnquant.observers.fused`).
 
-* ``observe(u, f, counts, shift)`` counts into an int64 histogram, one lane;
+* ``observe(u, f, counts, shift)`` counts into an int64 histogram, one lane (the plain form; the collector uses
+  the lanes);
 * ``observe_lanes(u, f, lanes, shift)`` counts into two int32 lanes interleaved per bin (``lanes[2 * bin + i % 2]``):
   consecutive values update different words, so a value never waits for the store of its neighbour in the
   same bin (ReLU zeros, neighbouring pixels), and the lanes take half the cache of int64 counts.
@@ -13,13 +14,21 @@ same loop (each value is read from memory once). NaN compares false, so it never
   The caller folds the lanes into the exact int64 counts before int32 could overflow.
 
 Compiled with ``nogil=True`` (they run beside onnxruntime in the collector's observer thread) and ``cache=True``
-(compiled once, ~1 s, then loaded from numba's cache). ``KERNEL`` is None when numba is not installed, fails to
+(compiled once, ~1 s, then loaded from numba's cache).
+
+numba is imported on first use, not with this module: :func:`load` (or reading ``KERNEL``, ``LANES_KERNEL`` or
+``FOLD_KERNEL``) imports it and builds the kernels, :func:`warm_up` also loads their compiled code. That costs
+~0.55 s of CPU per process (numba's import ~0.19 s; its first call ~0.35 s, which imports numba's numpy
+support and through it scipy.linalg); a run too small to win it back keeps to the numpy observers without paying
+it (:func:`fcnquant.observers.fused.worth_compiling`). ``KERNEL`` is None when numba is not installed, fails to
 import, or ``FCNQUANT_NO_NUMBA=1`` is set; the numpy observers are used then.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import threading
 
 import numpy as np
 
@@ -75,7 +84,7 @@ def _fold_py(lanes, counts):
 
 def numba_jit(fn, **options):
     """Returns ``fn`` compiled by numba (nogil, cached), or None when numba is missing or disabled."""
-    if os.environ.get(DISABLE_ENV, "").strip() not in ("", "0"):
+    if disabled():
         log.info("%s is set: %s uses numpy", DISABLE_ENV, fn.__name__)
         return None
     try:
@@ -86,13 +95,51 @@ def numba_jit(fn, **options):
     return numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy", **options)(fn)
 
 
-KERNEL = numba_jit(_observe_py)
-LANES_KERNEL = numba_jit(_observe_lanes_py)
-FOLD_KERNEL = numba_jit(_fold_py)
+_NAMES = ("KERNEL", "LANES_KERNEL", "FOLD_KERNEL")
+_LOCK = threading.Lock()
+
+
+def disabled() -> bool:
+    """Whether ``FCNQUANT_NO_NUMBA`` turns the compiled kernels off."""
+    return os.environ.get(DISABLE_ENV, "").strip() not in ("", "0")
+
+
+def available() -> bool:
+    """Whether the kernels can be compiled here (numba installed, not disabled), without importing numba.
+
+    A numba that is installed but fails to import still answers True; :func:`load` then returns False.
+    """
+    if "KERNEL" in globals():
+        return globals()["KERNEL"] is not None
+    return not disabled() and importlib.util.find_spec("numba") is not None
+
+
+def loaded() -> bool:
+    """Whether the kernels are built in this process already (then using them costs nothing more)."""
+    return globals().get("KERNEL") is not None
+
+
+def load() -> bool:
+    """Builds the kernels on first call (imports numba); returns True when they are usable."""
+    if "KERNEL" not in globals():
+        with _LOCK:  # the collector's observer thread and the main thread may both ask
+            if "KERNEL" not in globals():
+                kernels = (numba_jit(_observe_py), numba_jit(_observe_lanes_py), numba_jit(_fold_py))
+                globals().update(zip(_NAMES[1:], kernels[1:]))
+                globals()["KERNEL"] = kernels[0]  # last: its presence says the others are set
+    return globals()["KERNEL"] is not None
+
+
+def __getattr__(name: str):
+    """``KERNEL``, ``LANES_KERNEL``, ``FOLD_KERNEL``: the compiled kernels (built on first read), or None."""
+    if name in _NAMES:
+        load()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _check() -> None:
-    if KERNEL is None:
+    if not load():
         raise RuntimeError("the compiled observer kernel is not available (numba missing or disabled)")
 
 
@@ -103,7 +150,7 @@ def observe(u: np.ndarray, f: np.ndarray, counts: np.ndarray, shift: int) -> tup
     Raises RuntimeError when the compiled kernel is not available (check ``KERNEL`` first).
     """
     _check()
-    lo, hi = KERNEL(u, f, counts, np.uint32(shift))
+    lo, hi = globals()["KERNEL"](u, f, counts, np.uint32(shift))
     return float(lo), float(hi)
 
 
@@ -113,28 +160,29 @@ def observe_lanes(u: np.ndarray, f: np.ndarray, lanes: np.ndarray, shift: int) -
     Bin ``k``'s count is ``lanes[2k] + lanes[2k + 1]``; the caller keeps every lane below 2**31.
     """
     _check()
-    lo, hi = LANES_KERNEL(u, f, lanes, np.uint32(shift))
+    lo, hi = globals()["LANES_KERNEL"](u, f, lanes, np.uint32(shift))
     return float(lo), float(hi)
 
 
 def fold_lanes(lanes: np.ndarray, counts: np.ndarray) -> None:
     """Adds the two int32 ``lanes`` of every bin to the int64 ``counts`` (in place)."""
-    if FOLD_KERNEL is None:
+    fold = globals()["FOLD_KERNEL"] if load() else None
+    if fold is None:
         counts += lanes.reshape(-1, 2).sum(axis=1, dtype=np.int64)
     else:
-        FOLD_KERNEL(lanes, counts)
+        fold(lanes, counts)
 
 
 def warm_up() -> None:
-    """Loads every compiled kernel (from numba's cache, or compiling it): ~0.1 s the first time in a process.
+    """Builds the kernels and loads the two the collector uses (from numba's cache, or compiling them); nothing when
+    unavailable.
 
-    The collector calls it in its observer thread while the first image runs, so no timed loop pays for it.
+    The collector calls it in its observer thread while an image runs, so no timed loop pays for it.
     """
-    if KERNEL is None:
+    if not load():
         return
     f = np.zeros(3, np.float32)
     counts = np.zeros(1 << 9, np.int64)
     lanes = np.zeros(2 << 9, np.int32)
-    observe(f.view(np.uint32), f, counts, 23)
-    observe_lanes(f.view(np.uint32), f, lanes, 23)
+    observe_lanes(f.view(np.uint32), f, lanes, 23)  # the two the collector uses (observe loads on its first call)
     fold_lanes(lanes, counts)

@@ -14,14 +14,24 @@ result) and its driver:
 """
 from __future__ import annotations
 
-from fcnquant.recover.adaround import AdaRoundOptions, AdaRoundResult, LayerStats, adaround
-from fcnquant.recover.bias_correction import (BiasCorrectionOptions, BiasCorrectionResult, LayerCorrection,
-                                              correct_biases)
-from fcnquant.recover.equalize import (AlignedSpace, AlignResult, Consumer, EqualizeOptions, EqualizeResult, Layout,
-                                       Pair, PairRecord, Producer, ScalablePair, Skip, WeightRange, align_pow2,
-                                       equalization_scales, equalize, equalize_chains, find_pairs)
-from fcnquant.recover.plan import RecoveryPlan, resolve_plan
-from fcnquant.recover.scale_search import ScaleSearchOptions, ScaleSearchResult, output_error, search_activation_scales
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING
+
+#: every public name: the subpackage that defines it, imported on first use (``fcnquant.recover.plan`` is read
+#: by every calibration; the passes' modules only when a pass runs)
+_EXPORTS = {
+    **dict.fromkeys(["AdaRoundOptions", "AdaRoundResult", "LayerStats", "adaround"], "adaround"),
+    **dict.fromkeys(["BiasCorrectionOptions", "BiasCorrectionResult", "LayerCorrection", "correct_biases"],
+                    "bias_correction"),
+    **dict.fromkeys(["AlignedSpace", "AlignResult", "Consumer", "EqualizeOptions", "EqualizeResult", "Layout", "Pair",
+                     "PairRecord", "Producer", "ScalablePair", "Skip", "WeightRange", "align_pow2",
+                     "equalization_scales", "equalize", "equalize_chains", "find_pairs"], "equalize"),
+    **dict.fromkeys(["RecoveryPlan", "resolve_plan"], "plan"),
+    **dict.fromkeys(["ScaleSearchOptions", "ScaleSearchResult", "output_error", "search_activation_scales"],
+                    "scale_search"),
+}
 
 __all__ = [
     "AdaRoundOptions", "AdaRoundResult", "AlignResult", "AlignedSpace", "BiasCorrectionOptions",
@@ -30,3 +40,45 @@ __all__ = [
     "ScaleSearchResult", "Skip", "WeightRange", "adaround", "align_pow2", "correct_biases", "equalization_scales",
     "equalize", "equalize_chains", "find_pairs", "output_error", "resolve_plan", "search_activation_scales",
 ]
+
+if TYPE_CHECKING:
+    from fcnquant.recover.adaround import AdaRoundOptions, AdaRoundResult, LayerStats, adaround
+    from fcnquant.recover.bias_correction import (BiasCorrectionOptions, BiasCorrectionResult, LayerCorrection,
+                                                  correct_biases)
+    from fcnquant.recover.equalize import (AlignedSpace, AlignResult, Consumer, EqualizeOptions, EqualizeResult,
+                                           Layout, Pair, PairRecord, Producer, ScalablePair, Skip, WeightRange,
+                                           align_pow2, equalization_scales, equalize, equalize_chains, find_pairs)
+    from fcnquant.recover.plan import RecoveryPlan, resolve_plan
+    from fcnquant.recover.scale_search import (ScaleSearchOptions, ScaleSearchResult, output_error,
+                                               search_activation_scales)
+
+
+def __getattr__(name: str):
+    """Returns the public name ``name``, importing its subpackage on first use."""
+    sub = _EXPORTS.get(name)
+    if sub is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{sub}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(types.ModuleType):
+    """This package's module: ``adaround`` and ``equalize`` stay the functions of those names.
+
+    Importing a subpackage binds it on its parent package under its own name, whoever imports it and whenever;
+    the functions ``adaround`` and ``equalize`` share their subpackage's name, so the binding is turned into the
+    subpackage's function of that name (what these names meant when this package imported everything at once).
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in ("adaround", "equalize") and isinstance(value, types.ModuleType):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

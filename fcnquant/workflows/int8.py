@@ -29,7 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,10 +41,12 @@ from fcnquant.data import DataConfig
 from fcnquant.errors import FcnquantError
 from fcnquant.execute import Executor, RunConfig, Shard
 from fcnquant.quantize.config import QuantConfig
-from fcnquant.recover.adaround import AdaRoundOptions
 from fcnquant.recover.plan import RECOVERY_METADATA_KEY, RecoveryPlan
-from fcnquant.recover.scale_search import ScaleSearchOptions
 from fcnquant.runtime import written_model
+
+if TYPE_CHECKING:  # the passes' modules load when a pass runs, not with every calibration
+    from fcnquant.recover.adaround import AdaRoundOptions
+    from fcnquant.recover.scale_search import ScaleSearchOptions
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +318,6 @@ def _write(outputs: Outputs, stats: CalibrationStats, table, result, tmp: Path, 
 def _write_each(outputs: Outputs, stats: CalibrationStats, table, result, tmp: Path, plan: RecoveryPlan,
                 float_path: Path | None) -> list[tuple[str, Path]]:
     from fcnquant.data import save_ids
-    from fcnquant.quantize import tensorrt_cache_path
 
     written: list[tuple[str, Path]] = []
     if outputs.model is not None:
@@ -324,6 +325,8 @@ def _write_each(outputs: Outputs, stats: CalibrationStats, table, result, tmp: P
             shutil.copyfile(tmp / "int8.onnx", final)
         written.append(("int8 model", outputs.model))
         if result is not None and result.tensorrt_cache is not None:
+            from fcnquant.quantize import tensorrt_cache_path
+
             cache = tensorrt_cache_path(outputs.model)
             with atomic_path(cache) as final_cache:
                 shutil.copyfile(result.tensorrt_cache, final_cache)

@@ -79,6 +79,51 @@ def test_batch_size_and_overlap_do_not_change_the_statistics(model, voc):
     _assert_same(one, collect(model, voc, ids, None, 3, overlap=False))
 
 
+def test_compiled_and_numpy_observers_give_the_same_statistics_and_table(model, voc):
+    """The run-size rule only picks how the statistics are computed: the compiled kernel and the numpy observers
+    give the same statistics bit for bit on the same images, hence the same table."""
+    from fcnquant.observers import HistogramObserver, kernel
+    from fcnquant.observers.fused import LaneHistogram
+
+    if not kernel.available():
+        pytest.skip("numba not installed or disabled")
+    ids = voc.ids[:4]
+    numpy_stats = collect(model, voc, ids, None, 2, compiled=False)
+    kernel_stats = collect(model, voc, ids, None, 2, compiled=True)
+    assert {type(ts.hist) for ts in numpy_stats.tensors.values()} == {HistogramObserver}
+    assert {type(ts.hist) for ts in kernel_stats.tensors.values()} == {LaneHistogram}
+    _assert_same(numpy_stats, kernel_stats)
+    for name, values in reference_activations(model, voc, ids).items():  # both equal the independent counts
+        expected = np.bincount(values.view(np.uint32) >> 13, minlength=1 << 19)
+        np.testing.assert_array_equal(numpy_stats.tensors[name].hist.counts, expected)
+    for method in ("kl", "percentile", "mse"):
+        assert (build_table(numpy_stats, method, created="x").to_dict()
+                == build_table(kernel_stats, method, created="x").to_dict())
+
+
+@pytest.mark.parametrize("shapes", ["static", "unknown"])
+def test_the_run_size_decides_the_observers(model, voc, monkeypatch, shapes):
+    """Default: numpy for a run below COMPILE_FROM_VALUES values, the compiled kernel above it; decided from the
+    inferred shapes before the session is built, or at the first batch when a shape is not static."""
+    import fcnquant.calibrate.collect as collect_module
+    from fcnquant.observers import HistogramObserver, fused, kernel
+
+    monkeypatch.setattr(kernel, "loaded", lambda: False)  # as in a fresh process
+    per_image = sum(v.size for v in reference_activations(model, voc, voc.ids[:1]).values())
+    model_proto = onnx.load(str(model))
+    names = list(reference_activations(model, voc, voc.ids[:1]))
+    assert collect_module._values_per_image(model_proto, names) == per_image  # the shapes of this model are static
+    if shapes == "unknown":
+        monkeypatch.setattr(collect_module, "_values_per_image", lambda *_: None)
+    monkeypatch.setattr(fused, "COMPILE_FROM_VALUES", 3 * per_image)
+    small = collect(model, voc, voc.ids[:2], None)
+    assert {type(ts.hist) for ts in small.tensors.values()} == {HistogramObserver}
+    if kernel.available():
+        large = collect(model, voc, voc.ids[:3], None)
+        assert {type(ts.hist) for ts in large.tensors.values()} == {fused.LaneHistogram}
+        _assert_same(collect(model, voc, voc.ids[:3], None, compiled=False), large)
+
+
 def test_fixed_batch_model_pads_the_last_batch_without_counting_it(tmp_path, voc):
     ids = voc.ids[:3]
     fixed = collect(tiny_fcn(tmp_path / "b2.onnx", batch="2"), voc, ids, None)

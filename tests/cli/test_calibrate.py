@@ -277,3 +277,44 @@ def test_bias_correction_takes_its_form(setup, tmp_path, capsys):
     assert run(model, *common, "--bias-correction", "fast", "--bias-correction-error", "accumulated", "--out",
                tmp_path / "x.onnx") == 2
     assert "needs the sequential form" in capsys.readouterr().err
+
+
+def test_a_small_table_only_calibration_loads_only_what_it_uses(setup, tmp_path):
+    """A fresh process: parsing the command line imports none of numba, the recovery passes, the emitters or the
+    synthetic VOC generator; a one-image table-only calibrate (far below the kernel's break-even) imports none of
+    them either, and writes the same table as the same command run with the compiled kernel forced on."""
+    import subprocess
+    import sys
+
+    model, voc = setup
+    heavy = ("numba", "scipy", "fcnquant.recover.adaround", "fcnquant.recover.equalize",
+             "fcnquant.recover.bias_correction", "fcnquant.recover.scale_search", "fcnquant.quantize.qdq",
+             "fcnquant.data.synth")
+    argv = ["calibrate", str(model), "--data", str(voc), "--num-images", "1", "--no-progress", "--method", "kl",
+            "--out-table"]
+    code = (
+        "import sys, json\n"
+        "from fcnquant.cli import build_parser, main\n"
+        "build_parser()\n"
+        f"heavy = {heavy!r}\n"
+        "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))\n"
+        "if sys.argv[1] == 'kernel':\n"
+        "    from fcnquant.observers import fused\n"
+        "    fused.COMPILE_FROM_VALUES = 1\n"
+        "assert main(sys.argv[3:] + [sys.argv[2]]) == 0\n"
+        "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))\n"
+    )
+    tables = {}
+    for mode in ("auto", "kernel"):
+        out = tmp_path / f"{mode}.json"
+        res = subprocess.run([sys.executable, "-c", code, mode, str(out), *argv], capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 0, res.stderr
+        parsed, after = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("[")]
+        assert parsed == []
+        if mode == "auto":
+            assert after == []
+        elif __import__("fcnquant.observers.kernel").observers.kernel.available():
+            assert "numba" in after  # the kernel, chosen, is loaded: the rule really decides
+        tables[mode] = {k: v for k, v in json.loads(out.read_text()).items() if k != "created"}
+    assert tables["auto"] == tables["kernel"]

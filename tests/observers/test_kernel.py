@@ -43,7 +43,7 @@ def _fused(x: np.ndarray, m: int = 10, skip: bool = False, cls=fused.LaneHistogr
     return h, mm
 
 
-CLASSES = [fused.LaneHistogram, HistogramObserver]  # two int32 lanes / one int64 lane
+CLASSES = [fused.LaneHistogram, HistogramObserver]  # the compiled kernel (two int32 lanes) / numpy
 
 
 def _same(a: tuple[HistogramObserver, MinMaxObserver], b: tuple[HistogramObserver, MinMaxObserver]) -> None:
@@ -64,6 +64,17 @@ def test_kernel_counts_and_extremes_equal_numpy(kind, m, cls):
     # and against an independent bincount of the bit patterns
     bits = np.asarray(x, np.float32).reshape(-1).view(np.uint32).astype(np.int64)
     np.testing.assert_array_equal(got[0].counts, np.bincount(bits >> (23 - m), minlength=1 << (9 + m)))
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind,m", [(k, m) for k in _inputs() for m in (0, 10)])
+def test_one_lane_kernel_counts_and_extremes_equal_numpy(kind, m):
+    x = np.asarray(_inputs()[kind], np.float32).reshape(-1)
+    ref_h, ref_m = _reference(x, m)
+    counts = np.zeros(ref_h.num_bins, np.int64)
+    lo, hi = kernel.observe(x.view(np.uint32), x, counts, ref_h.shift)
+    np.testing.assert_array_equal(counts, ref_h.counts)
+    assert (lo, hi) == (ref_m.min, ref_m.max) and np.signbit(lo) == np.signbit(ref_m.min)
 
 
 @needs_kernel
@@ -237,3 +248,39 @@ def test_a_fold_inside_observe_is_not_lost_by_the_lane_views(monkeypatch):
     idx, cnt = h.nonzero_bins()
     want = ref.nonzero_bins()
     assert np.array_equal(idx, want[0]) and np.array_equal(cnt, want[1]) and h.total == x.size
+
+
+def test_the_kernel_is_worth_loading_for_large_runs_or_once_loaded(monkeypatch):
+    """Below COMPILE_FROM_VALUES numpy is chosen (unless the kernel is loaded already); never when disabled."""
+    monkeypatch.setattr(kernel, "loaded", lambda: False)
+    monkeypatch.setattr(kernel, "available", lambda: True)
+    assert not fused.worth_compiling(fused.COMPILE_FROM_VALUES - 1)
+    assert fused.worth_compiling(fused.COMPILE_FROM_VALUES)
+    monkeypatch.setattr(kernel, "available", lambda: False)
+    assert not fused.worth_compiling(10 * fused.COMPILE_FROM_VALUES)
+    monkeypatch.setattr(kernel, "loaded", lambda: True)
+    assert fused.worth_compiling(1)
+
+
+def test_new_histogram_follows_the_choice(monkeypatch):
+    assert type(fused.new_histogram(compiled=False)) is HistogramObserver
+    want = fused.LaneHistogram if kernel.available() else HistogramObserver
+    assert type(fused.new_histogram(compiled=True)) is want  # loads the kernel when it can
+    monkeypatch.setattr(kernel, "KERNEL", None)  # unavailable: numpy whatever is asked
+    assert type(fused.new_histogram(compiled=True)) is HistogramObserver
+    assert type(fused.new_histogram()) is HistogramObserver
+
+
+def test_importing_the_observers_does_not_import_numba():
+    """numba (~0.5 s of CPU to import and load) is imported when the kernel is first used, not with the package."""
+    code = ("import sys\n"
+            "from fcnquant.observers import fused, kernel\n"
+            "from fcnquant.calibrate.stats import TensorStats\n"
+            "import numpy as np\n"
+            "ts = TensorStats.new(); ts.update(np.arange(-5, 6, dtype=np.float32))\n"
+            "assert 'numba' not in sys.modules and type(ts.hist).__name__ == 'HistogramObserver'\n"
+            "if kernel.available():\n"
+            "    assert fused.compiled() and 'numba' in sys.modules\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
