@@ -18,8 +18,8 @@ def _runs(bench_emulate, model):
     return prog, x, up, even, run_program
 
 
-def test_half_up_in_every_group_is_half_up_and_in_none_half_even(bench_emulate, pow2_fcn8s_bench):
-    prog, x, up, even, run_program = _runs(bench_emulate, pow2_fcn8s_bench)
+def test_half_up_in_every_group_is_half_up_and_in_none_half_even(bench_emulate, pow2_fcn8s):
+    prog, x, up, even, run_program = _runs(bench_emulate, pow2_fcn8s)
     ref_up, ref_even = run_program(prog, x, up), run_program(prog, x, even)
     with bench_emulate.half_up_in(tuple(bench_emulate.OP_GROUPS)):
         every = run_program(prog, x, even)

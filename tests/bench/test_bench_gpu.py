@@ -2,22 +2,9 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def bench_gpu():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import bench_gpu
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return bench_gpu
 
 
 def _table(path: Path, ranges: dict) -> Path:

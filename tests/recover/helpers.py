@@ -35,6 +35,22 @@ def branching_model(seed: int = 0) -> onnx.ModelProto:
     return model
 
 
+def whole_and_merged(make, batches, shards: int = 3):
+    """Returns (one accumulator fed every batch, ``shards`` accumulators fed consecutive slices and merged in order);
+    ``make(record=...)`` builds one, ``record`` True after the first shard as the executors set it."""
+    whole = make()
+    for x in batches:
+        whole.update(x)
+    parts = [make(record=k > 0) for k in range(shards)]
+    per = -(-len(batches) // shards)
+    for k, x in enumerate(batches):
+        parts[k // per].update(x)
+    merged = parts[0]
+    for other in parts[1:]:
+        merged.merge(other)
+    return whole, merged
+
+
 RNG = np.random.default_rng(0)  # shared by the tests that draw from it: their weights depend on the tests run before
 
 

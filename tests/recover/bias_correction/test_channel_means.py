@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fcnquant.recover.bias_correction.channel_means import ChannelMeans, WindowMeans, corrected_int32_bias
-from tests.recover.helpers import brute_conv_mean
+from tests.recover.helpers import brute_conv_mean, whole_and_merged
 
 
 def test_channel_means_and_bias_update_by_hand():
@@ -43,15 +43,7 @@ def test_recorded_means_merge_bit_for_bit():
     batches = [(rng.standard_normal((1, 4, 5, 6)) * 10 ** rng.uniform(-8, 8, (1, 4, 1, 1))).astype(np.float32)
                for _ in range(9)]
     for make in (ChannelMeans, lambda **kw: WindowMeans((3, 2), (1, 0, 1, 1), (2, 1), (1, 2), **kw)):
-        whole = make()
-        for x in batches:
-            whole.update(x)
-        shards = [make(record=k > 0) for k in range(3)]
-        for k, x in enumerate(batches):
-            shards[k // 3].update(x)
-        merged = shards[0]
-        for other in shards[1:]:
-            merged.merge(other)
+        whole, merged = whole_and_merged(make, batches)
         assert merged.count == whole.count
         assert merged.sum.tobytes() == whole.sum.tobytes()
         assert merged.mean.tobytes() == whole.mean.tobytes()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fcnquant.recover.bias_correction.taps import TapGeometry, TapMeans, tap_sums, tap_shift_means
-from tests.recover.helpers import brute_conv_mean, ort_layer
+from tests.recover.helpers import brute_conv_mean, ort_layer, whole_and_merged
 
 
 def brute_grouped_conv_mean(x, w, group, pads, strides, dilations):
@@ -112,14 +112,6 @@ def test_recorded_tap_means_merge_bit_for_bit():
                for _ in range(9)]
     for geometry in (TapGeometry((3, 2), (1, 0, 1, 1), (2, 1), (1, 2)),
                      TapGeometry((4, 4), (1, 1, 1, 1), (2, 2), transposed=True)):
-        whole = TapMeans(geometry)
-        for x in batches:
-            whole.update(x)
-        shards = [TapMeans(geometry, record=k > 0) for k in range(3)]
-        for k, x in enumerate(batches):
-            shards[k // 3].update(x)
-        merged = shards[0]
-        for other in shards[1:]:
-            merged.merge(other)
+        whole, merged = whole_and_merged(lambda record=False, g=geometry: TapMeans(g, record=record), batches)
         assert merged.count == whole.count
         assert merged.mean.tobytes() == whole.mean.tobytes()
