@@ -56,7 +56,7 @@ def commands(py: str, provider: str, model: Path, quant: Path, voc: Path, work: 
     vals = ["--data", str(voc), "--num-images", str(val)]
     return {
         "plain": [py, str(plain), str(model), str(voc), "val", str(val), provider],
-        "eval": [*fq, "eval", str(model), "--split", "val", *vals, *common, "--json", str(work / f"eval_{provider}.json")],
+        "eval": [*fq, "eval", str(model), "--split", "val", *vals, *common],
         "calibrate": [*fq, "calibrate", str(model), "--data", str(voc), "--num-images", str(train), "--method", "kl",
                       "--out-table", str(work / f"table_{provider}.json"), *common],
         "compare": [*fq, "compare", str(model), str(quant), *vals, *common],
