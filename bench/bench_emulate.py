@@ -13,13 +13,9 @@ One run, side by side:
     python bench/bench_emulate.py --heldout /tmp/fq/val1k          # writes bench/results/emulate.json
     python bench/bench_emulate.py --skip-speed --rounding half_even   # the rows with onnxruntime's rounding
 
-Rows are kept per (model, rounding, variant, images): a run replaces only its own. Two variants diagnose the
-half-up rounding on ``--images`` images, by patching the emulator here (they are no options of fcnquant):
-``--half-up-in conv,align`` rounds half up only in those op groups (``OP_GROUPS``) and half to even elsewhere;
-``--bias-images N`` rounds half up everywhere with each Conv's int32 bias lowered by the mean shift half-up
-rounding causes, measured on N calibration images: in the Conv's integer outputs and in those of the Add it alone
-feeds (``--bias-at output``, ``output_bias``), in its outputs only (``conv-output``), or in its accumulator
-(``accumulator``, ``rounding_bias``).
+Rows are kept per (model, rounding, variant, images): a run replaces only its own. A variant diagnoses the
+half-up rounding on ``--images`` images, by patching the emulator here (it is no option of fcnquant):
+``--half-up-in conv,align`` rounds half up only in those op groups (``OP_GROUPS``) and half to even elsewhere.
 
 numpy's BLAS runs one thread unless ``--blas-threads`` says otherwise (set before numpy loads): on a machine whose
 cores are shared with other jobs, OpenBLAS threads waiting on each other made the demo r50's many small matrix
@@ -35,7 +31,6 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 
 
@@ -52,8 +47,7 @@ def _blas_threads_before_numpy() -> None:
 
 _blas_threads_before_numpy()
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (ensure_model, git_commit, interleaved_latency, load_average, load_images,  # noqa: E402
-                     results_header)
+from _common import ensure_model, git_commit, interleaved_latency, load_average, results_header  # noqa: E402
 import numpy as np  # noqa: E402
 
 MODELS = ("fcn8s", "fcn16s", "fcn32s", "fcn_r50_d8")
@@ -112,147 +106,11 @@ def half_up_in(groups: tuple[str, ...]):
         interpret._requantize = original
 
 
-def rounding_bias(model: Path, images: int, chunk: int = 8) -> dict[str, np.ndarray]:
-    """Returns, per Conv / ConvTranspose step, the int32 bias change (accumulator units) that cancels the mean
-    per-channel shift half-up rounding leaves in its accumulator against half-to-even rounding.
-
-    Both roundings run side by side, step by step, over the first ``images`` calibration images (the built-in
-    train split); a step's shift is measured with every earlier step already corrected, so one pass corrects
-    every layer in dependency order. The accumulators are made ``chunk`` images at a time.
-    """
-    import onnx
-
-    from fcnquant.data import DataConfig
-    from fcnquant.emulate import arithmetic_of, build_program
-    from fcnquant.emulate.interpret import _accumulate, _requantize, quantize_input
-    from fcnquant.runtime import make_session
-
-    prog = build_program(onnx.load(str(model)))
-    cfg = DataConfig(split="train", num_images=images)
-    dataset = cfg.open(model, progress=False)
-    x = np.concatenate(load_images(dataset, cfg.preset_for(make_session(model)), cfg.take(dataset))[0])
-    up, even = arithmetic_of("npu-pow2"), replace(arithmetic_of("npu-pow2"), rounding="half_even")
-    vals = {a: {prog.input.name: quantize_input(x, prog.input)} for a in ("up", "even")}
-    deltas: dict[str, np.ndarray] = {}
-    spans = [(lo, min(lo + chunk, len(x))) for lo in range(0, len(x), chunk)]
-    for s in prog.steps:
-        acc = partial(_step_acc, _accumulate, s, vals, {"up": up, "even": even})
-        conv, delta = s.op in OP_GROUPS["conv"], 0
-        if conv:  # first the mean shift over all images, then the half-up outputs with it taken off
-            diff = sum((acc("up", lo, hi)[0] - acc("even", lo, hi)[0]).sum(axis=(0, 2, 3)) for lo, hi in spans)
-            size = acc("up", 0, 1)[0][0, 0].size
-            delta = deltas[s.name] = np.rint(diff / (len(x) * size)).astype(np.int64).reshape(1, -1, 1, 1)
-        if s.out is None:
-            continue
-        for which, a in (("up", up), ("even", even)):
-            parts = []
-            for lo, hi in spans:
-                v, scale = acc(which, lo, hi)
-                parts.append(_requantize(v - delta if which == "up" else v, scale, s, a))
-            vals[which][s.output] = np.concatenate(parts)
-    return {k: v.reshape(-1) for k, v in deltas.items()}
-
-
-def _step_acc(accumulate, s, vals: dict, arithmetic: dict, which: str, lo: int, hi: int):
-    """Returns (accumulator, scale) of step ``s`` on images lo:hi of the ``which`` rounding's tensors."""
-    return accumulate(s, {t.name: vals[which][t.name][lo:hi] for t in s.inputs}, arithmetic[which])
-
-
-def output_bias(model: Path, images: int, chunk: int = 8, rounds: int = 2, adds: bool = True) -> dict[str, np.ndarray]:
-    """Returns, per Conv / ConvTranspose step, the int32 bias change (accumulator units) that cancels, per channel,
-    the mean shift of the *integer outputs* half-up rounding causes against half-to-even rounding: the Conv's own
-    output (after its fused Relu), and for an Add the shift of its output, taken off the Conv that feeds it alone
-    (a residual branch's last Conv). Each shift in output LSBs becomes accumulator units through the scale ratio
-    and the share of active outputs; ``rounds`` such steps per layer (``adds=False``: the Conv outputs alone).
-    Same pass and images as ``rounding_bias``.
-    """
-    import onnx
-
-    from fcnquant.data import DataConfig
-    from fcnquant.emulate import arithmetic_of, build_program
-    from fcnquant.emulate.interpret import _accumulate, _requantize, quantize_input
-    from fcnquant.runtime import make_session
-
-    prog = build_program(onnx.load(str(model)))
-    cfg = DataConfig(split="train", num_images=images)
-    dataset = cfg.open(model, progress=False)
-    x = np.concatenate(load_images(dataset, cfg.preset_for(make_session(model)), cfg.take(dataset))[0])
-    ar = {"up": arithmetic_of("npu-pow2"), "even": replace(arithmetic_of("npu-pow2"), rounding="half_even")}
-    vals = {a: {prog.input.name: quantize_input(x, prog.input)} for a in ar}
-    spans = [(lo, min(lo + chunk, len(x))) for lo in range(0, len(x), chunk)]
-    deltas: dict[str, np.ndarray] = {}
-    by_output = {s.output: s for s in prog.steps}
-    readers: dict[str, int] = {}
-    for s in prog.steps:
-        for t in s.inputs:
-            readers[t.name] = readers.get(t.name, 0) + 1
-
-    def run(s, which):
-        delta = deltas.get(s.name, 0) if which == "up" else 0
-        parts = []
-        for lo, hi in spans:
-            v, scale = _accumulate(s, {t.name: vals[which][t.name][lo:hi] for t in s.inputs}, ar[which])
-            d = np.reshape(delta, (1, -1, 1, 1))
-            parts.append(v - d if s.out is None else _requantize(v - d, scale, s, ar[which]))
-        vals[which][s.output] = np.concatenate(parts)
-        return scale
-
-    def shift(s, units):  # per-channel mean output shift (up - even), over the share of active outputs
-        up = vals["up"][s.output].astype(np.float64)
-        even = vals["even"][s.output].astype(np.float64)
-        zp = s.out.zero_point if s.out is not None else 0
-        active = np.maximum(((even - zp) != 0).mean(axis=(0, 2, 3)), 0.05) if s.relu else 1.0
-        return np.rint((up - even).mean(axis=(0, 2, 3)) / active * units).astype(np.int64)
-
-    for s in prog.steps:
-        scale = run(s, "even")
-        run(s, "up")
-        if s.op in OP_GROUPS["conv"]:
-            units = 1.0 if s.out is None else s.out.scale / np.broadcast_to(scale, (len(s.bias),))
-            deltas[s.name] = np.zeros(len(s.bias), np.int64)
-            for _ in range(rounds):
-                deltas[s.name] = deltas[s.name] + shift(s, units)
-                run(s, "up")
-        elif s.op == "Add" and s.out is not None and adds:
-            feeds = [by_output[t.name] for t in s.inputs if t.name in by_output
-                     and by_output[t.name].op in OP_GROUPS["conv"] and readers[t.name] == 1]
-            if feeds:
-                conv = feeds[-1]
-                acc_scale = conv.inputs[0].scale * np.broadcast_to(conv.weight_scale, (len(conv.bias),))
-                for _ in range(rounds):
-                    deltas[conv.name] = deltas[conv.name] + shift(s, s.out.scale / acc_scale)
-                    run(conv, "up")
-                    run(s, "up")
-    return deltas
-
-
-@contextmanager
-def biases_lowered(deltas: dict[str, np.ndarray]):
-    """Within it, every program the emulator builds has its steps' int32 biases lowered by ``deltas`` (step name
-    -> one value per output channel), as if the model's bias initializers were."""
-    from fcnquant.emulate import measure
-
-    original = measure.build_program
-
-    def patched(model):
-        prog = original(model)
-        for s in prog.steps:
-            if s.name in deltas:
-                s.bias = s.bias - deltas[s.name]
-        return prog
-
-    measure.build_program = patched
-    try:
-        yield
-    finally:
-        measure.build_program = original
-
-
 def accuracy_row(name: str, heldout: Path, images: int, workdir: Path, rounding: str | None = None,
                  variant: str = "", floats: dict | None = None) -> dict:
     """Returns the emulated-vs-simulated row of one demo model on ``images`` held-out images (``rounding``: the
     target's own when None, else that rule instead: half_even isolates the differences that are not rounding;
-    ``variant``: a label of the run's patched arithmetic, see ``half_up_in`` and ``biases_lowered``)."""
+    ``variant``: a label of the run's patched arithmetic, see ``half_up_in``)."""
     from fcnquant.data import DataConfig
     from fcnquant.emulate import arithmetic_of, emulate_eval
     from fcnquant.execute import RunConfig
@@ -317,9 +175,9 @@ def _signed(v: float | None, digits: int = 3) -> str | None:
 
 
 def _row_order(r: dict) -> tuple:
-    """Sorts rows by model, images, then plain roundings, per-op roundings, bias variants."""
+    """Sorts rows by model, images, then plain roundings, per-op roundings."""
     label = r.get("variant") or ""
-    kind = 0 if not label else 1 if label.startswith("half_up in") else 2
+    kind = 0 if not label else 1
     return (MODELS.index(r["model"]) if r["model"] in MODELS else len(MODELS), r["images"], kind,
             label.count("+"), r["rounding"] != "half_even", label)
 
@@ -343,14 +201,9 @@ def sections(data: dict) -> list[dict]:
                      + [r["max_lsb"], r["seconds"], f"{r['load_start']:.1f} / {r['load_end']:.1f}"] for r in main],
             "align": "llr" + "r" * 10 + "l", "digits": 2}]
     if other:
-        out.append({"title": "Where half-up rounding matters, and a bias that offsets it",
+        out.append({"title": "Where half-up rounding matters",
                     "text": "`half_up in X`: only the steps of X (conv: Conv, ConvTranspose; align: Add, Concat; "
-                            "resize: Resize; other: MaxPool, Relu, Pad) round half up, the rest half to even. "
-                            "`half_up, bias -N accumulator`: half-up rounding everywhere, each Conv's int32 bias lowered per "
-                            "channel by the mean shift half-up rounding leaves in its accumulator (before the "
-                            "Relu) against half to even, measured on N calibration images; `... output`: the "
-                            "shift of the Conv's integer outputs instead, and of each Add's outputs taken off the "
-                            "Conv that feeds it (both rounded to one accumulator unit).",
+                            "resize: Resize; other: MaxPool, Relu, Pad) round half up, the rest half to even.",
                     "columns": ["model", "arithmetic", "images"] + head,
                     "rows": [[r["model"], r.get("variant") or r["rounding"], r["images"]] + cells(r) for r in other],
                     "align": "llr" + "r" * 7, "digits": 2})
@@ -420,11 +273,6 @@ def main(argv=None) -> int:
     p.add_argument("--rounding", help="emulate with this rounding instead of npu-pow2's (e.g. half_even)")
     p.add_argument("--half-up-in", metavar="GROUPS", help="diagnosis: only these op groups round half up, the rest "
                    f"half to even (comma list of {', '.join(OP_GROUPS)})")
-    p.add_argument("--bias-images", type=int, default=0, metavar="N", help="half-up rounding with each Conv's "
-                   "bias lowered by its mean half-up shift, measured on N calibration images")
-    p.add_argument("--bias-at", choices=("accumulator", "output", "conv-output"), default="output",
-                   help="with --bias-images: match each Conv's accumulator means, or its integer output means and "
-                   "those of the Add it feeds (conv-output: not the Add's)")
     p.add_argument("--render", action="store_true", help="only rewrite the results file from its rows")
     args = p.parse_args(argv)
     data = load_results(args.out)
@@ -455,18 +303,10 @@ def _run(args, data: dict, floats: dict) -> None:
             with half_up_in(groups):
                 row = accuracy_row(name, args.heldout, args.images, args.work, "half_even",
                                    "half_up in " + "+".join(groups), floats)
-        elif args.bias_images:
-            model = int8_model(name, args.work)
-            deltas = (rounding_bias(model, args.bias_images) if args.bias_at == "accumulator"
-                      else output_bias(model, args.bias_images, adds=args.bias_at == "output"))
-            with biases_lowered(deltas):
-                row = accuracy_row(name, args.heldout, args.images, args.work, "half_up",
-                                   f"half_up, bias -{args.bias_images} {args.bias_at}", floats)
-            row["bias_change"] = {k: [int(np.abs(v).max()), float(np.abs(v).mean())] for k, v in deltas.items()}
         else:
             row = accuracy_row(name, args.heldout, args.images, args.work, args.rounding, "", floats)
         _upsert(data, row)
-        print(json.dumps({k: v for k, v in row.items() if k != "bias_change"}), file=sys.stderr, flush=True)
+        print(json.dumps(row), file=sys.stderr, flush=True)
         write(args.out, data)
 
 

@@ -5,7 +5,9 @@ Steps (onnxruntime's QDQ quantizer does the graph surgery; fcnquant decides ever
 1. Validate before writing anything: the table's model sha256, every activation the graph needs present, finite
    ranges, positive finite scales, zero points valid for the target (``validate``).
 2. Activations the QDQ graph needs (``fcnquant.calibrate.tensors``) get the table's scale / zero point; tensors
-   that inherit a scale (MaxPool / Resize outputs, a Conv output fused with its Relu) get their source's.
+   that inherit a scale (MaxPool / Resize outputs, a Conv output fused with its Relu) get their source's. For a
+   target that aligns Add/Concat inputs by shifts and rounds ties up (``npu-pow2``), an input read by the Add
+   alone, finer than the sum, goes onto the sum's grid (``fcnquant.quantize.align``).
 3. onnxruntime's ``quantize_static`` builds the QDQ graph from those exact parameters: weights int8 symmetric per
    output channel (axis 0 for Conv, 1 for ConvTranspose) or per tensor, biases int32 with
    ``scale = input scale x weight scale``; for ``npu-pow2`` the weight scales are powers of two given explicitly.
@@ -39,6 +41,7 @@ from fcnquant._io import atomic_path, file_sha256, load_onnx, model_digests
 from fcnquant.calibrate.tensors import analyse
 from fcnquant.errors import CalibrationError, FcnquantError, ModelError
 from fcnquant.graph import require_float, sort_topologically
+from fcnquant.quantize import align
 from fcnquant.quantize import exclude as excl
 from fcnquant.quantize.config import QuantConfig
 from fcnquant.quantize.float_outputs import float_outputs
@@ -133,10 +136,7 @@ def quantize_model(
     excluded = excl.resolve_exclusions(model, config.exclude_nodes, config.exclude_ops,
                                       list(config.exclude_regex) or None)
     plan = analyse(model)  # which activations need a scale, which reuse another's (fcnquant.calibrate.tensors)
-    activations = _activation_params(model, plan, table, table_label, profile, quantize_output,
-                                     set(config.int16_tensors))
-    int16 = _int16_params(activations, plan, table, config)
-    activations.update(int16)
+    activations, int16, moved = _all_activation_params(model, plan, table, table_label, profile, config)
     table_sha = table_sha or _table_sha256(table)  # after validation: saving checks the table too
     weights = _weight_overrides(model, profile, per_channel, set(excluded), pow2_rounding)
     fixed = dict(weight_scales or {})
@@ -157,6 +157,8 @@ def quantize_model(
         run_quantize_static(src, ort_out, Path(tmp) / "ranges.json", job)
         qmodel = load_onnx(ort_out)
 
+    if moved:
+        align.share_sum_scales(qmodel, moved)
     fused = fuse_relu_qdq(qmodel) if profile.symmetric else 0
     floated = [] if quantize_output else float_outputs(qmodel)
     sort_topologically(qmodel.graph)
@@ -172,6 +174,7 @@ def quantize_model(
         "fcnquant.per_channel": "true" if per_channel else "false",
         "fcnquant.method": str(getattr(table, "method", "") or ""),  # shown by `fcnquant compare`
         "fcnquant.version": __version__,
+        **({align.METADATA_KEY: json.dumps(moved, sort_keys=True)} if moved else {}),
         **dict(metadata or {}),
     })
     capable = _int8_capable(qmodel, set(plan.observed) | set(plan.inherited))
@@ -299,6 +302,20 @@ def _activation_params(
     if not profile.symmetric:
         _check_relu_zero_points(model, {k: v for k, v in params.items() if k not in int16}, profile)
     return params
+
+
+def _all_activation_params(model, plan, table, label: str, profile: Profile, config: QuantConfig):
+    """Returns ({tensor: (scale, zero point)} of every activation, those of the int16 ones, {Add/Concat input
+    moved onto its sum's grid: the sum}) (``fcnquant.quantize.align``)."""
+    activations = _activation_params(model, plan, table, label, profile, config.quantize_output,
+                                     set(config.int16_tensors))
+    int16 = _int16_params(activations, plan, table, config)
+    activations.update(int16)
+    moved: dict[str, str] = {}
+    if align.applies(profile.target):  # a chip that rounds its Add alignment ties up
+        moved = align.align_sum_inputs(model, activations, plan.inherited, skip=set(int16))
+        log.debug("%d Add/Concat input(s) on the sum's grid: %s", len(moved), ", ".join(moved))
+    return activations, int16, moved
 
 
 def _int16_params(activations: dict[str, tuple[float, int]], plan, table,

@@ -188,6 +188,25 @@ def test_half_up_differs_from_the_integer_kernel_only_at_ties(demo_run):
     assert ties_total > 0  # power-of-two scales make ties common: the rule matters
 
 
+def test_the_adds_of_a_half_up_model_round_nothing(demo_run):
+    """npu-pow2 rounds ties up, so its int8 models put every Add input onto the sum's grid or a coarser one: each
+    Add is then the exact integer sum of its inputs shifted left (numpy here), whatever the rounding."""
+    prog, image, _ = demo_run
+    run = run_program(prog, image, Arithmetic(rounding="half_up"))
+    adds = [s for s in prog.steps if s.op == "Add"]
+    assert len(adds) == 2
+    for step in adds:
+        total = 0
+        for t in step.inputs:
+            ratio = t.scale / step.out.scale
+            assert ratio >= 1 and ratio == 2.0 ** round(np.log2(ratio)), (step.name, t.name, ratio)
+            total = total + (run.values[t.name].astype(np.int64) - t.zero_point) * int(ratio)
+        if step.relu:
+            total = np.maximum(total, 0)
+        expected = np.clip(total + step.out.zero_point, *step.out.qrange)
+        np.testing.assert_array_equal(run.values[step.output], expected, err_msg=step.name)
+
+
 def test_each_op_fed_the_same_integers_differs_from_onnxruntime_only_in_resize(demo_run):
     """Each step alone (the model's own DQ -> op -> Q nodes, cut out with onnx's extractor) in onnxruntime,
     fed the emulator's integer inputs: Conv (fused integer kernels), MaxPool and Add (power-of-two scales: exact

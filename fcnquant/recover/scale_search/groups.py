@@ -26,7 +26,8 @@ def scale_groups(qmodel, table, inherited: dict[str, str] | None = None, extra: 
 
     A group is a scalar scale initializer read by ``QuantizeLinear`` nodes of activations (not weights); its
     entries are the table tensors that set it: the tensor itself, or for an inherited one its source
-    (``inherited``: ``fcnquant.calibrate.tensors.inherited_scales`` of the float model; None: none).
+    (``inherited``: ``fcnquant.calibrate.tensors.inherited_scales`` of the float model; None: none), and for an
+    Add/Concat input emitted on its sum's grid (``fcnquant.quantize.align``, recorded in the model) the sum.
     ``extra`` adds that many powers of two beyond each neighbour (``extra=1``: ``2 s_up`` and ``s_up / 4`` too).
     Groups whose scale is not one of the candidates (e.g. clamped to the minimum scale) are left out.
     """
@@ -35,8 +36,10 @@ def scale_groups(qmodel, table, inherited: dict[str, str] | None = None, extra: 
     t = table.resolved_target
     if not t.pow2:
         raise FcnquantError(f"the scale search is for power-of-two targets; the table is for {table.target}")
+    from fcnquant.quantize.align import sum_aligned
+
     inits = {i.name: i for i in qmodel.graph.initializer}
-    inherited = dict(inherited or {})
+    inherited = dict(inherited or {}) | sum_aligned(qmodel)  # an input on its sum's grid shares the sum's scale
     order: list[str] = []
     tensors: dict[str, list[str]] = {}
     for node in qmodel.graph.node:
