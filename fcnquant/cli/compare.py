@@ -98,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
     if args.target is not None and not args.emulate:
         raise FcnquantError("--target is used with --emulate")
     options = CompareOptions(drift_images=args.drift_images, isolated=not args.no_isolated,
-                             boundary_radius=args.boundary, gallery=args.gallery, emulate=args.emulate,
+                             boundary_radius=args.boundary,
+                             # the gallery's panels are drawn for the JSON and HTML reports only
+                             gallery=args.gallery if args.json or args.report else 0, emulate=args.emulate,
                              emulate_target=args.target)
     executor = executor_from_args(args, progress=not args.no_progress)
     data, run = data_config(args), run_config(args, executor)

@@ -84,6 +84,21 @@ def test_writes_json_and_html(setup, tmp_path, capsys):
     assert "<svg" in page
 
 
+def test_gallery_drawn_only_for_a_report(setup, tmp_path, monkeypatch, capsys):
+    """The printed table shows no gallery: without --json or --report no panel is drawn; with --json the requested
+    images are in the report."""
+    import fcnquant.compare.api as api
+
+    drawn = []
+    real = api.render_gallery
+    monkeypatch.setattr(api, "render_gallery", lambda c, *a: drawn.append(c.k) or real(c, *a))
+    d, voc, _ = setup
+    assert main(_args(d, voc, "--gallery", 2)) == 0
+    assert main(_args(d, voc, "--gallery", 2, "--json", tmp_path / "r.json")) == 0
+    assert drawn == [0, 2]
+    assert len(json.loads((tmp_path / "r.json").read_text())["gallery"]) == 2
+
+
 def test_errors_exit_2(setup, tmp_path, capsys):
     d, voc, _ = setup
     assert main(["compare", str(tmp_path / "missing.onnx"), str(d / "q.onnx"), "--data", str(voc)]) == 2
