@@ -324,12 +324,16 @@ def load_average() -> tuple[float, float, float]:
 
 
 def git_commit() -> str:
-    """Returns the repository's HEAD commit (short), or 'unknown'."""
+    """Returns the repository's HEAD commit (short), with ``+changes`` when the package's files differ from it
+    (the measurement is then of code no commit holds), or 'unknown'."""
     try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "fcnquant"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return head + ("+changes" if changed else "")
 
 
 def machine_facts() -> dict:
