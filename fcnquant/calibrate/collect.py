@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -328,32 +329,55 @@ class _Observer:
         return self.stats
 
     def observe(self, ids: list[str], images: np.ndarray, fetched: dict[str, np.ndarray]) -> None:
-        n = len(ids)
+        """Adds one batch to the statistics (and the extra accumulators), one tensor after the other."""
+        for _, task in self.tasks(ids, images, fetched):
+            task()
+
+    def tasks(self, ids: list[str], images: np.ndarray, fetched: dict[str, np.ndarray]
+              ) -> list[tuple[int, Callable[[], None]]]:
+        """Returns the updates of one batch as (values read, callable), in the tensors' order (the extra
+        accumulators last, as one task).
+
+        Each one touches only its own tensor's statistics, so any of them may run at the same time as the others;
+        a tensor's statistics see the batches in order as long as a batch's tasks end before the next batch's start.
+        """
         if self.stats is None:
             self.stats = self._start(images, fetched)
+        n = len(ids)
+        out: list[tuple[int, Callable[[], None]]] = []
         for name in self.names:
             x = images if name == self.input_name else fetched[name]
-            if x.shape[0] != n:  # a fixed batch padded with repeats of the last image
-                x = x[:n]
-            ts = self.stats.tensors[name]
-            before = ts.nonfinite
-            try:
-                ts.update(x)
-            except NonFiniteError as exc:
-                bad = _nonfinite_images(ids, x)
-                raise CalibrationError(
-                    f"tensor '{name}' has {exc.count} NaN/Inf value(s) on image(s) {', '.join(bad)}; "
-                    "check the model and the preprocessing, or skip such values with --skip-nonfinite"
-                ) from None
-            if ts.nonfinite != before:
-                self.skipped.setdefault(name, []).extend(_nonfinite_images(ids, x))
+            out.append((x.size, partial(self._update, name, ids, x, n)))
+        if self.extra:
+            out.append((0, partial(self._update_extra, images, fetched, n)))
+        return out
+
+    def _update(self, name: str, ids: list[str], x: np.ndarray, n: int) -> None:
+        if x.shape[0] != n:  # a fixed batch padded with repeats of the last image
+            x = x[:n]
+        ts = self.stats.tensors[name]
+        before = ts.nonfinite
+        try:
+            ts.update(x)
+        except NonFiniteError as exc:
+            bad = _nonfinite_images(ids, x)
+            raise CalibrationError(
+                f"tensor '{name}' has {exc.count} NaN/Inf value(s) on image(s) {', '.join(bad)}; "
+                "check the model and the preprocessing, or skip such values with --skip-nonfinite"
+            ) from None
+        if ts.nonfinite != before:
+            self.skipped.setdefault(name, []).extend(_nonfinite_images(ids, x))
+
+    def _update_extra(self, images: np.ndarray, fetched: dict[str, np.ndarray], n: int) -> None:
         for name, acc in self.extra.values():
             acc.update((images if name == self.input_name else fetched[name])[:n])
 
     def report_skipped(self) -> None:
-        for name, image_ids in self.skipped.items():
-            log.warning("tensor '%s': skipped %d NaN/Inf value(s) on %d image(s): %s", name,
-                        self.stats.tensors[name].nonfinite, len(image_ids), _show(image_ids))
+        for name in self.names:  # in the tensors' order, whichever thread met them first
+            if name in self.skipped:
+                image_ids = self.skipped[name]
+                log.warning("tensor '%s': skipped %d NaN/Inf value(s) on %d image(s): %s", name,
+                            self.stats.tensors[name].nonfinite, len(image_ids), _show(image_ids))
 
 
 def _nonfinite_images(ids: list[str], x: np.ndarray) -> list[str]:
@@ -364,18 +388,70 @@ def _show(items: list[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + (f" ... ({len(items) - n} more)" if len(items) > n else "")
 
 
-def _run(session, model_input, fetch, ctx: ShardContext, preset, batch_size, fixed_batch, observer, overlap):
+def _run(session, model_input, fetch, ctx: ShardContext, preset, batch_size, fixed_batch, observer, overlap,
+         threads: int = 2):
+    """Runs every batch of the shard and observes it: overlapped with the next batch's inference in a worker thread
+    (``overlap``), else in line, the batch's tasks shared by ``threads`` threads (see the module docstring)."""
+    if overlap:
+        _run_overlapped(session, model_input, fetch, ctx, preset, batch_size, fixed_batch, observer)
+        return
+    helpers = max(threads, 1) - 1
+    pool = ThreadPoolExecutor(max_workers=helpers, thread_name_prefix="fcnquant-observe") if helpers else None
+    runner = _Runner(session, model_input, fetch, slots=1)
+    # the next batch is read by one of the tasks, not beside the inference (a loader thread would take a core
+    # from onnxruntime's threads)
+    batches = image_batches(ctx.dataset, preset, ctx.ids, batch_size, fixed_batch, with_masks=False, prefetch=False)
+    try:
+        mb = next(batches, None)
+        while mb is not None:
+            fetched = runner.run(mb.feed)
+            upcoming: list = []
+            tasks = observer.tasks(mb.ids, mb.images, fetched)
+            _share(tasks, lambda: upcoming.append(next(batches, None)), pool, helpers)
+            ctx.advance(mb.n)
+            mb = upcoming[0]
+    finally:
+        batches.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _share(tasks: list[tuple[int, Callable[[], None]]], read_next: Callable[[], None], pool, helpers: int) -> None:
+    """Runs ``read_next`` and ``tasks`` ((size, callable)) on this thread and ``helpers`` threads of ``pool``, each
+    thread taking the next task when it is free (the largest first, so the threads end together); raises the error
+    of the first failing task in ``tasks``' order (``read_next``'s after them), as running them in order would."""
+    order = sorted(range(len(tasks)), key=lambda k: -tasks[k][0])
+    queue = iter([(len(tasks), read_next)] + [(k, tasks[k][1]) for k in order])
+    lock = threading.Lock()
+    errors: dict[int, Exception] = {}
+
+    def drain() -> None:
+        while True:
+            with lock:
+                item = next(queue, None)
+            if item is None:
+                return
+            try:
+                item[1]()
+            except Exception as exc:  # every task runs; the first in order is raised, as in a serial run
+                errors[item[0]] = exc
+
+    helping = [pool.submit(drain) for _ in range(helpers)] if pool is not None else []
+    drain()
+    for future in helping:
+        future.result()
+    if errors:
+        raise errors[min(errors)]
+
+
+def _run_overlapped(session, model_input, fetch, ctx: ShardContext, preset, batch_size, fixed_batch, observer):
     pending: Future | None = None
     pending_n = 0
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcnquant-observe") if overlap else None
-    runner = _Runner(session, model_input, fetch, slots=2 if overlap else 1)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcnquant-observe")
+    runner = _Runner(session, model_input, fetch, slots=2)
     try:
         for mb in image_batches(ctx.dataset, preset, ctx.ids, batch_size, fixed_batch, with_masks=False):
             fetched = runner.run(mb.feed)
-            if pool is None:
-                observer.observe(mb.ids, mb.images, fetched)
-                ctx.advance(mb.n)
-                continue
             if pending is not None:
                 pending.result()
                 ctx.advance(pending_n)
@@ -385,8 +461,7 @@ def _run(session, model_input, fetch, ctx: ShardContext, preset, batch_size, fix
             pending.result()
             ctx.advance(pending_n)
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Runner:
