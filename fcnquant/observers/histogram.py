@@ -291,7 +291,8 @@ class HistogramObserver:
         cdf = self._cdf(absolute, side, vmin, vmax)
         if cdf.total == 0:
             raise CalibrationError("the histogram is empty")
-        bp = cdf.breakpoints()
+        needs_extent = upper is None or (not absolute and lower is None)  # else the data's extent is not read
+        bp = cdf.breakpoints() if needs_extent else None
         lo = 0.0 if absolute else (float(bp[0]) if lower is None else float(lower))
         hi = float(bp[-1]) if upper is None else float(upper)
         if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
