@@ -50,7 +50,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from types import SimpleNamespace
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -64,7 +65,7 @@ from fcnquant.observers import DEFAULT_MANTISSA_BITS, NonFiniteError
 from fcnquant.observers.fused import worth_compiling
 from fcnquant.observers.kernel import warm_up
 from fcnquant.graph import inferred_value_infos, parse_without_weights, require_float
-from fcnquant.runtime import input_dtype, input_spec, make_session, outputs_patch, with_outputs
+from fcnquant.runtime import CPU_PROVIDERS, input_dtype, input_spec, make_session, outputs_patch, with_outputs
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,10 @@ class CollectOptions:
 
     ``tensors`` overrides which tensors to observe (default :func:`activation_tensors`). ``skip_nonfinite``: leave
     NaN/Inf values out (counted per tensor and reported in a warning) instead of failing. ``optimization``: the
-    session's graph optimisation level. ``overlap``: observe batch k in a worker thread while batch k+1 runs (same
-    result; see the module docstring for when it helps). ``mantissa_bits``: the histogram's resolution.
+    session's graph optimisation level. ``overlap``: observe batch k in a worker thread while batch k+1 runs (True)
+    or in line between the runs, a batch's tensors shared by ``threads`` threads (False); None (default): overlap
+    when the session runs on an accelerator, in line on the CPU (see the module docstring). ``threads``: None
+    (default) the CPU cores this process may use, at most 4. ``mantissa_bits``: the histogram's resolution.
     ``compiled``: observe through the compiled kernel (True) or numpy (False); None (default): the kernel when the
     run's values win back its loading (:func:`~fcnquant.observers.fused.worth_compiling`). The statistics are the
     same bit for bit either way.
@@ -90,13 +93,29 @@ class CollectOptions:
     tensors: tuple[str, ...] | None = None
     skip_nonfinite: bool = False
     optimization: str = DEFAULT_OPTIMIZATION
-    overlap: bool = True
+    overlap: bool | None = None
     mantissa_bits: int = DEFAULT_MANTISSA_BITS
     compiled: bool | None = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.tensors is not None and not isinstance(self.tensors, tuple):
             object.__setattr__(self, "tensors", tuple(self.tensors))
+        if self.threads is not None and self.threads < 1:
+            raise DataError(f"observer threads must be at least 1, got {self.threads}")
+
+    def overlapped(self, providers: Sequence[str]) -> bool:
+        """Returns whether observing overlaps the inference for a session on ``providers`` (see ``overlap``)."""
+        if self.overlap is not None:
+            return self.overlap
+        return bool(providers) and providers[0] != CPU_PROVIDERS[0]
+
+    def observer_threads(self) -> int:
+        """Returns the threads that share a batch's observation in line (see ``threads``)."""
+        if self.threads is not None:
+            return self.threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, min(cores, 4))
 
 
 def collect_stats(
@@ -190,6 +209,9 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
         per_image = _values_per_image(model, names)
         compiled = None if per_image is None else worth_compiling(per_image * len(run_ids))
     loading = _aside(warm_up) if compiled else None  # numba loads on the core onnxruntime's session build leaves
+    # so does the first batch, read for the preset and batch size the model's declarations give (checked below)
+    overlap = options.overlapped(ctx.providers)
+    reading = None if overlap else _aside(partial(_read_first, ctx, data, _ModelInputs(model), batch_size))
     session, model_sha256 = _open_session(model_path, raw, model, fetch, options.optimization, ctx.providers)
     del model, raw  # the protobuf and the bytes (as large as the weights) are not needed during the loop
     input_name, input_shape = input_spec(session)
@@ -206,11 +228,58 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
     log.info("calibrating %s: %d tensors, %d image(s)%s, preset %s, batch %d", model_name, len(names),
              len(run_ids), f" (shard {shard})" if shard else "", preset.describe(), batch_size)
     t0 = time.perf_counter()
-    _run(session, (input_name, input_type), fetch, ctx, preset, batch_size, fixed_batch, observer, options.overlap)
+    started = _started(reading, (preset, batch_size, fixed_batch))
+    _run(session, (input_name, input_type), fetch, ctx, preset, batch_size, fixed_batch, observer, overlap,
+         options.observer_threads(), started)
     seconds = time.perf_counter() - t0
     log.info("observed %d image(s) in %.1f s (%.2f images/s)", len(run_ids), seconds, len(run_ids) / seconds)
     observer.report_skipped()
     return observer.result(), {key: acc for key, (_, acc) in accs.items()}
+
+
+class _ModelInputs:
+    """What choosing the preset and the batch size reads of a session (its metadata, its inputs), read from the
+    ModelProto: the first batch is read while onnxruntime builds the session."""
+
+    def __init__(self, model) -> None:
+        self.meta = {p.key: p.value for p in model.metadata_props}
+        inits = {t.name for t in model.graph.initializer}
+        self.inputs = [
+            SimpleNamespace(name=i.name, shape=[d.dim_value if d.HasField("dim_value") else None
+                                                for d in i.type.tensor_type.shape.dim])
+            for i in model.graph.input if i.name not in inits]
+
+    def get_modelmeta(self):
+        return SimpleNamespace(custom_metadata_map=self.meta)
+
+    def get_inputs(self) -> list:
+        return self.inputs
+
+
+def _read_first(ctx: ShardContext, data: DataConfig, facts: _ModelInputs, batch_size: int):
+    """Returns ((preset, batch size, fixed batch), the shard's batches, the first batch) for the model ``facts``
+    describes (as :func:`_batching` chooses, without its log line)."""
+    preset = data.preset_for(facts)
+    fixed = input_spec(facts)[1][0]
+    batching = (preset, batch_size if fixed is None else fixed, fixed)
+    batches = image_batches(ctx.dataset, preset, ctx.ids, batching[1], fixed, with_masks=False, prefetch=False)
+    return batching, batches, next(batches, None)
+
+
+def _started(reading: Future | None, batching: tuple) -> tuple | None:
+    """Returns (the batches, the first batch) :func:`_read_first` read, when it chose the ``batching`` (preset,
+    batch size, fixed batch) the session gives; None otherwise (or when it failed: the loop reads again, and
+    raises the error at its own time)."""
+    if reading is None:
+        return None
+    try:
+        guessed, batches, first = reading.result()
+    except Exception:  # e.g. an unreadable image: the same error comes from the loop's own read
+        return None
+    if guessed != batching:
+        batches.close()
+        return None
+    return batches, first
 
 
 def _values_per_image(model, names: list[str]) -> int | None:
@@ -410,9 +479,10 @@ def _show(items: list[str], n: int = 5) -> str:
 
 
 def _run(session, model_input, fetch, ctx: ShardContext, preset, batch_size, fixed_batch, observer, overlap,
-         threads: int = 2):
+         threads: int = 2, started: tuple | None = None):
     """Runs every batch of the shard and observes it: overlapped with the next batch's inference in a worker thread
-    (``overlap``), else in line, the batch's tasks shared by ``threads`` threads (see the module docstring)."""
+    (``overlap``), else in line, the batch's tasks shared by ``threads`` threads (see the module docstring).
+    ``started``: (the batches, the first batch), read already (in line only)."""
     if overlap:
         _run_overlapped(session, model_input, fetch, ctx, preset, batch_size, fixed_batch, observer)
         return
@@ -421,9 +491,12 @@ def _run(session, model_input, fetch, ctx: ShardContext, preset, batch_size, fix
     runner = _Runner(session, model_input, fetch, slots=1)
     # the next batch is read by one of the tasks, not beside the inference (a loader thread would take a core
     # from onnxruntime's threads)
-    batches = image_batches(ctx.dataset, preset, ctx.ids, batch_size, fixed_batch, with_masks=False, prefetch=False)
+    if started is None:
+        batches = image_batches(ctx.dataset, preset, ctx.ids, batch_size, fixed_batch, with_masks=False,
+                                prefetch=False)
+        started = batches, next(batches, None)
+    batches, mb = started
     try:
-        mb = next(batches, None)
         while mb is not None:
             fetched = runner.run(mb.feed)
             upcoming: list = []
