@@ -28,15 +28,26 @@ against plain inference over the same images:
   ``all`` 1.03-1.22x, on these AVX-512 machines (on an AVX2-only machine the order was measured the other way).
 * Outputs go into reused buffers (io binding): fresh 120 MB outputs per image fragmented the heap and the
   process grew ~12 MB per image; with reuse the peak is flat (and equal to plain inference's).
-* Observers run in a worker thread (``overlap=True``, default) on batch k while onnxruntime runs batch k+1:
-  numpy and onnxruntime release the GIL, and the worker fills the time onnxruntime's two intra-op threads leave
-  idle at their barriers (one thread: 0.38 s per image, two: 0.24 s). In the least loaded measurement it was
-  25 % faster than observing in line; on the machine saturated by other jobs (no idle core to fill) the two
-  were within noise of each other (six alternated comparisons at load 2-9, 0.85-1.1x either way). In line
-  (``overlap=False``) uses one output buffer set less (~120 MB for fcn8s).
+* On the CPU (``overlap=None``, the default, resolves to in line there) the observers run in line, between two
+  runs: a batch's tensor updates are tasks that ``threads`` threads (the cores this process may use, at most 4)
+  take, largest first, one of them also reading the next batch (the loader's prefetch thread, which ran beside
+  the inference, is off). Both the compiled kernel (``nogil``) and numpy's ``add.at`` release the GIL, so the
+  threads run at once. The overlap (``overlap=True``: a worker thread observes batch k while onnxruntime runs
+  batch k+1, the default before) took a core from onnxruntime's two intra-op threads, whose barriers then wait
+  for it: on the AVX2 machine the session ran 0.439 s per image inside calibrate against 0.35-0.36 s alone,
+  ~0.08 s lost per image for ~0.029 s of the kernel's CPU time. In line the run keeps both cores and the
+  observation takes about half its CPU time; with one image (numpy observers, ~0.11 s of CPU) the main thread
+  no longer waits for a single observer thread (an earlier measurement, with the numpy observers at ~0.11 s per
+  image on one in-line thread, had found the overlap 25 % faster). On an accelerator the overlap stays the default: the cores are
+  free while the device computes. In line uses one output buffer set less (~120 MB for fcn8s).
+* The first batch is read while onnxruntime builds the session (which leaves a core idle), for the preset and
+  batch size the model's declarations give; a guess the session contradicts is read again.
+* The model file is mapped, not read: the session's bytes are its one copy with the outputs patch appended (on
+  this VM a fresh 60 MB buffer costs ~0.05 s of page faults, and reading the file and then appending the patch
+  made two).
 
 Updates are applied in batch order and the statistics are order-independent anyway, so the result is identical
-(bit for bit) with or without the overlap, and for any batch size.
+(bit for bit) with or without the overlap, on any number of threads, and for any batch size.
 """
 from __future__ import annotations
 
@@ -500,14 +511,17 @@ def _run(session, model_input, fetch, ctx: ShardContext, preset, batch_size, fix
         while mb is not None:
             fetched = runner.run(mb.feed)
             upcoming: list = []
-            tasks = observer.tasks(mb.ids, mb.images, fetched)
-            _share(tasks, lambda: upcoming.append(next(batches, None)), pool, helpers)
+            _share(observer.tasks(mb.ids, mb.images, fetched), partial(_read_next, batches, upcoming), pool, helpers)
             ctx.advance(mb.n)
             mb = upcoming[0]
     finally:
         batches.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_next(batches, into: list) -> None:
+    into.append(next(batches, None))
 
 
 def _share(tasks: list[tuple[int, Callable[[], None]]], read_next: Callable[[], None], pool, helpers: int) -> None:
