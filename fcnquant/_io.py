@@ -216,7 +216,7 @@ def model_digests(model: str | os.PathLike[str], raw: bytes | None = None, proto
     inline file whose bytes differ from that serialization (tensors marked ``data_location: DEFAULT``), the sha256
     of the file's bytes, which tables and statistics made before recorded: both are accepted as this model.
 
-    ``raw``: the file's bytes when the caller has read them already; ``proto``: the ModelProto parsed from ``raw``
+    ``raw``: the file's bytes (or a buffer of them) when the caller has read them already; ``proto``: the ModelProto parsed from ``raw``
     when the caller has it (not changed; it saves parsing the file again). ModelError when the file or its
     external data cannot be read.
     """
@@ -227,7 +227,7 @@ def model_digests(model: str | os.PathLike[str], raw: bytes | None = None, proto
     try:
         raw = path.read_bytes() if raw is None else raw
         if proto is None or _marked(proto):  # the marks are cleared below: on a copy of the caller's model
-            proto = onnx.load_from_string(raw)
+            proto = onnx.load_from_string(bytes(raw))  # bytes: onnx refuses a memoryview
     except Exception as exc:  # a missing file, DecodeError, protobuf errors
         raise ModelError(f"{path} is not a readable ONNX model: {exc}") from exc
     file_digest = hashlib.sha256(raw).hexdigest()

@@ -28,27 +28,45 @@ against plain inference over the same images:
   ``all`` 1.03-1.22x, on these AVX-512 machines (on an AVX2-only machine the order was measured the other way).
 * Outputs go into reused buffers (io binding): fresh 120 MB outputs per image fragmented the heap and the
   process grew ~12 MB per image; with reuse the peak is flat (and equal to plain inference's).
-* Observers run in a worker thread (``overlap=True``, default) on batch k while onnxruntime runs batch k+1:
-  numpy and onnxruntime release the GIL, and the worker fills the time onnxruntime's two intra-op threads leave
-  idle at their barriers (one thread: 0.38 s per image, two: 0.24 s). In the least loaded measurement it was
-  25 % faster than observing in line; on the machine saturated by other jobs (no idle core to fill) the two
-  were within noise of each other (six alternated comparisons at load 2-9, 0.85-1.1x either way). In line
-  (``overlap=False``) uses one output buffer set less (~120 MB for fcn8s).
+* On the CPU (``overlap=None``, the default, resolves to in line there) the observers run in line, between two
+  runs: a batch's tensor updates are tasks that ``threads`` threads (the cores this process may use, at most 4)
+  take, largest first, one of them also reading the next batch (the loader's prefetch thread, which ran beside
+  the inference, is off). Both the compiled kernel (``nogil``) and numpy's ``add.at`` release the GIL, so the
+  threads run at once. The overlap (``overlap=True``: a worker thread observes batch k while onnxruntime runs
+  batch k+1, the default before) took a core from onnxruntime's two intra-op threads, whose barriers then wait
+  for it: on the AVX2 machine the session ran 0.439 s per image inside calibrate against 0.35-0.36 s alone,
+  ~0.08 s lost per image for ~0.029 s of the kernel's CPU time. In line the run keeps both cores and the
+  observation takes about half its CPU time; with one image (numpy observers, ~0.11 s of CPU) the main thread
+  no longer waits for a single observer thread (an earlier measurement, with the numpy observers at ~0.11 s per
+  image on one in-line thread, had found the overlap 25 % faster). On an accelerator the overlap stays the default: the cores are
+  free while the device computes. In line uses one output buffer set less (~120 MB for fcn8s). Whole
+  ``calibrate --method kl --out-table`` processes on the idle AVX2 machine, alternated with the overlapping loop
+  (which also read the model file before copying it): 32 images best 12.95 s against 13.36 s, plain onnxruntime
+  11.74 s (1.10x against 1.14x); one image 1.22 s against 1.34 s, plain 0.72 s (the observation of one image on
+  two threads: 0.08 s instead of ~0.12 s).
+* The first batch is read while onnxruntime builds the session (which leaves a core idle), for the preset and
+  batch size the model's declarations give; a guess the session contradicts is read again.
+* The model file is mapped, not read: the session's bytes are its one copy with the outputs patch appended (on
+  this VM a fresh 60 MB buffer costs ~0.05 s of page faults, and reading the file and then appending the patch
+  made two).
 
 Updates are applied in batch order and the statistics are order-independent anyway, so the result is identical
-(bit for bit) with or without the overlap, and for any batch size.
+(bit for bit) with or without the overlap, on any number of threads, and for any batch size.
 """
 from __future__ import annotations
 
 import logging
 import math
+import mmap
 import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from types import SimpleNamespace
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -62,7 +80,7 @@ from fcnquant.observers import DEFAULT_MANTISSA_BITS, NonFiniteError
 from fcnquant.observers.fused import worth_compiling
 from fcnquant.observers.kernel import warm_up
 from fcnquant.graph import inferred_value_infos, parse_without_weights, require_float
-from fcnquant.runtime import input_dtype, input_spec, make_session, outputs_patch, with_outputs
+from fcnquant.runtime import CPU_PROVIDERS, input_dtype, input_spec, make_session, outputs_patch, with_outputs
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +96,10 @@ class CollectOptions:
 
     ``tensors`` overrides which tensors to observe (default :func:`activation_tensors`). ``skip_nonfinite``: leave
     NaN/Inf values out (counted per tensor and reported in a warning) instead of failing. ``optimization``: the
-    session's graph optimisation level. ``overlap``: observe batch k in a worker thread while batch k+1 runs (same
-    result; see the module docstring for when it helps). ``mantissa_bits``: the histogram's resolution.
+    session's graph optimisation level. ``overlap``: observe batch k in a worker thread while batch k+1 runs (True)
+    or in line between the runs, a batch's tensors shared by ``threads`` threads (False); None (default): overlap
+    when the session runs on an accelerator, in line on the CPU (see the module docstring). ``threads``: None
+    (default) the CPU cores this process may use, at most 4. ``mantissa_bits``: the histogram's resolution.
     ``compiled``: observe through the compiled kernel (True) or numpy (False); None (default): the kernel when the
     run's values win back its loading (:func:`~fcnquant.observers.fused.worth_compiling`). The statistics are the
     same bit for bit either way.
@@ -88,13 +108,29 @@ class CollectOptions:
     tensors: tuple[str, ...] | None = None
     skip_nonfinite: bool = False
     optimization: str = DEFAULT_OPTIMIZATION
-    overlap: bool = True
+    overlap: bool | None = None
     mantissa_bits: int = DEFAULT_MANTISSA_BITS
     compiled: bool | None = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.tensors is not None and not isinstance(self.tensors, tuple):
             object.__setattr__(self, "tensors", tuple(self.tensors))
+        if self.threads is not None and self.threads < 1:
+            raise DataError(f"observer threads must be at least 1, got {self.threads}")
+
+    def overlapped(self, providers: Sequence[str]) -> bool:
+        """Returns whether observing overlaps the inference for a session on ``providers`` (see ``overlap``)."""
+        if self.overlap is not None:
+            return self.overlap
+        return bool(providers) and providers[0] != CPU_PROVIDERS[0]
+
+    def observer_threads(self) -> int:
+        """Returns the threads that share a batch's observation in line (see ``threads``)."""
+        if self.threads is not None:
+            return self.threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, min(cores, 4))
 
 
 def collect_stats(
@@ -188,6 +224,9 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
         per_image = _values_per_image(model, names)
         compiled = None if per_image is None else worth_compiling(per_image * len(run_ids))
     loading = _aside(warm_up) if compiled else None  # numba loads on the core onnxruntime's session build leaves
+    # so does the first batch, read for the preset and batch size the model's declarations give (checked below)
+    overlap = options.overlapped(ctx.providers)
+    reading = None if overlap else _aside(partial(_read_first, ctx, data, _ModelInputs(model), batch_size))
     session, model_sha256 = _open_session(model_path, raw, model, fetch, options.optimization, ctx.providers)
     del model, raw  # the protobuf and the bytes (as large as the weights) are not needed during the loop
     input_name, input_shape = input_spec(session)
@@ -204,11 +243,58 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
     log.info("calibrating %s: %d tensors, %d image(s)%s, preset %s, batch %d", model_name, len(names),
              len(run_ids), f" (shard {shard})" if shard else "", preset.describe(), batch_size)
     t0 = time.perf_counter()
-    _run(session, (input_name, input_type), fetch, ctx, preset, batch_size, fixed_batch, observer, options.overlap)
+    started = _started(reading, (preset, batch_size, fixed_batch))
+    _run(session, (input_name, input_type), fetch, ctx, preset, batch_size, fixed_batch, observer, overlap,
+         options.observer_threads(), started)
     seconds = time.perf_counter() - t0
     log.info("observed %d image(s) in %.1f s (%.2f images/s)", len(run_ids), seconds, len(run_ids) / seconds)
     observer.report_skipped()
     return observer.result(), {key: acc for key, (_, acc) in accs.items()}
+
+
+class _ModelInputs:
+    """What choosing the preset and the batch size reads of a session (its metadata, its inputs), read from the
+    ModelProto: the first batch is read while onnxruntime builds the session."""
+
+    def __init__(self, model) -> None:
+        self.meta = {p.key: p.value for p in model.metadata_props}
+        inits = {t.name for t in model.graph.initializer}
+        self.inputs = [
+            SimpleNamespace(name=i.name, shape=[d.dim_value if d.HasField("dim_value") else None
+                                                for d in i.type.tensor_type.shape.dim])
+            for i in model.graph.input if i.name not in inits]
+
+    def get_modelmeta(self):
+        return SimpleNamespace(custom_metadata_map=self.meta)
+
+    def get_inputs(self) -> list:
+        return self.inputs
+
+
+def _read_first(ctx: ShardContext, data: DataConfig, facts: _ModelInputs, batch_size: int):
+    """Returns ((preset, batch size, fixed batch), the shard's batches, the first batch) for the model ``facts``
+    describes (as :func:`_batching` chooses, without its log line)."""
+    preset = data.preset_for(facts)
+    fixed = input_spec(facts)[1][0]
+    batching = (preset, batch_size if fixed is None else fixed, fixed)
+    batches = image_batches(ctx.dataset, preset, ctx.ids, batching[1], fixed, with_masks=False, prefetch=False)
+    return batching, batches, next(batches, None)
+
+
+def _started(reading: Future | None, batching: tuple) -> tuple | None:
+    """Returns (the batches, the first batch) :func:`_read_first` read, when it chose the ``batching`` (preset,
+    batch size, fixed batch) the session gives; None otherwise (or when it failed: the loop reads again, and
+    raises the error at its own time)."""
+    if reading is None:
+        return None
+    try:
+        guessed, batches, first = reading.result()
+    except Exception:  # e.g. an unreadable image: the same error comes from the loop's own read
+        return None
+    if guessed != batching:
+        batches.close()
+        return None
+    return batches, first
 
 
 def _values_per_image(model, names: list[str]) -> int | None:
@@ -236,42 +322,62 @@ def _aside(fn: Callable[[], Any]) -> Future:
         pool.shutdown(wait=False)
 
 
-def _open_session(model_path: Path, raw: bytes | None, model, fetch: list[str], optimization: str, providers):
+def _open_session(model_path: Path, raw: mmap.mmap | bytes | None, model, fetch: list[str], optimization: str, providers):
     """Returns (the session of the model with ``fetch`` as extra outputs, the model's identity digest).
 
     The session's threads do not spin (see the module docstring) and no onnxruntime transformer is turned off.
-    The digest (sha256 of the whole file, ~0.03 s for a 60 MB model) is computed in a thread while onnxruntime
-    builds the session, which releases the GIL.
+    ``raw``: the file mapped into memory (:func:`_read_model`), closed here. The session is built from one copy of
+    it with the patch appended (a fresh 60 MB buffer costs ~0.05 s of page faults here, so the file is not read
+    into one first). The digest (sha256 of the file's bytes, ~0.04 s for a 60 MB model) is computed in a thread
+    while onnxruntime builds the session, which releases the GIL.
     """
     if raw is None:  # weights in external files: the loaded model carries them
         session = make_session(with_outputs(model, fetch).SerializeToString(), optimization=optimization,
                                disabled_optimizers=(), spinning=False, providers=providers)
         return session, model_identity(model_path)
-    augmented = raw + outputs_patch(model, fetch)  # the file's bytes + a patch adding the outputs: no re-serializing
+    size = len(raw)
+    augmented = b"".join((raw, outputs_patch(model, fetch)))  # the file's bytes + a patch adding the outputs
+    _close(raw)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcnquant-digest") as pool:
-        digest = pool.submit(model_digests, model_path, raw, model)
+        digest = pool.submit(model_digests, model_path, memoryview(augmented)[:size], model)
         session = make_session(augmented, optimization=optimization, disabled_optimizers=(), spinning=False,
                                providers=providers)
         return session, digest.result()[0]
 
 
 def _read_model(path: Path):
-    """Returns (the file's bytes, its ModelProto without the data of its large weights: the session is built from
-    the bytes); bytes None and the whole model when the weights are in external data files."""
+    """Returns (the file's bytes, mapped into memory, read-only; its ModelProto without the data of its large
+    weights: the session is built from the bytes); bytes None and the whole model when the weights are in external
+    data files."""
     import onnx
 
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     try:
-        raw = path.read_bytes()
+        raw = _mapped(path)
         model = parse_without_weights(raw)
     except Exception as exc:  # onnx raises DecodeError / various protobuf errors
         raise ModelError(f"{path} is not a readable ONNX model: {exc}") from exc
     if not model.graph.node:
         raise ModelError(f"{path} is not a readable ONNX model: the graph has no nodes")
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        _close(raw)
         return None, load_onnx(path)
     return raw, model
+
+
+def _mapped(path: Path) -> mmap.mmap | bytes:
+    """Returns the bytes of the file ``path`` mapped into memory (b"" for an empty file, which cannot be mapped)."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return b""
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _close(raw) -> None:
+    """Unmaps the bytes :func:`_mapped` returned (nothing for bytes)."""
+    if isinstance(raw, mmap.mmap):
+        raw.close()
 
 
 def _batching(input_shape: tuple[int | None, ...], batch_size: int) -> tuple[int, int | None]:
@@ -328,32 +434,55 @@ class _Observer:
         return self.stats
 
     def observe(self, ids: list[str], images: np.ndarray, fetched: dict[str, np.ndarray]) -> None:
-        n = len(ids)
+        """Adds one batch to the statistics (and the extra accumulators), one tensor after the other."""
+        for _, task in self.tasks(ids, images, fetched):
+            task()
+
+    def tasks(self, ids: list[str], images: np.ndarray, fetched: dict[str, np.ndarray]
+              ) -> list[tuple[int, Callable[[], None]]]:
+        """Returns the updates of one batch as (values read, callable), in the tensors' order (the extra
+        accumulators last, as one task).
+
+        Each one touches only its own tensor's statistics, so any of them may run at the same time as the others;
+        a tensor's statistics see the batches in order as long as a batch's tasks end before the next batch's start.
+        """
         if self.stats is None:
             self.stats = self._start(images, fetched)
+        n = len(ids)
+        out: list[tuple[int, Callable[[], None]]] = []
         for name in self.names:
             x = images if name == self.input_name else fetched[name]
-            if x.shape[0] != n:  # a fixed batch padded with repeats of the last image
-                x = x[:n]
-            ts = self.stats.tensors[name]
-            before = ts.nonfinite
-            try:
-                ts.update(x)
-            except NonFiniteError as exc:
-                bad = _nonfinite_images(ids, x)
-                raise CalibrationError(
-                    f"tensor '{name}' has {exc.count} NaN/Inf value(s) on image(s) {', '.join(bad)}; "
-                    "check the model and the preprocessing, or skip such values with --skip-nonfinite"
-                ) from None
-            if ts.nonfinite != before:
-                self.skipped.setdefault(name, []).extend(_nonfinite_images(ids, x))
+            out.append((x.size, partial(self._update, name, ids, x, n)))
+        if self.extra:
+            out.append((0, partial(self._update_extra, images, fetched, n)))
+        return out
+
+    def _update(self, name: str, ids: list[str], x: np.ndarray, n: int) -> None:
+        if x.shape[0] != n:  # a fixed batch padded with repeats of the last image
+            x = x[:n]
+        ts = self.stats.tensors[name]
+        before = ts.nonfinite
+        try:
+            ts.update(x)
+        except NonFiniteError as exc:
+            bad = _nonfinite_images(ids, x)
+            raise CalibrationError(
+                f"tensor '{name}' has {exc.count} NaN/Inf value(s) on image(s) {', '.join(bad)}; "
+                "check the model and the preprocessing, or skip such values with --skip-nonfinite"
+            ) from None
+        if ts.nonfinite != before:
+            self.skipped.setdefault(name, []).extend(_nonfinite_images(ids, x))
+
+    def _update_extra(self, images: np.ndarray, fetched: dict[str, np.ndarray], n: int) -> None:
         for name, acc in self.extra.values():
             acc.update((images if name == self.input_name else fetched[name])[:n])
 
     def report_skipped(self) -> None:
-        for name, image_ids in self.skipped.items():
-            log.warning("tensor '%s': skipped %d NaN/Inf value(s) on %d image(s): %s", name,
-                        self.stats.tensors[name].nonfinite, len(image_ids), _show(image_ids))
+        for name in self.names:  # in the tensors' order, whichever thread met them first
+            if name in self.skipped:
+                image_ids = self.skipped[name]
+                log.warning("tensor '%s': skipped %d NaN/Inf value(s) on %d image(s): %s", name,
+                            self.stats.tensors[name].nonfinite, len(image_ids), _show(image_ids))
 
 
 def _nonfinite_images(ids: list[str], x: np.ndarray) -> list[str]:
@@ -364,18 +493,77 @@ def _show(items: list[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + (f" ... ({len(items) - n} more)" if len(items) > n else "")
 
 
-def _run(session, model_input, fetch, ctx: ShardContext, preset, batch_size, fixed_batch, observer, overlap):
+def _run(session, model_input, fetch, ctx: ShardContext, preset, batch_size, fixed_batch, observer, overlap,
+         threads: int = 2, started: tuple | None = None):
+    """Runs every batch of the shard and observes it: overlapped with the next batch's inference in a worker thread
+    (``overlap``), else in line, the batch's tasks shared by ``threads`` threads (see the module docstring).
+    ``started``: (the batches, the first batch), read already (in line only)."""
+    if overlap:
+        _run_overlapped(session, model_input, fetch, ctx, preset, batch_size, fixed_batch, observer)
+        return
+    helpers = max(threads, 1) - 1
+    pool = ThreadPoolExecutor(max_workers=helpers, thread_name_prefix="fcnquant-observe") if helpers else None
+    runner = _Runner(session, model_input, fetch, slots=1)
+    # the next batch is read by one of the tasks, not beside the inference (a loader thread would take a core
+    # from onnxruntime's threads)
+    if started is None:
+        batches = image_batches(ctx.dataset, preset, ctx.ids, batch_size, fixed_batch, with_masks=False,
+                                prefetch=False)
+        started = batches, next(batches, None)
+    batches, mb = started
+    try:
+        while mb is not None:
+            fetched = runner.run(mb.feed)
+            upcoming: list = []
+            _share(observer.tasks(mb.ids, mb.images, fetched), partial(_read_next, batches, upcoming), pool, helpers)
+            ctx.advance(mb.n)
+            mb = upcoming[0]
+    finally:
+        batches.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_next(batches, into: list) -> None:
+    into.append(next(batches, None))
+
+
+def _share(tasks: list[tuple[int, Callable[[], None]]], read_next: Callable[[], None], pool, helpers: int) -> None:
+    """Runs ``read_next`` and ``tasks`` ((size, callable)) on this thread and ``helpers`` threads of ``pool``, each
+    thread taking the next task when it is free (the largest first, so the threads end together); raises the error
+    of the first failing task in ``tasks``' order (``read_next``'s after them), as running them in order would."""
+    order = sorted(range(len(tasks)), key=lambda k: -tasks[k][0])
+    queue = iter([(len(tasks), read_next)] + [(k, tasks[k][1]) for k in order])
+    lock = threading.Lock()
+    errors: dict[int, Exception] = {}
+
+    def drain() -> None:
+        while True:
+            with lock:
+                item = next(queue, None)
+            if item is None:
+                return
+            try:
+                item[1]()
+            except Exception as exc:  # every task runs; the first in order is raised, as in a serial run
+                errors[item[0]] = exc
+
+    helping = [pool.submit(drain) for _ in range(helpers)] if pool is not None else []
+    drain()
+    for future in helping:
+        future.result()
+    if errors:
+        raise errors[min(errors)]
+
+
+def _run_overlapped(session, model_input, fetch, ctx: ShardContext, preset, batch_size, fixed_batch, observer):
     pending: Future | None = None
     pending_n = 0
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcnquant-observe") if overlap else None
-    runner = _Runner(session, model_input, fetch, slots=2 if overlap else 1)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcnquant-observe")
+    runner = _Runner(session, model_input, fetch, slots=2)
     try:
         for mb in image_batches(ctx.dataset, preset, ctx.ids, batch_size, fixed_batch, with_masks=False):
             fetched = runner.run(mb.feed)
-            if pool is None:
-                observer.observe(mb.ids, mb.images, fetched)
-                ctx.advance(mb.n)
-                continue
             if pending is not None:
                 pending.result()
                 ctx.advance(pending_n)
@@ -385,8 +573,7 @@ def _run(session, model_input, fetch, ctx: ShardContext, preset, batch_size, fix
             pending.result()
             ctx.advance(pending_n)
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Runner:

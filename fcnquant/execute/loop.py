@@ -77,9 +77,10 @@ def model_batches(batches: Iterable, fixed_batch: int | None) -> Iterator[ModelB
 
 
 def image_batches(dataset, preset, ids: Sequence[str], batch_size: int, fixed_batch: int | None, *,
-                  with_masks: bool | None = None) -> Iterator[ModelBatch]:
-    """Yields the batches of ``ids`` of ``dataset`` under ``preset``, padded to ``fixed_batch`` (see module)."""
+                  with_masks: bool | None = None, prefetch: bool = True) -> Iterator[ModelBatch]:
+    """Yields the batches of ``ids`` of ``dataset`` under ``preset``, padded to ``fixed_batch`` (see module);
+    ``prefetch``: the next batch is read in a background thread while the caller uses this one."""
     from fcnquant.data import iter_batches
 
-    yield from model_batches(iter_batches(dataset, preset, list(ids), batch_size, with_masks=with_masks),
-                             fixed_batch)
+    yield from model_batches(iter_batches(dataset, preset, list(ids), batch_size, with_masks=with_masks,
+                                          prefetch=prefetch), fixed_batch)

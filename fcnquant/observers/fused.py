@@ -85,7 +85,9 @@ class LaneHistogram(HistogramObserver):
                 index, count = np.zeros(0, np.int64), np.zeros(0, np.int64)
             else:
                 flat = np.flatnonzero(self._lanes != 0)  # lane entries 2k and 2k+1 belong to bin k (!= 0: faster)
-                index, start = np.unique(flat >> 1, return_index=True)
+                bins = flat >> 1  # ascending, so a bin's first entry is where it differs from the one before
+                start = np.flatnonzero(np.diff(bins, prepend=-1))  # = np.unique(bins, return_index=True)[1]
+                index = bins[start]
                 count = np.add.reduceat(self._lanes[flat].astype(np.int64), start)
             self._sparse = (self._pending, index.astype(np.int64), count)
         return self._sparse[1], self._sparse[2]

@@ -74,9 +74,62 @@ def _assert_same(a, b):
 
 def test_batch_size_and_overlap_do_not_change_the_statistics(model, voc):
     ids = voc.ids[:5]
-    one = collect(model, voc, ids, None, 1, overlap=False)
+    one = collect(model, voc, ids, None, 1, overlap=False, threads=1)
     _assert_same(one, collect(model, voc, ids, None, 2, overlap=True))
     _assert_same(one, collect(model, voc, ids, None, 3, overlap=False))
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_observing_in_line_on_several_threads_gives_the_serial_statistics(model, voc, compiled):
+    """A batch's tensors shared by 2 or 3 threads (and the next batch read by one of them): the statistics of one
+    thread, bit for bit, which equal the independent counts over every activation."""
+    from fcnquant.observers import kernel
+
+    if compiled and not kernel.available():
+        pytest.skip("numba not installed or disabled")
+    ids = voc.ids[:5]
+    serial = collect(model, voc, ids, None, 1, overlap=False, threads=1, compiled=compiled)
+    for threads, batch in ((2, 1), (3, 2), (2, 3)):
+        _assert_same(serial, collect(model, voc, ids, None, batch, overlap=False, threads=threads,
+                                     compiled=compiled))
+    for name, values in reference_activations(model, voc, ids).items():
+        expected = np.bincount(values.view(np.uint32) >> 13, minlength=1 << 19)
+        np.testing.assert_array_equal(serial.tensors[name].hist.counts, expected)
+
+
+def test_the_default_overlaps_only_off_the_cpu():
+    cpu, cuda = ("CPUExecutionProvider",), ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert not CollectOptions().overlapped(cpu) and CollectOptions().overlapped(cuda)
+    assert CollectOptions(overlap=True).overlapped(cpu) and not CollectOptions(overlap=False).overlapped(cuda)
+    assert CollectOptions(threads=3).observer_threads() == 3
+    assert 1 <= CollectOptions().observer_threads() <= 4
+    with pytest.raises(DataError, match="at least 1"):
+        CollectOptions(threads=0)
+
+
+def test_shared_tasks_all_run_and_raise_the_first_error_in_order():
+    """Any thread may meet an error first; the one raised is that of the earliest task, as in a serial run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fcnquant.calibrate.collect import _share
+
+    ran = []
+
+    def task(k, fail):
+        def run():
+            ran.append(k)
+            if fail:
+                raise ValueError(f"task {k}")
+        return run
+
+    with ThreadPoolExecutor(2) as pool:
+        tasks = [(size, task(k, k in (1, 3))) for k, size in enumerate([5, 1, 9, 7])]  # 3 runs before 1
+        with pytest.raises(ValueError, match="task 1"):
+            _share(tasks, task("next", True), pool, 2)
+        assert sorted(ran, key=str) == [0, 1, 2, 3, "next"]
+        ran.clear()
+        with pytest.raises(ValueError, match="task next"):  # reading the next batch comes after the observing
+            _share([(1, task(0, False))], task("next", True), pool, 1)
 
 
 def test_compiled_and_numpy_observers_give_the_same_statistics_and_table(model, voc):
@@ -297,3 +350,47 @@ def test_extra_accumulators_ride_on_the_collection_pass(model, voc):
     _, one = collect_with_extra(model, data, RunConfig(batch_size=1, progress=False), CollectOptions(), extra)
     assert [s.tobytes() for s in three["p"].sums] == [s.tobytes() for s in one["p"].sums]
     assert [a.record for a in (one["p"], three["p"])] == [False, False]  # the first shard's accumulator holds all
+
+
+def test_the_first_batch_read_beside_the_session_build_is_used_only_when_it_is_right(model, voc, monkeypatch):
+    """The first batch is read from the model's declared input while the session is built; a guess the session
+    contradicts (another preset), or one that failed, is read again: the statistics never change."""
+    import fcnquant.calibrate.collect as collect_module
+
+    ids = voc.ids[:3]
+    reference = collect(model, voc, ids, None, 2, overlap=True)
+    real_read, real_started = collect_module._read_first, collect_module._started
+    outcomes = []
+    monkeypatch.setattr(collect_module, "_started",
+                        lambda reading, batching: outcomes.append(real_started(reading, batching)) or outcomes[-1])
+    _assert_same(reference, collect(model, voc, ids, None, 2, overlap=False))
+    assert outcomes[-1] is not None and outcomes[-1][1].ids == ids[:2]  # read beside the build, and used
+
+    def other_preset(ctx, data, facts, batch_size):
+        batching, batches, first = real_read(ctx, data, facts, batch_size)
+        batches.close()
+        return (get_preset("awesome", size=16),) + batching[1:], batches, first
+
+    monkeypatch.setattr(collect_module, "_read_first", other_preset)
+    _assert_same(reference, collect(model, voc, ids, None, 2, overlap=False))
+    assert outcomes[-1] is None
+
+    def failing(*_):
+        raise OSError("disk error")
+
+    monkeypatch.setattr(collect_module, "_read_first", failing)
+    _assert_same(reference, collect(model, voc, ids, None, 2, overlap=False))
+    assert outcomes[-1] is None
+
+
+def test_an_unreadable_first_image_is_the_loops_error(model, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not an image")
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(folder / "b.png")
+    ds = open_dataset(folder)
+    with pytest.raises(DataError) as in_line:
+        collect(model, ds, ["a", "b"], None, overlap=False)
+    with pytest.raises(DataError) as overlapped:
+        collect(model, ds, ["a", "b"], None, overlap=True)
+    assert str(in_line.value) == str(overlapped.value) and "a.png" in str(in_line.value)
