@@ -66,13 +66,14 @@ def commands(py: str, provider: str, model: Path, quant: Path, voc: Path, work: 
 def breakdown(model: Path, voc: Path, train: int, provider: str) -> dict:
     """Returns the seconds of calibration's pass by part, in this process (observers not overlapped)."""
     import fcnquant.calibrate.collect as collect
+    import fcnquant.calibrate.observe_loop as loop
     from fcnquant.calibrate.collect import CollectOptions, collect_stats
     from fcnquant.data import DataConfig
     from fcnquant.execute import RunConfig
 
     parts = {"session": 0.0, "first_run": 0.0, "runs": 0.0, "observers": 0.0}
     runs = [0]
-    make, run, observe = collect.make_session, collect._Runner.run, collect._Observer.observe
+    make, run, observe = collect.make_session, loop._Runner.run, loop._Observer.observe
 
     def timed_make(*a, **k):
         t = time.perf_counter()
@@ -96,14 +97,14 @@ def breakdown(model: Path, voc: Path, train: int, provider: str) -> dict:
         finally:
             parts["observers"] += time.perf_counter() - t
 
-    collect.make_session, collect._Runner.run, collect._Observer.observe = timed_make, timed_run, timed_observe
+    collect.make_session, loop._Runner.run, loop._Observer.observe = timed_make, timed_run, timed_observe
     try:
         t0 = time.perf_counter()
         stats = collect_stats(model, DataConfig(root=voc, split="train", num_images=train), RunConfig(provider=provider),
                               CollectOptions(overlap=False))
         total = time.perf_counter() - t0
     finally:
-        collect.make_session, collect._Runner.run, collect._Observer.observe = make, run, observe
+        collect.make_session, loop._Runner.run, loop._Observer.observe = make, run, observe
     parts = {k: round(v, 3) for k, v in parts.items()}
     parts["rest"] = round(total - sum(parts.values()), 3)
     return {"total": round(total, 3), "parts": parts, "images": runs[0], "tensors": len(stats.tensors)}
