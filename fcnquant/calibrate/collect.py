@@ -226,7 +226,7 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
     # so does the first batch, read for the preset and batch size the model's declarations give (checked below)
     overlap = options.overlapped(ctx.providers)
     reading = None if overlap else _aside(partial(_read_first, ctx, data, _ModelInputs(model), batch_size))
-    session, model_sha256 = _open_session(model_path, raw, model, fetch, options.optimization, ctx.providers)
+    session, model_sha256 = _open_session(model_path, raw, model, fetch, options.optimization, ctx)
     del model, raw  # the protobuf and the bytes (as large as the weights) are not needed during the loop
     input_name, input_shape = input_spec(session)
     input_type = input_dtype(session)
@@ -321,7 +321,8 @@ def _aside(fn: Callable[[], Any]) -> Future:
         pool.shutdown(wait=False)
 
 
-def _open_session(model_path: Path, raw: mmap.mmap | bytes | None, model, fetch: list[str], optimization: str, providers):
+def _open_session(model_path: Path, raw: mmap.mmap | bytes | None, model, fetch: list[str], optimization: str,
+                  ctx: ShardContext):
     """Returns (the session of the model with ``fetch`` as extra outputs, the model's identity digest).
 
     The session's threads do not spin (see the module docstring) and no onnxruntime transformer is turned off.
@@ -332,7 +333,7 @@ def _open_session(model_path: Path, raw: mmap.mmap | bytes | None, model, fetch:
     """
     if raw is None:  # weights in external files: the loaded model carries them
         session = make_session(with_outputs(model, fetch).SerializeToString(), optimization=optimization,
-                               disabled_optimizers=(), spinning=False, providers=providers)
+                               disabled_optimizers=(), spinning=False, threads=ctx.threads, providers=ctx.providers)
         return session, model_identity(model_path)
     size = len(raw)
     augmented = b"".join((raw, outputs_patch(model, fetch)))  # the file's bytes + a patch adding the outputs
@@ -340,7 +341,7 @@ def _open_session(model_path: Path, raw: mmap.mmap | bytes | None, model, fetch:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcnquant-digest") as pool:
         digest = pool.submit(model_digests, model_path, memoryview(augmented)[:size], model)
         session = make_session(augmented, optimization=optimization, disabled_optimizers=(), spinning=False,
-                               providers=providers)
+                               threads=ctx.threads, providers=ctx.providers)
         return session, digest.result()[0]
 
 

@@ -369,3 +369,16 @@ def test_an_unreadable_first_image_is_the_loops_error(model, tmp_path):
     with pytest.raises(DataError) as overlapped:
         collect(model, ds, ["a", "b"], None, overlap=True)
     assert str(in_line.value) == str(overlapped.value) and "a.png" in str(in_line.value)
+
+
+@pytest.mark.parametrize("threads", [0, 1])
+def test_the_sessions_threads_are_the_runs(model, voc, threads, monkeypatch):
+    """``RunConfig(threads=N)`` (the CLI's --threads) reaches calibration's session as its intra-op thread count."""
+    import fcnquant.calibrate.collect as collect_module
+
+    seen = []
+    real = collect_module.make_session
+    monkeypatch.setattr(collect_module, "make_session", lambda *a, **k: seen.append(k["threads"]) or real(*a, **k))
+    ids = list(voc.ids)[:1]
+    collect_stats(model, DataConfig(voc, ids=tuple(ids)), RunConfig(threads=threads, progress=False))
+    assert seen == [threads]
