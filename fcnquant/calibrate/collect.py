@@ -74,7 +74,7 @@ from fcnquant.calibrate.observe_loop import _Observer, _run
 from fcnquant.calibrate.tensors import activation_tensors
 from fcnquant.data import DataConfig, Dataset
 from fcnquant.errors import DataError, ModelError
-from fcnquant.execute import Executor, LocalExecutor, RunConfig, Shard, ShardContext, image_batches
+from fcnquant.execute import Executor, LocalExecutor, RunConfig, Shard, ShardContext, image_batches, resolve_batch
 from fcnquant.observers import DEFAULT_MANTISSA_BITS
 from fcnquant.observers.fused import worth_compiling
 from fcnquant.observers.kernel import warm_up
@@ -232,7 +232,7 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
     input_type = input_dtype(session)
     preset = data.preset_for(session)
 
-    batch_size, fixed_batch = _batching(input_shape, batch_size)
+    batch_size, fixed_batch = resolve_batch(batch_size, input_shape[0])
     new_stats = partial(
         CalibrationStats.new, names, model_sha256=model_sha256, preset=preset.to_dict(), image_ids=run_ids,
         model_name=model_name, shard=shard, mantissa_bits=options.mantissa_bits,
@@ -272,7 +272,7 @@ class _ModelInputs:
 
 def _read_first(ctx: ShardContext, data: DataConfig, facts: _ModelInputs, batch_size: int):
     """Returns ((preset, batch size, fixed batch), the shard's batches, the first batch) for the model ``facts``
-    describes (as :func:`_batching` chooses, without its log line)."""
+    describes (as :func:`~fcnquant.execute.resolve_batch` chooses, without its log line)."""
     preset = data.preset_for(facts)
     fixed = input_spec(facts)[1][0]
     batching = (preset, batch_size if fixed is None else fixed, fixed)
@@ -378,15 +378,3 @@ def _close(raw) -> None:
     """Unmaps the bytes :func:`_mapped` returned (nothing for bytes)."""
     if isinstance(raw, mmap.mmap):
         raw.close()
-
-
-def _batching(input_shape: tuple[int | None, ...], batch_size: int) -> tuple[int, int | None]:
-    """Returns (batch size to use, fixed batch dimension or None)."""
-    if batch_size < 1:
-        raise DataError(f"batch size must be at least 1, got {batch_size}")
-    fixed = input_shape[0]
-    if fixed is None:
-        return batch_size, None
-    if fixed != batch_size:
-        log.info("the model's batch dimension is fixed at %d; using batch size %d", fixed, fixed)
-    return fixed, fixed

@@ -11,9 +11,9 @@ An input whose only reader is the Add (or Concat), made by an op that rounds fro
 (Conv or ConvTranspose, with its fused Relu, or a linear Resize), can be quantized straight onto the sum's grid:
 its own requantization then rounds once from the accumulator (a shift of 6-11 bits, ties rarer by as much), and
 the Add no longer rounds that input. The simulation's error stays the same in size (one rounding to the output
-grid either way; onnxruntime's mIoU moved by 0.02-0.08 on the demo models), and the chip's rounding bias at the
-Add is gone: the emulated r50 went from 70.18 to 70.58 mIoU (float 70.96), fcn8s and fcn16s up by 0.03-0.04
-(docs/emulation.md).
+grid either way; onnxruntime's mIoU differs by 0.02-0.08 on the demo models), and the chip's rounding bias at the
+Add is gone: the emulated r50 scores 70.58 mIoU with it, 70.18 without (float 70.96), fcn8s and fcn16s 0.03-0.04
+more (docs/emulation.md).
 
 Only for targets with ``add_concat = "shift"`` and a rounding other than ``half_even``: with ties to even the
 shift is unbiased and the chip computes what the simulation computes, so those models are unchanged.
