@@ -147,6 +147,7 @@ def make_session(
     disabled_optimizers: Sequence[str] = DISABLED_OPTIMIZERS,
     spinning: bool = True,
     providers: Sequence[str] = CPU_PROVIDERS,
+    weights_dir: str | os.PathLike[str] | None = None,
 ):
     """Returns an ``onnxruntime.InferenceSession`` for a model path or serialized bytes (on the CPU by default).
 
@@ -158,7 +159,9 @@ def make_session(
     each run: for sessions that take turns (compare runs two or three per image), and for sessions whose runs
     alternate with numpy work on the same cores (calibration's observers), where spinning threads take the cores
     the other work needs. ``providers``: onnxruntime's providers list, in order of preference (see
-    :func:`resolve_providers`, which checks it against the installed build before any work).
+    :func:`resolve_providers`, which checks it against the installed build before any work). ``weights_dir``: the
+    folder that the external-data locations of serialized ``model`` bytes are relative to (see
+    :func:`fcnquant.graph.weights_by_reference`).
     """
     import onnxruntime as ort
 
@@ -177,6 +180,8 @@ def make_session(
     opts.enable_cpu_mem_arena = mem_arena
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if weights_dir is not None:
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(weights_dir))
     if int8_kernels_saturate():
         opts.add_session_config_entry(*PRECISE_INT8_ENTRY)
     if not isinstance(model, bytes):

@@ -16,6 +16,7 @@ from fcnquant.graph import (
     skeleton,
     sort_topologically,
     topological_order,
+    weights_by_reference,
 )
 
 
@@ -277,3 +278,29 @@ def test_parse_without_weights_keeps_concatenated_messages_and_rejects_garbage()
                      (b"not an onnx model at all", "wire type 6")):  # 0x0b: field 1, wire type 3; "n": 0x6e
         with pytest.raises(ModelError, match=why):
             parse_without_weights(bad)
+
+
+def test_weights_by_reference_point_into_the_file_as_onnx_reads_external_data(tmp_path):
+    """onnx's own external-data loader, given the rewritten bytes and the file's folder, restores the model as it
+    was: the large raw tensor refers to its own bytes in the file (one data_location, EXTERNAL, even where the file
+    marked it DEFAULT); the small raw ones and the float_data one stay inline."""
+    from onnx.external_data_helper import load_external_data_for_model
+
+    model = _weighted_model()
+    path = tmp_path / "m.onnx"
+    raw = model.SerializeToString()
+    path.write_bytes(raw)
+    ref = onnx.load_from_string(weights_by_reference(raw, "m.onnx"))
+    huge = next(t for t in ref.graph.initializer if t.name == "huge")
+    entries = {e.key: e.value for e in huge.external_data}
+    offset, length = int(entries["offset"]), int(entries["length"])
+    assert huge.data_location == TensorProto.EXTERNAL and entries["location"] == "m.onnx" and not huge.raw_data
+    assert raw[offset:offset + length] == numpy_helper.to_array(model.graph.initializer[1]).tobytes()
+    assert [t.name for t in ref.graph.initializer if t.data_location == TensorProto.EXTERNAL] == ["huge"]
+    load_external_data_for_model(ref, str(tmp_path))  # clears the reference fields as it loads
+    huge.data_location = TensorProto.DEFAULT  # the file's own mark, which the reference replaced
+    assert ref.SerializeToString() == raw
+    small = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])]))
+    assert weights_by_reference(small.SerializeToString(), "s.onnx") == small.SerializeToString()

@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from fcnquant.errors import ModelError
+from fcnquant.graph import parse_without_weights, weights_by_reference
 from fcnquant.runtime import PRECISE_INT8_ENTRY, int8_kernels_saturate, make_session, outputs_patch, with_outputs
 from tests.calibrate.helpers import tiny_fcn
 from tests.quantize.helpers import save_model, tiny_convnet
@@ -141,3 +142,42 @@ def test_a_started_provider_keeps_the_session_and_turns_off_the_run_time_fallbac
     s = Session()
     check_started(s, "CUDAExecutionProvider")
     assert s.fallback is False
+
+
+def _two_convs() -> onnx.ModelProto:
+    """Conv 3->64 (3x3) + Relu, Conv 64->64 (3x3, 147 kB of weights: stored by reference) + Relu."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.2).astype(np.float32), n)
+             for n, s in (("w1", (64, 3, 3, 3)), ("b1", (64,)), ("w2", (64, 64, 3, 3)), ("b2", (64,)))]
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 3, 16, 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 64, 16, 16])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_session_reads_weights_by_reference_from_the_model_file(tmp_path):
+    """The model's structure with its weights referred to in the file, plus an outputs patch, built with the file's
+    folder, gives what onnxruntime gives for the whole model with those outputs, bit for bit; with another folder
+    onnxruntime cannot find the weights: ModelError."""
+    model = _two_convs()
+    path = save_model(model, tmp_path / "fcn model.onnx")
+    raw = path.read_bytes()
+    structure = parse_without_weights(raw)
+    assert [t.name for t in structure.graph.initializer if not t.raw_data] == ["w2"]
+    names = ["c1", "r1", "c2"]
+    by_reference = weights_by_reference(raw, path.name) + outputs_patch(structure, names)
+    assert len(by_reference) < len(raw) / 10
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    got = make_session(by_reference, weights_dir=tmp_path).run(None, {"input": x})
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    want = ort.InferenceSession(with_outputs(model, names).SerializeToString(), sess_options=opts,
+                                providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    assert len(got) == len(want) == 4 and all(np.array_equal(a, b) for a, b in zip(got, want))
+    with pytest.raises(ModelError, match="cannot load"):
+        make_session(by_reference, weights_dir=tmp_path / "elsewhere")

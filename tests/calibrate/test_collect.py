@@ -382,3 +382,46 @@ def test_the_sessions_threads_are_the_runs(model, voc, threads, monkeypatch):
     ids = list(voc.ids)[:1]
     collect_stats(model, DataConfig(voc, ids=tuple(ids)), RunConfig(threads=threads, progress=False))
     assert seen == [threads]
+
+
+def _wide_fcn(path):
+    """Conv 3->64 + Relu, Conv 64->64 + Relu (147 kB of weights: above the size read by reference), Conv 64->3."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.2).astype(np.float32), n)
+             for n, s in (("w1", (64, 3, 3, 3)), ("w2", (64, 64, 3, 3)), ("w3", (3, 64, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Conv", ["r2", "w3"], ["output"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 32, 32])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3, 32, 32])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_weights_read_by_reference_or_from_the_files_bytes_give_the_models_statistics(tmp_path, voc, monkeypatch):
+    """Calibration's session reads large weights from the model file (its folder handed to onnxruntime); where
+    onnxruntime refuses that form (here: a reference to a missing file) the file's bytes serve; both give the
+    min/max onnxruntime computes on the whole model and the same statistics."""
+    import fcnquant.calibrate.collect as collect_module
+
+    path = _wide_fcn(tmp_path / "wide.onnx")
+    ids = list(voc.ids)[:2]
+    folders = []
+    real_session, real_reference = collect_module.make_session, collect_module.weights_by_reference
+    monkeypatch.setattr(collect_module, "make_session",
+                        lambda *a, **k: folders.append(k.get("weights_dir")) or real_session(*a, **k))
+    by_reference = collect(path, voc, ids)
+    assert folders == [tmp_path]
+    monkeypatch.setattr(collect_module, "weights_by_reference", lambda raw, name: real_reference(raw, "gone.onnx"))
+    from_bytes = collect(path, voc, ids)
+    assert folders == [tmp_path, tmp_path, None]  # refused, then built from the bytes
+    _assert_same(by_reference, from_bytes)
+    sess = ort.InferenceSession(with_outputs(onnx.load(str(path)), ["r2"]).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    pre = get_preset("awesome", model_hw=(32, 32))
+    r2 = np.concatenate([sess.run(["r2"], {"input": pre.transform(voc.load_image(i))[0][None]})[0] for i in ids])
+    assert (by_reference.tensors["r2"].min, by_reference.tensors["r2"].max) == (float(r2.min()), float(r2.max()))
