@@ -177,7 +177,7 @@ def _legacy_recover(res: dict) -> dict:
             "script": "python bench/bench_recover.py", "load_start": loads[0].split(" -> ")[0] if loads else None,
             "load_end": loads[-1].split(" -> ")[-1] if loads else None,
             "summary": "mIoU change vs fp32 (quantized - float) on the demo models' held-out synthetic val images, "
-                       "each method without / with `--recover`.",
+                       "each method without / with `--recover`." + (f" {res['note']}" if res.get("note") else ""),
             "sections": [{"text": markdown(rows, _rows_models(rows))}]}
 
 
