@@ -354,8 +354,7 @@ def _open_session(model_path: Path, raw: mmap.mmap | bytes | None, model, fetch:
                 session = build(b"".join((view, patch)))
             return session, digest.result()[0]
     finally:
-        view.release()
-        _close(raw)
+        _close(raw, view)
 
 
 def _read_model(path: Path):
@@ -387,11 +386,13 @@ def _mapped(path: Path) -> mmap.mmap | bytes:
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-def _close(raw) -> None:
-    """Unmaps the bytes :func:`_mapped` returned (nothing for bytes; a mapping still viewed somewhere is left to
-    be unmapped when its last view goes)."""
-    if isinstance(raw, mmap.mmap):
-        try:
+def _close(raw, view: memoryview | None = None) -> None:
+    """Releases ``view`` (of ``raw``) and unmaps the bytes :func:`_mapped` returned (nothing for bytes); a mapping
+    still viewed elsewhere is left to be unmapped when its last view goes."""
+    try:
+        if view is not None:
+            view.release()
+        if isinstance(raw, mmap.mmap):
             raw.close()
-        except BufferError:
-            pass
+    except BufferError:
+        pass
