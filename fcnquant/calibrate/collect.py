@@ -19,8 +19,8 @@ costs more); the two skip ``Add``s are no longer fused into their convolutions (
 output allocation vs reused buffers: the same CPU time, but see below for memory. The session is built from the
 model's structure, its large weights referred to where they lie in the model file
 (:func:`fcnquant.graph.weights_by_reference`), plus a small protobuf patch that adds the outputs
-(:func:`fcnquant.runtime.outputs_patch`), not from a copied and re-serialized ModelProto (~0.2 s of CPU more per
-calibration); the model's structure is read without its weights (:func:`fcnquant.graph.parse_without_weights`).
+(:func:`fcnquant.runtime.outputs_patch`), not from a copied and re-serialized ModelProto (which cost ~0.2 s of CPU
+more per calibration); the model's structure is read without its weights (:func:`fcnquant.graph.parse_without_weights`).
 Choices, each measured against plain inference over the same images:
 
 * Session threads do not spin (``session.intra_op.allow_spinning=0``). Spinning threads keep burning a core
