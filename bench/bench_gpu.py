@@ -10,7 +10,7 @@ GPU and onnxruntime-gpu installed:
   the val images on each provider (the model alone: what any tool pays);
 * calibration's pass in one process, observers not overlapped, split into session building, the first run (on a
   GPU: its kernel selection), the other runs (inference and the copies of every observed tensor to the host),
-  the observers (host-side numpy/numba work, the same on both providers) and the rest (image reading and
+  the observers (host-side work of the compiled kernel, the same on both providers) and the rest (image reading and
   preprocessing, bookkeeping);
 * the results on both providers (float inference on a GPU is not bit-identical to the CPU's): the share of val
   pixels whose class agrees, the largest logit difference, and the largest relative difference of the

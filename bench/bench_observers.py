@@ -3,8 +3,8 @@
     python bench/bench_observers.py [--values 30000000]
 
 Feeds fcn8s-like activations (ReLU outputs with ~half zeros, signed Add outputs) of --values values in total
-through the numpy reference observers and the compiled one-pass kernel (``TensorStats.update``; numpy when numba
-is missing or FCNQUANT_NO_NUMBA=1) and reports ns per value, then times re-binning, KL, percentile and MSE on one
+through the numpy reference observers and the compiled one-pass kernel (``TensorStats.update``; numpy where
+fcnquant._native is not built or FCNQUANT_NO_NATIVE=1) and reports ns per value, then times re-binning, KL, percentile and MSE on one
 tensor's statistics. Prints the load average before and after.
 """
 from __future__ import annotations
@@ -50,14 +50,6 @@ def _load() -> str:
     return " ".join(open("/proc/loadavg").read().split()[:3])
 
 
-def _numba_version() -> str:
-    try:
-        import numba
-    except ImportError:
-        return "missing"
-    return numba.__version__
-
-
 def _best(fn, reps: int = 3, clock=time.perf_counter) -> float:
     best = float("inf")
     for _ in range(reps):
@@ -85,7 +77,7 @@ def main() -> None:
         return go
 
     print(f"load average: {_load()}")
-    print(f"compiled kernel (numba {_numba_version()}): {'in use' if fused.compiled() else 'NOT available'}")
+    print(f"compiled kernel (fcnquant._native): {'in use' if fused.compiled() else 'NOT available'}")
     results = {}
     for label, make in [("HistogramObserver.update", HistogramObserver), ("MinMaxObserver.update", MinMaxObserver),
                         ("numpy reference (both)", _NumpyBoth), ("TensorStats.update (both)", TensorStats.new)]:
@@ -95,9 +87,6 @@ def main() -> None:
         print(f"{label:28s} {t / n * 1e9:6.2f} ns/value wall, {cpu / n * 1e9:6.2f} ns/value CPU  "
               f"({t * 1e3:.0f} ms per {n / 1e6:.0f} M values)")
     if fused.compiled():
-        from fcnquant.observers import kernel
-
-        kernel.warm_up()
         stats = [TensorStats.new() for _ in xs]
         for ts, x in zip(stats, xs):
             ts.update(x)

@@ -56,7 +56,7 @@ def work_plain(model: str, data: str, n: int, batch: int) -> dict:
 def work_calibrate(model: str, data: str, n: int, batch: int) -> dict:
     """fcnquant calibration: statistics over the first n train images, then the KL table (what the CLI runs)."""
     t_import = time.perf_counter()
-    from fcnquant.calibrate.collect import collect_stats  # imports numba and the observer kernels
+    from fcnquant.calibrate.collect import collect_stats  # imports the observer kernels
     from fcnquant.calibrate.table import build_table
     from fcnquant.data import DataConfig, open_dataset
     from fcnquant.execute import RunConfig
@@ -169,17 +169,6 @@ def make_int8(model: Path, data: Path, workdir: Path) -> Path:
         calibrate(model, DataConfig(data, split="train", num_images=32), QuantConfig(method="kl", target="ort-cpu"),
                   RunConfig(progress=False), outputs=Outputs(model=out))
     return out
-
-
-def warm_kernels() -> None:
-    """Compiles (or loads) every numba kernel in a throwaway process, filling numba's on-disk cache."""
-    code = ("import numpy as np\n"
-            "from fcnquant.observers import kernel\n"
-            "from fcnquant.compare.drift.kernel import KERNEL\n"
-            "kernel.warm_up()\n"
-            "x = np.zeros(4, np.float32)\n"
-            "KERNEL is None or KERNEL(x, x)\n")
-    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def observer_bench() -> str:
@@ -332,7 +321,6 @@ def main() -> None:
                      "reps": args.reps}
     quant = make_int8(model, data, workdir) if "compare" not in skip else None
     run_child("plain", model, data, 1, args.batch)  # warm the file cache and onnxruntime's first-load costs
-    warm_kernels()  # compile numba's cache once, so no timed run pays for compiling
     if args.wait_idle:
         print("waiting for an idle machine (1-minute load average < 1.0):", flush=True)
         results["wait"] = wait_idle(1.0, args.wait_max)
@@ -355,7 +343,7 @@ def main() -> None:
             results["calibrate"][str(n)] = {"runs": runs, "ratio": c["wall"] / p["wall"], "cpu_ratio": cpu_ratio}
             print(f"  best: plain {p['wall']:.2f} s ({p['wall'] / n:.3f} s/img), calibrate {c['wall']:.2f} s: "
                   f"{c['wall'] / p['wall']:.3f}x wall, {cpu_ratio:.3f}x CPU; peak RSS "
-                  f"{c['max_rss'] / GB:.2f} GB (plain {p['max_rss'] / GB:.2f} GB); numba import "
+                  f"{c['max_rss'] / GB:.2f} GB (plain {p['max_rss'] / GB:.2f} GB); imports "
                   f"{c['import_s']:.2f} s (not in the timing)", flush=True)
             save()
         rss = [best(results["calibrate"][str(n)]["runs"]["calibrate --method kl"])["max_rss"] for n in counts]

@@ -85,7 +85,7 @@ def main() -> None:
         script = Path(tmp) / "plain.py"
         script.write_text(PLAIN)
         commands = _commands(args.python, script)
-        for cmd in commands.values():  # warm-up: the file cache and numba's on-disk cache
+        for cmd in commands.values():  # warm-up: the file cache
             _timed(cmd, env)
         load_before = os.getloadavg()
         times: dict[str, list[float]] = {name: [] for name in commands}

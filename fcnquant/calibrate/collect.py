@@ -6,12 +6,8 @@ One onnxruntime session runs a copy of the model whose graph also outputs the te
 
 Speed (fcn8s at 320x320 on 2 shared cores, ``bench/bench_calibrate.py``, ``bench/bench_speed.py``): the exposed
 tensors hold ~30 M values per image. The observers read each value once through the compiled kernel
-(:mod:`fcnquant.observers.kernel`, ~0.8 ns per value of CPU: ~0.025 s per image; the numpy observers cost
-~3.7 ns, ~0.11 s) against ~0.2-0.28 s for the inference itself on an idle machine. Loading the kernel costs
-~0.55 s of CPU per process, so a run of fewer values than it wins back (~13 fcn8s images) keeps to numpy
-(:func:`fcnquant.observers.fused.worth_compiling`; the statistics are the same either way). The choice is made from
-the observed tensors' inferred shapes before the session is built, and a chosen kernel loads in a thread while
-onnxruntime builds the session (which leaves a core idle); with a shape that is not static, at the first batch.
+(:mod:`fcnquant.observers.kernel`, ~0.65 ns per value of CPU: ~0.02 s per image; the numpy observers, used where
+the extension is not built, ~2.5 ns, ~0.08 s) against ~0.34 s for the inference itself on an idle machine.
 What exposing the 20 tensors costs onnxruntime (profiled, ORT_ENABLE_ALL): one ``ReorderOutput`` per exposed
 tensor, converting it from the blocked NCHWc layout its convolutions run in back to NCHW (~3.3 ns per exposed
 value, ~4 % of the run; it is the only real cost, and no public option avoids it short of giving up NCHWc, which
@@ -59,7 +55,6 @@ Updates are applied in batch order and the statistics are order-independent anyw
 from __future__ import annotations
 
 import logging
-import math
 import mmap
 import os
 import time
@@ -79,9 +74,7 @@ from fcnquant.data import DataConfig, Dataset
 from fcnquant.errors import DataError, ModelError
 from fcnquant.execute import Executor, LocalExecutor, RunConfig, Shard, ShardContext, image_batches, resolve_batch
 from fcnquant.observers import DEFAULT_MANTISSA_BITS
-from fcnquant.observers.fused import worth_compiling
-from fcnquant.observers.kernel import warm_up
-from fcnquant.graph import inferred_value_infos, parse_without_weights, require_float, weights_by_reference
+from fcnquant.graph import parse_without_weights, require_float, weights_by_reference
 from fcnquant.runtime import CPU_PROVIDERS, input_dtype, input_spec, make_session, outputs_patch, with_outputs
 
 log = logging.getLogger(__name__)
@@ -102,9 +95,8 @@ class CollectOptions:
     or in line between the runs, a batch's tensors shared by ``threads`` threads (False); None (default): overlap
     when the session runs on an accelerator, in line on the CPU (see the module docstring). ``threads``: None
     (default) the CPU cores this process may use, at most 4. ``mantissa_bits``: the histogram's resolution.
-    ``compiled``: observe through the compiled kernel (True) or numpy (False); None (default): the kernel when the
-    run's values win back its loading (:func:`~fcnquant.observers.fused.worth_compiling`). The statistics are the
-    same bit for bit either way.
+    ``compiled``: observe through the compiled kernel where it is built (True or None, the default) or numpy
+    (False). The statistics are the same bit for bit either way.
     """
 
     tensors: tuple[str, ...] | None = None
@@ -221,12 +213,8 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
     fetch = [n for n in names if n not in graph_inputs]  # the input is observed from the batch itself
     accs = {key: (tensor, make(ctx.start > 0)) for key, (tensor, make) in (extra or {}).items()}
     fetch += [t for t in dict.fromkeys(t for t, _ in accs.values()) if t not in fetch and t not in graph_inputs]
-    compiled = options.compiled
-    if compiled is None:  # decided now when the tensors' shapes are static, else at the first batch
-        per_image = _values_per_image(model, names)
-        compiled = None if per_image is None else worth_compiling(per_image * len(run_ids))
-    loading = _aside(warm_up) if compiled else None  # numba loads on the core onnxruntime's session build leaves
-    # so does the first batch, read for the preset and batch size the model's declarations give (checked below)
+    # the first batch is read on the core onnxruntime's session build leaves, for the preset and batch size the
+    # model's declarations give (checked below)
     overlap = options.overlapped(ctx.providers)
     reading = None if overlap else _aside(partial(_read_first, ctx, data, _ModelInputs(model), batch_size))
     session, model_sha256 = _open_session(model_path, raw, model, fetch, options.optimization, ctx)
@@ -241,7 +229,7 @@ def collect_shard(ctx: ShardContext, data: DataConfig, batch_size: int, options:
         model_name=model_name, shard=shard, mantissa_bits=options.mantissa_bits,
         skip_nonfinite=options.skip_nonfinite,
     )
-    observer = _Observer(new_stats, names, input_name, accs, images=len(run_ids), compiled=compiled, loading=loading)
+    observer = _Observer(new_stats, names, input_name, accs, compiled=options.compiled)
     log.info("calibrating %s: %d tensors, %d image(s)%s, preset %s, batch %d", model_name, len(names),
              len(run_ids), f" (shard {shard})" if shard else "", preset.describe(), batch_size)
     t0 = time.perf_counter()
@@ -297,22 +285,6 @@ def _started(reading: Future | None, batching: tuple) -> tuple | None:
         batches.close()
         return None
     return batches, first
-
-
-def _values_per_image(model, names: list[str]) -> int | None:
-    """Returns the values one image gives the observed tensors ``names``, from their inferred shapes (the batch
-    dimension left out), or None when a shape is not static."""
-    infos, _ = inferred_value_infos(model)
-    total = 0
-    for name in names:
-        info = infos.get(name)
-        if info is None or not info.type.tensor_type.HasField("shape"):
-            return None
-        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in info.type.tensor_type.shape.dim]
-        if any(d < 1 for d in dims[1:]):
-            return None
-        total += math.prod(dims[1:])
-    return total
 
 
 def _aside(fn: Callable[[], Any]) -> Future:

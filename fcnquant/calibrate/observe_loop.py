@@ -19,8 +19,8 @@ from fcnquant.calibrate.stats import CalibrationStats
 from fcnquant.errors import CalibrationError
 from fcnquant.execute import ShardContext, image_batches
 from fcnquant.observers import NonFiniteError
-from fcnquant.observers.fused import worth_compiling
-from fcnquant.observers.kernel import warm_up
+from fcnquant.observers.fused import LaneHistogram
+from fcnquant.observers.kernel import disabled as kernel_disabled
 
 log = logging.getLogger(__name__)
 
@@ -28,37 +28,19 @@ log = logging.getLogger(__name__)
 class _Observer:
     """Feeds one batch's tensors into the statistics, turning NaN/Inf errors into messages with image ids.
 
-    The statistics are made at the first batch: ``new_stats(compiled=...)`` with the compiled kernel when
-    ``compiled`` says so, or, when it is None, when the run's ``images`` make it pay at this batch's values per
-    image; numpy otherwise. ``loading``: the kernel's loading, started before the session was built.
+    The statistics are made at the first batch: ``new_stats(compiled=compiled)`` (the compiled kernel where it is
+    built unless ``compiled`` is False; numpy otherwise).
     """
 
     def __init__(self, new_stats: Callable[..., CalibrationStats], names: list[str], input_name: str,
-                 extra: dict | None = None, *, images: int = 1, compiled: bool | None = None,
-                 loading: Future | None = None) -> None:
+                 extra: dict | None = None, *, compiled: bool | None = None) -> None:
         self.extra = extra or {}  # {key: (tensor, accumulator)} (collect_with_extra)
         self.new_stats = new_stats
         self.stats: CalibrationStats | None = None
-        self.images = images
         self.compiled = compiled
-        self.loading = loading  # the kernel's loading, when it was started already
         self.names = names
         self.input_name = input_name
         self.skipped: dict[str, list[str]] = {}  # tensor -> image ids that had NaN/Inf values (skip mode)
-
-    def _start(self, images: np.ndarray, fetched: dict[str, np.ndarray]) -> CalibrationStats:
-        """Returns the new statistics, choosing the kernel from this batch's values per image."""
-        compiled = self.compiled
-        if compiled is None:
-            tensors = (images if name == self.input_name else fetched[name] for name in self.names)
-            per_image = sum(x.size // max(x.shape[0], 1) if x.ndim else x.size for x in tensors)  # per real image
-            compiled = worth_compiling(per_image * self.images)
-        if compiled and self.loading is not None:
-            self.loading.result()  # the kernel's loading started before the session was built
-        elif compiled:
-            warm_up()  # imports numba and loads the compiled kernels (in the observer thread when overlapping)
-        log.debug("observing through %s", "the compiled kernel" if compiled else "numpy")
-        return self.new_stats(compiled=compiled)
 
     def result(self) -> CalibrationStats:
         """Returns the statistics (empty ones when nothing was observed)."""
@@ -80,7 +62,13 @@ class _Observer:
         a tensor's statistics see the batches in order as long as a batch's tasks end before the next batch's start.
         """
         if self.stats is None:
-            self.stats = self._start(images, fetched)
+            self.stats = self.new_stats(compiled=self.compiled)
+            if any(isinstance(t.hist, LaneHistogram) for t in self.stats.tensors.values()):
+                log.debug("observing through the compiled kernel")
+            elif self.compiled is not False:  # wanted, but not there
+                log.info("observing through numpy: the compiled kernels (fcnquant._native) are %s",
+                         "turned off by FCNQUANT_NO_NATIVE" if kernel_disabled() else
+                         "not built (reinstall fcnquant where a C compiler is found to observe ~4x faster)")
         n = len(ids)
         out: list[tuple[int, Callable[[], None]]] = []
         for name in self.names:

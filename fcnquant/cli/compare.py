@@ -8,7 +8,7 @@ import sys
 from fcnquant.errors import FcnquantError
 
 #: fcnquant.compare.gallery.GALLERY_IMAGES (a test checks they agree): importing fcnquant.compare to read it
-#: would load scipy and numba for every command's parser.
+#: would load scipy for every command's parser.
 GALLERY_IMAGES = 6
 
 EXIT_DROP = 3  # --fail-on-drop exceeded

@@ -1,7 +1,8 @@
 """Streaming observers: exact min/max and an exact bit-pattern histogram, both mergeable.
 
 The observers themselves are numpy (the reference); ``fcnquant.observers.fused.update_stats`` feeds both in one
-pass with the compiled kernel of ``fcnquant.observers.kernel`` (numba) when it is available.
+pass with the compiled kernel of ``fcnquant.observers.kernel`` (the C extension ``fcnquant._native``) where it is
+built.
 """
 from __future__ import annotations
 

@@ -1,11 +1,9 @@
-"""One pass over a tensor for both observers: the compiled kernel when it pays, else the numpy observers.
+"""One pass over a tensor for both observers: the compiled kernel where it is built, else the numpy observers.
 
 :func:`update_stats` gives exactly the state that ``hist.update(x); minmax.update(x)`` gives (the numpy
 observers are the reference; the tests compare bin for bin), reading the tensor once instead of three times.
-Which path runs never changes a statistic, only the time: the kernel costs ~0.55 s of CPU to load per process
-(:mod:`fcnquant.observers.kernel`) and then saves ~1.8 ns per value, so :func:`worth_compiling` chooses it for
-runs of more than :data:`COMPILE_FROM_VALUES` values (~13 fcn8s images at 320x320), or whenever it is loaded
-already.
+Which path runs never changes a statistic, only the time (:mod:`fcnquant.observers.kernel`: ~0.65 ns per value
+against ~2.5 ns).
 
 :class:`LaneHistogram` is a :class:`~fcnquant.observers.HistogramObserver` whose kernel updates go into two int32
 lanes (see :mod:`fcnquant.observers.kernel`) that are folded into the exact int64 ``counts`` whenever anything
@@ -15,9 +13,10 @@ the kernel is available.
 
 ``nonzero_bins()`` (what ``state()``, a statistics file, a Ray shard's result and every scale method read),
 ``count_at`` and ``total`` are read from the lanes directly while the dense ``counts`` were never touched: the same
-values as after a fold, without writing the 4 MiB ``counts`` of every tensor. On this machine the first write to fresh pages cost ~75 us a page inside the collector's multi-threaded
-process: folding 78 tensors of the demo fcn_r50_d8 took 2.2 s, more than collecting them (a Ray shard of 32 images:
-0.9 s of inference, then 2.2 s of folds before its result could be sent).
+values as after a fold, without writing the 4 MiB ``counts`` of every tensor. On this machine the first write to
+fresh pages cost ~75 us a page inside the collector's multi-threaded process: folding 78 tensors of the demo
+fcn_r50_d8 took 2.2 s, more than collecting them (a Ray shard of 32 images: 0.9 s of inference, then 2.2 s of
+folds before its result could be sent).
 
 NaN/Inf: the kernel's counts land in the histogram's non-finite bins, which are checked after each update; the
 histogram then raises :class:`~fcnquant.observers.NonFiniteError` with its counts rolled back and the min/max
@@ -35,23 +34,10 @@ from fcnquant.observers.minmax import MinMaxObserver
 
 FOLD_AT = (1 << 31) - 1  # values a lane set may take before it is folded (each int32 lane stays below 2**31)
 
-#: Values a run must observe before loading the compiled kernel pays. Measured on a 2-core AMD EPYC, numba 0.68,
-#: CPU seconds: per value the numpy observers take 2.5 ns, the kernel 0.7 ns (bench/bench_observers.py); loading
-#: the kernel 0.55 s (import numba 0.19 s + first calls 0.35 s), i.e. ~300 M values. Whole `calibrate --method kl`
-#: processes on full fcn8s at 320x320 (~30 M values per image), numpy vs kernel, under load 6-8: 1 image 1.85 vs
-#: 2.61 s, 4 images 4.59 vs 5.08, 8 images 7.73 vs 7.97, 16 images 14.22 vs 14.08: the two cross at ~13 images.
-COMPILE_FROM_VALUES = 400_000_000
-
 
 def compiled() -> bool:
-    """Returns True when the compiled kernel is usable (loading it, and numba, on first call)."""
-    return kernel.load()
-
-
-def worth_compiling(values: int) -> bool:
-    """Whether observing ``values`` values should use the compiled kernel: when it is loaded already, or when the
-    run is large enough to win back its loading (:data:`COMPILE_FROM_VALUES`) and numba is available."""
-    return kernel.loaded() or (values >= COMPILE_FROM_VALUES and kernel.available())
+    """Returns True when the compiled kernel is usable."""
+    return kernel.available()
 
 
 class LaneHistogram(HistogramObserver):
@@ -121,19 +107,18 @@ class LaneHistogram(HistogramObserver):
 
     def observe(self, a: np.ndarray) -> tuple[float, float]:
         """Returns (min, max) of the flat float32 ``a`` after counting it (may raise NonFiniteError, rolled back)."""
-        u = a.view(np.uint32)
         lo, hi = float("inf"), float("-inf")
-        for start in range(0, u.size, FOLD_AT):
-            part_u, part_f = u[start:start + FOLD_AT], a[start:start + FOLD_AT]
-            if self._pending + part_u.size > FOLD_AT:
+        for start in range(0, a.size, FOLD_AT):
+            part = a[start:start + FOLD_AT]
+            if self._pending + part.size > FOLD_AT:
                 self._fold()
             if self._lanes is None:
                 self._lanes = np.zeros(2 * self.num_bins, dtype=np.int32)
-            plo, phi = kernel.observe_lanes(part_u, part_f, self._lanes, self.shift)
-            self._pending += part_u.size
+            plo, phi = kernel.observe_lanes(part, self._lanes, self.shift)
+            self._pending += part.size
             lo, hi = min(lo, plo), max(hi, phi)
         if self._lane_nonfinite():
-            self._settle_nonfinite(u)  # folds, then raises (rolled back) or drops the NaN/Inf counts
+            self._settle_nonfinite(a.view(np.uint32))  # folds, then raises (rolled back) or drops the NaN/Inf counts
         return lo, hi
 
 
@@ -141,10 +126,9 @@ def new_histogram(mantissa_bits: int = DEFAULT_MANTISSA_BITS, *, skip_nonfinite:
                   compiled: bool | None = None) -> HistogramObserver:
     """Returns an empty histogram observer: a LaneHistogram fed by the compiled kernel, or the numpy one.
 
-    ``compiled``: True loads the kernel (numpy when it is unavailable), False keeps to numpy, None (default) uses
-    the kernel only if it is loaded already, so creating statistics never imports numba.
+    ``compiled``: True or None (default) use the kernel where it is available, False keeps to numpy.
     """
-    use = kernel.load() if compiled else compiled is None and kernel.loaded()
+    use = compiled is not False and kernel.available()
     cls = LaneHistogram if use else HistogramObserver
     return cls(mantissa_bits, skip_nonfinite=skip_nonfinite)
 
@@ -153,12 +137,12 @@ def update_stats(hist: HistogramObserver, minmax: MinMaxObserver, x: np.ndarray)
     """Adds the values of ``x`` to both observers, as ``hist.update(x)`` then ``minmax.update(x)`` would.
 
     The histogram's class chooses the path: a LaneHistogram is fed by the compiled kernel in one pass (by numpy if
-    the kernel cannot load), a plain HistogramObserver by numpy. The state is the same either way.
+    the kernel is not available), a plain HistogramObserver by numpy. The state is the same either way.
     """
     a = as_float32(x)
     if a.size == 0:
         return
-    if not isinstance(hist, LaneHistogram) or not kernel.load():
+    if not isinstance(hist, LaneHistogram) or not kernel.available():
         hist.update(a)
         minmax.update(a)
         return

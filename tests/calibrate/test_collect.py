@@ -86,7 +86,7 @@ def test_observing_in_line_on_several_threads_gives_the_serial_statistics(model,
     from fcnquant.observers import kernel
 
     if compiled and not kernel.available():
-        pytest.skip("numba not installed or disabled")
+        pytest.skip("fcnquant._native not built, or disabled")
     ids = voc.ids[:5]
     serial = collect(model, voc, ids, None, 1, overlap=False, threads=1, compiled=compiled)
     for threads, batch in ((2, 1), (3, 2), (2, 3)):
@@ -108,13 +108,13 @@ def test_the_default_overlaps_only_off_the_cpu():
 
 
 def test_compiled_and_numpy_observers_give_the_same_statistics_and_table(model, voc):
-    """The run-size rule only picks how the statistics are computed: the compiled kernel and the numpy observers
-    give the same statistics bit for bit on the same images, hence the same table."""
+    """The choice only picks how the statistics are computed: the compiled kernel and the numpy observers give
+    the same statistics bit for bit on the same images, hence the same table."""
     from fcnquant.observers import HistogramObserver, kernel
     from fcnquant.observers.fused import LaneHistogram
 
     if not kernel.available():
-        pytest.skip("numba not installed or disabled")
+        pytest.skip("fcnquant._native not built, or disabled")
     ids = voc.ids[:4]
     numpy_stats = collect(model, voc, ids, None, 2, compiled=False)
     kernel_stats = collect(model, voc, ids, None, 2, compiled=True)
@@ -129,27 +129,17 @@ def test_compiled_and_numpy_observers_give_the_same_statistics_and_table(model, 
                 == build_table(kernel_stats, method, created="x").to_dict())
 
 
-@pytest.mark.parametrize("shapes", ["static", "unknown"])
-def test_the_run_size_decides_the_observers(model, voc, monkeypatch, shapes):
-    """Default: numpy for a run below COMPILE_FROM_VALUES values, the compiled kernel above it; decided from the
-    inferred shapes before the session is built, or at the first batch when a shape is not static."""
-    import fcnquant.calibrate.collect as collect_module
+def test_the_default_observes_through_the_compiled_kernel_where_it_is_built(model, voc, monkeypatch):
+    """Default: the compiled kernel when the extension is there (even for one image), numpy when it is not."""
     from fcnquant.observers import HistogramObserver, fused, kernel
 
-    monkeypatch.setattr(kernel, "loaded", lambda: False)  # as in a fresh process
-    per_image = sum(v.size for v in reference_activations(model, voc, voc.ids[:1]).values())
-    model_proto = onnx.load(str(model))
-    names = list(reference_activations(model, voc, voc.ids[:1]))
-    assert collect_module._values_per_image(model_proto, names) == per_image  # the shapes of this model are static
-    if shapes == "unknown":
-        monkeypatch.setattr(collect_module, "_values_per_image", lambda *_: None)
-    monkeypatch.setattr(fused, "COMPILE_FROM_VALUES", 3 * per_image)
-    small = collect(model, voc, voc.ids[:2], None)
-    assert {type(ts.hist) for ts in small.tensors.values()} == {HistogramObserver}
-    if kernel.available():
-        large = collect(model, voc, voc.ids[:3], None)
-        assert {type(ts.hist) for ts in large.tensors.values()} == {fused.LaneHistogram}
-        _assert_same(collect(model, voc, voc.ids[:3], None, compiled=False), large)
+    one = collect(model, voc, voc.ids[:1], None)
+    want = fused.LaneHistogram if kernel.available() else HistogramObserver
+    assert {type(ts.hist) for ts in one.tensors.values()} == {want}
+    monkeypatch.setattr(kernel, "NATIVE", None)
+    without = collect(model, voc, voc.ids[:1], None)
+    assert {type(ts.hist) for ts in without.tensors.values()} == {HistogramObserver}
+    _assert_same(one, without)
 
 
 def test_fixed_batch_model_pads_the_last_batch_without_counting_it(tmp_path, voc):

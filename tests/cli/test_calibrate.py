@@ -280,14 +280,17 @@ def test_bias_correction_takes_its_form(setup, tmp_path, capsys):
 
 
 def test_a_small_table_only_calibration_loads_only_what_it_uses(setup, tmp_path):
-    """A fresh process: parsing the command line imports none of numba, the recovery passes, the emitters or the
-    synthetic VOC generator; a one-image table-only calibrate (far below the kernel's break-even) imports none of
-    them either, and writes the same table as the same command run with the compiled kernel forced on."""
+    """A fresh process: parsing the command line imports none of scipy, the recovery passes, the emitters or the
+    synthetic VOC generator; a one-image table-only calibrate imports none of them either, and writes the same
+    table through the compiled kernel as through the numpy observers (FCNQUANT_NO_NATIVE=1)."""
+    import os
     import subprocess
     import sys
 
+    from fcnquant.observers import kernel
+
     model, voc = setup
-    heavy = ("numba", "scipy", "fcnquant.recover.adaround", "fcnquant.recover.equalize",
+    heavy = ("scipy", "fcnquant.recover.adaround", "fcnquant.recover.equalize",
              "fcnquant.recover.bias_correction", "fcnquant.recover.scale_search", "fcnquant.quantize.qdq",
              "fcnquant.data.synth")
     argv = ["calibrate", str(model), "--data", str(voc), "--num-images", "1", "--no-progress", "--method", "kl",
@@ -298,23 +301,23 @@ def test_a_small_table_only_calibration_loads_only_what_it_uses(setup, tmp_path)
         "build_parser()\n"
         f"heavy = {heavy!r}\n"
         "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))\n"
-        "if sys.argv[1] == 'kernel':\n"
-        "    from fcnquant.observers import fused\n"
-        "    fused.COMPILE_FROM_VALUES = 1\n"
-        "assert main(sys.argv[3:] + [sys.argv[2]]) == 0\n"
+        "assert main(sys.argv[2:] + [sys.argv[1]]) == 0\n"
         "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))\n"
+        "from fcnquant.observers import kernel\n"
+        "print(json.dumps(kernel.available()))\n"
     )
     tables = {}
-    for mode in ("auto", "kernel"):
+    for mode in ("native", "numpy"):
         out = tmp_path / f"{mode}.json"
-        res = subprocess.run([sys.executable, "-c", code, mode, str(out), *argv], capture_output=True, text=True,
-                             timeout=300)
+        env = {k: v for k, v in os.environ.items() if k != kernel.DISABLE_ENV}
+        if mode == "numpy":
+            env[kernel.DISABLE_ENV] = "1"
+        res = subprocess.run([sys.executable, "-c", code, str(out), *argv], capture_output=True, text=True,
+                             timeout=300, env=env)
         assert res.returncode == 0, res.stderr
-        parsed, after = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("[")]
-        assert parsed == []
-        if mode == "auto":
-            assert after == []
-        elif __import__("fcnquant.observers.kernel").observers.kernel.available():
-            assert "numba" in after  # the kernel, chosen, is loaded: the rule really decides
+        lines = res.stdout.splitlines()
+        parsed, after = [json.loads(line) for line in lines if line.startswith("[")]
+        assert parsed == [] and after == []
+        assert json.loads(lines[-1]) is (mode == "native" and kernel.available())
         tables[mode] = {k: v for k, v in json.loads(out.read_text()).items() if k != "created"}
-    assert tables["auto"] == tables["kernel"]
+    assert tables["native"] == tables["numpy"]

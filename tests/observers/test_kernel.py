@@ -10,7 +10,7 @@ import pytest
 from fcnquant.calibrate.stats import TensorStats
 from fcnquant.observers import HistogramObserver, MinMaxObserver, NonFiniteError, fused, kernel
 
-needs_kernel = pytest.mark.skipif(kernel.KERNEL is None, reason="numba not installed or disabled")
+needs_kernel = pytest.mark.skipif(not kernel.available(), reason="fcnquant._native not built, or disabled")
 
 
 def _inputs() -> dict[str, np.ndarray]:
@@ -72,7 +72,7 @@ def test_one_lane_kernel_counts_and_extremes_equal_numpy(kind, m):
     x = np.asarray(_inputs()[kind], np.float32).reshape(-1)
     ref_h, ref_m = _reference(x, m)
     counts = np.zeros(ref_h.num_bins, np.int64)
-    lo, hi = kernel.observe(x.view(np.uint32), x, counts, ref_h.shift)
+    lo, hi = kernel.observe(x, counts, ref_h.shift)
     np.testing.assert_array_equal(counts, ref_h.counts)
     assert (lo, hi) == (ref_m.min, ref_m.max) and np.signbit(lo) == np.signbit(ref_m.min)
 
@@ -81,7 +81,7 @@ def test_one_lane_kernel_counts_and_extremes_equal_numpy(kind, m):
 def test_kernel_reads_the_same_memory_as_float_and_bits():
     x = np.array([3.0, -1.0, 0.5, -0.0, 7.25], np.float32)
     c = np.zeros(1 << 19, np.int64)
-    assert kernel.observe(x.view(np.uint32), x, c, 13) == (-1.0, 7.25)
+    assert kernel.observe(x, c, 13) == (-1.0, 7.25)
     assert c.sum() == 5 and c[x.view(np.uint32) >> 13].min() >= 1
 
 
@@ -165,30 +165,34 @@ def test_kernel_batches_merge_to_the_single_pass():
 
 def test_numpy_fallback_gives_the_same_state(monkeypatch):
     x = _inputs()["signed"]
-    want = _fused(x) if kernel.KERNEL is not None else _reference(x)
-    monkeypatch.setattr(kernel, "KERNEL", None)
+    want = _fused(x) if kernel.available() else _reference(x)
+    monkeypatch.setattr(kernel, "NATIVE", None)
     assert not fused.compiled() and type(fused.new_histogram()) is HistogramObserver
     _same(_fused(x, cls=HistogramObserver), want)
     ts = TensorStats.new()
     ts.update(x)
     _same((ts.hist, ts.minmax), want)
     with pytest.raises(RuntimeError):
-        kernel.observe(x.view(np.uint32), x, np.zeros(1 << 19, np.int64), 13)
+        kernel.observe(x, np.zeros(1 << 19, np.int64), 13)
 
 
-def test_without_numba_the_package_falls_back_to_numpy():
-    """A fresh interpreter where importing numba fails: statistics still work, through the numpy observers."""
+def test_without_the_extension_the_package_falls_back_to_numpy():
+    """A fresh interpreter where the compiled extension cannot be imported (not built): statistics still work,
+    through the numpy observers, and so do the drift sums."""
     code = (
         "import sys, numpy as np\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'numba' or name.startswith('numba.'): raise ImportError('blocked')\n"
+        "        if name == 'fcnquant._native': raise ImportError('blocked')\n"
         "sys.meta_path.insert(0, Block())\n"
         "from fcnquant.observers import kernel, fused\n"
         "from fcnquant.calibrate.stats import TensorStats\n"
-        "assert kernel.KERNEL is None and not fused.compiled()\n"
+        "from fcnquant.compare.drift import kernel as drift_kernel, metrics\n"
+        "assert kernel.NATIVE is None and not fused.compiled() and drift_kernel.drift_sums is None\n"
         "ts = TensorStats.new(); x = np.arange(-5, 6, dtype=np.float32); ts.update(x)\n"
         "assert (ts.min, ts.max, ts.count) == (-5.0, 5.0, 11) and ts.hist.total == 11\n"
+        "acc = metrics.DriftAccumulator(); acc.update(x, x + np.float32(1)); r = acc.result()\n"
+        "assert r.count == 11 and r.mse == 1.0 and r.max_abs == 1.0\n"
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -250,37 +254,40 @@ def test_a_fold_inside_observe_is_not_lost_by_the_lane_views(monkeypatch):
     assert np.array_equal(idx, want[0]) and np.array_equal(cnt, want[1]) and h.total == x.size
 
 
-def test_the_kernel_is_worth_loading_for_large_runs_or_once_loaded(monkeypatch):
-    """Below COMPILE_FROM_VALUES numpy is chosen (unless the kernel is loaded already); never when disabled."""
-    monkeypatch.setattr(kernel, "loaded", lambda: False)
-    monkeypatch.setattr(kernel, "available", lambda: True)
-    assert not fused.worth_compiling(fused.COMPILE_FROM_VALUES - 1)
-    assert fused.worth_compiling(fused.COMPILE_FROM_VALUES)
-    monkeypatch.setattr(kernel, "available", lambda: False)
-    assert not fused.worth_compiling(10 * fused.COMPILE_FROM_VALUES)
-    monkeypatch.setattr(kernel, "loaded", lambda: True)
-    assert fused.worth_compiling(1)
-
-
 def test_new_histogram_follows_the_choice(monkeypatch):
     assert type(fused.new_histogram(compiled=False)) is HistogramObserver
     want = fused.LaneHistogram if kernel.available() else HistogramObserver
-    assert type(fused.new_histogram(compiled=True)) is want  # loads the kernel when it can
-    monkeypatch.setattr(kernel, "KERNEL", None)  # unavailable: numpy whatever is asked
+    assert type(fused.new_histogram(compiled=True)) is want and type(fused.new_histogram()) is want
+    monkeypatch.setattr(kernel, "NATIVE", None)  # unavailable: numpy whatever is asked
     assert type(fused.new_histogram(compiled=True)) is HistogramObserver
     assert type(fused.new_histogram()) is HistogramObserver
 
 
-def test_importing_the_observers_does_not_import_numba():
-    """numba (~0.5 s of CPU to import and load) is imported when the kernel is first used, not with the package."""
-    code = ("import sys\n"
-            "from fcnquant.observers import fused, kernel\n"
-            "from fcnquant.calibrate.stats import TensorStats\n"
-            "import numpy as np\n"
-            "ts = TensorStats.new(); ts.update(np.arange(-5, 6, dtype=np.float32))\n"
-            "assert 'numba' not in sys.modules and type(ts.hist).__name__ == 'HistogramObserver'\n"
-            "if kernel.available():\n"
-            "    assert fused.compiled() and 'numba' in sys.modules\n"
-            "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+@needs_kernel
+def test_the_kernels_refuse_buffers_they_would_read_or_write_out_of_bounds():
+    """Wrong element types, too few bins for the shift, strided views: an exception, nothing written."""
+    x = np.array([1.0, -2.0, 3.0], np.float32)
+    native = kernel.NATIVE
+    lanes = np.zeros(2 << 19, np.int32)
+    with pytest.raises(ValueError):  # shift 13 needs 2**19 bins: one bin short
+        native.observe_lanes(x, np.zeros((2 << 19) - 2, np.int32), 13)
+    with pytest.raises(ValueError):
+        native.observe(x, np.zeros((1 << 19) - 1, np.int64), 13)
+    for bad_shift in (0, 32):
+        with pytest.raises(ValueError):
+            native.observe_lanes(x, lanes, bad_shift)
+    with pytest.raises(TypeError):  # float64 values
+        native.observe_lanes(x.astype(np.float64), lanes, 13)
+    with pytest.raises(TypeError):  # int64 lanes
+        native.observe_lanes(x, np.zeros(2 << 19, np.int64), 13)
+    with pytest.raises(TypeError):  # unsigned counts: only signed ones are accepted
+        native.observe(x, np.zeros(1 << 19, np.uint64), 13)
+    with pytest.raises(ValueError):  # fold: lanes must be twice the bins
+        native.fold_lanes(np.zeros(6, np.int32), np.zeros(4, np.int64))
+    with pytest.raises((BufferError, ValueError)):  # a strided view is not C-contiguous
+        native.observe_lanes(np.zeros(8, np.float32)[::2], lanes, 13)
+    with pytest.raises((BufferError, ValueError)):  # a read-only array cannot take counts
+        ro = np.zeros(2 << 19, np.int32)
+        ro.flags.writeable = False
+        native.observe_lanes(x, ro, 13)
+    assert not lanes.any()

@@ -17,7 +17,7 @@ update, as :mod:`fcnquant.compare.drift.measure` does). The error is formed per 
 float32/float16 inputs (never as ``sum(q^2) - 2 sum(rq) + sum(r^2)``, which cancels catastrophically when the
 error is small), in chunks that stay in cache. Pairs where either value
 is NaN or infinite are left out of the sums and counted in ``nonfinite``. float32 pairs go through the compiled
-one-pass kernel of :mod:`fcnquant.compare.drift.kernel` when numba is available (~5x faster; the same sums to
+one-pass kernel of :mod:`fcnquant.compare.drift.kernel` where it is built (~5x faster; the same sums to
 rounding), the numpy code here otherwise and for other dtypes.
 """
 from __future__ import annotations
@@ -31,13 +31,14 @@ _CHUNK = 1 << 16  # values per inner step: two float64 chunks plus the error fit
 
 
 def _kernels():
-    from fcnquant.compare.drift.kernel import CODES_KERNEL, KERNEL
+    from fcnquant.compare.drift.kernel import drift_sums, drift_sums_codes
 
-    return KERNEL, CODES_KERNEL
+    return drift_sums, drift_sums_codes
 
 
 # the compiled one-pass sums for float32 pairs and for float32 against integer codes (fcnquant.compare.drift.kernel)
 _KERNEL, _CODES_KERNEL = _kernels()
+_CODE_TYPES = tuple(np.dtype(t) for t in ("int8", "uint8", "int16", "uint16", "int32"))  # what the kernel reads
 
 
 @dataclass(frozen=True)
@@ -229,9 +230,10 @@ class DriftAccumulator:
             if ref.shape != test.shape:
                 raise ValueError(f"reference shape {ref.shape} differs from test shape {test.shape}")
             r_all, codes = ref.reshape(-1), test.codes.reshape(-1)
-            if _CODES_KERNEL is not None and r_all.dtype == np.float32 and r_all.size:
+            if (_CODES_KERNEL is not None and r_all.dtype == np.float32 and codes.dtype in _CODE_TYPES
+                    and r_all.size):
                 se, sr, st, sd, mx = _CODES_KERNEL(np.ascontiguousarray(r_all), np.ascontiguousarray(codes),
-                                                   np.int32(test.zero_point), np.float32(test.scale))
+                                                   int(test.zero_point), float(np.float32(test.scale)))
                 if math.isfinite(se):
                     self.count += r_all.size
                     self._add(se, sr, st, sd)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from fcnquant.compare.drift import metrics as drift
-from fcnquant.compare.drift.kernel import KERNEL, drift_sums
+from fcnquant.compare.drift.kernel import drift_sums, drift_sums_codes
 
-needs_kernel = pytest.mark.skipif(KERNEL is None, reason="numba not installed or disabled")
+needs_kernel = pytest.mark.skipif(drift_sums is None, reason="fcnquant._native not built, or disabled")
 
 
 def _pair(seed: int = 0, n: int = 100_001):
@@ -73,3 +73,43 @@ def test_identical_and_float16_inputs_use_the_reference_rules(monkeypatch):
     acc = drift.DriftAccumulator()
     acc.update(r, h)
     assert acc.result() == _numpy(r, h, monkeypatch)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype,zero_point", [("int8", -3), ("uint8", 128), ("int16", 7), ("uint16", 32768),
+                                              ("int32", 0)])
+def test_codes_sums_equal_an_independent_dequantization(dtype, zero_point):
+    """The codes kernel against DequantizeLinear's arithmetic done here in numpy (float32), then float64 sums."""
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(4)
+    n = 50_003
+    codes = rng.integers(max(info.min, -40_000), min(info.max, 40_000) + 1, n).astype(dtype)
+    scale = np.float32(0.0123)
+    q = (codes.astype(np.int32) - np.int32(zero_point)).astype(np.float32) * scale  # float32, as the operator
+    r = (q + rng.standard_normal(n).astype(np.float32) * np.float32(0.01)).astype(np.float32)
+    r64, q64 = r.astype(np.float64), q.astype(np.float64)
+    e = q64 - r64
+    got = drift_sums_codes(r, codes, zero_point, float(scale))
+    want = (math.fsum(e * e), math.fsum(r64 * r64), math.fsum(q64 * q64), math.fsum(r64 * q64), float(np.abs(e).max()))
+    for g, w in zip(got[:4], want[:4]):
+        assert g == pytest.approx(w, rel=1e-12)
+    assert got[4] == want[4]
+    with pytest.raises(ValueError):  # one code short
+        drift_sums_codes(r, codes[:-1], zero_point, float(scale))
+    with pytest.raises(TypeError):  # float codes are not codes
+        drift_sums_codes(r, q, zero_point, float(scale))
+
+
+@needs_kernel
+def test_accumulator_over_codes_equals_the_dequantized_reference(monkeypatch):
+    rng = np.random.default_rng(5)
+    codes = rng.integers(-128, 128, 30_001).astype(np.int8)
+    values = drift.QuantizedValues(codes, np.float32(0.05), 3)
+    r = (values.dequantize() + rng.standard_normal(codes.size).astype(np.float32) * np.float32(0.02)).astype(
+        np.float32)
+    acc = drift.DriftAccumulator()
+    acc.update(r, values)
+    got, ref = acc.result(), _numpy(r, values.dequantize(), monkeypatch)
+    assert got.count == ref.count and got.max_abs == ref.max_abs
+    for key in ("cosine", "snr_db", "mse", "rel_l2"):
+        assert getattr(got, key) == pytest.approx(getattr(ref, key), rel=1e-12, abs=1e-14)
