@@ -209,47 +209,104 @@ static PyObject *py_fold_lanes(PyObject *self, PyObject *args) {
 /* ---- drift sums ---- */
 
 /* Four lanes of partial sums (value i in lane i % 4), added pairwise at the end: the lanes are independent, so
- * the compiler runs them as one vector, and the result does not depend on whether it does (no contraction into
- * fused multiply-adds either: every machine gives the same bits). */
-#define DRIFT_LOOP(NAME, T, LOAD_B)                                                                    \
+ * they run as one vector (GCC/clang vector extensions; a scalar loop elsewhere, with the same lanes), and the
+ * result does not depend on which runs (no contraction into fused multiply-adds either: every machine gives the
+ * same bits). 10 M float32 pairs, 2-core AMD EPYC: 0.56-0.70 ns per value as vectors, 1.55 as scalars (the 20
+ * accumulators do not fit the registers); numba's reassociated loop took 1.37-1.61. */
+#define DRIFT_TAIL(LOAD_B)                                                                             \
+    for (; i < n; i++) {                                                                               \
+        int j = (int)(i & 3);                                                                          \
+        double a = (double)r[i], b = (double)(LOAD_B(t[i])), e = b - a;                                \
+        double ae = fabs(e);                                                                           \
+        se[j] += e * e; sr[j] += a * a; st[j] += b * b; sd[j] += a * b;                                \
+        mx[j] = ae > mx[j] ? ae : mx[j];                                                               \
+    }                                                                                                  \
+    out[0] = (se[0] + se[1]) + (se[2] + se[3]);                                                        \
+    out[1] = (sr[0] + sr[1]) + (sr[2] + sr[3]);                                                        \
+    out[2] = (st[0] + st[1]) + (st[2] + st[3]);                                                        \
+    out[3] = (sd[0] + sd[1]) + (sd[2] + sd[3]);                                                        \
+    out[4] = MAX(MAX(mx[0], mx[1]), MAX(mx[2], mx[3]));
+
+#if defined(__GNUC__) && ((defined(__clang__) && __clang_major__ >= 10) || (!defined(__clang__) && __GNUC__ >= 9))
+typedef double v4d __attribute__((vector_size(32)));
+typedef int64_t v4l __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+
+/* LOAD_V(ptr) gives four test values as float32 (v4f); LOAD_B(x) one, for the tail */
+#define DRIFT_LOOP(NAME, T, LOAD_V, LOAD_B)                                                            \
     OBSERVER_CLONES                                                                                    \
     static void NAME(const float *r, const T *t, Py_ssize_t n, int32_t zero_point, float scale,        \
                      double out[5]) {                                                                  \
-        double se[4] = {0}, sr[4] = {0}, st[4] = {0}, sd[4] = {0}, mx[4] = {0};                        \
+        v4d vse = {0}, vsr = {0}, vst = {0}, vsd = {0}, vmx = {0};                                     \
+        const v4l sign = {INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX};                                 \
         Py_ssize_t m = n & ~(Py_ssize_t)3, i;                                                          \
         (void)zero_point; (void)scale;                                                                 \
         for (i = 0; i < m; i += 4) {                                                                   \
-            for (int j = 0; j < 4; j++) {                                                              \
-                double a = (double)r[i + j], b = (double)(LOAD_B(t[i + j])), e = b - a;                \
-                double ae = fabs(e);                                                                   \
-                se[j] += e * e; sr[j] += a * a; st[j] += b * b; sd[j] += a * b;                        \
-                mx[j] = ae > mx[j] ? ae : mx[j];                                                       \
-            }                                                                                          \
+            v4f rf;                                                                                    \
+            memcpy(&rf, r + i, sizeof rf);                                                             \
+            v4d a = __builtin_convertvector(rf, v4d), b = __builtin_convertvector(LOAD_V(t + i), v4d);  \
+            v4d e = b - a;                                                                             \
+            v4d ae = (v4d)((v4l)e & sign);                                                             \
+            vse += e * e; vsr += a * a; vst += b * b; vsd += a * b;                                    \
+            v4l gt = ae > vmx;                                                                         \
+            vmx = (v4d)(((v4l)ae & gt) | ((v4l)vmx & ~gt));                                            \
         }                                                                                              \
-        for (; i < n; i++) {                                                                           \
-            int j = (int)(i & 3);                                                                      \
-            double a = (double)r[i], b = (double)(LOAD_B(t[i])), e = b - a;                            \
-            double ae = fabs(e);                                                                       \
-            se[j] += e * e; sr[j] += a * a; st[j] += b * b; sd[j] += a * b;                            \
-            mx[j] = ae > mx[j] ? ae : mx[j];                                                           \
-        }                                                                                              \
-        out[0] = (se[0] + se[1]) + (se[2] + se[3]);                                                    \
-        out[1] = (sr[0] + sr[1]) + (sr[2] + sr[3]);                                                    \
-        out[2] = (st[0] + st[1]) + (st[2] + st[3]);                                                    \
-        out[3] = (sd[0] + sd[1]) + (sd[2] + sd[3]);                                                    \
-        out[4] = MAX(MAX(mx[0], mx[1]), MAX(mx[2], mx[3]));                                            \
+        double se[4], sr[4], st[4], sd[4], mx[4];                                                      \
+        memcpy(se, &vse, sizeof se); memcpy(sr, &vsr, sizeof sr); memcpy(st, &vst, sizeof st);         \
+        memcpy(sd, &vsd, sizeof sd); memcpy(mx, &vmx, sizeof mx);                                      \
+        DRIFT_TAIL(LOAD_B)                                                                             \
     }
+
+static inline v4f load_float4(const float *p) {
+    v4f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+#define LOAD_CODES4(T)                                                                                 \
+    static inline v4f load_##T##4(const T *p, int32_t zero_point, float scale) {                       \
+        typedef T vT __attribute__((vector_size(4 * sizeof(T))));                                      \
+        vT c;                                                                                          \
+        memcpy(&c, p, sizeof c);                                                                       \
+        v4i z = {zero_point, zero_point, zero_point, zero_point};                                      \
+        v4f k = {scale, scale, scale, scale};                                                          \
+        return __builtin_convertvector(__builtin_convertvector(c, v4i) - z, v4f) * k;                  \
+    }
+LOAD_CODES4(int8_t)
+LOAD_CODES4(uint8_t)
+LOAD_CODES4(int16_t)
+LOAD_CODES4(uint16_t)
+LOAD_CODES4(int32_t)
+#define VEC_FLOAT(p) load_float4(p)
+#define VEC_CODES(T) VEC_CODES_##T
+#define VEC_CODES_int8_t(p) load_int8_t4(p, zero_point, scale)
+#define VEC_CODES_uint8_t(p) load_uint8_t4(p, zero_point, scale)
+#define VEC_CODES_int16_t(p) load_int16_t4(p, zero_point, scale)
+#define VEC_CODES_uint16_t(p) load_uint16_t4(p, zero_point, scale)
+#define VEC_CODES_int32_t(p) load_int32_t4(p, zero_point, scale)
+#else
+#define DRIFT_LOOP(NAME, T, LOAD_V, LOAD_B)                                                            \
+    static void NAME(const float *r, const T *t, Py_ssize_t n, int32_t zero_point, float scale,        \
+                     double out[5]) {                                                                  \
+        double se[4] = {0}, sr[4] = {0}, st[4] = {0}, sd[4] = {0}, mx[4] = {0};                        \
+        Py_ssize_t i = 0;                                                                              \
+        (void)zero_point; (void)scale;                                                                 \
+        DRIFT_TAIL(LOAD_B)                                                                             \
+    }
+#define VEC_FLOAT(p) 0
+#define VEC_CODES(T) 0
+#endif
 
 /* The test side as a DequantizeLinear's integer input: float32(int32(code) - zero_point) * scale, in float32 as
  * DequantizeLinear computes it, then widened exactly to float64. */
 #define AS_FLOAT(x) (x)
 #define DEQUANTIZE(c) ((float)((int32_t)(c) - zero_point) * scale)
-DRIFT_LOOP(drift_float, float, AS_FLOAT)
-DRIFT_LOOP(drift_int8, int8_t, DEQUANTIZE)
-DRIFT_LOOP(drift_uint8, uint8_t, DEQUANTIZE)
-DRIFT_LOOP(drift_int16, int16_t, DEQUANTIZE)
-DRIFT_LOOP(drift_uint16, uint16_t, DEQUANTIZE)
-DRIFT_LOOP(drift_int32, int32_t, DEQUANTIZE)
+DRIFT_LOOP(drift_float, float, VEC_FLOAT, AS_FLOAT)
+DRIFT_LOOP(drift_int8, int8_t, VEC_CODES(int8_t), DEQUANTIZE)
+DRIFT_LOOP(drift_uint8, uint8_t, VEC_CODES(uint8_t), DEQUANTIZE)
+DRIFT_LOOP(drift_int16, int16_t, VEC_CODES(int16_t), DEQUANTIZE)
+DRIFT_LOOP(drift_uint16, uint16_t, VEC_CODES(uint16_t), DEQUANTIZE)
+DRIFT_LOOP(drift_int32, int32_t, VEC_CODES(int32_t), DEQUANTIZE)
 
 static PyObject *sums_result(const double s[5]) {
     return Py_BuildValue("(ddddd)", s[0], s[1], s[2], s[3], s[4]);
