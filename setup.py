@@ -2,7 +2,7 @@
 
 ``fcnquant._native`` (fcnquant/_native.c): the observers' histogram + min/max pass and compare's drift sums.
 Optional: where no C compiler is found the build goes on and the numpy reference code runs (the same
-statistics; observation ~4x slower), and calibrate says so in its log.
+statistics; observation ~3x slower), and calibrate says so in its log.
 """
 from setuptools import Extension, setup
 

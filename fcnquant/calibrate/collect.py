@@ -6,8 +6,8 @@ One onnxruntime session runs a copy of the model whose graph also outputs the te
 
 Speed (fcn8s at 320x320 on 2 shared cores, ``bench/bench_calibrate.py``, ``bench/bench_speed.py``): the exposed
 tensors hold ~30 M values per image. The observers read each value once through the compiled kernel
-(:mod:`fcnquant.observers.kernel`, ~0.65 ns per value of CPU: ~0.02 s per image; the numpy observers, used where
-the extension is not built, ~2.5 ns, ~0.08 s) against ~0.34 s for the inference itself on an idle machine.
+(:mod:`fcnquant.observers.kernel`, ~0.77 ns per value of CPU: ~0.023 s per image; the numpy observers, used
+where the extension is not built, ~2.6 ns, ~0.08 s) against ~0.34 s for the inference itself on an idle machine.
 What exposing the 20 tensors costs onnxruntime (profiled, ORT_ENABLE_ALL): one ``ReorderOutput`` per exposed
 tensor, converting it from the blocked NCHWc layout its convolutions run in back to NCHW (~3.3 ns per exposed
 value, ~4 % of the run; it is the only real cost, and no public option avoids it short of giving up NCHWc, which

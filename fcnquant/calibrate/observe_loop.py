@@ -68,7 +68,7 @@ class _Observer:
             elif self.compiled is not False:  # wanted, but not there
                 log.info("observing through numpy: the compiled kernels (fcnquant._native) are %s",
                          "turned off by FCNQUANT_NO_NATIVE" if kernel_disabled() else
-                         "not built (reinstall fcnquant where a C compiler is found to observe ~4x faster)")
+                         "not built (reinstall fcnquant where a C compiler is found to observe ~3x faster)")
         n = len(ids)
         out: list[tuple[int, Callable[[], None]]] = []
         for name in self.names:

@@ -2,8 +2,8 @@
 
 :func:`update_stats` gives exactly the state that ``hist.update(x); minmax.update(x)`` gives (the numpy
 observers are the reference; the tests compare bin for bin), reading the tensor once instead of three times.
-Which path runs never changes a statistic, only the time (:mod:`fcnquant.observers.kernel`: ~0.65 ns per value
-against ~2.5 ns).
+Which path runs never changes a statistic, only the time (:mod:`fcnquant.observers.kernel`: ~0.77 ns per value
+against ~2.6 ns).
 
 :class:`LaneHistogram` is a :class:`~fcnquant.observers.HistogramObserver` whose kernel updates go into two int32
 lanes (see :mod:`fcnquant.observers.kernel`) that are folded into the exact int64 ``counts`` whenever anything
