@@ -16,8 +16,9 @@ never becomes an extreme; NaN and +-Inf land in the histogram's non-finite bins,
 
 CPU time per value on fcn8s-like tensors (``bench/bench_observers.py``, 30 M values, 2-core AMD EPYC): both
 observers through the two-lane kernel 0.77 ns, the numpy observers 2.6 ns. Importing the extension takes about a
-millisecond, so every run uses it. The kernels release the GIL: the collector's threads observe several tensors at once. Without the extension (no compiler at install
-time), or with ``FCNQUANT_NO_NATIVE=1``, the numpy observers run: the same statistics, bit for bit.
+millisecond, so every run uses it. The kernels release the GIL: the collector's threads observe several tensors
+at once. Without the extension (no compiler at install time), or with ``FCNQUANT_NO_NATIVE=1``, the numpy
+observers run: the same statistics, bit for bit.
 """
 from __future__ import annotations
 
