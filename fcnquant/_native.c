@@ -131,50 +131,42 @@ static int check_shift(unsigned long shift, Py_ssize_t slots, Py_ssize_t per_bin
 
 /* ---- observer kernels ---- */
 
-static PyObject *py_observe_lanes(PyObject *self, PyObject *args) {
-    PyObject *values_obj, *lanes_obj;
-    unsigned long shift;
-    if (!PyArg_ParseTuple(args, "OOk:observe_lanes", &values_obj, &lanes_obj, &shift)) return NULL;
-    Py_buffer values, lanes;
-    if (get_buffer(values_obj, &values, 0, 'f', 4, "observe_lanes values") < 0) return NULL;
-    if (get_buffer(lanes_obj, &lanes, 1, 'i', 4, "observe_lanes lanes") < 0) {
-        PyBuffer_Release(&values);
-        return NULL;
-    }
-    float lo = 0, hi = 0;
-    int ok = check_shift(shift, lanes.len / 4, 2, "observe_lanes") == 0;
-    if (ok) {
-        Py_BEGIN_ALLOW_THREADS
-        observe_lanes_loop((const uint32_t *)values.buf, values.len / 4, (int32_t *)lanes.buf, (unsigned)shift,
-                           &lo, &hi);
-        Py_END_ALLOW_THREADS
-    }
-    PyBuffer_Release(&lanes);
-    PyBuffer_Release(&values);
-    return ok ? min_max(lo, hi) : NULL;
-}
-
-static PyObject *py_observe(PyObject *self, PyObject *args) {
+/* observe_lanes(values, lanes, shift) with int32 lanes (lanes = 1), observe(values, counts, shift) with int64
+ * counts (lanes = 0): the same arguments, checks and result */
+static PyObject *observe_call(PyObject *args, int lanes, const char *what) {
     PyObject *values_obj, *counts_obj;
     unsigned long shift;
-    if (!PyArg_ParseTuple(args, "OOk:observe", &values_obj, &counts_obj, &shift)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOk", &values_obj, &counts_obj, &shift)) return NULL;
+    Py_ssize_t count_size = lanes ? 4 : 8;
     Py_buffer values, counts;
-    if (get_buffer(values_obj, &values, 0, 'f', 4, "observe values") < 0) return NULL;
-    if (get_buffer(counts_obj, &counts, 1, 'i', 8, "observe counts") < 0) {
+    if (get_buffer(values_obj, &values, 0, 'f', 4, what) < 0) return NULL;
+    if (get_buffer(counts_obj, &counts, 1, 'i', count_size, what) < 0) {
         PyBuffer_Release(&values);
         return NULL;
     }
     float lo = 0, hi = 0;
-    int ok = check_shift(shift, counts.len / 8, 1, "observe") == 0;
+    int ok = check_shift(shift, counts.len / count_size, lanes ? 2 : 1, what) == 0;
     if (ok) {
+        const uint32_t *u = (const uint32_t *)values.buf;
+        Py_ssize_t n = values.len / 4;
         Py_BEGIN_ALLOW_THREADS
-        observe_loop((const uint32_t *)values.buf, values.len / 4, (int64_t *)counts.buf, (unsigned)shift, &lo,
-                     &hi);
+        if (lanes)
+            observe_lanes_loop(u, n, (int32_t *)counts.buf, (unsigned)shift, &lo, &hi);
+        else
+            observe_loop(u, n, (int64_t *)counts.buf, (unsigned)shift, &lo, &hi);
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&counts);
     PyBuffer_Release(&values);
     return ok ? min_max(lo, hi) : NULL;
+}
+
+static PyObject *py_observe_lanes(PyObject *self, PyObject *args) {
+    return observe_call(args, 1, "observe_lanes");
+}
+
+static PyObject *py_observe(PyObject *self, PyObject *args) {
+    return observe_call(args, 0, "observe");
 }
 
 static PyObject *py_fold_lanes(PyObject *self, PyObject *args) {
