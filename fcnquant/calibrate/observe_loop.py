@@ -19,8 +19,7 @@ from fcnquant.calibrate.stats import CalibrationStats
 from fcnquant.errors import CalibrationError
 from fcnquant.execute import ShardContext, image_batches
 from fcnquant.observers import NonFiniteError
-from fcnquant.observers.fused import LaneHistogram
-from fcnquant.observers.kernel import disabled as kernel_disabled
+from fcnquant.observers import kernel
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +62,13 @@ class _Observer:
         """
         if self.stats is None:
             self.stats = self.new_stats(compiled=self.compiled)
-            if any(isinstance(t.hist, LaneHistogram) for t in self.stats.tensors.values()):
+            if self.compiled is False:
+                log.debug("observing through numpy, as asked")
+            elif kernel.available():
                 log.debug("observing through the compiled kernel")
-            elif self.compiled is not False:  # wanted, but not there
+            else:
                 log.info("observing through numpy: the compiled kernels (fcnquant._native) are %s",
-                         "turned off by FCNQUANT_NO_NATIVE" if kernel_disabled() else
+                         "turned off by FCNQUANT_NO_NATIVE" if kernel.disabled() else
                          "not built (reinstall fcnquant where a C compiler is found to observe ~3x faster)")
         n = len(ids)
         out: list[tuple[int, Callable[[], None]]] = []

@@ -27,17 +27,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+# the compiled one-pass sums for float32 pairs and for float32 against integer codes (None where not built)
+from fcnquant.compare.drift.kernel import drift_sums as _KERNEL, drift_sums_codes as _CODES_KERNEL
+
 _CHUNK = 1 << 16  # values per inner step: two float64 chunks plus the error fit in L2
 
-
-def _kernels():
-    from fcnquant.compare.drift.kernel import drift_sums, drift_sums_codes
-
-    return drift_sums, drift_sums_codes
-
-
-# the compiled one-pass sums for float32 pairs and for float32 against integer codes (fcnquant.compare.drift.kernel)
-_KERNEL, _CODES_KERNEL = _kernels()
 _CODE_TYPES = tuple(np.dtype(t) for t in ("int8", "uint8", "int16", "uint16", "int32"))  # what the kernel reads
 
 
